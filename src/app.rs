@@ -1,0 +1,161 @@
+//! The application: [`App::build`] turns a [`Config`] into running parts (keys, store,
+//! upstreams, verifier, TLS), and [`App::run`] serves them on listeners the caller bound.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::auth::Verifier;
+use crate::config::{Config, SecretRef, Tenant};
+use crate::crypto::{self, KeyRing, NumberHasher};
+use crate::datadir::{self, DataDir};
+use crate::domain::TenantId;
+use crate::store::{self, Store};
+use crate::upstream::Upstreams;
+use crate::{http, server};
+
+/// What every request handler shares.
+#[derive(Debug)]
+pub struct AppState {
+    pub tenants: BTreeMap<TenantId, Tenant>,
+    pub verifier: Verifier,
+    pub store: Arc<dyn Store>,
+    pub keys: KeyRing,
+    pub numbers: NumberHasher,
+    pub upstreams: Upstreams,
+    pub max_request_bytes: usize,
+}
+
+impl std::fmt::Debug for dyn Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+/// A built application, ready to serve.
+pub struct App {
+    state: Arc<AppState>,
+    tls: Arc<rustls::ServerConfig>,
+    fingerprint: String,
+    cert_path: PathBuf,
+    data_dir: PathBuf,
+}
+
+impl App {
+    /// Prepares everything the proxy needs; fails, naming what is wrong, before anything is
+    /// served.
+    pub async fn build(config: Config) -> anyhow::Result<App> {
+        let data = DataDir::open(&config.data_dir)?;
+        let identity = match (&config.tls.cert_file, &config.tls.key_file) {
+            (Some(cert), Some(key)) => datadir::load_tls(cert, key)?,
+            _ => data.self_signed_tls()?,
+        };
+        let dev_key = if config.jwt.dev_issuer {
+            Some(data.dev_jwt_key()?)
+        } else {
+            None
+        };
+        let verifier =
+            Verifier::from_config(&config, dev_key.as_ref().map(|k| k.public.as_slice()))?;
+        let payload_key = symmetric_key(
+            &data,
+            config.crypto.payload_key.as_ref(),
+            "payload.key",
+            "crypto.payload_key",
+        )?;
+        let number_key = symmetric_key(
+            &data,
+            config.crypto.number_key.as_ref(),
+            "number.key",
+            "crypto.number_key",
+        )?;
+        let store = store::open(&config.database_url())
+            .await
+            .context("cannot open the database")?;
+        let upstreams = Upstreams::from_config(&config)?;
+        let tenants = config.tenants()?;
+
+        let state = AppState {
+            tenants,
+            verifier,
+            store,
+            keys: KeyRing::new(&payload_key)?,
+            numbers: NumberHasher::new(&number_key)?,
+            upstreams,
+            max_request_bytes: config.server.max_request_bytes,
+        };
+        Ok(App {
+            state: Arc::new(state),
+            tls: server::tls_server_config(identity.chain.clone(), identity.key.clone_key())?,
+            fingerprint: identity.fingerprint(),
+            cert_path: identity.cert_path,
+            data_dir: data.root().to_path_buf(),
+        })
+    }
+
+    /// The SHA-256 fingerprint of the served certificate.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Where the served certificate is, for clients that pin it (`curl --cacert`).
+    pub fn cert_path(&self) -> &std::path::Path {
+        &self.cert_path
+    }
+
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+
+    /// Serves the API over TLS on `api` and the admin endpoints on `admin` until `shutdown`.
+    pub async fn run(
+        self,
+        api: TcpListener,
+        admin: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let wait = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+        let api_server = server::serve(
+            api,
+            Some(TlsAcceptor::from(self.tls.clone())),
+            http::api_router(self.state.clone()),
+            wait(stopped.clone()),
+        );
+        let admin_server = server::serve(
+            admin,
+            None,
+            http::admin_router(self.state.clone()),
+            wait(stopped),
+        );
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        });
+        tokio::join!(api_server, admin_server);
+    }
+}
+
+/// A configured key, or the data folder's (made on first start).
+fn symmetric_key(
+    data: &DataDir,
+    configured: Option<&SecretRef>,
+    file_name: &str,
+    field: &str,
+) -> anyhow::Result<Vec<u8>> {
+    match configured {
+        Some(reference) => {
+            let secret = reference.resolve(field)?;
+            crypto::decode_key(secret.expose().as_bytes())
+                .with_context(|| format!("{field}: not a 32-byte key in base64"))
+        }
+        None => data.symmetric_key(file_name),
+    }
+}

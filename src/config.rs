@@ -1,0 +1,691 @@
+//! Configuration: one TOML file, read into [`Config`] and checked into the runtime types the rest
+//! of the program uses. Unknown keys are errors; every value has a safe default; secrets are
+//! given by reference (`{ env = "NAME" }` or `{ file = "path" }`) and never reach `Debug`.
+//!
+//! With no file, consentry runs on [`EMBEDDED_DEFAULTS`]: a `demo` tenant on the built-in
+//! `sandbox` gateway and the development token issuer, ready to try.
+//!
+//! Relative paths in a file are read relative to the directory of that file.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::domain::{Purpose, Region, Sender, TenantId};
+use crate::policy::TenantRules;
+
+/// The configuration used when `serve` is given no `--config`.
+pub const EMBEDDED_DEFAULTS: &str = r#"
+data_dir = "./consentry-data"
+
+[jwt]
+dev_issuer = true
+
+[[tenants]]
+id = "demo"
+senders = ["+12025550100"]
+upstream = "sandbox"
+purposes = ["marketing", "informational", "transactional"]
+default_region = "US"
+"#;
+
+/// The issuer and audience of tokens minted by `consentry token`.
+pub const DEV_ISSUER: &str = "consentry-dev";
+pub const DEFAULT_AUDIENCE: &str = "consentry";
+/// The name of the built-in simulated gateway.
+pub const SANDBOX: &str = "sandbox";
+
+/// A configuration error, naming the field (and for syntax errors, the line).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn field_error(field: impl fmt::Display, message: impl fmt::Display) -> ConfigError {
+    ConfigError(format!("{field}: {message}"))
+}
+
+/// The file as written. See the README for every key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub crypto: CryptoConfig,
+    #[serde(default)]
+    pub jwt: JwtConfig,
+    #[serde(default)]
+    pub tenants: Vec<TenantConfig>,
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./consentry-data")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The TLS API listener.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The plain-HTTP admin listener (health, readiness). Keep it on loopback.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: SocketAddr,
+    /// The largest request body accepted, in bytes; larger requests get 413.
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            admin_listen: default_admin_listen(),
+            max_request_bytes: default_max_request_bytes(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8443))
+}
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+fn default_max_request_bytes() -> usize {
+    64 * 1024
+}
+
+/// Certificate and key in PEM. Both or neither: neither means a self-signed certificate
+/// generated in the data folder on first start and reused afterwards.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://path`; default: `consentry.db` in the data folder.
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CryptoConfig {
+    /// The 32-byte AES-256-GCM payload key, base64 in an environment variable or raw/base64 in
+    /// a file. Default: `keys/payload.key` in the data folder, generated on first start.
+    pub payload_key: Option<SecretRef>,
+    /// The 32-byte key of the keyed hash that indexes phone numbers. Default: generated in the
+    /// data folder.
+    pub number_key: Option<SecretRef>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// Accept tokens minted by `consentry token` with the data folder's development key.
+    #[serde(default)]
+    pub dev_issuer: bool,
+    /// Clock leeway for `exp` and `nbf`, at most 60 seconds.
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+    #[serde(default)]
+    pub issuers: Vec<IssuerConfig>,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        JwtConfig {
+            dev_issuer: false,
+            leeway_seconds: default_leeway(),
+            issuers: Vec::new(),
+        }
+    }
+}
+
+fn default_leeway() -> u64 {
+    30
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// The exact `iss` claim.
+    pub issuer: String,
+    /// The `aud` claim required.
+    #[serde(default = "default_audience")]
+    pub audience: String,
+    /// If set, the only tenants this issuer may name in the `tenant` claim.
+    pub tenants: Option<Vec<String>>,
+    /// Keys written out one by one.
+    #[serde(default)]
+    pub keys: Vec<KeyConfig>,
+    /// A JWKS file; each of its keys must carry `kid` and `alg`.
+    pub jwks_file: Option<PathBuf>,
+}
+
+fn default_audience() -> String {
+    DEFAULT_AUDIENCE.to_owned()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// Picks this key when a token's header names it; optional when the issuer has one key.
+    pub kid: Option<String>,
+    /// The one algorithm this key verifies: HS256, HS384, HS512, RS256, PS256, ES256, ES384,
+    /// EdDSA.
+    pub algorithm: String,
+    /// A PEM public key, for the asymmetric algorithms.
+    pub public_key_file: Option<PathBuf>,
+    /// The shared secret, for the HS algorithms.
+    pub secret: Option<SecretRef>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub id: String,
+    /// E.164 numbers, short codes or alphanumeric sender IDs.
+    pub senders: Vec<String>,
+    /// The name of an upstream, or `sandbox`.
+    pub upstream: String,
+    /// The purposes the tenant may send for. Default: all three (later rules say what each
+    /// needs).
+    #[serde(default = "default_purposes")]
+    pub purposes: Vec<Purpose>,
+    /// The region national number forms are read in.
+    #[serde(default = "default_region")]
+    pub default_region: String,
+}
+
+fn default_purposes() -> Vec<Purpose> {
+    Purpose::ALL.to_vec()
+}
+fn default_region() -> String {
+    "US".to_owned()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamKind {
+    /// A generic gateway: a JSON POST of the message to `url`.
+    HttpJson,
+    /// The built-in simulated gateway.
+    Sandbox,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub kind: UpstreamKind,
+    /// Where messages are posted. `https://`, or `http://` to a loopback address only.
+    pub url: Option<String>,
+    /// The gateway's credential, sent as `Authorization: Bearer`.
+    pub credential: Option<SecretRef>,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Trust only this CA (PEM) for the gateway's certificate, instead of the public roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    2_000
+}
+fn default_request_timeout_ms() -> u64 {
+    10_000
+}
+
+/// A secret given by reference. The value is read by [`SecretRef::resolve`].
+#[derive(Clone, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SecretRef {
+    Env(String),
+    File(PathBuf),
+}
+
+impl fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretRef::Env(name) => write!(f, "env:{name}"),
+            SecretRef::File(path) => write!(f, "file:{}", path.display()),
+        }
+    }
+}
+
+/// A secret's value. `Debug` never shows it.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl SecretRef {
+    /// Reads the secret. A file's trailing newline is dropped; an empty secret is an error.
+    pub fn resolve(&self, field: &str) -> Result<Secret, ConfigError> {
+        let value = match self {
+            SecretRef::Env(name) => std::env::var(name).map_err(|_| {
+                field_error(field, format!("environment variable {name} is not set"))
+            })?,
+            SecretRef::File(path) => std::fs::read_to_string(path).map_err(|error| {
+                field_error(field, format!("cannot read {}: {error}", path.display()))
+            })?,
+        };
+        let value = value.trim_end_matches(['\r', '\n']).to_owned();
+        if value.is_empty() {
+            return Err(field_error(field, "the secret is empty"));
+        }
+        Ok(Secret(value))
+    }
+
+    fn rebase(&mut self, base: &Path) {
+        if let SecretRef::File(path) = self
+            && path.is_relative()
+        {
+            *path = base.join(&*path);
+        }
+    }
+}
+
+/// A tenant as the running proxy sees it.
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub id: TenantId,
+    pub upstream: String,
+    pub default_region: Region,
+    pub rules: TenantRules,
+}
+
+impl Config {
+    /// Reads a file. Relative paths inside it are taken relative to its directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| ConfigError(format!("cannot read {}: {error}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, base)
+            .map_err(|ConfigError(message)| ConfigError(format!("{}: {message}", path.display())))
+    }
+
+    /// The embedded defaults, with the data folder relative to the working directory.
+    pub fn embedded() -> Config {
+        Config::parse(EMBEDDED_DEFAULTS, Path::new(".")).expect("embedded defaults are valid")
+    }
+
+    /// Parses TOML text and checks it; relative paths are taken relative to `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config =
+            toml::from_str(text).map_err(|error| ConfigError(error.to_string()))?;
+        config.rebase(base);
+        config.check()?;
+        Ok(config)
+    }
+
+    fn rebase(&mut self, base: &Path) {
+        if base == Path::new(".") {
+            return;
+        }
+        let join = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        };
+        join(&mut self.data_dir);
+        let mut secrets: Vec<&mut SecretRef> = Vec::new();
+        secrets.extend(self.crypto.payload_key.as_mut());
+        secrets.extend(self.crypto.number_key.as_mut());
+        for path in [&mut self.tls.cert_file, &mut self.tls.key_file]
+            .into_iter()
+            .flatten()
+        {
+            join(path);
+        }
+        for issuer in &mut self.jwt.issuers {
+            if let Some(path) = &mut issuer.jwks_file {
+                join(path);
+            }
+            for key in &mut issuer.keys {
+                if let Some(path) = &mut key.public_key_file {
+                    join(path);
+                }
+                secrets.extend(key.secret.as_mut());
+            }
+        }
+        for upstream in &mut self.upstreams {
+            if let Some(path) = &mut upstream.ca_file {
+                join(path);
+            }
+            secrets.extend(upstream.credential.as_mut());
+        }
+        for secret in secrets {
+            secret.rebase(base);
+        }
+    }
+
+    /// The database URL in effect.
+    pub fn database_url(&self) -> String {
+        match &self.database.url {
+            Some(url) => url.clone(),
+            None => format!(
+                "sqlite://{}",
+                self.data_dir.join("consentry.db").to_string_lossy()
+            ),
+        }
+    }
+
+    /// Checks everything that can be checked without reading secrets or keys.
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.server.max_request_bytes < 1024 || self.server.max_request_bytes > 16 << 20 {
+            return Err(field_error(
+                "server.max_request_bytes",
+                "must be between 1024 and 16777216",
+            ));
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return Err(field_error(
+                "tls",
+                "give both cert_file and key_file, or neither",
+            ));
+        }
+        if let Some(url) = &self.database.url
+            && !url.starts_with("sqlite:")
+        {
+            return Err(field_error(
+                "database.url",
+                "only sqlite: URLs are supported in this version",
+            ));
+        }
+        if self.jwt.leeway_seconds > 60 {
+            return Err(field_error("jwt.leeway_seconds", "must be at most 60"));
+        }
+        let mut issuer_names = BTreeSet::new();
+        for (index, issuer) in self.jwt.issuers.iter().enumerate() {
+            let field = format!("jwt.issuers[{index}]");
+            if issuer.issuer.is_empty() || !issuer_names.insert(issuer.issuer.as_str()) {
+                return Err(field_error(
+                    format!("{field}.issuer"),
+                    "must be non-empty and unique",
+                ));
+            }
+            if issuer.issuer == DEV_ISSUER {
+                return Err(field_error(
+                    format!("{field}.issuer"),
+                    format!("{DEV_ISSUER} is reserved for jwt.dev_issuer"),
+                ));
+            }
+            if issuer.audience.is_empty() {
+                return Err(field_error(
+                    format!("{field}.audience"),
+                    "must be non-empty",
+                ));
+            }
+            if issuer.keys.is_empty() && issuer.jwks_file.is_none() {
+                return Err(field_error(field, "needs keys or a jwks_file"));
+            }
+            for tenant in issuer.tenants.iter().flatten() {
+                TenantId::parse(tenant).map_err(|e| field_error(format!("{field}.tenants"), e))?;
+            }
+            let mut kids = BTreeSet::new();
+            for (key_index, key) in issuer.keys.iter().enumerate() {
+                let key_field = format!("{field}.keys[{key_index}]");
+                if issuer.keys.len() > 1 && key.kid.is_none() {
+                    return Err(field_error(
+                        format!("{key_field}.kid"),
+                        "is required when an issuer has several keys",
+                    ));
+                }
+                if let Some(kid) = &key.kid
+                    && !kids.insert(kid.as_str())
+                {
+                    return Err(field_error(format!("{key_field}.kid"), "is not unique"));
+                }
+                crate::auth::check_key_config(key)
+                    .map_err(|message| field_error(&key_field, message))?;
+            }
+        }
+
+        let mut upstream_names = BTreeSet::from([SANDBOX.to_owned()]);
+        for (index, upstream) in self.upstreams.iter().enumerate() {
+            let field = format!("upstreams[{index}]");
+            if upstream.name.is_empty() || !upstream_names.insert(upstream.name.clone()) {
+                return Err(field_error(
+                    format!("{field}.name"),
+                    "must be non-empty, unique and not \"sandbox\"",
+                ));
+            }
+            if upstream.connect_timeout_ms == 0 || upstream.request_timeout_ms == 0 {
+                return Err(field_error(&field, "timeouts must be above zero"));
+            }
+            match upstream.kind {
+                UpstreamKind::Sandbox => {}
+                UpstreamKind::HttpJson => {
+                    let url = upstream
+                        .url
+                        .as_deref()
+                        .ok_or_else(|| field_error(format!("{field}.url"), "is required"))?;
+                    check_upstream_url(url)
+                        .map_err(|message| field_error(format!("{field}.url"), message))?;
+                    if upstream.credential.is_none() {
+                        return Err(field_error(
+                            format!("{field}.credential"),
+                            "is required for http-json",
+                        ));
+                    }
+                }
+            }
+        }
+
+        let mut tenant_ids = BTreeSet::new();
+        for (index, tenant) in self.tenants.iter().enumerate() {
+            let field = format!("tenants[{index}]");
+            let id =
+                TenantId::parse(&tenant.id).map_err(|e| field_error(format!("{field}.id"), e))?;
+            if !tenant_ids.insert(id) {
+                return Err(field_error(format!("{field}.id"), "is not unique"));
+            }
+            if !upstream_names.contains(&tenant.upstream) {
+                return Err(field_error(
+                    format!("{field}.upstream"),
+                    format!("no upstream is named {:?}", tenant.upstream),
+                ));
+            }
+        }
+        self.tenants()?;
+        Ok(())
+    }
+
+    /// The tenants, parsed.
+    pub fn tenants(&self) -> Result<BTreeMap<TenantId, Tenant>, ConfigError> {
+        let mut tenants = BTreeMap::new();
+        for (index, tenant) in self.tenants.iter().enumerate() {
+            let field = format!("tenants[{index}]");
+            let id =
+                TenantId::parse(&tenant.id).map_err(|e| field_error(format!("{field}.id"), e))?;
+            let region: Region = tenant
+                .default_region
+                .parse()
+                .map_err(|e| field_error(format!("{field}.default_region"), e))?;
+            if tenant.senders.is_empty() {
+                return Err(field_error(
+                    format!("{field}.senders"),
+                    "needs at least one sender",
+                ));
+            }
+            let senders = tenant
+                .senders
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    Sender::parse(s, region)
+                        .map_err(|e| field_error(format!("{field}.senders[{i}]"), e))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if tenant.purposes.is_empty() {
+                return Err(field_error(
+                    format!("{field}.purposes"),
+                    "needs at least one purpose",
+                ));
+            }
+            tenants.insert(
+                id.clone(),
+                Tenant {
+                    id,
+                    upstream: tenant.upstream.clone(),
+                    default_region: region,
+                    rules: TenantRules {
+                        senders,
+                        purposes: tenant.purposes.iter().copied().collect(),
+                    },
+                },
+            );
+        }
+        Ok(tenants)
+    }
+}
+
+/// An upstream URL must be `https://`, or `http://` to a loopback address: a gateway credential
+/// never crosses a network in clear text.
+fn check_upstream_url(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
+    let host = uri.host().ok_or("has no host")?;
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") => {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let loopback = host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if loopback {
+                Ok(())
+            } else {
+                Err("http:// is allowed only to a loopback address; use https://".into())
+            }
+        }
+        _ => Err("must start with https:// (or http:// to a loopback address)".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_are_valid() {
+        let config = Config::embedded();
+        assert!(config.jwt.dev_issuer);
+        let tenants = config.tenants().unwrap();
+        assert_eq!(tenants.len(), 1);
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:8443");
+        assert_eq!(config.server.admin_listen.to_string(), "127.0.0.1:9090");
+    }
+
+    #[test]
+    fn an_empty_file_is_a_safe_configuration() {
+        let config = Config::parse("", Path::new(".")).unwrap();
+        assert!(!config.jwt.dev_issuer);
+        assert!(config.tenants.is_empty());
+    }
+
+    /// Parses `text` and returns the error message.
+    fn error_of(text: &str) -> String {
+        Config::parse(text, Path::new("."))
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn errors_name_the_bad_field() {
+        let cases = [
+            ("colour = 1", "unknown field `colour`"),
+            ("[server]\nlisten = \"nowhere\"", "listen"),
+            ("[jwt]\nleeway_seconds = 120", "jwt.leeway_seconds"),
+            (
+                "[[tenants]]\nid = \"Bad Id\"\nsenders = [\"+12025550100\"]\nupstream = \"sandbox\"",
+                "tenants[0].id",
+            ),
+            (
+                "[[tenants]]\nid = \"a\"\nsenders = [\"+1202\"]\nupstream = \"sandbox\"",
+                "tenants[0].senders[0]",
+            ),
+            (
+                "[[tenants]]\nid = \"a\"\nsenders = [\"+12025550100\"]\nupstream = \"nope\"",
+                "tenants[0].upstream",
+            ),
+            (
+                "[[tenants]]\nid = \"a\"\nsenders = [\"+12025550100\"]\nupstream = \"sandbox\"\npurposes = [\"spam\"]",
+                "purposes",
+            ),
+            (
+                "[[upstreams]]\nname = \"gw\"\nkind = \"http-json\"\nurl = \"http://gateway.example.com/\"\ncredential = { env = \"X\" }",
+                "upstreams[0].url",
+            ),
+            (
+                "[[upstreams]]\nname = \"gw\"\nkind = \"http-json\"\nurl = \"https://gateway.example.com/\"",
+                "upstreams[0].credential",
+            ),
+            (
+                "[[upstreams]]\nname = \"gw\"\nkind = \"http-json\"\nurl = \"https://g.example/\"\ncredential = { vault = \"X\" }",
+                "unknown variant `vault`",
+            ),
+            (
+                "[[jwt.issuers]]\nissuer = \"i\"\n[[jwt.issuers.keys]]\nalgorithm = \"none\"\nsecret = { env = \"X\" }",
+                "jwt.issuers[0].keys[0]",
+            ),
+            (
+                "[[jwt.issuers]]\nissuer = \"i\"\n[[jwt.issuers.keys]]\nalgorithm = \"HS256\"",
+                "jwt.issuers[0].keys[0]",
+            ),
+            ("[tls]\ncert_file = \"a.pem\"", "tls"),
+        ];
+        for (text, expected) in cases {
+            let message = error_of(text);
+            assert!(message.contains(expected), "{text:?} gave {message:?}");
+        }
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let secret = Secret::new("hunter2".into());
+        assert!(!format!("{secret:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn http_upstreams_are_loopback_only() {
+        assert!(check_upstream_url("http://127.0.0.1:9000/send").is_ok());
+        assert!(check_upstream_url("http://[::1]:9000/send").is_ok());
+        assert!(check_upstream_url("http://localhost/send").is_ok());
+        assert!(check_upstream_url("https://gateway.example.com/send").is_ok());
+        assert!(check_upstream_url("http://10.0.0.1/send").is_err());
+        assert!(check_upstream_url("ftp://127.0.0.1/").is_err());
+    }
+}

@@ -1,0 +1,248 @@
+//! Payload encryption and keyed hashing, all on ring.
+//!
+//! - [`KeyRing`]: AES-256-GCM with a random 96-bit nonce per record. Each sealed record carries
+//!   the id of the key that sealed it, so older keys stay readable after a new one is added, and
+//!   the caller binds the record's identity as associated data: a ciphertext moved to another
+//!   row does not open.
+//! - [`NumberHasher`]: HMAC-SHA256 of an E.164 number under a secret key, the only form in which
+//!   a full number is stored readable (it indexes, it does not reveal).
+
+use std::collections::HashMap;
+
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::digest::{SHA256, digest};
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::domain::PhoneNumber;
+
+/// The length of every symmetric key consentry keeps.
+pub const KEY_LEN: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    #[error("a key must be {KEY_LEN} bytes (raw, or base64 of them)")]
+    BadKeyLength,
+    #[error("no key with id {0} in the key ring")]
+    UnknownKey(String),
+    #[error("the record does not decrypt: wrong key, wrong record identity or altered bytes")]
+    Undecryptable,
+    #[error("the system random source failed")]
+    Random,
+}
+
+/// A sealed payload: `nonce || ciphertext || tag`, and the id of the key that sealed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    pub key_id: String,
+    pub bytes: Vec<u8>,
+}
+
+/// The payload keys: one current key that seals, any number that open.
+pub struct KeyRing {
+    current: String,
+    keys: HashMap<String, LessSafeKey>,
+    random: SystemRandom,
+}
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRing")
+            .field("current", &self.current)
+            .field("keys", &self.keys.len())
+            .finish()
+    }
+}
+
+/// A key's id: the first 8 bytes of SHA-256 of the key, in hex. Derived, so it cannot drift from
+/// the key it names, and it reveals nothing useful about the key.
+pub fn key_id(key: &[u8]) -> String {
+    hex(&digest(&SHA256, key).as_ref()[..8])
+}
+
+impl KeyRing {
+    /// A ring whose one key seals and opens.
+    pub fn new(key: &[u8]) -> Result<Self, CryptoError> {
+        let id = key_id(key);
+        let mut keys = HashMap::new();
+        keys.insert(id.clone(), aes_key(key)?);
+        Ok(KeyRing {
+            current: id,
+            keys,
+            random: SystemRandom::new(),
+        })
+    }
+
+    /// The id of the key that seals.
+    pub fn current_key_id(&self) -> &str {
+        &self.current
+    }
+
+    /// Encrypts `plaintext`, binding `associated` (the record's identity) to it.
+    pub fn seal(&self, associated: &[u8], plaintext: &[u8]) -> Result<Sealed, CryptoError> {
+        let key = &self.keys[&self.current];
+        let mut nonce = [0u8; NONCE_LEN];
+        self.random
+            .fill(&mut nonce)
+            .map_err(|_| CryptoError::Random)?;
+        let mut bytes = Vec::with_capacity(NONCE_LEN + plaintext.len() + AES_256_GCM.tag_len());
+        bytes.extend_from_slice(&nonce);
+        bytes.extend_from_slice(plaintext);
+        let tag = key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(associated),
+                &mut bytes[NONCE_LEN..],
+            )
+            .map_err(|_| CryptoError::Undecryptable)?;
+        bytes.extend_from_slice(tag.as_ref());
+        Ok(Sealed {
+            key_id: self.current.clone(),
+            bytes,
+        })
+    }
+
+    /// Decrypts a sealed payload; fails unless the key, the associated data and every byte are
+    /// the ones it was sealed with.
+    pub fn open(&self, associated: &[u8], sealed: &Sealed) -> Result<Vec<u8>, CryptoError> {
+        let key = self
+            .keys
+            .get(&sealed.key_id)
+            .ok_or_else(|| CryptoError::UnknownKey(sealed.key_id.clone()))?;
+        if sealed.bytes.len() < NONCE_LEN + AES_256_GCM.tag_len() {
+            return Err(CryptoError::Undecryptable);
+        }
+        let (nonce, ciphertext) = sealed.bytes.split_at(NONCE_LEN);
+        let nonce =
+            Nonce::try_assume_unique_for_key(nonce).map_err(|_| CryptoError::Undecryptable)?;
+        let mut buffer = ciphertext.to_vec();
+        let plaintext = key
+            .open_in_place(nonce, Aad::from(associated), &mut buffer)
+            .map_err(|_| CryptoError::Undecryptable)?;
+        Ok(plaintext.to_vec())
+    }
+}
+
+fn aes_key(key: &[u8]) -> Result<LessSafeKey, CryptoError> {
+    let unbound = UnboundKey::new(&AES_256_GCM, key).map_err(|_| CryptoError::BadKeyLength)?;
+    Ok(LessSafeKey::new(unbound))
+}
+
+/// HMAC-SHA256 of phone numbers: equal numbers give equal hashes, and the hash cannot be
+/// reversed by trying every number without the key.
+pub struct NumberHasher {
+    key: hmac::Key,
+}
+
+impl std::fmt::Debug for NumberHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NumberHasher")
+    }
+}
+
+impl NumberHasher {
+    pub fn new(key: &[u8]) -> Result<Self, CryptoError> {
+        if key.len() != KEY_LEN {
+            return Err(CryptoError::BadKeyLength);
+        }
+        Ok(NumberHasher {
+            key: hmac::Key::new(hmac::HMAC_SHA256, key),
+        })
+    }
+
+    /// The hex HMAC of the number's E.164 form.
+    pub fn hash(&self, number: &PhoneNumber) -> String {
+        hex(hmac::sign(&self.key, number.e164().as_bytes()).as_ref())
+    }
+}
+
+/// `count` fresh random bytes from the system source.
+pub fn random_bytes(count: usize) -> Result<Vec<u8>, CryptoError> {
+    let mut bytes = vec![0u8; count];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| CryptoError::Random)?;
+    Ok(bytes)
+}
+
+/// Reads a key given as raw bytes or as base64 text of them.
+pub fn decode_key(material: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    use base64::Engine as _;
+    if material.len() == KEY_LEN {
+        return Ok(material.to_vec());
+    }
+    let text = std::str::from_utf8(material).map_err(|_| CryptoError::BadKeyLength)?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|_| CryptoError::BadKeyLength)?;
+    if decoded.len() == KEY_LEN {
+        Ok(decoded)
+    } else {
+        Err(CryptoError::BadKeyLength)
+    }
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, byte| {
+            let _ = write!(out, "{byte:02x}");
+            out
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Region;
+
+    #[test]
+    fn sealed_payloads_open_only_with_the_same_identity() {
+        let ring = KeyRing::new(&[7u8; KEY_LEN]).unwrap();
+        let sealed = ring.seal(b"msg_1", b"hello").unwrap();
+        assert_eq!(sealed.key_id, ring.current_key_id());
+        assert_eq!(ring.open(b"msg_1", &sealed).unwrap(), b"hello");
+        assert!(ring.open(b"msg_2", &sealed).is_err());
+
+        let mut altered = sealed.clone();
+        let last = altered.bytes.len() - 1;
+        altered.bytes[last] ^= 1;
+        assert!(ring.open(b"msg_1", &altered).is_err());
+
+        let other = KeyRing::new(&[8u8; KEY_LEN]).unwrap();
+        assert!(matches!(
+            other.open(b"msg_1", &sealed),
+            Err(CryptoError::UnknownKey(_))
+        ));
+    }
+
+    #[test]
+    fn each_seal_uses_a_fresh_nonce() {
+        let ring = KeyRing::new(&[7u8; KEY_LEN]).unwrap();
+        let first = ring.seal(b"a", b"same").unwrap();
+        let second = ring.seal(b"a", b"same").unwrap();
+        assert_ne!(first.bytes, second.bytes);
+    }
+
+    #[test]
+    fn keys_must_be_32_bytes() {
+        assert!(KeyRing::new(&[1u8; 16]).is_err());
+        assert!(NumberHasher::new(&[1u8; 31]).is_err());
+        assert_eq!(decode_key(&[3u8; 32]).unwrap(), vec![3u8; 32]);
+        let text = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n";
+        assert_eq!(decode_key(text.as_bytes()).unwrap().len(), 32);
+        assert!(decode_key(b"short").is_err());
+    }
+
+    #[test]
+    fn number_hashes_are_keyed() {
+        let number = PhoneNumber::parse("+14155550123", Region::US).unwrap();
+        let first = NumberHasher::new(&[1u8; 32]).unwrap();
+        let second = NumberHasher::new(&[2u8; 32]).unwrap();
+        assert_eq!(first.hash(&number), first.hash(&number));
+        assert_ne!(first.hash(&number), second.hash(&number));
+        assert_eq!(first.hash(&number).len(), 64);
+    }
+}

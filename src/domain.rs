@@ -1,0 +1,366 @@
+//! Parsed domain types. Each is built by a `parse` function at the edge and cannot hold an
+//! invalid value afterwards: once code holds a [`PhoneNumber`], it is a valid E.164 number.
+//!
+//! Nothing here does IO. Phone numbers never print in full through `Debug` or `Display`
+//! (see [`PhoneNumber::masked`]): a full number must not reach logs or metrics.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A valid phone number in E.164 form (`+14155550123`).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PhoneNumber(String);
+
+/// Why a phone number was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NumberError {
+    #[error("not a phone number")]
+    Unparseable,
+    #[error("not a valid number for its country")]
+    Invalid,
+}
+
+impl PhoneNumber {
+    /// Parses any common written form: `(415) 555-0123`, `415.555.0123`, `+1 415 555 0123`,
+    /// `14155550123`. National forms are read in `default_region` (ISO 3166 alpha-2).
+    pub fn parse(input: &str, default_region: Region) -> Result<Self, NumberError> {
+        let trimmed = input.trim();
+        if trimmed.is_empty() || trimmed.len() > 64 {
+            return Err(NumberError::Unparseable);
+        }
+        let parsed = phonenumber::parse(Some(default_region.0), trimmed)
+            .map_err(|_| NumberError::Unparseable)?;
+        if !phonenumber::is_valid(&parsed) {
+            return Err(NumberError::Invalid);
+        }
+        Ok(PhoneNumber(
+            parsed.format().mode(phonenumber::Mode::E164).to_string(),
+        ))
+    }
+
+    /// The E.164 string. Only for building upstream requests and for encryption: never log it.
+    pub fn e164(&self) -> &str {
+        &self.0
+    }
+
+    /// The number with its last four digits hidden (`+1415555****`): safe for logs and the
+    /// database's readable columns.
+    pub fn masked(&self) -> String {
+        mask_tail(&self.0)
+    }
+}
+
+fn mask_tail(text: &str) -> String {
+    let keep = text.chars().count().saturating_sub(4);
+    text.chars()
+        .enumerate()
+        .map(|(index, c)| if index < keep { c } else { '*' })
+        .collect()
+}
+
+impl fmt::Debug for PhoneNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PhoneNumber({})", self.masked())
+    }
+}
+
+/// A region for reading national number forms, e.g. `US`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Region(phonenumber::country::Id);
+
+impl Region {
+    pub const US: Region = Region(phonenumber::country::Id::US);
+
+    pub fn code(&self) -> String {
+        format!("{:?}", self.0)
+    }
+}
+
+impl FromStr for Region {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        phonenumber::country::Id::from_str(&s.to_ascii_uppercase())
+            .map(Region)
+            .map_err(|_| format!("unknown region {s:?} (expected an ISO 3166 code such as US)"))
+    }
+}
+
+impl fmt::Debug for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+/// Who a message is from, in one of the forms gateways accept.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum Sender {
+    /// A long code in E.164 form.
+    Number(PhoneNumber),
+    /// A short code: 3 to 8 digits.
+    ShortCode(String),
+    /// An alphanumeric sender ID: 1 to 11 of `A-Z a-z 0-9 space - . _ &`, at least one letter.
+    Alphanumeric(String),
+}
+
+impl Sender {
+    /// Parses a sender. A `+` or a form with 9 or more digits is a number (read in
+    /// `default_region`); 3 to 8 bare digits are a short code; otherwise an alphanumeric ID.
+    pub fn parse(input: &str, default_region: Region) -> Result<Self, String> {
+        let text = input.trim();
+        let digits = text.chars().filter(char::is_ascii_digit).count();
+        let only_digits = !text.is_empty() && text.chars().all(|c| c.is_ascii_digit());
+        if only_digits && (3..=8).contains(&digits) {
+            return Ok(Sender::ShortCode(text.to_owned()));
+        }
+        let has_letter = text.chars().any(|c| c.is_ascii_alphabetic());
+        if !has_letter && (text.starts_with('+') || digits >= 9) {
+            return PhoneNumber::parse(text, default_region)
+                .map(Sender::Number)
+                .map_err(|error| format!("sender is not a valid number: {error}"));
+        }
+        let allowed = |c: char| c.is_ascii_alphanumeric() || " -._&".contains(c);
+        if has_letter && (1..=11).contains(&text.len()) && text.chars().all(allowed) {
+            return Ok(Sender::Alphanumeric(text.to_owned()));
+        }
+        Err("sender must be an E.164 number, a short code or an alphanumeric ID of at most 11 characters".into())
+    }
+
+    /// The form sent to a gateway.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Sender::Number(number) => number.e164(),
+            Sender::ShortCode(code) | Sender::Alphanumeric(code) => code,
+        }
+    }
+
+    /// A form safe for logs and readable database columns.
+    pub fn masked(&self) -> String {
+        match self {
+            Sender::Number(number) => number.masked(),
+            Sender::ShortCode(code) | Sender::Alphanumeric(code) => code.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for Sender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sender({})", self.masked())
+    }
+}
+
+/// Why a message is sent. Each policy says what each purpose needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    Marketing,
+    Informational,
+    Transactional,
+}
+
+impl Purpose {
+    pub const ALL: [Purpose; 3] = [
+        Purpose::Marketing,
+        Purpose::Informational,
+        Purpose::Transactional,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Purpose::Marketing => "marketing",
+            Purpose::Informational => "informational",
+            Purpose::Transactional => "transactional",
+        }
+    }
+}
+
+impl FromStr for Purpose {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Purpose::ALL
+            .into_iter()
+            .find(|purpose| purpose.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown purpose {s:?} (marketing, informational or transactional)")
+            })
+    }
+}
+
+/// A tenant's identifier: 1 to 64 of `a-z 0-9 - _`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct TenantId(String);
+
+impl TenantId {
+    pub fn parse(input: &str) -> Result<Self, String> {
+        let valid = (1..=64).contains(&input.len())
+            && input
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if valid {
+            Ok(TenantId(input.to_owned()))
+        } else {
+            Err(format!(
+                "tenant id {input:?} must be 1 to 64 characters of a-z, 0-9, '-' and '_'"
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A message's identifier, `msg_` followed by a time-ordered UUID (v7) in hex.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct MessageId(String);
+
+impl MessageId {
+    pub fn new() -> Self {
+        MessageId(format!("msg_{}", uuid::Uuid::now_v7().simple()))
+    }
+
+    pub fn parse(input: &str) -> Option<Self> {
+        let hex = input.strip_prefix("msg_")?;
+        uuid::Uuid::try_parse(hex).ok()?;
+        Some(MessageId(input.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for MessageId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The largest body accepted, in characters: ten concatenated GSM segments, as gateways allow.
+pub const MAX_BODY_CHARS: usize = 1600;
+
+/// A message body of 1 to [`MAX_BODY_CHARS`] characters. Never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Body(String);
+
+impl Body {
+    pub fn parse(input: String) -> Result<Self, String> {
+        let count = input.chars().count();
+        if count == 0 || input.trim().is_empty() {
+            return Err("body must not be empty".into());
+        }
+        if count > MAX_BODY_CHARS {
+            return Err(format!(
+                "body has {count} characters; at most {MAX_BODY_CHARS} are allowed"
+            ));
+        }
+        Ok(Body(input))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Body {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Body({} chars)", self.0.chars().count())
+    }
+}
+
+/// A message in the one form every dialect is turned into before it is decided on.
+#[derive(Debug, Clone)]
+pub struct CanonicalMessage {
+    pub id: MessageId,
+    pub tenant: TenantId,
+    pub to: PhoneNumber,
+    pub from: Sender,
+    pub body: Body,
+    pub purpose: Purpose,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_written_form_of_a_number_is_the_same_e164() {
+        for form in [
+            "(415) 555-0123",
+            "415.555.0123",
+            "+1 415 555 0123",
+            "14155550123",
+            " +1-415-555-0123 ",
+        ] {
+            let number = PhoneNumber::parse(form, Region::US).unwrap();
+            assert_eq!(number.e164(), "+14155550123", "{form}");
+        }
+    }
+
+    #[test]
+    fn invalid_numbers_are_refused() {
+        assert_eq!(
+            PhoneNumber::parse("12", Region::US),
+            Err(NumberError::Unparseable)
+        );
+        assert!(PhoneNumber::parse("not a number", Region::US).is_err());
+        assert!(PhoneNumber::parse("+1 000 000 0000", Region::US).is_err());
+        assert!(PhoneNumber::parse("", Region::US).is_err());
+    }
+
+    #[test]
+    fn numbers_never_print_in_full() {
+        let number = PhoneNumber::parse("+14155550123", Region::US).unwrap();
+        assert_eq!(number.masked(), "+1415555****");
+        assert!(!format!("{number:?}").contains("0123"));
+    }
+
+    #[test]
+    fn senders_take_the_forms_gateways_allow() {
+        assert_eq!(
+            Sender::parse("+1 202 555 0100", Region::US)
+                .unwrap()
+                .as_str(),
+            "+12025550100"
+        );
+        assert!(matches!(
+            Sender::parse("12345", Region::US),
+            Ok(Sender::ShortCode(_))
+        ));
+        assert!(matches!(
+            Sender::parse("ACME Shop", Region::US),
+            Ok(Sender::Alphanumeric(_))
+        ));
+        assert!(Sender::parse("A much too long sender", Region::US).is_err());
+        assert!(Sender::parse("", Region::US).is_err());
+        assert!(Sender::parse("12", Region::US).is_err());
+    }
+
+    #[test]
+    fn bodies_are_bounded() {
+        assert!(Body::parse(String::new()).is_err());
+        assert!(Body::parse("   ".into()).is_err());
+        assert!(Body::parse("é".repeat(MAX_BODY_CHARS)).is_ok());
+        assert!(Body::parse("a".repeat(MAX_BODY_CHARS + 1)).is_err());
+    }
+
+    #[test]
+    fn message_ids_round_trip() {
+        let id = MessageId::new();
+        assert_eq!(MessageId::parse(id.as_str()), Some(id));
+        assert_eq!(MessageId::parse("msg_nothex"), None);
+    }
+}

@@ -1,0 +1,63 @@
+//! The HTTP API: routes, and the one place errors become responses ([`error`]).
+//!
+//! Each handler reads as the send flow's phases: authenticate, parse into domain types, gather
+//! facts, decide, record, forward, answer. The handlers hold no logic of their own beyond that
+//! order; the rules live in `policy`, the IO in `store` and `upstream`.
+
+pub mod admin;
+pub mod error;
+pub mod messages;
+pub mod sandbox;
+
+use axum::Router;
+use axum::routing::{get, post};
+use http::HeaderMap;
+
+use crate::app::AppState;
+use crate::auth::Principal;
+use crate::config::Tenant;
+use error::ApiError;
+
+use std::sync::Arc;
+
+/// The API served on the TLS listener.
+pub fn api_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/messages", post(messages::send))
+        .route("/v1/messages/{id}", get(messages::show))
+        .route("/v1/sandbox/messages", get(sandbox::list))
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .with_state(state)
+}
+
+/// The admin API served on the plain admin listener.
+pub fn admin_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(admin::healthz))
+        .route("/readyz", get(admin::readyz))
+        .fallback(error::not_found)
+        .with_state(state)
+}
+
+impl AppState {
+    /// Verifies the bearer token and checks that it carries `scope` and names a known tenant.
+    pub fn authorize(
+        &self,
+        headers: &HeaderMap,
+        scope: &'static str,
+    ) -> Result<(Principal, &Tenant), ApiError> {
+        let authorization = headers
+            .get(http::header::AUTHORIZATION)
+            .map(|value| value.to_str().unwrap_or("\u{0}invalid"));
+        let principal = self.verifier.verify_header(authorization)?;
+        if !principal.has_scope(scope) {
+            return Err(ApiError::insufficient_scope(scope));
+        }
+        let tenant = self
+            .tenants
+            .get(&principal.tenant)
+            .ok_or_else(ApiError::unknown_tenant)?;
+        Ok((principal, tenant))
+    }
+}

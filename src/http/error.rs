@@ -1,0 +1,132 @@
+//! Every error and denial of the native API has one shape:
+//! `{"error": {"code": "...", "message": "...", ...details}}`, with a stable `code`.
+//! Authentication failures add `WWW-Authenticate` (RFC 6750 section 3).
+
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use serde_json::{Map, Value, json};
+
+use crate::auth::AuthError;
+use crate::store::StoreError;
+use crate::upstream::UpstreamError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// Extra members of the `error` object.
+    pub details: Map<String, Value>,
+    pub www_authenticate: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: Map::new(),
+            www_authenticate: None,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.details.insert(key.to_owned(), value.into());
+        self
+    }
+
+    pub fn insufficient_scope(scope: &str) -> Self {
+        let mut error = Self::new(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            format!("the token lacks the scope {scope}"),
+        )
+        .with("required_scope", scope);
+        error.www_authenticate = Some(format!(
+            "Bearer realm=\"consentry\", error=\"insufficient_scope\", scope=\"{scope}\""
+        ));
+        error
+    }
+
+    pub fn unknown_tenant() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "unknown_tenant",
+            "the token names a tenant that is not configured",
+        )
+    }
+
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is larger than {limit} bytes"),
+        )
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        let mut api = ApiError::new(StatusCode::UNAUTHORIZED, error.code(), error.to_string());
+        api.www_authenticate = Some(match error {
+            AuthError::Missing => "Bearer realm=\"consentry\"".to_owned(),
+            _ => format!(
+                "Bearer realm=\"consentry\", error=\"invalid_token\", error_description=\"{}\"",
+                error.code()
+            ),
+        });
+        api
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        tracing::error!(%error, "storage failed; answering 503 and forwarding nothing");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "the message log cannot be written; nothing was sent",
+        )
+    }
+}
+
+impl From<UpstreamError> for ApiError {
+    fn from(error: UpstreamError) -> Self {
+        ApiError::new(StatusCode::BAD_GATEWAY, error.code(), error.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = Map::new();
+        error.insert("code".into(), self.code.into());
+        error.insert("message".into(), self.message.into());
+        error.extend(self.details);
+        let mut response = (self.status, axum::Json(json!({ "error": error }))).into_response();
+        if let Some(challenge) = self.www_authenticate
+            && let Ok(value) = http::HeaderValue::from_str(&challenge)
+        {
+            response
+                .headers_mut()
+                .insert(http::header::WWW_AUTHENTICATE, value);
+        }
+        response
+    }
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method",
+    )
+}

@@ -1,0 +1,290 @@
+//! `POST /v1/messages` (scope `messages:send`) and `GET /v1/messages/{id}` (scope
+//! `messages:read`).
+//!
+//! The send flow, in order; each phase either continues or answers:
+//! 1. authenticate the bearer token (401, 403);
+//! 2. read the bounded body and parse it into a [`CanonicalMessage`] (413, 400);
+//! 3. decide, purely ([`policy::decide`]);
+//! 4. record the decision with the sealed body, durably (503 if it cannot be written: nothing
+//!    is forwarded);
+//! 5. a denial answers 403 with its reason codes;
+//! 6. an allowed message is forwarded with its permit, and the outcome appended (201, or 502
+//!    when the gateway fails).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body as RequestBody;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, StatusCode};
+use jiff::Timestamp;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::app::AppState;
+use crate::auth::{Principal, scope};
+use crate::config::Tenant;
+use crate::domain::{Body, CanonicalMessage, MessageId, PhoneNumber, Purpose, Sender};
+use crate::http::error::ApiError;
+use crate::policy::{self, Decision, Facts, SenderBounds};
+use crate::store::{DecisionKind, MessageRecord, OutcomeRecord, OutcomeStatus};
+
+/// The native send request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendRequest {
+    to: String,
+    from: String,
+    body: String,
+    purpose: String,
+}
+
+pub async fn send(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: RequestBody,
+) -> Result<Response, ApiError> {
+    let (principal, tenant) = state.authorize(&headers, scope::SEND)?;
+    let bytes = read_body(&headers, body, state.max_request_bytes).await?;
+    let request: SendRequest = parse_json(&bytes)?;
+    let message = canonical_message(request, tenant)?;
+
+    let bounds = sender_bounds(&principal, tenant);
+    let facts = Facts {
+        tenant: &tenant.rules,
+        bounds: &bounds,
+        now: Timestamp::now(),
+    };
+    let decision = policy::decide(message, &facts);
+    state.record_decision(&decision, tenant, facts.now).await?;
+
+    let permit = match decision {
+        Decision::Deny(denial) => {
+            let headline = &denial.reasons[0];
+            tracing::info!(
+                message = %denial.message.id,
+                tenant = %tenant.id,
+                code = headline.code.as_str(),
+                "message denied"
+            );
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                headline.code.as_str(),
+                headline.detail.clone(),
+            )
+            .with("id", denial.message.id.as_str())
+            .with(
+                "reasons",
+                serde_json::to_value(&denial.reasons).unwrap_or_default(),
+            ));
+        }
+        Decision::Allow(permit) => permit,
+    };
+
+    let id = permit.message().id.clone();
+    let upstream = state
+        .upstreams
+        .get(&tenant.upstream)
+        .expect("tenant upstreams are checked at start-up");
+    let result = upstream.forward(permit).await;
+    let outcome = match &result {
+        Ok(receipt) => OutcomeRecord {
+            message_id: id.clone(),
+            recorded_at_us: Timestamp::now().as_microsecond(),
+            status: OutcomeStatus::Sent,
+            upstream_message_id: receipt.message_id.clone(),
+            error_code: None,
+            detail: None,
+        },
+        Err(error) => OutcomeRecord {
+            message_id: id.clone(),
+            recorded_at_us: Timestamp::now().as_microsecond(),
+            status: OutcomeStatus::Failed,
+            upstream_message_id: None,
+            error_code: Some(error.code().to_owned()),
+            detail: Some(error.to_string()),
+        },
+    };
+    // The gateway has answered: whatever happens to this write, the client must learn what the
+    // gateway did, or it would retry a message that was sent.
+    if let Err(error) = state.store.record_outcome(&outcome).await {
+        tracing::error!(message = %id, %error, "the upstream outcome could not be recorded");
+    }
+
+    match result {
+        Ok(receipt) => {
+            tracing::info!(message = %id, tenant = %tenant.id, upstream = %receipt.name, "message sent");
+            Ok((
+                StatusCode::CREATED,
+                Json(json!({ "id": id, "status": "sent", "upstream": receipt })),
+            )
+                .into_response())
+        }
+        Err(error) => {
+            tracing::warn!(message = %id, tenant = %tenant.id, %error, "upstream failed");
+            Err(ApiError::from(error).with("id", id.as_str()))
+        }
+    }
+}
+
+pub async fn show(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<crate::store::MessageView>, ApiError> {
+    let (principal, _tenant) = state.authorize(&headers, scope::READ_MESSAGES)?;
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "message_not_found",
+            "no such message",
+        )
+    };
+    let id = MessageId::parse(&id).ok_or_else(not_found)?;
+    let view = state
+        .store
+        .message(&principal.tenant, &id)
+        .await?
+        .ok_or_else(not_found)?;
+    Ok(Json(view))
+}
+
+impl AppState {
+    /// Seals the message and writes its record with the decision. Returns only once the record
+    /// is durable.
+    async fn record_decision(
+        &self,
+        decision: &Decision,
+        tenant: &Tenant,
+        now: Timestamp,
+    ) -> Result<(), ApiError> {
+        let message = decision.message();
+        let (kind, reasons) = match decision {
+            Decision::Allow(_) => (DecisionKind::Allowed, serde_json::json!([])),
+            Decision::Deny(denial) => (
+                DecisionKind::Denied,
+                serde_json::to_value(&denial.reasons).unwrap_or_default(),
+            ),
+        };
+        let plaintext = json!({
+            "to": message.to.e164(),
+            "from": message.from.as_str(),
+            "body": message.body.as_str(),
+        });
+        let sealed = self
+            .keys
+            .seal(
+                &message_associated_data(message),
+                plaintext.to_string().as_bytes(),
+            )
+            .map_err(|error| {
+                tracing::error!(%error, "sealing failed");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "encryption_unavailable",
+                    "the message could not be encrypted; nothing was sent",
+                )
+            })?;
+        let record = MessageRecord {
+            id: message.id.clone(),
+            tenant: message.tenant.clone(),
+            created_at_us: now.as_microsecond(),
+            recipient_hash: self.numbers.hash(&message.to),
+            recipient_masked: message.to.masked(),
+            sender_masked: message.from.masked(),
+            purpose: message.purpose.as_str(),
+            decision: kind,
+            reasons_json: reasons.to_string(),
+            upstream: matches!(kind, DecisionKind::Allowed).then(|| tenant.upstream.clone()),
+            key_id: sealed.key_id,
+            payload: sealed.bytes,
+        };
+        self.store.record_message(&record).await?;
+        Ok(())
+    }
+}
+
+/// The associated data bound to a message's sealed payload: its identity.
+pub fn message_associated_data(message: &CanonicalMessage) -> Vec<u8> {
+    format!("consentry/message/v1\0{}\0{}", message.tenant, message.id).into_bytes()
+}
+
+/// Reads the whole body, refusing more than `limit` bytes with 413.
+async fn read_body(
+    headers: &HeaderMap,
+    body: RequestBody,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    if let Some(content_type) = headers.get(http::header::CONTENT_TYPE) {
+        let json = content_type
+            .to_str()
+            .map(|value| value.trim_start().starts_with("application/json"))
+            .unwrap_or(false);
+        if !json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the request as application/json",
+            ));
+        }
+    }
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::payload_too_large(limit))
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|error| {
+        ApiError::bad_request(
+            "invalid_request",
+            format!("the request is not valid: {error}"),
+        )
+    })
+}
+
+/// Parses the request's fields into the canonical message, each bad field with its own code.
+fn canonical_message(request: SendRequest, tenant: &Tenant) -> Result<CanonicalMessage, ApiError> {
+    let to = PhoneNumber::parse(&request.to, tenant.default_region).map_err(|error| {
+        ApiError::bad_request("invalid_recipient", format!("to: {error}")).with("field", "to")
+    })?;
+    let from = Sender::parse(&request.from, tenant.default_region).map_err(|error| {
+        ApiError::bad_request("invalid_sender", format!("from: {error}")).with("field", "from")
+    })?;
+    let purpose: Purpose = request.purpose.parse().map_err(|error: String| {
+        ApiError::bad_request("invalid_purpose", format!("purpose: {error}"))
+            .with("field", "purpose")
+    })?;
+    let body = Body::parse(request.body).map_err(|error| {
+        ApiError::bad_request("invalid_body", format!("body: {error}")).with("field", "body")
+    })?;
+    Ok(CanonicalMessage {
+        id: MessageId::new(),
+        tenant: tenant.id.clone(),
+        to,
+        from,
+        body,
+        purpose,
+    })
+}
+
+/// The token's narrowing of the tenant's senders and purposes. A sender in the token that does
+/// not parse matches nothing, so it can only narrow.
+fn sender_bounds(principal: &Principal, tenant: &Tenant) -> SenderBounds {
+    SenderBounds {
+        senders: principal.senders.as_ref().map(|senders| {
+            senders
+                .iter()
+                .filter_map(|sender| Sender::parse(sender, tenant.default_region).ok())
+                .collect()
+        }),
+        purposes: principal.purposes.clone(),
+    }
+}

@@ -1,0 +1,38 @@
+//! consentry: a compliance and consent-aware TLS proxy for application-to-person SMS.
+//!
+//! The map of the code (ARCHITECTURE.md has the longer version):
+//!
+//! | module      | owns                                                                  | IO? |
+//! |-------------|-----------------------------------------------------------------------|-----|
+//! | `domain`    | parsed types: `PhoneNumber` (E.164), `Sender`, `Purpose`, `MessageId`  | no  |
+//! | `policy`    | `decide()`: the only maker of a `Permit`, the value that allows a send | no  |
+//! | `crypto`    | AES-256-GCM key ring, keyed hashes of numbers (ring)                   | no  |
+//! | `config`    | TOML -> checked configuration; secrets by reference, redacted          | reads files |
+//! | `auth`      | JWT verification -> `Principal`; development tokens                    | no  |
+//! | `datadir`   | the data folder: certificate and keys made once, reused                | yes |
+//! | `store`     | the `Store` interface and its SQLite backend                           | yes |
+//! | `upstream`  | gateways: `sandbox`, `http-json`; forwarding needs a `Permit`          | yes |
+//! | `http`      | routes, handlers, the one error-to-response mapping                    | yes |
+//! | `server`    | TLS accept loop, HTTP/1.1 + h2, graceful shutdown                      | yes |
+//! | `app`       | wiring: config -> running parts -> listeners                           | yes |
+//!
+//! Invariants (each has a test): fail closed; log before forward; the decision is pure; no
+//! body and no full phone number in plaintext in the database or the logs; the upstream request
+//! is built from scratch; one cryptography backend, ring.
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod crypto;
+pub mod datadir;
+pub mod domain;
+pub mod http;
+pub mod policy;
+pub mod server;
+pub mod store;
+pub mod upstream;
+
+pub use app::App;
+pub use config::Config;

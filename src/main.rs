@@ -1,0 +1,292 @@
+//! The `consentry` command: parse the command line, load the configuration, and hand over to
+//! the library.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use consentry::auth::{DevClaims, mint_dev_token};
+use consentry::config::{DEFAULT_AUDIENCE, DEV_ISSUER};
+use consentry::datadir::DataDir;
+use consentry::{App, Config};
+
+#[derive(Parser)]
+#[command(
+    name = "consentry",
+    version,
+    about = "A consent-aware TLS proxy for A2P SMS"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy. With no --config it runs on embedded defaults, ready to try.
+    Serve {
+        /// The configuration file (TOML).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The data folder (certificate, keys, SQLite database).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The TLS API address.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// The plain-HTTP admin address (health, readiness).
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
+    },
+    /// Print a development token, signed with the data folder's key, on stdout alone.
+    Token {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        sub: String,
+        /// Space-separated scopes, e.g. "messages:send messages:read".
+        #[arg(long)]
+        scope: String,
+        /// Lifetime, e.g. 1h, 30m, 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Read the data folder from this configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Check a configuration file (or the embedded defaults) and say what is wrong.
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve {
+            config,
+            data_dir,
+            listen,
+            admin_listen,
+        } => serve(config.as_deref(), data_dir, listen, admin_listen),
+        Command::Token {
+            tenant,
+            sub,
+            scope,
+            ttl,
+            data_dir,
+            config,
+        } => token(&tenant, &sub, &scope, &ttl, data_dir, config.as_deref()),
+        Command::Check { config } => check(config.as_deref()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("consentry: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    match path {
+        Some(path) => Ok(Config::load(path)?),
+        None => Ok(Config::embedded()),
+    }
+}
+
+fn serve(
+    config_path: Option<&Path>,
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    admin_listen: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let mut config = load_config(config_path)?;
+    if let Some(dir) = data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(address) = listen {
+        config.server.listen = address;
+    }
+    if let Some(address) = admin_listen {
+        config.server.admin_listen = address;
+    }
+    let dev_issuer = config.jwt.dev_issuer;
+    let tenant_example = config.tenants.first().cloned();
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let app = App::build(config.clone()).await?;
+        let api = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+        let admin = tokio::net::TcpListener::bind(config.server.admin_listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.server.admin_listen))?;
+        let api_address = api.local_addr()?;
+        let admin_address = admin.local_addr()?;
+
+        println!("consentry {} is running", env!("CARGO_PKG_VERSION"));
+        println!("  API (TLS):   https://{api_address}");
+        println!("  admin:       http://{admin_address}  (/healthz, /readyz)");
+        println!("  certificate: {}", app.cert_path().display());
+        println!("  SHA-256:     {}", app.fingerprint());
+        if let (true, Some(tenant)) = (dev_issuer, tenant_example) {
+            print_example(&app, api_address, &tenant, config_path);
+        }
+        tracing::info!(%api_address, %admin_address, "serving");
+        app.run(api, admin, shutdown_signal()).await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// Prints a token command and a curl line that work as printed.
+fn print_example(
+    app: &App,
+    api_address: SocketAddr,
+    tenant: &consentry::config::TenantConfig,
+    config_path: Option<&Path>,
+) {
+    let program = std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            let cwd = std::env::current_dir().ok()?;
+            Some(match exe.strip_prefix(&cwd) {
+                Ok(relative) => format!("./{}", relative.display()),
+                Err(_) => exe.display().to_string(),
+            })
+        })
+        .unwrap_or_else(|| "consentry".into());
+    let location = match config_path {
+        Some(path) => format!("--config {}", shell_quote(&path.display().to_string())),
+        None => format!(
+            "--data-dir {}",
+            shell_quote(&app.data_dir().display().to_string())
+        ),
+    };
+    let host = if api_address.ip().is_loopback() && api_address.is_ipv4() {
+        format!("localhost:{}", api_address.port())
+    } else {
+        api_address.to_string()
+    };
+    println!();
+    println!("Try it:");
+    println!(
+        "  TOKEN=$({program} token {location} --tenant {} --sub demo-app --scope 'messages:send messages:read admin')",
+        tenant.id
+    );
+    println!(
+        "  curl --cacert {} https://{host}/v1/messages \\\n    -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' \\\n    -d '{{\"to\": \"+1 415 555 0123\", \"from\": \"{}\", \"body\": \"Your code is 123456\", \"purpose\": \"transactional\"}}'",
+        shell_quote(&app.cert_path().display().to_string()),
+        tenant.senders[0]
+    );
+    println!(
+        "  curl --cacert {} https://{host}/v1/sandbox/messages -H \"Authorization: Bearer $TOKEN\"",
+        shell_quote(&app.cert_path().display().to_string())
+    );
+    println!();
+}
+
+fn shell_quote(text: &str) -> String {
+    if text
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+:=".contains(c))
+    {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down: finishing open requests");
+}
+
+fn token(
+    tenant: &str,
+    subject: &str,
+    scope: &str,
+    ttl: &str,
+    data_dir: Option<PathBuf>,
+    config_path: Option<&Path>,
+) -> anyhow::Result<()> {
+    let data_dir = match (data_dir, config_path) {
+        (Some(dir), _) => dir,
+        (None, Some(path)) => Config::load(path)?.data_dir,
+        (None, None) => Config::embedded().data_dir,
+    };
+    let ttl: jiff::SignedDuration = ttl
+        .parse()
+        .with_context(|| format!("--ttl {ttl:?}: use a duration such as 1h, 30m or 7d"))?;
+    if ttl.is_negative() || ttl.is_zero() {
+        anyhow::bail!("--ttl must be positive");
+    }
+    consentry::domain::TenantId::parse(tenant).map_err(anyhow::Error::msg)?;
+    let key = DataDir::open(&data_dir)?.dev_jwt_key()?;
+    let now = jiff::Timestamp::now().as_second();
+    let claims = DevClaims {
+        iss: DEV_ISSUER.into(),
+        aud: DEFAULT_AUDIENCE.into(),
+        sub: subject.into(),
+        tenant: tenant.into(),
+        scope: scope.into(),
+        iat: now,
+        nbf: now,
+        exp: now + ttl.as_secs(),
+    };
+    println!("{}", mint_dev_token(&key.pkcs8, &claims)?);
+    Ok(())
+}
+
+fn check(config_path: Option<&Path>) -> anyhow::Result<()> {
+    let config = load_config(config_path)?;
+    // Reads every key file and secret the configuration names, as serve would.
+    let dev_key = config.jwt.dev_issuer.then_some([0u8; 32]);
+    consentry::auth::Verifier::from_config(&config, dev_key.as_ref().map(|k| k.as_slice()))?;
+    consentry::upstream::Upstreams::from_config(&config)?;
+    let tenants = config.tenants()?;
+    println!(
+        "configuration is valid: {} tenant(s), {} upstream(s) besides sandbox, {} issuer(s){}",
+        tenants.len(),
+        config.upstreams.len(),
+        config.jwt.issuers.len(),
+        if config.jwt.dev_issuer {
+            " and the development issuer"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}

@@ -1,0 +1,257 @@
+//! The decision core: `decide()` turns a canonical message, what the tenant allows, what the
+//! sender's token allows and the time into a [`Decision`].
+//!
+//! Architecture invariant: this module does no IO, reads no clock and holds no state. It is the
+//! only place that can produce a [`Permit`], the value the forwarder needs to send a message:
+//! holding a permit is the proof that the message was checked. A denial is a normal value with
+//! stable reason codes, not an error.
+
+use std::collections::BTreeSet;
+
+use jiff::Timestamp;
+use serde::Serialize;
+
+use crate::domain::{CanonicalMessage, Purpose, Sender};
+
+/// What a tenant's configuration allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantRules {
+    pub senders: Vec<Sender>,
+    pub purposes: BTreeSet<Purpose>,
+}
+
+/// What the sender's token allows, within the tenant's rules. `None` means "no narrowing".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SenderBounds {
+    pub senders: Option<Vec<Sender>>,
+    pub purposes: Option<BTreeSet<Purpose>>,
+}
+
+/// Everything the decision is a function of. Later rules (consent, time windows, caps) add
+/// their facts here, gathered by the IO edge before `decide()` is called.
+#[derive(Debug)]
+pub struct Facts<'a> {
+    pub tenant: &'a TenantRules,
+    pub bounds: &'a SenderBounds,
+    /// The time the decision is made for; read from the clock by the caller, never here.
+    pub now: Timestamp,
+}
+
+/// A stable reason code. The string forms are part of the API and never change meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReasonCode {
+    SenderNotAllowed,
+    PurposeNotAllowed,
+}
+
+impl ReasonCode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ReasonCode::SenderNotAllowed => "sender_not_allowed",
+            ReasonCode::PurposeNotAllowed => "purpose_not_allowed",
+        }
+    }
+}
+
+/// One reason for a denial, with a sentence a person can read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reason {
+    pub code: ReasonCode,
+    pub detail: String,
+}
+
+/// The outcome of [`decide`].
+#[derive(Debug)]
+pub enum Decision {
+    Allow(Permit),
+    Deny(Denial),
+}
+
+impl Decision {
+    /// The message decided on, whatever the outcome.
+    pub fn message(&self) -> &CanonicalMessage {
+        match self {
+            Decision::Allow(permit) => &permit.message,
+            Decision::Deny(denial) => &denial.message,
+        }
+    }
+}
+
+/// A refused message and why. `reasons` is never empty: the first is the headline code.
+#[derive(Debug)]
+pub struct Denial {
+    pub message: CanonicalMessage,
+    pub reasons: Vec<Reason>,
+}
+
+/// Permission to forward exactly one message. It can only be made by [`decide`], it is not
+/// `Clone`, and it carries the message it was decided for, so the forwarder sends what was
+/// checked and nothing else.
+#[derive(Debug)]
+pub struct Permit {
+    message: CanonicalMessage,
+    decided_at: Timestamp,
+}
+
+impl Permit {
+    pub fn message(&self) -> &CanonicalMessage {
+        &self.message
+    }
+
+    pub fn decided_at(&self) -> Timestamp {
+        self.decided_at
+    }
+}
+
+/// Decides whether `message` may be sent now. Pure: the same inputs give the same answer.
+///
+/// Every failing rule adds a reason, so the caller sees all that is wrong at once.
+pub fn decide(message: CanonicalMessage, facts: &Facts<'_>) -> Decision {
+    let mut reasons = Vec::new();
+
+    let tenant_allows_sender = facts.tenant.senders.contains(&message.from);
+    let token_allows_sender = facts
+        .bounds
+        .senders
+        .as_ref()
+        .is_none_or(|senders| senders.contains(&message.from));
+    if !tenant_allows_sender {
+        reasons.push(Reason {
+            code: ReasonCode::SenderNotAllowed,
+            detail: format!(
+                "sender {} is not one of tenant {}'s senders",
+                message.from.masked(),
+                message.tenant
+            ),
+        });
+    } else if !token_allows_sender {
+        reasons.push(Reason {
+            code: ReasonCode::SenderNotAllowed,
+            detail: format!(
+                "sender {} is outside the senders this token allows",
+                message.from.masked()
+            ),
+        });
+    }
+
+    let purpose = message.purpose;
+    if !facts.tenant.purposes.contains(&purpose) {
+        reasons.push(Reason {
+            code: ReasonCode::PurposeNotAllowed,
+            detail: format!(
+                "purpose {} is not allowed for tenant {}",
+                purpose.as_str(),
+                message.tenant
+            ),
+        });
+    } else if let Some(allowed) = &facts.bounds.purposes
+        && !allowed.contains(&purpose)
+    {
+        reasons.push(Reason {
+            code: ReasonCode::PurposeNotAllowed,
+            detail: format!(
+                "purpose {} is outside the purposes this token allows",
+                purpose.as_str()
+            ),
+        });
+    }
+
+    if reasons.is_empty() {
+        Decision::Allow(Permit {
+            message,
+            decided_at: facts.now,
+        })
+    } else {
+        Decision::Deny(Denial { message, reasons })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Body, MessageId, PhoneNumber, Region, TenantId};
+
+    fn message(from: &str, purpose: Purpose) -> CanonicalMessage {
+        CanonicalMessage {
+            id: MessageId::new(),
+            tenant: TenantId::parse("demo").unwrap(),
+            to: PhoneNumber::parse("+14155550123", Region::US).unwrap(),
+            from: Sender::parse(from, Region::US).unwrap(),
+            body: Body::parse("hello".into()).unwrap(),
+            purpose,
+        }
+    }
+
+    fn rules() -> TenantRules {
+        TenantRules {
+            senders: vec![Sender::parse("+12025550100", Region::US).unwrap()],
+            purposes: [Purpose::Transactional, Purpose::Informational].into(),
+        }
+    }
+
+    /// Runs `decide` and returns the reason codes, empty for an allow.
+    fn check(from: &str, purpose: Purpose, bounds: SenderBounds) -> Vec<&'static str> {
+        let rules = rules();
+        let facts = Facts {
+            tenant: &rules,
+            bounds: &bounds,
+            now: Timestamp::UNIX_EPOCH,
+        };
+        match decide(message(from, purpose), &facts) {
+            Decision::Allow(permit) => {
+                assert_eq!(permit.decided_at(), Timestamp::UNIX_EPOCH);
+                vec![]
+            }
+            Decision::Deny(denial) => denial.reasons.iter().map(|r| r.code.as_str()).collect(),
+        }
+    }
+
+    #[test]
+    fn decisions_follow_tenant_and_token_rules() {
+        let none = SenderBounds::default;
+        let cases: Vec<(&str, Purpose, SenderBounds, Vec<&str>)> = vec![
+            ("+12025550100", Purpose::Transactional, none(), vec![]),
+            ("(202) 555-0100", Purpose::Informational, none(), vec![]),
+            (
+                "+12025550199",
+                Purpose::Transactional,
+                none(),
+                vec!["sender_not_allowed"],
+            ),
+            (
+                "+12025550100",
+                Purpose::Marketing,
+                none(),
+                vec!["purpose_not_allowed"],
+            ),
+            (
+                "ACME",
+                Purpose::Marketing,
+                none(),
+                vec!["sender_not_allowed", "purpose_not_allowed"],
+            ),
+            (
+                "+12025550100",
+                Purpose::Informational,
+                SenderBounds {
+                    senders: None,
+                    purposes: Some([Purpose::Transactional].into()),
+                },
+                vec!["purpose_not_allowed"],
+            ),
+            (
+                "+12025550100",
+                Purpose::Transactional,
+                SenderBounds {
+                    senders: Some(vec![Sender::parse("12345", Region::US).unwrap()]),
+                    purposes: None,
+                },
+                vec!["sender_not_allowed"],
+            ),
+        ];
+        for (from, purpose, bounds, expected) in cases {
+            assert_eq!(check(from, purpose, bounds), expected, "{from} {purpose:?}");
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! Upstreams: the gateways consentry forwards allowed messages to.
+//!
+//! Forwarding takes a [`Permit`], the value only `policy::decide` makes, and builds the gateway's
+//! request from scratch from the message inside it: no header or credential of the client ever
+//! reaches a gateway, and the gateway's credential never leaves consentry except to that gateway.
+//!
+//! - `sandbox`: built in; keeps the last [`SANDBOX_CAPACITY`] messages in memory, where
+//!   `GET /v1/sandbox/messages` shows them. For trying consentry without a gateway.
+//! - `http-json`: a generic gateway; `POST url` with JSON `{"id", "to", "from", "body",
+//!   "purpose"}` and `Authorization: Bearer <credential>`; any 2xx is success, and a string or
+//!   number `id` in its JSON answer is kept as the gateway's message id.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper_rustls::{ConfigBuilderExt as _, HttpsConnector};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use jiff::Timestamp;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject as _;
+use serde::Serialize;
+
+use crate::config::{Config, ConfigError, SANDBOX, Secret, UpstreamConfig, UpstreamKind};
+use crate::domain::TenantId;
+use crate::policy::Permit;
+
+/// How many messages the sandbox keeps.
+pub const SANDBOX_CAPACITY: usize = 1000;
+/// The largest gateway answer read.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// What a gateway answered to an accepted message.
+#[derive(Debug, Clone, Serialize)]
+pub struct Receipt {
+    pub name: String,
+    pub message_id: Option<String>,
+}
+
+/// Why a forward failed. The message is recorded as failed and the client gets 502.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("the gateway could not be reached: {0}")]
+    Unavailable(String),
+    #[error("the gateway did not answer in time")]
+    Timeout,
+    #[error("the gateway refused the message with HTTP {0}")]
+    Rejected(u16),
+    #[error("the gateway's answer could not be read: {0}")]
+    BadAnswer(String),
+}
+
+impl UpstreamError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            UpstreamError::Unavailable(_) => "upstream_unavailable",
+            UpstreamError::Timeout => "upstream_timeout",
+            UpstreamError::Rejected(_) => "upstream_rejected",
+            UpstreamError::BadAnswer(_) => "upstream_bad_answer",
+        }
+    }
+}
+
+/// Every configured upstream, by name; `sandbox` is always there.
+#[derive(Debug)]
+pub struct Upstreams {
+    by_name: HashMap<String, Upstream>,
+    sandbox: Arc<Sandbox>,
+}
+
+impl Upstreams {
+    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        let sandbox = Arc::new(Sandbox::default());
+        let mut by_name = HashMap::new();
+        by_name.insert(SANDBOX.to_owned(), Upstream::Sandbox(sandbox.clone()));
+        for (index, upstream) in config.upstreams.iter().enumerate() {
+            let field = format!("upstreams[{index}]");
+            let built = match upstream.kind {
+                UpstreamKind::Sandbox => Upstream::Sandbox(sandbox.clone()),
+                UpstreamKind::HttpJson => {
+                    Upstream::HttpJson(Box::new(HttpJson::new(upstream, &field)?))
+                }
+            };
+            by_name.insert(upstream.name.clone(), built);
+        }
+        Ok(Upstreams { by_name, sandbox })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Upstream> {
+        self.by_name.get(name)
+    }
+
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+}
+
+#[derive(Debug)]
+pub enum Upstream {
+    Sandbox(Arc<Sandbox>),
+    HttpJson(Box<HttpJson>),
+}
+
+impl Upstream {
+    /// Sends the permitted message.
+    pub async fn forward(&self, permit: Permit) -> Result<Receipt, UpstreamError> {
+        match self {
+            Upstream::Sandbox(sandbox) => Ok(sandbox.accept(&permit)),
+            Upstream::HttpJson(gateway) => gateway.send(&permit).await,
+        }
+    }
+}
+
+/// A message as the sandbox received it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SandboxMessage {
+    pub sandbox_id: String,
+    pub message_id: String,
+    #[serde(skip)]
+    pub tenant: TenantId,
+    pub to: String,
+    pub from: String,
+    pub body: String,
+    pub purpose: &'static str,
+    pub received_at: Timestamp,
+}
+
+/// The built-in simulated gateway.
+#[derive(Debug, Default)]
+pub struct Sandbox {
+    messages: Mutex<VecDeque<SandboxMessage>>,
+    counter: AtomicU64,
+}
+
+impl Sandbox {
+    fn accept(&self, permit: &Permit) -> Receipt {
+        let message = permit.message();
+        let sandbox_id = format!("sbx_{}", self.counter.fetch_add(1, Ordering::Relaxed) + 1);
+        let received = SandboxMessage {
+            sandbox_id: sandbox_id.clone(),
+            message_id: message.id.to_string(),
+            tenant: message.tenant.clone(),
+            to: message.to.e164().to_owned(),
+            from: message.from.as_str().to_owned(),
+            body: message.body.as_str().to_owned(),
+            purpose: message.purpose.as_str(),
+            received_at: Timestamp::now(),
+        };
+        let mut messages = self.messages.lock().expect("sandbox lock poisoned");
+        if messages.len() == SANDBOX_CAPACITY {
+            messages.pop_front();
+        }
+        messages.push_back(received);
+        Receipt {
+            name: SANDBOX.to_owned(),
+            message_id: Some(sandbox_id),
+        }
+    }
+
+    /// The tenant's messages, oldest first.
+    pub fn messages(&self, tenant: &TenantId) -> Vec<SandboxMessage> {
+        let messages = self.messages.lock().expect("sandbox lock poisoned");
+        messages
+            .iter()
+            .filter(|message| &message.tenant == tenant)
+            .cloned()
+            .collect()
+    }
+}
+
+/// A generic JSON gateway over HTTPS (or HTTP on loopback).
+pub struct HttpJson {
+    name: String,
+    url: http::Uri,
+    credential: Secret,
+    request_timeout: Duration,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+impl std::fmt::Debug for HttpJson {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpJson")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Serialize)]
+struct HttpJsonRequest<'a> {
+    id: &'a str,
+    to: &'a str,
+    from: &'a str,
+    body: &'a str,
+    purpose: &'a str,
+}
+
+impl HttpJson {
+    fn new(config: &UpstreamConfig, field: &str) -> Result<Self, ConfigError> {
+        let error = |message: String| ConfigError(format!("{field}: {message}"));
+        let url: http::Uri = config
+            .url
+            .as_deref()
+            .ok_or_else(|| error("url is required".into()))?
+            .parse()
+            .map_err(|e| error(format!("url: {e}")))?;
+        let credential = config
+            .credential
+            .as_ref()
+            .ok_or_else(|| error("credential is required".into()))?
+            .resolve(&format!("{field}.credential"))?;
+        let tls = client_tls_config(config.ca_file.as_deref()).map_err(error)?;
+
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_millis(config.connect_timeout_ms)));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Ok(HttpJson {
+            name: config.name.clone(),
+            url,
+            credential,
+            request_timeout: Duration::from_millis(config.request_timeout_ms),
+            client,
+        })
+    }
+
+    async fn send(&self, permit: &Permit) -> Result<Receipt, UpstreamError> {
+        let message = permit.message();
+        let payload = serde_json::to_vec(&HttpJsonRequest {
+            id: message.id.as_str(),
+            to: message.to.e164(),
+            from: message.from.as_str(),
+            body: message.body.as_str(),
+            purpose: message.purpose.as_str(),
+        })
+        .map_err(|e| UpstreamError::BadAnswer(e.to_string()))?;
+        let request = http::Request::post(self.url.clone())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::ACCEPT, "application/json")
+            .header(
+                http::header::USER_AGENT,
+                concat!("consentry/", env!("CARGO_PKG_VERSION")),
+            )
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", self.credential.expose()),
+            )
+            .body(Full::new(Bytes::from(payload)))
+            .map_err(|e| UpstreamError::Unavailable(e.to_string()))?;
+
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| UpstreamError::Unavailable(error_chain(&e)))?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map_err(|e| UpstreamError::BadAnswer(e.to_string()))?
+                .to_bytes();
+            Ok::<_, UpstreamError>((status, body))
+        };
+        let (status, body) = tokio::time::timeout(self.request_timeout, exchange)
+            .await
+            .map_err(|_| UpstreamError::Timeout)??;
+        if !status.is_success() {
+            return Err(UpstreamError::Rejected(status.as_u16()));
+        }
+        let message_id = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|answer| match answer.get("id") {
+                Some(serde_json::Value::String(id)) => Some(id.clone()),
+                Some(serde_json::Value::Number(id)) => Some(id.to_string()),
+                _ => None,
+            });
+        Ok(Receipt {
+            name: self.name.clone(),
+            message_id,
+        })
+    }
+}
+
+/// A TLS client configuration on ring: the public web roots, or only the CA in `ca_file`.
+fn client_tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?;
+    let builder = match ca_file {
+        None => builder.with_webpki_roots(),
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let certificates = CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+            for certificate in certificates {
+                let certificate =
+                    certificate.map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+                roots
+                    .add(certificate)
+                    .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+            }
+            if roots.is_empty() {
+                return Err(format!("ca_file {} holds no certificate", path.display()));
+            }
+            builder.with_root_certificates(roots)
+        }
+    };
+    Ok(builder.with_no_client_auth())
+}
+
+/// An error and its sources in one line ("client error (Connect): tcp connect error: ...").
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
