@@ -18,6 +18,9 @@ use tokio_rustls::TlsAcceptor;
 
 /// How long a client may take to finish the TLS handshake or send its request head.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest request head accepted over h2 (HTTP/1.1 allows about as much by default), so
+/// an oversized token gets a 401 that says so rather than a dropped connection.
+const MAX_HEADER_BYTES: u32 = 128 * 1024;
 /// How long open connections get to finish after shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -69,7 +72,10 @@ pub async fn serve(
                 .http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HANDSHAKE_TIMEOUT);
-            builder.http2().timer(TokioTimer::new());
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size(MAX_HEADER_BYTES);
             let result =
                 match tls {
                     Some(acceptor) => {

@@ -1,0 +1,354 @@
+//! Test harness: the real application on port 0 over real TLS, with a fresh data folder and
+//! database, real JWTs, and a fake gateway that is a real HTTP server on a local port.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use consentry::{App, Config};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+pub const GATEWAY_SECRET: &str = "gateway-credential-0123456789";
+pub const HS_SECRET: &str = "a-shared-hmac-secret-of-at-least-32-bytes!";
+pub const IDP: &str = "https://idp.example";
+pub const ACME_SENDER: &str = "+12025550100";
+
+/// How the fake gateway answers.
+#[derive(Debug, Clone, Copy)]
+pub enum GatewayMode {
+    Accept,
+    Fail(u16),
+    Stall(Duration),
+}
+
+/// One request as the fake gateway saw it.
+#[derive(Debug, Clone)]
+pub struct GatewayRequest {
+    /// Whether consentry's record of this message was committed when the gateway received it
+    /// (`None` unless [`FakeGateway::watch_database`] was called).
+    pub record_committed: Option<bool>,
+    pub path: String,
+    pub headers: http::HeaderMap,
+    pub body: Value,
+}
+
+/// A real HTTP server on 127.0.0.1 that records what it receives.
+#[derive(Clone)]
+pub struct FakeGateway {
+    pub address: SocketAddr,
+    requests: Arc<Mutex<Vec<GatewayRequest>>>,
+    mode: Arc<Mutex<GatewayMode>>,
+    database: Arc<Mutex<Option<PathBuf>>>,
+}
+
+impl FakeGateway {
+    pub async fn start() -> FakeGateway {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gateway = FakeGateway {
+            address: listener.local_addr().unwrap(),
+            requests: Arc::default(),
+            mode: Arc::new(Mutex::new(GatewayMode::Accept)),
+            database: Arc::default(),
+        };
+        let state = gateway.clone();
+        let router = axum::Router::new().fallback(
+            move |uri: http::Uri, headers: http::HeaderMap, body: axum::body::Bytes| {
+                let state = state.clone();
+                async move {
+                    let mode = *state.mode.lock().unwrap();
+                    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    let database = state.database.lock().unwrap().clone();
+                    let record_committed = match database {
+                        Some(path) => Some(record_exists(&path, body["id"].as_str()).await),
+                        None => None,
+                    };
+                    state.requests.lock().unwrap().push(GatewayRequest {
+                        record_committed,
+                        path: uri.path().to_owned(),
+                        headers,
+                        body,
+                    });
+                    let count = state.requests.lock().unwrap().len();
+                    match mode {
+                        GatewayMode::Accept => (
+                            http::StatusCode::OK,
+                            axum::Json(json!({ "id": format!("gw-{count}") })),
+                        ),
+                        GatewayMode::Fail(status) => (
+                            http::StatusCode::from_u16(status).unwrap(),
+                            axum::Json(json!({ "error": "refused" })),
+                        ),
+                        GatewayMode::Stall(delay) => {
+                            tokio::time::sleep(delay).await;
+                            (http::StatusCode::OK, axum::Json(json!({ "id": "late" })))
+                        }
+                    }
+                }
+            },
+        );
+        tokio::spawn(async move {
+            axum::serve(listener, router).await.unwrap();
+        });
+        gateway
+    }
+
+    /// From now on, check at each request whether its record is committed in this database.
+    pub fn watch_database(&self, path: PathBuf) {
+        *self.database.lock().unwrap() = Some(path);
+    }
+
+    pub fn set_mode(&self, mode: GatewayMode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    pub fn requests(&self) -> Vec<GatewayRequest> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/messages", self.address)
+    }
+}
+
+/// Whether a message row is visible to a separate connection, i.e. committed.
+async fn record_exists(database: &Path, id: Option<&str>) -> bool {
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(database)
+        .read_only(true);
+    let mut connection = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&options)
+        .await
+        .unwrap();
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE id = ?")
+        .bind(id.unwrap_or_default())
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+    count == 1
+}
+
+/// An address on which nothing listens.
+pub async fn closed_port_url() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{address}/messages")
+}
+
+/// A running consentry.
+pub struct TestApp {
+    pub api: SocketAddr,
+    pub admin: SocketAddr,
+    pub folder: PathBuf,
+    pub fingerprint: String,
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<()>>,
+    _temp: Option<Arc<tempfile::TempDir>>,
+}
+
+/// The configuration the tests use; `{folder}` and `{gateway}` are filled in.
+pub fn test_config(folder: &Path, gateway_url: &str) -> String {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/api/fixtures");
+    std::fs::write(folder.join("gateway.secret"), format!("{GATEWAY_SECRET}\n")).unwrap();
+    std::fs::write(folder.join("hs.secret"), HS_SECRET).unwrap();
+    format!(
+        r#"
+data_dir = "data"
+
+[jwt]
+dev_issuer = true
+
+[[jwt.issuers]]
+issuer = "{IDP}"
+audience = "consentry"
+[[jwt.issuers.keys]]
+kid = "rsa1"
+algorithm = "RS256"
+public_key_file = "{fixtures}/rsa-public.pem"
+[[jwt.issuers.keys]]
+kid = "hs1"
+algorithm = "HS256"
+secret = {{ file = "hs.secret" }}
+
+[[tenants]]
+id = "acme"
+senders = ["{ACME_SENDER}", "ACME"]
+upstream = "gw"
+purposes = ["transactional", "informational"]
+
+[[tenants]]
+id = "beta"
+senders = ["+12025550111"]
+upstream = "sandbox"
+
+[[upstreams]]
+name = "gw"
+kind = "http-json"
+url = "{gateway_url}"
+credential = {{ file = "gateway.secret" }}
+connect_timeout_ms = 500
+request_timeout_ms = 1000
+"#,
+        fixtures = fixtures.display(),
+    )
+}
+
+impl TestApp {
+    /// Starts consentry in a fresh folder with the test configuration.
+    pub async fn spawn(gateway_url: &str) -> TestApp {
+        let temp = Arc::new(tempfile::tempdir().unwrap());
+        let folder = temp.path().to_path_buf();
+        let text = test_config(&folder, gateway_url);
+        let mut app = TestApp::spawn_with(&folder, &text).await;
+        app._temp = Some(temp);
+        app
+    }
+
+    /// Starts consentry with `config_text` written into `folder` (kept by the caller).
+    pub async fn spawn_with(folder: &Path, config_text: &str) -> TestApp {
+        let path = folder.join("consentry.toml");
+        std::fs::write(&path, config_text).unwrap();
+        let config = Config::load(&path).unwrap();
+        let app = App::build(config).await.unwrap();
+        let fingerprint = app.fingerprint().to_owned();
+        let cert = std::fs::read(app.cert_path()).unwrap();
+        let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (api_address, admin_address) = (api.local_addr().unwrap(), admin.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let done = tokio::spawn(app.run(api, admin, async {
+            let _ = stopped.await;
+        }));
+        TestApp {
+            api: api_address,
+            admin: admin_address,
+            folder: folder.to_path_buf(),
+            fingerprint,
+            client: client(&cert, None),
+            stop: Some(stop),
+            done: Some(done),
+            _temp: None,
+        }
+    }
+
+    /// Stops the server and waits until it has finished.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(done) = self.done.take() {
+            done.await.unwrap();
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.folder.join("data")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.api.port())
+    }
+
+    /// A development token for `tenant` with `scope`, signed with the data folder's key.
+    pub fn token(&self, tenant: &str, scope: &str) -> String {
+        self.sign_dev(
+            &json!({ "alg": "EdDSA", "typ": "JWT", "kid": "dev" }),
+            &claims("consentry-dev", tenant, scope),
+        )
+    }
+
+    /// Signs any header and claims with the development Ed25519 key, for crafting tokens.
+    pub fn sign_dev(&self, header: &Value, claims: &Value) -> String {
+        let pkcs8 = std::fs::read(self.data_dir().join("keys/jwt-dev.pk8")).unwrap();
+        let pair = ring::signature::Ed25519KeyPair::from_pkcs8(&pkcs8).unwrap();
+        let signing_input = format!("{}.{}", segment(header), segment(claims));
+        let signature = pair.sign(signing_input.as_bytes());
+        format!("{signing_input}.{}", b64(signature.as_ref()))
+    }
+
+    pub async fn send(&self, token: &str, message: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url("/v1/messages"))
+            .bearer_auth(token)
+            .json(message)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, token: &str, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A client that trusts only `cert`; `version` forces HTTP/1.1 or h2.
+pub fn client(cert: &[u8], version: Option<http::Version>) -> reqwest::Client {
+    let builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(cert).unwrap())
+        .timeout(Duration::from_secs(10));
+    let builder = match version {
+        Some(http::Version::HTTP_11) => builder.http1_only(),
+        Some(http::Version::HTTP_2) => builder.http2_prior_knowledge(),
+        _ => builder,
+    };
+    builder.build().unwrap()
+}
+
+/// Valid claims for an issuer, tenant and scope, good for an hour.
+pub fn claims(issuer: &str, tenant: &str, scope: &str) -> Value {
+    let now = jiff::Timestamp::now().as_second();
+    json!({
+        "iss": issuer, "aud": "consentry", "sub": "test-app", "tenant": tenant,
+        "scope": scope, "iat": now, "nbf": now, "exp": now + 3600,
+    })
+}
+
+/// A native send request from acme's sender.
+pub fn message(to: &str, body: &str, purpose: &str) -> Value {
+    json!({ "to": to, "from": ACME_SENDER, "body": body, "purpose": purpose })
+}
+
+pub fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+pub fn segment(value: &Value) -> String {
+    b64(value.to_string().as_bytes())
+}
+
+/// The `error.code` of a JSON error answer.
+pub async fn error_code(response: reqwest::Response) -> String {
+    let body: Value = response.json().await.unwrap();
+    body["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+pub fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/api/fixtures")
+            .join(name),
+    )
+    .unwrap()
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests: the real server over real TLS, real JWTs, real SQLite, and a fake gateway
+//! that is a real HTTP server on a local port. One binary for all, to build once.
+
+mod authentication;
+mod cli;
+mod helpers;
+mod sending;
+mod storage;
+mod transport;
