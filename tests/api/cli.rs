@@ -186,3 +186,19 @@ fn check_names_the_bad_field() {
     let message = String::from_utf8_lossy(&unset.stderr);
     assert!(message.contains("upstreams[0].credential"), "{message}");
 }
+
+#[test]
+fn the_example_configuration_is_valid() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/consentry.toml");
+    let output = Command::new(BINARY)
+        .args(["check", "--config", example])
+        .env("GATEWAY_TOKEN", "gateway-token")
+        .env("ACME_JWT_SECRET", "0123456789abcdef0123456789abcdef")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
