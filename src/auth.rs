@@ -457,3 +457,119 @@ pub fn mint_dev_token(pkcs8: &[u8], claims: &DevClaims) -> anyhow::Result<String
         &EncodingKey::from_ed_der(pkcs8),
     )?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use serde_json::json;
+
+    fn b64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// An ES256 key pair: the PKCS#8 private key and its JWK (public part).
+    fn es256_key(kid: &str) -> (Vec<u8>, serde_json::Value) {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let point = pair.public_key_raw();
+        let jwk = json!({
+            "kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
+            "x": b64(&point[1..33]), "y": b64(&point[33..65]),
+        });
+        (pair.serialize_der(), jwk)
+    }
+
+    fn sign(pkcs8: &[u8], kid: &str, claims: &serde_json::Value) -> String {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(kid.to_owned());
+        jsonwebtoken::encode(&header, claims, &EncodingKey::from_ec_der(pkcs8)).unwrap()
+    }
+
+    #[test]
+    fn jwks_keys_verify_with_the_algorithm_they_declare() {
+        let folder = tempfile::tempdir().unwrap();
+        let (first_private, first_public) = es256_key("k1");
+        let (second_private, second_public) = es256_key("k2");
+        std::fs::write(
+            folder.path().join("jwks.json"),
+            json!({ "keys": [first_public, second_public] }).to_string(),
+        )
+        .unwrap();
+        let text = "[[jwt.issuers]]\nissuer = \"https://idp\"\njwks_file = \"jwks.json\"\ntenants = [\"acme\"]\n";
+        let config = Config::parse(text, folder.path()).unwrap();
+        let verifier = Verifier::from_config(&config, None).unwrap();
+
+        let now = jiff::Timestamp::now().as_second();
+        let claims = json!({
+            "iss": "https://idp", "aud": "consentry", "sub": "app", "tenant": "acme",
+            "scope": "messages:send admin", "exp": now + 60,
+        });
+        let principal = verifier
+            .verify(&sign(&first_private, "k1", &claims))
+            .unwrap();
+        assert_eq!(principal.tenant.as_str(), "acme");
+        assert!(principal.has_scope("admin"));
+        assert!(
+            verifier
+                .verify(&sign(&second_private, "k2", &claims))
+                .is_ok()
+        );
+        // A key signing under another key's kid does not verify.
+        assert_eq!(
+            verifier
+                .verify(&sign(&second_private, "k1", &claims))
+                .unwrap_err(),
+            AuthError::BadSignature
+        );
+        // The issuer may not speak for another tenant.
+        let other = json!({
+            "iss": "https://idp", "aud": "consentry", "sub": "app", "tenant": "beta",
+            "scope": "messages:send", "exp": now + 60,
+        });
+        assert_eq!(
+            verifier
+                .verify(&sign(&first_private, "k1", &other))
+                .unwrap_err(),
+            AuthError::TenantNotAllowed
+        );
+    }
+
+    #[test]
+    fn claims_are_checked_after_the_signature() {
+        let folder = tempfile::tempdir().unwrap();
+        let (private, public) = es256_key("k1");
+        std::fs::write(
+            folder.path().join("jwks.json"),
+            json!({ "keys": [public] }).to_string(),
+        )
+        .unwrap();
+        let text = "[[jwt.issuers]]\nissuer = \"https://idp\"\njwks_file = \"jwks.json\"\n";
+        let config = Config::parse(text, folder.path()).unwrap();
+        let verifier = Verifier::from_config(&config, None).unwrap();
+        let now = jiff::Timestamp::now().as_second();
+        let base = json!({ "iss": "https://idp", "aud": "consentry", "exp": now + 60 });
+        let cases = [
+            (
+                json!({ "tenant": "acme" }),
+                AuthError::MissingClaim("sub".into()),
+            ),
+            (
+                json!({ "sub": "app" }),
+                AuthError::MissingClaim("tenant".into()),
+            ),
+            (
+                json!({ "sub": "app", "tenant": "Not Valid" }),
+                AuthError::BadClaims(String::new()),
+            ),
+        ];
+        for (extra, expected) in cases {
+            let mut claims = base.clone();
+            claims
+                .as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            let error = verifier.verify(&sign(&private, "k1", &claims)).unwrap_err();
+            assert_eq!(error.code(), expected.code(), "{claims}");
+        }
+    }
+}
