@@ -15,6 +15,7 @@ use crate::config::{Config, SecretRef, Tenant};
 use crate::crypto::{self, KeyRing, NumberHasher};
 use crate::datadir::{self, DataDir};
 use crate::domain::TenantId;
+use crate::policy::rules::PolicySet;
 use crate::store::{self, Store};
 use crate::upstream::Upstreams;
 use crate::{http, server};
@@ -28,6 +29,7 @@ pub struct AppState {
     pub keys: KeyRing,
     pub numbers: NumberHasher,
     pub upstreams: Upstreams,
+    pub policies: PolicySet,
     pub max_request_bytes: usize,
 }
 
@@ -79,6 +81,7 @@ impl App {
             .context("cannot open the database")?;
         let upstreams = Upstreams::from_config(&config)?;
         let tenants = config.tenants()?;
+        let policies = PolicySet::load(&config.policies)?;
 
         let state = AppState {
             tenants,
@@ -87,6 +90,7 @@ impl App {
             keys: KeyRing::new(&payload_key)?,
             numbers: NumberHasher::new(&number_key)?,
             upstreams,
+            policies,
             max_request_bytes: config.server.max_request_bytes,
         };
         Ok(App {

@@ -31,6 +31,8 @@ const ALLOWED_HEADER_PARAMETERS: [&str; 3] = ["alg", "typ", "kid"];
 pub mod scope {
     pub const SEND: &str = "messages:send";
     pub const READ_MESSAGES: &str = "messages:read";
+    pub const CONSENTS_WRITE: &str = "consents:write";
+    pub const CONSENTS_READ: &str = "consents:read";
     pub const ADMIN: &str = "admin";
 }
 

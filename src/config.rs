@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::domain::{Purpose, Region, Sender, TenantId};
+use crate::domain::{Purpose, Region, Scope, Sender, TenantId};
 use crate::policy::TenantRules;
 
 /// The configuration used when `serve` is given no `--config`.
@@ -67,6 +67,18 @@ pub struct Config {
     pub tenants: Vec<TenantConfig>,
     #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
+    #[serde(default)]
+    pub policies: PoliciesConfig,
+}
+
+/// Where the policy files are, and overrides of their values.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoliciesConfig {
+    /// A folder whose files replace the shipped `policies/` files of the same name.
+    pub dir: Option<PathBuf>,
+    /// Overrides `opt_out.revoke_all` of `consent.toml`.
+    pub revoke_all: Option<bool>,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -211,6 +223,18 @@ pub struct TenantConfig {
     /// The region national number forms are read in.
     #[serde(default = "default_region")]
     pub default_region: String,
+    /// The tenant's brands and their campaigns: the scopes consent can be given for.
+    #[serde(default)]
+    pub brands: Vec<BrandConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrandConfig {
+    pub id: String,
+    /// Campaign ids, unique within the tenant.
+    #[serde(default)]
+    pub campaigns: Vec<String>,
 }
 
 fn default_purposes() -> Vec<Purpose> {
@@ -323,6 +347,57 @@ pub struct Tenant {
     pub upstream: String,
     pub default_region: Region,
     pub rules: TenantRules,
+    /// Campaign id -> its brand; brands without campaigns map to an empty set.
+    pub brands: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// A scope that names no brand or campaign of the tenant: the field and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownScope {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl Tenant {
+    /// Resolves a brand and campaign named in a request. A campaign alone finds its brand.
+    pub fn scope(
+        &self,
+        brand: Option<&str>,
+        campaign: Option<&str>,
+    ) -> Result<Scope, UnknownScope> {
+        let brand = match (brand, campaign) {
+            (Some(brand), _) => {
+                if !self.brands.contains_key(brand) {
+                    return Err(UnknownScope {
+                        field: "brand",
+                        message: format!("tenant {} has no brand {brand:?}", self.id),
+                    });
+                }
+                Some(brand.to_owned())
+            }
+            (None, Some(campaign)) => self
+                .brands
+                .iter()
+                .find(|(_, campaigns)| campaigns.contains(campaign))
+                .map(|(brand, _)| brand.clone()),
+            (None, None) => None,
+        };
+        if let Some(campaign) = campaign {
+            let known = brand
+                .as_ref()
+                .is_some_and(|brand| self.brands[brand].contains(campaign));
+            if !known {
+                return Err(UnknownScope {
+                    field: "campaign",
+                    message: format!("{campaign:?} is not a campaign of this brand or tenant"),
+                });
+            }
+        }
+        Ok(Scope {
+            brand,
+            campaign: campaign.map(str::to_owned),
+        })
+    }
 }
 
 impl Config {
@@ -387,6 +462,9 @@ impl Config {
         }
         for secret in secrets {
             secret.rebase(base);
+        }
+        if let Some(dir) = &mut self.policies.dir {
+            join(dir);
         }
     }
 
@@ -519,6 +597,7 @@ impl Config {
             }
         }
         self.tenants()?;
+        crate::policy::rules::PolicySet::load(&self.policies)?;
         Ok(())
     }
 
@@ -554,9 +633,31 @@ impl Config {
                     "needs at least one purpose",
                 ));
             }
+            let mut brands: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+            let mut campaigns = BTreeSet::new();
+            for (brand_index, brand) in tenant.brands.iter().enumerate() {
+                let brand_field = format!("{field}.brands[{brand_index}]");
+                check_scope_id(&brand.id)
+                    .map_err(|e| field_error(format!("{brand_field}.id"), e))?;
+                if brands.contains_key(&brand.id) {
+                    return Err(field_error(format!("{brand_field}.id"), "is not unique"));
+                }
+                for (campaign_index, campaign) in brand.campaigns.iter().enumerate() {
+                    let campaign_field = format!("{brand_field}.campaigns[{campaign_index}]");
+                    check_scope_id(campaign).map_err(|e| field_error(&campaign_field, e))?;
+                    if !campaigns.insert(campaign.clone()) {
+                        return Err(field_error(
+                            campaign_field,
+                            "is not unique within the tenant",
+                        ));
+                    }
+                }
+                brands.insert(brand.id.clone(), brand.campaigns.iter().cloned().collect());
+            }
             tenants.insert(
                 id.clone(),
                 Tenant {
+                    brands,
                     id,
                     upstream: tenant.upstream.clone(),
                     default_region: region,
@@ -568,6 +669,21 @@ impl Config {
             );
         }
         Ok(tenants)
+    }
+}
+
+/// Brand and campaign ids: 1 to 64 of `A-Z a-z 0-9 - _ .`.
+fn check_scope_id(id: &str) -> Result<(), String> {
+    let valid = (1..=64).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{id:?} must be 1 to 64 characters of A-Z, a-z, 0-9, '-', '_', '.'"
+        ))
     }
 }
 
@@ -666,11 +782,47 @@ mod tests {
                 "jwt.issuers[0].keys[0]",
             ),
             ("[tls]\ncert_file = \"a.pem\"", "tls"),
+            (
+                "[[tenants]]\nid = \"a\"\nsenders = [\"ACME\"]\nupstream = \"sandbox\"\n[[tenants.brands]]\nid = \"b\"\ncampaigns = [\"c\"]\n[[tenants.brands]]\nid = \"d\"\ncampaigns = [\"c\"]",
+                "tenants[0].brands[1].campaigns[0]",
+            ),
+            ("[policies]\nrevoke_all = \"yes\"", "revoke_all"),
         ];
         for (text, expected) in cases {
             let message = error_of(text);
             assert!(message.contains(expected), "{text:?} gave {message:?}");
         }
+    }
+
+    #[test]
+    fn scopes_resolve_against_the_tenants_brands() {
+        let text = "[[tenants]]\nid = \"a\"\nsenders = [\"ACME\"]\nupstream = \"sandbox\"\n[[tenants.brands]]\nid = \"shoes\"\ncampaigns = [\"spring\"]\n[[tenants.brands]]\nid = \"hats\"\n";
+        let config = Config::parse(text, Path::new(".")).unwrap();
+        let tenants = config.tenants().unwrap();
+        let tenant = tenants.values().next().unwrap();
+        assert_eq!(tenant.scope(None, None).unwrap(), Scope::tenant_wide());
+        let spring = tenant.scope(None, Some("spring")).unwrap();
+        assert_eq!(spring.brand.as_deref(), Some("shoes"));
+        assert_eq!(tenant.scope(Some("shoes"), Some("spring")).unwrap(), spring);
+        assert_eq!(
+            tenant.scope(Some("hats"), None).unwrap().label(),
+            "brand:hats"
+        );
+        assert_eq!(
+            tenant.scope(Some("socks"), None).unwrap_err().field,
+            "brand"
+        );
+        assert_eq!(
+            tenant
+                .scope(Some("hats"), Some("spring"))
+                .unwrap_err()
+                .field,
+            "campaign"
+        );
+        assert_eq!(
+            tenant.scope(None, Some("autumn")).unwrap_err().field,
+            "campaign"
+        );
     }
 
     #[test]

@@ -281,6 +281,42 @@ impl fmt::Debug for Body {
     }
 }
 
+/// Where a consent event applies, or where a message is sent from: the whole tenant, a brand,
+/// or a campaign of a brand. Scopes nest: the tenant contains its brands, a brand its campaigns.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Scope {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub brand: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<String>,
+}
+
+impl Scope {
+    pub fn tenant_wide() -> Scope {
+        Scope::default()
+    }
+
+    /// Whether `inner` is this scope or inside it.
+    pub fn contains(&self, inner: &Scope) -> bool {
+        match (&self.brand, &self.campaign) {
+            (None, _) => true,
+            (Some(brand), None) => inner.brand.as_ref() == Some(brand),
+            (Some(brand), Some(campaign)) => {
+                inner.brand.as_ref() == Some(brand) && inner.campaign.as_ref() == Some(campaign)
+            }
+        }
+    }
+
+    /// A readable name: `tenant`, `brand:b`, `campaign:b/c`.
+    pub fn label(&self) -> String {
+        match (&self.brand, &self.campaign) {
+            (None, _) => "tenant".into(),
+            (Some(brand), None) => format!("brand:{brand}"),
+            (Some(brand), Some(campaign)) => format!("campaign:{brand}/{campaign}"),
+        }
+    }
+}
+
 /// A message in the one form every dialect is turned into before it is decided on.
 #[derive(Debug, Clone)]
 pub struct CanonicalMessage {
@@ -290,6 +326,8 @@ pub struct CanonicalMessage {
     pub from: Sender,
     pub body: Body,
     pub purpose: Purpose,
+    /// The brand and campaign the message is sent for; tenant-wide if neither is given.
+    pub scope: Scope,
 }
 
 #[cfg(test)]

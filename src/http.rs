@@ -5,6 +5,7 @@
 //! order; the rules live in `policy`, the IO in `store` and `upstream`.
 
 pub mod admin;
+pub mod consents;
 pub mod error;
 pub mod messages;
 pub mod sandbox;
@@ -25,6 +26,9 @@ pub fn api_router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/messages", post(messages::send))
         .route("/v1/messages/{id}", get(messages::show))
+        .route("/v1/consents", post(consents::record))
+        .route("/v1/consents/import", post(consents::import))
+        .route("/v1/consents/{number}", get(consents::show))
         .route("/v1/sandbox/messages", get(sandbox::list))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)

@@ -25,10 +25,12 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod consent;
 pub mod crypto;
 pub mod datadir;
 pub mod domain;
 pub mod http;
+pub mod import;
 pub mod policy;
 pub mod server;
 pub mod store;

@@ -12,6 +12,15 @@ use consentry::config::{DEFAULT_AUDIENCE, DEV_ISSUER};
 use consentry::datadir::DataDir;
 use consentry::{App, Config};
 
+/// Prints a line of the start-up banner. A closed stdout must not stop the server, so write
+/// errors are ignored (`println!` would panic).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 #[derive(Parser)]
 #[command(
     name = "consentry",
@@ -139,11 +148,11 @@ fn serve(
         let api_address = api.local_addr()?;
         let admin_address = admin.local_addr()?;
 
-        println!("consentry {} is running", env!("CARGO_PKG_VERSION"));
-        println!("  API (TLS):   https://{api_address}");
-        println!("  admin:       http://{admin_address}  (/healthz, /readyz)");
-        println!("  certificate: {}", app.cert_path().display());
-        println!("  SHA-256:     {}", app.fingerprint());
+        say!("consentry {} is running", env!("CARGO_PKG_VERSION"));
+        say!("  API (TLS):   https://{api_address}");
+        say!("  admin:       http://{admin_address}  (/healthz, /readyz)");
+        say!("  certificate: {}", app.cert_path().display());
+        say!("  SHA-256:     {}", app.fingerprint());
         if let (true, Some(tenant)) = (dev_issuer, tenant_example) {
             print_example(&app, api_address, &tenant, config_path);
         }
@@ -183,22 +192,22 @@ fn print_example(
     } else {
         api_address.to_string()
     };
-    println!();
-    println!("Try it:");
-    println!(
+    say!();
+    say!("Try it:");
+    say!(
         "  TOKEN=$({program} token {location} --tenant {} --sub demo-app --scope 'messages:send messages:read admin')",
         tenant.id
     );
-    println!(
+    say!(
         "  curl --cacert {} https://{host}/v1/messages \\\n    -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' \\\n    -d '{{\"to\": \"+1 415 555 0123\", \"from\": \"{}\", \"body\": \"Your code is 123456\", \"purpose\": \"transactional\"}}'",
         shell_quote(&app.cert_path().display().to_string()),
         tenant.senders[0]
     );
-    println!(
+    say!(
         "  curl --cacert {} https://{host}/v1/sandbox/messages -H \"Authorization: Bearer $TOKEN\"",
         shell_quote(&app.cert_path().display().to_string())
     );
-    println!();
+    say!();
 }
 
 fn shell_quote(text: &str) -> String {

@@ -6,12 +6,16 @@
 //! holding a permit is the proof that the message was checked. A denial is a normal value with
 //! stable reason codes, not an error.
 
+pub mod rules;
+
 use std::collections::BTreeSet;
 
 use jiff::Timestamp;
 use serde::Serialize;
 
+use crate::consent::{self, ConsentEvent, ConsentProblem};
 use crate::domain::{CanonicalMessage, Purpose, Sender};
+use rules::PolicySet;
 
 /// What a tenant's configuration allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +37,9 @@ pub struct SenderBounds {
 pub struct Facts<'a> {
     pub tenant: &'a TenantRules,
     pub bounds: &'a SenderBounds,
+    pub policies: &'a PolicySet,
+    /// The recipient's consent events in this tenant, in any order.
+    pub consent: &'a [ConsentEvent],
     /// The time the decision is made for; read from the clock by the caller, never here.
     pub now: Timestamp,
 }
@@ -43,6 +50,8 @@ pub struct Facts<'a> {
 pub enum ReasonCode {
     SenderNotAllowed,
     PurposeNotAllowed,
+    OptedOut,
+    NoConsent,
 }
 
 impl ReasonCode {
@@ -50,6 +59,8 @@ impl ReasonCode {
         match self {
             ReasonCode::SenderNotAllowed => "sender_not_allowed",
             ReasonCode::PurposeNotAllowed => "purpose_not_allowed",
+            ReasonCode::OptedOut => "opted_out",
+            ReasonCode::NoConsent => "no_consent",
         }
     }
 }
@@ -59,6 +70,23 @@ impl ReasonCode {
 pub struct Reason {
     pub code: ReasonCode,
     pub detail: String,
+    /// The consent event behind the reason, if one is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    /// The scope the reason applies at (`tenant`, `brand:b`, `campaign:b/c`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+impl Reason {
+    fn new(code: ReasonCode, detail: String) -> Reason {
+        Reason {
+            code,
+            detail,
+            event: None,
+            scope: None,
+        }
+    }
 }
 
 /// The outcome of [`decide`].
@@ -117,44 +145,85 @@ pub fn decide(message: CanonicalMessage, facts: &Facts<'_>) -> Decision {
         .as_ref()
         .is_none_or(|senders| senders.contains(&message.from));
     if !tenant_allows_sender {
-        reasons.push(Reason {
-            code: ReasonCode::SenderNotAllowed,
-            detail: format!(
+        reasons.push(Reason::new(
+            ReasonCode::SenderNotAllowed,
+            format!(
                 "sender {} is not one of tenant {}'s senders",
                 message.from.masked(),
                 message.tenant
             ),
-        });
+        ));
     } else if !token_allows_sender {
-        reasons.push(Reason {
-            code: ReasonCode::SenderNotAllowed,
-            detail: format!(
+        reasons.push(Reason::new(
+            ReasonCode::SenderNotAllowed,
+            format!(
                 "sender {} is outside the senders this token allows",
                 message.from.masked()
             ),
-        });
+        ));
     }
 
     let purpose = message.purpose;
     if !facts.tenant.purposes.contains(&purpose) {
-        reasons.push(Reason {
-            code: ReasonCode::PurposeNotAllowed,
-            detail: format!(
+        reasons.push(Reason::new(
+            ReasonCode::PurposeNotAllowed,
+            format!(
                 "purpose {} is not allowed for tenant {}",
                 purpose.as_str(),
                 message.tenant
             ),
-        });
+        ));
     } else if let Some(allowed) = &facts.bounds.purposes
         && !allowed.contains(&purpose)
     {
-        reasons.push(Reason {
-            code: ReasonCode::PurposeNotAllowed,
-            detail: format!(
+        reasons.push(Reason::new(
+            ReasonCode::PurposeNotAllowed,
+            format!(
                 "purpose {} is outside the purposes this token allows",
                 purpose.as_str()
             ),
-        });
+        ));
+    }
+
+    let consent_policy = facts.policies.consent.at(facts.now);
+    match consent::check(
+        facts.consent,
+        &message.scope,
+        purpose,
+        &consent_policy,
+        facts.now,
+    ) {
+        Ok(_) => {}
+        Err(ConsentProblem::OptedOut(event)) => reasons.push(Reason {
+            code: ReasonCode::OptedOut,
+            detail: format!(
+                "the recipient opted out at scope {} on {}",
+                event.scope.label(),
+                event.occurred_at
+            ),
+            event: Some(event.id.clone()),
+            scope: Some(event.scope.label()),
+        }),
+        Err(ConsentProblem::NoConsent { needed, strongest }) => reasons.push(Reason {
+            code: ReasonCode::NoConsent,
+            detail: match strongest {
+                Some(event) => format!(
+                    "{} messages need {} consent at scope {}; the strongest opt-in since the last opt-out is {}",
+                    purpose.as_str(),
+                    needed.as_str(),
+                    message.scope.label(),
+                    event.level.unwrap_or(consent::Level::Express).as_str()
+                ),
+                None => format!(
+                    "{} messages need {} consent at scope {}, and there is none",
+                    purpose.as_str(),
+                    needed.as_str(),
+                    message.scope.label()
+                ),
+            },
+            event: strongest.map(|event| event.id.clone()),
+            scope: Some(message.scope.label()),
+        }),
     }
 
     if reasons.is_empty() {
@@ -170,7 +239,9 @@ pub fn decide(message: CanonicalMessage, facts: &Facts<'_>) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Body, MessageId, PhoneNumber, Region, TenantId};
+    use crate::config::PoliciesConfig;
+    use crate::consent::{Action, Level, Purposes};
+    use crate::domain::{Body, MessageId, PhoneNumber, Region, Scope, TenantId};
 
     fn message(from: &str, purpose: Purpose) -> CanonicalMessage {
         CanonicalMessage {
@@ -180,22 +251,40 @@ mod tests {
             from: Sender::parse(from, Region::US).unwrap(),
             body: Body::parse("hello".into()).unwrap(),
             purpose,
+            scope: Scope::tenant_wide(),
         }
     }
 
     fn rules() -> TenantRules {
         TenantRules {
             senders: vec![Sender::parse("+12025550100", Region::US).unwrap()],
-            purposes: [Purpose::Transactional, Purpose::Informational].into(),
+            purposes: [
+                Purpose::Transactional,
+                Purpose::Informational,
+                Purpose::Marketing,
+            ]
+            .into(),
         }
     }
 
     /// Runs `decide` and returns the reason codes, empty for an allow.
     fn check(from: &str, purpose: Purpose, bounds: SenderBounds) -> Vec<&'static str> {
+        check_with(from, purpose, bounds, &[])
+    }
+
+    fn check_with(
+        from: &str,
+        purpose: Purpose,
+        bounds: SenderBounds,
+        consent: &[ConsentEvent],
+    ) -> Vec<&'static str> {
         let rules = rules();
+        let policies = PolicySet::load(&PoliciesConfig::default()).unwrap();
         let facts = Facts {
             tenant: &rules,
             bounds: &bounds,
+            policies: &policies,
+            consent,
             now: Timestamp::UNIX_EPOCH,
         };
         match decide(message(from, purpose), &facts) {
@@ -212,7 +301,13 @@ mod tests {
         let none = SenderBounds::default;
         let cases: Vec<(&str, Purpose, SenderBounds, Vec<&str>)> = vec![
             ("+12025550100", Purpose::Transactional, none(), vec![]),
-            ("(202) 555-0100", Purpose::Informational, none(), vec![]),
+            ("(202) 555-0100", Purpose::Transactional, none(), vec![]),
+            (
+                "+12025550100",
+                Purpose::Informational,
+                none(),
+                vec!["no_consent"],
+            ),
             (
                 "+12025550199",
                 Purpose::Transactional,
@@ -222,14 +317,17 @@ mod tests {
             (
                 "+12025550100",
                 Purpose::Marketing,
-                none(),
-                vec!["purpose_not_allowed"],
+                SenderBounds {
+                    senders: None,
+                    purposes: Some([Purpose::Transactional].into()),
+                },
+                vec!["purpose_not_allowed", "no_consent"],
             ),
             (
                 "ACME",
-                Purpose::Marketing,
+                Purpose::Transactional,
                 none(),
-                vec!["sender_not_allowed", "purpose_not_allowed"],
+                vec!["sender_not_allowed"],
             ),
             (
                 "+12025550100",
@@ -238,7 +336,7 @@ mod tests {
                     senders: None,
                     purposes: Some([Purpose::Transactional].into()),
                 },
-                vec!["purpose_not_allowed"],
+                vec!["purpose_not_allowed", "no_consent"],
             ),
             (
                 "+12025550100",
@@ -252,6 +350,47 @@ mod tests {
         ];
         for (from, purpose, bounds, expected) in cases {
             assert_eq!(check(from, purpose, bounds), expected, "{from} {purpose:?}");
+        }
+    }
+
+    fn event(action: Action, level: Option<Level>, second: i64) -> ConsentEvent {
+        ConsentEvent {
+            id: format!("evt_{second}"),
+            seq: second,
+            action,
+            level,
+            scope: Scope::tenant_wide(),
+            purposes: Purposes::all(),
+            occurred_at: Timestamp::from_second(second).unwrap(),
+        }
+    }
+
+    #[test]
+    fn consent_decides_per_purpose() {
+        let none = SenderBounds::default;
+        let sender = "+12025550100";
+        let written = [event(Action::OptIn, Some(Level::ExpressWritten), -10)];
+        let express = [event(Action::OptIn, Some(Level::Express), -10)];
+        let stopped = [
+            event(Action::OptIn, Some(Level::ExpressWritten), -10),
+            event(Action::OptOut, None, -5),
+        ];
+        let cases: Vec<(Purpose, &[ConsentEvent], Vec<&str>)> = vec![
+            (Purpose::Marketing, &written, vec![]),
+            (Purpose::Marketing, &express, vec!["no_consent"]),
+            (Purpose::Marketing, &[], vec!["no_consent"]),
+            (Purpose::Informational, &express, vec![]),
+            (Purpose::Informational, &[], vec!["no_consent"]),
+            (Purpose::Transactional, &[], vec![]),
+            (Purpose::Transactional, &stopped, vec!["opted_out"]),
+            (Purpose::Marketing, &stopped, vec!["opted_out"]),
+        ];
+        for (purpose, consent, expected) in cases {
+            assert_eq!(
+                check_with(sender, purpose, none(), consent),
+                expected,
+                "{purpose:?} {consent:?}"
+            );
         }
     }
 }

@@ -11,7 +11,10 @@ pub mod sqlite;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::domain::{MessageId, TenantId};
+use jiff::Timestamp;
+
+use crate::consent::{Action, ConsentEvent, Level, Purposes};
+use crate::domain::{MessageId, Purpose, Scope, TenantId};
 
 /// A storage failure. The send path answers it with 503 and forwards nothing.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +25,8 @@ pub enum StoreError {
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("the database is not configured safely: {0}")]
     Unsafe(String),
+    #[error("a stored row does not parse: {0}")]
+    Corrupt(String),
 }
 
 /// Whether a message was allowed to leave.
@@ -51,6 +56,8 @@ pub struct MessageRecord {
     pub recipient_masked: String,
     pub sender_masked: String,
     pub purpose: &'static str,
+    pub brand: Option<String>,
+    pub campaign: Option<String>,
     pub decision: DecisionKind,
     /// The reasons as a JSON array of `{code, detail}`.
     pub reasons_json: String,
@@ -104,6 +111,75 @@ pub struct MessageView {
     pub error_code: Option<String>,
 }
 
+/// One event of the consent ledger as stored.
+#[derive(Debug, Clone)]
+pub struct ConsentRecord {
+    pub id: String,
+    pub tenant: TenantId,
+    pub recipient_hash: String,
+    pub recipient_masked: String,
+    pub action: Action,
+    pub level: Option<Level>,
+    pub brand: Option<String>,
+    pub campaign: Option<String>,
+    /// Space-separated purposes, sorted; empty for every purpose.
+    pub purposes: String,
+    pub method: String,
+    pub occurred_at_us: i64,
+    pub recorded_at_us: i64,
+    /// The JWT subject that recorded it.
+    pub recorded_by: String,
+    pub external_id: Option<String>,
+    /// Unique per tenant: the external id, or a hash of the event's content.
+    pub idempotency_key: String,
+    pub key_id: String,
+    /// The sealed evidence (and the full number).
+    pub evidence: Vec<u8>,
+}
+
+/// A ledger row with its position.
+#[derive(Debug, Clone)]
+pub struct StoredConsent {
+    pub seq: i64,
+    pub record: ConsentRecord,
+}
+
+impl StoredConsent {
+    /// The event as the consent fold reads it. A row that does not parse is an error: the
+    /// caller must not guess at consent.
+    pub fn to_event(&self) -> Result<ConsentEvent, StoreError> {
+        let record = &self.record;
+        let purposes = record
+            .purposes
+            .split_whitespace()
+            .map(|p| p.parse::<Purpose>())
+            .collect::<Result<_, _>>()
+            .map_err(StoreError::Corrupt)?;
+        let occurred_at = Timestamp::from_microsecond(record.occurred_at_us)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(ConsentEvent {
+            id: record.id.clone(),
+            seq: self.seq,
+            action: record.action,
+            level: record.level,
+            scope: Scope {
+                brand: record.brand.clone(),
+                campaign: record.campaign.clone(),
+            },
+            purposes: Purposes(purposes),
+            occurred_at,
+        })
+    }
+}
+
+/// What recording an event did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    New,
+    /// The same event was recorded before, under this id.
+    Duplicate(String),
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Succeeds when the database answers.
@@ -114,6 +190,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Durably appends an upstream outcome.
     async fn record_outcome(&self, outcome: &OutcomeRecord) -> Result<(), StoreError>;
+
+    /// Appends consent events in one transaction; an event whose idempotency key is already
+    /// in the tenant's ledger is not added again.
+    async fn record_consents(&self, records: &[ConsentRecord])
+    -> Result<Vec<Recorded>, StoreError>;
+
+    /// A recipient's consent events in a tenant, in ledger order.
+    async fn consent_events(
+        &self,
+        tenant: &TenantId,
+        recipient_hash: &str,
+    ) -> Result<Vec<StoredConsent>, StoreError>;
 
     /// A tenant's message, with its latest outcome; another tenant's message is `None`.
     async fn message(

@@ -38,6 +38,9 @@ struct SendRequest {
     from: String,
     body: String,
     purpose: String,
+    /// The brand and campaign the message is for: consent is checked at that scope.
+    brand: Option<String>,
+    campaign: Option<String>,
 }
 
 pub async fn send(
@@ -51,9 +54,12 @@ pub async fn send(
     let message = canonical_message(request, tenant)?;
 
     let bounds = sender_bounds(&principal, tenant);
+    let (_, consent) = state.consent_events(tenant, &message.to).await?;
     let facts = Facts {
         tenant: &tenant.rules,
         bounds: &bounds,
+        policies: &state.policies,
+        consent: &consent,
         now: Timestamp::now(),
     };
     let decision = policy::decide(message, &facts);
@@ -194,6 +200,8 @@ impl AppState {
             recipient_masked: message.to.masked(),
             sender_masked: message.from.masked(),
             purpose: message.purpose.as_str(),
+            brand: message.scope.brand.clone(),
+            campaign: message.scope.campaign.clone(),
             decision: kind,
             reasons_json: reasons.to_string(),
             upstream: matches!(kind, DecisionKind::Allowed).then(|| tenant.upstream.clone()),
@@ -211,7 +219,7 @@ pub fn message_associated_data(message: &CanonicalMessage) -> Vec<u8> {
 }
 
 /// Reads the whole body, refusing more than `limit` bytes with 413.
-async fn read_body(
+pub(crate) async fn read_body(
     headers: &HeaderMap,
     body: RequestBody,
     limit: usize,
@@ -241,7 +249,7 @@ async fn read_body(
         .map_err(|_| ApiError::payload_too_large(limit))
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|error| {
         ApiError::bad_request(
             "invalid_request",
@@ -265,6 +273,15 @@ fn canonical_message(request: SendRequest, tenant: &Tenant) -> Result<CanonicalM
     let body = Body::parse(request.body).map_err(|error| {
         ApiError::bad_request("invalid_body", format!("body: {error}")).with("field", "body")
     })?;
+    let scope = tenant
+        .scope(request.brand.as_deref(), request.campaign.as_deref())
+        .map_err(|error| {
+            ApiError::bad_request(
+                "unknown_scope",
+                format!("{}: {}", error.field, error.message),
+            )
+            .with("field", error.field)
+        })?;
     Ok(CanonicalMessage {
         id: MessageId::new(),
         tenant: tenant.id.clone(),
@@ -272,6 +289,7 @@ fn canonical_message(request: SendRequest, tenant: &Tenant) -> Result<CanonicalM
         from,
         body,
         purpose,
+        scope,
     })
 }
 

@@ -10,7 +10,11 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use super::{MessageRecord, MessageView, OutcomeRecord, Store, StoreError, status_of};
+use super::{
+    ConsentRecord, MessageRecord, MessageView, OutcomeRecord, Recorded, Store, StoreError,
+    StoredConsent, status_of,
+};
+use crate::consent::{Action, Level};
 use crate::domain::{MessageId, TenantId};
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -73,8 +77,8 @@ impl Store for SqliteStore {
     async fn record_message(&self, record: &MessageRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO messages (id, tenant, created_at_us, recipient_hash, recipient_masked, \
-             sender_masked, purpose, decision, reasons, upstream, key_id, payload) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             sender_masked, purpose, brand, campaign, decision, reasons, upstream, key_id, \
+             payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(record.id.as_str())
         .bind(record.tenant.as_str())
@@ -83,6 +87,8 @@ impl Store for SqliteStore {
         .bind(&record.recipient_masked)
         .bind(&record.sender_masked)
         .bind(record.purpose)
+        .bind(record.brand.as_deref())
+        .bind(record.campaign.as_deref())
         .bind(record.decision.as_str())
         .bind(&record.reasons_json)
         .bind(record.upstream.as_deref())
@@ -107,6 +113,74 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn record_consents(
+        &self,
+        records: &[ConsentRecord],
+    ) -> Result<Vec<Recorded>, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        let mut results = Vec::with_capacity(records.len());
+        for record in records {
+            let inserted = sqlx::query(
+                "INSERT INTO consent_events (id, tenant, recipient_hash, recipient_masked, \
+                 action, level, brand, campaign, purposes, method, occurred_at_us, \
+                 recorded_at_us, recorded_by, external_id, idempotency_key, key_id, evidence) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (tenant, idempotency_key) DO NOTHING",
+            )
+            .bind(&record.id)
+            .bind(record.tenant.as_str())
+            .bind(&record.recipient_hash)
+            .bind(&record.recipient_masked)
+            .bind(record.action.as_str())
+            .bind(record.level.map(|level| level.as_str()))
+            .bind(record.brand.as_deref())
+            .bind(record.campaign.as_deref())
+            .bind(&record.purposes)
+            .bind(&record.method)
+            .bind(record.occurred_at_us)
+            .bind(record.recorded_at_us)
+            .bind(&record.recorded_by)
+            .bind(record.external_id.as_deref())
+            .bind(&record.idempotency_key)
+            .bind(&record.key_id)
+            .bind(&record.evidence)
+            .execute(&mut *transaction)
+            .await?;
+            if inserted.rows_affected() == 1 {
+                results.push(Recorded::New);
+            } else {
+                let existing: String = sqlx::query_scalar(
+                    "SELECT id FROM consent_events WHERE tenant = ? AND idempotency_key = ?",
+                )
+                .bind(record.tenant.as_str())
+                .bind(&record.idempotency_key)
+                .fetch_one(&mut *transaction)
+                .await?;
+                results.push(Recorded::Duplicate(existing));
+            }
+        }
+        transaction.commit().await?;
+        Ok(results)
+    }
+
+    async fn consent_events(
+        &self,
+        tenant: &TenantId,
+        recipient_hash: &str,
+    ) -> Result<Vec<StoredConsent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, id, tenant, recipient_hash, recipient_masked, action, level, brand, \
+             campaign, purposes, method, occurred_at_us, recorded_at_us, recorded_by, \
+             external_id, idempotency_key, key_id, evidence FROM consent_events \
+             WHERE tenant = ? AND recipient_hash = ? ORDER BY seq",
+        )
+        .bind(tenant.as_str())
+        .bind(recipient_hash)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(consent_from_row).collect()
     }
 
     async fn message(
@@ -143,4 +217,36 @@ impl Store for SqliteStore {
             error_code: row.try_get("error_code")?,
         }))
     }
+}
+
+fn consent_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredConsent, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("consent_events.{what}"));
+    let action: String = row.try_get("action")?;
+    let level: Option<String> = row.try_get("level")?;
+    let tenant: String = row.try_get("tenant")?;
+    Ok(StoredConsent {
+        seq: row.try_get("seq")?,
+        record: ConsentRecord {
+            id: row.try_get("id")?,
+            tenant: TenantId::parse(&tenant).map_err(|_| corrupt("tenant"))?,
+            recipient_hash: row.try_get("recipient_hash")?,
+            recipient_masked: row.try_get("recipient_masked")?,
+            action: Action::parse(&action).ok_or_else(|| corrupt("action"))?,
+            level: match level {
+                None => None,
+                Some(level) => Some(Level::parse(&level).ok_or_else(|| corrupt("level"))?),
+            },
+            brand: row.try_get("brand")?,
+            campaign: row.try_get("campaign")?,
+            purposes: row.try_get("purposes")?,
+            method: row.try_get("method")?,
+            occurred_at_us: row.try_get("occurred_at_us")?,
+            recorded_at_us: row.try_get("recorded_at_us")?,
+            recorded_by: row.try_get("recorded_by")?,
+            external_id: row.try_get("external_id")?,
+            idempotency_key: row.try_get("idempotency_key")?,
+            key_id: row.try_get("key_id")?,
+            evidence: row.try_get("evidence")?,
+        },
+    })
 }

@@ -16,6 +16,7 @@ pub const GATEWAY_SECRET: &str = "gateway-credential-0123456789";
 pub const HS_SECRET: &str = "a-shared-hmac-secret-of-at-least-32-bytes!";
 pub const IDP: &str = "https://idp.example";
 pub const ACME_SENDER: &str = "+12025550100";
+pub const SHOP_SENDER: &str = "+12025550122";
 
 /// How the fake gateway answers.
 #[derive(Debug, Clone, Copy)]
@@ -185,6 +186,16 @@ id = "beta"
 senders = ["+12025550111"]
 upstream = "sandbox"
 
+[[tenants]]
+id = "shop"
+senders = ["{SHOP_SENDER}"]
+upstream = "gw"
+[[tenants.brands]]
+id = "shoes"
+campaigns = ["spring-sale", "loyalty"]
+[[tenants.brands]]
+id = "hats"
+
 [[upstreams]]
 name = "gw"
 kind = "http-json"
@@ -351,4 +362,66 @@ pub fn fixture(name: &str) -> Vec<u8> {
             .join(name),
     )
     .unwrap()
+}
+
+/// A send request from the shop tenant's sender.
+pub fn shop_message(to: &str, purpose: &str, brand: Option<&str>, campaign: Option<&str>) -> Value {
+    let mut message = json!({ "to": to, "from": SHOP_SENDER, "body": "Spring sale: 20% off", "purpose": purpose });
+    if let Some(brand) = brand {
+        message["brand"] = json!(brand);
+    }
+    if let Some(campaign) = campaign {
+        message["campaign"] = json!(campaign);
+    }
+    message
+}
+
+/// Written consent with the evidence TCPA asks for.
+pub fn written_opt_in(number: &str) -> Value {
+    json!({
+        "number": number,
+        "action": "opt_in",
+        "level": "express_written",
+        "method": "web_form",
+        "evidence": {
+            "disclosure_text": "By checking this box you agree to receive marketing texts from Shop at this number. Consent is not a condition of purchase. Msg & data rates may apply. Reply STOP to stop.",
+            "disclosure_version": "2026-10",
+            "language": "en",
+            "ip": "203.0.113.7",
+            "user_agent": "Mozilla/5.0",
+            "page_url": "https://shop.example/signup",
+            "not_condition_of_purchase": true,
+            "extra": { "form_id": "signup-3" }
+        }
+    })
+}
+
+impl TestApp {
+    /// Records one consent event.
+    pub async fn consent(&self, token: &str, event: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url("/v1/consents"))
+            .bearer_auth(token)
+            .json(event)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Imports a file body of the given content type.
+    pub async fn import(
+        &self,
+        token: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        self.client
+            .post(self.url("/v1/consents/import"))
+            .bearer_auth(token)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
 }

@@ -3,6 +3,7 @@
 
 mod authentication;
 mod cli;
+mod consents;
 mod helpers;
 mod sending;
 mod storage;

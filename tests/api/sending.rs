@@ -224,7 +224,7 @@ async fn the_sandbox_records_messages_per_tenant_for_admins() {
     let response = app
         .send(
             &token,
-            &json!({ "to": "+1 415 555 0199", "from": "+12025550111", "body": "Hi from beta", "purpose": "informational" }),
+            &json!({ "to": "+1 415 555 0199", "from": "+12025550111", "body": "Hi from beta", "purpose": "transactional" }),
         )
         .await;
     assert_eq!(response.status(), 201);

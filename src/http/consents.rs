@@ -1,0 +1,898 @@
+//! The consent API: record one event, read a number's state and history, import in bulk.
+//!
+//! - `POST /v1/consents` (scope `consents:write`): one event; 201 with the event, or 200 with
+//!   `"duplicate": true` and the event first recorded when the same event was sent before.
+//! - `GET /v1/consents/{number}` (scope `consents:read`): `{"number", "state", "history"}` for
+//!   the caller's tenant only.
+//! - `POST /v1/consents/import` (scope `consents:write`): CSV or NDJSON, streamed; answers a
+//!   summary with the line number and code of every refused line.
+//!
+//! There is no endpoint that changes or removes an event: the ledger is append-only, and a
+//! correction is a new event.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body as RequestBody;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, StatusCode};
+use http_body_util::BodyExt as _;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::app::AppState;
+use crate::auth::{Principal, scope};
+use crate::config::Tenant;
+use crate::consent::{self, Action, ConsentState, Level};
+use crate::crypto;
+use crate::domain::{PhoneNumber, Purpose, Scope};
+use crate::http::error::ApiError;
+use crate::import::{CsvRecords, ImportError, NdjsonLines};
+use crate::store::{ConsentRecord, Recorded, StoredConsent};
+
+/// How consent was collected.
+pub const METHODS: [&str; 9] = [
+    "web_form",
+    "keyword",
+    "verbal",
+    "paper",
+    "import",
+    "api",
+    "ivr",
+    "email",
+    "double_opt_in",
+];
+/// How far in the future `occurred_at` may be (clock skew between systems).
+const FUTURE_LEEWAY_SECONDS: i64 = 300;
+/// Events written per transaction during an import.
+const IMPORT_BATCH: usize = 500;
+/// The most refused lines listed in an import's answer; the count is always complete.
+const MAX_LISTED_ERRORS: usize = 1000;
+/// The largest import accepted.
+const MAX_IMPORT_BYTES: u64 = 1 << 30;
+
+/// One consent event as a client sends it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentInput {
+    pub number: String,
+    pub action: String,
+    #[serde(default)]
+    pub scope: Option<ScopeInput>,
+    pub level: Option<String>,
+    pub method: Option<String>,
+    pub occurred_at: Option<String>,
+    pub external_id: Option<String>,
+    #[serde(default)]
+    pub evidence: Evidence,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeInput {
+    pub brand: Option<String>,
+    pub campaign: Option<String>,
+    #[serde(default)]
+    pub purposes: Vec<String>,
+}
+
+/// What shows the consent was given (or withdrawn): kept sealed with the event.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Evidence {
+    /// The exact text the person was shown or read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disclosure_text: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disclosure_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub page_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inbound_message_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub double_opt_in_id: Option<String>,
+    /// The person was told that consent is not a condition of purchase (47 CFR 64.1200(f)(9)).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_condition_of_purchase: Option<bool>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub extra: Map<String, Value>,
+}
+
+/// A refused event: a stable code and the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub code: &'static str,
+    pub field: String,
+    pub message: String,
+}
+
+fn field_error(code: &'static str, field: &str, message: impl Into<String>) -> FieldError {
+    FieldError {
+        code,
+        field: field.to_owned(),
+        message: message.into(),
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(error: FieldError) -> Self {
+        ApiError::bad_request(error.code, format!("{}: {}", error.field, error.message))
+            .with("field", error.field)
+    }
+}
+
+/// What the sealed evidence holds: the number and the evidence.
+#[derive(Debug, Serialize, Deserialize)]
+struct SealedEvidence {
+    number: String,
+    evidence: Evidence,
+}
+
+/// The part of an event that is needed to build its record.
+struct Validated {
+    number: PhoneNumber,
+    action: Action,
+    level: Option<Level>,
+    scope: Scope,
+    purposes: BTreeSet<Purpose>,
+    method: String,
+    occurred_at: Timestamp,
+    external_id: Option<String>,
+    evidence: Evidence,
+}
+
+/// Checks an event against the tenant; `require_time` for imports, where history must say when.
+fn validate(
+    input: ConsentInput,
+    tenant: &Tenant,
+    now: Timestamp,
+    default_method: &str,
+    require_time: bool,
+) -> Result<Validated, FieldError> {
+    let number = PhoneNumber::parse(&input.number, tenant.default_region)
+        .map_err(|e| field_error("invalid_number", "number", e.to_string()))?;
+    let action = Action::parse(&input.action)
+        .ok_or_else(|| field_error("invalid_action", "action", "must be opt_in or opt_out"))?;
+    let scope_input = input.scope.unwrap_or_default();
+    let scope = tenant
+        .scope(
+            scope_input.brand.as_deref(),
+            scope_input.campaign.as_deref(),
+        )
+        .map_err(|e| field_error("unknown_scope", &format!("scope.{}", e.field), e.message))?;
+    let purposes = scope_input
+        .purposes
+        .iter()
+        .map(|p| p.parse::<Purpose>())
+        .collect::<Result<BTreeSet<_>, _>>()
+        .map_err(|e| field_error("invalid_purpose", "scope.purposes", e))?;
+    let method = input.method.unwrap_or_else(|| default_method.to_owned());
+    if !METHODS.contains(&method.as_str()) {
+        return Err(field_error(
+            "invalid_method",
+            "method",
+            format!("must be one of {}", METHODS.join(", ")),
+        ));
+    }
+    let level = match (action, input.level.as_deref()) {
+        (Action::OptOut, None) => None,
+        (Action::OptOut, Some(_)) => {
+            return Err(field_error(
+                "invalid_level",
+                "level",
+                "an opt-out has no level",
+            ));
+        }
+        (Action::OptIn, None) => Some(Level::Express),
+        (Action::OptIn, Some(level)) => Some(Level::parse(level).ok_or_else(|| {
+            field_error(
+                "invalid_level",
+                "level",
+                "must be express or express_written",
+            )
+        })?),
+    };
+    let occurred_at = match input.occurred_at.as_deref() {
+        None if require_time => {
+            return Err(field_error(
+                "invalid_occurred_at",
+                "occurred_at",
+                "is required in an import",
+            ));
+        }
+        None => now,
+        Some(text) => text.parse::<Timestamp>().map_err(|e| {
+            field_error(
+                "invalid_occurred_at",
+                "occurred_at",
+                format!("not an RFC 3339 time with an offset: {e}"),
+            )
+        })?,
+    };
+    if occurred_at.as_second() > now.as_second() + FUTURE_LEEWAY_SECONDS {
+        return Err(field_error(
+            "invalid_occurred_at",
+            "occurred_at",
+            "is in the future",
+        ));
+    }
+    if let Some(id) = &input.external_id
+        && (id.is_empty() || id.len() > 200)
+    {
+        return Err(field_error(
+            "invalid_external_id",
+            "external_id",
+            "must be 1 to 200 characters",
+        ));
+    }
+    let evidence = input.evidence;
+    if let Some(ip) = &evidence.ip
+        && ip.parse::<std::net::IpAddr>().is_err()
+    {
+        return Err(field_error(
+            "invalid_evidence",
+            "evidence.ip",
+            "not an IP address",
+        ));
+    }
+    if level == Some(Level::ExpressWritten) {
+        check_written_consent(&method, &evidence)?;
+    }
+    Ok(Validated {
+        number,
+        action,
+        level,
+        scope,
+        purposes,
+        method,
+        occurred_at,
+        external_id: input.external_id,
+        evidence,
+    })
+}
+
+/// Prior express written consent (47 CFR 64.1200(f)(9)) is a signed agreement that discloses
+/// that consent is not a condition of purchase: the record must show both.
+fn check_written_consent(method: &str, evidence: &Evidence) -> Result<(), FieldError> {
+    if method == "verbal" {
+        return Err(field_error(
+            "insufficient_evidence",
+            "method",
+            "verbal consent is not written consent",
+        ));
+    }
+    if evidence
+        .disclosure_text
+        .as_deref()
+        .is_none_or(|text| text.trim().is_empty())
+    {
+        return Err(field_error(
+            "insufficient_evidence",
+            "evidence.disclosure_text",
+            "written consent needs the disclosure the person agreed to",
+        ));
+    }
+    if evidence.not_condition_of_purchase != Some(true) {
+        return Err(field_error(
+            "insufficient_evidence",
+            "evidence.not_condition_of_purchase",
+            "written consent must say that consent is not a condition of purchase",
+        ));
+    }
+    Ok(())
+}
+
+impl AppState {
+    /// Builds the ledger record of a validated event, sealing the number and evidence.
+    fn consent_record(
+        &self,
+        event: Validated,
+        tenant: &Tenant,
+        principal: &Principal,
+        now: Timestamp,
+    ) -> Result<ConsentRecord, ApiError> {
+        let id = format!("evt_{}", uuid::Uuid::now_v7().simple());
+        let purposes = event
+            .purposes
+            .iter()
+            .map(Purpose::as_str)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let recipient_hash = self.numbers.hash(&event.number);
+        let idempotency_key = match &event.external_id {
+            Some(external) => format!("ext:{external}"),
+            None => {
+                let content = json!([
+                    recipient_hash,
+                    event.action.as_str(),
+                    event.level.map(|l| l.as_str()),
+                    event.scope.brand,
+                    event.scope.campaign,
+                    purposes,
+                    event.method,
+                    event.occurred_at.as_microsecond(),
+                    event.evidence,
+                ]);
+                let digest =
+                    ring::digest::digest(&ring::digest::SHA256, content.to_string().as_bytes());
+                format!("sha256:{}", crypto::hex(digest.as_ref()))
+            }
+        };
+        let sealed_evidence = SealedEvidence {
+            number: event.number.e164().to_owned(),
+            evidence: event.evidence,
+        };
+        let plaintext = serde_json::to_vec(&sealed_evidence).unwrap_or_default();
+        let sealed = self
+            .keys
+            .seal(&consent_associated_data(tenant, &id), &plaintext)
+            .map_err(|error| {
+                tracing::error!(%error, "sealing consent evidence failed");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "encryption_unavailable",
+                    "the evidence could not be encrypted; nothing was recorded",
+                )
+            })?;
+        Ok(ConsentRecord {
+            id,
+            tenant: tenant.id.clone(),
+            recipient_hash,
+            recipient_masked: event.number.masked(),
+            action: event.action,
+            level: event.level,
+            brand: event.scope.brand,
+            campaign: event.scope.campaign,
+            purposes,
+            method: event.method,
+            occurred_at_us: event.occurred_at.as_microsecond(),
+            recorded_at_us: now.as_microsecond(),
+            recorded_by: principal.subject.clone(),
+            external_id: event.external_id,
+            idempotency_key,
+            key_id: sealed.key_id,
+            evidence: sealed.bytes,
+        })
+    }
+
+    /// The event as the API shows it, with its evidence unsealed.
+    fn consent_view(&self, tenant: &Tenant, stored: &StoredConsent) -> Result<Value, ApiError> {
+        let record = &stored.record;
+        let sealed = crypto::Sealed {
+            key_id: record.key_id.clone(),
+            bytes: record.evidence.clone(),
+        };
+        let opened = self
+            .keys
+            .open(&consent_associated_data(tenant, &record.id), &sealed)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<SealedEvidence>(&bytes).ok());
+        let (number, evidence) = match opened {
+            Some(opened) => (
+                Value::String(opened.number),
+                serde_json::to_value(opened.evidence).unwrap_or_default(),
+            ),
+            None => {
+                tracing::error!(event = %record.id, "consent evidence does not decrypt");
+                (Value::Null, Value::Null)
+            }
+        };
+        let time = |us: i64| {
+            Timestamp::from_microsecond(us)
+                .map(|t| Value::String(t.to_string()))
+                .unwrap_or(Value::Null)
+        };
+        let purposes: Vec<&str> = record.purposes.split_whitespace().collect();
+        Ok(json!({
+            "id": record.id,
+            "number": number,
+            "action": record.action.as_str(),
+            "level": record.level.map(|l| l.as_str()),
+            "scope": {
+                "brand": record.brand,
+                "campaign": record.campaign,
+                "purposes": purposes,
+            },
+            "method": record.method,
+            "occurred_at": time(record.occurred_at_us),
+            "recorded_at": time(record.recorded_at_us),
+            "recorded_by": record.recorded_by,
+            "external_id": record.external_id,
+            "evidence": evidence,
+        }))
+    }
+
+    /// The recipient's ledger in this tenant, as the fold reads it.
+    pub async fn consent_events(
+        &self,
+        tenant: &Tenant,
+        number: &PhoneNumber,
+    ) -> Result<(Vec<StoredConsent>, Vec<consent::ConsentEvent>), ApiError> {
+        let stored = self
+            .store
+            .consent_events(&tenant.id, &self.numbers.hash(number))
+            .await?;
+        let events = stored
+            .iter()
+            .map(StoredConsent::to_event)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((stored, events))
+    }
+}
+
+/// The associated data bound to an event's sealed evidence: its identity.
+fn consent_associated_data(tenant: &Tenant, id: &str) -> Vec<u8> {
+    format!("consentry/consent/v1\0{}\0{id}", tenant.id).into_bytes()
+}
+
+pub async fn record(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: RequestBody,
+) -> Result<Response, ApiError> {
+    let (principal, tenant) = state.authorize(&headers, scope::CONSENTS_WRITE)?;
+    let bytes = super::messages::read_body(&headers, body, state.max_request_bytes).await?;
+    let input: ConsentInput = super::messages::parse_json(&bytes)?;
+    let now = Timestamp::now();
+    let event = validate(input, tenant, now, "api", false)?;
+    let record = state.consent_record(event, tenant, &principal, now)?;
+    let recorded = state
+        .store
+        .record_consents(std::slice::from_ref(&record))
+        .await?;
+    let (status, id) = match recorded.into_iter().next() {
+        Some(Recorded::Duplicate(existing)) => (StatusCode::OK, existing),
+        _ => (StatusCode::CREATED, record.id.clone()),
+    };
+    tracing::info!(
+        event = %id,
+        tenant = %tenant.id,
+        recipient = %record.recipient_masked,
+        action = record.action.as_str(),
+        duplicate = status == StatusCode::OK,
+        "consent recorded"
+    );
+    let stored = state
+        .store
+        .consent_events(&tenant.id, &record.recipient_hash)
+        .await?
+        .into_iter()
+        .find(|stored| stored.record.id == id)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the event was recorded but cannot be read back",
+            )
+        })?;
+    let mut view = state.consent_view(tenant, &stored)?;
+    if status == StatusCode::OK {
+        view["duplicate"] = Value::Bool(true);
+    }
+    Ok((status, Json(view)).into_response())
+}
+
+pub async fn show(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(number): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (_principal, tenant) = state.authorize(&headers, scope::CONSENTS_READ)?;
+    let number = PhoneNumber::parse(&number, tenant.default_region).map_err(|e| {
+        ApiError::bad_request("invalid_number", format!("number: {e}")).with("field", "number")
+    })?;
+    let (stored, events) = state.consent_events(tenant, &number).await?;
+    let now = Timestamp::now();
+    let policy = state.policies.consent.at(now);
+
+    let mut scopes: BTreeSet<Scope> = events.iter().map(|e| e.scope.clone()).collect();
+    scopes.insert(Scope::tenant_wide());
+    let mut current = Vec::new();
+    for scope in &scopes {
+        for purpose in Purpose::ALL {
+            let (status, level, event) = match consent::state(&events, scope, purpose, &policy, now)
+            {
+                ConsentState::OptedOut(event) => ("opted_out", None, Some(&event.id)),
+                ConsentState::OptedIn { level, event } => {
+                    ("opted_in", Some(level.as_str()), Some(&event.id))
+                }
+                ConsentState::NoRecord => ("none", None, None),
+            };
+            let sendable = consent::check(&events, scope, purpose, &policy, now).is_ok();
+            current.push(json!({
+                "scope": { "brand": scope.brand, "campaign": scope.campaign },
+                "purpose": purpose.as_str(),
+                "status": status,
+                "level": level,
+                "event": event,
+                "sendable": sendable,
+            }));
+        }
+    }
+    let history = stored
+        .iter()
+        .map(|event| state.consent_view(tenant, event))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(json!({
+        "number": number.e164(),
+        "revoke_all": policy.revoke_all,
+        "state": current,
+        "history": history,
+    })))
+}
+
+/// The formats an import may come in.
+enum Format {
+    Csv,
+    Ndjson,
+}
+
+/// Running totals of an import.
+#[derive(Debug, Default, Serialize)]
+struct ImportSummary {
+    lines: u64,
+    recorded: u64,
+    duplicates: u64,
+    failed: u64,
+    errors: Vec<Value>,
+    errors_truncated: bool,
+}
+
+impl ImportSummary {
+    fn refuse(&mut self, line: u64, error: FieldError) {
+        self.failed += 1;
+        if self.errors.len() < MAX_LISTED_ERRORS {
+            self.errors.push(json!({
+                "line": line, "code": error.code, "field": error.field, "message": error.message,
+            }));
+        } else {
+            self.errors_truncated = true;
+        }
+    }
+}
+
+pub async fn import(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: RequestBody,
+) -> Result<Response, ApiError> {
+    let (principal, tenant) = state.authorize(&headers, scope::CONSENTS_WRITE)?;
+    let content_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let format = if content_type.starts_with("text/csv") {
+        Format::Csv
+    } else if content_type.starts_with("application/x-ndjson")
+        || content_type.starts_with("application/jsonl")
+        || content_type.starts_with("application/ndjson")
+    {
+        Format::Ndjson
+    } else {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send text/csv or application/x-ndjson",
+        ));
+    };
+
+    let mut importer = Importer {
+        state: &state,
+        tenant,
+        principal: &principal,
+        summary: ImportSummary::default(),
+        batch: Vec::with_capacity(IMPORT_BATCH),
+        batch_lines: Vec::with_capacity(IMPORT_BATCH),
+        header: None,
+        committed_through: 0,
+    };
+    let mut ndjson = NdjsonLines::default();
+    let mut csv = CsvRecords::default();
+    let mut received: u64 = 0;
+    let mut body = body;
+    loop {
+        let frame = match body.frame().await {
+            None => None,
+            Some(Ok(frame)) => Some(frame),
+            Some(Err(error)) => {
+                return Err(importer.stopped(ApiError::bad_request(
+                    "invalid_request",
+                    format!("the upload was interrupted: {error}"),
+                )));
+            }
+        };
+        let Some(frame) = frame else { break };
+        let Ok(chunk) = frame.into_data() else {
+            continue;
+        };
+        received += chunk.len() as u64;
+        if received > MAX_IMPORT_BYTES {
+            return Err(importer.stopped(ApiError::payload_too_large(MAX_IMPORT_BYTES as usize)));
+        }
+        let result = match format {
+            Format::Ndjson => match ndjson.push(&chunk) {
+                Ok(lines) => importer.ndjson_lines(lines).await,
+                Err(error) => Err(import_error(error)),
+            },
+            Format::Csv => match csv.push(&chunk) {
+                Ok(records) => importer.csv_records(records).await,
+                Err(error) => Err(import_error(error)),
+            },
+        };
+        result.map_err(|error| importer.stopped(error))?;
+    }
+    let result = match format {
+        Format::Ndjson => match ndjson.finish() {
+            Ok(lines) => importer.ndjson_lines(lines).await,
+            Err(error) => Err(import_error(error)),
+        },
+        Format::Csv => match csv.finish() {
+            Ok(records) => importer.csv_records(records).await,
+            Err(error) => Err(import_error(error)),
+        },
+    };
+    result.map_err(|error| importer.stopped(error))?;
+    importer
+        .flush()
+        .await
+        .map_err(|error| importer.stopped(error))?;
+    tracing::info!(
+        tenant = %tenant.id,
+        lines = importer.summary.lines,
+        recorded = importer.summary.recorded,
+        duplicates = importer.summary.duplicates,
+        failed = importer.summary.failed,
+        "consent import finished"
+    );
+    Ok((StatusCode::OK, Json(importer.summary)).into_response())
+}
+
+fn import_error(error: ImportError) -> ApiError {
+    ApiError::bad_request("invalid_import", error.to_string())
+}
+
+/// The state of one import: lines are validated as they arrive and written in batches.
+struct Importer<'a> {
+    state: &'a AppState,
+    tenant: &'a Tenant,
+    principal: &'a Principal,
+    summary: ImportSummary,
+    batch: Vec<ConsentRecord>,
+    batch_lines: Vec<u64>,
+    /// The CSV header, once read.
+    header: Option<Vec<CsvColumn>>,
+    /// Every line up to this one is recorded or refused.
+    committed_through: u64,
+}
+
+impl Importer<'_> {
+    async fn ndjson_lines(&mut self, lines: Vec<(u64, String)>) -> Result<(), ApiError> {
+        for (line, text) in lines {
+            let input = serde_json::from_str::<ConsentInput>(&text)
+                .map_err(|e| field_error("invalid_line", "", format!("not a consent event: {e}")));
+            self.line(line, input).await?;
+        }
+        Ok(())
+    }
+
+    async fn csv_records(&mut self, records: Vec<(u64, Vec<String>)>) -> Result<(), ApiError> {
+        for (line, fields) in records {
+            let Some(header) = &self.header else {
+                self.header = Some(csv_header(&fields)?);
+                continue;
+            };
+            let input = csv_input(header, fields);
+            self.line(line, input).await?;
+        }
+        Ok(())
+    }
+
+    async fn line(
+        &mut self,
+        line: u64,
+        input: Result<ConsentInput, FieldError>,
+    ) -> Result<(), ApiError> {
+        self.summary.lines += 1;
+        let now = Timestamp::now();
+        match input.and_then(|input| validate(input, self.tenant, now, "import", true)) {
+            Ok(event) => {
+                let record = self
+                    .state
+                    .consent_record(event, self.tenant, self.principal, now)?;
+                self.batch.push(record);
+                self.batch_lines.push(line);
+                if self.batch.len() >= IMPORT_BATCH {
+                    self.flush().await?;
+                }
+            }
+            Err(error) => {
+                self.summary.refuse(line, error);
+                if self.batch.is_empty() {
+                    self.committed_through = line;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), ApiError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let results = self.state.store.record_consents(&self.batch).await?;
+        for result in results {
+            match result {
+                Recorded::New => self.summary.recorded += 1,
+                Recorded::Duplicate(_) => self.summary.duplicates += 1,
+            }
+        }
+        self.committed_through = self.batch_lines.last().copied().unwrap_or_default();
+        self.batch.clear();
+        self.batch_lines.clear();
+        Ok(())
+    }
+
+    /// The answer when an import stops part way: what was committed stays, and a re-run of
+    /// the same file adds nothing twice.
+    fn stopped(&self, error: ApiError) -> ApiError {
+        error
+            .with("committed_through_line", self.committed_through)
+            .with("recorded", self.summary.recorded)
+            .with("duplicates", self.summary.duplicates)
+    }
+}
+
+/// The columns a CSV import may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CsvColumn {
+    Number,
+    Action,
+    Level,
+    Brand,
+    Campaign,
+    Purposes,
+    Method,
+    OccurredAt,
+    ExternalId,
+    DisclosureText,
+    DisclosureVersion,
+    Language,
+    Ip,
+    UserAgent,
+    PageUrl,
+    InboundMessageId,
+    DoubleOptInId,
+    NotConditionOfPurchase,
+}
+
+const CSV_COLUMNS: [(&str, CsvColumn); 18] = [
+    ("number", CsvColumn::Number),
+    ("action", CsvColumn::Action),
+    ("level", CsvColumn::Level),
+    ("brand", CsvColumn::Brand),
+    ("campaign", CsvColumn::Campaign),
+    ("purposes", CsvColumn::Purposes),
+    ("method", CsvColumn::Method),
+    ("occurred_at", CsvColumn::OccurredAt),
+    ("external_id", CsvColumn::ExternalId),
+    ("disclosure_text", CsvColumn::DisclosureText),
+    ("disclosure_version", CsvColumn::DisclosureVersion),
+    ("language", CsvColumn::Language),
+    ("ip", CsvColumn::Ip),
+    ("user_agent", CsvColumn::UserAgent),
+    ("page_url", CsvColumn::PageUrl),
+    ("inbound_message_id", CsvColumn::InboundMessageId),
+    ("double_opt_in_id", CsvColumn::DoubleOptInId),
+    (
+        "not_condition_of_purchase",
+        CsvColumn::NotConditionOfPurchase,
+    ),
+];
+
+fn csv_header(fields: &[String]) -> Result<Vec<CsvColumn>, ApiError> {
+    let columns = fields
+        .iter()
+        .map(|name| {
+            let name = name
+                .trim()
+                .trim_start_matches('\u{feff}')
+                .to_ascii_lowercase();
+            CSV_COLUMNS
+                .iter()
+                .find(|(known, _)| *known == name)
+                .map(|(_, column)| *column)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_csv_header",
+                        format!(
+                            "unknown column {name:?}; known columns: {}",
+                            CSV_COLUMNS.map(|(known, _)| known).join(", ")
+                        ),
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for required in [CsvColumn::Number, CsvColumn::Action] {
+        if !columns.contains(&required) {
+            return Err(ApiError::bad_request(
+                "invalid_csv_header",
+                "the header must name the columns number and action",
+            ));
+        }
+    }
+    Ok(columns)
+}
+
+fn csv_input(header: &[CsvColumn], fields: Vec<String>) -> Result<ConsentInput, FieldError> {
+    if fields.len() != header.len() {
+        return Err(field_error(
+            "invalid_line",
+            "",
+            format!(
+                "{} fields where the header has {}",
+                fields.len(),
+                header.len()
+            ),
+        ));
+    }
+    let mut input = ConsentInput::default();
+    let mut scope = ScopeInput::default();
+    for (column, value) in header.iter().zip(fields) {
+        let value = value.trim().to_owned();
+        if value.is_empty() {
+            continue;
+        }
+        let evidence = &mut input.evidence;
+        match column {
+            CsvColumn::Number => input.number = value,
+            CsvColumn::Action => input.action = value,
+            CsvColumn::Level => input.level = Some(value),
+            CsvColumn::Brand => scope.brand = Some(value),
+            CsvColumn::Campaign => scope.campaign = Some(value),
+            CsvColumn::Purposes => {
+                scope.purposes = value
+                    .split([' ', ';', '|'])
+                    .filter(|p| !p.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+            }
+            CsvColumn::Method => input.method = Some(value),
+            CsvColumn::OccurredAt => input.occurred_at = Some(value),
+            CsvColumn::ExternalId => input.external_id = Some(value),
+            CsvColumn::DisclosureText => evidence.disclosure_text = Some(value),
+            CsvColumn::DisclosureVersion => evidence.disclosure_version = Some(value),
+            CsvColumn::Language => evidence.language = Some(value),
+            CsvColumn::Ip => evidence.ip = Some(value),
+            CsvColumn::UserAgent => evidence.user_agent = Some(value),
+            CsvColumn::PageUrl => evidence.page_url = Some(value),
+            CsvColumn::InboundMessageId => evidence.inbound_message_id = Some(value),
+            CsvColumn::DoubleOptInId => evidence.double_opt_in_id = Some(value),
+            CsvColumn::NotConditionOfPurchase => {
+                evidence.not_condition_of_purchase =
+                    Some(match value.to_ascii_lowercase().as_str() {
+                        "true" | "yes" | "1" => true,
+                        "false" | "no" | "0" => false,
+                        _ => {
+                            return Err(field_error(
+                                "invalid_evidence",
+                                "not_condition_of_purchase",
+                                "must be true or false",
+                            ));
+                        }
+                    });
+            }
+        }
+    }
+    input.scope = Some(scope);
+    Ok(input)
+}
