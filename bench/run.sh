@@ -5,6 +5,11 @@
 # consentry and nginx in front of it with the same certificate, then drives
 # both with wrk (same threads, connections, duration and Lua script) and
 # prints requests/s, p50/p99 latency and the consentry/nginx ratios.
+#
+# With BENCH_LEDGER_SIZES="1000 1000000" it measures instead how the consent
+# ledger's size affects sends: one consentry per size, each with a fresh
+# database seeded through POST /v1/consents/import with that many opt-ins,
+# all driven with the same informational sends to random seeded recipients.
 # See bench/README.md for how to read the figures.
 #
 # Usage: bench/run.sh [-o FILE]        (or BENCH_OUT=FILE bench/run.sh)
@@ -24,11 +29,14 @@ Environment (defaults in brackets):
   BENCH_DURATION       measured seconds per target and round [20]
   BENCH_WARMUP         unmeasured seconds before each measured run [3]
   BENCH_ROUNDS         rounds; the order of the targets alternates, medians are reported [1]
+  BENCH_LEDGER_SIZES   ledger mode: consent ledger sizes to compare, e.g. "1000 1000000" [off]
+  BENCH_NGINX=0        leave nginx out (the baseline) [1]
+  BENCH_SEED           seed of the random recipient draw in ledger mode [1]
   BENCH_TIMEOUT        wrk request timeout in seconds [5]
   BENCH_NGINX_WORKERS  nginx worker_processes [auto, one per CPU]
   BENCH_GW_PORT        fake gateway port [18081]
-  BENCH_PORT           consentry TLS port [18443]
-  BENCH_ADMIN_PORT     consentry admin port [19090]
+  BENCH_PORT           consentry TLS port; in ledger mode the Nth size uses PORT+10(N-1) [18443]
+  BENCH_ADMIN_PORT     consentry admin port; likewise [19090]
   BENCH_NGINX_PORT     nginx TLS port [18444]
   BENCH_SKIP_BUILD=1   use the binaries already in target/release
   BENCH_SKIP_INSTALL=1 never apt-get install nginx, wrk or curl
@@ -70,9 +78,25 @@ cs_port="${BENCH_PORT:-18443}"
 admin_port="${BENCH_ADMIN_PORT:-19090}"
 nginx_port="${BENCH_NGINX_PORT:-18444}"
 
-for var in threads connections duration warmup rounds timeout gw_port cs_port admin_port nginx_port; do
+with_nginx="${BENCH_NGINX:-1}"
+seed="${BENCH_SEED:-1}"
+read -r -a ledger_sizes <<<"${BENCH_LEDGER_SIZES:-}"
+
+for var in threads connections duration warmup rounds timeout gw_port cs_port admin_port nginx_port \
+  seed; do
   if ! [[ "${!var}" =~ ^[0-9]+$ ]] || [[ "${!var}" -eq 0 && "$var" != warmup ]]; then
     echo "run.sh: $var must be a positive whole number, got '${!var}'" >&2
+    exit 2
+  fi
+done
+[[ "$with_nginx" == 0 || "$with_nginx" == 1 ]] || {
+  echo "run.sh: BENCH_NGINX must be 0 or 1, got '$with_nginx'" >&2
+  exit 2
+}
+# Ledger sizes are how many distinct numbers bench_number can make (see below).
+for size in "${ledger_sizes[@]}"; do
+  if ! [[ "$size" =~ ^[0-9]+$ ]] || ((size < 1 || size > 1000000)); then
+    echo "run.sh: BENCH_LEDGER_SIZES: each size must be 1 to 1000000, got '$size'" >&2
     exit 2
   fi
 done
@@ -82,8 +106,22 @@ repo_root="$(cd "$bench_dir/.." && pwd)"
 target_dir="${CARGO_TARGET_DIR:-$repo_root/target}"
 [[ "$target_dir" = /* ]] || target_dir="$repo_root/$target_dir"
 
-# The request every target gets; the fake gateway accepts anything.
+# The request every target gets; the fake gateway accepts anything. In ledger
+# mode send.lua sends this with "to" drawn at random from the seeded numbers
+# and purpose informational, which needs an opt-in in the ledger.
 body='{"to":"+14155550123","from":"+12025550100","body":"bench message","purpose":"transactional"}'
+if ((${#ledger_sizes[@]} > 0)); then
+  purpose=informational
+else
+  purpose=transactional
+fi
+
+# The Ith (from 0) of the numbers seeded into the ledger: +1415 EEE LLLL with
+# exchange EEE = 200 + I / 10000 and line LLLL = I % 10000, so a million
+# distinct valid US numbers. bench/send.lua draws them the same way.
+bench_number() {
+  printf '+1415%03d%04d' $((200 + $1 / 10000)) $(($1 % 10000))
+}
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() {
@@ -158,7 +196,7 @@ find_nginx() {
 
 ensure_tools() {
   local missing=()
-  [[ -n "$(find_nginx)" ]] || missing+=(nginx)
+  [[ "$with_nginx" == 0 || -n "$(find_nginx)" ]] || missing+=(nginx)
   command -v wrk >/dev/null || missing+=(wrk)
   command -v curl >/dev/null || missing+=(curl)
   command -v cargo >/dev/null || [[ "${BENCH_SKIP_BUILD:-0}" == 1 ]] || die "cargo is not installed"
@@ -201,10 +239,46 @@ cpu_ticks() {
 
 # --- setup --------------------------------------------------------------------
 
+# The targets wrk drives, in the order of the first round. consentry is one
+# target named "consentry", or in ledger mode one "consentry-SIZE" per ledger
+# size, each a process of its own with its own database, ports and token.
+targets=()
+declare -A port_of=() admin_of=() size_of=() token_of=() expect_of=()
+if ((${#ledger_sizes[@]} > 0)); then
+  k=0
+  for size in "${ledger_sizes[@]}"; do
+    name="consentry-$size"
+    [[ -z "${port_of[$name]:-}" ]] || die "BENCH_LEDGER_SIZES names $size twice"
+    targets+=("$name")
+    port_of[$name]=$((cs_port + 10 * k))
+    admin_of[$name]=$((admin_port + 10 * k))
+    size_of[$name]="$size"
+    expect_of[$name]=201
+    k=$((k + 1))
+  done
+else
+  targets+=(consentry)
+  port_of[consentry]="$cs_port"
+  admin_of[consentry]="$admin_port"
+  expect_of[consentry]=201
+fi
+consentry_targets=("${targets[@]}")
+if [[ "$with_nginx" == 1 ]]; then
+  targets+=(nginx)
+  port_of[nginx]="$nginx_port"
+  expect_of[nginx]=200
+fi
+
 ensure_tools
 nginx_bin="$(find_nginx)"
 
-for port in "$gw_port" "$cs_port" "$admin_port" "$nginx_port"; do
+ports=("$gw_port")
+for name in "${targets[@]}"; do ports+=("${port_of[$name]}"); done
+for name in "${consentry_targets[@]}"; do ports+=("${admin_of[$name]}"); done
+if [[ -n "$(printf '%s\n' "${ports[@]}" | sort | uniq -d)" ]]; then
+  die "ports overlap (${ports[*]}); set the BENCH_*PORT variables"
+fi
+for port in "${ports[@]}"; do
   if port_busy "$port"; then
     die "port $port is already in use; free it or set the BENCH_*PORT variables"
   fi
@@ -236,14 +310,25 @@ for _ in $(seq 100); do
 done
 [[ "$code" == 200 ]] || die "fake gateway did not answer 200 (got $code)"
 
-log "starting consentry on 127.0.0.1:$cs_port"
-data_dir="$tmp/data"
-cat >"$tmp/consentry.toml" <<EOF
+# Long enough for every warm-up and measured run, with an hour to spare.
+ttl_h=$(((warmup + duration) * ${#targets[@]} * rounds / 3600 + 1))
+if ((${#ledger_sizes[@]} > 0)); then
+  token_scope="messages:send consents:write"
+else
+  token_scope="messages:send"
+fi
+
+# start_consentry NAME: writes $tmp/NAME.toml (database and keys in $tmp/NAME),
+# starts consentry, waits for /readyz and mints the token wrk will send.
+start_consentry() {
+  local name="$1" data_dir="$tmp/$1" ready=0 token
+  log "starting $name on 127.0.0.1:${port_of[$name]}"
+  cat >"$tmp/$name.toml" <<EOF
 data_dir = "$data_dir"
 
 [server]
-listen = "127.0.0.1:$cs_port"
-admin_listen = "127.0.0.1:$admin_port"
+listen = "127.0.0.1:${port_of[$name]}"
+admin_listen = "127.0.0.1:${admin_of[$name]}"
 
 [jwt]
 dev_issuer = true
@@ -263,115 +348,192 @@ credential = { env = "BENCH_GW_TOKEN" }
 connect_timeout_ms = 2000
 request_timeout_ms = 10000
 EOF
-start consentry "$consentry_bin" serve --config "$tmp/consentry.toml"
-ready=0
-for _ in $(seq 600); do
-  if [[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$admin_port/readyz" || true)" == 200 ]]; then
-    ready=1
-    break
+  start "$name" "$consentry_bin" serve --config "$tmp/$name.toml"
+  for _ in $(seq 600); do
+    if [[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${admin_of[$name]}/readyz" || true)" == 200 ]]; then
+      ready=1
+      break
+    fi
+    alive_or_die "$name" "${pid_of[$name]}"
+    sleep 0.1
+  done
+  [[ "$ready" == 1 ]] || die "$name was not ready within 60 s (see $tmp/$name.log)"
+
+  token="$("$consentry_bin" token --data-dir "$data_dir" --tenant bench --sub bench \
+    --scope "$token_scope" --ttl "${ttl_h}h" 2>"$tmp/token.err")" ||
+    die "consentry token failed: $(cat "$tmp/token.err")"
+  token="$(printf '%s' "$token" | tr -d '[:space:]')"
+  [[ "$token" =~ ^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$ ]] ||
+    die "consentry token did not print a JWT: $token"
+  token_of[$name]="$token"
+}
+
+# json_number FILE KEY: the value of a top-level number field of a compact JSON answer.
+json_number() {
+  sed -n "s/.*\"$2\":\([0-9][0-9]*\).*/\1/p" "$1" | head -n 1
+}
+
+# seed_ledger NAME: imports size_of[NAME] express opt-ins, numbers 0 to SIZE-1 of
+# bench_number, through POST /v1/consents/import. awk writes the CSV as curl
+# uploads it (chunked, no file), and the answer must count every line recorded.
+declare -A import_s=() import_rate=() db_mb=()
+seed_ledger() {
+  local name="$1" n="${size_of[$1]}" code t0 t1 answer recorded failed lines
+  log "$name: importing $n opt-ins through POST /v1/consents/import"
+  t0="$(date +%s.%N)"
+  code=$(
+    awk -v n="$n" 'BEGIN {
+      print "number,action,level,method,occurred_at"
+      for (i = 0; i < n; i++)
+        printf "+1415%03d%04d,opt_in,express,import,2025-01-01T00:00:00Z\n", 200 + int(i / 10000), i % 10000
+    }' | curl -sk -X POST -T - -H 'Expect:' -H 'Content-Type: text/csv' \
+      -H "Authorization: Bearer ${token_of[$name]}" -o "$tmp/$name.import.json" -w '%{http_code}' \
+      "https://127.0.0.1:${port_of[$name]}/v1/consents/import"
+  ) || true
+  t1="$(date +%s.%N)"
+  answer="$(head -c 1000 "$tmp/$name.import.json" 2>/dev/null || true)"
+  [[ "$code" == 200 ]] || die "$name: the import answered ${code:-nothing}: $answer"
+  lines="$(json_number "$tmp/$name.import.json" lines)"
+  recorded="$(json_number "$tmp/$name.import.json" recorded)"
+  failed="$(json_number "$tmp/$name.import.json" failed)"
+  if [[ "$lines" != "$n" || "$recorded" != "$n" || "$failed" != 0 ]]; then
+    die "$name: the import of $n opt-ins recorded ${recorded:-?} of ${lines:-?} lines, ${failed:-?} failed: $answer"
   fi
-  alive_or_die consentry "${pid_of[consentry]}"
-  sleep 0.1
+  import_s[$name]="$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')"
+  import_rate[$name]="$(awk -v a="$t0" -v b="$t1" -v n="$n" 'BEGIN { printf "%.0f", n / (b - a) }')"
+  db_mb[$name]="$(du -cb "$tmp/$name"/consentry.db* | awk 'END { printf "%.0f", $1 / 1048576 }')"
+  log "$name: $recorded recorded in ${import_s[$name]} s (${import_rate[$name]} lines/s)"
+}
+
+for name in "${consentry_targets[@]}"; do
+  start_consentry "$name"
+  [[ -z "${size_of[$name]:-}" ]] || seed_ledger "$name"
 done
-[[ "$ready" == 1 ]] || die "consentry was not ready within 60 s (see $tmp/consentry.log)"
 
-# Long enough for every warm-up and measured run, with an hour to spare.
-ttl_h=$(((warmup + duration) * 2 * rounds / 3600 + 1))
-token="$("$consentry_bin" token --data-dir "$data_dir" --tenant bench --sub bench \
-  --scope "messages:send" --ttl "${ttl_h}h" 2>"$tmp/token.err")" ||
-  die "consentry token failed: $(cat "$tmp/token.err")"
-token="$(printf '%s' "$token" | tr -d '[:space:]')"
-[[ "$token" =~ ^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$ ]] ||
-  die "consentry token did not print a JWT: $token"
-
-cert="$data_dir/tls/cert.pem"
-key="$data_dir/tls/key.pem"
+first="${consentry_targets[0]}"
+cert="$tmp/$first/tls/cert.pem"
+key="$tmp/$first/tls/key.pem"
 [[ -f "$cert" && -f "$key" ]] || die "consentry did not write $cert and $key"
 
-log "starting nginx on 127.0.0.1:$nginx_port (same certificate)"
-ngx="$tmp/nginx"
-mkdir -p "$ngx"
-if [[ "$(id -u)" -eq 0 ]]; then
-  # Without it, a root master would hand the workers to "nobody".
-  user_line="user $(id -un) $(id -gn);"
-else
-  user_line="# not root: nginx runs as $(id -un)"
+if [[ "$with_nginx" == 1 ]]; then
+  log "starting nginx on 127.0.0.1:$nginx_port (same certificate)"
+  ngx="$tmp/nginx"
+  mkdir -p "$ngx"
+  if [[ "$(id -u)" -eq 0 ]]; then
+    # Without it, a root master would hand the workers to "nobody".
+    user_line="user $(id -un) $(id -gn);"
+  else
+    user_line="# not root: nginx runs as $(id -un)"
+  fi
+  sed -e "s|@USER_LINE@|$user_line|" \
+    -e "s|@WORKERS@|$nginx_workers|" \
+    -e "s|@DIR@|$ngx|g" \
+    -e "s|@GATEWAY@|127.0.0.1:$gw_port|" \
+    -e "s|@UPSTREAM_KEEPALIVE@|$((connections * 2))|" \
+    -e "s|@LISTEN@|127.0.0.1:$nginx_port|" \
+    -e "s|@CERT@|$cert|" \
+    -e "s|@KEY@|$key|" \
+    -e "s|@GW_TOKEN@|$gw_token|" \
+    "$bench_dir/nginx.conf.template" >"$ngx/nginx.conf"
+  "$nginx_bin" -t -q -p "$ngx/" -e "$ngx/error.log" -c "$ngx/nginx.conf" ||
+    die "nginx rejected $ngx/nginx.conf"
+  start nginx "$nginx_bin" -p "$ngx/" -e "$ngx/error.log" -c "$ngx/nginx.conf"
+  # nginx ignores the client's token; it gets consentry's, as wrk sends it.
+  token_of[nginx]="${token_of[$first]}"
 fi
-sed -e "s|@USER_LINE@|$user_line|" \
-  -e "s|@WORKERS@|$nginx_workers|" \
-  -e "s|@DIR@|$ngx|g" \
-  -e "s|@GATEWAY@|127.0.0.1:$gw_port|" \
-  -e "s|@UPSTREAM_KEEPALIVE@|$((connections * 2))|" \
-  -e "s|@LISTEN@|127.0.0.1:$nginx_port|" \
-  -e "s|@CERT@|$cert|" \
-  -e "s|@KEY@|$key|" \
-  -e "s|@GW_TOKEN@|$gw_token|" \
-  "$bench_dir/nginx.conf.template" >"$ngx/nginx.conf"
-"$nginx_bin" -t -q -p "$ngx/" -e "$ngx/error.log" -c "$ngx/nginx.conf" ||
-  die "nginx rejected $ngx/nginx.conf"
-start nginx "$nginx_bin" -p "$ngx/" -e "$ngx/error.log" -c "$ngx/nginx.conf"
 
 # --- smoke test: one request through each, with the TLS parameters -----------
 
-# send PORT NAME: one request like wrk's; prints the status code.
+# request_body TO: the JSON of a send to TO.
+request_body() {
+  printf '{"to":"%s","from":"+12025550100","body":"bench message","purpose":"%s"}' "$1" "$purpose"
+}
+if ((${#ledger_sizes[@]} > 0)); then
+  # send.lua replaces "to" with a random seeded number for each request.
+  body="$(request_body "$(bench_number 0)")"
+fi
+
+# send NAME BODY [FILE]: one request like wrk's; prints the status code. The
+# answer goes to $tmp/FILE.smoke (FILE defaults to NAME), curl's trace to .curl.
 send() {
-  curl -sk -v -o "$tmp/$2.smoke" -w '%{http_code}' -X POST \
-    -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
-    -H 'Accept: application/json' --data "$body" \
-    "https://127.0.0.1:$1/v1/messages" 2>"$tmp/$2.curl" || true
+  local file="${3:-$1}"
+  curl -sk -v -o "$tmp/$file.smoke" -w '%{http_code}' -X POST \
+    -H "Authorization: Bearer ${token_of[$1]}" -H 'Content-Type: application/json' \
+    -H 'Accept: application/json' --data "$2" \
+    "https://127.0.0.1:${port_of[$1]}/v1/messages" 2>"$tmp/$file.curl" || true
 }
 tls_of() {
   sed -n 's/.*SSL connection using \(.*\)$/\1/p' "$tmp/$1.curl" | head -n 1
 }
 
-for _ in $(seq 100); do
-  code=$(send "$nginx_port" nginx)
-  [[ "$code" == 200 ]] && break
-  alive_or_die nginx "${pid_of[nginx]}"
-  sleep 0.1
-done
-[[ "$code" == 200 ]] || die "nginx answered $code: $(cat "$tmp/nginx.smoke" 2>/dev/null)"
-
-code=$(send "$cs_port" consentry)
-if [[ "$code" != 201 ]]; then
-  msg="consentry answered $code to the smoke request: $(head -c 500 "$tmp/consentry.smoke" 2>/dev/null)"
-  [[ "${BENCH_ALLOW_ERRORS:-0}" == 1 ]] || die "$msg"
-  log "warning: $msg"
+if [[ "$with_nginx" == 1 ]]; then
+  for _ in $(seq 100); do
+    code=$(send nginx "$body")
+    [[ "$code" == 200 ]] && break
+    alive_or_die nginx "${pid_of[nginx]}"
+    sleep 0.1
+  done
+  [[ "$code" == 200 ]] || die "nginx answered $code: $(cat "$tmp/nginx.smoke" 2>/dev/null)"
 fi
+
+for name in "${consentry_targets[@]}"; do
+  code=$(send "$name" "$body")
+  if [[ "$code" != 201 ]]; then
+    msg="$name answered $code to the smoke request: $(head -c 500 "$tmp/$name.smoke" 2>/dev/null)"
+    [[ "${BENCH_ALLOW_ERRORS:-0}" == 1 ]] || die "$msg"
+    log "warning: $msg"
+  fi
+  [[ -n "${size_of[$name]:-}" ]] || continue
+  # The last seeded number is allowed too, and the first one after them is
+  # denied for want of consent: the ledger is read, and the import is complete.
+  n="${size_of[$name]}"
+  code=$(send "$name" "$(request_body "$(bench_number $((n - 1)))")" "$name-last")
+  [[ "$code" == 201 ]] ||
+    die "$name answered $code to a send to the last seeded number: $(head -c 500 "$tmp/$name-last.smoke")"
+  code=$(send "$name" "$(request_body "$(bench_number "$n")")" "$name-unseeded")
+  if [[ "$code" != 403 ]] || ! grep -q '"no_consent"' "$tmp/$name-unseeded.smoke"; then
+    die "$name answered $code, not 403 no_consent, to a send to a number not in its ledger:" \
+      "$(head -c 500 "$tmp/$name-unseeded.smoke")"
+  fi
+done
 
 # --- load -----------------------------------------------------------------------
 
-# load NAME PORT EXPECT SECONDS OUTFILE: one wrk run. It runs in the
-# background so that a signal to this script ends it at once.
+# load NAME SECONDS OUTFILE SEED: one wrk run. It runs in the background so
+# that a signal to this script ends it at once. In ledger mode each request
+# goes to a random seeded number; a given SEED draws the same sequence of
+# positions in every target's ledger (nginx: the first ledger's numbers).
 load() {
-  local rc=0
-  BENCH_TOKEN="$token" BENCH_EXPECT="$3" BENCH_BODY="$body" \
-    wrk -t "$threads" -c "$connections" -d "${4}s" --timeout "${timeout}s" \
-    -s "$bench_dir/send.lua" "https://127.0.0.1:$2/v1/messages" >"$5" 2>&1 &
+  local rc=0 recipients="${size_of[$1]:-${ledger_sizes[0]:-}}"
+  BENCH_TOKEN="${token_of[$1]}" BENCH_EXPECT="${expect_of[$1]}" BENCH_BODY="$body" \
+    BENCH_RECIPIENTS="$recipients" BENCH_SEED="$4" \
+    wrk -t "$threads" -c "$connections" -d "${2}s" --timeout "${timeout}s" \
+    -s "$bench_dir/send.lua" "https://127.0.0.1:${port_of[$1]}/v1/messages" >"$3" 2>&1 &
   wrk_pid=$!
   wait "$wrk_pid" || rc=$?
   wrk_pid=""
-  [[ "$rc" -eq 0 ]] || { cat "$5" >&2; die "wrk failed against $1"; }
-  grep -q '^RESULT ' "$5" || { cat "$5" >&2; die "wrk printed no RESULT line for $1"; }
+  [[ "$rc" -eq 0 ]] || { cat "$3" >&2; die "wrk failed against $1"; }
+  grep -q '^RESULT ' "$3" || { cat "$3" >&2; die "wrk printed no RESULT line for $1"; }
 }
-
-port_of() { if [[ "$1" == consentry ]]; then echo "$cs_port"; else echo "$nginx_port"; fi; }
-expect_of() { if [[ "$1" == consentry ]]; then echo 201; else echo 200; fi; }
 
 clk_tck="$(getconf CLK_TCK)"
 declare -A rps=() p50=() p99=() reqs=() errs=() cpu=() statuses=()
 for ((r = 1; r <= rounds; r++)); do
-  if ((r % 2)); then order=(consentry nginx); else order=(nginx consentry); fi
+  # Odd rounds in the listed order, even rounds in reverse.
+  order=()
+  for name in "${targets[@]}"; do
+    if ((r % 2)); then order+=("$name"); else order=("$name" "${order[@]}"); fi
+  done
+  # A new draw for each run, so that a warm-up does not pre-read the measured
+  # run's recipients; the same draws for every target.
   for name in "${order[@]}"; do
-    port="$(port_of "$name")"
-    expect="$(expect_of "$name")"
     if ((warmup > 0)); then
       log "round $r/$rounds: $name warm-up ${warmup}s"
-      load "$name" "$port" "$expect" "$warmup" "$tmp/wrk-$name-warmup-$r.txt"
+      load "$name" "$warmup" "$tmp/wrk-$name-warmup-$r.txt" $((seed * 100 + 2 * r - 1))
     fi
     log "round $r/$rounds: $name ${duration}s, $threads threads, $connections connections"
     before="$(cpu_ticks "${pid_of[$name]}")"
-    load "$name" "$port" "$expect" "$duration" "$tmp/wrk-$name-$r.txt"
+    load "$name" "$duration" "$tmp/wrk-$name-$r.txt" $((seed * 100 + 2 * r))
     after="$(cpu_ticks "${pid_of[$name]}")"
     f="$tmp/wrk-$name-$r.txt"
     n="$(result "$f" requests)"
@@ -393,12 +555,14 @@ done
 # --- summary ----------------------------------------------------------------------
 
 declare -A med_rps=() med_p50=() med_p99=() med_cpu=()
+total_errs=0
 # shellcheck disable=SC2086 # word splitting of the per-round lists is intended
-for name in consentry nginx; do
+for name in "${targets[@]}"; do
   med_rps[$name]="$(median ${rps[$name]})"
   med_p50[$name]="$(median ${p50[$name]})"
   med_p99[$name]="$(median ${p99[$name]})"
   med_cpu[$name]="$(median ${cpu[$name]})"
+  total_errs=$((total_errs + errs[$name]))
 done
 
 cpu_model="$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
@@ -408,49 +572,116 @@ commit="$(git -C "$repo_root" rev-parse --short=12 HEAD 2>/dev/null || echo "no 
 if [[ -n "$(git -C "$repo_root" status --porcelain 2>/dev/null)" ]]; then
   commit+=" (uncommitted changes)"
 fi
-nginx_version="$("$nginx_bin" -v 2>&1 | sed 's/^nginx version: nginx\///')"
 wrk_version="$(wrk -v 2>&1 | head -n 1 | awk '{ print $2 }' || true)"
 consentry_version="$("$consentry_bin" --version 2>/dev/null | head -n 1 || echo consentry)"
+versions="$consentry_version"
+tls="$first: $(tls_of "$first")"
+if [[ "$with_nginx" == 1 ]]; then
+  nginx_version="$("$nginx_bin" -v 2>&1 | sed 's/^nginx version: nginx\///')"
+  versions+="; nginx $nginx_version (workers: $nginx_workers)"
+  tls+="; nginx: $(tls_of nginx)"
+fi
 
 ms() { awk -v us="$1" 'BEGIN { printf "%.2f", us / 1000 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }'; }
+# ratios A B: A divided by B for each figure of the table.
+ratios() {
+  echo "$1/$2: throughput $(ratio "${med_rps[$1]}" "${med_rps[$2]}"), \
+p50 latency $(ratio "${med_p50[$1]}" "${med_p50[$2]}"), \
+p99 latency $(ratio "${med_p99[$1]}" "${med_p99[$2]}"), \
+CPU per request $(ratio "${med_cpu[$1]}" "${med_cpu[$2]}")"
+}
+width=9
+for name in "${targets[@]}"; do ((${#name} <= width)) || width=${#name}; done
+dashes="$(printf '%*s' "$width" '' | tr ' ' -)"
 row() {
-  printf '| %-9s | %12.1f | %8s | %8s | %12s | %10s | %6s |\n' "$1" "${med_rps[$1]}" \
+  printf "| %-${width}s | %12.1f | %8s | %8s | %12s | %10s | %6s |\n" "$1" "${med_rps[$1]}" \
     "$(ms "${med_p50[$1]}")" "$(ms "${med_p99[$1]}")" "${med_cpu[$1]}" "${reqs[$1]}" "${errs[$1]}"
+}
+table() {
+  printf "| %-${width}s | requests/s   | p50 ms   | p99 ms   | CPU us/req   | requests   | errors |\n" target
+  printf "|-%s-|--------------|----------|----------|--------------|------------|--------|\n" "$dashes"
+  for name in "${targets[@]}"; do row "$name"; done
 }
 
 if ((rounds > 1)); then
   how="median of $rounds rounds (order alternating)"
 else
-  how="one round, consentry first"
+  how="one round, in the order of the table"
 fi
-summary="$(
-  cat <<EOF
+load_line="wrk -t $threads -c $connections, ${duration}s measured after ${warmup}s warm-up, $how"
+statuses_line=""
+for name in "${targets[@]}"; do statuses_line+="${statuses_line:+; }$name ${statuses[$name]% }"; done
+machine="$(nproc) CPUs, ${cpu_model:-unknown CPU}, $mem, $(uname -srm)"
+
+if ((${#ledger_sizes[@]} > 0)); then
+  smallest="${consentry_targets[0]}"
+  largest="${consentry_targets[-1]}"
+  ledger_lines=""
+  for name in "${consentry_targets[@]}"; do
+    ledger_lines+="- ledger:    $name: ${size_of[$name]} opt-ins imported in ${import_s[$name]} s"
+    ledger_lines+=" (${import_rate[$name]} lines/s), database ${db_mb[$name]} MiB after the import"$'\n'
+  done
+  compare=""
+  for name in "${consentry_targets[@]:1}"; do compare+="$(ratios "$name" "$smallest")"$'\n'; done
+  if [[ "$with_nginx" == 1 ]]; then
+    for name in "${consentry_targets[@]}"; do
+      compare+="$name/nginx: throughput $(ratio "${med_rps[$name]}" "${med_rps[nginx]}")"$'\n'
+    done
+  fi
+  if ((${#consentry_targets[@]} > 1)); then
+    r="$(ratio "${med_rps[$largest]}" "${med_rps[$smallest]}")"
+    verdict="$(awk -v r="$r" 'BEGIN { print (r + 0 >= 0.9) ? "met" : "NOT met" }')"
+    compare+=$'\n'"throughput with ${size_of[$largest]} recipients / with ${size_of[$smallest]}: $r"
+    compare+=" (bar: at least 0.9, $verdict)"$'\n'
+  fi
+  summary="$(
+    cat <<EOF
+# consentry sends by consent ledger size, bench/run.sh
+
+- date:      $(date -u +%Y-%m-%dT%H:%M:%SZ)
+- commit:    $commit
+- machine:   $machine
+- versions:  $versions; wrk $wrk_version
+- load:      $load_line
+- request:   POST /v1/messages, purpose $purpose, "to" drawn uniformly at random (seed $seed) from the
+             target's seeded numbers, bearer JWT (bench/send.lua)
+${ledger_lines%$'\n'}
+- TLS:       $tls
+- all on one machine: wrk, the proxies and the fake gateway share the CPUs
+
+$(table)
+
+${compare%$'\n'}
+
+statuses: $statuses_line
+EOF
+  )"
+else
+  nginx_ratios=""
+  [[ "$with_nginx" == 0 ]] || nginx_ratios="$(ratios consentry nginx)"
+  summary="$(
+    cat <<EOF
 # consentry vs nginx, bench/run.sh
 
 - date:      $(date -u +%Y-%m-%dT%H:%M:%SZ)
 - commit:    $commit
-- machine:   $(nproc) CPUs, ${cpu_model:-unknown CPU}, $mem, $(uname -srm)
-- versions:  $consentry_version; nginx $nginx_version (workers: $nginx_workers); wrk $wrk_version
-- load:      wrk -t $threads -c $connections, ${duration}s measured after ${warmup}s warm-up, $how
+- machine:   $machine
+- versions:  $versions; wrk $wrk_version
+- load:      $load_line
 - request:   POST /v1/messages, $(printf '%s' "$body" | wc -c) byte JSON body, bearer JWT (bench/send.lua)
-- TLS:       consentry: $(tls_of consentry); nginx: $(tls_of nginx)
+- TLS:       $tls
 - all on one machine: wrk, both proxies and the fake gateway share the CPUs
 
-| target    | requests/s   | p50 ms   | p99 ms   | CPU us/req   | requests   | errors |
-|-----------|--------------|----------|----------|--------------|------------|--------|
-$(row consentry)
-$(row nginx)
+$(table)
 
-consentry/nginx: throughput $(ratio "${med_rps[consentry]}" "${med_rps[nginx]}"), \
-p50 latency $(ratio "${med_p50[consentry]}" "${med_p50[nginx]}"), \
-p99 latency $(ratio "${med_p99[consentry]}" "${med_p99[nginx]}"), \
-CPU per request $(ratio "${med_cpu[consentry]}" "${med_cpu[nginx]}")
+$nginx_ratios
 
-statuses: consentry ${statuses[consentry]% }; nginx ${statuses[nginx]% }
+statuses: $statuses_line
 EOF
-)"
-if ((errs[consentry] + errs[nginx] > 0)); then
+  )"
+fi
+if ((total_errs > 0)); then
   summary+=$'\n\n'"WARNING: errors (unexpected statuses, socket errors or timeouts) were counted;"
   summary+=" the figures above do not measure successful sends."
 fi
@@ -461,6 +692,6 @@ if [[ -n "$out" ]]; then
   log "summary written to $out"
 fi
 
-if ((errs[consentry] + errs[nginx] > 0)) && [[ "${BENCH_ALLOW_ERRORS:-0}" != 1 ]]; then
+if ((total_errs > 0)) && [[ "${BENCH_ALLOW_ERRORS:-0}" != 1 ]]; then
   exit 1
 fi

@@ -3,9 +3,14 @@
 -- errors cannot pass for a good one.
 --
 -- Environment (set by run.sh):
---   BENCH_TOKEN   the JWT sent as "Authorization: Bearer ..." (required)
---   BENCH_EXPECT  the status a successful send answers (default 201)
---   BENCH_BODY    the JSON body (default: a transactional US message)
+--   BENCH_TOKEN       the JWT sent as "Authorization: Bearer ..." (required)
+--   BENCH_EXPECT      the status a successful send answers (default 201)
+--   BENCH_BODY        the JSON body (default: a transactional US message)
+--   BENCH_RECIPIENTS  N: if set, each request's "to" is one of the N numbers
+--                     run.sh seeds into the ledger, drawn uniformly at random
+--                     (the rest of BENCH_BODY is kept as it is)
+--   BENCH_SEED        seed of that draw (default 1); thread K uses SEED * 1000 + K,
+--                     so one seed draws the same positions whatever N is
 --
 -- At the end it prints one line that run.sh parses:
 --   RESULT requests=... rps=... p50_us=... p99_us=... non2xx=... unexpected=... statuses=201:n,...
@@ -23,6 +28,29 @@ wrk.headers["Authorization"] = "Bearer " .. token
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Accept"] = "application/json"
 
+-- Ledger mode: a new request for each send, to a random seeded number. The
+-- Ith number is +1415 EEE LLLL with EEE = 200 + I / 10000 and LLLL = I % 10000,
+-- as run.sh's bench_number and its import generate them.
+local recipients = tonumber(os.getenv("BENCH_RECIPIENTS") or "")
+if recipients ~= nil then
+  local before, after = string.match(wrk.body, '^(.-"to":")[^"]*(".*)$')
+  if before == nil then
+    error('BENCH_BODY has no "to" field to replace')
+  end
+  local seed = tonumber(os.getenv("BENCH_SEED") or "1")
+
+  function init(args)
+    -- thread_index is set by setup() before init() runs in each thread.
+    math.randomseed(seed * 1000 + (thread_index or 0))
+  end
+
+  function request()
+    local i = math.floor(math.random() * recipients)
+    local to = string.format("+1415%03d%04d", 200 + math.floor(i / 10000), i % 10000)
+    return wrk.format(nil, nil, nil, before .. to .. after)
+  end
+end
+
 -- Per-thread state. Each wrk thread runs its own copy of this script; done()
 -- collects the counters through the thread objects kept by setup().
 non2xx = 0
@@ -34,6 +62,7 @@ local threads = {}
 
 function setup(thread)
   table.insert(threads, thread)
+  thread:set("thread_index", #threads)
 end
 
 function response(status, headers, body)

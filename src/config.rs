@@ -69,6 +69,42 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     #[serde(default)]
     pub policies: PoliciesConfig,
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+}
+
+/// Delivery of inbound messages to tenants' webhooks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// The first retry's delay; each next one doubles, up to `retry_max_ms`.
+    #[serde(default = "default_retry_base_ms")]
+    pub retry_base_ms: u64,
+    #[serde(default = "default_retry_max_ms")]
+    pub retry_max_ms: u64,
+    /// How long one delivery attempt may take.
+    #[serde(default = "default_delivery_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            retry_base_ms: default_retry_base_ms(),
+            retry_max_ms: default_retry_max_ms(),
+            timeout_ms: default_delivery_timeout_ms(),
+        }
+    }
+}
+
+fn default_retry_base_ms() -> u64 {
+    1_000
+}
+fn default_retry_max_ms() -> u64 {
+    300_000
+}
+fn default_delivery_timeout_ms() -> u64 {
+    10_000
 }
 
 /// Where the policy files are, and overrides of their values.
@@ -226,6 +262,30 @@ pub struct TenantConfig {
     /// The tenant's brands and their campaigns: the scopes consent can be given for.
     #[serde(default)]
     pub brands: Vec<BrandConfig>,
+    /// The program name replies use (STOP, HELP and START answers). Default: the tenant id.
+    pub program_name: Option<String>,
+    /// How to reach the sender, for the HELP answer ("Call 800-555-0100 or visit ...").
+    pub help_contact: Option<String>,
+    /// How often messages come, for the HELP answer. Default "Msg frequency varies".
+    pub message_frequency: Option<String>,
+    /// The language of replies when the keyword does not tell one: en, es or fr.
+    #[serde(default = "default_reply_language")]
+    pub reply_language: String,
+    /// Where every inbound message is passed on, signed (HMAC-SHA256) by consentry.
+    pub webhook: Option<TenantWebhook>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantWebhook {
+    /// `https://`, or `http://` to a loopback address only.
+    pub url: String,
+    /// The key of the `X-Consentry-Signature` HMAC.
+    pub secret: SecretRef,
+}
+
+fn default_reply_language() -> String {
+    "en".to_owned()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -249,6 +309,10 @@ fn default_region() -> String {
 pub enum UpstreamKind {
     /// A generic gateway: a JSON POST of the message to `url`.
     HttpJson,
+    /// Twilio's Messages API; webhooks signed with the auth token.
+    Twilio,
+    /// Telnyx's Messaging API; webhooks signed with Ed25519.
+    Telnyx,
     /// The built-in simulated gateway.
     Sandbox,
 }
@@ -258,10 +322,26 @@ pub enum UpstreamKind {
 pub struct UpstreamConfig {
     pub name: String,
     pub kind: UpstreamKind,
-    /// Where messages are posted. `https://`, or `http://` to a loopback address only.
+    /// Where messages are posted (`http-json`), or the API's base URL (`twilio`: default
+    /// `https://api.twilio.com`, `telnyx`: default `https://api.telnyx.com`). `https://`, or
+    /// `http://` to a loopback address only.
     pub url: Option<String>,
-    /// The gateway's credential, sent as `Authorization: Bearer`.
+    /// The gateway's credential: the bearer token (`http-json`), the auth token (`twilio`, which
+    /// also signs its webhooks), the API key (`telnyx`).
     pub credential: Option<SecretRef>,
+    /// Twilio's account SID.
+    pub account_sid: Option<String>,
+    /// The HMAC-SHA256 secret that signs `http-json` webhooks.
+    pub webhook_secret: Option<SecretRef>,
+    /// Telnyx's Ed25519 public key (base64) that signs its webhooks.
+    pub webhook_public_key: Option<String>,
+    /// How old a signed webhook may be, in seconds (Telnyx).
+    #[serde(default = "default_webhook_tolerance")]
+    pub webhook_tolerance_seconds: u64,
+    /// The public URL the gateway calls for this upstream's webhook, as the gateway sees it
+    /// (consentry usually sits behind a load balancer). Twilio signs it. Default: built from
+    /// the request's Host header.
+    pub public_url: Option<String>,
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
     #[serde(default = "default_request_timeout_ms")]
@@ -270,6 +350,9 @@ pub struct UpstreamConfig {
     pub ca_file: Option<PathBuf>,
 }
 
+fn default_webhook_tolerance() -> u64 {
+    300
+}
 fn default_connect_timeout_ms() -> u64 {
     2_000
 }
@@ -347,8 +430,13 @@ pub struct Tenant {
     pub upstream: String,
     pub default_region: Region,
     pub rules: TenantRules,
-    /// Campaign id -> its brand; brands without campaigns map to an empty set.
+    /// Brand id -> its campaigns.
     pub brands: BTreeMap<String, BTreeSet<String>>,
+    pub program_name: String,
+    pub help_contact: String,
+    pub message_frequency: String,
+    pub reply_language: String,
+    pub webhook: Option<TenantWebhook>,
 }
 
 /// A scope that names no brand or campaign of the tenant: the field and why.
@@ -459,12 +547,18 @@ impl Config {
                 join(path);
             }
             secrets.extend(upstream.credential.as_mut());
+            secrets.extend(upstream.webhook_secret.as_mut());
         }
         for secret in secrets {
             secret.rebase(base);
         }
         if let Some(dir) = &mut self.policies.dir {
             join(dir);
+        }
+        for tenant in &mut self.tenants {
+            if let Some(webhook) = &mut tenant.webhook {
+                webhook.secret.rebase(base);
+            }
         }
     }
 
@@ -564,20 +658,48 @@ impl Config {
             }
             match upstream.kind {
                 UpstreamKind::Sandbox => {}
-                UpstreamKind::HttpJson => {
-                    let url = upstream
-                        .url
-                        .as_deref()
-                        .ok_or_else(|| field_error(format!("{field}.url"), "is required"))?;
+                UpstreamKind::HttpJson | UpstreamKind::Twilio | UpstreamKind::Telnyx => {
+                    let url = match (&upstream.kind, upstream.url.as_deref()) {
+                        (_, Some(url)) => url,
+                        (UpstreamKind::HttpJson, None) => {
+                            return Err(field_error(format!("{field}.url"), "is required"));
+                        }
+                        _ => "https://gateway.invalid",
+                    };
                     check_upstream_url(url)
                         .map_err(|message| field_error(format!("{field}.url"), message))?;
                     if upstream.credential.is_none() {
-                        return Err(field_error(
-                            format!("{field}.credential"),
-                            "is required for http-json",
-                        ));
+                        return Err(field_error(format!("{field}.credential"), "is required"));
                     }
                 }
+            }
+            match upstream.kind {
+                UpstreamKind::Twilio if upstream.account_sid.is_none() => {
+                    return Err(field_error(
+                        format!("{field}.account_sid"),
+                        "is required for twilio",
+                    ));
+                }
+                UpstreamKind::Telnyx => {
+                    let key = upstream.webhook_public_key.as_deref().ok_or_else(|| {
+                        field_error(
+                            format!("{field}.webhook_public_key"),
+                            "is required for telnyx",
+                        )
+                    })?;
+                    crate::dialect::telnyx::parse_public_key(key).map_err(|message| {
+                        field_error(format!("{field}.webhook_public_key"), message)
+                    })?;
+                }
+                _ => {}
+            }
+            if let Some(url) = &upstream.public_url
+                && !(url.starts_with("https://") || url.starts_with("http://"))
+            {
+                return Err(field_error(
+                    format!("{field}.public_url"),
+                    "must be an absolute http(s) URL",
+                ));
             }
         }
 
@@ -654,10 +776,34 @@ impl Config {
                 }
                 brands.insert(brand.id.clone(), brand.campaigns.iter().cloned().collect());
             }
+            if !["en", "es", "fr"].contains(&tenant.reply_language.as_str()) {
+                return Err(field_error(
+                    format!("{field}.reply_language"),
+                    "must be en, es or fr",
+                ));
+            }
+            if let Some(webhook) = &tenant.webhook {
+                check_upstream_url(&webhook.url)
+                    .map_err(|message| field_error(format!("{field}.webhook.url"), message))?;
+            }
             tenants.insert(
                 id.clone(),
                 Tenant {
                     brands,
+                    program_name: tenant
+                        .program_name
+                        .clone()
+                        .unwrap_or_else(|| tenant.id.clone()),
+                    help_contact: tenant
+                        .help_contact
+                        .clone()
+                        .unwrap_or_else(|| "Contact the sender for help".to_owned()),
+                    message_frequency: tenant
+                        .message_frequency
+                        .clone()
+                        .unwrap_or_else(|| "Msg frequency varies".to_owned()),
+                    reply_language: tenant.reply_language.clone(),
+                    webhook: tenant.webhook.clone(),
                     id,
                     upstream: tenant.upstream.clone(),
                     default_region: region,

@@ -6,9 +6,9 @@
 //!
 //! - `sandbox`: built in; keeps the last [`SANDBOX_CAPACITY`] messages in memory, where
 //!   `GET /v1/sandbox/messages` shows them. For trying consentry without a gateway.
-//! - `http-json`: a generic gateway; `POST url` with JSON `{"id", "to", "from", "body",
-//!   "purpose"}` and `Authorization: Bearer <credential>`; any 2xx is success, and a string or
-//!   number `id` in its JSON answer is kept as the gateway's message id.
+//! - `http-json`, `twilio`, `telnyx`: real gateways over HTTPS; each builds its own request
+//!   from the message (see `dialect`), any 2xx is success, and the gateway's message id is kept
+//!   from its answer.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -28,6 +28,7 @@ use rustls_pki_types::pem::PemObject as _;
 use serde::Serialize;
 
 use crate::config::{Config, ConfigError, SANDBOX, Secret, UpstreamConfig, UpstreamKind};
+use crate::dialect::{self, GatewayRequest};
 use crate::domain::TenantId;
 use crate::policy::Permit;
 
@@ -83,8 +84,8 @@ impl Upstreams {
             let field = format!("upstreams[{index}]");
             let built = match upstream.kind {
                 UpstreamKind::Sandbox => Upstream::Sandbox(sandbox.clone()),
-                UpstreamKind::HttpJson => {
-                    Upstream::HttpJson(Box::new(HttpJson::new(upstream, &field)?))
+                UpstreamKind::HttpJson | UpstreamKind::Twilio | UpstreamKind::Telnyx => {
+                    Upstream::Gateway(Box::new(Gateway::new(upstream, &field)?))
                 }
             };
             by_name.insert(upstream.name.clone(), built);
@@ -104,7 +105,7 @@ impl Upstreams {
 #[derive(Debug)]
 pub enum Upstream {
     Sandbox(Arc<Sandbox>),
-    HttpJson(Box<HttpJson>),
+    Gateway(Box<Gateway>),
 }
 
 impl Upstream {
@@ -112,8 +113,13 @@ impl Upstream {
     pub async fn forward(&self, permit: Permit) -> Result<Receipt, UpstreamError> {
         match self {
             Upstream::Sandbox(sandbox) => Ok(sandbox.accept(&permit)),
-            Upstream::HttpJson(gateway) => gateway.send(&permit).await,
+            Upstream::Gateway(gateway) => gateway.send(&permit).await,
         }
+    }
+
+    /// Whether replies to this gateway's webhooks ride in the webhook's answer (TwiML).
+    pub fn replies_in_webhook_answer(&self) -> bool {
+        matches!(self, Upstream::Gateway(gateway) if gateway.kind == UpstreamKind::Twilio)
     }
 }
 
@@ -174,47 +180,80 @@ impl Sandbox {
     }
 }
 
-/// A generic JSON gateway over HTTPS (or HTTP on loopback).
-pub struct HttpJson {
-    name: String,
-    url: http::Uri,
+/// How a gateway's webhooks are verified.
+pub enum WebhookKey {
+    /// `http-json`: HMAC-SHA256 of the body; `None` refuses every webhook.
+    Generic(Option<Secret>),
+    /// Twilio: the auth token, and the public URL Twilio calls, if configured.
+    Twilio {
+        auth_token: Secret,
+        public_url: Option<String>,
+    },
+    /// Telnyx: the Ed25519 public key and the timestamp tolerance.
+    Telnyx {
+        public_key: [u8; 32],
+        tolerance_seconds: u64,
+    },
+}
+
+/// A real gateway over HTTPS (or HTTP on loopback).
+pub struct Gateway {
+    pub name: String,
+    pub kind: UpstreamKind,
+    url: String,
     credential: Secret,
+    account_sid: String,
+    pub webhook: WebhookKey,
     request_timeout: Duration,
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
-impl std::fmt::Debug for HttpJson {
+impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpJson")
+        f.debug_struct("Gateway")
             .field("name", &self.name)
+            .field("kind", &self.kind)
             .field("url", &self.url)
             .finish_non_exhaustive()
     }
 }
 
-#[derive(Serialize)]
-struct HttpJsonRequest<'a> {
-    id: &'a str,
-    to: &'a str,
-    from: &'a str,
-    body: &'a str,
-    purpose: &'a str,
-}
-
-impl HttpJson {
+impl Gateway {
     fn new(config: &UpstreamConfig, field: &str) -> Result<Self, ConfigError> {
         let error = |message: String| ConfigError(format!("{field}: {message}"));
-        let url: http::Uri = config
-            .url
-            .as_deref()
-            .ok_or_else(|| error("url is required".into()))?
-            .parse()
+        let url = match (&config.kind, &config.url) {
+            (_, Some(url)) => url.clone(),
+            (UpstreamKind::Twilio, None) => dialect::twilio::DEFAULT_BASE_URL.to_owned(),
+            (UpstreamKind::Telnyx, None) => dialect::telnyx::DEFAULT_BASE_URL.to_owned(),
+            _ => return Err(error("url is required".into())),
+        };
+        url.parse::<http::Uri>()
             .map_err(|e| error(format!("url: {e}")))?;
         let credential = config
             .credential
             .as_ref()
             .ok_or_else(|| error("credential is required".into()))?
             .resolve(&format!("{field}.credential"))?;
+        let webhook = match config.kind {
+            UpstreamKind::Twilio => WebhookKey::Twilio {
+                auth_token: credential.clone(),
+                public_url: config.public_url.clone(),
+            },
+            UpstreamKind::Telnyx => WebhookKey::Telnyx {
+                public_key: dialect::telnyx::parse_public_key(
+                    config.webhook_public_key.as_deref().unwrap_or_default(),
+                )
+                .map_err(|e| error(format!("webhook_public_key: {e}")))?,
+                tolerance_seconds: config.webhook_tolerance_seconds,
+            },
+            _ => WebhookKey::Generic(
+                config
+                    .webhook_secret
+                    .as_ref()
+                    .map(|secret| secret.resolve(&format!("{field}.webhook_secret")))
+                    .transpose()?,
+            ),
+        };
         let tls = client_tls_config(config.ca_file.as_deref()).map_err(error)?;
 
         let mut http = HttpConnector::new();
@@ -230,37 +269,43 @@ impl HttpJson {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
-        Ok(HttpJson {
+        Ok(Gateway {
             name: config.name.clone(),
+            kind: config.kind.clone(),
             url,
             credential,
+            account_sid: config.account_sid.clone().unwrap_or_default(),
+            webhook,
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             client,
         })
     }
 
+    /// The gateway's own request for the permitted message.
+    fn request_for(&self, permit: &Permit) -> GatewayRequest {
+        let credential = self.credential.expose();
+        match self.kind {
+            UpstreamKind::Twilio => {
+                dialect::twilio::send_request(&self.url, &self.account_sid, credential, permit)
+            }
+            UpstreamKind::Telnyx => dialect::telnyx::send_request(&self.url, credential, permit),
+            UpstreamKind::HttpJson | UpstreamKind::Sandbox => {
+                dialect::generic::send_request(&self.url, credential, permit)
+            }
+        }
+    }
+
     async fn send(&self, permit: &Permit) -> Result<Receipt, UpstreamError> {
-        let message = permit.message();
-        let payload = serde_json::to_vec(&HttpJsonRequest {
-            id: message.id.as_str(),
-            to: message.to.e164(),
-            from: message.from.as_str(),
-            body: message.body.as_str(),
-            purpose: message.purpose.as_str(),
-        })
-        .map_err(|e| UpstreamError::BadAnswer(e.to_string()))?;
-        let request = http::Request::post(self.url.clone())
-            .header(http::header::CONTENT_TYPE, "application/json")
+        let built = self.request_for(permit);
+        let request = http::Request::post(built.url.as_str())
+            .header(http::header::CONTENT_TYPE, built.content_type)
             .header(http::header::ACCEPT, "application/json")
             .header(
                 http::header::USER_AGENT,
                 concat!("consentry/", env!("CARGO_PKG_VERSION")),
             )
-            .header(
-                http::header::AUTHORIZATION,
-                format!("Bearer {}", self.credential.expose()),
-            )
-            .body(Full::new(Bytes::from(payload)))
+            .header(http::header::AUTHORIZATION, built.authorization)
+            .body(Full::new(Bytes::from(built.body)))
             .map_err(|e| UpstreamError::Unavailable(e.to_string()))?;
 
         let exchange = async {
@@ -283,13 +328,12 @@ impl HttpJson {
         if !status.is_success() {
             return Err(UpstreamError::Rejected(status.as_u16()));
         }
-        let message_id = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|answer| match answer.get("id") {
-                Some(serde_json::Value::String(id)) => Some(id.clone()),
-                Some(serde_json::Value::Number(id)) => Some(id.to_string()),
-                _ => None,
-            });
+        let answer = serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default();
+        let message_id = match self.kind {
+            UpstreamKind::Twilio => dialect::twilio::message_id(&answer),
+            UpstreamKind::Telnyx => dialect::telnyx::message_id(&answer),
+            UpstreamKind::HttpJson | UpstreamKind::Sandbox => dialect::generic::message_id(&answer),
+        };
         Ok(Receipt {
             name: self.name.clone(),
             message_id,

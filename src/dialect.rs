@@ -1,0 +1,66 @@
+//! Gateway dialects: how each gateway signs its webhooks, what its inbound messages look like,
+//! and how a message is sent through its API. Pure: bytes and strings in, values out; the HTTP
+//! edges live in `http::inbound` and `upstream`.
+//!
+//! - `generic`: the `http-json` gateway (HMAC-SHA256 of the raw body);
+//! - `twilio`: form or JSON webhooks signed with HMAC-SHA1 (or -SHA256) of URL and parameters;
+//! - `telnyx`: JSON webhooks signed with Ed25519 over `timestamp|body`.
+
+pub mod generic;
+pub mod telnyx;
+pub mod twilio;
+
+/// A recipient's message as a gateway delivered it, before any parsing of its numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundMessage {
+    /// The gateway's id for the message: webhooks delivered twice carry the same one.
+    pub gateway_id: String,
+    /// The recipient's number (who wrote).
+    pub from: String,
+    /// The number written to (one of a tenant's senders).
+    pub to: String,
+    pub body: String,
+}
+
+/// What a verified webhook carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebhookEvent {
+    Message(InboundMessage),
+    /// A delivery status or any other event: verified, acknowledged, not acted on.
+    Other {
+        kind: String,
+    },
+}
+
+/// Why a webhook was refused. Nothing of a refused webhook is recorded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookError {
+    #[error("the webhook carries no signature")]
+    MissingSignature,
+    #[error("the webhook's signature does not verify")]
+    BadSignature,
+    #[error("the webhook's timestamp is outside the accepted window")]
+    Stale,
+    #[error("the webhook is malformed: {0}")]
+    Malformed(String),
+}
+
+impl WebhookError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            WebhookError::MissingSignature => "missing_signature",
+            WebhookError::BadSignature => "invalid_signature",
+            WebhookError::Stale => "stale_webhook",
+            WebhookError::Malformed(_) => "malformed_webhook",
+        }
+    }
+}
+
+/// A request to a gateway's send API, built from scratch from a permitted message.
+#[derive(Debug, Clone)]
+pub struct GatewayRequest {
+    pub url: String,
+    pub content_type: &'static str,
+    pub authorization: String,
+    pub body: Vec<u8>,
+}

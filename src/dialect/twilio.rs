@@ -1,0 +1,340 @@
+//! Twilio: webhooks and the Messages API.
+//!
+//! Webhook signatures (Twilio's "Webhooks security"): `X-Twilio-Signature` is
+//! `base64(HMAC-SHA1(auth token, URL + every POST parameter's name and value, names sorted))`.
+//! Twilio may add parameters without notice, so every received parameter is signed over. For
+//! JSON bodies the URL carries `bodySHA256=<hex SHA-256 of the body>` and only the URL is signed.
+//! Twilio's SDKs accept the URL with and without the scheme's default port; so does consentry.
+//! The HMAC-SHA256 variant of the same construction is accepted too.
+
+use base64::Engine as _;
+use ring::hmac;
+
+use super::{GatewayRequest, InboundMessage, WebhookError, WebhookEvent};
+use crate::policy::Permit;
+
+pub const SIGNATURE_HEADER: &str = "x-twilio-signature";
+pub const DEFAULT_BASE_URL: &str = "https://api.twilio.com";
+
+/// The string Twilio signs: the URL, then each parameter's name and value, sorted by name.
+pub fn signing_input(url: &str, params: &[(String, String)]) -> String {
+    let mut sorted: Vec<&(String, String)> = params.iter().collect();
+    sorted.sort();
+    let mut input = url.to_owned();
+    for (name, value) in sorted {
+        input.push_str(name);
+        input.push_str(value);
+    }
+    input
+}
+
+/// The signature of a URL and parameters (HMAC-SHA1, base64), as Twilio computes it.
+pub fn sign(auth_token: &str, url: &str, params: &[(String, String)]) -> String {
+    let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, auth_token.as_bytes());
+    let tag = hmac::sign(&key, signing_input(url, params).as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(tag.as_ref())
+}
+
+/// The URL as Twilio may have signed it: as configured, and with the default port added or
+/// removed.
+pub fn url_variants(url: &str) -> Vec<String> {
+    let mut variants = vec![url.to_owned()];
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return variants;
+    };
+    let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
+        return variants;
+    };
+    let default_port = match scheme {
+        "https" => 443,
+        "http" => 80,
+        _ => return variants,
+    };
+    let rest = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    match uri.port_u16() {
+        Some(port) if port == default_port => variants.push(format!("{scheme}://{host}{rest}")),
+        None => variants.push(format!("{scheme}://{host}:{default_port}{rest}")),
+        Some(_) => {}
+    }
+    variants
+}
+
+/// Verifies a signature over `url` (in every accepted form) and `params`.
+pub fn verify(
+    auth_token: &str,
+    url: &str,
+    params: &[(String, String)],
+    header: Option<&str>,
+) -> Result<(), WebhookError> {
+    let header = header.ok_or(WebhookError::MissingSignature)?;
+    let signature = base64::engine::general_purpose::STANDARD
+        .decode(header.trim())
+        .map_err(|_| WebhookError::BadSignature)?;
+    for algorithm in [hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, hmac::HMAC_SHA256] {
+        let key = hmac::Key::new(algorithm, auth_token.as_bytes());
+        for variant in url_variants(url) {
+            let input = signing_input(&variant, params);
+            if hmac::verify(&key, input.as_bytes(), &signature).is_ok() {
+                return Ok(());
+            }
+        }
+    }
+    Err(WebhookError::BadSignature)
+}
+
+/// Verifies a webhook and returns its parameters. `url` is the full URL Twilio called,
+/// including its query string.
+pub fn verify_webhook(
+    auth_token: &str,
+    url: &str,
+    content_type: &str,
+    header: Option<&str>,
+    body: &[u8],
+) -> Result<Vec<(String, String)>, WebhookError> {
+    if content_type.starts_with("application/json") {
+        // JSON: the URL (with bodySHA256) is signed, and the hash binds the body.
+        verify(auth_token, url, &[], header)?;
+        let query = url.split_once('?').map_or("", |(_, query)| query);
+        let claimed = form_urlencoded::parse(query.as_bytes())
+            .find(|(name, _)| name == "bodySHA256")
+            .map(|(_, value)| value.into_owned())
+            .ok_or_else(|| WebhookError::Malformed("a JSON webhook needs bodySHA256".into()))?;
+        let actual = crate::crypto::hex(ring::digest::digest(&ring::digest::SHA256, body).as_ref());
+        if !claimed.eq_ignore_ascii_case(&actual) {
+            return Err(WebhookError::BadSignature);
+        }
+        let object: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(body).map_err(|e| WebhookError::Malformed(e.to_string()))?;
+        Ok(object
+            .into_iter()
+            .map(|(name, value)| {
+                let value = match value {
+                    serde_json::Value::String(text) => text,
+                    other => other.to_string(),
+                };
+                (name, value)
+            })
+            .collect())
+    } else {
+        let params: Vec<(String, String)> = form_urlencoded::parse(body)
+            .map(|(name, value)| (name.into_owned(), value.into_owned()))
+            .collect();
+        verify(auth_token, url, &params, header)?;
+        Ok(params)
+    }
+}
+
+fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.as_str())
+}
+
+/// Reads a verified webhook: an incoming message has a `MessageSid` (or `SmsSid`) and a
+/// `Body`; a status callback has a `MessageStatus`.
+pub fn parse(params: &[(String, String)]) -> Result<WebhookEvent, WebhookError> {
+    let status = param(params, "MessageStatus").or(param(params, "SmsStatus"));
+    let body = param(params, "Body");
+    if let (Some(status), None) = (status, body) {
+        return Ok(WebhookEvent::Other {
+            kind: format!("status:{status}"),
+        });
+    }
+    let missing = |name: &str| WebhookError::Malformed(format!("no {name} parameter"));
+    let gateway_id = param(params, "MessageSid")
+        .or(param(params, "SmsSid"))
+        .ok_or_else(|| missing("MessageSid"))?;
+    Ok(WebhookEvent::Message(InboundMessage {
+        gateway_id: gateway_id.to_owned(),
+        from: param(params, "From")
+            .ok_or_else(|| missing("From"))?
+            .to_owned(),
+        to: param(params, "To").ok_or_else(|| missing("To"))?.to_owned(),
+        body: body.unwrap_or_default().to_owned(),
+    }))
+}
+
+/// A TwiML answer that sends `replies` back to the recipient.
+pub fn twiml(replies: &[String]) -> String {
+    let mut xml = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response>");
+    for reply in replies {
+        xml.push_str("<Message>");
+        xml.push_str(&escape_xml(reply));
+        xml.push_str("</Message>");
+    }
+    xml.push_str("</Response>");
+    xml
+}
+
+fn escape_xml(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&apos;")
+}
+
+/// `POST /2010-04-01/Accounts/{sid}/Messages.json`, form-encoded, HTTP Basic auth.
+pub fn send_request(
+    base_url: &str,
+    account_sid: &str,
+    auth_token: &str,
+    permit: &Permit,
+) -> GatewayRequest {
+    let message = permit.message();
+    let body = form_urlencoded::Serializer::new(String::new())
+        .append_pair("To", message.to.e164())
+        .append_pair("From", message.from.as_str())
+        .append_pair("Body", message.body.as_str())
+        .finish();
+    let credentials =
+        base64::engine::general_purpose::STANDARD.encode(format!("{account_sid}:{auth_token}"));
+    GatewayRequest {
+        url: format!(
+            "{}/2010-04-01/Accounts/{account_sid}/Messages.json",
+            base_url.trim_end_matches('/')
+        ),
+        content_type: "application/x-www-form-urlencoded",
+        authorization: format!("Basic {credentials}"),
+        body: body.into_bytes(),
+    }
+}
+
+/// The message SID in Twilio's answer.
+pub fn message_id(answer: &serde_json::Value) -> Option<String> {
+    answer
+        .get("sid")
+        .and_then(|sid| sid.as_str())
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// The example of Twilio's webhook security documentation: auth token 12345.
+    fn documented() -> (String, Vec<(String, String)>) {
+        (
+            "https://mycompany.com/myapp.php?foo=1&bar=2".into(),
+            pairs(&[
+                ("CallSid", "CA1234567890ABCDE"),
+                ("Caller", "+14158675310"),
+                ("Digits", "1234"),
+                ("From", "+14158675310"),
+                ("To", "+18005551212"),
+            ]),
+        )
+    }
+
+    #[test]
+    fn the_documented_example_verifies() {
+        let (url, params) = documented();
+        assert_eq!(sign("12345", &url, &params), "GvWf1cFY/Q7PnoempGyD5oXAezc=");
+        assert_eq!(
+            verify("12345", &url, &params, Some("GvWf1cFY/Q7PnoempGyD5oXAezc=")),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn anything_changed_fails() {
+        let (url, params) = documented();
+        let good = Some("GvWf1cFY/Q7PnoempGyD5oXAezc=");
+        assert_eq!(
+            verify("54321", &url, &params, good),
+            Err(WebhookError::BadSignature)
+        );
+        let mut altered = params.clone();
+        altered[2].1 = "1235".into();
+        assert_eq!(
+            verify("12345", &url, &altered, good),
+            Err(WebhookError::BadSignature)
+        );
+        let mut extra = params.clone();
+        extra.push(("Injected".into(), "1".into()));
+        assert_eq!(
+            verify("12345", &url, &extra, good),
+            Err(WebhookError::BadSignature)
+        );
+        assert_eq!(
+            verify("12345", &url, &params, None),
+            Err(WebhookError::MissingSignature)
+        );
+        assert_eq!(
+            verify("12345", "https://mycompany.com/other.php", &params, good),
+            Err(WebhookError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn the_url_verifies_with_and_without_its_default_port() {
+        let params = pairs(&[("Body", "STOP"), ("From", "+14155550123")]);
+        let with_port = "https://proxy.example.com:443/v1/inbound/tw";
+        let without = "https://proxy.example.com/v1/inbound/tw";
+        let signed_with = sign("token", with_port, &params);
+        let signed_without = sign("token", without, &params);
+        for configured in [with_port, without] {
+            assert_eq!(
+                verify("token", configured, &params, Some(&signed_with)),
+                Ok(())
+            );
+            assert_eq!(
+                verify("token", configured, &params, Some(&signed_without)),
+                Ok(())
+            );
+        }
+        let other_port = sign(
+            "token",
+            "https://proxy.example.com:8443/v1/inbound/tw",
+            &params,
+        );
+        assert!(verify("token", without, &params, Some(&other_port)).is_err());
+    }
+
+    #[test]
+    fn the_sha256_variant_verifies() {
+        let (url, params) = documented();
+        let key = hmac::Key::new(hmac::HMAC_SHA256, b"12345");
+        let tag = hmac::sign(&key, signing_input(&url, &params).as_bytes());
+        let header = base64::engine::general_purpose::STANDARD.encode(tag.as_ref());
+        assert_eq!(verify("12345", &url, &params, Some(&header)), Ok(()));
+    }
+
+    #[test]
+    fn json_webhooks_bind_the_body_by_its_hash() {
+        let body =
+            br#"{"MessageSid":"SM1","From":"+14155550123","To":"+12025550100","Body":"STOP"}"#;
+        let hash = crate::crypto::hex(ring::digest::digest(&ring::digest::SHA256, body).as_ref());
+        let url = format!("https://proxy.example.com/v1/inbound/tw?bodySHA256={hash}");
+        let header = sign("token", &url, &[]);
+        let params =
+            verify_webhook("token", &url, "application/json", Some(&header), body).unwrap();
+        assert!(matches!(parse(&params), Ok(WebhookEvent::Message(m)) if m.body == "STOP"));
+        let altered =
+            br#"{"MessageSid":"SM1","From":"+14155550123","To":"+12025550100","Body":"START"}"#;
+        assert_eq!(
+            verify_webhook("token", &url, "application/json", Some(&header), altered),
+            Err(WebhookError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn twiml_escapes_its_text() {
+        assert_eq!(
+            twiml(&["A & B <ok>".into()]),
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Message>A &amp; B &lt;ok&gt;</Message></Response>"
+        );
+    }
+}
