@@ -15,6 +15,7 @@ use crate::config::{Config, SecretRef, Tenant};
 use crate::crypto::{self, KeyRing, NumberHasher};
 use crate::datadir::{self, DataDir};
 use crate::domain::TenantId;
+use crate::outbox::{self, Webhooks};
 use crate::policy::rules::PolicySet;
 use crate::store::{self, Store};
 use crate::upstream::Upstreams;
@@ -30,6 +31,7 @@ pub struct AppState {
     pub numbers: NumberHasher,
     pub upstreams: Upstreams,
     pub policies: PolicySet,
+    pub webhooks: Webhooks,
     pub max_request_bytes: usize,
 }
 
@@ -82,6 +84,7 @@ impl App {
         let upstreams = Upstreams::from_config(&config)?;
         let tenants = config.tenants()?;
         let policies = PolicySet::load(&config.policies)?;
+        let webhooks = Webhooks::new(tenants.values(), &config.outbox)?;
 
         let state = AppState {
             tenants,
@@ -91,6 +94,7 @@ impl App {
             numbers: NumberHasher::new(&number_key)?,
             upstreams,
             policies,
+            webhooks,
             max_request_bytes: config.server.max_request_bytes,
         };
         Ok(App {
@@ -133,17 +137,20 @@ impl App {
             http::api_router(self.state.clone()),
             wait(stopped.clone()),
         );
+        let stopped_worker = stopped.clone();
         let admin_server = server::serve(
             admin,
             None,
             http::admin_router(self.state.clone()),
             wait(stopped),
         );
+        let worker = tokio::spawn(outbox::run(self.state.clone(), stopped_worker));
         tokio::spawn(async move {
             shutdown.await;
             let _ = stop.send(true);
         });
         tokio::join!(api_server, admin_server);
+        let _ = worker.await;
     }
 }
 

@@ -292,9 +292,15 @@ fn default_reply_language() -> String {
 #[serde(deny_unknown_fields)]
 pub struct BrandConfig {
     pub id: String,
+    /// The brand's name in replies ("Shop Shoes: you are unsubscribed"). Default: the id.
+    pub name: Option<String>,
     /// Campaign ids, unique within the tenant.
     #[serde(default)]
     pub campaigns: Vec<String>,
+    /// The tenant's senders that send for this brand only: a STOP to one of them opts out of
+    /// this brand. A STOP to any other sender opts out of the whole tenant.
+    #[serde(default)]
+    pub senders: Vec<String>,
 }
 
 fn default_purposes() -> Vec<Purpose> {
@@ -432,6 +438,10 @@ pub struct Tenant {
     pub rules: TenantRules,
     /// Brand id -> its campaigns.
     pub brands: BTreeMap<String, BTreeSet<String>>,
+    /// Brand id -> its name in replies.
+    pub brand_names: BTreeMap<String, String>,
+    /// Sender -> the brand it sends for, for senders that belong to exactly one brand.
+    pub sender_brands: Vec<(Sender, String)>,
     pub program_name: String,
     pub help_contact: String,
     pub message_frequency: String,
@@ -447,6 +457,28 @@ pub struct UnknownScope {
 }
 
 impl Tenant {
+    /// The scope a recipient's reply to `sender` opts out of: the sender's brand, or the
+    /// whole tenant for a sender shared by several brands or by none.
+    pub fn scope_of_sender(&self, sender: &Sender) -> Scope {
+        Scope {
+            brand: self
+                .sender_brands
+                .iter()
+                .find(|(known, _)| known == sender)
+                .map(|(_, brand)| brand.clone()),
+            campaign: None,
+        }
+    }
+
+    /// The name replies use for a scope: the brand's name, or the tenant's program name.
+    pub fn program_for(&self, scope: &Scope) -> &str {
+        scope
+            .brand
+            .as_ref()
+            .and_then(|brand| self.brand_names.get(brand))
+            .map_or(self.program_name.as_str(), String::as_str)
+    }
+
     /// Resolves a brand and campaign named in a request. A campaign alone finds its brand.
     pub fn scope(
         &self,
@@ -756,6 +788,8 @@ impl Config {
                 ));
             }
             let mut brands: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+            let mut brand_names = BTreeMap::new();
+            let mut sender_brands: Vec<(Sender, String)> = Vec::new();
             let mut campaigns = BTreeSet::new();
             for (brand_index, brand) in tenant.brands.iter().enumerate() {
                 let brand_field = format!("{field}.brands[{brand_index}]");
@@ -774,6 +808,25 @@ impl Config {
                         ));
                     }
                 }
+                for (sender_index, sender) in brand.senders.iter().enumerate() {
+                    let sender_field = format!("{brand_field}.senders[{sender_index}]");
+                    let sender =
+                        Sender::parse(sender, region).map_err(|e| field_error(&sender_field, e))?;
+                    if !senders.contains(&sender) {
+                        return Err(field_error(
+                            sender_field,
+                            "is not one of the tenant's senders",
+                        ));
+                    }
+                    if sender_brands.iter().any(|(known, _)| known == &sender) {
+                        return Err(field_error(sender_field, "already sends for another brand"));
+                    }
+                    sender_brands.push((sender, brand.id.clone()));
+                }
+                brand_names.insert(
+                    brand.id.clone(),
+                    brand.name.clone().unwrap_or_else(|| brand.id.clone()),
+                );
                 brands.insert(brand.id.clone(), brand.campaigns.iter().cloned().collect());
             }
             if !["en", "es", "fr"].contains(&tenant.reply_language.as_str()) {
@@ -790,6 +843,8 @@ impl Config {
                 id.clone(),
                 Tenant {
                     brands,
+                    brand_names,
+                    sender_brands,
                     program_name: tenant
                         .program_name
                         .clone()

@@ -328,6 +328,29 @@ pub struct CanonicalMessage {
     pub purpose: Purpose,
     /// The brand and campaign the message is sent for; tenant-wide if neither is given.
     pub scope: Scope,
+    /// Set when consentry answers a recipient's reply (STOP, START, HELP).
+    pub reply: Option<Reply>,
+}
+
+/// The answer to a recipient's reply. Each has its own rule in `decide`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// The one confirmation of the opt-out event with this id.
+    OptOutConfirmation {
+        opt_out_event: String,
+    },
+    OptInConfirmation,
+    Help,
+}
+
+impl Reply {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Reply::OptOutConfirmation { .. } => "opt_out_confirmation",
+            Reply::OptInConfirmation => "opt_in_confirmation",
+            Reply::Help => "help",
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod consents;
 pub mod error;
+pub mod inbound;
 pub mod messages;
 pub mod sandbox;
 
@@ -30,6 +31,10 @@ pub fn api_router(state: Arc<AppState>) -> Router {
         .route("/v1/consents/import", post(consents::import))
         .route("/v1/consents/{number}", get(consents::show))
         .route("/v1/sandbox/messages", get(sandbox::list))
+        .route("/v1/sandbox/replies", post(inbound::sandbox_reply))
+        .route("/v1/inbound/{upstream}", post(inbound::webhook))
+        .route("/v1/reviews", get(inbound::reviews))
+        .route("/v1/reviews/{id}/resolve", post(inbound::resolve_review))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(state)

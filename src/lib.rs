@@ -33,6 +33,7 @@ pub mod domain;
 pub mod http;
 pub mod import;
 pub mod keywords;
+pub mod outbox;
 pub mod policy;
 pub mod server;
 pub mod store;

@@ -14,7 +14,7 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use crate::consent::{self, ConsentEvent, ConsentProblem};
-use crate::domain::{CanonicalMessage, Purpose, Sender};
+use crate::domain::{CanonicalMessage, Purpose, Reply, Sender};
 use rules::PolicySet;
 
 /// What a tenant's configuration allows.
@@ -40,6 +40,10 @@ pub struct Facts<'a> {
     pub policies: &'a PolicySet,
     /// The recipient's consent events in this tenant, in any order.
     pub consent: &'a [ConsentEvent],
+    /// The recipient's opt-outs (event ids) that a reply has already confirmed.
+    pub confirmed_opt_outs: &'a [String],
+    /// Open reviews of uncertain opt-outs from the recipient (review ids).
+    pub open_reviews: &'a [String],
     /// The time the decision is made for; read from the clock by the caller, never here.
     pub now: Timestamp,
 }
@@ -52,6 +56,8 @@ pub enum ReasonCode {
     PurposeNotAllowed,
     OptedOut,
     NoConsent,
+    PendingReview,
+    ReplyNotAllowed,
 }
 
 impl ReasonCode {
@@ -61,6 +67,8 @@ impl ReasonCode {
             ReasonCode::PurposeNotAllowed => "purpose_not_allowed",
             ReasonCode::OptedOut => "opted_out",
             ReasonCode::NoConsent => "no_consent",
+            ReasonCode::PendingReview => "pending_review",
+            ReasonCode::ReplyNotAllowed => "reply_not_allowed",
         }
     }
 }
@@ -185,6 +193,67 @@ pub fn decide(message: CanonicalMessage, facts: &Facts<'_>) -> Decision {
         ));
     }
 
+    match &message.reply {
+        Some(Reply::OptOutConfirmation { opt_out_event }) => {
+            if let Some(problem) = opt_out_confirmation_problem(opt_out_event, purpose, facts) {
+                reasons.push(Reason::new(ReasonCode::ReplyNotAllowed, problem));
+            }
+        }
+        // HELP is answered whether or not the number is subscribed (CTIA).
+        Some(Reply::Help) if purpose == Purpose::Transactional => {}
+        Some(Reply::Help) => reasons.push(Reason::new(
+            ReasonCode::ReplyNotAllowed,
+            "a HELP answer is transactional".into(),
+        )),
+        Some(Reply::OptInConfirmation) | None => check_consent(&message, facts, &mut reasons),
+    }
+
+    if reasons.is_empty() {
+        Decision::Allow(Permit {
+            message,
+            decided_at: facts.now,
+        })
+    } else {
+        Decision::Deny(Denial { message, reasons })
+    }
+}
+
+/// How long after an opt-out its confirmation may be sent: 47 CFR 64.1200(a)(12) presumes one
+/// sent within 5 minutes lawful.
+pub const CONFIRMATION_WINDOW_SECONDS: i64 = 5 * 60;
+
+/// Why an opt-out confirmation may not be sent, if it may not. One confirmation per opt-out,
+/// transactional, within the window: the only message an opt-out does not block.
+fn opt_out_confirmation_problem(
+    event_id: &str,
+    purpose: Purpose,
+    facts: &Facts<'_>,
+) -> Option<String> {
+    let event = facts
+        .consent
+        .iter()
+        .find(|event| event.id == event_id && event.action == consent::Action::OptOut);
+    let Some(event) = event else {
+        return Some(format!("{event_id} is not an opt-out of this recipient"));
+    };
+    if purpose != Purpose::Transactional {
+        return Some("an opt-out confirmation is transactional, never marketing".into());
+    }
+    if facts.confirmed_opt_outs.iter().any(|id| id == event_id) {
+        return Some(format!("opt-out {event_id} is already confirmed"));
+    }
+    let age = facts.now.as_second() - event.occurred_at.as_second();
+    if !(0..=CONFIRMATION_WINDOW_SECONDS).contains(&age) {
+        return Some(format!(
+            "opt-out {event_id} is {age} s old; a confirmation goes within {CONFIRMATION_WINDOW_SECONDS} s"
+        ));
+    }
+    None
+}
+
+/// The consent rules: the ledger, then uncertain opt-outs awaiting review.
+fn check_consent(message: &CanonicalMessage, facts: &Facts<'_>, reasons: &mut Vec<Reason>) {
+    let purpose = message.purpose;
     let consent_policy = facts.policies.consent.at(facts.now);
     match consent::check(
         facts.consent,
@@ -225,14 +294,15 @@ pub fn decide(message: CanonicalMessage, facts: &Facts<'_>) -> Decision {
             scope: Some(message.scope.label()),
         }),
     }
-
-    if reasons.is_empty() {
-        Decision::Allow(Permit {
-            message,
-            decided_at: facts.now,
-        })
-    } else {
-        Decision::Deny(Denial { message, reasons })
+    if facts.policies.keywords.review_blocks_sends
+        && let Some(review) = facts.open_reviews.first()
+    {
+        reasons.push(Reason {
+            code: ReasonCode::PendingReview,
+            detail: "a reply from the recipient may be an opt-out and awaits review".into(),
+            event: Some(review.clone()),
+            scope: Some("tenant".into()),
+        });
     }
 }
 
@@ -252,6 +322,7 @@ mod tests {
             body: Body::parse("hello".into()).unwrap(),
             purpose,
             scope: Scope::tenant_wide(),
+            reply: None,
         }
     }
 
@@ -285,6 +356,8 @@ mod tests {
             bounds: &bounds,
             policies: &policies,
             consent,
+            confirmed_opt_outs: &[],
+            open_reviews: &[],
             now: Timestamp::UNIX_EPOCH,
         };
         match decide(message(from, purpose), &facts) {

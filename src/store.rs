@@ -59,6 +59,10 @@ pub struct MessageRecord {
     pub brand: Option<String>,
     pub campaign: Option<String>,
     pub decision: DecisionKind,
+    /// For answers to replies: `opt_out_confirmation`, `opt_in_confirmation`, `help`.
+    pub reply_kind: Option<&'static str>,
+    /// For an opt-out confirmation: the opt-out it confirms (unique: one confirmation each).
+    pub confirms_event: Option<String>,
     /// The reasons as a JSON array of `{code, detail}`.
     pub reasons_json: String,
     pub upstream: Option<String>,
@@ -172,6 +176,100 @@ impl StoredConsent {
     }
 }
 
+/// What the send path reads about a recipient before deciding.
+#[derive(Debug, Clone, Default)]
+pub struct RecipientFacts {
+    pub consent: Vec<StoredConsent>,
+    pub confirmed_opt_outs: Vec<String>,
+    pub open_reviews: Vec<String>,
+}
+
+/// A verified inbound message as stored.
+#[derive(Debug, Clone)]
+pub struct InboundRecord {
+    pub id: String,
+    pub upstream: String,
+    pub gateway_id: String,
+    /// Empty when no tenant owns the number written to.
+    pub tenant: String,
+    pub recipient_hash: String,
+    pub recipient_masked: String,
+    pub to_masked: String,
+    pub class: &'static str,
+    pub certain: bool,
+    pub consent_event: Option<String>,
+    pub received_at_us: i64,
+    pub key_id: String,
+    pub payload: Vec<u8>,
+}
+
+/// An uncertain opt-out awaiting a person.
+#[derive(Debug, Clone)]
+pub struct ReviewRecord {
+    pub id: String,
+    pub tenant: TenantId,
+    pub recipient_hash: String,
+    pub recipient_masked: String,
+    pub inbound_id: String,
+    pub created_at_us: i64,
+}
+
+/// A review as listed, with its resolution if it has one.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReviewView {
+    pub id: String,
+    pub recipient: String,
+    pub inbound_id: String,
+    pub created_at_us: i64,
+    pub outcome: Option<String>,
+    pub resolved_by: Option<String>,
+    pub consent_event: Option<String>,
+}
+
+/// How a review was resolved.
+#[derive(Debug, Clone)]
+pub struct ResolutionRecord {
+    pub review_id: String,
+    pub outcome: &'static str,
+    pub resolved_by: String,
+    pub resolved_at_us: i64,
+    pub consent_event: Option<String>,
+}
+
+/// A delivery to a tenant's webhook.
+#[derive(Debug, Clone)]
+pub struct OutboxRecord {
+    pub id: String,
+    pub tenant: TenantId,
+    pub created_at_us: i64,
+    pub key_id: String,
+    pub payload: Vec<u8>,
+    pub next_attempt_at_us: i64,
+}
+
+/// A delivery that is due, with its attempts so far.
+#[derive(Debug, Clone)]
+pub struct OutboxItem {
+    pub record: OutboxRecord,
+    pub attempts: i64,
+}
+
+/// What recording an inbound message did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InboundRecorded {
+    New,
+    /// The gateway delivered this message before; nothing was added.
+    Duplicate,
+}
+
+/// What resolving a review did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolved {
+    Done,
+    AlreadyResolved,
+    NotFound,
+}
+
 /// What recording an event did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
@@ -202,6 +300,60 @@ pub trait Store: Send + Sync + 'static {
         tenant: &TenantId,
         recipient_hash: &str,
     ) -> Result<Vec<StoredConsent>, StoreError>;
+
+    /// Everything the send path reads about a recipient in a tenant.
+    async fn recipient_facts(
+        &self,
+        tenant: &TenantId,
+        recipient_hash: &str,
+    ) -> Result<RecipientFacts, StoreError>;
+
+    /// Records an inbound message and what it causes, in one transaction: all or nothing, and
+    /// nothing at all if the gateway delivered it before.
+    async fn record_inbound(
+        &self,
+        inbound: &InboundRecord,
+        consent: Option<&ConsentRecord>,
+        review: Option<&ReviewRecord>,
+        outbox: Option<&OutboxRecord>,
+    ) -> Result<InboundRecorded, StoreError>;
+
+    /// A tenant's reviews, newest first; only the open ones if `open_only`.
+    async fn reviews(
+        &self,
+        tenant: &TenantId,
+        open_only: bool,
+    ) -> Result<Vec<ReviewView>, StoreError>;
+
+    /// Resolves a review (once), with the opt-out it leads to, in one transaction.
+    async fn resolve_review(
+        &self,
+        tenant: &TenantId,
+        resolution: &ResolutionRecord,
+        consent: Option<&ConsentRecord>,
+    ) -> Result<Resolved, StoreError>;
+
+    /// The sealed payload of a tenant's inbound message.
+    async fn inbound_payload(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<crate::crypto::Sealed>, StoreError>;
+
+    /// Deliveries due at `now_us`, oldest first.
+    async fn due_deliveries(&self, now_us: i64, limit: i64) -> Result<Vec<OutboxItem>, StoreError>;
+
+    /// Marks a delivery done.
+    async fn delivery_succeeded(&self, id: &str, at_us: i64) -> Result<(), StoreError>;
+
+    /// Records a failed attempt and when to try again.
+    async fn delivery_failed(
+        &self,
+        id: &str,
+        attempts: i64,
+        next_attempt_at_us: i64,
+        error: &str,
+    ) -> Result<(), StoreError>;
 
     /// A tenant's message, with its latest outcome; another tenant's message is `None`.
     async fn message(

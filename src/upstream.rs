@@ -205,7 +205,31 @@ pub struct Gateway {
     account_sid: String,
     pub webhook: WebhookKey,
     request_timeout: Duration,
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: HttpClient,
+}
+
+/// The HTTP client consentry calls gateways and tenants with.
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// A pooled HTTPS (or loopback HTTP) client on ring, trusting the public roots or `ca_file`.
+pub fn https_client(
+    ca_file: Option<&std::path::Path>,
+    connect_timeout: Duration,
+) -> Result<HttpClient, String> {
+    let tls = client_tls_config(ca_file)?;
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(connector))
 }
 
 impl std::fmt::Debug for Gateway {
@@ -254,21 +278,11 @@ impl Gateway {
                     .transpose()?,
             ),
         };
-        let tls = client_tls_config(config.ca_file.as_deref()).map_err(error)?;
-
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(Duration::from_millis(config.connect_timeout_ms)));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+        let client = https_client(
+            config.ca_file.as_deref(),
+            Duration::from_millis(config.connect_timeout_ms),
+        )
+        .map_err(error)?;
         Ok(Gateway {
             name: config.name.clone(),
             kind: config.kind.clone(),

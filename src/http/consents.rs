@@ -138,16 +138,16 @@ struct SealedEvidence {
 }
 
 /// The part of an event that is needed to build its record.
-struct Validated {
-    number: PhoneNumber,
-    action: Action,
-    level: Option<Level>,
-    scope: Scope,
-    purposes: BTreeSet<Purpose>,
-    method: String,
-    occurred_at: Timestamp,
-    external_id: Option<String>,
-    evidence: Evidence,
+pub(crate) struct Validated {
+    pub number: PhoneNumber,
+    pub action: Action,
+    pub level: Option<Level>,
+    pub scope: Scope,
+    pub purposes: BTreeSet<Purpose>,
+    pub method: String,
+    pub occurred_at: Timestamp,
+    pub external_id: Option<String>,
+    pub evidence: Evidence,
 }
 
 /// Checks an event against the tenant; `require_time` for imports, where history must say when.
@@ -293,11 +293,12 @@ fn check_written_consent(method: &str, evidence: &Evidence) -> Result<(), FieldE
 
 impl AppState {
     /// Builds the ledger record of a validated event, sealing the number and evidence.
-    fn consent_record(
+    /// `recorded_by` is the JWT subject, or `inbound:<upstream>` for a reply.
+    pub(crate) fn consent_record(
         &self,
         event: Validated,
         tenant: &Tenant,
-        principal: &Principal,
+        recorded_by: &str,
         now: Timestamp,
     ) -> Result<ConsentRecord, ApiError> {
         let id = format!("evt_{}", uuid::Uuid::now_v7().simple());
@@ -356,7 +357,7 @@ impl AppState {
             method: event.method,
             occurred_at_us: event.occurred_at.as_microsecond(),
             recorded_at_us: now.as_microsecond(),
-            recorded_by: principal.subject.clone(),
+            recorded_by: recorded_by.to_owned(),
             external_id: event.external_id,
             idempotency_key,
             key_id: sealed.key_id,
@@ -444,7 +445,7 @@ pub async fn record(
     let input: ConsentInput = super::messages::parse_json(&bytes)?;
     let now = Timestamp::now();
     let event = validate(input, tenant, now, "api", false)?;
-    let record = state.consent_record(event, tenant, &principal, now)?;
+    let record = state.consent_record(event, tenant, &principal.subject, now)?;
     let recorded = state
         .store
         .record_consents(std::slice::from_ref(&record))
@@ -706,9 +707,9 @@ impl Importer<'_> {
         let now = Timestamp::now();
         match input.and_then(|input| validate(input, self.tenant, now, "import", true)) {
             Ok(event) => {
-                let record = self
-                    .state
-                    .consent_record(event, self.tenant, self.principal, now)?;
+                let record =
+                    self.state
+                        .consent_record(event, self.tenant, &self.principal.subject, now)?;
                 self.batch.push(record);
                 self.batch_lines.push(line);
                 if self.batch.len() >= IMPORT_BATCH {

@@ -52,29 +52,14 @@ pub async fn send(
     let bytes = read_body(&headers, body, state.max_request_bytes).await?;
     let request: SendRequest = parse_json(&bytes)?;
     let message = canonical_message(request, tenant)?;
-
     let bounds = sender_bounds(&principal, tenant);
-    let (_, consent) = state.consent_events(tenant, &message.to).await?;
-    let facts = Facts {
-        tenant: &tenant.rules,
-        bounds: &bounds,
-        policies: &state.policies,
-        consent: &consent,
-        now: Timestamp::now(),
-    };
-    let decision = policy::decide(message, &facts);
-    state.record_decision(&decision, tenant, facts.now).await?;
-
-    let permit = match decision {
-        Decision::Deny(denial) => {
+    match state
+        .process(tenant, &bounds, message, Delivery::Upstream)
+        .await?
+    {
+        Processed::Denied(denial) => {
             let headline = &denial.reasons[0];
-            tracing::info!(
-                message = %denial.message.id,
-                tenant = %tenant.id,
-                code = headline.code.as_str(),
-                "message denied"
-            );
-            return Err(ApiError::new(
+            Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 headline.code.as_str(),
                 headline.detail.clone(),
@@ -83,53 +68,155 @@ pub async fn send(
             .with(
                 "reasons",
                 serde_json::to_value(&denial.reasons).unwrap_or_default(),
-            ));
+            ))
         }
-        Decision::Allow(permit) => permit,
-    };
+        Processed::Sent { id, receipt } => Ok((
+            StatusCode::CREATED,
+            Json(json!({ "id": id, "status": "sent", "upstream": receipt })),
+        )
+            .into_response()),
+        Processed::Failed { id, error } => Err(ApiError::from(error).with("id", id.as_str())),
+        Processed::Answered { id, .. } => Ok((
+            StatusCode::CREATED,
+            Json(json!({ "id": id, "status": "sent" })),
+        )
+            .into_response()),
+    }
+}
 
-    let id = permit.message().id.clone();
-    let upstream = state
-        .upstreams
-        .get(&tenant.upstream)
-        .expect("tenant upstreams are checked at start-up");
-    let result = upstream.forward(permit).await;
-    let outcome = match &result {
-        Ok(receipt) => OutcomeRecord {
-            message_id: id.clone(),
-            recorded_at_us: Timestamp::now().as_microsecond(),
-            status: OutcomeStatus::Sent,
-            upstream_message_id: receipt.message_id.clone(),
-            error_code: None,
-            detail: None,
-        },
-        Err(error) => OutcomeRecord {
-            message_id: id.clone(),
-            recorded_at_us: Timestamp::now().as_microsecond(),
-            status: OutcomeStatus::Failed,
-            upstream_message_id: None,
-            error_code: Some(error.code().to_owned()),
-            detail: Some(error.to_string()),
-        },
-    };
-    // The gateway has answered: whatever happens to this write, the client must learn what the
-    // gateway did, or it would retry a message that was sent.
-    if let Err(error) = state.store.record_outcome(&outcome).await {
-        tracing::error!(message = %id, %error, "the upstream outcome could not be recorded");
+/// How an allowed message leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Through the tenant's upstream's send API.
+    Upstream,
+    /// In the answer to the gateway's webhook (TwiML); the caller sends it.
+    InWebhookAnswer,
+}
+
+/// What became of a message.
+#[derive(Debug)]
+pub enum Processed {
+    Denied(policy::Denial),
+    Sent {
+        id: MessageId,
+        receipt: crate::upstream::Receipt,
+    },
+    Failed {
+        id: MessageId,
+        error: crate::upstream::UpstreamError,
+    },
+    /// Recorded as sent; its text goes back in the webhook answer.
+    Answered {
+        id: MessageId,
+        text: String,
+    },
+}
+
+impl AppState {
+    /// The send flow after parsing: gather the recipient's facts, decide, record the decision
+    /// durably, then forward an allowed message and record the outcome. Every message consentry
+    /// sends, the API's and its own replies, goes through here.
+    pub async fn process(
+        &self,
+        tenant: &Tenant,
+        bounds: &SenderBounds,
+        message: CanonicalMessage,
+        delivery: Delivery,
+    ) -> Result<Processed, ApiError> {
+        let recipient = self
+            .store
+            .recipient_facts(&tenant.id, &self.numbers.hash(&message.to))
+            .await?;
+        let consent = recipient
+            .consent
+            .iter()
+            .map(crate::store::StoredConsent::to_event)
+            .collect::<Result<Vec<_>, _>>()?;
+        let facts = Facts {
+            tenant: &tenant.rules,
+            bounds,
+            policies: &self.policies,
+            consent: &consent,
+            confirmed_opt_outs: &recipient.confirmed_opt_outs,
+            open_reviews: &recipient.open_reviews,
+            now: Timestamp::now(),
+        };
+        let decision = policy::decide(message, &facts);
+        self.record_decision(&decision, tenant, facts.now).await?;
+
+        let permit = match decision {
+            Decision::Deny(denial) => {
+                tracing::info!(
+                    message = %denial.message.id,
+                    tenant = %tenant.id,
+                    code = denial.reasons[0].code.as_str(),
+                    "message denied"
+                );
+                return Ok(Processed::Denied(denial));
+            }
+            Decision::Allow(permit) => permit,
+        };
+        let id = permit.message().id.clone();
+
+        if delivery == Delivery::InWebhookAnswer {
+            let text = permit.message().body.as_str().to_owned();
+            self.record_outcome(
+                &id,
+                &Ok(crate::upstream::Receipt {
+                    name: tenant.upstream.clone(),
+                    message_id: None,
+                }),
+            )
+            .await;
+            return Ok(Processed::Answered { id, text });
+        }
+
+        let upstream = self
+            .upstreams
+            .get(&tenant.upstream)
+            .expect("tenant upstreams are checked at start-up");
+        let result = upstream.forward(permit).await;
+        self.record_outcome(&id, &result).await;
+        Ok(match result {
+            Ok(receipt) => {
+                tracing::info!(message = %id, tenant = %tenant.id, upstream = %receipt.name, "message sent");
+                Processed::Sent { id, receipt }
+            }
+            Err(error) => {
+                tracing::warn!(message = %id, tenant = %tenant.id, %error, "upstream failed");
+                Processed::Failed { id, error }
+            }
+        })
     }
 
-    match result {
-        Ok(receipt) => {
-            tracing::info!(message = %id, tenant = %tenant.id, upstream = %receipt.name, "message sent");
-            Ok((
-                StatusCode::CREATED,
-                Json(json!({ "id": id, "status": "sent", "upstream": receipt })),
-            )
-                .into_response())
-        }
-        Err(error) => {
-            tracing::warn!(message = %id, tenant = %tenant.id, %error, "upstream failed");
-            Err(ApiError::from(error).with("id", id.as_str()))
+    /// Appends the gateway's answer. The gateway has answered: whatever happens to this write,
+    /// the caller must learn what the gateway did, or a client would retry a sent message.
+    async fn record_outcome(
+        &self,
+        id: &MessageId,
+        result: &Result<crate::upstream::Receipt, crate::upstream::UpstreamError>,
+    ) {
+        let now = Timestamp::now().as_microsecond();
+        let outcome = match result {
+            Ok(receipt) => OutcomeRecord {
+                message_id: id.clone(),
+                recorded_at_us: now,
+                status: OutcomeStatus::Sent,
+                upstream_message_id: receipt.message_id.clone(),
+                error_code: None,
+                detail: None,
+            },
+            Err(error) => OutcomeRecord {
+                message_id: id.clone(),
+                recorded_at_us: now,
+                status: OutcomeStatus::Failed,
+                upstream_message_id: None,
+                error_code: Some(error.code().to_owned()),
+                detail: Some(error.to_string()),
+            },
+        };
+        if let Err(error) = self.store.record_outcome(&outcome).await {
+            tracing::error!(message = %id, %error, "the upstream outcome could not be recorded");
         }
     }
 }
@@ -203,6 +290,13 @@ impl AppState {
             brand: message.scope.brand.clone(),
             campaign: message.scope.campaign.clone(),
             decision: kind,
+            reply_kind: message.reply.as_ref().map(|reply| reply.kind()),
+            confirms_event: match &message.reply {
+                Some(crate::domain::Reply::OptOutConfirmation { opt_out_event }) => {
+                    Some(opt_out_event.clone())
+                }
+                _ => None,
+            },
             reasons_json: reasons.to_string(),
             upstream: matches!(kind, DecisionKind::Allowed).then(|| tenant.upstream.clone()),
             key_id: sealed.key_id,
@@ -290,12 +384,13 @@ fn canonical_message(request: SendRequest, tenant: &Tenant) -> Result<CanonicalM
         body,
         purpose,
         scope,
+        reply: None,
     })
 }
 
 /// The token's narrowing of the tenant's senders and purposes. A sender in the token that does
 /// not parse matches nothing, so it can only narrow.
-fn sender_bounds(principal: &Principal, tenant: &Tenant) -> SenderBounds {
+pub(crate) fn sender_bounds(principal: &Principal, tenant: &Tenant) -> SenderBounds {
     SenderBounds {
         senders: principal.senders.as_ref().map(|senders| {
             senders

@@ -1,6 +1,7 @@
 //! The policy set: rules read from `policies/*.toml` (shipped copies are embedded in the
 //! binary; a configured `policies.dir` replaces them file by file). Pure data once loaded.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use jiff::Timestamp;
@@ -8,13 +9,82 @@ use serde::Deserialize;
 
 use crate::config::{ConfigError, PoliciesConfig};
 use crate::consent::{ConsentPolicy, Requirement};
+use crate::keywords::{KeywordFile, Keywords};
 
 const EMBEDDED_CONSENT: &str = include_str!("../../policies/consent.toml");
+const EMBEDDED_KEYWORDS: &str = include_str!("../../policies/keywords.toml");
+const EMBEDDED_REPLIES: &str = include_str!("../../policies/replies.toml");
 
 /// Every rule consentry decides by.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicySet {
     pub consent: ConsentRules,
+    pub keywords: Keywords,
+    pub replies: Replies,
+}
+
+/// `policies/replies.toml`: reply templates per language.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Replies {
+    pub languages: BTreeMap<String, Vec<String>>,
+    pub templates: BTreeMap<String, Templates>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Templates {
+    pub opt_out: String,
+    pub opt_in: String,
+    pub help: String,
+}
+
+/// Which answer to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyTemplate {
+    OptOut,
+    OptIn,
+    Help,
+}
+
+/// What fills a template's placeholders.
+#[derive(Debug, Clone)]
+pub struct ReplyFields<'a> {
+    pub program: &'a str,
+    pub help_contact: &'a str,
+    pub frequency: &'a str,
+}
+
+impl Replies {
+    /// The language a matched keyword tells, if any.
+    pub fn language_of(&self, keyword: &str) -> Option<&str> {
+        self.languages
+            .iter()
+            .find(|(_, words)| words.iter().any(|word| word == keyword))
+            .map(|(language, _)| language.as_str())
+    }
+
+    /// The answer in `language` (English if there is no template in it).
+    pub fn render(
+        &self,
+        template: ReplyTemplate,
+        language: &str,
+        fields: &ReplyFields<'_>,
+    ) -> String {
+        let templates = self
+            .templates
+            .get(language)
+            .or_else(|| self.templates.get("en"))
+            .expect("an English template is checked at load");
+        let text = match template {
+            ReplyTemplate::OptOut => &templates.opt_out,
+            ReplyTemplate::OptIn => &templates.opt_in,
+            ReplyTemplate::Help => &templates.help,
+        };
+        text.replace("{program}", fields.program)
+            .replace("{help_contact}", fields.help_contact)
+            .replace("{frequency}", fields.frequency)
+    }
 }
 
 /// `policies/consent.toml`.
@@ -62,7 +132,33 @@ impl PolicySet {
         if let Some(revoke_all) = config.revoke_all {
             consent.opt_out.revoke_all = revoke_all;
         }
-        Ok(PolicySet { consent })
+        let keyword_file: KeywordFile =
+            parse_file(config.dir.as_deref(), "keywords.toml", EMBEDDED_KEYWORDS)?;
+        let keywords =
+            Keywords::new(&keyword_file).map_err(|e| ConfigError(format!("keywords.toml: {e}")))?;
+        let replies: Replies = parse_file(config.dir.as_deref(), "replies.toml", EMBEDDED_REPLIES)?;
+        if !replies.templates.contains_key("en") {
+            return Err(ConfigError("replies.toml: templates.en is required".into()));
+        }
+        for (language, templates) in &replies.templates {
+            for (name, text) in [
+                ("opt_out", &templates.opt_out),
+                ("opt_in", &templates.opt_in),
+                ("help", &templates.help),
+            ] {
+                let length = text.chars().count();
+                if length == 0 || length > 320 {
+                    return Err(ConfigError(format!(
+                        "replies.toml: templates.{language}.{name} must be 1 to 320 characters"
+                    )));
+                }
+            }
+        }
+        Ok(PolicySet {
+            consent,
+            keywords,
+            replies,
+        })
     }
 }
 
@@ -99,6 +195,23 @@ mod tests {
                 .at("2027-02-01T00:00:00Z".parse().unwrap())
                 .revoke_all
         );
+    }
+
+    #[test]
+    fn replies_render_in_the_language_of_the_keyword() {
+        let set = PolicySet::load(&PoliciesConfig::default()).unwrap();
+        let fields = ReplyFields {
+            program: "Shop",
+            help_contact: "Call 800-555-0100",
+            frequency: "Up to 4 msgs/month",
+        };
+        let language = set.replies.language_of("baja").unwrap();
+        assert_eq!(language, "es");
+        let text = set.replies.render(ReplyTemplate::OptOut, language, &fields);
+        assert!(text.starts_with("Shop: Se ha dado de baja"), "{text}");
+        let help = set.replies.render(ReplyTemplate::Help, "de", &fields);
+        assert!(help.contains("Call 800-555-0100") && help.contains("Msg & data rates may apply"));
+        assert!(help.contains("STOP"));
     }
 
     #[test]

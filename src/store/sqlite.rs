@@ -11,8 +11,9 @@ use sqlx::sqlite::{
 };
 
 use super::{
-    ConsentRecord, MessageRecord, MessageView, OutcomeRecord, Recorded, Store, StoreError,
-    StoredConsent, status_of,
+    ConsentRecord, InboundRecord, InboundRecorded, MessageRecord, MessageView, OutboxItem,
+    OutboxRecord, OutcomeRecord, RecipientFacts, Recorded, ResolutionRecord, Resolved,
+    ReviewRecord, ReviewView, Store, StoreError, StoredConsent, status_of,
 };
 use crate::consent::{Action, Level};
 use crate::domain::{MessageId, TenantId};
@@ -77,8 +78,9 @@ impl Store for SqliteStore {
     async fn record_message(&self, record: &MessageRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO messages (id, tenant, created_at_us, recipient_hash, recipient_masked, \
-             sender_masked, purpose, brand, campaign, decision, reasons, upstream, key_id, \
-             payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             sender_masked, purpose, brand, campaign, decision, reply_kind, confirms_event, \
+             reasons, upstream, key_id, payload) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(record.id.as_str())
         .bind(record.tenant.as_str())
@@ -90,6 +92,8 @@ impl Store for SqliteStore {
         .bind(record.brand.as_deref())
         .bind(record.campaign.as_deref())
         .bind(record.decision.as_str())
+        .bind(record.reply_kind)
+        .bind(record.confirms_event.as_deref())
         .bind(&record.reasons_json)
         .bind(record.upstream.as_deref())
         .bind(&record.key_id)
@@ -122,47 +126,254 @@ impl Store for SqliteStore {
         let mut transaction = self.pool.begin().await?;
         let mut results = Vec::with_capacity(records.len());
         for record in records {
-            let inserted = sqlx::query(
-                "INSERT INTO consent_events (id, tenant, recipient_hash, recipient_masked, \
-                 action, level, brand, campaign, purposes, method, occurred_at_us, \
-                 recorded_at_us, recorded_by, external_id, idempotency_key, key_id, evidence) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-                 ON CONFLICT (tenant, idempotency_key) DO NOTHING",
-            )
-            .bind(&record.id)
-            .bind(record.tenant.as_str())
-            .bind(&record.recipient_hash)
-            .bind(&record.recipient_masked)
-            .bind(record.action.as_str())
-            .bind(record.level.map(|level| level.as_str()))
-            .bind(record.brand.as_deref())
-            .bind(record.campaign.as_deref())
-            .bind(&record.purposes)
-            .bind(&record.method)
-            .bind(record.occurred_at_us)
-            .bind(record.recorded_at_us)
-            .bind(&record.recorded_by)
-            .bind(record.external_id.as_deref())
-            .bind(&record.idempotency_key)
-            .bind(&record.key_id)
-            .bind(&record.evidence)
-            .execute(&mut *transaction)
-            .await?;
-            if inserted.rows_affected() == 1 {
-                results.push(Recorded::New);
-            } else {
-                let existing: String = sqlx::query_scalar(
-                    "SELECT id FROM consent_events WHERE tenant = ? AND idempotency_key = ?",
-                )
-                .bind(record.tenant.as_str())
-                .bind(&record.idempotency_key)
-                .fetch_one(&mut *transaction)
-                .await?;
-                results.push(Recorded::Duplicate(existing));
-            }
+            results.push(insert_consent(&mut transaction, record).await?);
         }
         transaction.commit().await?;
         Ok(results)
+    }
+
+    async fn recipient_facts(
+        &self,
+        tenant: &TenantId,
+        recipient_hash: &str,
+    ) -> Result<RecipientFacts, StoreError> {
+        let consent = self.consent_events(tenant, recipient_hash).await?;
+        let confirmed_opt_outs = sqlx::query_scalar(
+            "SELECT confirms_event FROM messages WHERE tenant = ? AND recipient_hash = ? \
+             AND confirms_event IS NOT NULL",
+        )
+        .bind(tenant.as_str())
+        .bind(recipient_hash)
+        .fetch_all(&self.pool)
+        .await?;
+        let open_reviews = sqlx::query_scalar(
+            "SELECT r.id FROM consent_reviews r LEFT JOIN review_resolutions s \
+             ON s.review_id = r.id WHERE r.tenant = ? AND r.recipient_hash = ? \
+             AND s.review_id IS NULL ORDER BY r.seq",
+        )
+        .bind(tenant.as_str())
+        .bind(recipient_hash)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(RecipientFacts {
+            consent,
+            confirmed_opt_outs,
+            open_reviews,
+        })
+    }
+
+    async fn record_inbound(
+        &self,
+        inbound: &InboundRecord,
+        consent: Option<&ConsentRecord>,
+        review: Option<&ReviewRecord>,
+        outbox: Option<&OutboxRecord>,
+    ) -> Result<InboundRecorded, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO inbound_messages (id, upstream, gateway_id, tenant, recipient_hash, \
+             recipient_masked, to_masked, class, certain, consent_event, received_at_us, key_id, \
+             payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (upstream, gateway_id, tenant) DO NOTHING",
+        )
+        .bind(&inbound.id)
+        .bind(&inbound.upstream)
+        .bind(&inbound.gateway_id)
+        .bind(&inbound.tenant)
+        .bind(&inbound.recipient_hash)
+        .bind(&inbound.recipient_masked)
+        .bind(&inbound.to_masked)
+        .bind(inbound.class)
+        .bind(inbound.certain)
+        .bind(inbound.consent_event.as_deref())
+        .bind(inbound.received_at_us)
+        .bind(&inbound.key_id)
+        .bind(&inbound.payload)
+        .execute(&mut *transaction)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Ok(InboundRecorded::Duplicate);
+        }
+        if let Some(consent) = consent {
+            insert_consent(&mut transaction, consent).await?;
+        }
+        if let Some(review) = review {
+            sqlx::query(
+                "INSERT INTO consent_reviews (id, tenant, recipient_hash, recipient_masked, \
+                 inbound_id, created_at_us) VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&review.id)
+            .bind(review.tenant.as_str())
+            .bind(&review.recipient_hash)
+            .bind(&review.recipient_masked)
+            .bind(&review.inbound_id)
+            .bind(review.created_at_us)
+            .execute(&mut *transaction)
+            .await?;
+        }
+        if let Some(outbox) = outbox {
+            sqlx::query(
+                "INSERT INTO webhook_outbox (id, tenant, created_at_us, key_id, payload, \
+                 next_attempt_at_us) VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&outbox.id)
+            .bind(outbox.tenant.as_str())
+            .bind(outbox.created_at_us)
+            .bind(&outbox.key_id)
+            .bind(&outbox.payload)
+            .bind(outbox.next_attempt_at_us)
+            .execute(&mut *transaction)
+            .await?;
+        }
+        transaction.commit().await?;
+        Ok(InboundRecorded::New)
+    }
+
+    async fn reviews(
+        &self,
+        tenant: &TenantId,
+        open_only: bool,
+    ) -> Result<Vec<ReviewView>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT r.id, r.recipient_masked, r.inbound_id, r.created_at_us, s.outcome, \
+             s.resolved_by, s.consent_event FROM consent_reviews r \
+             LEFT JOIN review_resolutions s ON s.review_id = r.id \
+             WHERE r.tenant = ? AND (? = 0 OR s.review_id IS NULL) ORDER BY r.seq DESC LIMIT 1000",
+        )
+        .bind(tenant.as_str())
+        .bind(open_only)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ReviewView {
+                    id: row.try_get("id")?,
+                    recipient: row.try_get("recipient_masked")?,
+                    inbound_id: row.try_get("inbound_id")?,
+                    created_at_us: row.try_get("created_at_us")?,
+                    outcome: row.try_get("outcome")?,
+                    resolved_by: row.try_get("resolved_by")?,
+                    consent_event: row.try_get("consent_event")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn resolve_review(
+        &self,
+        tenant: &TenantId,
+        resolution: &ResolutionRecord,
+        consent: Option<&ConsentRecord>,
+    ) -> Result<Resolved, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        let exists: Option<String> =
+            sqlx::query_scalar("SELECT id FROM consent_reviews WHERE id = ? AND tenant = ?")
+                .bind(&resolution.review_id)
+                .bind(tenant.as_str())
+                .fetch_optional(&mut *transaction)
+                .await?;
+        if exists.is_none() {
+            return Ok(Resolved::NotFound);
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO review_resolutions (review_id, outcome, resolved_by, resolved_at_us, \
+             consent_event) VALUES (?, ?, ?, ?, ?) ON CONFLICT (review_id) DO NOTHING",
+        )
+        .bind(&resolution.review_id)
+        .bind(resolution.outcome)
+        .bind(&resolution.resolved_by)
+        .bind(resolution.resolved_at_us)
+        .bind(resolution.consent_event.as_deref())
+        .execute(&mut *transaction)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Ok(Resolved::AlreadyResolved);
+        }
+        if let Some(consent) = consent {
+            insert_consent(&mut transaction, consent).await?;
+        }
+        transaction.commit().await?;
+        Ok(Resolved::Done)
+    }
+
+    async fn inbound_payload(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<crate::crypto::Sealed>, StoreError> {
+        let row =
+            sqlx::query("SELECT key_id, payload FROM inbound_messages WHERE tenant = ? AND id = ?")
+                .bind(tenant)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|row| {
+            Ok(crate::crypto::Sealed {
+                key_id: row.try_get("key_id")?,
+                bytes: row.try_get("payload")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn due_deliveries(&self, now_us: i64, limit: i64) -> Result<Vec<OutboxItem>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, tenant, created_at_us, key_id, payload, next_attempt_at_us, attempts \
+             FROM webhook_outbox WHERE delivered_at_us IS NULL AND next_attempt_at_us <= ? \
+             ORDER BY next_attempt_at_us, seq LIMIT ?",
+        )
+        .bind(now_us)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let tenant: String = row.try_get("tenant")?;
+                Ok(OutboxItem {
+                    attempts: row.try_get("attempts")?,
+                    record: OutboxRecord {
+                        id: row.try_get("id")?,
+                        tenant: TenantId::parse(&tenant)
+                            .map_err(|_| StoreError::Corrupt("webhook_outbox.tenant".into()))?,
+                        created_at_us: row.try_get("created_at_us")?,
+                        key_id: row.try_get("key_id")?,
+                        payload: row.try_get("payload")?,
+                        next_attempt_at_us: row.try_get("next_attempt_at_us")?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    async fn delivery_succeeded(&self, id: &str, at_us: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE webhook_outbox SET delivered_at_us = ?, attempts = attempts + 1 WHERE id = ?",
+        )
+        .bind(at_us)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn delivery_failed(
+        &self,
+        id: &str,
+        attempts: i64,
+        next_attempt_at_us: i64,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE webhook_outbox SET attempts = ?, next_attempt_at_us = ?, last_error = ? \
+             WHERE id = ?",
+        )
+        .bind(attempts)
+        .bind(next_attempt_at_us)
+        .bind(error)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn consent_events(
@@ -249,4 +460,48 @@ fn consent_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredConsent, Stor
             evidence: row.try_get("evidence")?,
         },
     })
+}
+
+/// Appends one consent event unless its idempotency key is already in the tenant's ledger.
+async fn insert_consent(
+    transaction: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    record: &ConsentRecord,
+) -> Result<Recorded, StoreError> {
+    let inserted = sqlx::query(
+        "INSERT INTO consent_events (id, tenant, recipient_hash, recipient_masked, \
+                 action, level, brand, campaign, purposes, method, occurred_at_us, \
+                 recorded_at_us, recorded_by, external_id, idempotency_key, key_id, evidence) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (tenant, idempotency_key) DO NOTHING",
+    )
+    .bind(&record.id)
+    .bind(record.tenant.as_str())
+    .bind(&record.recipient_hash)
+    .bind(&record.recipient_masked)
+    .bind(record.action.as_str())
+    .bind(record.level.map(|level| level.as_str()))
+    .bind(record.brand.as_deref())
+    .bind(record.campaign.as_deref())
+    .bind(&record.purposes)
+    .bind(&record.method)
+    .bind(record.occurred_at_us)
+    .bind(record.recorded_at_us)
+    .bind(&record.recorded_by)
+    .bind(record.external_id.as_deref())
+    .bind(&record.idempotency_key)
+    .bind(&record.key_id)
+    .bind(&record.evidence)
+    .execute(&mut **transaction)
+    .await?;
+    if inserted.rows_affected() == 1 {
+        return Ok(Recorded::New);
+    }
+    let existing: String = sqlx::query_scalar(
+        "SELECT id FROM consent_events WHERE tenant = ? AND idempotency_key = ?",
+    )
+    .bind(record.tenant.as_str())
+    .bind(&record.idempotency_key)
+    .fetch_one(&mut **transaction)
+    .await?;
+    Ok(Recorded::Duplicate(existing))
 }

@@ -15,6 +15,19 @@ use tokio::sync::oneshot;
 pub const GATEWAY_SECRET: &str = "gateway-credential-0123456789";
 pub const HS_SECRET: &str = "a-shared-hmac-secret-of-at-least-32-bytes!";
 pub const IDP: &str = "https://idp.example";
+pub const TWILIO_TOKEN: &str = "twilio-auth-token-0123456789abcdef";
+pub const TWILIO_URL: &str = "https://proxy.example.com/v1/inbound/tw";
+pub const TELNYX_KEY: &str = "telnyx-api-key-0123456789";
+pub const GW_WEBHOOK_SECRET: &str = "generic-webhook-secret-0123456789";
+pub const TENANT_WEBHOOK_SECRET: &str = "beta-webhook-secret-0123456789";
+pub const TW_SENDER: &str = "+12025550133";
+pub const TX_SENDER: &str = "+12025550144";
+pub const BETA_SENDER: &str = "+12025550111";
+
+/// The Telnyx test key pair (a fixed seed: the test signs, consentry verifies).
+pub fn telnyx_key() -> ring::signature::Ed25519KeyPair {
+    ring::signature::Ed25519KeyPair::from_seed_unchecked(&[42u8; 32]).unwrap()
+}
 pub const ACME_SENDER: &str = "+12025550100";
 pub const SHOP_SENDER: &str = "+12025550122";
 
@@ -146,16 +159,35 @@ pub struct TestApp {
     pub folder: PathBuf,
     pub fingerprint: String,
     pub client: reqwest::Client,
+    /// The beta tenant's own application, where its webhook deliveries go.
+    pub tenant_app: Option<FakeGateway>,
     stop: Option<oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<()>>,
     _temp: Option<Arc<tempfile::TempDir>>,
 }
 
-/// The configuration the tests use; `{folder}` and `{gateway}` are filled in.
+/// The configuration the tests use, with secrets written into `folder`.
 pub fn test_config(folder: &Path, gateway_url: &str) -> String {
+    test_config_with(folder, gateway_url, "http://127.0.0.1:9/unused")
+}
+
+/// The configuration the tests use, with the beta tenant's webhook at `tenant_app_url`.
+pub fn test_config_with(folder: &Path, gateway_url: &str, tenant_app_url: &str) -> String {
+    use ring::signature::KeyPair as _;
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/api/fixtures");
-    std::fs::write(folder.join("gateway.secret"), format!("{GATEWAY_SECRET}\n")).unwrap();
-    std::fs::write(folder.join("hs.secret"), HS_SECRET).unwrap();
+    for (name, value) in [
+        ("gateway.secret", GATEWAY_SECRET),
+        ("hs.secret", HS_SECRET),
+        ("twilio.secret", TWILIO_TOKEN),
+        ("telnyx.secret", TELNYX_KEY),
+        ("gw-webhook.secret", GW_WEBHOOK_SECRET),
+        ("beta-webhook.secret", TENANT_WEBHOOK_SECRET),
+    ] {
+        std::fs::write(folder.join(name), format!("{value}\n")).unwrap();
+    }
+    let gateway_base = gateway_url.trim_end_matches("/messages");
+    let telnyx_public =
+        base64::engine::general_purpose::STANDARD.encode(telnyx_key().public_key().as_ref());
     format!(
         r#"
 data_dir = "data"
@@ -183,8 +215,42 @@ purposes = ["transactional", "informational"]
 
 [[tenants]]
 id = "beta"
-senders = ["+12025550111"]
+senders = ["{BETA_SENDER}"]
 upstream = "sandbox"
+program_name = "Beta"
+webhook = {{ url = "{tenant_app_url}", secret = {{ file = "beta-webhook.secret" }} }}
+
+[[tenants]]
+id = "tw-shop"
+senders = ["{TW_SENDER}"]
+upstream = "tw"
+program_name = "TW Shop"
+help_contact = "Call 800-555-0199"
+
+[[tenants]]
+id = "tx-shop"
+senders = ["{TX_SENDER}"]
+upstream = "tx"
+program_name = "TX Shop"
+
+[outbox]
+retry_base_ms = 100
+retry_max_ms = 400
+
+[[upstreams]]
+name = "tw"
+kind = "twilio"
+url = "{gateway_base}"
+account_sid = "AC00000000000000000000000000000001"
+credential = {{ file = "twilio.secret" }}
+public_url = "{TWILIO_URL}"
+
+[[upstreams]]
+name = "tx"
+kind = "telnyx"
+url = "{gateway_base}"
+credential = {{ file = "telnyx.secret" }}
+webhook_public_key = "{telnyx_public}"
 
 [[tenants]]
 id = "shop"
@@ -201,6 +267,7 @@ name = "gw"
 kind = "http-json"
 url = "{gateway_url}"
 credential = {{ file = "gateway.secret" }}
+webhook_secret = {{ file = "gw-webhook.secret" }}
 connect_timeout_ms = 500
 request_timeout_ms = 1000
 "#,
@@ -213,9 +280,11 @@ impl TestApp {
     pub async fn spawn(gateway_url: &str) -> TestApp {
         let temp = Arc::new(tempfile::tempdir().unwrap());
         let folder = temp.path().to_path_buf();
-        let text = test_config(&folder, gateway_url);
+        let tenant_app = FakeGateway::start().await;
+        let text = test_config_with(&folder, gateway_url, &tenant_app.url());
         let mut app = TestApp::spawn_with(&folder, &text).await;
         app._temp = Some(temp);
+        app.tenant_app = Some(tenant_app);
         app
     }
 
@@ -240,6 +309,7 @@ impl TestApp {
             folder: folder.to_path_buf(),
             fingerprint,
             client: client(&cert, None),
+            tenant_app: None,
             stop: Some(stop),
             done: Some(done),
             _temp: None,
@@ -421,6 +491,97 @@ impl TestApp {
             .header("content-type", content_type)
             .body(body)
             .send()
+            .await
+            .unwrap()
+    }
+}
+
+impl TestApp {
+    /// Posts a Twilio webhook, signed as Twilio signs it (unless `signature` overrides it).
+    pub async fn twilio_webhook(
+        &self,
+        params: &[(&str, &str)],
+        signature: Option<&str>,
+    ) -> reqwest::Response {
+        let owned: Vec<(String, String)> = params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let signed = consentry::dialect::twilio::sign(TWILIO_TOKEN, TWILIO_URL, &owned);
+        let mut request = self
+            .client
+            .post(self.url("/v1/inbound/tw"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(
+                form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(params)
+                    .finish(),
+            );
+        match signature {
+            Some("") => {}
+            Some(other) => request = request.header("x-twilio-signature", other),
+            None => request = request.header("x-twilio-signature", signed),
+        }
+        request.send().await.unwrap()
+    }
+
+    /// Posts a Telnyx `message.received` webhook signed at `timestamp`.
+    pub async fn telnyx_webhook(
+        &self,
+        id: &str,
+        from: &str,
+        text: &str,
+        timestamp: i64,
+    ) -> reqwest::Response {
+        let body = json!({
+            "data": {
+                "event_type": "message.received",
+                "id": format!("ev-{id}"),
+                "payload": {
+                    "id": id,
+                    "from": { "phone_number": from },
+                    "to": [{ "phone_number": TX_SENDER }],
+                    "text": text,
+                }
+            }
+        })
+        .to_string();
+        let signed = format!("{timestamp}|{body}");
+        let signature = base64::engine::general_purpose::STANDARD
+            .encode(telnyx_key().sign(signed.as_bytes()).as_ref());
+        self.client
+            .post(self.url("/v1/inbound/tx"))
+            .header("content-type", "application/json")
+            .header("telnyx-timestamp", timestamp.to_string())
+            .header("telnyx-signature-ed25519", signature)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Simulates a recipient's reply through the sandbox.
+    pub async fn sandbox_reply(&self, from: &str, body: &str) -> reqwest::Response {
+        let token = self.token("beta", "admin");
+        self.client
+            .post(self.url("/v1/sandbox/replies"))
+            .bearer_auth(token)
+            .json(&json!({ "from": from, "to": BETA_SENDER, "body": body }))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Counts rows in the database (a second, read-only connection).
+    pub async fn count(&self, sql: &str) -> i64 {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(self.data_dir().join("consentry.db"))
+            .read_only(true);
+        let mut connection = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&options)
+            .await
+            .unwrap();
+        sqlx::query_scalar(sql)
+            .fetch_one(&mut connection)
             .await
             .unwrap()
     }

@@ -5,6 +5,7 @@ mod authentication;
 mod cli;
 mod consents;
 mod helpers;
+mod inbound;
 mod sending;
 mod storage;
 mod transport;
