@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the pure core: the reply classifier and `decide()`.
 //!
 //! `cargo bench --bench core`. Targets (from the issues): classify under 2 µs per message,
-//! decide under 5 µs per decision with the shipped policies loaded.
+//! decide under 5 µs per decision with the shipped policies loaded (all jurisdictions, the
+//! recipient's candidate zones, the consent fold).
 
 use std::hint::black_box;
 
@@ -81,6 +82,10 @@ fn decision(c: &mut Criterion) {
         scope,
         reply: None,
     };
+    let location = policies.zones.locate(&message.to);
+    c.bench_function("locate: a number's zones and regions", |b| {
+        b.iter(|| black_box(policies.zones.locate(black_box(&message.to))))
+    });
     c.bench_function("decide: marketing with consent history", |b| {
         b.iter(|| {
             let facts = Facts {
@@ -90,6 +95,8 @@ fn decision(c: &mut Criterion) {
                 consent: &consent,
                 confirmed_opt_outs: &[],
                 open_reviews: &[],
+                location: &location,
+                recent: &[],
                 now,
             };
             black_box(decide(black_box(message.clone()), &facts))

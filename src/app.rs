@@ -19,11 +19,72 @@ use crate::outbox::{self, Webhooks};
 use crate::policy::rules::PolicySet;
 use crate::store::{self, Store};
 use crate::upstream::Upstreams;
-use crate::{http, server};
+use crate::{http, scheduler, server};
+
+/// Where the application reads the time. Only the IO edges read it; `decide` is given it.
+#[derive(Debug, Clone, Default)]
+pub enum Clock {
+    #[default]
+    System,
+    /// The system clock shifted by an offset that tests set: time still passes, from the
+    /// instant they choose (quiet hours and deferrals are tested at known local times).
+    Shifted(Arc<std::sync::Mutex<jiff::SignedDuration>>),
+}
+
+impl Clock {
+    /// A clock that reads `at` now and moves on in real time.
+    pub fn starting_at(at: jiff::Timestamp) -> Clock {
+        let clock = Clock::Shifted(Arc::default());
+        clock.set(at);
+        clock
+    }
+
+    pub fn now(&self) -> jiff::Timestamp {
+        let now = jiff::Timestamp::now();
+        match self {
+            Clock::System => now,
+            Clock::Shifted(offset) => now + *offset.lock().expect("clock lock"),
+        }
+    }
+
+    /// Makes a shifted clock read `to` now (a system clock ignores it).
+    pub fn set(&self, to: jiff::Timestamp) {
+        if let Clock::Shifted(offset) = self {
+            *offset.lock().expect("clock lock") = to.duration_since(jiff::Timestamp::now());
+        }
+    }
+}
+
+/// Serialises the decisions about one recipient within this process, so that reading the
+/// facts (caps, confirmations) and recording the decision are one step: two concurrent sends
+/// to a number cannot both take the last place under a cap. Striped: 1024 locks.
+#[derive(Debug)]
+pub struct RecipientLocks {
+    stripes: Vec<tokio::sync::Mutex<()>>,
+}
+
+impl Default for RecipientLocks {
+    fn default() -> Self {
+        RecipientLocks {
+            stripes: (0..1024).map(|_| tokio::sync::Mutex::new(())).collect(),
+        }
+    }
+}
+
+impl RecipientLocks {
+    pub async fn lock(&self, recipient_hash: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        let stripe = recipient_hash.bytes().take(8).fold(0usize, |acc, byte| {
+            acc.wrapping_mul(31).wrapping_add(byte as usize)
+        });
+        self.stripes[stripe % self.stripes.len()].lock().await
+    }
+}
 
 /// What every request handler shares.
 #[derive(Debug)]
 pub struct AppState {
+    pub clock: Clock,
+    pub recipient_locks: RecipientLocks,
     pub tenants: BTreeMap<TenantId, Tenant>,
     pub verifier: Verifier,
     pub store: Arc<dyn Store>,
@@ -54,6 +115,11 @@ impl App {
     /// Prepares everything the proxy needs; fails, naming what is wrong, before anything is
     /// served.
     pub async fn build(config: Config) -> anyhow::Result<App> {
+        App::build_with_clock(config, Clock::System).await
+    }
+
+    /// [`App::build`] with a given clock (tests move a manual one).
+    pub async fn build_with_clock(config: Config, clock: Clock) -> anyhow::Result<App> {
         let data = DataDir::open(&config.data_dir)?;
         let identity = match (&config.tls.cert_file, &config.tls.key_file) {
             (Some(cert), Some(key)) => datadir::load_tls(cert, key)?,
@@ -87,6 +153,8 @@ impl App {
         let webhooks = Webhooks::new(tenants.values(), &config.outbox)?;
 
         let state = AppState {
+            clock,
+            recipient_locks: RecipientLocks::default(),
             tenants,
             verifier,
             store,
@@ -104,6 +172,11 @@ impl App {
             cert_path: identity.cert_path,
             data_dir: data.root().to_path_buf(),
         })
+    }
+
+    /// The shared state, for tests that drive the workers one step at a time.
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
     }
 
     /// The SHA-256 fingerprint of the served certificate.
@@ -144,13 +217,15 @@ impl App {
             http::admin_router(self.state.clone()),
             wait(stopped),
         );
-        let worker = tokio::spawn(outbox::run(self.state.clone(), stopped_worker));
+        let worker = tokio::spawn(outbox::run(self.state.clone(), stopped_worker.clone()));
+        let releases = tokio::spawn(scheduler::run(self.state.clone(), stopped_worker));
         tokio::spawn(async move {
             shutdown.await;
             let _ = stop.send(true);
         });
         tokio::join!(api_server, admin_server);
         let _ = worker.await;
+        let _ = releases.await;
     }
 }
 

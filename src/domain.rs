@@ -9,9 +9,13 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// A valid phone number in E.164 form (`+14155550123`).
+/// A valid phone number in E.164 form (`+14155550123`), with its country.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PhoneNumber(String);
+pub struct PhoneNumber {
+    e164: String,
+    /// ISO 3166-1 alpha-2, when the country code names one country.
+    country: Option<String>,
+}
 
 /// Why a phone number was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,20 +39,26 @@ impl PhoneNumber {
         if !phonenumber::is_valid(&parsed) {
             return Err(NumberError::Invalid);
         }
-        Ok(PhoneNumber(
-            parsed.format().mode(phonenumber::Mode::E164).to_string(),
-        ))
+        Ok(PhoneNumber {
+            e164: parsed.format().mode(phonenumber::Mode::E164).to_string(),
+            country: parsed.country().id().map(|id| format!("{id:?}")),
+        })
     }
 
     /// The E.164 string. Only for building upstream requests and for encryption: never log it.
     pub fn e164(&self) -> &str {
-        &self.0
+        &self.e164
+    }
+
+    /// The ISO 3166-1 alpha-2 code of the number's country, if the country code names one.
+    pub fn country(&self) -> Option<&str> {
+        self.country.as_deref()
     }
 
     /// The number with its last four digits hidden (`+1415555****`): safe for logs and the
     /// database's readable columns.
     pub fn masked(&self) -> String {
-        mask_tail(&self.0)
+        mask_tail(&self.e164)
     }
 }
 

@@ -27,6 +27,7 @@ pub fn api_router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/messages", post(messages::send))
         .route("/v1/messages/{id}", get(messages::show))
+        .route("/v1/decisions", post(messages::dry_run))
         .route("/v1/consents", post(consents::record))
         .route("/v1/consents/import", post(consents::import))
         .route("/v1/consents/{number}", get(consents::show))

@@ -30,14 +30,17 @@ pub mod crypto;
 pub mod datadir;
 pub mod dialect;
 pub mod domain;
+pub mod holidays;
 pub mod http;
 pub mod import;
 pub mod keywords;
 pub mod outbox;
 pub mod policy;
+pub mod scheduler;
 pub mod server;
 pub mod store;
 pub mod upstream;
+pub mod zones;
 
 pub use app::App;
 pub use config::Config;

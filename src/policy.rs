@@ -6,6 +6,9 @@
 //! holding a permit is the proof that the message was checked. A denial is a normal value with
 //! stable reason codes, not an error.
 
+#[cfg(test)]
+mod cases;
+pub mod jurisdictions;
 pub mod rules;
 
 use std::collections::BTreeSet;
@@ -15,6 +18,8 @@ use serde::Serialize;
 
 use crate::consent::{self, ConsentEvent, ConsentProblem};
 use crate::domain::{CanonicalMessage, Purpose, Reply, Sender};
+use crate::zones::Location;
+use jurisdictions::{Step, TimeVerdict};
 use rules::PolicySet;
 
 /// What a tenant's configuration allows.
@@ -44,6 +49,10 @@ pub struct Facts<'a> {
     pub confirmed_opt_outs: &'a [String],
     /// Open reviews of uncertain opt-outs from the recipient (review ids).
     pub open_reviews: &'a [String],
+    /// Where the recipient may be: country, regions, candidate zones.
+    pub location: &'a Location,
+    /// When the recipient got earlier messages of this purpose from this tenant (for caps).
+    pub recent: &'a [Timestamp],
     /// The time the decision is made for; read from the clock by the caller, never here.
     pub now: Timestamp,
 }
@@ -58,6 +67,12 @@ pub enum ReasonCode {
     NoConsent,
     PendingReview,
     ReplyNotAllowed,
+    QuietHours,
+    FrequencyCap,
+    UnknownTimeZone,
+    NoAllowedWindow,
+    /// Not a denial: why a message was deferred.
+    OutsideWindow,
 }
 
 impl ReasonCode {
@@ -69,6 +84,11 @@ impl ReasonCode {
             ReasonCode::NoConsent => "no_consent",
             ReasonCode::PendingReview => "pending_review",
             ReasonCode::ReplyNotAllowed => "reply_not_allowed",
+            ReasonCode::QuietHours => "quiet_hours",
+            ReasonCode::FrequencyCap => "frequency_cap",
+            ReasonCode::UnknownTimeZone => "unknown_time_zone",
+            ReasonCode::NoAllowedWindow => "no_allowed_window",
+            ReasonCode::OutsideWindow => "outside_window",
         }
     }
 }
@@ -102,6 +122,7 @@ impl Reason {
 pub enum Decision {
     Allow(Permit),
     Deny(Denial),
+    Defer(Deferral),
 }
 
 impl Decision {
@@ -110,6 +131,16 @@ impl Decision {
         match self {
             Decision::Allow(permit) => &permit.message,
             Decision::Deny(denial) => &denial.message,
+            Decision::Defer(deferral) => &deferral.message,
+        }
+    }
+
+    /// How the decision was reached: each rule that applied, in each zone, with local times.
+    pub fn trace(&self) -> &[Step] {
+        match self {
+            Decision::Allow(permit) => &permit.trace,
+            Decision::Deny(denial) => &denial.trace,
+            Decision::Defer(deferral) => &deferral.trace,
         }
     }
 }
@@ -119,6 +150,17 @@ impl Decision {
 pub struct Denial {
     pub message: CanonicalMessage,
     pub reasons: Vec<Reason>,
+    pub trace: Vec<Step>,
+}
+
+/// A message to send later, at `until`, when every rule allows it in every candidate zone. It
+/// is decided again then: consent may have changed.
+#[derive(Debug)]
+pub struct Deferral {
+    pub message: CanonicalMessage,
+    pub until: Timestamp,
+    pub reasons: Vec<Reason>,
+    pub trace: Vec<Step>,
 }
 
 /// Permission to forward exactly one message. It can only be made by [`decide`], it is not
@@ -128,11 +170,16 @@ pub struct Denial {
 pub struct Permit {
     message: CanonicalMessage,
     decided_at: Timestamp,
+    trace: Vec<Step>,
 }
 
 impl Permit {
     pub fn message(&self) -> &CanonicalMessage {
         &self.message
+    }
+
+    pub fn trace(&self) -> &[Step] {
+        &self.trace
     }
 
     pub fn decided_at(&self) -> Timestamp {
@@ -193,6 +240,12 @@ pub fn decide(message: CanonicalMessage, facts: &Facts<'_>) -> Decision {
         ));
     }
 
+    let rules = facts
+        .policies
+        .jurisdictions
+        .applicable(facts.location, purpose);
+    let mut trace = Vec::new();
+    let mut deferral = None;
     match &message.reply {
         Some(Reply::OptOutConfirmation { opt_out_event }) => {
             if let Some(problem) = opt_out_confirmation_problem(opt_out_event, purpose, facts) {
@@ -205,17 +258,64 @@ pub fn decide(message: CanonicalMessage, facts: &Facts<'_>) -> Decision {
             ReasonCode::ReplyNotAllowed,
             "a HELP answer is transactional".into(),
         )),
-        Some(Reply::OptInConfirmation) | None => check_consent(&message, facts, &mut reasons),
+        Some(Reply::OptInConfirmation) => check_consent(&message, facts, &rules, &mut reasons),
+        None => {
+            check_consent(&message, facts, &rules, &mut reasons);
+            let (verdict, steps) =
+                jurisdictions::evaluate(&rules, facts.location, facts.now, facts.recent);
+            trace = steps;
+            match verdict {
+                TimeVerdict::Allow => {}
+                TimeVerdict::Deny(denials) => {
+                    for (code, rule, detail) in denials {
+                        let code = match code {
+                            "frequency_cap" => ReasonCode::FrequencyCap,
+                            "unknown_time_zone" => ReasonCode::UnknownTimeZone,
+                            "no_allowed_window" => ReasonCode::NoAllowedWindow,
+                            _ => ReasonCode::QuietHours,
+                        };
+                        reasons.push(Reason {
+                            code,
+                            detail,
+                            event: None,
+                            scope: Some(format!("rule:{rule}")),
+                        });
+                    }
+                }
+                TimeVerdict::Defer { until, rules } => deferral = Some((until, rules)),
+            }
+        }
     }
 
-    if reasons.is_empty() {
-        Decision::Allow(Permit {
+    if !reasons.is_empty() {
+        return Decision::Deny(Denial {
             message,
-            decided_at: facts.now,
-        })
-    } else {
-        Decision::Deny(Denial { message, reasons })
+            reasons,
+            trace,
+        });
     }
+    if let Some((until, rules)) = deferral {
+        let reasons = rules
+            .into_iter()
+            .map(|rule| Reason {
+                code: ReasonCode::OutsideWindow,
+                detail: format!("outside the window of rule {rule}; deferred to {until}"),
+                event: None,
+                scope: Some(format!("rule:{rule}")),
+            })
+            .collect();
+        return Decision::Defer(Deferral {
+            message,
+            until,
+            reasons,
+            trace,
+        });
+    }
+    Decision::Allow(Permit {
+        message,
+        decided_at: facts.now,
+        trace,
+    })
 }
 
 /// How long after an opt-out its confirmation may be sent: 47 CFR 64.1200(a)(12) presumes one
@@ -251,10 +351,26 @@ fn opt_out_confirmation_problem(
     None
 }
 
-/// The consent rules: the ledger, then uncertain opt-outs awaiting review.
-fn check_consent(message: &CanonicalMessage, facts: &Facts<'_>, reasons: &mut Vec<Reason>) {
+/// The consent rules: the ledger, then uncertain opt-outs awaiting review. A jurisdiction rule
+/// may raise what the purpose needs; the strictest wins.
+fn check_consent(
+    message: &CanonicalMessage,
+    facts: &Facts<'_>,
+    rules: &[&jurisdictions::Rule],
+    reasons: &mut Vec<Reason>,
+) {
     let purpose = message.purpose;
-    let consent_policy = facts.policies.consent.at(facts.now);
+    let mut consent_policy = facts.policies.consent.at(facts.now);
+    for rule in rules {
+        if let Some(needed) = rule.consent {
+            let current = match purpose {
+                Purpose::Marketing => &mut consent_policy.marketing,
+                Purpose::Informational => &mut consent_policy.informational,
+                Purpose::Transactional => &mut consent_policy.transactional,
+            };
+            *current = (*current).max(needed);
+        }
+    }
     match consent::check(
         facts.consent,
         &message.scope,
@@ -358,6 +474,10 @@ mod tests {
             consent,
             confirmed_opt_outs: &[],
             open_reviews: &[],
+            location: &policies
+                .zones
+                .locate(&PhoneNumber::parse("+14155550123", Region::US).unwrap()),
+            recent: &[],
             now: Timestamp::UNIX_EPOCH,
         };
         match decide(message(from, purpose), &facts) {
@@ -366,6 +486,7 @@ mod tests {
                 vec![]
             }
             Decision::Deny(denial) => denial.reasons.iter().map(|r| r.code.as_str()).collect(),
+            Decision::Defer(deferral) => vec![deferral.reasons[0].code.as_str()],
         }
     }
 

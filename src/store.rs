@@ -35,6 +35,7 @@ pub enum StoreError {
 pub enum DecisionKind {
     Allowed,
     Denied,
+    Deferred,
 }
 
 impl DecisionKind {
@@ -42,6 +43,7 @@ impl DecisionKind {
         match self {
             DecisionKind::Allowed => "allowed",
             DecisionKind::Denied => "denied",
+            DecisionKind::Deferred => "deferred",
         }
     }
 }
@@ -68,6 +70,31 @@ pub struct MessageRecord {
     pub upstream: Option<String>,
     pub key_id: String,
     pub payload: Vec<u8>,
+    /// For a deferred message: when to decide again.
+    pub release_at_us: Option<i64>,
+}
+
+/// A deferred message taken for release, with what is needed to rebuild it.
+#[derive(Debug, Clone)]
+pub struct DeferredMessage {
+    pub id: MessageId,
+    pub tenant: TenantId,
+    pub purpose: String,
+    pub brand: Option<String>,
+    pub campaign: Option<String>,
+    pub key_id: String,
+    pub payload: Vec<u8>,
+}
+
+/// What the decision at a release was.
+#[derive(Debug, Clone)]
+pub struct ReleaseRecord {
+    pub message_id: MessageId,
+    pub decided_at_us: i64,
+    pub decision: DecisionKind,
+    pub reasons_json: String,
+    /// Deferred again: the new release time.
+    pub release_again_at_us: Option<i64>,
 }
 
 /// What the upstream answered.
@@ -109,8 +136,11 @@ pub struct MessageView {
     pub decision: String,
     pub reasons: serde_json::Value,
     pub upstream: Option<String>,
-    /// `denied`, `accepted` (allowed, no outcome yet), `sent` or `failed`.
+    /// `denied`, `scheduled` (deferred), `cancelled` (denied at release), `accepted`
+    /// (allowed, no outcome yet), `sent` or `failed`.
     pub status: String,
+    /// For a deferred message: when it is due.
+    pub release_at: Option<String>,
     pub upstream_message_id: Option<String>,
     pub error_code: Option<String>,
 }
@@ -182,6 +212,8 @@ pub struct RecipientFacts {
     pub consent: Vec<StoredConsent>,
     pub confirmed_opt_outs: Vec<String>,
     pub open_reviews: Vec<String>,
+    /// Microseconds since the epoch of each recent message of the purpose.
+    pub recent_us: Vec<i64>,
 }
 
 /// A verified inbound message as stored.
@@ -301,12 +333,23 @@ pub trait Store: Send + Sync + 'static {
         recipient_hash: &str,
     ) -> Result<Vec<StoredConsent>, StoreError>;
 
-    /// Everything the send path reads about a recipient in a tenant.
+    /// Everything the send path reads about a recipient in a tenant: the consent ledger,
+    /// confirmations, open reviews, and the instants of messages of `purpose` sent since
+    /// `since_us` (for frequency caps).
     async fn recipient_facts(
         &self,
         tenant: &TenantId,
         recipient_hash: &str,
+        purpose: &str,
+        since_us: i64,
     ) -> Result<RecipientFacts, StoreError>;
+
+    /// Deferred messages due at `now_us`, each claimed for this caller: a message is returned
+    /// by one call only.
+    async fn claim_due(&self, now_us: i64, limit: i64) -> Result<Vec<DeferredMessage>, StoreError>;
+
+    /// Records the decision at a release (and re-arms a message deferred again).
+    async fn record_release(&self, release: &ReleaseRecord) -> Result<(), StoreError>;
 
     /// Records an inbound message and what it causes, in one transaction: all or nothing, and
     /// nothing at all if the gateway delivered it before.
@@ -375,11 +418,18 @@ pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     }
 }
 
-/// Derives a message's status from its decision and latest outcome.
-pub fn status_of(decision: &str, latest_outcome: Option<&str>) -> String {
-    match (decision, latest_outcome) {
-        ("denied", _) => "denied".into(),
-        (_, Some(status)) => status.into(),
-        (_, None) => "accepted".into(),
+/// Derives a message's status from its decision, its latest release decision (deferred
+/// messages) and its latest outcome.
+pub fn status_of(
+    decision: &str,
+    latest_release: Option<&str>,
+    latest_outcome: Option<&str>,
+) -> String {
+    match (decision, latest_release, latest_outcome) {
+        ("denied", _, _) => "denied".into(),
+        ("deferred", None | Some("deferred"), _) => "scheduled".into(),
+        ("deferred", Some("denied"), _) => "cancelled".into(),
+        (_, _, Some(status)) => status.into(),
+        (_, _, None) => "accepted".into(),
     }
 }

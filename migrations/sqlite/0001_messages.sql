@@ -11,7 +11,7 @@ CREATE TABLE messages (
     recipient_masked TEXT    NOT NULL,
     sender_masked    TEXT    NOT NULL,
     purpose          TEXT    NOT NULL,
-    decision         TEXT    NOT NULL CHECK (decision IN ('allowed', 'denied')),
+    decision         TEXT    NOT NULL CHECK (decision IN ('allowed', 'denied', 'deferred')),
     reasons          TEXT    NOT NULL,
     upstream         TEXT,
     key_id           TEXT    NOT NULL,

@@ -443,7 +443,7 @@ pub async fn record(
     let (principal, tenant) = state.authorize(&headers, scope::CONSENTS_WRITE)?;
     let bytes = super::messages::read_body(&headers, body, state.max_request_bytes).await?;
     let input: ConsentInput = super::messages::parse_json(&bytes)?;
-    let now = Timestamp::now();
+    let now = state.clock.now();
     let event = validate(input, tenant, now, "api", false)?;
     let record = state.consent_record(event, tenant, &principal.subject, now)?;
     let recorded = state
@@ -492,7 +492,7 @@ pub async fn show(
         ApiError::bad_request("invalid_number", format!("number: {e}")).with("field", "number")
     })?;
     let (stored, events) = state.consent_events(tenant, &number).await?;
-    let now = Timestamp::now();
+    let now = state.clock.now();
     let policy = state.policies.consent.at(now);
 
     let mut scopes: BTreeSet<Scope> = events.iter().map(|e| e.scope.clone()).collect();
@@ -704,7 +704,7 @@ impl Importer<'_> {
         input: Result<ConsentInput, FieldError>,
     ) -> Result<(), ApiError> {
         self.summary.lines += 1;
-        let now = Timestamp::now();
+        let now = self.state.clock.now();
         match input.and_then(|input| validate(input, self.tenant, now, "import", true)) {
             Ok(event) => {
                 let record =

@@ -241,7 +241,7 @@ impl AppState {
         let written_to = Sender::parse(&message.to, Region::US)
             .map_err(|_| malformed("the number written to is not a sender"))?;
         let classification = self.policies.keywords.classify(&message.body);
-        let now = Timestamp::now();
+        let now = self.clock.now();
         let owners: Vec<&Tenant> = self
             .tenants
             .values()
@@ -399,7 +399,7 @@ impl AppState {
                     code = denial.reasons[0].code.as_str(),
                     "reply not sent"
                 ),
-                Processed::Sent { .. } | Processed::Failed { .. } => {}
+                Processed::Sent { .. } | Processed::Failed { .. } | Processed::Scheduled(_) => {}
             }
         }
         Ok(received)
@@ -592,7 +592,7 @@ pub async fn resolve_review(
         .ok_or_else(|| {
             ApiError::new(StatusCode::NOT_FOUND, "review_not_found", "no such review")
         })?;
-    let now = Timestamp::now();
+    let now = state.clock.now();
     // An opt-out found on review covers the whole tenant: the reply did not say which part.
     let consent = if outcome == "opt_out" {
         let unreadable = || {

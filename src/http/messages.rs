@@ -81,6 +81,16 @@ pub async fn send(
             Json(json!({ "id": id, "status": "sent" })),
         )
             .into_response()),
+        Processed::Scheduled(deferral) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "id": deferral.message.id,
+                "status": "scheduled",
+                "release_at": deferral.until.to_string(),
+                "reasons": deferral.reasons,
+            })),
+        )
+            .into_response()),
     }
 }
 
@@ -110,9 +120,59 @@ pub enum Processed {
         id: MessageId,
         text: String,
     },
+    /// Deferred: recorded, and released by the scheduler at `until`.
+    Scheduled(policy::Deferral),
+}
+
+/// What `decide` needs to know about a recipient, read from the store and the zone table.
+pub struct Gathered {
+    pub consent: Vec<crate::consent::ConsentEvent>,
+    pub confirmed_opt_outs: Vec<String>,
+    pub open_reviews: Vec<String>,
+    pub recent: Vec<Timestamp>,
+    pub location: crate::zones::Location,
 }
 
 impl AppState {
+    /// Reads the facts about a message's recipient, as of `now`.
+    pub async fn gather(
+        &self,
+        tenant: &Tenant,
+        message: &CanonicalMessage,
+        now: Timestamp,
+    ) -> Result<Gathered, ApiError> {
+        let since = now
+            - jiff::SignedDuration::from_hours(i64::from(
+                self.policies.jurisdictions.longest_cap_hours(),
+            ));
+        let recipient = self
+            .store
+            .recipient_facts(
+                &tenant.id,
+                &self.numbers.hash(&message.to),
+                message.purpose.as_str(),
+                since.as_microsecond(),
+            )
+            .await?;
+        let consent = recipient
+            .consent
+            .iter()
+            .map(crate::store::StoredConsent::to_event)
+            .collect::<Result<Vec<_>, _>>()?;
+        let recent = recipient
+            .recent_us
+            .iter()
+            .filter_map(|us| Timestamp::from_microsecond(*us).ok())
+            .collect();
+        Ok(Gathered {
+            consent,
+            confirmed_opt_outs: recipient.confirmed_opt_outs,
+            open_reviews: recipient.open_reviews,
+            recent,
+            location: self.policies.zones.locate(&message.to),
+        })
+    }
+
     /// The send flow after parsing: gather the recipient's facts, decide, record the decision
     /// durably, then forward an allowed message and record the outcome. Every message consentry
     /// sends, the API's and its own replies, goes through here.
@@ -123,26 +183,27 @@ impl AppState {
         message: CanonicalMessage,
         delivery: Delivery,
     ) -> Result<Processed, ApiError> {
-        let recipient = self
-            .store
-            .recipient_facts(&tenant.id, &self.numbers.hash(&message.to))
-            .await?;
-        let consent = recipient
-            .consent
-            .iter()
-            .map(crate::store::StoredConsent::to_event)
-            .collect::<Result<Vec<_>, _>>()?;
-        let facts = Facts {
-            tenant: &tenant.rules,
-            bounds,
-            policies: &self.policies,
-            consent: &consent,
-            confirmed_opt_outs: &recipient.confirmed_opt_outs,
-            open_reviews: &recipient.open_reviews,
-            now: Timestamp::now(),
+        let recipient_hash = self.numbers.hash(&message.to);
+        let decision = {
+            // Facts and record under one lock: caps and confirmations see every decision.
+            let _guard = self.recipient_locks.lock(&recipient_hash).await;
+            let now = self.clock.now();
+            let gathered = self.gather(tenant, &message, now).await?;
+            let facts = Facts {
+                tenant: &tenant.rules,
+                bounds,
+                policies: &self.policies,
+                consent: &gathered.consent,
+                confirmed_opt_outs: &gathered.confirmed_opt_outs,
+                open_reviews: &gathered.open_reviews,
+                location: &gathered.location,
+                recent: &gathered.recent,
+                now,
+            };
+            let decision = policy::decide(message, &facts);
+            self.record_decision(&decision, tenant, now).await?;
+            decision
         };
-        let decision = policy::decide(message, &facts);
-        self.record_decision(&decision, tenant, facts.now).await?;
 
         let permit = match decision {
             Decision::Deny(denial) => {
@@ -154,10 +215,28 @@ impl AppState {
                 );
                 return Ok(Processed::Denied(denial));
             }
+            Decision::Defer(deferral) => {
+                tracing::info!(
+                    message = %deferral.message.id,
+                    tenant = %tenant.id,
+                    until = %deferral.until,
+                    "message deferred"
+                );
+                return Ok(Processed::Scheduled(deferral));
+            }
             Decision::Allow(permit) => permit,
         };
-        let id = permit.message().id.clone();
+        Ok(self.deliver(tenant, permit, delivery).await)
+    }
 
+    /// Sends a permitted message and records what the gateway answered.
+    pub async fn deliver(
+        &self,
+        tenant: &Tenant,
+        permit: policy::Permit,
+        delivery: Delivery,
+    ) -> Processed {
+        let id = permit.message().id.clone();
         if delivery == Delivery::InWebhookAnswer {
             let text = permit.message().body.as_str().to_owned();
             self.record_outcome(
@@ -168,16 +247,15 @@ impl AppState {
                 }),
             )
             .await;
-            return Ok(Processed::Answered { id, text });
+            return Processed::Answered { id, text };
         }
-
         let upstream = self
             .upstreams
             .get(&tenant.upstream)
             .expect("tenant upstreams are checked at start-up");
         let result = upstream.forward(permit).await;
         self.record_outcome(&id, &result).await;
-        Ok(match result {
+        match result {
             Ok(receipt) => {
                 tracing::info!(message = %id, tenant = %tenant.id, upstream = %receipt.name, "message sent");
                 Processed::Sent { id, receipt }
@@ -186,12 +264,12 @@ impl AppState {
                 tracing::warn!(message = %id, tenant = %tenant.id, %error, "upstream failed");
                 Processed::Failed { id, error }
             }
-        })
+        }
     }
 
     /// Appends the gateway's answer. The gateway has answered: whatever happens to this write,
     /// the caller must learn what the gateway did, or a client would retry a sent message.
-    async fn record_outcome(
+    pub(crate) async fn record_outcome(
         &self,
         id: &MessageId,
         result: &Result<crate::upstream::Receipt, crate::upstream::UpstreamError>,
@@ -219,6 +297,82 @@ impl AppState {
             tracing::error!(message = %id, %error, "the upstream outcome could not be recorded");
         }
     }
+}
+
+/// `POST /v1/decisions` (scope `messages:send`): the send request, and an optional `at`
+/// (RFC 3339). What would happen if this were sent then, and why: nothing is recorded or sent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecisionRequest {
+    to: String,
+    from: String,
+    body: String,
+    purpose: String,
+    brand: Option<String>,
+    campaign: Option<String>,
+    at: Option<String>,
+}
+
+pub async fn dry_run(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: RequestBody,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (principal, tenant) = state.authorize(&headers, scope::SEND)?;
+    let bytes = read_body(&headers, body, state.max_request_bytes).await?;
+    let request: DecisionRequest = parse_json(&bytes)?;
+    let at = match request.at.as_deref() {
+        None => state.clock.now(),
+        Some(text) => text.parse::<Timestamp>().map_err(|e| {
+            ApiError::bad_request("invalid_at", format!("at: not an RFC 3339 time: {e}"))
+                .with("field", "at")
+        })?,
+    };
+    let send = SendRequest {
+        to: request.to,
+        from: request.from,
+        body: request.body,
+        purpose: request.purpose,
+        brand: request.brand,
+        campaign: request.campaign,
+    };
+    let message = canonical_message(send, tenant)?;
+    let bounds = sender_bounds(&principal, tenant);
+    let gathered = state.gather(tenant, &message, at).await?;
+    let facts = Facts {
+        tenant: &tenant.rules,
+        bounds: &bounds,
+        policies: &state.policies,
+        consent: &gathered.consent,
+        confirmed_opt_outs: &gathered.confirmed_opt_outs,
+        open_reviews: &gathered.open_reviews,
+        location: &gathered.location,
+        recent: &gathered.recent,
+        now: at,
+    };
+    let decision = policy::decide(message, &facts);
+    let (verdict, release_at, reasons) = match &decision {
+        Decision::Allow(_) => ("allow", None, json!([])),
+        Decision::Deny(denial) => ("deny", None, json!(denial.reasons)),
+        Decision::Defer(deferral) => (
+            "defer",
+            Some(deferral.until.to_string()),
+            json!(deferral.reasons),
+        ),
+    };
+    let location = &gathered.location;
+    Ok(Json(json!({
+        "decision": verdict,
+        "at": at.to_string(),
+        "release_at": release_at,
+        "reasons": reasons,
+        "location": {
+            "country": location.country,
+            "regions": location.regions,
+            "zones": location.zone_names(),
+        },
+        "trace": decision.trace(),
+    })))
 }
 
 pub async fn show(
@@ -253,11 +407,17 @@ impl AppState {
         now: Timestamp,
     ) -> Result<(), ApiError> {
         let message = decision.message();
-        let (kind, reasons) = match decision {
-            Decision::Allow(_) => (DecisionKind::Allowed, serde_json::json!([])),
+        let (kind, reasons, release_at_us) = match decision {
+            Decision::Allow(_) => (DecisionKind::Allowed, serde_json::json!([]), None),
             Decision::Deny(denial) => (
                 DecisionKind::Denied,
                 serde_json::to_value(&denial.reasons).unwrap_or_default(),
+                None,
+            ),
+            Decision::Defer(deferral) => (
+                DecisionKind::Deferred,
+                serde_json::to_value(&deferral.reasons).unwrap_or_default(),
+                Some(deferral.until.as_microsecond()),
             ),
         };
         let plaintext = json!({
@@ -301,6 +461,7 @@ impl AppState {
             upstream: matches!(kind, DecisionKind::Allowed).then(|| tenant.upstream.clone()),
             key_id: sealed.key_id,
             payload: sealed.bytes,
+            release_at_us,
         };
         self.store.record_message(&record).await?;
         Ok(())

@@ -10,10 +10,111 @@ use serde::Deserialize;
 use crate::config::{ConfigError, PoliciesConfig};
 use crate::consent::{ConsentPolicy, Requirement};
 use crate::keywords::{KeywordFile, Keywords};
+use crate::policy::jurisdictions::Jurisdictions;
+use crate::zones::ZoneTable;
 
 const EMBEDDED_CONSENT: &str = include_str!("../../policies/consent.toml");
 const EMBEDDED_KEYWORDS: &str = include_str!("../../policies/keywords.toml");
 const EMBEDDED_REPLIES: &str = include_str!("../../policies/replies.toml");
+/// The shipped jurisdiction files, by name.
+const EMBEDDED_JURISDICTIONS: &[(&str, &str)] = &[
+    (
+        "au.toml",
+        include_str!("../../policies/jurisdictions/au.toml"),
+    ),
+    (
+        "ca.toml",
+        include_str!("../../policies/jurisdictions/ca.toml"),
+    ),
+    (
+        "default.toml",
+        include_str!("../../policies/jurisdictions/default.toml"),
+    ),
+    (
+        "fr.toml",
+        include_str!("../../policies/jurisdictions/fr.toml"),
+    ),
+    (
+        "gb.toml",
+        include_str!("../../policies/jurisdictions/gb.toml"),
+    ),
+    (
+        "in.toml",
+        include_str!("../../policies/jurisdictions/in.toml"),
+    ),
+    (
+        "us-al.toml",
+        include_str!("../../policies/jurisdictions/us-al.toml"),
+    ),
+    (
+        "us-ct.toml",
+        include_str!("../../policies/jurisdictions/us-ct.toml"),
+    ),
+    (
+        "us-fl.toml",
+        include_str!("../../policies/jurisdictions/us-fl.toml"),
+    ),
+    (
+        "us-ky.toml",
+        include_str!("../../policies/jurisdictions/us-ky.toml"),
+    ),
+    (
+        "us-la.toml",
+        include_str!("../../policies/jurisdictions/us-la.toml"),
+    ),
+    (
+        "us-ma.toml",
+        include_str!("../../policies/jurisdictions/us-ma.toml"),
+    ),
+    (
+        "us-md.toml",
+        include_str!("../../policies/jurisdictions/us-md.toml"),
+    ),
+    (
+        "us-mi.toml",
+        include_str!("../../policies/jurisdictions/us-mi.toml"),
+    ),
+    (
+        "us-mn.toml",
+        include_str!("../../policies/jurisdictions/us-mn.toml"),
+    ),
+    (
+        "us-ms.toml",
+        include_str!("../../policies/jurisdictions/us-ms.toml"),
+    ),
+    (
+        "us-nj.toml",
+        include_str!("../../policies/jurisdictions/us-nj.toml"),
+    ),
+    (
+        "us-nm.toml",
+        include_str!("../../policies/jurisdictions/us-nm.toml"),
+    ),
+    (
+        "us-nv.toml",
+        include_str!("../../policies/jurisdictions/us-nv.toml"),
+    ),
+    (
+        "us-ok.toml",
+        include_str!("../../policies/jurisdictions/us-ok.toml"),
+    ),
+    (
+        "us-ri.toml",
+        include_str!("../../policies/jurisdictions/us-ri.toml"),
+    ),
+    (
+        "us-tx.toml",
+        include_str!("../../policies/jurisdictions/us-tx.toml"),
+    ),
+    (
+        "us-wa.toml",
+        include_str!("../../policies/jurisdictions/us-wa.toml"),
+    ),
+    (
+        "us.toml",
+        include_str!("../../policies/jurisdictions/us.toml"),
+    ),
+];
 
 /// Every rule consentry decides by.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +122,8 @@ pub struct PolicySet {
     pub consent: ConsentRules,
     pub keywords: Keywords,
     pub replies: Replies,
+    pub jurisdictions: Jurisdictions,
+    pub zones: ZoneTable,
 }
 
 /// `policies/replies.toml`: reply templates per language.
@@ -154,12 +257,66 @@ impl PolicySet {
                 }
             }
         }
+        let jurisdictions = Jurisdictions::load(&jurisdiction_files(config.dir.as_deref())?)
+            .map_err(ConfigError)?;
+        let zones_text = match config
+            .dir
+            .as_deref()
+            .map(|dir| dir.join("zones/prefixes.txt"))
+        {
+            Some(path) if path.exists() => std::fs::read_to_string(&path)
+                .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?,
+            _ => crate::zones::EMBEDDED_PREFIXES.to_owned(),
+        };
+        let zones = ZoneTable::parse(&zones_text, "zones/prefixes.txt").map_err(ConfigError)?;
         Ok(PolicySet {
             consent,
             keywords,
             replies,
+            jurisdictions,
+            zones,
         })
     }
+}
+
+/// The shipped jurisdiction files, with those of `dir/jurisdictions/` replacing them by name
+/// or added to them.
+fn jurisdiction_files(dir: Option<&Path>) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut files: BTreeMap<String, String> = EMBEDDED_JURISDICTIONS
+        .iter()
+        .map(|(name, text)| {
+            (
+                format!("policies/jurisdictions/{name} (embedded)"),
+                text.to_string(),
+            )
+        })
+        .collect();
+    let Some(folder) = dir
+        .map(|dir| dir.join("jurisdictions"))
+        .filter(|d| d.is_dir())
+    else {
+        return Ok(files.into_iter().collect());
+    };
+    let listing = std::fs::read_dir(&folder)
+        .map_err(|e| ConfigError(format!("cannot read {}: {e}", folder.display())))?;
+    for entry in listing {
+        let path = entry
+            .map_err(|e| ConfigError(format!("cannot read {}: {e}", folder.display())))?
+            .path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        files.retain(|key, _| !key.starts_with(&format!("policies/jurisdictions/{name} ")));
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        files.insert(path.display().to_string(), text);
+    }
+    Ok(files.into_iter().collect())
 }
 
 fn parse_file<T: serde::de::DeserializeOwned>(

@@ -11,9 +11,10 @@ use sqlx::sqlite::{
 };
 
 use super::{
-    ConsentRecord, InboundRecord, InboundRecorded, MessageRecord, MessageView, OutboxItem,
-    OutboxRecord, OutcomeRecord, RecipientFacts, Recorded, ResolutionRecord, Resolved,
-    ReviewRecord, ReviewView, Store, StoreError, StoredConsent, status_of,
+    ConsentRecord, DeferredMessage, InboundRecord, InboundRecorded, MessageRecord, MessageView,
+    OutboxItem, OutboxRecord, OutcomeRecord, RecipientFacts, Recorded, ReleaseRecord,
+    ResolutionRecord, Resolved, ReviewRecord, ReviewView, Store, StoreError, StoredConsent,
+    status_of,
 };
 use crate::consent::{Action, Level};
 use crate::domain::{MessageId, TenantId};
@@ -76,6 +77,7 @@ impl Store for SqliteStore {
     }
 
     async fn record_message(&self, record: &MessageRecord) -> Result<(), StoreError> {
+        let mut transaction = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO messages (id, tenant, created_at_us, recipient_hash, recipient_masked, \
              sender_masked, purpose, brand, campaign, decision, reply_kind, confirms_event, \
@@ -98,8 +100,19 @@ impl Store for SqliteStore {
         .bind(record.upstream.as_deref())
         .bind(&record.key_id)
         .bind(&record.payload)
-        .execute(&self.pool)
+        .execute(&mut *transaction)
         .await?;
+        if let Some(release_at_us) = record.release_at_us {
+            sqlx::query(
+                "INSERT INTO deferred_messages (message_id, tenant, release_at_us) VALUES (?, ?, ?)",
+            )
+            .bind(record.id.as_str())
+            .bind(record.tenant.as_str())
+            .bind(release_at_us)
+            .execute(&mut *transaction)
+            .await?;
+        }
+        transaction.commit().await?;
         Ok(())
     }
 
@@ -136,6 +149,8 @@ impl Store for SqliteStore {
         &self,
         tenant: &TenantId,
         recipient_hash: &str,
+        purpose: &str,
+        since_us: i64,
     ) -> Result<RecipientFacts, StoreError> {
         let consent = self.consent_events(tenant, recipient_hash).await?;
         let confirmed_opt_outs = sqlx::query_scalar(
@@ -155,11 +170,99 @@ impl Store for SqliteStore {
         .bind(recipient_hash)
         .fetch_all(&self.pool)
         .await?;
+        let recent_us = sqlx::query_scalar(
+            "SELECT created_at_us FROM messages WHERE tenant = ? AND recipient_hash = ? \
+             AND purpose = ? AND decision = 'allowed' AND created_at_us > ? \
+             UNION ALL \
+             SELECT r.decided_at_us FROM message_releases r JOIN messages m ON m.id = r.message_id \
+             WHERE m.tenant = ? AND m.recipient_hash = ? AND m.purpose = ? \
+             AND r.decision = 'allowed' AND r.decided_at_us > ?",
+        )
+        .bind(tenant.as_str())
+        .bind(recipient_hash)
+        .bind(purpose)
+        .bind(since_us)
+        .bind(tenant.as_str())
+        .bind(recipient_hash)
+        .bind(purpose)
+        .bind(since_us)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(RecipientFacts {
             consent,
             confirmed_opt_outs,
             open_reviews,
+            recent_us,
         })
+    }
+
+    async fn claim_due(&self, now_us: i64, limit: i64) -> Result<Vec<DeferredMessage>, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "SELECT m.id, m.tenant, m.purpose, m.brand, m.campaign, m.key_id, m.payload \
+             FROM deferred_messages d JOIN messages m ON m.id = d.message_id \
+             WHERE d.claimed_at_us IS NULL AND d.release_at_us <= ? \
+             ORDER BY d.release_at_us LIMIT ?",
+        )
+        .bind(now_us)
+        .bind(limit)
+        .fetch_all(&mut *transaction)
+        .await?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get("id")?;
+            let taken = sqlx::query(
+                "UPDATE deferred_messages SET claimed_at_us = ? \
+                 WHERE message_id = ? AND claimed_at_us IS NULL",
+            )
+            .bind(now_us)
+            .bind(&id)
+            .execute(&mut *transaction)
+            .await?;
+            if taken.rows_affected() != 1 {
+                continue;
+            }
+            let tenant: String = row.try_get("tenant")?;
+            claimed.push(DeferredMessage {
+                id: MessageId::parse(&id)
+                    .ok_or_else(|| StoreError::Corrupt("messages.id".into()))?,
+                tenant: TenantId::parse(&tenant)
+                    .map_err(|_| StoreError::Corrupt("messages.tenant".into()))?,
+                purpose: row.try_get("purpose")?,
+                brand: row.try_get("brand")?,
+                campaign: row.try_get("campaign")?,
+                key_id: row.try_get("key_id")?,
+                payload: row.try_get("payload")?,
+            });
+        }
+        transaction.commit().await?;
+        Ok(claimed)
+    }
+
+    async fn record_release(&self, release: &ReleaseRecord) -> Result<(), StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO message_releases (message_id, decided_at_us, decision, reasons) \
+             VALUES (?, ?, ?, ?)",
+        )
+        .bind(release.message_id.as_str())
+        .bind(release.decided_at_us)
+        .bind(release.decision.as_str())
+        .bind(&release.reasons_json)
+        .execute(&mut *transaction)
+        .await?;
+        if let Some(again) = release.release_again_at_us {
+            sqlx::query(
+                "UPDATE deferred_messages SET release_at_us = ?, claimed_at_us = NULL \
+                 WHERE message_id = ?",
+            )
+            .bind(again)
+            .bind(release.message_id.as_str())
+            .execute(&mut *transaction)
+            .await?;
+        }
+        transaction.commit().await?;
+        Ok(())
     }
 
     async fn record_inbound(
@@ -401,9 +504,13 @@ impl Store for SqliteStore {
     ) -> Result<Option<MessageView>, StoreError> {
         let row = sqlx::query(
             "SELECT m.id, m.created_at_us, m.recipient_masked, m.sender_masked, m.purpose, \
-             m.decision, m.reasons, m.upstream, o.status, o.upstream_message_id, o.error_code \
+             m.decision, m.reasons, m.upstream, o.status, o.upstream_message_id, o.error_code, \
+             r.decision AS release_decision, r.reasons AS release_reasons, d.release_at_us \
              FROM messages m LEFT JOIN message_outcomes o ON o.seq = \
              (SELECT max(seq) FROM message_outcomes WHERE message_id = m.id) \
+             LEFT JOIN message_releases r ON r.seq = \
+             (SELECT max(seq) FROM message_releases WHERE message_id = m.id) \
+             LEFT JOIN deferred_messages d ON d.message_id = m.id \
              WHERE m.tenant = ? AND m.id = ?",
         )
         .bind(tenant.as_str())
@@ -413,14 +520,23 @@ impl Store for SqliteStore {
         let Some(row) = row else { return Ok(None) };
         let decision: String = row.try_get("decision")?;
         let outcome: Option<String> = row.try_get("status")?;
-        let reasons: String = row.try_get("reasons")?;
+        let release: Option<String> = row.try_get("release_decision")?;
+        // After a release, its reasons are the ones that count.
+        let reasons: String = match row.try_get::<Option<String>, _>("release_reasons")? {
+            Some(reasons) => reasons,
+            None => row.try_get("reasons")?,
+        };
+        let release_at_us: Option<i64> = row.try_get("release_at_us")?;
         Ok(Some(MessageView {
             id: row.try_get("id")?,
             created_at_us: row.try_get("created_at_us")?,
             recipient: row.try_get("recipient_masked")?,
             sender: row.try_get("sender_masked")?,
             purpose: row.try_get("purpose")?,
-            status: status_of(&decision, outcome.as_deref()),
+            status: status_of(&decision, release.as_deref(), outcome.as_deref()),
+            release_at: release_at_us
+                .and_then(|us| jiff::Timestamp::from_microsecond(us).ok())
+                .map(|t| t.to_string()),
             decision,
             reasons: serde_json::from_str(&reasons).unwrap_or(serde_json::Value::Null),
             upstream: row.try_get("upstream")?,

@@ -15,6 +15,9 @@ use tokio::sync::oneshot;
 pub const GATEWAY_SECRET: &str = "gateway-credential-0123456789";
 pub const HS_SECRET: &str = "a-shared-hmac-secret-of-at-least-32-bytes!";
 pub const IDP: &str = "https://idp.example";
+/// Where the application's clock starts: a Wednesday, 13:00 in New York, 10:00 in Los Angeles,
+/// no holiday anywhere shipped; inside every marketing window.
+pub const TEST_START: &str = "2026-11-18T18:00:00Z";
 pub const TWILIO_TOKEN: &str = "twilio-auth-token-0123456789abcdef";
 pub const TWILIO_URL: &str = "https://proxy.example.com/v1/inbound/tw";
 pub const TELNYX_KEY: &str = "telnyx-api-key-0123456789";
@@ -161,6 +164,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     /// The beta tenant's own application, where its webhook deliveries go.
     pub tenant_app: Option<FakeGateway>,
+    /// The running application's state: its clock, its workers' single steps.
+    pub state: std::sync::Arc<consentry::app::AppState>,
     stop: Option<oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<()>>,
     _temp: Option<Arc<tempfile::TempDir>>,
@@ -293,7 +298,9 @@ impl TestApp {
         let path = folder.join("consentry.toml");
         std::fs::write(&path, config_text).unwrap();
         let config = Config::load(&path).unwrap();
-        let app = App::build(config).await.unwrap();
+        let clock = consentry::app::Clock::starting_at(TEST_START.parse().unwrap());
+        let app = App::build_with_clock(config, clock).await.unwrap();
+        let state = app.state();
         let fingerprint = app.fingerprint().to_owned();
         let cert = std::fs::read(app.cert_path()).unwrap();
         let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -310,6 +317,7 @@ impl TestApp {
             fingerprint,
             client: client(&cert, None),
             tenant_app: None,
+            state,
             stop: Some(stop),
             done: Some(done),
             _temp: None,

@@ -6,6 +6,7 @@ mod cli;
 mod consents;
 mod helpers;
 mod inbound;
+mod quiet_hours;
 mod sending;
 mod storage;
 mod transport;

@@ -1,0 +1,211 @@
+//! Deferred messages: released when due, decided again, then sent, deferred again or
+//! cancelled.
+//!
+//! A deferred message's record (with its sealed body) and its place in the queue are written
+//! in one transaction when it is deferred, so a restart loses nothing. At release the message
+//! is rebuilt from its record and goes through `decide` again at the release time: an opt-out
+//! received in between cancels it (Twilio's toolkit reschedules; consentry also re-checks).
+//! Each due message is claimed once (`claimed_at_us`), so it is released once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde_json::Value;
+
+use crate::app::AppState;
+use crate::crypto::Sealed;
+use crate::domain::{Body, CanonicalMessage, PhoneNumber, Region, Scope, Sender};
+use crate::http::error::ApiError;
+use crate::http::messages::{Delivery, message_associated_data};
+use crate::policy::{self, Decision, Facts, SenderBounds};
+use crate::store::{DecisionKind, DeferredMessage, ReleaseRecord};
+
+/// How many due messages one pass takes.
+const BATCH: i64 = 200;
+/// How often the worker looks for due messages.
+const POLL: Duration = Duration::from_millis(500);
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Released {
+    pub sent: usize,
+    pub cancelled: usize,
+    pub deferred_again: usize,
+    pub failed: usize,
+}
+
+/// Runs the worker until `stop` turns true.
+pub async fn run(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if let Err(error) = release_due(&state).await {
+            tracing::warn!(
+                code = error.code,
+                "releasing deferred messages failed; retrying"
+            );
+        }
+        tokio::select! {
+            () = tokio::time::sleep(POLL) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// One pass: releases every message due now (by the application's clock).
+pub async fn release_due(state: &AppState) -> Result<Released, ApiError> {
+    let mut released = Released::default();
+    loop {
+        let now = state.clock.now();
+        let due = state.store.claim_due(now.as_microsecond(), BATCH).await?;
+        if due.is_empty() {
+            return Ok(released);
+        }
+        for item in due {
+            release(state, item, &mut released).await?;
+        }
+    }
+}
+
+async fn release(
+    state: &AppState,
+    item: DeferredMessage,
+    released: &mut Released,
+) -> Result<(), ApiError> {
+    let now = state.clock.now();
+    let Some(tenant) = state.tenants.get(&item.tenant) else {
+        let record = release_record(
+            &item,
+            now,
+            DecisionKind::Denied,
+            r#"[{"code":"unknown_tenant","detail":"the tenant is no longer configured"}]"#.into(),
+            None,
+        );
+        state.store.record_release(&record).await?;
+        released.cancelled += 1;
+        return Ok(());
+    };
+    let message = rebuild(state, &item, tenant.default_region)?;
+    let recipient_hash = state.numbers.hash(&message.to);
+    let decision = {
+        let _guard = state.recipient_locks.lock(&recipient_hash).await;
+        let gathered = state.gather(tenant, &message, now).await?;
+        let facts = Facts {
+            tenant: &tenant.rules,
+            bounds: &SenderBounds::default(),
+            policies: &state.policies,
+            consent: &gathered.consent,
+            confirmed_opt_outs: &gathered.confirmed_opt_outs,
+            open_reviews: &gathered.open_reviews,
+            location: &gathered.location,
+            recent: &gathered.recent,
+            now,
+        };
+        let decision = policy::decide(message, &facts);
+        let record = match &decision {
+            Decision::Allow(_) => {
+                release_record(&item, now, DecisionKind::Allowed, "[]".into(), None)
+            }
+            Decision::Deny(denial) => release_record(
+                &item,
+                now,
+                DecisionKind::Denied,
+                serde_json::to_string(&denial.reasons).unwrap_or_default(),
+                None,
+            ),
+            Decision::Defer(deferral) => release_record(
+                &item,
+                now,
+                DecisionKind::Deferred,
+                serde_json::to_string(&deferral.reasons).unwrap_or_default(),
+                Some(deferral.until.as_microsecond()),
+            ),
+        };
+        state.store.record_release(&record).await?;
+        decision
+    };
+    match decision {
+        Decision::Allow(permit) => {
+            match state.deliver(tenant, permit, Delivery::Upstream).await {
+                crate::http::messages::Processed::Sent { .. } => released.sent += 1,
+                _ => released.failed += 1,
+            }
+            tracing::info!(message = %item.id, tenant = %tenant.id, "deferred message released");
+        }
+        Decision::Deny(denial) => {
+            released.cancelled += 1;
+            tracing::info!(message = %item.id, code = denial.reasons[0].code.as_str(), "deferred message cancelled");
+        }
+        Decision::Defer(deferral) => {
+            released.deferred_again += 1;
+            tracing::info!(message = %item.id, until = %deferral.until, "deferred message deferred again");
+        }
+    }
+    Ok(())
+}
+
+fn release_record(
+    item: &DeferredMessage,
+    now: Timestamp,
+    decision: DecisionKind,
+    reasons_json: String,
+    release_again_at_us: Option<i64>,
+) -> ReleaseRecord {
+    ReleaseRecord {
+        message_id: item.id.clone(),
+        decided_at_us: now.as_microsecond(),
+        decision,
+        reasons_json,
+        release_again_at_us,
+    }
+}
+
+/// The message as it was deferred, from its record and sealed payload.
+fn rebuild(
+    state: &AppState,
+    item: &DeferredMessage,
+    region: Region,
+) -> Result<CanonicalMessage, ApiError> {
+    let unreadable = |what: &str| {
+        tracing::error!(message = %item.id, what, "a deferred message cannot be rebuilt");
+        ApiError::new(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            format!("deferred message {} cannot be read: {what}", item.id),
+        )
+    };
+    let mut message = CanonicalMessage {
+        id: item.id.clone(),
+        tenant: item.tenant.clone(),
+        // Placeholders until the payload is open; replaced below.
+        to: PhoneNumber::parse("+12025550100", Region::US)
+            .map_err(|_| unreadable("placeholder"))?,
+        from: Sender::ShortCode("000".into()),
+        body: Body::parse("-".into()).map_err(|_| unreadable("placeholder"))?,
+        purpose: item.purpose.parse().map_err(|_| unreadable("purpose"))?,
+        scope: Scope {
+            brand: item.brand.clone(),
+            campaign: item.campaign.clone(),
+        },
+        reply: None,
+    };
+    let sealed = Sealed {
+        key_id: item.key_id.clone(),
+        bytes: item.payload.clone(),
+    };
+    let payload: Value = state
+        .keys
+        .open(&message_associated_data(&message), &sealed)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .ok_or_else(|| unreadable("payload"))?;
+    let field = |name: &str| {
+        payload[name]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| unreadable(name))
+    };
+    message.to = PhoneNumber::parse(&field("to")?, region).map_err(|_| unreadable("to"))?;
+    message.from = Sender::parse(&field("from")?, region).map_err(|_| unreadable("from"))?;
+    message.body = Body::parse(field("body")?).map_err(|_| unreadable("body"))?;
+    Ok(message)
+}

@@ -1,0 +1,242 @@
+//! Quiet hours in the recipient's time zone: deferral, release, cancellation, the dry run.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+const MIAMI: &str = "+13055550123";
+const SCOPES: &str = "messages:send messages:read consents:write consents:read";
+
+async fn opt_in(app: &TestApp, token: &str, number: &str) {
+    let mut event = written_opt_in(number);
+    event["occurred_at"] = json!("2026-01-01T00:00:00Z");
+    assert_eq!(app.consent(token, &event).await.status(), 201);
+}
+
+async fn status_of(app: &TestApp, token: &str, id: &str) -> Value {
+    app.get(token, &format!("/v1/messages/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Waits (briefly) for a message to reach a status: the background scheduler may release it
+/// before or after the test's own step.
+async fn wait_for_status(app: &TestApp, token: &str, id: &str, status: &str) -> Value {
+    for _ in 0..100 {
+        let record = status_of(app, token, id).await;
+        if record["status"] == status {
+            return record;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "{id} never became {status}: {}",
+        status_of(app, token, id).await
+    );
+}
+
+#[tokio::test]
+async fn marketing_to_miami_at_2030_is_deferred_to_0800_and_released_then() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    let token = app.token("shop", SCOPES);
+    opt_in(&app, &token, MIAMI).await;
+
+    app.state.clock.set("2026-11-19T01:30:00Z".parse().unwrap()); // Wed 20:30 in Miami
+    let response = app
+        .send(&token, &shop_message(MIAMI, "marketing", None, None))
+        .await;
+    assert_eq!(response.status(), 202);
+    let scheduled: Value = response.json().await.unwrap();
+    assert_eq!(scheduled["status"], "scheduled");
+    assert_eq!(scheduled["release_at"], "2026-11-19T13:00:00Z"); // Thu 08:00 in Miami
+    assert_eq!(scheduled["reasons"][0]["code"], "outside_window");
+    let id = scheduled["id"].as_str().unwrap();
+    assert_eq!(status_of(&app, &token, id).await["status"], "scheduled");
+
+    // Not yet: nothing leaves before 08:00.
+    app.state.clock.set("2026-11-19T12:59:00Z".parse().unwrap());
+    consentry::scheduler::release_due(&app.state).await.unwrap();
+    assert!(gateway.requests().is_empty());
+
+    app.state.clock.set("2026-11-19T13:00:01Z".parse().unwrap());
+    consentry::scheduler::release_due(&app.state).await.unwrap();
+    let record = wait_for_status(&app, &token, id, "sent").await;
+    assert_eq!(record["decision"], "deferred");
+    let requests = gateway.requests();
+    assert_eq!(requests.len(), 1, "released exactly once");
+    assert_eq!(requests[0].body["id"], id);
+    assert_eq!(requests[0].body["to"], MIAMI);
+    // Another pass releases nothing more.
+    consentry::scheduler::release_due(&app.state).await.unwrap();
+    assert_eq!(gateway.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn an_opt_out_before_the_release_cancels_the_message() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    let token = app.token("shop", SCOPES);
+    opt_in(&app, &token, MIAMI).await;
+    app.state.clock.set("2026-11-19T01:30:00Z".parse().unwrap());
+    let scheduled: Value = app
+        .send(&token, &shop_message(MIAMI, "marketing", None, None))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = scheduled["id"].as_str().unwrap();
+
+    app.state.clock.set("2026-11-19T02:00:00Z".parse().unwrap());
+    let stop = json!({ "number": MIAMI, "action": "opt_out", "method": "keyword" });
+    assert_eq!(app.consent(&token, &stop).await.status(), 201);
+
+    app.state.clock.set("2026-11-19T13:00:01Z".parse().unwrap());
+    consentry::scheduler::release_due(&app.state).await.unwrap();
+    let record = wait_for_status(&app, &token, id, "cancelled").await;
+    assert_eq!(record["reasons"][0]["code"], "opted_out");
+    assert!(gateway.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_restart_before_the_release_loses_nothing() {
+    let gateway = FakeGateway::start().await;
+    let folder = tempfile::tempdir().unwrap();
+    let config = test_config(folder.path(), &gateway.url());
+
+    let first = TestApp::spawn_with(folder.path(), &config).await;
+    let token = first.token("shop", SCOPES);
+    opt_in(&first, &token, MIAMI).await;
+    first
+        .state
+        .clock
+        .set("2026-11-19T01:30:00Z".parse().unwrap());
+    let scheduled: Value = first
+        .send(&token, &shop_message(MIAMI, "marketing", None, None))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = scheduled["id"].as_str().unwrap().to_owned();
+    first.stop().await;
+
+    let second = TestApp::spawn_with(folder.path(), &config).await;
+    second
+        .state
+        .clock
+        .set("2026-11-19T13:00:01Z".parse().unwrap());
+    consentry::scheduler::release_due(&second.state)
+        .await
+        .unwrap();
+    wait_for_status(&second, &token, &id, "sent").await;
+    assert_eq!(gateway.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn the_dry_run_explains_a_quiet_hours_decision_and_records_nothing() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    let token = app.token("shop", SCOPES);
+    opt_in(&app, &token, MIAMI).await;
+    let mut request = shop_message(MIAMI, "marketing", None, None);
+    request["at"] = json!("2026-11-19T01:30:00Z");
+    let response = app
+        .client
+        .post(app.url("/v1/decisions"))
+        .bearer_auth(&token)
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["decision"], "defer");
+    assert_eq!(answer["release_at"], "2026-11-19T13:00:00Z");
+    assert_eq!(answer["location"]["regions"], json!(["US-FL"]));
+    assert_eq!(answer["location"]["zones"], json!(["America/New_York"]));
+    let florida = answer["trace"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|step| step["rule"] == "us-fl-hours")
+        .expect("the Florida rule is in the trace");
+    assert_eq!(florida["result"], "outside the window");
+    assert!(
+        florida["local_time"].as_str().unwrap().contains("20:30"),
+        "{florida}"
+    );
+    assert!(florida["source"].as_str().unwrap().contains("501.059"));
+
+    // The same message in the afternoon is allowed; at 10 p.m. to a Florida number the cap is
+    // still counted from real sends only: the dry run sent nothing.
+    request["at"] = json!("2026-11-18T18:00:00Z");
+    let answer: Value = app
+        .client
+        .post(app.url("/v1/decisions"))
+        .bearer_auth(&token)
+        .json(&request)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["decision"], "allow");
+    assert_eq!(app.count("SELECT count(*) FROM messages").await, 0);
+    assert!(gateway.requests().is_empty());
+}
+
+#[tokio::test]
+async fn the_florida_cap_counts_real_sends() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    let token = app.token("shop", SCOPES);
+    opt_in(&app, &token, MIAMI).await;
+    for _ in 0..3 {
+        let response = app
+            .send(&token, &shop_message(MIAMI, "marketing", None, None))
+            .await;
+        assert_eq!(response.status(), 201);
+    }
+    let fourth = app
+        .send(&token, &shop_message(MIAMI, "marketing", None, None))
+        .await;
+    assert_eq!(fourth.status(), 403);
+    assert_eq!(error_code(fourth).await, "frequency_cap");
+    // Transactional messages are not capped.
+    let receipt = app
+        .send(&token, &shop_message(MIAMI, "transactional", None, None))
+        .await;
+    assert_eq!(receipt.status(), 201);
+    assert_eq!(gateway.requests().len(), 4);
+}
+
+#[tokio::test]
+async fn concurrent_sends_never_exceed_the_cap() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    let token = app.token("shop", SCOPES);
+    opt_in(&app, &token, MIAMI).await;
+    let message = shop_message(MIAMI, "marketing", None, None);
+    let sends = (0..12).map(|_| app.send(&token, &message));
+    let statuses: Vec<u16> = futures_util::future::join_all(sends)
+        .await
+        .iter()
+        .map(|response| response.status().as_u16())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        3,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 403).count(),
+        9,
+        "{statuses:?}"
+    );
+    assert_eq!(gateway.requests().len(), 3);
+}
