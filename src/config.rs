@@ -115,6 +115,10 @@ pub struct PoliciesConfig {
     pub dir: Option<PathBuf>,
     /// Overrides `opt_out.revoke_all` of `consent.toml`.
     pub revoke_all: Option<bool>,
+    /// Jurisdiction rules in the format of `policies/jurisdictions/*.toml`: one with the id of
+    /// a shipped rule replaces it, any other is added.
+    #[serde(default)]
+    pub rules: Vec<toml::Table>,
 }
 
 fn default_data_dir() -> PathBuf {

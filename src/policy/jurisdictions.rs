@@ -118,6 +118,27 @@ const HORIZON_DAYS: i32 = 14;
 impl Jurisdictions {
     /// Loads rule files: `(name, text)` pairs. Errors name the file, the line and the field.
     pub fn load(files: &[(String, String)]) -> Result<Jurisdictions, String> {
+        Jurisdictions::load_with_overrides(files, None)
+    }
+
+    /// Loads rule files, then `overrides` (TOML text in the same format, from the
+    /// configuration): an override replaces the rule with its id, or adds one.
+    pub fn load_with_overrides(
+        files: &[(String, String)],
+        overrides: Option<(&str, &str)>,
+    ) -> Result<Jurisdictions, String> {
+        let mut loaded = Jurisdictions::parse(files)?;
+        if let Some((name, text)) = overrides {
+            let added = Jurisdictions::parse(&[(name.to_owned(), text.to_owned())])?;
+            for rule in added.rules {
+                loaded.rules.retain(|known| known.id != rule.id);
+                loaded.rules.push(rule);
+            }
+        }
+        Ok(loaded)
+    }
+
+    fn parse(files: &[(String, String)]) -> Result<Jurisdictions, String> {
         let mut rules: Vec<Rule> = Vec::new();
         for (name, text) in files {
             let parsed: RuleFile = toml::from_str(text).map_err(|e| format!("{name}: {e}"))?;

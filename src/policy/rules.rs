@@ -257,8 +257,33 @@ impl PolicySet {
                 }
             }
         }
-        let jurisdictions = Jurisdictions::load(&jurisdiction_files(config.dir.as_deref())?)
-            .map_err(ConfigError)?;
+        let overrides = if config.rules.is_empty() {
+            None
+        } else {
+            let mut document = toml::Table::new();
+            document.insert(
+                "rules".into(),
+                toml::Value::Array(
+                    config
+                        .rules
+                        .iter()
+                        .cloned()
+                        .map(toml::Value::Table)
+                        .collect(),
+                ),
+            );
+            Some(
+                toml::to_string(&document)
+                    .map_err(|e| ConfigError(format!("policies.rules: {e}")))?,
+            )
+        };
+        let jurisdictions = Jurisdictions::load_with_overrides(
+            &jurisdiction_files(config.dir.as_deref())?,
+            overrides
+                .as_deref()
+                .map(|text| ("the configuration's policies.rules", text)),
+        )
+        .map_err(ConfigError)?;
         let zones_text = match config
             .dir
             .as_deref()
@@ -355,6 +380,50 @@ mod tests {
     }
 
     #[test]
+    fn the_configuration_overrides_a_rule_by_id_or_adds_one() {
+        let text = "[[rules]]\nid = \"us-ct-hours\"\ntitle = \"Connecticut, as our counsel reads it\"\nsource = \"counsel memo\"\ncountry = \"US\"\nregions = [\"US-CT\"]\npurposes = [\"marketing\"]\nwindows = { all = \"09:00-21:00\" }\n[[rules]]\nid = \"acme-no-informational-at-night\"\ntitle = \"t\"\nsource = \"internal\"\ncountry = \"US\"\npurposes = [\"informational\"]\nwindows = { all = \"07:00-22:00\" }\n";
+        let table: toml::Table = toml::from_str(text).unwrap();
+        let rules = match &table["rules"] {
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|item| item.as_table().unwrap().clone())
+                .collect(),
+            _ => unreachable!(),
+        };
+        let set = PolicySet::load(&PoliciesConfig {
+            rules,
+            ..PoliciesConfig::default()
+        })
+        .unwrap();
+        let ct: Vec<_> = set
+            .jurisdictions
+            .rules()
+            .iter()
+            .filter(|rule| rule.id == "us-ct-hours")
+            .collect();
+        assert_eq!(ct.len(), 1);
+        assert_eq!(ct[0].source, "counsel memo");
+        assert!(
+            set.jurisdictions
+                .rules()
+                .iter()
+                .any(|r| r.id == "acme-no-informational-at-night")
+        );
+
+        let bad: toml::Table = toml::from_str("id = \"x\"\ncolour = 1").unwrap();
+        let error = PolicySet::load(&PoliciesConfig {
+            rules: vec![bad],
+            ..PoliciesConfig::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("policies.rules") && error.contains("colour"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn replies_render_in_the_language_of_the_keyword() {
         let set = PolicySet::load(&PoliciesConfig::default()).unwrap();
         let fields = ReplyFields {
@@ -377,6 +446,7 @@ mod tests {
         let config = PoliciesConfig {
             dir: Some(folder.path().to_path_buf()),
             revoke_all: Some(true),
+            rules: Vec::new(),
         };
         std::fs::write(
             folder.path().join("consent.toml"),
