@@ -100,6 +100,10 @@ for size in "${ledger_sizes[@]}"; do
     exit 2
   fi
 done
+# Smallest first: the ratios are to the smallest ledger.
+if ((${#ledger_sizes[@]} > 0)); then
+  mapfile -t ledger_sizes < <(printf '%s\n' "${ledger_sizes[@]}" | sort -n)
+fi
 
 bench_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo_root="$(cd "$bench_dir/.." && pwd)"
@@ -552,6 +556,16 @@ for ((r = 1; r <= rounds; r++)); do
   done
 done
 
+# How much of each ledger's database the OS still holds in its page cache: a
+# send whose ledger pages were evicted reads them from the disk.
+declare -A end_mb=() resident_mb=()
+for name in "${consentry_targets[@]}"; do
+  [[ -n "${size_of[$name]:-}" ]] || continue
+  end_mb[$name]="$(du -cb "$tmp/$name"/consentry.db* | awk 'END { printf "%.0f", $1 / 1048576 }')"
+  resident_mb[$name]="$(fincore -b -n -o RES "$tmp/$name"/consentry.db* 2>/dev/null |
+    awk '{ t += $1 } END { if (NR) printf "%.0f", t / 1048576 }' || true)"
+done
+
 # --- summary ----------------------------------------------------------------------
 
 declare -A med_rps=() med_p50=() med_p99=() med_cpu=()
@@ -620,7 +634,8 @@ if ((${#ledger_sizes[@]} > 0)); then
   ledger_lines=""
   for name in "${consentry_targets[@]}"; do
     ledger_lines+="- ledger:    $name: ${size_of[$name]} opt-ins imported in ${import_s[$name]} s"
-    ledger_lines+=" (${import_rate[$name]} lines/s), database ${db_mb[$name]} MiB after the import"$'\n'
+    ledger_lines+=" (${import_rate[$name]} lines/s); database ${db_mb[$name]} MiB after the import,"
+    ledger_lines+=" ${end_mb[$name]} MiB after the runs, ${resident_mb[$name]:-?} MiB of that in the page cache"$'\n'
   done
   compare=""
   for name in "${consentry_targets[@]:1}"; do compare+="$(ratios "$name" "$smallest")"$'\n'; done
@@ -634,7 +649,17 @@ if ((${#ledger_sizes[@]} > 0)); then
     verdict="$(awk -v r="$r" 'BEGIN { print (r + 0 >= 0.9) ? "met" : "NOT met" }')"
     compare+=$'\n'"throughput with ${size_of[$largest]} recipients / with ${size_of[$smallest]}: $r"
     compare+=" (bar: at least 0.9, $verdict)"$'\n'
+    # The same ratio within each round, where both ran back to back: less
+    # exposed to the machine's load drifting over the run.
+    read -r -a big <<<"${rps[$largest]}"
+    read -r -a small <<<"${rps[$smallest]}"
+    per_round=()
+    for ((i = 0; i < rounds; i++)); do per_round+=("$(ratio "${big[i]}" "${small[i]}")"); done
+    compare+="the same ratio in each round: ${per_round[*]}"
+    ((rounds == 1)) || compare+=" (median $(median "${per_round[@]}"))"
+    compare+=$'\n'
   fi
+  [[ -z "$compare" ]] || compare="${compare%$'\n'}"$'\n\n'
   summary="$(
     cat <<EOF
 # consentry sends by consent ledger size, bench/run.sh
@@ -652,14 +677,12 @@ ${ledger_lines%$'\n'}
 
 $(table)
 
-${compare%$'\n'}
-
-statuses: $statuses_line
+${compare}statuses: $statuses_line
 EOF
   )"
 else
   nginx_ratios=""
-  [[ "$with_nginx" == 0 ]] || nginx_ratios="$(ratios consentry nginx)"
+  [[ "$with_nginx" == 0 ]] || nginx_ratios="$(ratios consentry nginx)"$'\n\n'
   summary="$(
     cat <<EOF
 # consentry vs nginx, bench/run.sh
@@ -675,9 +698,7 @@ else
 
 $(table)
 
-$nginx_ratios
-
-statuses: $statuses_line
+${nginx_ratios}statuses: $statuses_line
 EOF
   )"
 fi
