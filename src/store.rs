@@ -209,7 +209,8 @@ impl StoredConsent {
 /// What the send path reads about a recipient before deciding.
 #[derive(Debug, Clone, Default)]
 pub struct RecipientFacts {
-    pub consent: Vec<StoredConsent>,
+    /// The consent events, as the fold reads them (no evidence).
+    pub consent: Vec<ConsentEvent>,
     pub confirmed_opt_outs: Vec<String>,
     pub open_reviews: Vec<String>,
     /// Microseconds since the epoch of each recent message of the purpose.

@@ -154,11 +154,7 @@ impl AppState {
                 since.as_microsecond(),
             )
             .await?;
-        let consent = recipient
-            .consent
-            .iter()
-            .map(crate::store::StoredConsent::to_event)
-            .collect::<Result<Vec<_>, _>>()?;
+        let consent = recipient.consent;
         let recent = recipient
             .recent_us
             .iter()

@@ -16,14 +16,19 @@ use super::{
     ResolutionRecord, Resolved, ReviewRecord, ReviewView, Store, StoreError, StoredConsent,
     status_of,
 };
-use crate::consent::{Action, Level};
+use crate::consent::{Action, ConsentEvent, Level, Purposes};
 use crate::domain::{MessageId, TenantId};
+use crate::domain::{Purpose, Scope};
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// SQLite takes one writer at a time. Writers queue here, in order, instead of in
+    /// SQLite's busy handler, which backs off by sleeping up to 100 ms while the lock may
+    /// already be free. Readers do not take it (WAL lets them run beside the writer).
+    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SqliteStore {
@@ -34,14 +39,20 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5));
+            .busy_timeout(Duration::from_secs(5))
+            // 16 MiB of page cache per connection (the default is 2 MiB): the ledger's
+            // hot index pages stay in memory as the ledger grows to millions of recipients.
+            .pragma("cache_size", "-16384");
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await?;
         MIGRATIONS.run(&pool).await?;
-        let store = SqliteStore { pool };
+        let store = SqliteStore {
+            pool,
+            writer: Default::default(),
+        };
         store.check_durability().await?;
         Ok(store)
     }
@@ -77,6 +88,7 @@ impl Store for SqliteStore {
     }
 
     async fn record_message(&self, record: &MessageRecord) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().await;
         let mut transaction = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO messages (id, tenant, created_at_us, recipient_hash, recipient_masked, \
@@ -117,6 +129,7 @@ impl Store for SqliteStore {
     }
 
     async fn record_outcome(&self, outcome: &OutcomeRecord) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().await;
         sqlx::query(
             "INSERT INTO message_outcomes (message_id, recorded_at_us, status, \
              upstream_message_id, error_code, detail) VALUES (?, ?, ?, ?, ?, ?)",
@@ -136,6 +149,7 @@ impl Store for SqliteStore {
         &self,
         records: &[ConsentRecord],
     ) -> Result<Vec<Recorded>, StoreError> {
+        let _writer = self.writer.lock().await;
         let mut transaction = self.pool.begin().await?;
         let mut results = Vec::with_capacity(records.len());
         for record in records {
@@ -152,7 +166,18 @@ impl Store for SqliteStore {
         purpose: &str,
         since_us: i64,
     ) -> Result<RecipientFacts, StoreError> {
-        let consent = self.consent_events(tenant, recipient_hash).await?;
+        // Only what the fold reads: the evidence stays on disk.
+        let consent = sqlx::query(
+            "SELECT seq, id, action, level, brand, campaign, purposes, occurred_at_us \
+             FROM consent_events WHERE tenant = ? AND recipient_hash = ? ORDER BY seq",
+        )
+        .bind(tenant.as_str())
+        .bind(recipient_hash)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(event_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
         let confirmed_opt_outs = sqlx::query_scalar(
             "SELECT confirms_event FROM messages WHERE tenant = ? AND recipient_hash = ? \
              AND confirms_event IS NOT NULL",
@@ -197,6 +222,7 @@ impl Store for SqliteStore {
     }
 
     async fn claim_due(&self, now_us: i64, limit: i64) -> Result<Vec<DeferredMessage>, StoreError> {
+        let _writer = self.writer.lock().await;
         let mut transaction = self.pool.begin().await?;
         let rows = sqlx::query(
             "SELECT m.id, m.tenant, m.purpose, m.brand, m.campaign, m.key_id, m.payload \
@@ -240,6 +266,7 @@ impl Store for SqliteStore {
     }
 
     async fn record_release(&self, release: &ReleaseRecord) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().await;
         let mut transaction = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO message_releases (message_id, decided_at_us, decision, reasons) \
@@ -272,6 +299,7 @@ impl Store for SqliteStore {
         review: Option<&ReviewRecord>,
         outbox: Option<&OutboxRecord>,
     ) -> Result<InboundRecorded, StoreError> {
+        let _writer = self.writer.lock().await;
         let mut transaction = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO inbound_messages (id, upstream, gateway_id, tenant, recipient_hash, \
@@ -368,6 +396,7 @@ impl Store for SqliteStore {
         resolution: &ResolutionRecord,
         consent: Option<&ConsentRecord>,
     ) -> Result<Resolved, StoreError> {
+        let _writer = self.writer.lock().await;
         let mut transaction = self.pool.begin().await?;
         let exists: Option<String> =
             sqlx::query_scalar("SELECT id FROM consent_reviews WHERE id = ? AND tenant = ?")
@@ -449,6 +478,7 @@ impl Store for SqliteStore {
     }
 
     async fn delivery_succeeded(&self, id: &str, at_us: i64) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().await;
         sqlx::query(
             "UPDATE webhook_outbox SET delivered_at_us = ?, attempts = attempts + 1 WHERE id = ?",
         )
@@ -466,6 +496,7 @@ impl Store for SqliteStore {
         next_attempt_at_us: i64,
         error: &str,
     ) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().await;
         sqlx::query(
             "UPDATE webhook_outbox SET attempts = ?, next_attempt_at_us = ?, last_error = ? \
              WHERE id = ?",
@@ -544,6 +575,35 @@ impl Store for SqliteStore {
             error_code: row.try_get("error_code")?,
         }))
     }
+}
+
+fn event_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ConsentEvent, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("consent_events.{what}"));
+    let action: String = row.try_get("action")?;
+    let level: Option<String> = row.try_get("level")?;
+    let purposes: String = row.try_get("purposes")?;
+    Ok(ConsentEvent {
+        id: row.try_get("id")?,
+        seq: row.try_get("seq")?,
+        action: Action::parse(&action).ok_or_else(|| corrupt("action"))?,
+        level: match level {
+            None => None,
+            Some(level) => Some(Level::parse(&level).ok_or_else(|| corrupt("level"))?),
+        },
+        scope: Scope {
+            brand: row.try_get("brand")?,
+            campaign: row.try_get("campaign")?,
+        },
+        purposes: Purposes(
+            purposes
+                .split_whitespace()
+                .map(|p| p.parse::<Purpose>())
+                .collect::<Result<_, _>>()
+                .map_err(|_| corrupt("purposes"))?,
+        ),
+        occurred_at: jiff::Timestamp::from_microsecond(row.try_get("occurred_at_us")?)
+            .map_err(|_| corrupt("occurred_at_us"))?,
+    })
 }
 
 fn consent_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredConsent, StoreError> {
