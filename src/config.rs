@@ -272,6 +272,10 @@ pub struct TenantConfig {
     pub help_contact: Option<String>,
     /// How often messages come, for the HELP answer. Default "Msg frequency varies".
     pub message_frequency: Option<String>,
+    /// The purpose of messages sent through a gateway-compatible front that do not say one
+    /// (`X-Consentry-Purpose`). Default: marketing, the purpose that needs the most.
+    #[serde(default = "default_front_purpose")]
+    pub default_purpose: Purpose,
     /// The language of replies when the keyword does not tell one: en, es or fr.
     #[serde(default = "default_reply_language")]
     pub reply_language: String,
@@ -286,6 +290,10 @@ pub struct TenantWebhook {
     pub url: String,
     /// The key of the `X-Consentry-Signature` HMAC.
     pub secret: SecretRef,
+}
+
+fn default_front_purpose() -> Purpose {
+    Purpose::Marketing
 }
 
 fn default_reply_language() -> String {
@@ -323,6 +331,8 @@ pub enum UpstreamKind {
     Twilio,
     /// Telnyx's Messaging API; webhooks signed with Ed25519.
     Telnyx,
+    /// Vonage's SMS API (`/sms/json`).
+    Vonage,
     /// The built-in simulated gateway.
     Sandbox,
 }
@@ -339,7 +349,7 @@ pub struct UpstreamConfig {
     /// The gateway's credential: the bearer token (`http-json`), the auth token (`twilio`, which
     /// also signs its webhooks), the API key (`telnyx`).
     pub credential: Option<SecretRef>,
-    /// Twilio's account SID.
+    /// Twilio's account SID, or Vonage's API key.
     pub account_sid: Option<String>,
     /// The HMAC-SHA256 secret that signs `http-json` webhooks.
     pub webhook_secret: Option<SecretRef>,
@@ -451,6 +461,7 @@ pub struct Tenant {
     pub message_frequency: String,
     pub reply_language: String,
     pub webhook: Option<TenantWebhook>,
+    pub default_purpose: Purpose,
 }
 
 /// A scope that names no brand or campaign of the tenant: the field and why.
@@ -694,7 +705,10 @@ impl Config {
             }
             match upstream.kind {
                 UpstreamKind::Sandbox => {}
-                UpstreamKind::HttpJson | UpstreamKind::Twilio | UpstreamKind::Telnyx => {
+                UpstreamKind::HttpJson
+                | UpstreamKind::Twilio
+                | UpstreamKind::Telnyx
+                | UpstreamKind::Vonage => {
                     let url = match (&upstream.kind, upstream.url.as_deref()) {
                         (_, Some(url)) => url,
                         (UpstreamKind::HttpJson, None) => {
@@ -710,10 +724,10 @@ impl Config {
                 }
             }
             match upstream.kind {
-                UpstreamKind::Twilio if upstream.account_sid.is_none() => {
+                UpstreamKind::Twilio | UpstreamKind::Vonage if upstream.account_sid.is_none() => {
                     return Err(field_error(
                         format!("{field}.account_sid"),
-                        "is required for twilio",
+                        "is required for twilio (the account SID) and vonage (the API key)",
                     ));
                 }
                 UpstreamKind::Telnyx => {
@@ -862,6 +876,7 @@ impl Config {
                         .clone()
                         .unwrap_or_else(|| "Msg frequency varies".to_owned()),
                     reply_language: tenant.reply_language.clone(),
+                    default_purpose: tenant.default_purpose,
                     webhook: tenant.webhook.clone(),
                     id,
                     upstream: tenant.upstream.clone(),

@@ -4,11 +4,13 @@
 //!
 //! - `generic`: the `http-json` gateway (HMAC-SHA256 of the raw body);
 //! - `twilio`: form or JSON webhooks signed with HMAC-SHA1 (or -SHA256) of URL and parameters;
-//! - `telnyx`: JSON webhooks signed with Ed25519 over `timestamp|body`.
+//! - `telnyx`: JSON webhooks signed with Ed25519 over `timestamp|body`;
+//! - `vonage`: the SMS API, as an upstream and as a front.
 
 pub mod generic;
 pub mod telnyx;
 pub mod twilio;
+pub mod vonage;
 
 /// A recipient's message as a gateway delivered it, before any parsing of its numbers.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod consents;
 pub mod error;
+pub mod fronts;
 pub mod inbound;
 pub mod messages;
 pub mod sandbox;
@@ -31,6 +32,16 @@ pub fn api_router(state: Arc<AppState>) -> Router {
         .route("/v1/consents", post(consents::record))
         .route("/v1/consents/import", post(consents::import))
         .route("/v1/consents/{number}", get(consents::show))
+        .route(
+            "/2010-04-01/Accounts/{account}/Messages.json",
+            post(fronts::twilio_create),
+        )
+        .route(
+            "/2010-04-01/Accounts/{account}/Messages/{sid}",
+            get(fronts::twilio_fetch),
+        )
+        .route("/v2/messages", post(fronts::telnyx_send))
+        .route("/sms/json", post(fronts::vonage_send))
         .route("/v1/sandbox/messages", get(sandbox::list))
         .route("/v1/sandbox/replies", post(inbound::sandbox_reply))
         .route("/v1/inbound/{upstream}", post(inbound::webhook))
@@ -61,6 +72,15 @@ impl AppState {
             .get(http::header::AUTHORIZATION)
             .map(|value| value.to_str().unwrap_or("\u{0}invalid"));
         let principal = self.verifier.verify_header(authorization)?;
+        self.admit(principal, scope)
+    }
+
+    /// Checks a verified principal's scope and tenant.
+    pub fn admit(
+        &self,
+        principal: Principal,
+        scope: &'static str,
+    ) -> Result<(Principal, &Tenant), ApiError> {
         if !principal.has_scope(scope) {
             return Err(ApiError::insufficient_scope(scope));
         }

@@ -377,6 +377,13 @@ pub trait Store: Send + Sync + 'static {
         consent: Option<&ConsentRecord>,
     ) -> Result<Resolved, StoreError>;
 
+    /// The sealed payload of a tenant's message.
+    async fn message_payload(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+    ) -> Result<Option<crate::crypto::Sealed>, StoreError>;
+
     /// The sealed payload of a tenant's inbound message.
     async fn inbound_payload(
         &self,

@@ -55,6 +55,8 @@ pub enum UpstreamError {
     Rejected(u16),
     #[error("the gateway's answer could not be read: {0}")]
     BadAnswer(String),
+    #[error("the gateway refused the message: status {status}, {text}")]
+    Refused { status: String, text: String },
 }
 
 impl UpstreamError {
@@ -64,6 +66,7 @@ impl UpstreamError {
             UpstreamError::Timeout => "upstream_timeout",
             UpstreamError::Rejected(_) => "upstream_rejected",
             UpstreamError::BadAnswer(_) => "upstream_bad_answer",
+            UpstreamError::Refused { .. } => "upstream_rejected",
         }
     }
 }
@@ -84,7 +87,10 @@ impl Upstreams {
             let field = format!("upstreams[{index}]");
             let built = match upstream.kind {
                 UpstreamKind::Sandbox => Upstream::Sandbox(sandbox.clone()),
-                UpstreamKind::HttpJson | UpstreamKind::Twilio | UpstreamKind::Telnyx => {
+                UpstreamKind::HttpJson
+                | UpstreamKind::Twilio
+                | UpstreamKind::Telnyx
+                | UpstreamKind::Vonage => {
                     Upstream::Gateway(Box::new(Gateway::new(upstream, &field)?))
                 }
             };
@@ -249,6 +255,7 @@ impl Gateway {
             (_, Some(url)) => url.clone(),
             (UpstreamKind::Twilio, None) => dialect::twilio::DEFAULT_BASE_URL.to_owned(),
             (UpstreamKind::Telnyx, None) => dialect::telnyx::DEFAULT_BASE_URL.to_owned(),
+            (UpstreamKind::Vonage, None) => dialect::vonage::DEFAULT_BASE_URL.to_owned(),
             _ => return Err(error("url is required".into())),
         };
         url.parse::<http::Uri>()
@@ -303,6 +310,9 @@ impl Gateway {
                 dialect::twilio::send_request(&self.url, &self.account_sid, credential, permit)
             }
             UpstreamKind::Telnyx => dialect::telnyx::send_request(&self.url, credential, permit),
+            UpstreamKind::Vonage => {
+                dialect::vonage::send_request(&self.url, &self.account_sid, credential, permit)
+            }
             UpstreamKind::HttpJson | UpstreamKind::Sandbox => {
                 dialect::generic::send_request(&self.url, credential, permit)
             }
@@ -311,14 +321,17 @@ impl Gateway {
 
     async fn send(&self, permit: &Permit) -> Result<Receipt, UpstreamError> {
         let built = self.request_for(permit);
-        let request = http::Request::post(built.url.as_str())
+        let mut request = http::Request::post(built.url.as_str())
             .header(http::header::CONTENT_TYPE, built.content_type)
             .header(http::header::ACCEPT, "application/json")
             .header(
                 http::header::USER_AGENT,
                 concat!("consentry/", env!("CARGO_PKG_VERSION")),
-            )
-            .header(http::header::AUTHORIZATION, built.authorization)
+            );
+        if !built.authorization.is_empty() {
+            request = request.header(http::header::AUTHORIZATION, built.authorization);
+        }
+        let request = request
             .body(Full::new(Bytes::from(built.body)))
             .map_err(|e| UpstreamError::Unavailable(e.to_string()))?;
 
@@ -346,6 +359,8 @@ impl Gateway {
         let message_id = match self.kind {
             UpstreamKind::Twilio => dialect::twilio::message_id(&answer),
             UpstreamKind::Telnyx => dialect::telnyx::message_id(&answer),
+            UpstreamKind::Vonage => dialect::vonage::read_answer(&answer)
+                .map_err(|(status, text)| UpstreamError::Refused { status, text })?,
             UpstreamKind::HttpJson | UpstreamKind::Sandbox => dialect::generic::message_id(&answer),
         };
         Ok(Receipt {

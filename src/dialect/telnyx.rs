@@ -137,6 +137,72 @@ pub fn message_id(answer: &serde_json::Value) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Telnyx's error code (and HTTP status) for a consentry code: Telnyx's own where one means the
+/// same, else a documented consentry code.
+pub fn front_error(code: &str) -> (u16, &'static str) {
+    match code {
+        "opted_out" => (400, "40300"),
+        "invalid_recipient" | "missing_to" => (400, "40310"),
+        "invalid_sender" | "missing_from" | "sender_not_allowed" => (400, "40305"),
+        "missing_body" | "invalid_body" => (400, "40306"),
+        "no_consent" => (400, "93001"),
+        "quiet_hours" => (400, "93002"),
+        "frequency_cap" => (400, "93003"),
+        "pending_review" => (400, "93004"),
+        "purpose_not_allowed" => (400, "93005"),
+        "unknown_time_zone" | "no_allowed_window" => (400, "93006"),
+        "unknown_scope" => (400, "93007"),
+        "invalid_purpose" => (400, "93009"),
+        "duplicate_parameter" | "invalid_request" | "unsupported_parameter" => (400, "10015"),
+        "payload_too_large" => (413, "93413"),
+        "upstream_unavailable"
+        | "upstream_timeout"
+        | "upstream_rejected"
+        | "upstream_bad_answer" => (502, "93500"),
+        "store_unavailable" | "encryption_unavailable" => (503, "93503"),
+        _ => (401, "10009"),
+    }
+}
+
+/// Telnyx's error body: `{"errors": [{"code", "title", "detail", "meta"}]}`.
+pub fn error_body(code: &str, message: &str) -> (u16, serde_json::Value) {
+    let (status, number) = front_error(code);
+    (
+        status,
+        json!({ "errors": [{
+            "code": number,
+            "title": code.replace('_', " "),
+            "detail": message,
+            "meta": { "consentry_code": code },
+        }]}),
+    )
+}
+
+/// Telnyx's message resource, wrapped in `data`.
+pub fn message_resource(
+    id: &str,
+    from: &str,
+    to: &str,
+    text: &str,
+    status: &str,
+    created: jiff::Timestamp,
+) -> serde_json::Value {
+    json!({ "data": {
+        "record_type": "message",
+        "id": id,
+        "direction": "outbound",
+        "type": "SMS",
+        "from": { "phone_number": from },
+        "to": [{ "phone_number": to, "status": status }],
+        "text": text,
+        "media": [],
+        "parts": 1,
+        "encoding": "GSM-7",
+        "created_at": created.to_string(),
+        "errors": [],
+    }})
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -214,6 +214,110 @@ pub fn message_id(answer: &serde_json::Value) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Twilio's error code (and HTTP status) for a consentry code: Twilio's own where one means the
+/// same, else a documented consentry code in the 93xxx range.
+pub fn front_error(code: &str) -> (u16, u32) {
+    match code {
+        "opted_out" => (400, 21610),
+        "invalid_recipient" => (400, 21211),
+        "missing_to" => (400, 21604),
+        "missing_from" => (400, 21603),
+        "missing_body" => (400, 21602),
+        "invalid_body" => (400, 21617),
+        "invalid_sender" => (400, 21212),
+        "sender_not_allowed" => (400, 21606),
+        "no_consent" => (400, 93001),
+        "quiet_hours" => (400, 93002),
+        "frequency_cap" => (400, 93003),
+        "pending_review" => (400, 93004),
+        "purpose_not_allowed" => (400, 93005),
+        "unknown_time_zone" | "no_allowed_window" => (400, 93006),
+        "unknown_scope" => (400, 93007),
+        "invalid_purpose" => (400, 93009),
+        "duplicate_parameter" => (400, 93100),
+        "unsupported_parameter" => (400, 93101),
+        "invalid_request" => (400, 93102),
+        "message_not_found" => (404, 20404),
+        "payload_too_large" => (413, 93413),
+        "upstream_unavailable"
+        | "upstream_timeout"
+        | "upstream_rejected"
+        | "upstream_bad_answer" => (502, 93500),
+        "store_unavailable" | "encryption_unavailable" => (503, 93503),
+        // Every token, scope and tenant problem, and an account SID that is not the caller's.
+        _ => (401, 20003),
+    }
+}
+
+/// Twilio's error body: `{"code", "message", "more_info", "status"}`, and consentry's code.
+pub fn error_body(code: &str, message: &str) -> (u16, serde_json::Value) {
+    let (status, number) = front_error(code);
+    let more_info = if number >= 90000 {
+        format!("https://github.com/consentry/consentry#twilio-compatible-front ({code})")
+    } else {
+        format!("https://www.twilio.com/docs/errors/{number}")
+    };
+    (
+        status,
+        serde_json::json!({
+            "code": number,
+            "message": message,
+            "more_info": more_info,
+            "status": status,
+            "consentry_code": code,
+        }),
+    )
+}
+
+/// A message SID for a consentry message id: `SM` and the same 32 hex digits.
+pub fn message_sid(id: &crate::domain::MessageId) -> String {
+    format!("SM{}", id.as_str().trim_start_matches("msg_"))
+}
+
+/// The consentry message id a message SID stands for.
+pub fn message_id_of_sid(sid: &str) -> Option<crate::domain::MessageId> {
+    crate::domain::MessageId::parse(&format!("msg_{}", sid.strip_prefix("SM")?))
+}
+
+/// Twilio's message resource.
+#[allow(clippy::too_many_arguments)]
+pub fn message_resource(
+    account_sid: &str,
+    id: &crate::domain::MessageId,
+    to: &str,
+    from: &str,
+    body: &str,
+    status: &str,
+    created: jiff::Timestamp,
+    error: Option<(u32, &str)>,
+) -> serde_json::Value {
+    let sid = message_sid(id);
+    let date = created.strftime("%a, %d %b %Y %H:%M:%S +0000").to_string();
+    let uri = format!("/2010-04-01/Accounts/{account_sid}/Messages/{sid}.json");
+    serde_json::json!({
+        "sid": sid,
+        "account_sid": account_sid,
+        "api_version": "2010-04-01",
+        "body": body,
+        "date_created": date,
+        "date_updated": date,
+        "date_sent": if status == "sent" { serde_json::json!(date) } else { serde_json::Value::Null },
+        "direction": "outbound-api",
+        "error_code": error.map(|(code, _)| code),
+        "error_message": error.map(|(_, text)| text),
+        "from": from,
+        "messaging_service_sid": null,
+        "num_media": "0",
+        "num_segments": "1",
+        "price": null,
+        "price_unit": "USD",
+        "status": status,
+        "subresource_uris": { "media": uri.replace(".json", "/Media.json") },
+        "to": to,
+        "uri": uri,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

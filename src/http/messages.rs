@@ -30,17 +30,17 @@ use crate::http::error::ApiError;
 use crate::policy::{self, Decision, Facts, SenderBounds};
 use crate::store::{DecisionKind, MessageRecord, OutcomeRecord, OutcomeStatus};
 
-/// The native send request.
+/// The native send request; the gateway-compatible fronts fill the same fields.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SendRequest {
-    to: String,
-    from: String,
-    body: String,
-    purpose: String,
+pub(crate) struct SendRequest {
+    pub to: String,
+    pub from: String,
+    pub body: String,
+    pub purpose: String,
     /// The brand and campaign the message is for: consent is checked at that scope.
-    brand: Option<String>,
-    campaign: Option<String>,
+    pub brand: Option<String>,
+    pub campaign: Option<String>,
 }
 
 pub async fn send(
@@ -464,24 +464,50 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// A tenant's message's recipient, sender and body, unsealed (for the gateway fronts'
+    /// fetch, which answer with them as the gateways do).
+    pub async fn message_content(
+        &self,
+        tenant: &crate::domain::TenantId,
+        id: &MessageId,
+    ) -> Result<(String, String, String), ApiError> {
+        let unreadable = || {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the message cannot be read",
+            )
+        };
+        let sealed = self
+            .store
+            .message_payload(tenant, id)
+            .await?
+            .ok_or_else(unreadable)?;
+        let associated = format!("consentry/message/v1\0{tenant}\0{id}").into_bytes();
+        let payload: serde_json::Value = self
+            .keys
+            .open(&associated, &sealed)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .ok_or_else(unreadable)?;
+        let field = |name: &str| payload[name].as_str().unwrap_or_default().to_owned();
+        Ok((field("to"), field("from"), field("body")))
+    }
+}
+
 /// The associated data bound to a message's sealed payload: its identity.
 pub fn message_associated_data(message: &CanonicalMessage) -> Vec<u8> {
     format!("consentry/message/v1\0{}\0{}", message.tenant, message.id).into_bytes()
 }
 
-/// Reads the whole body, refusing more than `limit` bytes with 413.
+/// Reads the whole JSON body, refusing another content type with 415 and more than `limit`
+/// bytes with 413.
 pub(crate) async fn read_body(
     headers: &HeaderMap,
     body: RequestBody,
     limit: usize,
 ) -> Result<bytes::Bytes, ApiError> {
-    let declared = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit as u64) {
-        return Err(ApiError::payload_too_large(limit));
-    }
     if let Some(content_type) = headers.get(http::header::CONTENT_TYPE) {
         let json = content_type
             .to_str()
@@ -494,6 +520,22 @@ pub(crate) async fn read_body(
                 "send the request as application/json",
             ));
         }
+    }
+    read_body_any(headers, body, limit).await
+}
+
+/// Reads the whole body, whatever its type, refusing more than `limit` bytes with 413.
+pub(crate) async fn read_body_any(
+    headers: &HeaderMap,
+    body: RequestBody,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(ApiError::payload_too_large(limit));
     }
     axum::body::to_bytes(body, limit)
         .await
@@ -510,7 +552,10 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result
 }
 
 /// Parses the request's fields into the canonical message, each bad field with its own code.
-fn canonical_message(request: SendRequest, tenant: &Tenant) -> Result<CanonicalMessage, ApiError> {
+pub(crate) fn canonical_message(
+    request: SendRequest,
+    tenant: &Tenant,
+) -> Result<CanonicalMessage, ApiError> {
     let to = PhoneNumber::parse(&request.to, tenant.default_region).map_err(|error| {
         ApiError::bad_request("invalid_recipient", format!("to: {error}")).with("field", "to")
     })?;

@@ -428,6 +428,25 @@ impl Store for SqliteStore {
         Ok(Resolved::Done)
     }
 
+    async fn message_payload(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+    ) -> Result<Option<crate::crypto::Sealed>, StoreError> {
+        let row = sqlx::query("SELECT key_id, payload FROM messages WHERE tenant = ? AND id = ?")
+            .bind(tenant.as_str())
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            Ok(crate::crypto::Sealed {
+                key_id: row.try_get("key_id")?,
+                bytes: row.try_get("payload")?,
+            })
+        })
+        .transpose()
+    }
+
     async fn inbound_payload(
         &self,
         tenant: &str,

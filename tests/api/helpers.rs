@@ -26,6 +26,8 @@ pub const TENANT_WEBHOOK_SECRET: &str = "beta-webhook-secret-0123456789";
 pub const TW_SENDER: &str = "+12025550133";
 pub const TX_SENDER: &str = "+12025550144";
 pub const BETA_SENDER: &str = "+12025550111";
+pub const VG_SENDER: &str = "+12025550166";
+pub const VONAGE_SECRET: &str = "vonage-api-secret-0123456789";
 
 /// The Telnyx test key pair (a fixed seed: the test signs, consentry verifies).
 pub fn telnyx_key() -> ring::signature::Ed25519KeyPair {
@@ -38,6 +40,8 @@ pub const SHOP_SENDER: &str = "+12025550122";
 #[derive(Debug, Clone, Copy)]
 pub enum GatewayMode {
     Accept,
+    /// Answers 200 with Vonage's shape and this status ("0" is success).
+    Vonage(&'static str),
     Fail(u16),
     Stall(Duration),
 }
@@ -77,7 +81,17 @@ impl FakeGateway {
                 let state = state.clone();
                 async move {
                     let mode = *state.mode.lock().unwrap();
-                    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    let body: Value = serde_json::from_slice(&body).unwrap_or_else(|_| {
+                        // A form body: its fields as a JSON object, for the assertions.
+                        let fields: serde_json::Map<String, Value> = form_urlencoded::parse(&body)
+                            .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+                            .collect();
+                        if fields.is_empty() {
+                            Value::Null
+                        } else {
+                            Value::Object(fields)
+                        }
+                    });
                     let database = state.database.lock().unwrap().clone();
                     let record_committed = match database {
                         Some(path) => Some(record_exists(&path, body["id"].as_str()).await),
@@ -94,6 +108,13 @@ impl FakeGateway {
                         GatewayMode::Accept => (
                             http::StatusCode::OK,
                             axum::Json(json!({ "id": format!("gw-{count}") })),
+                        ),
+                        GatewayMode::Vonage(status) => (
+                            http::StatusCode::OK,
+                            axum::Json(json!({ "message-count": "1", "messages": [{
+                                "status": status, "message-id": format!("vg-{count}"),
+                                "error-text": if status == "0" { "" } else { "Number barred" },
+                            }]})),
                         ),
                         GatewayMode::Fail(status) => (
                             http::StatusCode::from_u16(status).unwrap(),
@@ -187,6 +208,7 @@ pub fn test_config_with(folder: &Path, gateway_url: &str, tenant_app_url: &str) 
         ("telnyx.secret", TELNYX_KEY),
         ("gw-webhook.secret", GW_WEBHOOK_SECRET),
         ("beta-webhook.secret", TENANT_WEBHOOK_SECRET),
+        ("vonage.secret", VONAGE_SECRET),
     ] {
         std::fs::write(folder.join(name), format!("{value}\n")).unwrap();
     }
@@ -233,6 +255,12 @@ program_name = "TW Shop"
 help_contact = "Call 800-555-0199"
 
 [[tenants]]
+id = "vg-shop"
+senders = ["{VG_SENDER}"]
+upstream = "vg"
+default_purpose = "transactional"
+
+[[tenants]]
 id = "tx-shop"
 senders = ["{TX_SENDER}"]
 upstream = "tx"
@@ -249,6 +277,13 @@ url = "{gateway_base}"
 account_sid = "AC00000000000000000000000000000001"
 credential = {{ file = "twilio.secret" }}
 public_url = "{TWILIO_URL}"
+
+[[upstreams]]
+name = "vg"
+kind = "vonage"
+url = "{gateway_base}"
+account_sid = "vonage-api-key"
+credential = {{ file = "vonage.secret" }}
 
 [[upstreams]]
 name = "tx"

@@ -4,6 +4,7 @@
 mod authentication;
 mod cli;
 mod consents;
+mod fronts;
 mod helpers;
 mod inbound;
 mod quiet_hours;

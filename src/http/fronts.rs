@@ -1,0 +1,481 @@
+//! Gateway-compatible fronts: an application keeps its Twilio, Telnyx or Vonage SDK and changes
+//! only its base URL. Each front parses the gateway's own request into the native send request,
+//! runs the one send flow (`AppState::process`), and answers in the gateway's own shapes —
+//! denials with the gateway's error codes where one means the same, documented consentry codes
+//! otherwise.
+//!
+//! - Twilio: `POST /2010-04-01/Accounts/{AccountSid}/Messages.json` (form), and
+//!   `GET .../Messages/{Sid}.json`; the JWT is the Basic-auth password (the username must be the
+//!   account SID of the path) or a Bearer token.
+//! - Telnyx: `POST /v2/messages` (JSON), Bearer JWT.
+//! - Vonage: `POST /sms/json` (form or JSON); the JWT as `api_secret`, or Bearer.
+//!
+//! The purpose comes from the `X-Consentry-Purpose` header, else the tenant's `default_purpose`;
+//! `X-Consentry-Brand` and `X-Consentry-Campaign` give the scope. The JWT bounds all of them. A
+//! field given twice is refused, never guessed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Body as RequestBody;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use http::{HeaderMap, StatusCode};
+use serde_json::Value;
+
+use crate::app::AppState;
+use crate::auth::{Principal, scope};
+use crate::config::Tenant;
+use crate::dialect::{telnyx, twilio, vonage};
+use crate::domain::MessageId;
+use crate::http::error::ApiError;
+use crate::http::messages::{
+    Delivery, Processed, SendRequest, canonical_message, read_body_any, sender_bounds,
+};
+
+/// What a front's send came to, before it is rendered in the dialect.
+enum Outcome {
+    Accepted { id: MessageId, status: &'static str },
+    Refused(ApiError),
+}
+
+fn json_response(status: u16, body: Value) -> Response {
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        axum::Json(body),
+    )
+        .into_response()
+}
+
+/// Parses a form body, refusing a field given twice.
+fn form_fields(bytes: &[u8]) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut fields = BTreeMap::new();
+    for (name, value) in form_urlencoded::parse(bytes) {
+        if fields
+            .insert(name.to_string(), value.into_owned())
+            .is_some()
+        {
+            return Err(ApiError::bad_request(
+                "duplicate_parameter",
+                format!("{name} is given more than once"),
+            )
+            .with("field", name.to_string()));
+        }
+    }
+    Ok(fields)
+}
+
+/// A number field of a form: a leading space is a `+` that was not URL-encoded.
+fn number_field(value: &str, code: &'static str, name: &str) -> Result<String, ApiError> {
+    if value.starts_with(' ') && value.trim_start().starts_with(|c: char| c.is_ascii_digit()) {
+        return Err(ApiError::bad_request(
+            code,
+            format!("{name} begins with a space: a '+' sent unencoded in a form decodes to a space; send it as %2B"),
+        )
+        .with("field", name.to_owned()));
+    }
+    Ok(value.to_owned())
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|value| value.to_str().ok())
+}
+
+/// Builds the native request from a front's fields and runs the send flow.
+async fn send(
+    state: &AppState,
+    principal: &Principal,
+    tenant: &Tenant,
+    headers: &HeaderMap,
+    to: String,
+    from: String,
+    body: String,
+) -> Outcome {
+    let purpose = header(headers, "x-consentry-purpose")
+        .map(str::to_owned)
+        .unwrap_or_else(|| tenant.default_purpose.as_str().to_owned());
+    let request = SendRequest {
+        to,
+        from,
+        body,
+        purpose,
+        brand: header(headers, "x-consentry-brand").map(str::to_owned),
+        campaign: header(headers, "x-consentry-campaign").map(str::to_owned),
+    };
+    let message = match canonical_message(request, tenant) {
+        Ok(message) => message,
+        Err(error) => return Outcome::Refused(error),
+    };
+    let bounds = sender_bounds(principal, tenant);
+    match state
+        .process(tenant, &bounds, message, Delivery::Upstream)
+        .await
+    {
+        Ok(Processed::Sent { id, .. }) => Outcome::Accepted {
+            id,
+            status: "queued",
+        },
+        Ok(Processed::Scheduled(deferral)) => Outcome::Accepted {
+            id: deferral.message.id,
+            status: "scheduled",
+        },
+        Ok(Processed::Denied(denial)) => {
+            let headline = &denial.reasons[0];
+            Outcome::Refused(
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    headline.code.as_str(),
+                    headline.detail.clone(),
+                )
+                .with("id", denial.message.id.as_str()),
+            )
+        }
+        Ok(Processed::Failed { id, error }) => {
+            Outcome::Refused(ApiError::from(error).with("id", id.as_str()))
+        }
+        Ok(Processed::Answered { id, .. }) => Outcome::Accepted {
+            id,
+            status: "queued",
+        },
+        Err(error) => Outcome::Refused(error),
+    }
+}
+
+/// The principal of a Twilio request: Basic (username = the path's account SID, password = the
+/// JWT) or Bearer.
+fn twilio_principal(
+    state: &AppState,
+    headers: &HeaderMap,
+    account_sid: &str,
+) -> Result<Principal, ApiError> {
+    let authorization = header(headers, "authorization").unwrap_or_default();
+    if let Some(encoded) = authorization.strip_prefix("Basic ") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .ok_or_else(|| ApiError::from(crate::auth::AuthError::Malformed))?;
+        let (user, token) = decoded
+            .split_once(':')
+            .ok_or_else(|| ApiError::from(crate::auth::AuthError::Malformed))?;
+        if user != account_sid {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "wrong_account",
+                "the account SID in the path is not the one the request authenticates as",
+            ));
+        }
+        return Ok(state.verifier.verify(token)?);
+    }
+    Ok(state.verifier.verify_header(Some(authorization))?)
+}
+
+pub async fn twilio_create(
+    State(state): State<Arc<AppState>>,
+    Path(account_sid): Path<String>,
+    headers: HeaderMap,
+    body: RequestBody,
+) -> Response {
+    let rendered = async {
+        let principal = twilio_principal(&state, &headers, &account_sid)?;
+        let (principal, tenant) = state.admit(principal, scope::SEND)?;
+        let bytes = read_body_any(&headers, body, state.max_request_bytes).await?;
+        let mut fields = form_fields(&bytes)?;
+        for unsupported in ["MediaUrl", "SendAt", "ScheduleType", "ContentSid"] {
+            if fields.contains_key(unsupported) {
+                return Err(ApiError::bad_request(
+                    "unsupported_parameter",
+                    format!("{unsupported} is not supported by consentry"),
+                )
+                .with("field", unsupported));
+            }
+        }
+        let to = fields.remove("To").ok_or_else(|| {
+            ApiError::bad_request("missing_to", "A 'To' phone number is required.")
+        })?;
+        let to = number_field(&to, "invalid_recipient", "To")?;
+        let from = match (fields.remove("From"), fields.remove("MessagingServiceSid")) {
+            (Some(from), _) => number_field(&from, "invalid_sender", "From")?,
+            // A messaging service sends from the tenant's first sender.
+            (None, Some(_)) => tenant.rules.senders[0].as_str().to_owned(),
+            (None, None) => {
+                return Err(ApiError::bad_request(
+                    "missing_from",
+                    "A 'From' phone number or a 'MessagingServiceSid' is required.",
+                ));
+            }
+        };
+        let text = fields
+            .remove("Body")
+            .filter(|body| !body.is_empty())
+            .ok_or_else(|| ApiError::bad_request("missing_body", "Message body is required."))?;
+        Ok::<_, ApiError>(
+            match send(
+                &state,
+                &principal,
+                tenant,
+                &headers,
+                to.clone(),
+                from.clone(),
+                text.clone(),
+            )
+            .await
+            {
+                Outcome::Accepted { id, status } => {
+                    let canonical_to =
+                        crate::domain::PhoneNumber::parse(&to, tenant.default_region)
+                            .map(|n| n.e164().to_owned())
+                            .unwrap_or(to);
+                    json_response(
+                        201,
+                        twilio::message_resource(
+                            &account_sid,
+                            &id,
+                            &canonical_to,
+                            &from,
+                            &text,
+                            status,
+                            state.clock.now(),
+                            None,
+                        ),
+                    )
+                }
+                Outcome::Refused(error) => twilio_error(&error),
+            },
+        )
+    }
+    .await;
+    rendered.unwrap_or_else(|error| twilio_error(&error))
+}
+
+fn twilio_error(error: &ApiError) -> Response {
+    let (status, body) = twilio::error_body(error.code, &error.message);
+    json_response(status, body)
+}
+
+pub async fn twilio_fetch(
+    State(state): State<Arc<AppState>>,
+    Path((account_sid, file)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let rendered = async {
+        let principal = twilio_principal(&state, &headers, &account_sid)?;
+        let (principal, _tenant) = state.admit(principal, scope::READ_MESSAGES)?;
+        let not_found = || {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "message_not_found",
+                "The requested resource was not found",
+            )
+        };
+        let sid = file.strip_suffix(".json").ok_or_else(not_found)?;
+        let id = twilio::message_id_of_sid(sid).ok_or_else(not_found)?;
+        let view = state
+            .store
+            .message(&principal.tenant, &id)
+            .await?
+            .ok_or_else(not_found)?;
+        let (to, from, body) = state.message_content(&principal.tenant, &id).await?;
+        let status = match view.status.as_str() {
+            "sent" => "sent",
+            "failed" => "failed",
+            "scheduled" => "scheduled",
+            "cancelled" | "denied" => "canceled",
+            _ => "queued",
+        };
+        let created = jiff::Timestamp::from_microsecond(view.created_at_us).unwrap_or_default();
+        let error = view
+            .error_code
+            .as_deref()
+            .map(|code| (twilio::front_error(code).1, code));
+        Ok::<_, ApiError>(json_response(
+            200,
+            twilio::message_resource(&account_sid, &id, &to, &from, &body, status, created, error),
+        ))
+    }
+    .await;
+    rendered.unwrap_or_else(|error| twilio_error(&error))
+}
+
+/// The Telnyx send request: the fields consentry reads; a field given twice is refused.
+#[derive(Debug, serde::Deserialize)]
+struct TelnyxSend {
+    from: Option<String>,
+    to: Option<String>,
+    text: Option<String>,
+    media_urls: Option<Vec<String>>,
+    messaging_profile_id: Option<String>,
+}
+
+pub async fn telnyx_send(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: RequestBody,
+) -> Response {
+    let rendered = async {
+        let (principal, tenant) = state.authorize(&headers, scope::SEND)?;
+        let bytes = read_body_any(&headers, body, state.max_request_bytes).await?;
+        let request: TelnyxSend = serde_json::from_slice(&bytes).map_err(|e| {
+            let code = if e.to_string().contains("duplicate field") {
+                "duplicate_parameter"
+            } else {
+                "invalid_request"
+            };
+            ApiError::bad_request(code, format!("the request is not valid: {e}"))
+        })?;
+        if request
+            .media_urls
+            .as_ref()
+            .is_some_and(|urls| !urls.is_empty())
+        {
+            return Err(ApiError::bad_request(
+                "unsupported_parameter",
+                "media_urls is not supported by consentry",
+            ));
+        }
+        let to = request
+            .to
+            .ok_or_else(|| ApiError::bad_request("missing_to", "to is required"))?;
+        let from = match (request.from, request.messaging_profile_id) {
+            (Some(from), _) => from,
+            (None, Some(_)) => tenant.rules.senders[0].as_str().to_owned(),
+            (None, None) => {
+                return Err(ApiError::bad_request(
+                    "missing_from",
+                    "from or messaging_profile_id is required",
+                ));
+            }
+        };
+        let text = request
+            .text
+            .filter(|text| !text.is_empty())
+            .ok_or_else(|| ApiError::bad_request("missing_body", "text is required"))?;
+        Ok::<_, ApiError>(
+            match send(
+                &state,
+                &principal,
+                tenant,
+                &headers,
+                to.clone(),
+                from.clone(),
+                text.clone(),
+            )
+            .await
+            {
+                Outcome::Accepted { id, status } => {
+                    let to = crate::domain::PhoneNumber::parse(&to, tenant.default_region)
+                        .map(|n| n.e164().to_owned())
+                        .unwrap_or(to);
+                    json_response(
+                        200,
+                        telnyx::message_resource(
+                            &telnyx_id(&id),
+                            &from,
+                            &to,
+                            &text,
+                            status,
+                            state.clock.now(),
+                        ),
+                    )
+                }
+                Outcome::Refused(error) => telnyx_error(&error),
+            },
+        )
+    }
+    .await;
+    rendered.unwrap_or_else(|error| telnyx_error(&error))
+}
+
+/// Telnyx ids are UUIDs: the same 128 bits as the consentry id.
+fn telnyx_id(id: &MessageId) -> String {
+    uuid::Uuid::try_parse(id.as_str().trim_start_matches("msg_"))
+        .map(|uuid| uuid.hyphenated().to_string())
+        .unwrap_or_else(|_| id.to_string())
+}
+
+fn telnyx_error(error: &ApiError) -> Response {
+    let (status, body) = telnyx::error_body(error.code, &error.message);
+    json_response(status, body)
+}
+
+pub async fn vonage_send(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: RequestBody,
+) -> Response {
+    let mut recipient = String::new();
+    let rendered = async {
+        let bytes = read_body_any(&headers, body, state.max_request_bytes).await?;
+        let is_json =
+            header(&headers, "content-type").is_some_and(|t| t.starts_with("application/json"));
+        let mut fields = if is_json {
+            let object: BTreeMap<String, Value> = serde_json::from_slice(&bytes).map_err(|e| {
+                ApiError::bad_request("invalid_request", format!("the request is not valid: {e}"))
+            })?;
+            object
+                .into_iter()
+                .map(|(k, v)| {
+                    (
+                        k,
+                        v.as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| v.to_string()),
+                    )
+                })
+                .collect()
+        } else {
+            form_fields(&bytes)?
+        };
+        let principal = match fields.remove("api_secret") {
+            Some(token) => state.verifier.verify(&token)?,
+            None => state
+                .verifier
+                .verify_header(header(&headers, "authorization"))?,
+        };
+        let (principal, tenant) = state.admit(principal, scope::SEND)?;
+        let to = fields
+            .remove("to")
+            .ok_or_else(|| ApiError::bad_request("missing_to", "Missing to param"))?;
+        recipient = to.clone();
+        let to = number_field(&to, "invalid_recipient", "to")?;
+        // Vonage numbers come without '+'; read them as international.
+        let to = if to.starts_with('+') {
+            to
+        } else {
+            format!("+{to}")
+        };
+        let from = fields
+            .remove("from")
+            .ok_or_else(|| ApiError::bad_request("missing_from", "Missing from param"))?;
+        let from = if from.chars().all(|c| c.is_ascii_digit()) && from.len() > 8 {
+            format!("+{from}")
+        } else {
+            from
+        };
+        let text = fields
+            .remove("text")
+            .filter(|text| !text.is_empty())
+            .ok_or_else(|| ApiError::bad_request("missing_body", "Missing text param"))?;
+        Ok::<_, ApiError>(
+            match send(&state, &principal, tenant, &headers, to.clone(), from, text).await {
+                Outcome::Accepted { id, status } => json_response(
+                    200,
+                    vonage::front_answer(&to, Some(id.as_str()), "0", None, status),
+                ),
+                Outcome::Refused(error) => vonage_error(&to, &error),
+            },
+        )
+    }
+    .await;
+    rendered.unwrap_or_else(|error| vonage_error(&recipient, &error))
+}
+
+fn vonage_error(to: &str, error: &ApiError) -> Response {
+    let status = vonage::status_for(error.code);
+    let text = format!("{}: {}", error.code, error.message);
+    json_response(
+        200,
+        vonage::front_answer(to, None, status, Some(&text), error.code),
+    )
+}

@@ -1,0 +1,349 @@
+//! Gateway-compatible fronts and upstreams: requests in Twilio's, Telnyx's and Vonage's own
+//! shapes, answers and denials in theirs.
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+const ACCOUNT: &str = "AC00000000000000000000000000000009";
+const OPTED_OUT: &str = "+14155550777";
+
+fn basic(token: &str) -> String {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{ACCOUNT}:{token}"));
+    format!("Basic {encoded}")
+}
+
+async fn twilio_post(
+    app: &TestApp,
+    account: &str,
+    authorization: &str,
+    form: &str,
+) -> (u16, Value) {
+    let response = app
+        .client
+        .post(app.url(&format!("/2010-04-01/Accounts/{account}/Messages.json")))
+        .header("authorization", authorization)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-consentry-purpose", "transactional")
+        .body(form.to_owned())
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+async fn opt_out(app: &TestApp, tenant: &str, number: &str) {
+    let token = app.token(tenant, "consents:write");
+    let event = json!({ "number": number, "action": "opt_out", "method": "keyword" });
+    assert_eq!(app.consent(&token, &event).await.status(), 201);
+}
+
+#[tokio::test]
+async fn the_twilio_front_speaks_twilio() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    let token = app.token("acme", "messages:send messages:read");
+    opt_out(&app, "acme", OPTED_OUT).await;
+
+    let (status, created) = twilio_post(
+        &app,
+        ACCOUNT,
+        &basic(&token),
+        "To=%2B14155550123&From=%2B12025550100&Body=Your+code+is+1234",
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["status"], "queued");
+    assert_eq!(created["to"], "+14155550123");
+    assert_eq!(created["body"], "Your code is 1234");
+    assert_eq!(created["account_sid"], ACCOUNT);
+    let sid = created["sid"].as_str().unwrap();
+    assert!(sid.starts_with("SM") && sid.len() == 34, "{sid}");
+    assert_eq!(gateway.requests().len(), 1);
+
+    // Fetched back from consentry's record.
+    let fetched: Value = app
+        .client
+        .get(app.url(&format!(
+            "/2010-04-01/Accounts/{ACCOUNT}/Messages/{sid}.json"
+        )))
+        .header("authorization", basic(&token))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(fetched["sid"], sid);
+    assert_eq!(fetched["status"], "sent");
+    assert_eq!(fetched["body"], "Your code is 1234");
+
+    // A Bearer token works too.
+    let (status, _) = twilio_post(
+        &app,
+        ACCOUNT,
+        &format!("Bearer {token}"),
+        "To=%2B14155550124&From=%2B12025550100&Body=hi",
+    )
+    .await;
+    assert_eq!(status, 201);
+
+    // Denials and bad input, in Twilio's error shape; nothing more is forwarded.
+    let long = "a".repeat(1601);
+    let cases: Vec<(String, u16, u64)> = vec![
+        (
+            format!("To=%2B{}&From=%2B12025550100&Body=hi", &OPTED_OUT[1..]),
+            400,
+            21610,
+        ),
+        (
+            "To=%2B14155550123&To=%2B14155550124&From=%2B12025550100&Body=hi".into(),
+            400,
+            93100,
+        ),
+        ("From=%2B12025550100&Body=hi".into(), 400, 21604),
+        (
+            format!("To=%2B14155550123&From=%2B12025550100&Body={long}"),
+            400,
+            21617,
+        ),
+        (
+            "To=+14155550123&From=%2B12025550100&Body=hi".into(),
+            400,
+            21211,
+        ),
+        (
+            "To=%2B14155550123&From=%2B12025550199&Body=hi".into(),
+            400,
+            21606,
+        ),
+        ("To=%2B14155550123&From=%2B12025550100".into(), 400, 21602),
+        (
+            "To=%2B14155550123&From=%2B12025550100&Body=hi&MediaUrl=https://x.example/a.png".into(),
+            400,
+            93101,
+        ),
+    ];
+    for (form, expected_status, expected_code) in cases {
+        let (status, error) = twilio_post(&app, ACCOUNT, &basic(&token), &form).await;
+        assert_eq!(
+            (status, error["code"].as_u64()),
+            (expected_status, Some(expected_code)),
+            "{form}: {error}"
+        );
+        assert_eq!(error["status"], expected_status);
+        assert!(error["message"].is_string() && error["more_info"].is_string());
+    }
+    let (status, error) = twilio_post(
+        &app,
+        "AC99999999999999999999999999999999",
+        &basic(&token),
+        "To=%2B14155550123&From=%2B12025550100&Body=hi",
+    )
+    .await;
+    assert_eq!(
+        (status, error["code"].as_u64()),
+        (401, Some(20003)),
+        "wrong account SID in the path"
+    );
+    let (status, _) = twilio_post(
+        &app,
+        ACCOUNT,
+        &basic("not-a-token"),
+        "To=%2B14155550123&From=%2B12025550100&Body=hi",
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert_eq!(gateway.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn the_telnyx_front_speaks_telnyx() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    let token = app.token("acme", "messages:send");
+    opt_out(&app, "acme", OPTED_OUT).await;
+    let send = |to: &str| {
+        app.client
+            .post(app.url("/v2/messages"))
+            .bearer_auth(&token)
+            .header("x-consentry-purpose", "transactional")
+            .json(&json!({ "from": ACME_SENDER, "to": to, "text": "Your code is 1234" }))
+            .send()
+    };
+    let response = send("+14155550123").await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["data"]["record_type"], "message");
+    assert_eq!(body["data"]["to"][0]["phone_number"], "+14155550123");
+    assert_eq!(body["data"]["to"][0]["status"], "queued");
+
+    let response = send(OPTED_OUT).await.unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "40300");
+    assert_eq!(body["errors"][0]["meta"]["consentry_code"], "opted_out");
+
+    let duplicate = app
+        .client
+        .post(app.url("/v2/messages"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(r#"{"from":"+12025550100","to":"+14155550123","to":"+14155550124","text":"hi"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(duplicate.status(), 400);
+    assert_eq!(gateway.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn the_vonage_front_speaks_vonage() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    let token = app.token("acme", "messages:send");
+    opt_out(&app, "acme", OPTED_OUT).await;
+    let send = |to: &str| {
+        let form = format!(
+            "api_key=anything&api_secret={token}&from=12025550100&to={}&text=Your+code+is+1234",
+            &to[1..]
+        );
+        app.client
+            .post(app.url("/sms/json"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-consentry-purpose", "transactional")
+            .body(form)
+            .send()
+    };
+    let body: Value = send("+14155550123").await.unwrap().json().await.unwrap();
+    assert_eq!(body["message-count"], "1");
+    assert_eq!(body["messages"][0]["status"], "0");
+    assert!(body["messages"][0]["message-id"].is_string());
+    let body: Value = send(OPTED_OUT).await.unwrap().json().await.unwrap();
+    assert_eq!(body["messages"][0]["status"], "7");
+    assert!(
+        body["messages"][0]["error-text"]
+            .as_str()
+            .unwrap()
+            .starts_with("opted_out")
+    );
+    assert_eq!(gateway.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn the_vonage_upstream_sends_vonages_request_and_reads_its_answer() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    let token = app.token("vg-shop", "messages:send messages:read");
+    let message = json!({ "to": "+14155550123", "from": VG_SENDER, "body": "Your code is 1234", "purpose": "transactional" });
+
+    gateway.set_mode(GatewayMode::Vonage("0"));
+    let response = app.send(&token, &message).await;
+    assert_eq!(response.status(), 201);
+    let sent: Value = response.json().await.unwrap();
+    assert_eq!(sent["upstream"]["message_id"], "vg-1");
+    let request = &gateway.requests()[0];
+    assert_eq!(request.path, "/sms/json");
+    assert_eq!(request.body["api_key"], "vonage-api-key");
+    assert_eq!(request.body["api_secret"], VONAGE_SECRET);
+    assert_eq!(request.body["to"], "14155550123");
+    assert_eq!(request.body["from"], &VG_SENDER[1..]);
+    assert_eq!(request.body["text"], "Your code is 1234");
+    assert!(request.headers.get("authorization").is_none());
+
+    // Vonage refuses with HTTP 200 and a status: recorded as failed.
+    gateway.set_mode(GatewayMode::Vonage("7"));
+    let response = app.send(&token, &message).await;
+    assert_eq!(response.status(), 502);
+    let failed: Value = response.json().await.unwrap();
+    assert_eq!(failed["error"]["code"], "upstream_rejected");
+    let id = failed["error"]["id"].as_str().unwrap();
+    let record: Value = app
+        .get(&token, &format!("/v1/messages/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(record["status"], "failed");
+}
+
+#[tokio::test]
+async fn the_twilio_and_telnyx_upstreams_send_their_own_requests() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    for (tenant, from) in [("tw-shop", TW_SENDER), ("tx-shop", TX_SENDER)] {
+        let token = app.token(tenant, "messages:send");
+        let message = json!({ "to": "+14155550123", "from": from, "body": "hello", "purpose": "transactional" });
+        assert_eq!(app.send(&token, &message).await.status(), 201);
+    }
+    let requests = gateway.requests();
+    assert_eq!(
+        requests[0].path,
+        "/2010-04-01/Accounts/AC00000000000000000000000000000001/Messages.json"
+    );
+    let expected = base64::engine::general_purpose::STANDARD
+        .encode(format!("AC00000000000000000000000000000001:{TWILIO_TOKEN}"));
+    assert_eq!(
+        requests[0].headers["authorization"],
+        format!("Basic {expected}").as_str()
+    );
+    assert_eq!(requests[0].body["To"], "+14155550123");
+    assert_eq!(requests[0].body["From"], TW_SENDER);
+    assert_eq!(requests[0].body["Body"], "hello");
+    assert_eq!(requests[1].path, "/v2/messages");
+    assert_eq!(
+        requests[1].headers["authorization"],
+        format!("Bearer {TELNYX_KEY}").as_str()
+    );
+    assert_eq!(
+        requests[1].body,
+        json!({ "from": TX_SENDER, "to": "+14155550123", "text": "hello" })
+    );
+}
+
+/// The official Python SDKs, unchanged but for their base URL, against consentry over TLS.
+/// `.ci/run` installs them in a virtual environment and names its Python in
+/// `CONSENTRY_SDK_PYTHON`; without it this test says so and checks nothing.
+#[tokio::test]
+async fn the_official_python_sdks_work_against_consentry() {
+    let Ok(python) = std::env::var("CONSENTRY_SDK_PYTHON") else {
+        eprintln!("CONSENTRY_SDK_PYTHON is not set: the SDK test did not run (.ci/run sets it)");
+        return;
+    };
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    let token = app.token("acme", "messages:send messages:read");
+    opt_out(&app, "acme", OPTED_OUT).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/check_sdks.py");
+    let mut command = std::process::Command::new(python);
+    command
+        .arg(script)
+        .env(
+            "CONSENTRY_URL",
+            format!("https://localhost:{}", app.api.port()),
+        )
+        .env("CONSENTRY_TOKEN", &token)
+        .env("CONSENTRY_FROM", ACME_SENDER)
+        .env("CONSENTRY_OPTED_OUT", OPTED_OUT)
+        .env("SSL_CERT_FILE", app.data_dir().join("tls/cert.pem"))
+        .env("REQUESTS_CA_BUNDLE", app.data_dir().join("tls/cert.pem"));
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("twilio: ok") && stdout.contains("telnyx: ok"),
+        "{stdout}"
+    );
+    assert_eq!(
+        gateway.requests().len(),
+        2,
+        "one message per SDK reached the gateway"
+    );
+}

@@ -1,0 +1,66 @@
+"""The official Twilio and Telnyx Python SDKs against consentry, changed only in their base URL.
+
+Run by tests/api/fronts.rs with CONSENTRY_URL, CONSENTRY_TOKEN, CONSENTRY_FROM,
+CONSENTRY_OPTED_OUT and a CA bundle (SSL_CERT_FILE, REQUESTS_CA_BUNDLE) in the environment.
+Prints "twilio: ok" and "telnyx: ok"; exits non-zero on the first failed expectation.
+"""
+
+import os
+import sys
+
+URL = os.environ["CONSENTRY_URL"]
+TOKEN = os.environ["CONSENTRY_TOKEN"]
+FROM = os.environ["CONSENTRY_FROM"]
+OPTED_OUT = os.environ["CONSENTRY_OPTED_OUT"]
+ACCOUNT = "AC00000000000000000000000000000009"
+
+
+def check(condition, message):
+    if not condition:
+        print(f"FAILED: {message}")
+        sys.exit(1)
+
+
+def twilio_sdk():
+    from twilio.base.exceptions import TwilioRestException
+    from twilio.http.http_client import TwilioHttpClient
+    from twilio.rest import Client
+
+    client = Client(ACCOUNT, TOKEN, http_client=TwilioHttpClient())
+    client.api.base_url = URL  # the one change an application makes
+    client.http_client.session.headers["X-Consentry-Purpose"] = "transactional"
+    message = client.messages.create(to="+14155550123", from_=FROM, body="Your code is 1234")
+    check(message.sid.startswith("SM"), f"a message SID, got {message.sid}")
+    check(message.status == "queued", f"status queued, got {message.status}")
+    fetched = client.messages(message.sid).fetch()
+    check(fetched.body == "Your code is 1234", f"the body fetched back, got {fetched.body}")
+    try:
+        client.messages.create(to=OPTED_OUT, from_=FROM, body="hello")
+        check(False, "a send to an opted-out number must raise")
+    except TwilioRestException as error:
+        check(error.code == 21610, f"error 21610, got {error.code}")
+        check(error.status == 400, f"status 400, got {error.status}")
+    print("twilio: ok")
+
+
+def telnyx_sdk():
+    import telnyx
+
+    client = telnyx.Telnyx(
+        api_key=TOKEN,
+        base_url=f"{URL}/v2",  # the one change an application makes
+        default_headers={"X-Consentry-Purpose": "transactional"},
+    )
+    sent = client.messages.send(from_=FROM, to="+14155550124", text="Your code is 1234")
+    check(sent.data.to[0].phone_number == "+14155550124", f"the recipient, got {sent.data}")
+    try:
+        client.messages.send(from_=FROM, to=OPTED_OUT, text="hello")
+        check(False, "a send to an opted-out number must raise")
+    except telnyx.APIStatusError as error:
+        check(error.status_code == 400, f"status 400, got {error.status_code}")
+        check("40300" in str(error.body), f"code 40300, got {error.body}")
+    print("telnyx: ok")
+
+
+twilio_sdk()
+telnyx_sdk()
