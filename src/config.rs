@@ -137,6 +137,10 @@ pub struct ServerConfig {
     /// The largest request body accepted, in bytes; larger requests get 413.
     #[serde(default = "default_max_request_bytes")]
     pub max_request_bytes: usize,
+    /// consentry's own URL as gateways reach it (`https://sms-proxy.example.com`). With it,
+    /// sends through Twilio and Telnyx ask for delivery statuses at
+    /// `<public_url>/v1/inbound/<upstream>`.
+    pub public_url: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -145,6 +149,7 @@ impl Default for ServerConfig {
             listen: default_listen(),
             admin_listen: default_admin_listen(),
             max_request_bytes: default_max_request_bytes(),
+            public_url: None,
         }
     }
 }

@@ -28,10 +28,35 @@ pub struct InboundMessage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WebhookEvent {
     Message(InboundMessage),
-    /// A delivery status or any other event: verified, acknowledged, not acted on.
+    Status(DeliveryStatus),
+    /// Any other event: verified, acknowledged, not acted on.
     Other {
         kind: String,
     },
+}
+
+/// A gateway's report on a message it was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryStatus {
+    /// The gateway's id of the message (the one its send API answered).
+    pub gateway_message_id: String,
+    pub state: DeliveryState,
+    /// The gateway's own word for it (`delivered`, `undelivered`, `delivery_failed`, ...).
+    pub raw: String,
+    pub error_code: Option<String>,
+}
+
+/// Where a message stands at the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryState {
+    /// A final state: reached the handset.
+    Delivered,
+    /// A final state: the carrier did not deliver it.
+    Undelivered,
+    /// A final state: the gateway could not send it.
+    Failed,
+    /// Not final (queued, sending, sent ...): passed on, not recorded.
+    InProgress,
 }
 
 /// Why a webhook was refused. Nothing of a refused webhook is recorded.

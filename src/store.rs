@@ -103,6 +103,10 @@ pub struct ReleaseRecord {
 pub enum OutcomeStatus {
     Sent,
     Failed,
+    /// Reported by the gateway later: reached the handset.
+    Delivered,
+    /// Reported by the gateway later: not delivered by the carrier.
+    Undelivered,
 }
 
 impl OutcomeStatus {
@@ -110,6 +114,8 @@ impl OutcomeStatus {
         match self {
             OutcomeStatus::Sent => "sent",
             OutcomeStatus::Failed => "failed",
+            OutcomeStatus::Delivered => "delivered",
+            OutcomeStatus::Undelivered => "undelivered",
         }
     }
 }
@@ -376,6 +382,16 @@ pub trait Store: Send + Sync + 'static {
         resolution: &ResolutionRecord,
         consent: Option<&ConsentRecord>,
     ) -> Result<Resolved, StoreError>;
+
+    /// The message an upstream's message id belongs to: its id and tenant.
+    async fn message_by_gateway_id(
+        &self,
+        upstream: &str,
+        gateway_message_id: &str,
+    ) -> Result<Option<(MessageId, TenantId)>, StoreError>;
+
+    /// Queues a delivery to a tenant's webhook.
+    async fn enqueue_delivery(&self, delivery: &OutboxRecord) -> Result<(), StoreError>;
 
     /// The sealed payload of a tenant's message.
     async fn message_payload(

@@ -80,6 +80,11 @@ pub struct Upstreams {
 
 impl Upstreams {
     pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        let public_url = config
+            .server
+            .public_url
+            .as_deref()
+            .map(|url| url.trim_end_matches('/'));
         let sandbox = Arc::new(Sandbox::default());
         let mut by_name = HashMap::new();
         by_name.insert(SANDBOX.to_owned(), Upstream::Sandbox(sandbox.clone()));
@@ -91,7 +96,9 @@ impl Upstreams {
                 | UpstreamKind::Twilio
                 | UpstreamKind::Telnyx
                 | UpstreamKind::Vonage => {
-                    Upstream::Gateway(Box::new(Gateway::new(upstream, &field)?))
+                    let status_url =
+                        public_url.map(|base| format!("{base}/v1/inbound/{}", upstream.name));
+                    Upstream::Gateway(Box::new(Gateway::new(upstream, &field, status_url)?))
                 }
             };
             by_name.insert(upstream.name.clone(), built);
@@ -209,6 +216,8 @@ pub struct Gateway {
     url: String,
     credential: Secret,
     account_sid: String,
+    /// Where the gateway reports delivery statuses (consentry's own webhook), if known.
+    status_url: Option<String>,
     pub webhook: WebhookKey,
     request_timeout: Duration,
     client: HttpClient,
@@ -249,7 +258,11 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    fn new(config: &UpstreamConfig, field: &str) -> Result<Self, ConfigError> {
+    fn new(
+        config: &UpstreamConfig,
+        field: &str,
+        status_url: Option<String>,
+    ) -> Result<Self, ConfigError> {
         let error = |message: String| ConfigError(format!("{field}: {message}"));
         let url = match (&config.kind, &config.url) {
             (_, Some(url)) => url.clone(),
@@ -296,6 +309,7 @@ impl Gateway {
             url,
             credential,
             account_sid: config.account_sid.clone().unwrap_or_default(),
+            status_url,
             webhook,
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             client,
@@ -306,10 +320,19 @@ impl Gateway {
     fn request_for(&self, permit: &Permit) -> GatewayRequest {
         let credential = self.credential.expose();
         match self.kind {
-            UpstreamKind::Twilio => {
-                dialect::twilio::send_request(&self.url, &self.account_sid, credential, permit)
-            }
-            UpstreamKind::Telnyx => dialect::telnyx::send_request(&self.url, credential, permit),
+            UpstreamKind::Twilio => dialect::twilio::send_request(
+                &self.url,
+                &self.account_sid,
+                credential,
+                self.status_url.as_deref(),
+                permit,
+            ),
+            UpstreamKind::Telnyx => dialect::telnyx::send_request(
+                &self.url,
+                credential,
+                self.status_url.as_deref(),
+                permit,
+            ),
             UpstreamKind::Vonage => {
                 dialect::vonage::send_request(&self.url, &self.account_sid, credential, permit)
             }

@@ -24,7 +24,7 @@ CREATE TABLE message_outcomes (
     seq                 INTEGER PRIMARY KEY AUTOINCREMENT,
     message_id          TEXT    NOT NULL REFERENCES messages (id),
     recorded_at_us      INTEGER NOT NULL,
-    status              TEXT    NOT NULL CHECK (status IN ('sent', 'failed')),
+    status              TEXT    NOT NULL CHECK (status IN ('sent', 'failed', 'delivered', 'undelivered')),
     upstream_message_id TEXT,
     error_code          TEXT,
     detail              TEXT

@@ -74,16 +74,21 @@ struct Data {
 #[derive(Deserialize)]
 struct Payload {
     id: String,
-    from: Party,
+    #[serde(default)]
+    from: Option<Party>,
     #[serde(default)]
     to: Vec<Party>,
     #[serde(default)]
     text: Option<String>,
+    #[serde(default)]
+    errors: Vec<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
 struct Party {
     phone_number: String,
+    #[serde(default)]
+    status: Option<String>,
 }
 
 /// Reads a verified webhook: `message.received` is an inbound message; anything else (delivery
@@ -91,6 +96,39 @@ struct Party {
 pub fn parse(body: &[u8]) -> Result<WebhookEvent, WebhookError> {
     let envelope: Envelope =
         serde_json::from_slice(body).map_err(|e| WebhookError::Malformed(e.to_string()))?;
+    if matches!(
+        envelope.data.event_type.as_str(),
+        "message.sent" | "message.finalized"
+    ) {
+        let payload = envelope
+            .data
+            .payload
+            .ok_or_else(|| WebhookError::Malformed("a status without a payload".into()))?;
+        let raw = payload
+            .to
+            .first()
+            .and_then(|to| to.status.clone())
+            .unwrap_or_else(|| envelope.data.event_type.clone());
+        let state = match raw.as_str() {
+            "delivered" => super::DeliveryState::Delivered,
+            "delivery_failed" => super::DeliveryState::Undelivered,
+            "sending_failed" => super::DeliveryState::Failed,
+            _ => super::DeliveryState::InProgress,
+        };
+        return Ok(WebhookEvent::Status(super::DeliveryStatus {
+            gateway_message_id: payload.id,
+            state,
+            raw,
+            error_code: payload
+                .errors
+                .first()
+                .and_then(|error| error.get("code"))
+                .map(|code| {
+                    code.as_str()
+                        .map_or_else(|| code.to_string(), str::to_owned)
+                }),
+        }));
+    }
     if envelope.data.event_type != "message.received" {
         return Ok(WebhookEvent::Other {
             kind: envelope.data.event_type,
@@ -105,22 +143,34 @@ pub fn parse(body: &[u8]) -> Result<WebhookEvent, WebhookError> {
         .into_iter()
         .next()
         .ok_or_else(|| WebhookError::Malformed("no receiving number".into()))?;
+    let from = payload
+        .from
+        .ok_or_else(|| WebhookError::Malformed("no sending number".into()))?;
     Ok(WebhookEvent::Message(InboundMessage {
         gateway_id: payload.id,
-        from: payload.from.phone_number,
+        from: from.phone_number,
         to: to.phone_number,
         body: payload.text.unwrap_or_default(),
     }))
 }
 
-/// `POST /v2/messages` with JSON and the API key as bearer.
-pub fn send_request(base_url: &str, api_key: &str, permit: &Permit) -> GatewayRequest {
+/// `POST /v2/messages` with JSON and the API key as bearer; with consentry's own status URL
+/// when it has a public one.
+pub fn send_request(
+    base_url: &str,
+    api_key: &str,
+    status_url: Option<&str>,
+    permit: &Permit,
+) -> GatewayRequest {
     let message = permit.message();
-    let body = json!({
+    let mut body = json!({
         "from": message.from.as_str(),
         "to": message.to.e164(),
         "text": message.body.as_str(),
     });
+    if let Some(url) = status_url {
+        body["webhook_url"] = json!(url);
+    }
     GatewayRequest {
         url: format!("{}/v2/messages", base_url.trim_end_matches('/')),
         content_type: "application/json",
@@ -303,13 +353,15 @@ mod tests {
     }
 
     #[test]
-    fn delivery_statuses_are_acknowledged_only() {
-        let status = br#"{"data":{"event_type":"message.finalized","payload":null}}"#;
-        assert_eq!(
-            parse(status),
-            Ok(WebhookEvent::Other {
-                kind: "message.finalized".into()
-            })
-        );
+    fn delivery_statuses_are_read() {
+        let finalized = br#"{"data":{"event_type":"message.finalized","payload":{"id":"m-1","to":[{"phone_number":"+14155550123","status":"delivery_failed"}],"errors":[{"code":"40008"}]}}}"#;
+        let WebhookEvent::Status(status) = parse(finalized).unwrap() else {
+            panic!("not a status");
+        };
+        assert_eq!(status.gateway_message_id, "m-1");
+        assert_eq!(status.state, crate::dialect::DeliveryState::Undelivered);
+        assert_eq!(status.error_code.as_deref(), Some("40008"));
+        let other = br#"{"data":{"event_type":"number_order.complete","payload":null}}"#;
+        assert!(matches!(parse(other), Ok(WebhookEvent::Other { .. })));
     }
 }

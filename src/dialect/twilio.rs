@@ -142,9 +142,21 @@ pub fn parse(params: &[(String, String)]) -> Result<WebhookEvent, WebhookError> 
     let status = param(params, "MessageStatus").or(param(params, "SmsStatus"));
     let body = param(params, "Body");
     if let (Some(status), None) = (status, body) {
-        return Ok(WebhookEvent::Other {
-            kind: format!("status:{status}"),
-        });
+        let gateway_message_id = param(params, "MessageSid")
+            .or(param(params, "SmsSid"))
+            .ok_or_else(|| WebhookError::Malformed("a status without MessageSid".into()))?;
+        let state = match status {
+            "delivered" | "read" => super::DeliveryState::Delivered,
+            "undelivered" => super::DeliveryState::Undelivered,
+            "failed" => super::DeliveryState::Failed,
+            _ => super::DeliveryState::InProgress,
+        };
+        return Ok(WebhookEvent::Status(super::DeliveryStatus {
+            gateway_message_id: gateway_message_id.to_owned(),
+            state,
+            raw: status.to_owned(),
+            error_code: param(params, "ErrorCode").map(str::to_owned),
+        }));
     }
     let missing = |name: &str| WebhookError::Malformed(format!("no {name} parameter"));
     let gateway_id = param(params, "MessageSid")
@@ -185,14 +197,19 @@ pub fn send_request(
     base_url: &str,
     account_sid: &str,
     auth_token: &str,
+    status_url: Option<&str>,
     permit: &Permit,
 ) -> GatewayRequest {
     let message = permit.message();
-    let body = form_urlencoded::Serializer::new(String::new())
-        .append_pair("To", message.to.e164())
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    form.append_pair("To", message.to.e164())
         .append_pair("From", message.from.as_str())
-        .append_pair("Body", message.body.as_str())
-        .finish();
+        .append_pair("Body", message.body.as_str());
+    // With a public URL, Twilio reports delivery statuses to consentry's own webhook.
+    if let Some(url) = status_url {
+        form.append_pair("StatusCallback", url);
+    }
+    let body = form.finish();
     let credentials =
         base64::engine::general_purpose::STANDARD.encode(format!("{account_sid}:{auth_token}"));
     GatewayRequest {

@@ -127,6 +127,10 @@ pub async fn webhook(
     };
     let twiml = gateway.kind == crate::config::UpstreamKind::Twilio;
     let received = match event {
+        WebhookEvent::Status(status) => {
+            state.delivery_status(&name, &status).await?;
+            Received::default()
+        }
         WebhookEvent::Other { kind } => {
             tracing::debug!(upstream = %name, %kind, "webhook event acknowledged");
             Received::default()
@@ -530,6 +534,78 @@ impl AppState {
                     "the message could not be encrypted; nothing was recorded",
                 )
             })
+    }
+}
+
+impl AppState {
+    /// Records a gateway's final delivery status on its message and passes every status on to
+    /// the tenant's webhook. A status for a message consentry does not know is acknowledged and
+    /// logged.
+    pub async fn delivery_status(
+        &self,
+        upstream: &str,
+        status: &crate::dialect::DeliveryStatus,
+    ) -> Result<(), ApiError> {
+        use crate::dialect::DeliveryState;
+        use crate::store::{OutcomeRecord, OutcomeStatus};
+        let Some((id, tenant_id)) = self
+            .store
+            .message_by_gateway_id(upstream, &status.gateway_message_id)
+            .await?
+        else {
+            tracing::warn!(upstream, status = %status.raw, "a delivery status for an unknown message");
+            return Ok(());
+        };
+        let now = self.clock.now();
+        let recorded = match status.state {
+            DeliveryState::Delivered => Some(OutcomeStatus::Delivered),
+            DeliveryState::Undelivered => Some(OutcomeStatus::Undelivered),
+            DeliveryState::Failed => Some(OutcomeStatus::Failed),
+            DeliveryState::InProgress => None,
+        };
+        if let Some(outcome) = recorded {
+            self.store
+                .record_outcome(&OutcomeRecord {
+                    message_id: id.clone(),
+                    recorded_at_us: now.as_microsecond(),
+                    status: outcome,
+                    upstream_message_id: Some(status.gateway_message_id.clone()),
+                    error_code: status.error_code.clone(),
+                    detail: Some(format!("gateway status: {}", status.raw)),
+                })
+                .await?;
+        }
+        tracing::info!(message = %id, status = %status.raw, "delivery status");
+        if let Some(tenant) = self.tenants.get(&tenant_id)
+            && tenant.webhook.is_some()
+        {
+            let delivery_id = format!("dlv_{}", uuid::Uuid::now_v7().simple());
+            let payload = json!({
+                "type": "delivery_status",
+                "message_id": id,
+                "tenant": tenant_id,
+                "upstream": upstream,
+                "gateway_message_id": status.gateway_message_id,
+                "status": status.raw,
+                "error_code": status.error_code,
+                "received_at": now.to_string(),
+            });
+            let sealed = self.seal(
+                &outbox_associated_data(&tenant_id, &delivery_id),
+                payload.to_string().as_bytes(),
+            )?;
+            self.store
+                .enqueue_delivery(&OutboxRecord {
+                    id: delivery_id,
+                    tenant: tenant_id,
+                    created_at_us: now.as_microsecond(),
+                    key_id: sealed.key_id,
+                    payload: sealed.bytes,
+                    next_attempt_at_us: now.as_microsecond(),
+                })
+                .await?;
+        }
+        Ok(())
     }
 }
 

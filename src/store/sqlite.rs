@@ -428,6 +428,45 @@ impl Store for SqliteStore {
         Ok(Resolved::Done)
     }
 
+    async fn message_by_gateway_id(
+        &self,
+        upstream: &str,
+        gateway_message_id: &str,
+    ) -> Result<Option<(MessageId, TenantId)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT m.id, m.tenant FROM message_outcomes o JOIN messages m ON m.id = o.message_id \
+             WHERE o.upstream_message_id = ? AND m.upstream = ? LIMIT 1",
+        )
+        .bind(gateway_message_id)
+        .bind(upstream)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let id: String = row.try_get("id")?;
+        let tenant: String = row.try_get("tenant")?;
+        Ok(Some((
+            MessageId::parse(&id).ok_or_else(|| StoreError::Corrupt("messages.id".into()))?,
+            TenantId::parse(&tenant).map_err(|_| StoreError::Corrupt("messages.tenant".into()))?,
+        )))
+    }
+
+    async fn enqueue_delivery(&self, delivery: &OutboxRecord) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().await;
+        sqlx::query(
+            "INSERT INTO webhook_outbox (id, tenant, created_at_us, key_id, payload, \
+             next_attempt_at_us) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&delivery.id)
+        .bind(delivery.tenant.as_str())
+        .bind(delivery.created_at_us)
+        .bind(&delivery.key_id)
+        .bind(&delivery.payload)
+        .bind(delivery.next_attempt_at_us)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn message_payload(
         &self,
         tenant: &TenantId,

@@ -291,6 +291,10 @@ async fn the_twilio_and_telnyx_upstreams_send_their_own_requests() {
     assert_eq!(requests[0].body["To"], "+14155550123");
     assert_eq!(requests[0].body["From"], TW_SENDER);
     assert_eq!(requests[0].body["Body"], "hello");
+    assert_eq!(
+        requests[0].body["StatusCallback"],
+        "https://proxy.example.com/v1/inbound/tw"
+    );
     assert_eq!(requests[1].path, "/v2/messages");
     assert_eq!(
         requests[1].headers["authorization"],
@@ -298,8 +302,78 @@ async fn the_twilio_and_telnyx_upstreams_send_their_own_requests() {
     );
     assert_eq!(
         requests[1].body,
-        json!({ "from": TX_SENDER, "to": "+14155550123", "text": "hello" })
+        json!({ "from": TX_SENDER, "to": "+14155550123", "text": "hello", "webhook_url": "https://proxy.example.com/v1/inbound/tx" })
     );
+}
+
+#[tokio::test]
+async fn delivery_statuses_reach_the_record_and_the_tenant() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    let tenant_app = app.tenant_app.clone().unwrap();
+
+    // Twilio reports a delivery: the record says delivered.
+    let token = app.token("tw-shop", "messages:send messages:read");
+    let message = json!({ "to": "+14155550123", "from": TW_SENDER, "body": "hello", "purpose": "transactional" });
+    let sent: Value = app.send(&token, &message).await.json().await.unwrap();
+    assert_eq!(sent["upstream"]["message_id"], "SMgw1");
+    let status = [
+        ("MessageSid", "SMgw1"),
+        ("MessageStatus", "delivered"),
+        ("AccountSid", "AC00000000000000000000000000000001"),
+    ];
+    assert_eq!(app.twilio_webhook(&status, None).await.status(), 200);
+    let id = sent["id"].as_str().unwrap();
+    let record: Value = app
+        .get(&token, &format!("/v1/messages/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(record["status"], "delivered");
+
+    // Telnyx reports a failure: the record says undelivered, and the tenant hears of it.
+    let token = app.token("tx-shop", "messages:send messages:read");
+    let message = json!({ "to": "+14155550123", "from": TX_SENDER, "body": "hello", "purpose": "transactional" });
+    let sent: Value = app.send(&token, &message).await.json().await.unwrap();
+    let gateway_id = sent["upstream"]["message_id"].as_str().unwrap().to_owned();
+    let body = json!({ "data": { "event_type": "message.finalized", "id": "ev-9", "payload": {
+        "id": gateway_id, "to": [{ "phone_number": "+14155550123", "status": "delivery_failed" }],
+        "errors": [{ "code": "40008", "title": "Undeliverable" }] } } })
+    .to_string();
+    let timestamp = jiff::Timestamp::now().as_second();
+    let signature = base64::engine::general_purpose::STANDARD.encode(
+        telnyx_key()
+            .sign(format!("{timestamp}|{body}").as_bytes())
+            .as_ref(),
+    );
+    let response = app
+        .client
+        .post(app.url("/v1/inbound/tx"))
+        .header("telnyx-timestamp", timestamp.to_string())
+        .header("telnyx-signature-ed25519", signature)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let id = sent["id"].as_str().unwrap();
+    let record: Value = app
+        .get(&token, &format!("/v1/messages/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(record["status"], "undelivered");
+    assert_eq!(record["error_code"], "40008");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while tenant_app.requests().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let delivered = &tenant_app.requests()[0];
+    assert_eq!(delivered.body["type"], "delivery_status");
+    assert_eq!(delivered.body["message_id"], id);
+    assert_eq!(delivered.body["status"], "delivery_failed");
 }
 
 /// The official Python SDKs, unchanged but for their base URL, against consentry over TLS.

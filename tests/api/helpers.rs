@@ -105,9 +105,14 @@ impl FakeGateway {
                     });
                     let count = state.requests.lock().unwrap().len();
                     match mode {
+                        // Every gateway's id field: http-json's id, Twilio's sid, Telnyx's data.id.
                         GatewayMode::Accept => (
                             http::StatusCode::OK,
-                            axum::Json(json!({ "id": format!("gw-{count}") })),
+                            axum::Json(json!({
+                                "id": format!("gw-{count}"),
+                                "sid": format!("SMgw{count}"),
+                                "data": { "id": format!("tx-{count}") },
+                            })),
                         ),
                         GatewayMode::Vonage(status) => (
                             http::StatusCode::OK,
@@ -219,6 +224,9 @@ pub fn test_config_with(folder: &Path, gateway_url: &str, tenant_app_url: &str) 
         r#"
 data_dir = "data"
 
+[server]
+public_url = "https://proxy.example.com"
+
 [jwt]
 dev_issuer = true
 
@@ -265,6 +273,7 @@ id = "tx-shop"
 senders = ["{TX_SENDER}"]
 upstream = "tx"
 program_name = "TX Shop"
+webhook = {{ url = "{tenant_app_url}", secret = {{ file = "beta-webhook.secret" }} }}
 
 [outbox]
 retry_base_ms = 100
