@@ -286,6 +286,10 @@ pub struct TenantConfig {
     pub reply_language: String,
     /// Where every inbound message is passed on, signed (HMAC-SHA256) by consentry.
     pub webhook: Option<TenantWebhook>,
+    /// The auth token the tenant's applications validate Twilio-style status callbacks with:
+    /// consentry signs the `StatusCallback` requests it makes with it. Without it, a
+    /// `StatusCallback` in a Twilio-front request is refused.
+    pub status_callback_secret: Option<SecretRef>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -467,6 +471,7 @@ pub struct Tenant {
     pub reply_language: String,
     pub webhook: Option<TenantWebhook>,
     pub default_purpose: Purpose,
+    pub status_callback_secret: Option<SecretRef>,
 }
 
 /// A scope that names no brand or campaign of the tenant: the field and why.
@@ -610,6 +615,9 @@ impl Config {
         for tenant in &mut self.tenants {
             if let Some(webhook) = &mut tenant.webhook {
                 webhook.secret.rebase(base);
+            }
+            if let Some(secret) = &mut tenant.status_callback_secret {
+                secret.rebase(base);
             }
         }
     }
@@ -882,6 +890,7 @@ impl Config {
                         .unwrap_or_else(|| "Msg frequency varies".to_owned()),
                     reply_language: tenant.reply_language.clone(),
                     default_purpose: tenant.default_purpose,
+                    status_callback_secret: tenant.status_callback_secret.clone(),
                     webhook: tenant.webhook.clone(),
                     id,
                     upstream: tenant.upstream.clone(),
@@ -914,7 +923,7 @@ fn check_scope_id(id: &str) -> Result<(), String> {
 
 /// An upstream URL must be `https://`, or `http://` to a loopback address: a gateway credential
 /// never crosses a network in clear text.
-fn check_upstream_url(url: &str) -> Result<(), String> {
+pub(crate) fn check_upstream_url(url: &str) -> Result<(), String> {
     let uri: http::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
     let host = uri.host().ok_or("has no host")?;
     match uri.scheme_str() {

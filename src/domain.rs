@@ -340,6 +340,16 @@ pub struct CanonicalMessage {
     pub scope: Scope,
     /// Set when consentry answers a recipient's reply (STOP, START, HELP).
     pub reply: Option<Reply>,
+    /// Where the application wants this message's delivery statuses (a Twilio-front
+    /// `StatusCallback`), with the account SID it used. Not part of any decision.
+    pub status_callback: Option<StatusCallback>,
+}
+
+/// An application's own status-callback URL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusCallback {
+    pub url: String,
+    pub account_sid: String,
 }
 
 /// The answer to a recipient's reply. Each has its own rule in `decide`.

@@ -34,6 +34,8 @@ const POLL: Duration = Duration::from_millis(200);
 /// Where each tenant's deliveries go, and how.
 pub struct Webhooks {
     targets: HashMap<TenantId, (String, Secret)>,
+    /// Per tenant: the token that signs Twilio-style status callbacks.
+    callback_secrets: HashMap<TenantId, Secret>,
     client: HttpClient,
     config: OutboxConfig,
 }
@@ -52,6 +54,7 @@ impl Webhooks {
         config: &OutboxConfig,
     ) -> Result<Self, ConfigError> {
         let mut targets = HashMap::new();
+        let mut callback_secrets = HashMap::new();
         for tenant in tenants {
             if let Some(webhook) = &tenant.webhook {
                 let secret = webhook
@@ -59,11 +62,17 @@ impl Webhooks {
                     .resolve(&format!("tenants[{}].webhook.secret", tenant.id))?;
                 targets.insert(tenant.id.clone(), (webhook.url.clone(), secret));
             }
+            if let Some(secret) = &tenant.status_callback_secret {
+                let secret =
+                    secret.resolve(&format!("tenants[{}].status_callback_secret", tenant.id))?;
+                callback_secrets.insert(tenant.id.clone(), secret);
+            }
         }
         let client = https_client(None, Duration::from_millis(config.timeout_ms))
             .map_err(|e| ConfigError(format!("outbox: {e}")))?;
         Ok(Webhooks {
             targets,
+            callback_secrets,
             client,
             config: config.clone(),
         })
@@ -135,11 +144,6 @@ pub async fn deliver_due(state: &AppState) -> Result<usize, StoreError> {
 
 async fn deliver(state: &AppState, item: &OutboxItem) -> Result<(), String> {
     let record = &item.record;
-    let (url, secret) = state
-        .webhooks
-        .targets
-        .get(&record.tenant)
-        .ok_or("the tenant has no webhook configured")?;
     let body = state
         .keys
         .open(
@@ -150,21 +154,11 @@ async fn deliver(state: &AppState, item: &OutboxItem) -> Result<(), String> {
             },
         )
         .map_err(|e| e.to_string())?;
-    let timestamp = Timestamp::now().as_second();
-    let request = http::Request::post(url.as_str())
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .header(
-            http::header::USER_AGENT,
-            concat!("consentry/", env!("CARGO_PKG_VERSION")),
-        )
-        .header("x-consentry-timestamp", timestamp.to_string())
-        .header(
-            "x-consentry-signature",
-            signature(secret.expose().as_bytes(), timestamp, &body),
-        )
-        .header("x-consentry-delivery", record.id.as_str())
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
+    let request = match (&record.url, record.format.as_deref()) {
+        (Some(url), Some("twilio")) => twilio_callback(state, record, url, &body)?,
+        (Some(_), format) => return Err(format!("unknown delivery format {format:?}")),
+        (None, _) => tenant_webhook(state, record, body)?,
+    };
     let exchange = async {
         let response = state
             .webhooks
@@ -188,6 +182,73 @@ async fn deliver(state: &AppState, item: &OutboxItem) -> Result<(), String> {
     } else {
         Err(format!("answered HTTP {}", status.as_u16()))
     }
+}
+
+/// A status callback to an application's own URL, as Twilio would send it: a form, signed
+/// with `X-Twilio-Signature` under the tenant's `status_callback_secret`.
+fn twilio_callback(
+    state: &AppState,
+    record: &crate::store::OutboxRecord,
+    url: &str,
+    body: &[u8],
+) -> Result<http::Request<Full<Bytes>>, String> {
+    let secret = state
+        .webhooks
+        .callback_secrets
+        .get(&record.tenant)
+        .ok_or("the tenant has no status_callback_secret")?;
+    let fields: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let params: Vec<(String, String)> = fields
+        .into_iter()
+        .map(|(name, value)| (name, value.as_str().unwrap_or_default().to_owned()))
+        .collect();
+    let form = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(&params)
+        .finish();
+    http::Request::post(url)
+        .header(
+            http::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .header(
+            http::header::USER_AGENT,
+            concat!("consentry/", env!("CARGO_PKG_VERSION")),
+        )
+        .header(
+            crate::dialect::twilio::SIGNATURE_HEADER,
+            crate::dialect::twilio::sign(secret.expose(), url, &params),
+        )
+        .body(Full::new(Bytes::from(form)))
+        .map_err(|e| e.to_string())
+}
+
+/// The delivery of a reply or status to the tenant's webhook, signed with its secret.
+fn tenant_webhook(
+    state: &AppState,
+    record: &crate::store::OutboxRecord,
+    body: Vec<u8>,
+) -> Result<http::Request<Full<Bytes>>, String> {
+    let (url, secret) = state
+        .webhooks
+        .targets
+        .get(&record.tenant)
+        .ok_or("the tenant has no webhook configured")?;
+    let timestamp = Timestamp::now().as_second();
+    http::Request::post(url.as_str())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(
+            http::header::USER_AGENT,
+            concat!("consentry/", env!("CARGO_PKG_VERSION")),
+        )
+        .header("x-consentry-timestamp", timestamp.to_string())
+        .header(
+            "x-consentry-signature",
+            signature(secret.expose().as_bytes(), timestamp, &body),
+        )
+        .header("x-consentry-delivery", record.id.as_str())
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -439,6 +439,7 @@ mod tests {
             purpose,
             scope: Scope::tenant_wide(),
             reply: None,
+            status_callback: None,
         }
     }
 

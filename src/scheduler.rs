@@ -187,6 +187,7 @@ fn rebuild(
             campaign: item.campaign.clone(),
         },
         reply: None,
+        status_callback: None,
     };
     let sealed = Sealed {
         key_id: item.key_id.clone(),

@@ -72,6 +72,8 @@ pub struct MessageRecord {
     pub payload: Vec<u8>,
     /// For a deferred message: when to decide again.
     pub release_at_us: Option<i64>,
+    /// The application's status callback, as JSON `{"url", "account_sid"}`.
+    pub status_callback: Option<String>,
 }
 
 /// A deferred message taken for release, with what is needed to rebuild it.
@@ -284,6 +286,10 @@ pub struct OutboxRecord {
     pub key_id: String,
     pub payload: Vec<u8>,
     pub next_attempt_at_us: i64,
+    /// A URL of its own (an application's StatusCallback) instead of the tenant's webhook.
+    pub url: Option<String>,
+    /// How to send to `url`: `twilio` (a form, signed as Twilio signs).
+    pub format: Option<String>,
 }
 
 /// A delivery that is due, with its attempts so far.
@@ -383,12 +389,12 @@ pub trait Store: Send + Sync + 'static {
         consent: Option<&ConsentRecord>,
     ) -> Result<Resolved, StoreError>;
 
-    /// The message an upstream's message id belongs to: its id and tenant.
+    /// The message an upstream's message id belongs to: its id, tenant and status callback.
     async fn message_by_gateway_id(
         &self,
         upstream: &str,
         gateway_message_id: &str,
-    ) -> Result<Option<(MessageId, TenantId)>, StoreError>;
+    ) -> Result<Option<(MessageId, TenantId, Option<String>)>, StoreError>;
 
     /// Queues a delivery to a tenant's webhook.
     async fn enqueue_delivery(&self, delivery: &OutboxRecord) -> Result<(), StoreError>;

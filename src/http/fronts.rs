@@ -83,6 +83,7 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// Builds the native request from a front's fields and runs the send flow.
+#[allow(clippy::too_many_arguments)]
 async fn send(
     state: &AppState,
     principal: &Principal,
@@ -91,6 +92,7 @@ async fn send(
     to: String,
     from: String,
     body: String,
+    status_callback: Option<crate::domain::StatusCallback>,
 ) -> Outcome {
     let purpose = header(headers, "x-consentry-purpose")
         .map(str::to_owned)
@@ -103,10 +105,11 @@ async fn send(
         brand: header(headers, "x-consentry-brand").map(str::to_owned),
         campaign: header(headers, "x-consentry-campaign").map(str::to_owned),
     };
-    let message = match canonical_message(request, tenant) {
+    let mut message = match canonical_message(request, tenant) {
         Ok(message) => message,
         Err(error) => return Outcome::Refused(error),
     };
+    message.status_callback = status_callback;
     let bounds = sender_bounds(principal, tenant);
     match state
         .process(tenant, &bounds, message, Delivery::Upstream)
@@ -182,6 +185,26 @@ pub async fn twilio_create(
         let (principal, tenant) = state.admit(principal, scope::SEND)?;
         let bytes = read_body_any(&headers, body, state.max_request_bytes).await?;
         let mut fields = form_fields(&bytes)?;
+        let status_callback = match fields.remove("StatusCallback") {
+            None => None,
+            Some(url) => {
+                if tenant.status_callback_secret.is_none() {
+                    return Err(ApiError::bad_request(
+                        "unsupported_parameter",
+                        "StatusCallback needs the tenant's status_callback_secret, which signs the callbacks",
+                    )
+                    .with("field", "StatusCallback"));
+                }
+                crate::config::check_upstream_url(&url).map_err(|message| {
+                    ApiError::bad_request("invalid_request", format!("StatusCallback: {message}"))
+                        .with("field", "StatusCallback")
+                })?;
+                Some(crate::domain::StatusCallback {
+                    url,
+                    account_sid: account_sid.clone(),
+                })
+            }
+        };
         for unsupported in ["MediaUrl", "SendAt", "ScheduleType", "ContentSid"] {
             if fields.contains_key(unsupported) {
                 return Err(ApiError::bad_request(
@@ -219,6 +242,7 @@ pub async fn twilio_create(
                 to.clone(),
                 from.clone(),
                 text.clone(),
+                status_callback,
             )
             .await
             {
@@ -360,6 +384,7 @@ pub async fn telnyx_send(
                 to.clone(),
                 from.clone(),
                 text.clone(),
+                None,
             )
             .await
             {
@@ -458,7 +483,18 @@ pub async fn vonage_send(
             .filter(|text| !text.is_empty())
             .ok_or_else(|| ApiError::bad_request("missing_body", "Missing text param"))?;
         Ok::<_, ApiError>(
-            match send(&state, &principal, tenant, &headers, to.clone(), from, text).await {
+            match send(
+                &state,
+                &principal,
+                tenant,
+                &headers,
+                to.clone(),
+                from,
+                text,
+                None,
+            )
+            .await
+            {
                 Outcome::Accepted { id, status } => json_response(
                     200,
                     vonage::front_answer(&to, Some(id.as_str()), "0", None, status),

@@ -392,6 +392,7 @@ impl AppState {
                 purpose: Purpose::Transactional,
                 scope: scope.clone(),
                 reply: Some(reply),
+                status_callback: None,
             };
             match self
                 .process(tenant, &SenderBounds::default(), answer, delivery)
@@ -520,6 +521,8 @@ impl AppState {
             key_id: sealed.key_id,
             payload: sealed.bytes,
             next_attempt_at_us: now.as_microsecond(),
+            url: None,
+            format: None,
         })
     }
 
@@ -548,7 +551,7 @@ impl AppState {
     ) -> Result<(), ApiError> {
         use crate::dialect::DeliveryState;
         use crate::store::{OutcomeRecord, OutcomeStatus};
-        let Some((id, tenant_id)) = self
+        let Some((id, tenant_id, callback)) = self
             .store
             .message_by_gateway_id(upstream, &status.gateway_message_id)
             .await?
@@ -597,11 +600,57 @@ impl AppState {
             self.store
                 .enqueue_delivery(&OutboxRecord {
                     id: delivery_id,
+                    tenant: tenant_id.clone(),
+                    created_at_us: now.as_microsecond(),
+                    key_id: sealed.key_id,
+                    payload: sealed.bytes,
+                    next_attempt_at_us: now.as_microsecond(),
+                    url: None,
+                    format: None,
+                })
+                .await?;
+        }
+        // The application's own StatusCallback hears it as it would have from Twilio.
+        if let Some(callback) = callback
+            .as_deref()
+            .and_then(|text| serde_json::from_str::<crate::domain::StatusCallback>(text).ok())
+        {
+            let delivery_id = format!("dlv_{}", uuid::Uuid::now_v7().simple());
+            let status_word = match status.state {
+                DeliveryState::Delivered => "delivered",
+                DeliveryState::Undelivered => "undelivered",
+                DeliveryState::Failed => "failed",
+                DeliveryState::InProgress => "sent",
+            };
+            let sid = crate::dialect::twilio::message_sid(&id);
+            let mut params = serde_json::Map::new();
+            for (name, value) in [
+                ("MessageSid", sid.as_str()),
+                ("SmsSid", sid.as_str()),
+                ("MessageStatus", status_word),
+                ("SmsStatus", status_word),
+                ("AccountSid", callback.account_sid.as_str()),
+                ("ApiVersion", "2010-04-01"),
+            ] {
+                params.insert(name.into(), Value::String(value.into()));
+            }
+            if let Some(code) = &status.error_code {
+                params.insert("ErrorCode".into(), Value::String(code.clone()));
+            }
+            let sealed = self.seal(
+                &outbox_associated_data(&tenant_id, &delivery_id),
+                Value::Object(params).to_string().as_bytes(),
+            )?;
+            self.store
+                .enqueue_delivery(&OutboxRecord {
+                    id: delivery_id,
                     tenant: tenant_id,
                     created_at_us: now.as_microsecond(),
                     key_id: sealed.key_id,
                     payload: sealed.bytes,
                     next_attempt_at_us: now.as_microsecond(),
+                    url: Some(callback.url),
+                    format: Some("twilio".into()),
                 })
                 .await?;
         }

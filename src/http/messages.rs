@@ -458,6 +458,10 @@ impl AppState {
             key_id: sealed.key_id,
             payload: sealed.bytes,
             release_at_us,
+            status_callback: message
+                .status_callback
+                .as_ref()
+                .and_then(|callback| serde_json::to_string(callback).ok()),
         };
         self.store.record_message(&record).await?;
         Ok(())
@@ -587,6 +591,7 @@ pub(crate) fn canonical_message(
         purpose,
         scope,
         reply: None,
+        status_callback: None,
     })
 }
 

@@ -63,6 +63,7 @@ fn outcome(
         purpose,
         scope: Scope::tenant_wide(),
         reply: None,
+        status_callback: None,
     };
     let facts = Facts {
         tenant: &rules,

@@ -93,8 +93,8 @@ impl Store for SqliteStore {
         sqlx::query(
             "INSERT INTO messages (id, tenant, created_at_us, recipient_hash, recipient_masked, \
              sender_masked, purpose, brand, campaign, decision, reply_kind, confirms_event, \
-             reasons, upstream, key_id, payload) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             reasons, upstream, key_id, payload, status_callback) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(record.id.as_str())
         .bind(record.tenant.as_str())
@@ -112,6 +112,7 @@ impl Store for SqliteStore {
         .bind(record.upstream.as_deref())
         .bind(&record.key_id)
         .bind(&record.payload)
+        .bind(record.status_callback.as_deref())
         .execute(&mut *transaction)
         .await?;
         if let Some(release_at_us) = record.release_at_us {
@@ -345,7 +346,7 @@ impl Store for SqliteStore {
         if let Some(outbox) = outbox {
             sqlx::query(
                 "INSERT INTO webhook_outbox (id, tenant, created_at_us, key_id, payload, \
-                 next_attempt_at_us) VALUES (?, ?, ?, ?, ?, ?)",
+                 next_attempt_at_us, url, format) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&outbox.id)
             .bind(outbox.tenant.as_str())
@@ -353,6 +354,8 @@ impl Store for SqliteStore {
             .bind(&outbox.key_id)
             .bind(&outbox.payload)
             .bind(outbox.next_attempt_at_us)
+            .bind(outbox.url.as_deref())
+            .bind(outbox.format.as_deref())
             .execute(&mut *transaction)
             .await?;
         }
@@ -432,9 +435,10 @@ impl Store for SqliteStore {
         &self,
         upstream: &str,
         gateway_message_id: &str,
-    ) -> Result<Option<(MessageId, TenantId)>, StoreError> {
+    ) -> Result<Option<(MessageId, TenantId, Option<String>)>, StoreError> {
         let row = sqlx::query(
-            "SELECT m.id, m.tenant FROM message_outcomes o JOIN messages m ON m.id = o.message_id \
+            "SELECT m.id, m.tenant, m.status_callback FROM message_outcomes o \
+             JOIN messages m ON m.id = o.message_id \
              WHERE o.upstream_message_id = ? AND m.upstream = ? LIMIT 1",
         )
         .bind(gateway_message_id)
@@ -447,6 +451,7 @@ impl Store for SqliteStore {
         Ok(Some((
             MessageId::parse(&id).ok_or_else(|| StoreError::Corrupt("messages.id".into()))?,
             TenantId::parse(&tenant).map_err(|_| StoreError::Corrupt("messages.tenant".into()))?,
+            row.try_get("status_callback")?,
         )))
     }
 
@@ -454,7 +459,7 @@ impl Store for SqliteStore {
         let _writer = self.writer.lock().await;
         sqlx::query(
             "INSERT INTO webhook_outbox (id, tenant, created_at_us, key_id, payload, \
-             next_attempt_at_us) VALUES (?, ?, ?, ?, ?, ?)",
+             next_attempt_at_us, url, format) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&delivery.id)
         .bind(delivery.tenant.as_str())
@@ -462,6 +467,8 @@ impl Store for SqliteStore {
         .bind(&delivery.key_id)
         .bind(&delivery.payload)
         .bind(delivery.next_attempt_at_us)
+        .bind(delivery.url.as_deref())
+        .bind(delivery.format.as_deref())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -508,8 +515,8 @@ impl Store for SqliteStore {
 
     async fn due_deliveries(&self, now_us: i64, limit: i64) -> Result<Vec<OutboxItem>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, tenant, created_at_us, key_id, payload, next_attempt_at_us, attempts \
-             FROM webhook_outbox WHERE delivered_at_us IS NULL AND next_attempt_at_us <= ? \
+            "SELECT id, tenant, created_at_us, key_id, payload, next_attempt_at_us, attempts, \
+             url, format FROM webhook_outbox WHERE delivered_at_us IS NULL AND next_attempt_at_us <= ? \
              ORDER BY next_attempt_at_us, seq LIMIT ?",
         )
         .bind(now_us)
@@ -529,6 +536,8 @@ impl Store for SqliteStore {
                         key_id: row.try_get("key_id")?,
                         payload: row.try_get("payload")?,
                         next_attempt_at_us: row.try_get("next_attempt_at_us")?,
+                        url: row.try_get("url")?,
+                        format: row.try_get("format")?,
                     },
                 })
             })

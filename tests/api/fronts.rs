@@ -421,3 +421,62 @@ async fn the_official_python_sdks_work_against_consentry() {
         "one message per SDK reached the gateway"
     );
 }
+
+#[tokio::test]
+async fn the_applications_status_callback_hears_the_status_as_from_twilio() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    let application = FakeGateway::start().await;
+    let callback = format!("http://{}/twilio/status", application.address);
+    let token = app.token("tw-shop", "messages:send");
+    let form = form_urlencoded::Serializer::new(String::new())
+        .append_pair("To", "+14155550123")
+        .append_pair("From", TW_SENDER)
+        .append_pair("Body", "Your code is 1234")
+        .append_pair("StatusCallback", &callback)
+        .finish();
+    let (status, created) = twilio_post(&app, ACCOUNT, &basic(&token), &form).await;
+    assert_eq!(status, 201, "{created}");
+    let sid = created["sid"].as_str().unwrap().to_owned();
+
+    // Twilio (behind consentry) reports the delivery to consentry's webhook.
+    let report = [
+        ("MessageSid", "SMgw1"),
+        ("MessageStatus", "delivered"),
+        ("AccountSid", "AC00000000000000000000000000000001"),
+    ];
+    assert_eq!(app.twilio_webhook(&report, None).await.status(), 200);
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while application.requests().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let heard = &application.requests()[0];
+    assert_eq!(heard.path, "/twilio/status");
+    assert_eq!(
+        heard.body["MessageSid"],
+        sid.as_str(),
+        "the SID the application was given"
+    );
+    assert_eq!(heard.body["MessageStatus"], "delivered");
+    assert_eq!(heard.body["AccountSid"], ACCOUNT);
+    let params: Vec<(String, String)> = heard
+        .body
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+        .collect();
+    let signature = heard.headers["x-twilio-signature"].to_str().unwrap();
+    assert_eq!(
+        consentry::dialect::twilio::verify(CALLBACK_SECRET, &callback, &params, Some(signature)),
+        Ok(()),
+        "signed as Twilio signs, with the tenant's status_callback_secret"
+    );
+
+    // A tenant without a status_callback_secret cannot ask for callbacks.
+    let token = app.token("acme", "messages:send");
+    let form = format!("To=%2B14155550123&From=%2B12025550100&Body=hi&StatusCallback={callback}");
+    let (status, error) = twilio_post(&app, ACCOUNT, &basic(&token), &form).await;
+    assert_eq!((status, error["code"].as_u64()), (400, Some(93101)));
+}

@@ -28,6 +28,7 @@ pub const TX_SENDER: &str = "+12025550144";
 pub const BETA_SENDER: &str = "+12025550111";
 pub const VG_SENDER: &str = "+12025550166";
 pub const VONAGE_SECRET: &str = "vonage-api-secret-0123456789";
+pub const CALLBACK_SECRET: &str = "status-callback-token-0123456789";
 
 /// The Telnyx test key pair (a fixed seed: the test signs, consentry verifies).
 pub fn telnyx_key() -> ring::signature::Ed25519KeyPair {
@@ -214,6 +215,7 @@ pub fn test_config_with(folder: &Path, gateway_url: &str, tenant_app_url: &str) 
         ("gw-webhook.secret", GW_WEBHOOK_SECRET),
         ("beta-webhook.secret", TENANT_WEBHOOK_SECRET),
         ("vonage.secret", VONAGE_SECRET),
+        ("callback.secret", CALLBACK_SECRET),
     ] {
         std::fs::write(folder.join(name), format!("{value}\n")).unwrap();
     }
@@ -261,6 +263,7 @@ senders = ["{TW_SENDER}"]
 upstream = "tw"
 program_name = "TW Shop"
 help_contact = "Call 800-555-0199"
+status_callback_secret = {{ file = "callback.secret" }}
 
 [[tenants]]
 id = "vg-shop"
