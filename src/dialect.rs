@@ -91,3 +91,27 @@ pub struct GatewayRequest {
     pub authorization: String,
     pub body: Vec<u8>,
 }
+
+/// A gateway's own error, read from its error shape: Twilio `{"code", "message"}`, Telnyx
+/// `{"errors": [{"code", "title"}]}`, or a generic `{"error": ...}`.
+pub fn gateway_error(answer: &serde_json::Value) -> Option<String> {
+    let text = |value: &serde_json::Value| {
+        value
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| value.to_string())
+    };
+    if let (Some(code), Some(message)) = (answer.get("code"), answer.get("message")) {
+        return Some(format!("code {}, {}", text(code), text(message)));
+    }
+    if let Some(first) = answer.pointer("/errors/0") {
+        let code = first.get("code").map(text).unwrap_or_default();
+        let title = first
+            .get("detail")
+            .or(first.get("title"))
+            .map(text)
+            .unwrap_or_default();
+        return Some(format!("code {code}, {title}"));
+    }
+    answer.get("error").map(text)
+}

@@ -51,8 +51,12 @@ pub enum UpstreamError {
     Unavailable(String),
     #[error("the gateway did not answer in time")]
     Timeout,
-    #[error("the gateway refused the message with HTTP {0}")]
-    Rejected(u16),
+    #[error("the gateway refused the message with HTTP {status}{}", gateway_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default())]
+    Rejected {
+        status: u16,
+        /// The gateway's own error code and message, read from its error shape.
+        gateway_error: Option<String>,
+    },
     #[error("the gateway's answer could not be read: {0}")]
     BadAnswer(String),
     #[error("the gateway refused the message: status {status}, {text}")]
@@ -64,7 +68,7 @@ impl UpstreamError {
         match self {
             UpstreamError::Unavailable(_) => "upstream_unavailable",
             UpstreamError::Timeout => "upstream_timeout",
-            UpstreamError::Rejected(_) => "upstream_rejected",
+            UpstreamError::Rejected { .. } => "upstream_rejected",
             UpstreamError::BadAnswer(_) => "upstream_bad_answer",
             UpstreamError::Refused { .. } => "upstream_rejected",
         }
@@ -376,7 +380,11 @@ impl Gateway {
             .await
             .map_err(|_| UpstreamError::Timeout)??;
         if !status.is_success() {
-            return Err(UpstreamError::Rejected(status.as_u16()));
+            let answer = serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default();
+            return Err(UpstreamError::Rejected {
+                status: status.as_u16(),
+                gateway_error: dialect::gateway_error(&answer),
+            });
         }
         let answer = serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default();
         let message_id = match self.kind {

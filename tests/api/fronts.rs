@@ -480,3 +480,29 @@ async fn the_applications_status_callback_hears_the_status_as_from_twilio() {
     let (status, error) = twilio_post(&app, ACCOUNT, &basic(&token), &form).await;
     assert_eq!((status, error["code"].as_u64()), (400, Some(93101)));
 }
+
+#[tokio::test]
+async fn a_gateways_own_error_is_recorded_with_the_failure() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    gateway.set_mode(GatewayMode::GatewayError);
+    let token = app.token("tw-shop", "messages:send messages:read");
+    let message = json!({ "to": "+14155550123", "from": TW_SENDER, "body": "hello", "purpose": "transactional" });
+    let response = app.send(&token, &message).await;
+    assert_eq!(response.status(), 502);
+    let failed: Value = response.json().await.unwrap();
+    assert_eq!(failed["error"]["code"], "upstream_rejected");
+    let text = failed["error"]["message"].as_str().unwrap();
+    assert!(
+        text.contains("HTTP 400") && text.contains("21211"),
+        "{text}"
+    );
+    let id = failed["error"]["id"].as_str().unwrap();
+    let record: Value = app
+        .get(&token, &format!("/v1/messages/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(record["status"], "failed");
+}

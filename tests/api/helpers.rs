@@ -43,6 +43,8 @@ pub enum GatewayMode {
     Accept,
     /// Answers 200 with Vonage's shape and this status ("0" is success).
     Vonage(&'static str),
+    /// Answers 400 with Twilio's error shape and Telnyx's, at once.
+    GatewayError,
     Fail(u16),
     Stall(Duration),
 }
@@ -121,6 +123,13 @@ impl FakeGateway {
                                 "status": status, "message-id": format!("vg-{count}"),
                                 "error-text": if status == "0" { "" } else { "Number barred" },
                             }]})),
+                        ),
+                        GatewayMode::GatewayError => (
+                            http::StatusCode::BAD_REQUEST,
+                            axum::Json(json!({
+                                "code": 21211, "message": "Invalid 'To' Phone Number",
+                                "more_info": "https://www.twilio.com/docs/errors/21211", "status": 400,
+                            })),
                         ),
                         GatewayMode::Fail(status) => (
                             http::StatusCode::from_u16(status).unwrap(),
