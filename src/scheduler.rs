@@ -18,7 +18,7 @@ use crate::crypto::Sealed;
 use crate::domain::{Body, CanonicalMessage, PhoneNumber, Region, Scope, Sender};
 use crate::http::error::ApiError;
 use crate::http::messages::{Delivery, message_associated_data};
-use crate::policy::{self, Decision, Facts, SenderBounds};
+use crate::policy::{self, Decision, SenderBounds};
 use crate::store::{DecisionKind, DeferredMessage, ReleaseRecord};
 
 /// How many due messages one pass takes.
@@ -89,17 +89,8 @@ async fn release(
     let decision = {
         let _guard = state.recipient_locks.lock(&recipient_hash).await;
         let gathered = state.gather(tenant, &message, now).await?;
-        let facts = Facts {
-            tenant: &tenant.rules,
-            bounds: &SenderBounds::default(),
-            policies: &state.policies,
-            consent: &gathered.consent,
-            confirmed_opt_outs: &gathered.confirmed_opt_outs,
-            open_reviews: &gathered.open_reviews,
-            location: &gathered.location,
-            recent: &gathered.recent,
-            now,
-        };
+        let bounds = SenderBounds::default();
+        let facts = gathered.facts(tenant, &bounds, &state.policies, now);
         let decision = policy::decide(message, &facts);
         let record = match &decision {
             Decision::Allow(_) => {

@@ -347,14 +347,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<StoredConsent>, StoreError>;
 
     /// Everything the send path reads about a recipient in a tenant: the consent ledger,
-    /// confirmations, open reviews, and the instants of messages of `purpose` sent since
-    /// `since_us` (for frequency caps).
+    /// confirmations, open reviews, and, with `recent = Some((since_us, limit))`, the instants
+    /// of the latest `limit` messages of `purpose` sent since `since_us` (for frequency caps).
     async fn recipient_facts(
         &self,
         tenant: &TenantId,
         recipient_hash: &str,
         purpose: &str,
-        since_us: i64,
+        recent: Option<(i64, i64)>,
     ) -> Result<RecipientFacts, StoreError>;
 
     /// Deferred messages due at `now_us`, each claimed for this caller: a message is returned

@@ -37,7 +37,7 @@ use crate::domain::{
 };
 use crate::http::consents::{Evidence, Validated};
 use crate::http::error::ApiError;
-use crate::http::messages::{Delivery, Processed, parse_json, read_body};
+use crate::http::messages::{Delivery, Processed, parse_json, read_body, read_body_any};
 use crate::keywords::{Class, Classification};
 use crate::policy::SenderBounds;
 use crate::policy::rules::{ReplyFields, ReplyTemplate};
@@ -84,7 +84,7 @@ pub async fn webhook(
     let Some(Upstream::Gateway(gateway)) = state.upstreams.get(&name) else {
         return Err(not_found());
     };
-    let bytes = read_webhook_body(&headers, body, state.max_request_bytes).await?;
+    let bytes = read_body_any(&headers, body, state.max_request_bytes).await?;
     let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
     let event = match &gateway.webhook {
         WebhookKey::Twilio {
@@ -179,23 +179,6 @@ fn called_url(public_url: Option<&str>, uri: &Uri, headers: &HeaderMap) -> Strin
             format!("https://{host}{}{query}", uri.path())
         }
     }
-}
-
-async fn read_webhook_body(
-    headers: &HeaderMap,
-    body: RequestBody,
-    limit: usize,
-) -> Result<bytes::Bytes, ApiError> {
-    let declared = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit as u64) {
-        return Err(ApiError::payload_too_large(limit));
-    }
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::payload_too_large(limit))
 }
 
 /// A simulated reply.

@@ -133,6 +133,29 @@ pub struct Gathered {
     pub location: crate::zones::Location,
 }
 
+impl Gathered {
+    /// The facts `decide` takes, for a tenant and a token's bounds, at `now`.
+    pub fn facts<'a>(
+        &'a self,
+        tenant: &'a Tenant,
+        bounds: &'a SenderBounds,
+        policies: &'a crate::policy::rules::PolicySet,
+        now: Timestamp,
+    ) -> Facts<'a> {
+        Facts {
+            tenant: &tenant.rules,
+            bounds,
+            policies,
+            consent: &self.consent,
+            confirmed_opt_outs: &self.confirmed_opt_outs,
+            open_reviews: &self.open_reviews,
+            location: &self.location,
+            recent: &self.recent,
+            now,
+        }
+    }
+}
+
 impl AppState {
     /// Reads the facts about a message's recipient, as of `now`.
     pub async fn gather(
@@ -141,17 +164,30 @@ impl AppState {
         message: &CanonicalMessage,
         now: Timestamp,
     ) -> Result<Gathered, ApiError> {
-        let since = now
-            - jiff::SignedDuration::from_hours(i64::from(
-                self.policies.jurisdictions.longest_cap_hours(),
-            ));
+        // Recent sends are read only as far as a cap that applies to this number and purpose
+        // needs: the latest `count` within its window.
+        let location = self.policies.zones.locate(&message.to);
+        let caps = self
+            .policies
+            .jurisdictions
+            .applicable(&location, message.purpose)
+            .into_iter()
+            .filter_map(|rule| rule.cap)
+            .fold(None, |widest: Option<(u32, u32)>, cap| {
+                let (hours, count) = widest.unwrap_or((0, 0));
+                Some((hours.max(cap.hours), count.max(cap.count)))
+            });
+        let recent_window = caps.map(|(hours, count)| {
+            let since = now - jiff::SignedDuration::from_hours(i64::from(hours));
+            (since.as_microsecond(), i64::from(count))
+        });
         let recipient = self
             .store
             .recipient_facts(
                 &tenant.id,
                 &self.numbers.hash(&message.to),
                 message.purpose.as_str(),
-                since.as_microsecond(),
+                recent_window,
             )
             .await?;
         let consent = recipient.consent;
@@ -165,7 +201,7 @@ impl AppState {
             confirmed_opt_outs: recipient.confirmed_opt_outs,
             open_reviews: recipient.open_reviews,
             recent,
-            location: self.policies.zones.locate(&message.to),
+            location,
         })
     }
 
@@ -185,17 +221,7 @@ impl AppState {
             let _guard = self.recipient_locks.lock(&recipient_hash).await;
             let now = self.clock.now();
             let gathered = self.gather(tenant, &message, now).await?;
-            let facts = Facts {
-                tenant: &tenant.rules,
-                bounds,
-                policies: &self.policies,
-                consent: &gathered.consent,
-                confirmed_opt_outs: &gathered.confirmed_opt_outs,
-                open_reviews: &gathered.open_reviews,
-                location: &gathered.location,
-                recent: &gathered.recent,
-                now,
-            };
+            let facts = gathered.facts(tenant, bounds, &self.policies, now);
             let decision = policy::decide(message, &facts);
             self.record_decision(&decision, tenant, now).await?;
             decision
@@ -335,17 +361,7 @@ pub async fn dry_run(
     let message = canonical_message(send, tenant)?;
     let bounds = sender_bounds(&principal, tenant);
     let gathered = state.gather(tenant, &message, at).await?;
-    let facts = Facts {
-        tenant: &tenant.rules,
-        bounds: &bounds,
-        policies: &state.policies,
-        consent: &gathered.consent,
-        confirmed_opt_outs: &gathered.confirmed_opt_outs,
-        open_reviews: &gathered.open_reviews,
-        location: &gathered.location,
-        recent: &gathered.recent,
-        now: at,
-    };
+    let facts = gathered.facts(tenant, &bounds, &state.policies, at);
     let decision = policy::decide(message, &facts);
     let (verdict, release_at, reasons) = match &decision {
         Decision::Allow(_) => ("allow", None, json!([])),

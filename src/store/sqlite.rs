@@ -165,7 +165,7 @@ impl Store for SqliteStore {
         tenant: &TenantId,
         recipient_hash: &str,
         purpose: &str,
-        since_us: i64,
+        recent: Option<(i64, i64)>,
     ) -> Result<RecipientFacts, StoreError> {
         // Only what the fold reads: the evidence stays on disk.
         let consent = sqlx::query(
@@ -196,24 +196,34 @@ impl Store for SqliteStore {
         .bind(recipient_hash)
         .fetch_all(&self.pool)
         .await?;
-        let recent_us = sqlx::query_scalar(
-            "SELECT created_at_us FROM messages WHERE tenant = ? AND recipient_hash = ? \
-             AND purpose = ? AND decision = 'allowed' AND created_at_us > ? \
-             UNION ALL \
-             SELECT r.decided_at_us FROM message_releases r JOIN messages m ON m.id = r.message_id \
-             WHERE m.tenant = ? AND m.recipient_hash = ? AND m.purpose = ? \
-             AND r.decision = 'allowed' AND r.decided_at_us > ?",
-        )
-        .bind(tenant.as_str())
-        .bind(recipient_hash)
-        .bind(purpose)
-        .bind(since_us)
-        .bind(tenant.as_str())
-        .bind(recipient_hash)
-        .bind(purpose)
-        .bind(since_us)
-        .fetch_all(&self.pool)
-        .await?;
+        let recent_us = match recent {
+            None => Vec::new(),
+            Some((since_us, limit)) => {
+                sqlx::query_scalar(
+                    "SELECT at FROM ( \
+                     SELECT created_at_us AS at FROM messages WHERE tenant = ? \
+                     AND recipient_hash = ? AND purpose = ? AND decision = 'allowed' \
+                     AND created_at_us > ? \
+                     UNION ALL \
+                     SELECT r.decided_at_us AS at FROM message_releases r \
+                     JOIN messages m ON m.id = r.message_id \
+                     WHERE m.tenant = ? AND m.recipient_hash = ? AND m.purpose = ? \
+                     AND r.decision = 'allowed' AND r.decided_at_us > ?) \
+                     ORDER BY at DESC LIMIT ?",
+                )
+                .bind(tenant.as_str())
+                .bind(recipient_hash)
+                .bind(purpose)
+                .bind(since_us)
+                .bind(tenant.as_str())
+                .bind(recipient_hash)
+                .bind(purpose)
+                .bind(since_us)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
         Ok(RecipientFacts {
             consent,
             confirmed_opt_outs,
@@ -344,20 +354,7 @@ impl Store for SqliteStore {
             .await?;
         }
         if let Some(outbox) = outbox {
-            sqlx::query(
-                "INSERT INTO webhook_outbox (id, tenant, created_at_us, key_id, payload, \
-                 next_attempt_at_us, url, format) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&outbox.id)
-            .bind(outbox.tenant.as_str())
-            .bind(outbox.created_at_us)
-            .bind(&outbox.key_id)
-            .bind(&outbox.payload)
-            .bind(outbox.next_attempt_at_us)
-            .bind(outbox.url.as_deref())
-            .bind(outbox.format.as_deref())
-            .execute(&mut *transaction)
-            .await?;
+            insert_outbox(&mut *transaction, outbox).await?;
         }
         transaction.commit().await?;
         Ok(InboundRecorded::New)
@@ -457,21 +454,7 @@ impl Store for SqliteStore {
 
     async fn enqueue_delivery(&self, delivery: &OutboxRecord) -> Result<(), StoreError> {
         let _writer = self.writer.lock().await;
-        sqlx::query(
-            "INSERT INTO webhook_outbox (id, tenant, created_at_us, key_id, payload, \
-             next_attempt_at_us, url, format) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&delivery.id)
-        .bind(delivery.tenant.as_str())
-        .bind(delivery.created_at_us)
-        .bind(&delivery.key_id)
-        .bind(&delivery.payload)
-        .bind(delivery.next_attempt_at_us)
-        .bind(delivery.url.as_deref())
-        .bind(delivery.format.as_deref())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        insert_outbox(&self.pool, delivery).await
     }
 
     async fn message_payload(
@@ -747,4 +730,26 @@ async fn insert_consent(
     .fetch_one(&mut **transaction)
     .await?;
     Ok(Recorded::Duplicate(existing))
+}
+
+/// Queues one delivery.
+async fn insert_outbox<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Sqlite>,
+    delivery: &OutboxRecord,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO webhook_outbox (id, tenant, created_at_us, key_id, payload, \
+         next_attempt_at_us, url, format) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&delivery.id)
+    .bind(delivery.tenant.as_str())
+    .bind(delivery.created_at_us)
+    .bind(&delivery.key_id)
+    .bind(&delivery.payload)
+    .bind(delivery.next_attempt_at_us)
+    .bind(delivery.url.as_deref())
+    .bind(delivery.format.as_deref())
+    .execute(executor)
+    .await?;
+    Ok(())
 }
