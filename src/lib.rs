@@ -4,17 +4,25 @@
 //!
 //! | module      | owns                                                                  | IO? |
 //! |-------------|-----------------------------------------------------------------------|-----|
-//! | `domain`    | parsed types: `PhoneNumber` (E.164), `Sender`, `Purpose`, `MessageId`  | no  |
-//! | `policy`    | `decide()`: the only maker of a `Permit`, the value that allows a send | no  |
+//! | `domain`    | parsed types: `PhoneNumber` (E.164), `Sender`, `Purpose`, `Scope`, ...  | no  |
+//! | `policy`    | `decide()`: the only maker of a `Permit`; jurisdiction rules, the trace | no  |
+//! | `consent`   | consent events, scopes, the fold from a recipient's ledger to a state  | no  |
+//! | `zones`     | number -> country, regions, candidate time zones (prefix table)        | no  |
+//! | `holidays`  | holiday calendars computed for any year                                | no  |
+//! | `keywords`  | the reply classifier (STOP, START, HELP, review)                       | no  |
+//! | `dialect`   | each gateway's webhooks, send requests, answers and error codes        | no  |
+//! | `import`    | push parsers for streamed CSV and NDJSON imports                       | no  |
 //! | `crypto`    | AES-256-GCM key ring, keyed hashes of numbers (ring)                   | no  |
-//! | `config`    | TOML -> checked configuration; secrets by reference, redacted          | reads files |
 //! | `auth`      | JWT verification -> `Principal`; development tokens                    | no  |
+//! | `config`    | TOML -> checked configuration; secrets by reference, redacted          | reads files |
 //! | `datadir`   | the data folder: certificate and keys made once, reused                | yes |
 //! | `store`     | the `Store` interface and its SQLite backend                           | yes |
-//! | `upstream`  | gateways: `sandbox`, `http-json`; forwarding needs a `Permit`          | yes |
-//! | `http`      | routes, handlers, the one error-to-response mapping                    | yes |
+//! | `upstream`  | gateways: sandbox, http-json, twilio, telnyx, vonage; need a `Permit`  | yes |
+//! | `scheduler` | releases deferred messages, deciding each again                        | yes |
+//! | `outbox`    | delivers replies and statuses to tenants' webhooks and callbacks       | yes |
+//! | `http`      | routes, handlers, fronts, the one error-to-response mapping            | yes |
 //! | `server`    | TLS accept loop, HTTP/1.1 + h2, graceful shutdown                      | yes |
-//! | `app`       | wiring: config -> running parts -> listeners                           | yes |
+//! | `app`       | wiring: config -> running parts -> listeners; the clock                | yes |
 //!
 //! Invariants (each has a test): fail closed; log before forward; the decision is pure; no
 //! body and no full phone number in plaintext in the database or the logs; the upstream request
