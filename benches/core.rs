@@ -81,6 +81,7 @@ fn decision(c: &mut Criterion) {
         purpose: Purpose::Marketing,
         scope,
         reply: None,
+        status_callback: None,
     };
     let location = policies.zones.locate(&message.to);
     c.bench_function("locate: a number's zones and regions", |b| {

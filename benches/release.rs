@@ -92,6 +92,7 @@ fn main() {
                 purpose: Purpose::Marketing,
                 scope: Scope::tenant_wide(),
                 reply: None,
+                status_callback: None,
             };
             let processed = state
                 .process(&tenant, &SenderBounds::default(), message, Delivery::Upstream)
