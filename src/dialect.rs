@@ -95,6 +95,36 @@ pub struct GatewayRequest {
 /// A gateway's own error, read from its error shape: Twilio `{"code", "message"}`, Telnyx
 /// `{"errors": [{"code", "title"}]}`, or a generic `{"error": ...}`.
 pub fn gateway_error(answer: &serde_json::Value) -> Option<String> {
+    gateway_error_text(answer).map(|text| mask_numbers(&text))
+}
+
+/// The text with every run of six or more digits cut to its first two and `****`: a gateway's
+/// message may quote the number it refused, and no full number may reach logs or records.
+pub fn mask_numbers(text: &str) -> String {
+    let mut masked = String::with_capacity(text.len());
+    let mut digits = String::new();
+    let flush = |digits: &mut String, masked: &mut String| {
+        if digits.len() >= 6 {
+            masked.push_str(&digits[..2]);
+            masked.push_str("****");
+        } else {
+            masked.push_str(digits);
+        }
+        digits.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+        } else {
+            flush(&mut digits, &mut masked);
+            masked.push(c);
+        }
+    }
+    flush(&mut digits, &mut masked);
+    masked
+}
+
+fn gateway_error_text(answer: &serde_json::Value) -> Option<String> {
     let text = |value: &serde_json::Value| {
         value
             .as_str()
@@ -114,4 +144,25 @@ pub fn gateway_error(answer: &serde_json::Value) -> Option<String> {
         return Some(format!("code {code}, {title}"));
     }
     answer.get("error").map(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_texts_lose_their_numbers() {
+        let twilio = serde_json::json!({
+            "code": 21211,
+            "message": "The 'To' number +14155550123 is not a valid phone number."
+        });
+        assert_eq!(
+            gateway_error(&twilio).unwrap(),
+            "code 21211, The 'To' number +14**** is not a valid phone number."
+        );
+        assert_eq!(
+            mask_numbers("call 12345 or 4155550123"),
+            "call 12345 or 41****"
+        );
+    }
 }

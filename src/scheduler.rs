@@ -61,7 +61,13 @@ pub async fn release_due(state: &AppState) -> Result<Released, ApiError> {
             return Ok(released);
         }
         for item in due {
-            release(state, item, &mut released).await?;
+            let id = item.id.clone();
+            // One message that cannot be released must not hold back the others; its claim
+            // lapses and a later pass takes it again.
+            if let Err(error) = release(state, item, &mut released).await {
+                released.failed += 1;
+                tracing::error!(message = %id, code = error.code, "a deferred message could not be released");
+            }
         }
     }
 }

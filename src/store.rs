@@ -381,6 +381,9 @@ pub trait Store: Send + Sync + 'static {
         open_only: bool,
     ) -> Result<Vec<ReviewView>, StoreError>;
 
+    /// One of a tenant's reviews.
+    async fn review(&self, tenant: &TenantId, id: &str) -> Result<Option<ReviewView>, StoreError>;
+
     /// Resolves a review (once), with the opt-out it leads to, in one transaction.
     async fn resolve_review(
         &self,

@@ -1,13 +1,16 @@
 -- Deferred messages: a message outside a window waits here until `release_at_us`, when it is
 -- decided again (consent may have changed) and sent, deferred again or cancelled.
--- `claimed_at_us` is set once by the worker that takes it, so each release happens once.
+-- A worker claims a due message (`claimed_at_us`) and marks it `done` once the decision at
+-- release is recorded, before anything is sent: each release happens once. A claim that is not
+-- done within the lease (the worker died) is taken again.
 CREATE TABLE deferred_messages (
     message_id    TEXT    PRIMARY KEY REFERENCES messages (id),
     tenant        TEXT    NOT NULL,
     release_at_us INTEGER NOT NULL,
-    claimed_at_us INTEGER
+    claimed_at_us INTEGER,
+    done          INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX deferred_messages_due ON deferred_messages (release_at_us) WHERE claimed_at_us IS NULL;
+CREATE INDEX deferred_messages_due ON deferred_messages (release_at_us) WHERE done = 0;
 
 -- Every decision taken at a release, appended: the history of a deferred message.
 CREATE TABLE message_releases (

@@ -210,7 +210,8 @@ pub fn front_error(code: &str) -> (u16, &'static str) {
         | "upstream_rejected"
         | "upstream_bad_answer" => (502, "93500"),
         "store_unavailable" | "encryption_unavailable" => (503, "93503"),
-        _ => (401, "10009"),
+        code if super::twilio::is_authentication(code) => (401, "10009"),
+        _ => (400, "93000"),
     }
 }
 

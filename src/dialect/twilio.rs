@@ -261,9 +261,34 @@ pub fn front_error(code: &str) -> (u16, u32) {
         | "upstream_rejected"
         | "upstream_bad_answer" => (502, 93500),
         "store_unavailable" | "encryption_unavailable" => (503, 93503),
-        // Every token, scope and tenant problem, and an account SID that is not the caller's.
-        _ => (401, 20003),
+        code if is_authentication(code) => (401, 20003),
+        // Any other refusal: a documented consentry code, never mistaken for an auth failure.
+        _ => (400, 93000),
     }
+}
+
+/// Whether a consentry code is about who is calling: a token, scope, tenant or account SID.
+pub fn is_authentication(code: &str) -> bool {
+    matches!(
+        code,
+        "missing_token"
+            | "token_too_large"
+            | "malformed_token"
+            | "forbidden_header_parameter"
+            | "invalid_issuer"
+            | "unknown_key"
+            | "algorithm_not_allowed"
+            | "invalid_signature"
+            | "token_expired"
+            | "token_not_yet_valid"
+            | "invalid_audience"
+            | "missing_claim"
+            | "invalid_claims"
+            | "tenant_not_allowed"
+            | "insufficient_scope"
+            | "unknown_tenant"
+            | "wrong_account"
+    )
 }
 
 /// Twilio's error body: `{"code", "message", "more_info", "status"}`, and consentry's code.

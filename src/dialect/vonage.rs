@@ -49,7 +49,7 @@ pub fn read_answer(answer: &Value) -> Result<Option<String>, (String, String)> {
     } else {
         Err((
             status.to_owned(),
-            first["error-text"].as_str().unwrap_or("refused").to_owned(),
+            super::mask_numbers(first["error-text"].as_str().unwrap_or("refused")),
         ))
     }
 }
@@ -88,22 +88,7 @@ pub fn status_for(code: &str) -> &'static str {
         "sender_not_allowed" | "invalid_sender" => "15",  // Illegal Sender Address
         "invalid_request" | "duplicate_parameter" => "2", // Missing or duplicate parameters
         "invalid_recipient" | "invalid_body" | "invalid_purpose" | "unknown_scope" => "3", // Invalid parameters
-        "missing_token"
-        | "malformed_token"
-        | "invalid_signature"
-        | "token_expired"
-        | "token_not_yet_valid"
-        | "invalid_issuer"
-        | "invalid_audience"
-        | "unknown_key"
-        | "algorithm_not_allowed"
-        | "forbidden_header_parameter"
-        | "token_too_large"
-        | "missing_claim"
-        | "invalid_claims"
-        | "tenant_not_allowed"
-        | "insufficient_scope"
-        | "unknown_tenant" => "4", // Invalid Credentials
+        code if super::twilio::is_authentication(code) => "4", // Invalid Credentials
         "upstream_unavailable"
         | "upstream_timeout"
         | "upstream_rejected"

@@ -225,6 +225,13 @@ fn validate(
             "is in the future",
         ));
     }
+    // An opt-out takes effect when it is recorded at the latest: one dated a little ahead
+    // (a client's clock) must not leave a window in which sends still pass.
+    let occurred_at = if action == Action::OptOut {
+        occurred_at.min(now)
+    } else {
+        occurred_at
+    };
     if let Some(id) = &input.external_id
         && (id.is_empty() || id.len() > 200)
     {
@@ -310,7 +317,13 @@ impl AppState {
             .join(" ");
         let recipient_hash = self.numbers.hash(&event.number);
         let idempotency_key = match &event.external_id {
-            Some(external) => format!("ext:{external}"),
+            // The same external id for another recipient or action is another event: an
+            // opt-out is never swallowed as the "duplicate" of an opt-in.
+            Some(external) => format!(
+                "ext:{}:{recipient_hash}:{}",
+                external,
+                event.action.as_str()
+            ),
             None => {
                 let content = json!([
                     recipient_hash,

@@ -424,6 +424,16 @@ fn telnyx_error(error: &ApiError) -> Response {
     json_response(status, body)
 }
 
+/// The Vonage JSON request: the fields consentry reads.
+#[derive(Debug, serde::Deserialize)]
+struct VonageJson {
+    api_key: Option<String>,
+    api_secret: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    text: Option<String>,
+}
+
 pub async fn vonage_send(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -435,20 +445,25 @@ pub async fn vonage_send(
         let is_json =
             header(&headers, "content-type").is_some_and(|t| t.starts_with("application/json"));
         let mut fields = if is_json {
-            let object: BTreeMap<String, Value> = serde_json::from_slice(&bytes).map_err(|e| {
-                ApiError::bad_request("invalid_request", format!("the request is not valid: {e}"))
+            // Typed, so that a field given twice is an error, as in a form.
+            let request: VonageJson = serde_json::from_slice(&bytes).map_err(|e| {
+                let code = if e.to_string().contains("duplicate field") {
+                    "duplicate_parameter"
+                } else {
+                    "invalid_request"
+                };
+                ApiError::bad_request(code, format!("the request is not valid: {e}"))
             })?;
-            object
-                .into_iter()
-                .map(|(k, v)| {
-                    (
-                        k,
-                        v.as_str()
-                            .map(str::to_owned)
-                            .unwrap_or_else(|| v.to_string()),
-                    )
-                })
-                .collect()
+            [
+                ("api_key", request.api_key),
+                ("api_secret", request.api_secret),
+                ("from", request.from),
+                ("to", request.to),
+                ("text", request.text),
+            ]
+            .into_iter()
+            .filter_map(|(name, value)| Some((name.to_owned(), value?)))
+            .collect()
         } else {
             form_fields(&bytes)?
         };

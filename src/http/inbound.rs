@@ -141,7 +141,7 @@ pub async fn webhook(
             } else {
                 Delivery::Upstream
             };
-            state.receive(&name, message, delivery).await?
+            state.receive(&name, message, delivery, None).await?
         }
     };
     if twiml {
@@ -195,7 +195,7 @@ pub async fn sandbox_reply(
     headers: HeaderMap,
     body: RequestBody,
 ) -> Result<Response, ApiError> {
-    let (_principal, _tenant) = state.authorize(&headers, scope::ADMIN)?;
+    let (principal, _tenant) = state.authorize(&headers, scope::ADMIN)?;
     let bytes = read_body(&headers, body, state.max_request_bytes).await?;
     let reply: SandboxReply = parse_json(&bytes)?;
     let message = InboundMessage {
@@ -204,8 +204,14 @@ pub async fn sandbox_reply(
         to: reply.to,
         body: reply.body,
     };
+    // A simulated reply reaches the caller's tenant only.
     let received = state
-        .receive(crate::config::SANDBOX, message, Delivery::Upstream)
+        .receive(
+            crate::config::SANDBOX,
+            message,
+            Delivery::Upstream,
+            Some(&principal.tenant),
+        )
         .await?;
     Ok((
         StatusCode::OK,
@@ -221,6 +227,7 @@ impl AppState {
         upstream: &str,
         message: InboundMessage,
         delivery: Delivery,
+        only_tenant: Option<&crate::domain::TenantId>,
     ) -> Result<Received, ApiError> {
         let malformed = |what: &str| ApiError::from(WebhookError::Malformed(what.to_owned()));
         let recipient = PhoneNumber::parse(&message.from, Region::US)
@@ -233,6 +240,7 @@ impl AppState {
             .tenants
             .values()
             .filter(|tenant| tenant.upstream == upstream)
+            .filter(|tenant| only_tenant.is_none_or(|only| &tenant.id == only))
             .filter(|tenant| tenant.rules.senders.contains(&written_to))
             .collect();
 
@@ -691,15 +699,9 @@ pub async fn resolve_review(
             .with("field", "outcome"));
         }
     };
-    let review = state
-        .store
-        .reviews(&tenant.id, false)
-        .await?
-        .into_iter()
-        .find(|review| review.id == id)
-        .ok_or_else(|| {
-            ApiError::new(StatusCode::NOT_FOUND, "review_not_found", "no such review")
-        })?;
+    let review = state.store.review(&tenant.id, &id).await?.ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "review_not_found", "no such review")
+    })?;
     let now = state.clock.now();
     // An opt-out found on review covers the whole tenant: the reply did not say which part.
     let consent = if outcome == "opt_out" {

@@ -470,7 +470,10 @@ impl AppState {
                 _ => None,
             },
             reasons_json: reasons.to_string(),
-            upstream: matches!(kind, DecisionKind::Allowed).then(|| tenant.upstream.clone()),
+            // A deferred message will leave through the tenant's upstream too: its delivery
+            // statuses find it by that.
+            upstream: matches!(kind, DecisionKind::Allowed | DecisionKind::Deferred)
+                .then(|| tenant.upstream.clone()),
             key_id: sealed.key_id,
             payload: sealed.bytes,
             release_at_us,
@@ -598,6 +601,20 @@ pub(crate) fn canonical_message(
             )
             .with("field", error.field)
         })?;
+    // A sender that sends for one brand only sends at that brand's scope: a STOP to it (an
+    // opt-out of the brand) must block what it sends, whether or not the request names it.
+    let sender_scope = tenant.scope_of_sender(&from);
+    let scope = match (&sender_scope.brand, &scope.brand) {
+        (Some(_), None) => sender_scope,
+        (Some(own), Some(named)) if own != named => {
+            return Err(ApiError::bad_request(
+                "unknown_scope",
+                format!("from: this sender sends for brand {own} only, not {named}"),
+            )
+            .with("field", "brand"));
+        }
+        _ => scope,
+    };
     Ok(CanonicalMessage {
         id: MessageId::new(),
         tenant: tenant.id.clone(),

@@ -22,6 +22,10 @@ use crate::domain::{Purpose, Scope};
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
+/// How long a claim on a due deferred message holds before another pass may take it again
+/// (the worker that claimed it died before deciding).
+const CLAIM_LEASE_US: i64 = 5 * 60 * 1_000_000;
+
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -238,10 +242,12 @@ impl Store for SqliteStore {
         let rows = sqlx::query(
             "SELECT m.id, m.tenant, m.purpose, m.brand, m.campaign, m.key_id, m.payload \
              FROM deferred_messages d JOIN messages m ON m.id = d.message_id \
-             WHERE d.claimed_at_us IS NULL AND d.release_at_us <= ? \
+             WHERE d.done = 0 AND d.release_at_us <= ? \
+             AND (d.claimed_at_us IS NULL OR d.claimed_at_us < ?) \
              ORDER BY d.release_at_us LIMIT ?",
         )
         .bind(now_us)
+        .bind(now_us - CLAIM_LEASE_US)
         .bind(limit)
         .fetch_all(&mut *transaction)
         .await?;
@@ -249,11 +255,12 @@ impl Store for SqliteStore {
         for row in rows {
             let id: String = row.try_get("id")?;
             let taken = sqlx::query(
-                "UPDATE deferred_messages SET claimed_at_us = ? \
-                 WHERE message_id = ? AND claimed_at_us IS NULL",
+                "UPDATE deferred_messages SET claimed_at_us = ? WHERE message_id = ? \
+                 AND done = 0 AND (claimed_at_us IS NULL OR claimed_at_us < ?)",
             )
             .bind(now_us)
             .bind(&id)
+            .bind(now_us - CLAIM_LEASE_US)
             .execute(&mut *transaction)
             .await?;
             if taken.rows_affected() != 1 {
@@ -289,15 +296,23 @@ impl Store for SqliteStore {
         .bind(&release.reasons_json)
         .execute(&mut *transaction)
         .await?;
-        if let Some(again) = release.release_again_at_us {
-            sqlx::query(
-                "UPDATE deferred_messages SET release_at_us = ?, claimed_at_us = NULL \
-                 WHERE message_id = ?",
-            )
-            .bind(again)
-            .bind(release.message_id.as_str())
-            .execute(&mut *transaction)
-            .await?;
+        match release.release_again_at_us {
+            Some(again) => {
+                sqlx::query(
+                    "UPDATE deferred_messages SET release_at_us = ?, claimed_at_us = NULL \
+                     WHERE message_id = ?",
+                )
+                .bind(again)
+                .bind(release.message_id.as_str())
+                .execute(&mut *transaction)
+                .await?;
+            }
+            None => {
+                sqlx::query("UPDATE deferred_messages SET done = 1 WHERE message_id = ?")
+                    .bind(release.message_id.as_str())
+                    .execute(&mut *transaction)
+                    .await?;
+            }
         }
         transaction.commit().await?;
         Ok(())
@@ -375,19 +390,21 @@ impl Store for SqliteStore {
         .bind(open_only)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(ReviewView {
-                    id: row.try_get("id")?,
-                    recipient: row.try_get("recipient_masked")?,
-                    inbound_id: row.try_get("inbound_id")?,
-                    created_at_us: row.try_get("created_at_us")?,
-                    outcome: row.try_get("outcome")?,
-                    resolved_by: row.try_get("resolved_by")?,
-                    consent_event: row.try_get("consent_event")?,
-                })
-            })
-            .collect()
+        rows.iter().map(review_from_row).collect()
+    }
+
+    async fn review(&self, tenant: &TenantId, id: &str) -> Result<Option<ReviewView>, StoreError> {
+        let row = sqlx::query(
+            "SELECT r.id, r.recipient_masked, r.inbound_id, r.created_at_us, s.outcome, \
+             s.resolved_by, s.consent_event FROM consent_reviews r \
+             LEFT JOIN review_resolutions s ON s.review_id = r.id \
+             WHERE r.tenant = ? AND r.id = ?",
+        )
+        .bind(tenant.as_str())
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(review_from_row).transpose()
     }
 
     async fn resolve_review(
@@ -752,4 +769,16 @@ async fn insert_outbox<'e>(
     .execute(executor)
     .await?;
     Ok(())
+}
+
+fn review_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ReviewView, StoreError> {
+    Ok(ReviewView {
+        id: row.try_get("id")?,
+        recipient: row.try_get("recipient_masked")?,
+        inbound_id: row.try_get("inbound_id")?,
+        created_at_us: row.try_get("created_at_us")?,
+        outcome: row.try_get("outcome")?,
+        resolved_by: row.try_get("resolved_by")?,
+        consent_event: row.try_get("consent_event")?,
+    })
 }

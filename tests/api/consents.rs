@@ -525,3 +525,27 @@ not-a-number,opt_in,express,,,,paper,2026-05-01T10:00:00Z,,,\n\
     let wrong_type = app.import(&token, "application/json", "[]").await;
     assert_eq!(wrong_type.status(), 415);
 }
+
+#[tokio::test]
+async fn an_opt_out_is_never_swallowed_or_postponed() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    let token = app.token("shop", SCOPES);
+    let number = "+14155550199";
+    let mut opt_in = written_opt_in(number);
+    opt_in["external_id"] = json!("crm-contact-9");
+    assert_eq!(app.consent(&token, &opt_in).await.status(), 201);
+
+    // The same external id on an opt-out is another event, not a duplicate of the opt-in;
+    // dated two minutes ahead by a client's clock, it blocks from now on all the same.
+    let ahead = app.state.clock.now() + jiff::SignedDuration::from_mins(2);
+    let opt_out = json!({ "number": number, "action": "opt_out", "external_id": "crm-contact-9",
+        "occurred_at": ahead.to_string() });
+    let response = app.consent(&token, &opt_out).await;
+    assert_eq!(response.status(), 201);
+    let send = shop_message(number, "marketing", None, None);
+    assert_eq!(
+        attempt(&app, &token, &send).await,
+        (403, "opted_out".into())
+    );
+}

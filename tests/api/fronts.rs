@@ -228,6 +228,16 @@ async fn the_vonage_front_speaks_vonage() {
             .unwrap()
             .starts_with("opted_out")
     );
+    let duplicate = app
+        .client
+        .post(app.url("/sms/json"))
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"api_key":"k","api_secret":"{token}","from":"12025550100","to":"14155550123","to":"14155550124","text":"hi"}}"#))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = duplicate.json().await.unwrap();
+    assert_eq!(body["messages"][0]["status"], "2", "a field given twice");
     assert_eq!(gateway.requests().len(), 1);
 }
 

@@ -36,6 +36,8 @@ pub fn telnyx_key() -> ring::signature::Ed25519KeyPair {
 }
 pub const ACME_SENDER: &str = "+12025550100";
 pub const SHOP_SENDER: &str = "+12025550122";
+/// The shop's number that sends for its brand "shoes" only.
+pub const SHOES_SENDER: &str = "+12025550127";
 
 /// How the fake gateway answers.
 #[derive(Debug, Clone, Copy)]
@@ -315,11 +317,12 @@ webhook_public_key = "{telnyx_public}"
 
 [[tenants]]
 id = "shop"
-senders = ["{SHOP_SENDER}"]
+senders = ["{SHOP_SENDER}", "{SHOES_SENDER}"]
 upstream = "gw"
 [[tenants.brands]]
 id = "shoes"
 campaigns = ["spring-sale", "loyalty"]
+senders = ["{SHOES_SENDER}"]
 [[tenants.brands]]
 id = "hats"
 

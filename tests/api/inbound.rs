@@ -367,3 +367,70 @@ async fn the_tenant_webhook_gets_each_reply_once_after_it_comes_back() {
         "every attempt carries the same delivery id"
     );
 }
+
+#[tokio::test]
+async fn a_stop_to_a_brands_own_number_blocks_what_that_number_sends() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    let token = app.token("shop", "messages:send consents:write");
+    let mut opt_in = written_opt_in(RECIPIENT);
+    opt_in["occurred_at"] = json!("2026-01-01T00:00:00Z");
+    assert_eq!(app.consent(&token, &opt_in).await.status(), 201);
+
+    let body =
+        json!({ "id": "g-7", "from": RECIPIENT, "to": SHOES_SENDER, "body": "STOP" }).to_string();
+    let response = app
+        .client
+        .post(app.url("/v1/inbound/gw"))
+        .header(
+            "x-webhook-signature",
+            consentry::dialect::generic::sign(GW_WEBHOOK_SECRET.as_bytes(), body.as_bytes()),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    // From the brand's number, with or without naming the brand: blocked.
+    let from_shoes =
+        json!({ "to": RECIPIENT, "from": SHOES_SENDER, "body": "Sale", "purpose": "marketing" });
+    assert_eq!(
+        error_code(app.send(&token, &from_shoes).await).await,
+        "opted_out"
+    );
+    let mut named = from_shoes.clone();
+    named["brand"] = json!("hats");
+    assert_eq!(
+        error_code(app.send(&token, &named).await).await,
+        "unknown_scope"
+    );
+    // The tenant's shared number, for the other brand: still allowed (the STOP named shoes).
+    let hats = shop_message(RECIPIENT, "marketing", Some("hats"), None);
+    assert_eq!(app.send(&token, &hats).await.status(), 201);
+}
+
+#[tokio::test]
+async fn a_sandbox_reply_reaches_only_the_callers_tenant() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    // acme's admin writes STOP to beta's sandbox number.
+    let acme = app.token("acme", "admin");
+    let response = app
+        .client
+        .post(app.url("/v1/sandbox/replies"))
+        .bearer_auth(acme)
+        .json(&json!({ "from": RECIPIENT, "to": BETA_SENDER, "body": "STOP" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let beta = app.token("beta", "messages:send");
+    let send =
+        json!({ "to": RECIPIENT, "from": BETA_SENDER, "body": "hi", "purpose": "transactional" });
+    assert_eq!(
+        app.send(&beta, &send).await.status(),
+        201,
+        "beta's ledger is untouched"
+    );
+}

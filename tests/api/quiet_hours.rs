@@ -240,3 +240,46 @@ async fn concurrent_sends_never_exceed_the_cap() {
     );
     assert_eq!(gateway.requests().len(), 3);
 }
+
+#[tokio::test]
+async fn a_claim_that_is_never_finished_is_taken_again_after_its_lease() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    let token = app.token("shop", SCOPES);
+    opt_in(&app, &token, MIAMI).await;
+    app.state.clock.set("2026-11-19T01:30:00Z".parse().unwrap());
+    let scheduled: Value = app
+        .send(&token, &shop_message(MIAMI, "marketing", None, None))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = scheduled["id"].as_str().unwrap();
+
+    // A worker claims it, then dies before deciding.
+    let morning: jiff::Timestamp = "2026-11-19T13:00:01Z".parse().unwrap();
+    let claimed = app
+        .state
+        .store
+        .claim_due(morning.as_microsecond(), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert!(
+        app.state
+            .store
+            .claim_due(morning.as_microsecond(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // After the lease, the next pass releases it, once.
+    app.state
+        .clock
+        .set(morning + jiff::SignedDuration::from_mins(6));
+    consentry::scheduler::release_due(&app.state).await.unwrap();
+    wait_for_status(&app, &token, id, "sent").await;
+    consentry::scheduler::release_due(&app.state).await.unwrap();
+    assert_eq!(gateway.requests().len(), 1);
+}
