@@ -24,7 +24,10 @@ CREATE TABLE consent_events (
 );
 -- A re-sent event (same external id, or same content) is recorded once.
 CREATE UNIQUE INDEX consent_events_idempotency ON consent_events (tenant, idempotency_key);
-CREATE INDEX consent_events_by_recipient ON consent_events (tenant, recipient_hash, seq);
+-- Covers the send path's read (src/store/sqlite.rs, recipient_facts): the fold's columns are
+-- in the index, so a send reads index pages only, however large the ledger.
+CREATE INDEX consent_events_by_recipient ON consent_events
+    (tenant, recipient_hash, seq, id, action, level, brand, campaign, purposes, occurred_at_us);
 
 CREATE TRIGGER consent_events_are_append_only_update BEFORE UPDATE ON consent_events
 BEGIN SELECT RAISE(ABORT, 'the consent ledger is append-only'); END;
