@@ -176,7 +176,7 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
-    /// `sqlite://path`; default: `consentry.db` in the data folder.
+    /// `sqlite://path` or `postgres://...`; default: `consentry.db` in the data folder.
     pub url: Option<String>,
 }
 
@@ -648,11 +648,13 @@ impl Config {
             ));
         }
         if let Some(url) = &self.database.url
-            && !url.starts_with("sqlite:")
+            && !["sqlite:", "postgres:", "postgresql:"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme))
         {
             return Err(field_error(
                 "database.url",
-                "only sqlite: URLs are supported in this version",
+                "must be a sqlite:, postgres: or postgresql: URL",
             ));
         }
         if self.jwt.leeway_seconds > 60 {

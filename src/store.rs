@@ -1,11 +1,12 @@
 //! Storage: the [`Store`] interface and its records. The send path needs only these operations;
-//! each backend (SQLite now, PostgreSQL later, both from `migrations/`) implements them with
-//! runtime-checked `sqlx::query` so one binary serves either.
+//! each backend (SQLite and PostgreSQL, each from its own folder of `migrations/`) implements
+//! them with runtime-checked `sqlx::query` so one binary serves either.
 //!
 //! Invariants every backend keeps: a record is durable when `record_message` returns (the
 //! upstream is called only after); message rows and outcomes are append-only; no body and no
 //! full phone number is written readable.
 
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -443,6 +444,8 @@ pub trait Store: Send + Sync + 'static {
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
         Ok(std::sync::Arc::new(sqlite::SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Ok(std::sync::Arc::new(postgres::PgStore::open(url).await?))
     } else {
         Err(StoreError::Unsafe(format!(
             "unsupported database URL scheme in {:?}",

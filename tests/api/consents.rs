@@ -405,16 +405,11 @@ async fn no_endpoint_changes_or_removes_an_event() {
         }
     }
     // Not even the database lets a row change.
-    let options =
-        sqlx::sqlite::SqliteConnectOptions::new().filename(app.data_dir().join("consentry.db"));
-    let mut connection = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&options)
-        .await
-        .unwrap();
     for statement in [
         "UPDATE consent_events SET action = 'opt_out'",
         "DELETE FROM consent_events",
     ] {
-        let refused = sqlx::query(statement).execute(&mut connection).await;
+        let refused = app.database.execute(statement).await;
         assert!(refused.unwrap_err().to_string().contains("append-only"));
     }
     let consents: Value = app

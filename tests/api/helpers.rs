@@ -1,5 +1,8 @@
 //! Test harness: the real application on port 0 over real TLS, with a fresh data folder and
 //! database, real JWTs, and a fake gateway that is a real HTTP server on a local port.
+//!
+//! The database is SQLite in the data folder, or, when `CONSENTRY_TEST_DATABASE_URL` names a
+//! PostgreSQL database, a fresh schema of that database for each data folder.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -68,7 +71,7 @@ pub struct FakeGateway {
     pub address: SocketAddr,
     requests: Arc<Mutex<Vec<GatewayRequest>>>,
     mode: Arc<Mutex<GatewayMode>>,
-    database: Arc<Mutex<Option<PathBuf>>>,
+    database: Arc<Mutex<Option<TestDatabase>>>,
 }
 
 impl FakeGateway {
@@ -99,7 +102,7 @@ impl FakeGateway {
                     });
                     let database = state.database.lock().unwrap().clone();
                     let record_committed = match database {
-                        Some(path) => Some(record_exists(&path, body["id"].as_str()).await),
+                        Some(database) => Some(record_exists(&database, body["id"].as_str()).await),
                         None => None,
                     };
                     state.requests.lock().unwrap().push(GatewayRequest {
@@ -152,8 +155,8 @@ impl FakeGateway {
     }
 
     /// From now on, check at each request whether its record is committed in this database.
-    pub fn watch_database(&self, path: PathBuf) {
-        *self.database.lock().unwrap() = Some(path);
+    pub fn watch_database(&self, database: TestDatabase) {
+        *self.database.lock().unwrap() = Some(database);
     }
 
     pub fn set_mode(&self, mode: GatewayMode) {
@@ -170,19 +173,157 @@ impl FakeGateway {
 }
 
 /// Whether a message row is visible to a separate connection, i.e. committed.
-async fn record_exists(database: &Path, id: Option<&str>) -> bool {
-    let options = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(database)
-        .read_only(true);
-    let mut connection = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&options)
-        .await
-        .unwrap();
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE id = ?")
-        .bind(id.unwrap_or_default())
-        .fetch_one(&mut connection)
-        .await
-        .unwrap();
+async fn record_exists(database: &TestDatabase, id: Option<&str>) -> bool {
+    let id = id.unwrap_or_default();
+    let count: i64 = match database {
+        TestDatabase::Sqlite(path) => {
+            let options = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(path)
+                .read_only(true);
+            let mut connection =
+                <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&options)
+                    .await
+                    .unwrap();
+            sqlx::query_scalar("SELECT count(*) FROM messages WHERE id = ?")
+                .bind(id)
+                .fetch_one(&mut connection)
+                .await
+                .unwrap()
+        }
+        TestDatabase::Postgres(url) => {
+            let mut connection = postgres_connection(url).await;
+            sqlx::query_scalar("SELECT count(*) FROM messages WHERE id = $1")
+                .bind(id)
+                .fetch_one(&mut connection)
+                .await
+                .unwrap()
+        }
+    };
     count == 1
+}
+
+/// The PostgreSQL database the suite runs on, when `CONSENTRY_TEST_DATABASE_URL` names one.
+pub fn postgres_base_url() -> Option<String> {
+    std::env::var("CONSENTRY_TEST_DATABASE_URL")
+        .ok()
+        .filter(|url| !url.trim().is_empty())
+}
+
+/// The schema of a data folder on PostgreSQL: the same for one folder within a run (a restart
+/// finds its records), different across folders and across runs.
+fn postgres_schema(folder: &Path) -> String {
+    static RUN: std::sync::OnceLock<[u8; 8]> = std::sync::OnceLock::new();
+    let run = RUN.get_or_init(|| {
+        let mut bytes = [0u8; 8];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).unwrap();
+        bytes
+    });
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    context.update(run);
+    context.update(folder.as_os_str().as_encoded_bytes());
+    let digest = context.finish();
+    let hex: String = digest.as_ref()[..10]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    format!("t_{hex}")
+}
+
+/// The URL that points consentry at a data folder's schema: the base URL with its
+/// `search_path` set through the connection's `options`.
+fn postgres_url_for(base: &str, folder: &Path) -> String {
+    let separator = if base.contains('?') { '&' } else { '?' };
+    format!(
+        "{base}{separator}options=-c%20search_path%3D{}",
+        postgres_schema(folder)
+    )
+}
+
+async fn postgres_connection(url: &str) -> sqlx::PgConnection {
+    <sqlx::PgConnection as sqlx::Connection>::connect(url)
+        .await
+        .unwrap()
+}
+
+/// The database a test's consentry writes to, for checks through a connection of its own.
+#[derive(Debug, Clone)]
+pub enum TestDatabase {
+    /// The SQLite file.
+    Sqlite(PathBuf),
+    /// A URL whose `search_path` is the test's schema.
+    Postgres(String),
+}
+
+impl TestDatabase {
+    /// The database of the data folder `folder` (as the test configuration points at it).
+    pub fn for_folder(folder: &Path) -> TestDatabase {
+        match postgres_base_url() {
+            Some(base) => TestDatabase::Postgres(postgres_url_for(&base, folder)),
+            None => TestDatabase::Sqlite(folder.join("data").join("consentry.db")),
+        }
+    }
+
+    /// Runs a query that returns one integer (a second, read-only connection on SQLite).
+    pub async fn count(&self, sql: &str) -> i64 {
+        match self {
+            TestDatabase::Sqlite(path) => {
+                let options = sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(path)
+                    .read_only(true);
+                let mut connection =
+                    <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&options)
+                        .await
+                        .unwrap();
+                sqlx::query_scalar(sql)
+                    .fetch_one(&mut connection)
+                    .await
+                    .unwrap()
+            }
+            TestDatabase::Postgres(url) => {
+                let mut connection = postgres_connection(url).await;
+                sqlx::query_scalar(sql)
+                    .fetch_one(&mut connection)
+                    .await
+                    .unwrap()
+            }
+        }
+    }
+
+    /// Runs a statement on a connection of its own, as someone with access to the database.
+    pub async fn execute(&self, sql: &str) -> Result<u64, sqlx::Error> {
+        match self {
+            TestDatabase::Sqlite(path) => {
+                let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path);
+                let mut connection =
+                    <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&options).await?;
+                Ok(sqlx::query(sql)
+                    .execute(&mut connection)
+                    .await?
+                    .rows_affected())
+            }
+            TestDatabase::Postgres(url) => {
+                let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(url).await?;
+                Ok(sqlx::query(sql)
+                    .execute(&mut connection)
+                    .await?
+                    .rows_affected())
+            }
+        }
+    }
+
+    /// Creates what must exist before consentry starts on it (a PostgreSQL schema).
+    pub async fn prepare(&self, folder: &Path) {
+        if let (TestDatabase::Postgres(_), Some(base)) = (self, postgres_base_url()) {
+            let mut connection = postgres_connection(&base).await;
+            sqlx::query(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {}",
+                postgres_schema(folder)
+            ))
+            .execute(&mut connection)
+            .await
+            .unwrap();
+        }
+    }
 }
 
 /// An address on which nothing listens.
@@ -200,6 +341,8 @@ pub struct TestApp {
     pub folder: PathBuf,
     pub fingerprint: String,
     pub client: reqwest::Client,
+    /// Where this consentry's records are.
+    pub database: TestDatabase,
     /// The beta tenant's own application, where its webhook deliveries go.
     pub tenant_app: Option<FakeGateway>,
     /// The running application's state: its clock, its workers' single steps.
@@ -231,6 +374,11 @@ pub fn test_config_with(folder: &Path, gateway_url: &str, tenant_app_url: &str) 
         std::fs::write(folder.join(name), format!("{value}\n")).unwrap();
     }
     let gateway_base = gateway_url.trim_end_matches("/messages");
+    // On PostgreSQL, the folder's own schema; on SQLite, the default file in the data folder.
+    let database = match TestDatabase::for_folder(folder) {
+        TestDatabase::Postgres(url) => format!("\n[database]\nurl = \"{url}\"\n"),
+        TestDatabase::Sqlite(_) => String::new(),
+    };
     let telnyx_public =
         base64::engine::general_purpose::STANDARD.encode(telnyx_key().public_key().as_ref());
     format!(
@@ -334,7 +482,7 @@ credential = {{ file = "gateway.secret" }}
 webhook_secret = {{ file = "gw-webhook.secret" }}
 connect_timeout_ms = 500
 request_timeout_ms = 1000
-"#,
+{database}"#,
         fixtures = fixtures.display(),
     )
 }
@@ -354,6 +502,8 @@ impl TestApp {
 
     /// Starts consentry with `config_text` written into `folder` (kept by the caller).
     pub async fn spawn_with(folder: &Path, config_text: &str) -> TestApp {
+        let database = TestDatabase::for_folder(folder);
+        database.prepare(folder).await;
         let path = folder.join("consentry.toml");
         std::fs::write(&path, config_text).unwrap();
         let config = Config::load(&path).unwrap();
@@ -375,6 +525,7 @@ impl TestApp {
             folder: folder.to_path_buf(),
             fingerprint,
             client: client(&cert, None),
+            database,
             tenant_app: None,
             state,
             stop: Some(stop),
@@ -639,17 +790,8 @@ impl TestApp {
             .unwrap()
     }
 
-    /// Counts rows in the database (a second, read-only connection).
+    /// Counts rows in the database (a second connection, read-only on SQLite).
     pub async fn count(&self, sql: &str) -> i64 {
-        let options = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(self.data_dir().join("consentry.db"))
-            .read_only(true);
-        let mut connection = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&options)
-            .await
-            .unwrap();
-        sqlx::query_scalar(sql)
-            .fetch_one(&mut connection)
-            .await
-            .unwrap()
+        self.database.count(sql).await
     }
 }

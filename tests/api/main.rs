@@ -1,5 +1,6 @@
-//! End-to-end tests: the real server over real TLS, real JWTs, real SQLite, and a fake gateway
-//! that is a real HTTP server on a local port. One binary for all, to build once.
+//! End-to-end tests: the real server over real TLS, real JWTs, a real database (SQLite, or
+//! PostgreSQL when `CONSENTRY_TEST_DATABASE_URL` names one: a schema per test), and a fake
+//! gateway that is a real HTTP server on a local port. One binary for all, to build once.
 
 mod authentication;
 mod cli;

@@ -1,4 +1,5 @@
-//! What is written to disk: no plaintext bodies or numbers, and keys that survive restarts.
+//! What is written to disk: no plaintext bodies or numbers, and keys that survive restarts;
+//! and the two backends' migrations, which must not drift apart.
 
 use serde_json::Value;
 
@@ -34,8 +35,18 @@ async fn the_database_holds_no_plaintext_body_or_number() {
         .send(&token, &message("+1 415 555 0177", body, "marketing"))
         .await;
     assert_eq!(denied.status(), 403);
+    let database = app.database.clone();
     app.stop().await;
 
+    if let TestDatabase::Postgres(_) = database {
+        // PostgreSQL's files are not ours to read: every row of every table, as text (a
+        // BYTEA column shows as hex, so look for the hex of each needle too).
+        for needle in [body, "9F3K7Q", "+14155550177", "14155550177", "4155550177"] {
+            assert_eq!(rows_containing(&database, needle).await, 0, "{needle:?}");
+        }
+        assert!(rows_containing(&database, "+1415555****").await > 0);
+        return;
+    }
     // The database, its WAL and its shared-memory file: all of them, as they are on disk.
     assert!(data.join("consentry.db").exists());
     for needle in [body, "9F3K7Q", "+14155550177", "14155550177", "4155550177"] {
@@ -44,6 +55,31 @@ async fn the_database_holds_no_plaintext_body_or_number() {
     }
     // The masked form is what stays readable.
     assert!(!files_contain(&data, b"+1415555****").is_empty());
+}
+
+/// How many rows of the tables of consentry's schema show `needle`, as text or as hex bytes.
+async fn rows_containing(database: &TestDatabase, needle: &str) -> i64 {
+    let hex: String = needle.bytes().map(|byte| format!("{byte:02x}")).collect();
+    let mut total = 0;
+    for table in [
+        "messages",
+        "message_outcomes",
+        "consent_events",
+        "inbound_messages",
+        "consent_reviews",
+        "review_resolutions",
+        "webhook_outbox",
+        "deferred_messages",
+        "message_releases",
+    ] {
+        total += database
+            .count(&format!(
+                "SELECT count(*) FROM {table} t WHERE strpos(t::text, '{needle}') > 0 \
+                 OR strpos(t::text, '{hex}') > 0"
+            ))
+            .await;
+    }
+    total
 }
 
 #[tokio::test]
@@ -93,7 +129,7 @@ async fn starting_twice_on_one_data_folder_reuses_the_certificate_and_keys() {
 async fn the_record_is_committed_before_the_gateway_sees_the_message() {
     let gateway = FakeGateway::start().await;
     let app = TestApp::spawn(&gateway.url()).await;
-    gateway.watch_database(app.data_dir().join("consentry.db"));
+    gateway.watch_database(app.database.clone());
     let token = app.token("acme", "messages:send");
     for round in 0..5 {
         let response = app
@@ -120,13 +156,8 @@ async fn when_the_log_cannot_be_written_nothing_is_forwarded() {
     let token = app.token("acme", "messages:send");
 
     // Break the log underneath the running server.
-    let options =
-        sqlx::sqlite::SqliteConnectOptions::new().filename(app.data_dir().join("consentry.db"));
-    let mut connection = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&options)
-        .await
-        .unwrap();
-    sqlx::query("ALTER TABLE messages RENAME TO messages_moved_away")
-        .execute(&mut connection)
+    app.database
+        .execute("ALTER TABLE messages RENAME TO messages_moved_away")
         .await
         .unwrap();
 
@@ -136,4 +167,80 @@ async fn when_the_log_cannot_be_written_nothing_is_forwarded() {
     assert_eq!(response.status(), 503);
     assert_eq!(error_code(response).await, "store_unavailable");
     assert!(gateway.requests().is_empty());
+}
+
+#[tokio::test]
+async fn postgres_with_synchronous_commit_off_is_refused_at_start() {
+    let folder = tempfile::tempdir().unwrap();
+    let database = TestDatabase::for_folder(folder.path());
+    let TestDatabase::Postgres(url) = &database else {
+        eprintln!("PostgreSQL only: set CONSENTRY_TEST_DATABASE_URL to run it");
+        return;
+    };
+    database.prepare(folder.path()).await;
+    let unsafe_url = format!("{url}%20-c%20synchronous_commit%3Doff");
+    let config =
+        test_config(folder.path(), "http://127.0.0.1:9/messages").replace(url, &unsafe_url);
+    assert!(config.contains(&unsafe_url));
+    let path = folder.path().join("consentry.toml");
+    std::fs::write(&path, config).unwrap();
+    let config = consentry::Config::load(&path).unwrap();
+    let refused = consentry::App::build(config).await.err().expect("refused");
+    assert!(
+        format!("{refused:#}").contains("synchronous_commit is off"),
+        "{refused:#}"
+    );
+}
+
+/// The names a migration defines: tables, columns added, indexes and triggers.
+fn defined_names(sql: &str) -> std::collections::BTreeSet<String> {
+    let words: Vec<String> = sql
+        .lines()
+        .map(|line| line.split("--").next().unwrap_or_default())
+        .flat_map(|line| line.split_whitespace())
+        .map(|word| {
+            word.trim_matches(|c: char| c == '(' || c == ';')
+                .to_ascii_lowercase()
+        })
+        .collect();
+    let mut names = std::collections::BTreeSet::new();
+    for (index, word) in words.iter().enumerate() {
+        let after = |n: usize| words.get(index + n).cloned().unwrap_or_default();
+        match (
+            words.get(index.wrapping_sub(1)).map(String::as_str),
+            word.as_str(),
+        ) {
+            (Some("create"), "table") => names.insert(format!("table {}", after(1))),
+            (Some("create"), "index") => names.insert(format!("index {}", after(1))),
+            (Some("unique"), "index") => names.insert(format!("unique index {}", after(1))),
+            (Some("create"), "trigger") => names.insert(format!("trigger {}", after(1))),
+            (Some("add"), "column") => names.insert(format!("column {}", after(1))),
+            _ => false,
+        };
+    }
+    names
+}
+
+#[test]
+fn the_postgres_migrations_mirror_the_sqlite_ones_file_for_file() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let files = |backend: &str| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(root.join(backend))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let sqlite = files("sqlite");
+    assert!(!sqlite.is_empty());
+    assert_eq!(sqlite, files("postgres"), "the migration files differ");
+    for name in &sqlite {
+        let read = |backend: &str| std::fs::read_to_string(root.join(backend).join(name)).unwrap();
+        assert_eq!(
+            defined_names(&read("sqlite")),
+            defined_names(&read("postgres")),
+            "{name} defines different tables, columns, indexes or triggers"
+        );
+    }
 }

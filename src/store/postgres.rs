@@ -1,0 +1,753 @@
+//! The PostgreSQL backend: several consentry instances may share one database. Durability is
+//! PostgreSQL's: `synchronous_commit` must not be `off` for consentry's sessions (checked at
+//! start-up), so a committed record has reached the WAL on disk before the upstream is called.
+//!
+//! No in-process write queue: PostgreSQL takes concurrent writers. Deferred messages are claimed
+//! with `FOR UPDATE SKIP LOCKED`, so instances sharing the database never claim one twice.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::Row as _;
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+
+use super::{
+    ConsentRecord, DeferredMessage, InboundRecord, InboundRecorded, MessageRecord, MessageView,
+    OutboxItem, OutboxRecord, OutcomeRecord, RecipientFacts, Recorded, ReleaseRecord,
+    ResolutionRecord, Resolved, ReviewRecord, ReviewView, Store, StoreError, StoredConsent,
+    status_of,
+};
+use crate::consent::{Action, ConsentEvent, Level, Purposes};
+use crate::domain::{MessageId, Purpose, Scope, TenantId};
+
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+/// How long a claim on a due deferred message holds before another pass may take it again
+/// (the worker that claimed it died before deciding). The same lease as SQLite's.
+const CLAIM_LEASE_US: i64 = 5 * 60 * 1_000_000;
+
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects, applies migrations and checks durability.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await?;
+        MIGRATIONS.run(&pool).await?;
+        let store = PgStore { pool };
+        store.check_durability().await?;
+        Ok(store)
+    }
+
+    async fn check_durability(&self) -> Result<(), StoreError> {
+        let synchronous_commit: String = sqlx::query_scalar("SHOW synchronous_commit")
+            .fetch_one(&self.pool)
+            .await?;
+        if synchronous_commit.eq_ignore_ascii_case("off") {
+            return Err(StoreError::Unsafe(
+                "synchronous_commit is off, expected on (or local, remote_write, remote_apply)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn record_message(&self, record: &MessageRecord) -> Result<(), StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO messages (id, tenant, created_at_us, recipient_hash, recipient_masked, \
+             sender_masked, purpose, brand, campaign, decision, reply_kind, confirms_event, \
+             reasons, upstream, key_id, payload, status_callback) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+        )
+        .bind(record.id.as_str())
+        .bind(record.tenant.as_str())
+        .bind(record.created_at_us)
+        .bind(&record.recipient_hash)
+        .bind(&record.recipient_masked)
+        .bind(&record.sender_masked)
+        .bind(record.purpose)
+        .bind(record.brand.as_deref())
+        .bind(record.campaign.as_deref())
+        .bind(record.decision.as_str())
+        .bind(record.reply_kind)
+        .bind(record.confirms_event.as_deref())
+        .bind(&record.reasons_json)
+        .bind(record.upstream.as_deref())
+        .bind(&record.key_id)
+        .bind(&record.payload)
+        .bind(record.status_callback.as_deref())
+        .execute(&mut *transaction)
+        .await?;
+        if let Some(release_at_us) = record.release_at_us {
+            sqlx::query(
+                "INSERT INTO deferred_messages (message_id, tenant, release_at_us) \
+                 VALUES ($1, $2, $3)",
+            )
+            .bind(record.id.as_str())
+            .bind(record.tenant.as_str())
+            .bind(release_at_us)
+            .execute(&mut *transaction)
+            .await?;
+        }
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    async fn record_outcome(&self, outcome: &OutcomeRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO message_outcomes (message_id, recorded_at_us, status, \
+             upstream_message_id, error_code, detail) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(outcome.message_id.as_str())
+        .bind(outcome.recorded_at_us)
+        .bind(outcome.status.as_str())
+        .bind(outcome.upstream_message_id.as_deref())
+        .bind(outcome.error_code.as_deref())
+        .bind(outcome.detail.as_deref())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn record_consents(
+        &self,
+        records: &[ConsentRecord],
+    ) -> Result<Vec<Recorded>, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        let mut results = Vec::with_capacity(records.len());
+        for record in records {
+            results.push(insert_consent(&mut transaction, record).await?);
+        }
+        transaction.commit().await?;
+        Ok(results)
+    }
+
+    async fn recipient_facts(
+        &self,
+        tenant: &TenantId,
+        recipient_hash: &str,
+        purpose: &str,
+        recent: Option<(i64, i64)>,
+    ) -> Result<RecipientFacts, StoreError> {
+        // Only what the fold reads: the evidence stays in the table.
+        let consent = sqlx::query(
+            "SELECT seq, id, action, level, brand, campaign, purposes, occurred_at_us \
+             FROM consent_events WHERE tenant = $1 AND recipient_hash = $2 ORDER BY seq",
+        )
+        .bind(tenant.as_str())
+        .bind(recipient_hash)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(event_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+        let confirmed_opt_outs = sqlx::query_scalar(
+            "SELECT confirms_event FROM messages WHERE tenant = $1 AND recipient_hash = $2 \
+             AND confirms_event IS NOT NULL",
+        )
+        .bind(tenant.as_str())
+        .bind(recipient_hash)
+        .fetch_all(&self.pool)
+        .await?;
+        let open_reviews = sqlx::query_scalar(
+            "SELECT r.id FROM consent_reviews r LEFT JOIN review_resolutions s \
+             ON s.review_id = r.id WHERE r.tenant = $1 AND r.recipient_hash = $2 \
+             AND s.review_id IS NULL ORDER BY r.seq",
+        )
+        .bind(tenant.as_str())
+        .bind(recipient_hash)
+        .fetch_all(&self.pool)
+        .await?;
+        let recent_us = match recent {
+            None => Vec::new(),
+            Some((since_us, limit)) => {
+                sqlx::query_scalar(
+                    "SELECT at FROM ( \
+                     SELECT created_at_us AS at FROM messages WHERE tenant = $1 \
+                     AND recipient_hash = $2 AND purpose = $3 AND decision = 'allowed' \
+                     AND created_at_us > $4 \
+                     UNION ALL \
+                     SELECT r.decided_at_us AS at FROM message_releases r \
+                     JOIN messages m ON m.id = r.message_id \
+                     WHERE m.tenant = $1 AND m.recipient_hash = $2 AND m.purpose = $3 \
+                     AND r.decision = 'allowed' AND r.decided_at_us > $4) AS recent \
+                     ORDER BY at DESC LIMIT $5",
+                )
+                .bind(tenant.as_str())
+                .bind(recipient_hash)
+                .bind(purpose)
+                .bind(since_us)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        Ok(RecipientFacts {
+            consent,
+            confirmed_opt_outs,
+            open_reviews,
+            recent_us,
+        })
+    }
+
+    async fn claim_due(&self, now_us: i64, limit: i64) -> Result<Vec<DeferredMessage>, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        // Rows another transaction is claiming are skipped, not waited for: each due message
+        // goes to one claimer, whichever instance it runs in.
+        let rows = sqlx::query(
+            "SELECT m.id, m.tenant, m.purpose, m.brand, m.campaign, m.key_id, m.payload \
+             FROM deferred_messages d JOIN messages m ON m.id = d.message_id \
+             WHERE NOT d.done AND d.release_at_us <= $1 \
+             AND (d.claimed_at_us IS NULL OR d.claimed_at_us < $2) \
+             ORDER BY d.release_at_us LIMIT $3 \
+             FOR UPDATE OF d SKIP LOCKED",
+        )
+        .bind(now_us)
+        .bind(now_us - CLAIM_LEASE_US)
+        .bind(limit)
+        .fetch_all(&mut *transaction)
+        .await?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get("id")?;
+            let taken = sqlx::query(
+                "UPDATE deferred_messages SET claimed_at_us = $1 WHERE message_id = $2 \
+                 AND NOT done AND (claimed_at_us IS NULL OR claimed_at_us < $3)",
+            )
+            .bind(now_us)
+            .bind(&id)
+            .bind(now_us - CLAIM_LEASE_US)
+            .execute(&mut *transaction)
+            .await?;
+            if taken.rows_affected() != 1 {
+                continue;
+            }
+            let tenant: String = row.try_get("tenant")?;
+            claimed.push(DeferredMessage {
+                id: MessageId::parse(&id)
+                    .ok_or_else(|| StoreError::Corrupt("messages.id".into()))?,
+                tenant: TenantId::parse(&tenant)
+                    .map_err(|_| StoreError::Corrupt("messages.tenant".into()))?,
+                purpose: row.try_get("purpose")?,
+                brand: row.try_get("brand")?,
+                campaign: row.try_get("campaign")?,
+                key_id: row.try_get("key_id")?,
+                payload: row.try_get("payload")?,
+            });
+        }
+        transaction.commit().await?;
+        Ok(claimed)
+    }
+
+    async fn record_release(&self, release: &ReleaseRecord) -> Result<(), StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO message_releases (message_id, decided_at_us, decision, reasons) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(release.message_id.as_str())
+        .bind(release.decided_at_us)
+        .bind(release.decision.as_str())
+        .bind(&release.reasons_json)
+        .execute(&mut *transaction)
+        .await?;
+        match release.release_again_at_us {
+            Some(again) => {
+                sqlx::query(
+                    "UPDATE deferred_messages SET release_at_us = $1, claimed_at_us = NULL \
+                     WHERE message_id = $2",
+                )
+                .bind(again)
+                .bind(release.message_id.as_str())
+                .execute(&mut *transaction)
+                .await?;
+            }
+            None => {
+                sqlx::query("UPDATE deferred_messages SET done = TRUE WHERE message_id = $1")
+                    .bind(release.message_id.as_str())
+                    .execute(&mut *transaction)
+                    .await?;
+            }
+        }
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    async fn record_inbound(
+        &self,
+        inbound: &InboundRecord,
+        consent: Option<&ConsentRecord>,
+        review: Option<&ReviewRecord>,
+        outbox: Option<&OutboxRecord>,
+    ) -> Result<InboundRecorded, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO inbound_messages (id, upstream, gateway_id, tenant, recipient_hash, \
+             recipient_masked, to_masked, class, certain, consent_event, received_at_us, key_id, \
+             payload) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+             ON CONFLICT (upstream, gateway_id, tenant) DO NOTHING",
+        )
+        .bind(&inbound.id)
+        .bind(&inbound.upstream)
+        .bind(&inbound.gateway_id)
+        .bind(&inbound.tenant)
+        .bind(&inbound.recipient_hash)
+        .bind(&inbound.recipient_masked)
+        .bind(&inbound.to_masked)
+        .bind(inbound.class)
+        .bind(inbound.certain)
+        .bind(inbound.consent_event.as_deref())
+        .bind(inbound.received_at_us)
+        .bind(&inbound.key_id)
+        .bind(&inbound.payload)
+        .execute(&mut *transaction)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Ok(InboundRecorded::Duplicate);
+        }
+        if let Some(consent) = consent {
+            insert_consent(&mut transaction, consent).await?;
+        }
+        if let Some(review) = review {
+            sqlx::query(
+                "INSERT INTO consent_reviews (id, tenant, recipient_hash, recipient_masked, \
+                 inbound_id, created_at_us) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&review.id)
+            .bind(review.tenant.as_str())
+            .bind(&review.recipient_hash)
+            .bind(&review.recipient_masked)
+            .bind(&review.inbound_id)
+            .bind(review.created_at_us)
+            .execute(&mut *transaction)
+            .await?;
+        }
+        if let Some(outbox) = outbox {
+            insert_outbox(&mut *transaction, outbox).await?;
+        }
+        transaction.commit().await?;
+        Ok(InboundRecorded::New)
+    }
+
+    async fn reviews(
+        &self,
+        tenant: &TenantId,
+        open_only: bool,
+    ) -> Result<Vec<ReviewView>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT r.id, r.recipient_masked, r.inbound_id, r.created_at_us, s.outcome, \
+             s.resolved_by, s.consent_event FROM consent_reviews r \
+             LEFT JOIN review_resolutions s ON s.review_id = r.id \
+             WHERE r.tenant = $1 AND ($2 = FALSE OR s.review_id IS NULL) \
+             ORDER BY r.seq DESC LIMIT 1000",
+        )
+        .bind(tenant.as_str())
+        .bind(open_only)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(review_from_row).collect()
+    }
+
+    async fn review(&self, tenant: &TenantId, id: &str) -> Result<Option<ReviewView>, StoreError> {
+        let row = sqlx::query(
+            "SELECT r.id, r.recipient_masked, r.inbound_id, r.created_at_us, s.outcome, \
+             s.resolved_by, s.consent_event FROM consent_reviews r \
+             LEFT JOIN review_resolutions s ON s.review_id = r.id \
+             WHERE r.tenant = $1 AND r.id = $2",
+        )
+        .bind(tenant.as_str())
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(review_from_row).transpose()
+    }
+
+    async fn resolve_review(
+        &self,
+        tenant: &TenantId,
+        resolution: &ResolutionRecord,
+        consent: Option<&ConsentRecord>,
+    ) -> Result<Resolved, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        let exists: Option<String> =
+            sqlx::query_scalar("SELECT id FROM consent_reviews WHERE id = $1 AND tenant = $2")
+                .bind(&resolution.review_id)
+                .bind(tenant.as_str())
+                .fetch_optional(&mut *transaction)
+                .await?;
+        if exists.is_none() {
+            return Ok(Resolved::NotFound);
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO review_resolutions (review_id, outcome, resolved_by, resolved_at_us, \
+             consent_event) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (review_id) DO NOTHING",
+        )
+        .bind(&resolution.review_id)
+        .bind(resolution.outcome)
+        .bind(&resolution.resolved_by)
+        .bind(resolution.resolved_at_us)
+        .bind(resolution.consent_event.as_deref())
+        .execute(&mut *transaction)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Ok(Resolved::AlreadyResolved);
+        }
+        if let Some(consent) = consent {
+            insert_consent(&mut transaction, consent).await?;
+        }
+        transaction.commit().await?;
+        Ok(Resolved::Done)
+    }
+
+    async fn message_by_gateway_id(
+        &self,
+        upstream: &str,
+        gateway_message_id: &str,
+    ) -> Result<Option<(MessageId, TenantId, Option<String>)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT m.id, m.tenant, m.status_callback FROM message_outcomes o \
+             JOIN messages m ON m.id = o.message_id \
+             WHERE o.upstream_message_id = $1 AND m.upstream = $2 LIMIT 1",
+        )
+        .bind(gateway_message_id)
+        .bind(upstream)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let id: String = row.try_get("id")?;
+        let tenant: String = row.try_get("tenant")?;
+        Ok(Some((
+            MessageId::parse(&id).ok_or_else(|| StoreError::Corrupt("messages.id".into()))?,
+            TenantId::parse(&tenant).map_err(|_| StoreError::Corrupt("messages.tenant".into()))?,
+            row.try_get("status_callback")?,
+        )))
+    }
+
+    async fn enqueue_delivery(&self, delivery: &OutboxRecord) -> Result<(), StoreError> {
+        insert_outbox(&self.pool, delivery).await
+    }
+
+    async fn message_payload(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+    ) -> Result<Option<crate::crypto::Sealed>, StoreError> {
+        let row = sqlx::query("SELECT key_id, payload FROM messages WHERE tenant = $1 AND id = $2")
+            .bind(tenant.as_str())
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            Ok(crate::crypto::Sealed {
+                key_id: row.try_get("key_id")?,
+                bytes: row.try_get("payload")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn inbound_payload(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<crate::crypto::Sealed>, StoreError> {
+        let row = sqlx::query(
+            "SELECT key_id, payload FROM inbound_messages WHERE tenant = $1 AND id = $2",
+        )
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(crate::crypto::Sealed {
+                key_id: row.try_get("key_id")?,
+                bytes: row.try_get("payload")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn due_deliveries(&self, now_us: i64, limit: i64) -> Result<Vec<OutboxItem>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, tenant, created_at_us, key_id, payload, next_attempt_at_us, attempts, \
+             url, format FROM webhook_outbox \
+             WHERE delivered_at_us IS NULL AND next_attempt_at_us <= $1 \
+             ORDER BY next_attempt_at_us, seq LIMIT $2",
+        )
+        .bind(now_us)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let tenant: String = row.try_get("tenant")?;
+                Ok(OutboxItem {
+                    attempts: row.try_get("attempts")?,
+                    record: OutboxRecord {
+                        id: row.try_get("id")?,
+                        tenant: TenantId::parse(&tenant)
+                            .map_err(|_| StoreError::Corrupt("webhook_outbox.tenant".into()))?,
+                        created_at_us: row.try_get("created_at_us")?,
+                        key_id: row.try_get("key_id")?,
+                        payload: row.try_get("payload")?,
+                        next_attempt_at_us: row.try_get("next_attempt_at_us")?,
+                        url: row.try_get("url")?,
+                        format: row.try_get("format")?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    async fn delivery_succeeded(&self, id: &str, at_us: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE webhook_outbox SET delivered_at_us = $1, attempts = attempts + 1 \
+             WHERE id = $2",
+        )
+        .bind(at_us)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn delivery_failed(
+        &self,
+        id: &str,
+        attempts: i64,
+        next_attempt_at_us: i64,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE webhook_outbox SET attempts = $1, next_attempt_at_us = $2, last_error = $3 \
+             WHERE id = $4",
+        )
+        .bind(attempts)
+        .bind(next_attempt_at_us)
+        .bind(error)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn consent_events(
+        &self,
+        tenant: &TenantId,
+        recipient_hash: &str,
+    ) -> Result<Vec<StoredConsent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, id, tenant, recipient_hash, recipient_masked, action, level, brand, \
+             campaign, purposes, method, occurred_at_us, recorded_at_us, recorded_by, \
+             external_id, idempotency_key, key_id, evidence FROM consent_events \
+             WHERE tenant = $1 AND recipient_hash = $2 ORDER BY seq",
+        )
+        .bind(tenant.as_str())
+        .bind(recipient_hash)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(consent_from_row).collect()
+    }
+
+    async fn message(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+    ) -> Result<Option<MessageView>, StoreError> {
+        let row = sqlx::query(
+            "SELECT m.id, m.created_at_us, m.recipient_masked, m.sender_masked, m.purpose, \
+             m.decision, m.reasons, m.upstream, o.status, o.upstream_message_id, o.error_code, \
+             r.decision AS release_decision, r.reasons AS release_reasons, d.release_at_us \
+             FROM messages m LEFT JOIN message_outcomes o ON o.seq = \
+             (SELECT max(seq) FROM message_outcomes WHERE message_id = m.id) \
+             LEFT JOIN message_releases r ON r.seq = \
+             (SELECT max(seq) FROM message_releases WHERE message_id = m.id) \
+             LEFT JOIN deferred_messages d ON d.message_id = m.id \
+             WHERE m.tenant = $1 AND m.id = $2",
+        )
+        .bind(tenant.as_str())
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let decision: String = row.try_get("decision")?;
+        let outcome: Option<String> = row.try_get("status")?;
+        let release: Option<String> = row.try_get("release_decision")?;
+        // After a release, its reasons are the ones that count.
+        let reasons: String = match row.try_get::<Option<String>, _>("release_reasons")? {
+            Some(reasons) => reasons,
+            None => row.try_get("reasons")?,
+        };
+        let release_at_us: Option<i64> = row.try_get("release_at_us")?;
+        Ok(Some(MessageView {
+            id: row.try_get("id")?,
+            created_at_us: row.try_get("created_at_us")?,
+            recipient: row.try_get("recipient_masked")?,
+            sender: row.try_get("sender_masked")?,
+            purpose: row.try_get("purpose")?,
+            status: status_of(&decision, release.as_deref(), outcome.as_deref()),
+            release_at: release_at_us
+                .and_then(|us| jiff::Timestamp::from_microsecond(us).ok())
+                .map(|t| t.to_string()),
+            decision,
+            reasons: serde_json::from_str(&reasons).unwrap_or(serde_json::Value::Null),
+            upstream: row.try_get("upstream")?,
+            upstream_message_id: row.try_get("upstream_message_id")?,
+            error_code: row.try_get("error_code")?,
+        }))
+    }
+}
+
+fn event_from_row(row: &PgRow) -> Result<ConsentEvent, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("consent_events.{what}"));
+    let action: String = row.try_get("action")?;
+    let level: Option<String> = row.try_get("level")?;
+    let purposes: String = row.try_get("purposes")?;
+    Ok(ConsentEvent {
+        id: row.try_get("id")?,
+        seq: row.try_get("seq")?,
+        action: Action::parse(&action).ok_or_else(|| corrupt("action"))?,
+        level: match level {
+            None => None,
+            Some(level) => Some(Level::parse(&level).ok_or_else(|| corrupt("level"))?),
+        },
+        scope: Scope {
+            brand: row.try_get("brand")?,
+            campaign: row.try_get("campaign")?,
+        },
+        purposes: Purposes(
+            purposes
+                .split_whitespace()
+                .map(|p| p.parse::<Purpose>())
+                .collect::<Result<_, _>>()
+                .map_err(|_| corrupt("purposes"))?,
+        ),
+        occurred_at: jiff::Timestamp::from_microsecond(row.try_get("occurred_at_us")?)
+            .map_err(|_| corrupt("occurred_at_us"))?,
+    })
+}
+
+fn consent_from_row(row: &PgRow) -> Result<StoredConsent, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("consent_events.{what}"));
+    let action: String = row.try_get("action")?;
+    let level: Option<String> = row.try_get("level")?;
+    let tenant: String = row.try_get("tenant")?;
+    Ok(StoredConsent {
+        seq: row.try_get("seq")?,
+        record: ConsentRecord {
+            id: row.try_get("id")?,
+            tenant: TenantId::parse(&tenant).map_err(|_| corrupt("tenant"))?,
+            recipient_hash: row.try_get("recipient_hash")?,
+            recipient_masked: row.try_get("recipient_masked")?,
+            action: Action::parse(&action).ok_or_else(|| corrupt("action"))?,
+            level: match level {
+                None => None,
+                Some(level) => Some(Level::parse(&level).ok_or_else(|| corrupt("level"))?),
+            },
+            brand: row.try_get("brand")?,
+            campaign: row.try_get("campaign")?,
+            purposes: row.try_get("purposes")?,
+            method: row.try_get("method")?,
+            occurred_at_us: row.try_get("occurred_at_us")?,
+            recorded_at_us: row.try_get("recorded_at_us")?,
+            recorded_by: row.try_get("recorded_by")?,
+            external_id: row.try_get("external_id")?,
+            idempotency_key: row.try_get("idempotency_key")?,
+            key_id: row.try_get("key_id")?,
+            evidence: row.try_get("evidence")?,
+        },
+    })
+}
+
+/// Appends one consent event unless its idempotency key is already in the tenant's ledger.
+async fn insert_consent(
+    transaction: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    record: &ConsentRecord,
+) -> Result<Recorded, StoreError> {
+    let inserted = sqlx::query(
+        "INSERT INTO consent_events (id, tenant, recipient_hash, recipient_masked, \
+         action, level, brand, campaign, purposes, method, occurred_at_us, \
+         recorded_at_us, recorded_by, external_id, idempotency_key, key_id, evidence) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+         ON CONFLICT (tenant, idempotency_key) DO NOTHING",
+    )
+    .bind(&record.id)
+    .bind(record.tenant.as_str())
+    .bind(&record.recipient_hash)
+    .bind(&record.recipient_masked)
+    .bind(record.action.as_str())
+    .bind(record.level.map(|level| level.as_str()))
+    .bind(record.brand.as_deref())
+    .bind(record.campaign.as_deref())
+    .bind(&record.purposes)
+    .bind(&record.method)
+    .bind(record.occurred_at_us)
+    .bind(record.recorded_at_us)
+    .bind(&record.recorded_by)
+    .bind(record.external_id.as_deref())
+    .bind(&record.idempotency_key)
+    .bind(&record.key_id)
+    .bind(&record.evidence)
+    .execute(&mut **transaction)
+    .await?;
+    if inserted.rows_affected() == 1 {
+        return Ok(Recorded::New);
+    }
+    let existing: String = sqlx::query_scalar(
+        "SELECT id FROM consent_events WHERE tenant = $1 AND idempotency_key = $2",
+    )
+    .bind(record.tenant.as_str())
+    .bind(&record.idempotency_key)
+    .fetch_one(&mut **transaction)
+    .await?;
+    Ok(Recorded::Duplicate(existing))
+}
+
+/// Queues one delivery.
+async fn insert_outbox<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Postgres>,
+    delivery: &OutboxRecord,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO webhook_outbox (id, tenant, created_at_us, key_id, payload, \
+         next_attempt_at_us, url, format) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&delivery.id)
+    .bind(delivery.tenant.as_str())
+    .bind(delivery.created_at_us)
+    .bind(&delivery.key_id)
+    .bind(&delivery.payload)
+    .bind(delivery.next_attempt_at_us)
+    .bind(delivery.url.as_deref())
+    .bind(delivery.format.as_deref())
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+fn review_from_row(row: &PgRow) -> Result<ReviewView, StoreError> {
+    Ok(ReviewView {
+        id: row.try_get("id")?,
+        recipient: row.try_get("recipient_masked")?,
+        inbound_id: row.try_get("inbound_id")?,
+        created_at_us: row.try_get("created_at_us")?,
+        outcome: row.try_get("outcome")?,
+        resolved_by: row.try_get("resolved_by")?,
+        consent_event: row.try_get("consent_event")?,
+    })
+}
