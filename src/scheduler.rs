@@ -94,6 +94,7 @@ async fn release(
     let recipient_hash = state.numbers.hash(&message.to);
     let decision = {
         let _guard = state.recipient_locks.lock(&recipient_hash).await;
+        let shared = state.store.lock_recipient(&recipient_hash).await?;
         let gathered = state.gather(tenant, &message, now).await?;
         let bounds = SenderBounds::default();
         let facts = gathered.facts(tenant, &bounds, &state.policies, now);
@@ -118,6 +119,7 @@ async fn release(
             ),
         };
         state.store.record_release(&record).await?;
+        shared.release().await;
         decision
     };
     match decision {

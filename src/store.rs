@@ -324,10 +324,42 @@ pub enum Recorded {
     Duplicate(String),
 }
 
+/// A lock on one recipient held across every process that shares the database, from reading
+/// the facts to recording the decision: the in-process lock does the same within a process.
+/// Release it with [`RecipientLock::release`]; dropped unreleased, it closes its connection,
+/// which releases it as surely.
+pub enum RecipientLock {
+    /// SQLite has one process.
+    Local,
+    Postgres(postgres::AdvisoryLock),
+}
+
+impl RecipientLock {
+    pub async fn release(self) {
+        if let RecipientLock::Postgres(lock) = self {
+            lock.release().await;
+        }
+    }
+}
+
+/// The advisory-lock key of a recipient: the first 8 bytes of its keyed hash.
+pub fn lock_key(recipient_hash: &str) -> i64 {
+    let bytes: Vec<u8> = (0..16)
+        .step_by(2)
+        .filter_map(|i| u8::from_str_radix(recipient_hash.get(i..i + 2)?, 16).ok())
+        .collect();
+    let mut key = [0u8; 8];
+    key[..bytes.len()].copy_from_slice(&bytes);
+    i64::from_be_bytes(key)
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Succeeds when the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Takes the lock on a recipient that all processes sharing the database respect.
+    async fn lock_recipient(&self, recipient_hash: &str) -> Result<RecipientLock, StoreError>;
 
     /// Durably appends a message record.
     async fn record_message(&self, record: &MessageRecord) -> Result<(), StoreError>;

@@ -217,13 +217,16 @@ impl AppState {
     ) -> Result<Processed, ApiError> {
         let recipient_hash = self.numbers.hash(&message.to);
         let decision = {
-            // Facts and record under one lock: caps and confirmations see every decision.
+            // Facts and record under one lock, in this process and across the processes that
+            // share the database: caps and confirmations see every decision.
             let _guard = self.recipient_locks.lock(&recipient_hash).await;
+            let shared = self.store.lock_recipient(&recipient_hash).await?;
             let now = self.clock.now();
             let gathered = self.gather(tenant, &message, now).await?;
             let facts = gathered.facts(tenant, bounds, &self.policies, now);
             let decision = policy::decide(message, &facts);
             self.record_decision(&decision, tenant, now).await?;
+            shared.release().await;
             decision
         };
 

@@ -26,21 +26,61 @@ static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres
 /// (the worker that claimed it died before deciding). The same lease as SQLite's.
 const CLAIM_LEASE_US: i64 = 5 * 60 * 1_000_000;
 
+/// A session advisory lock on one connection taken out of the pool.
+pub struct AdvisoryLock {
+    connection: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
+    key: i64,
+    /// Locks hold a connection each: at most half the pool, so the queries made under them
+    /// always find a connection.
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl AdvisoryLock {
+    pub async fn release(mut self) {
+        if let Some(mut connection) = self.connection.take() {
+            let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(self.key)
+                .execute(&mut *connection)
+                .await;
+            if unlocked.is_err() {
+                // The connection is in doubt: close it, which ends the lock with the session.
+                drop(connection.detach());
+            }
+        }
+    }
+}
+
+impl Drop for AdvisoryLock {
+    fn drop(&mut self) {
+        // Not released (an error on the way): closing the session releases the lock.
+        if let Some(connection) = self.connection.take() {
+            drop(connection.detach());
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    lockers: std::sync::Arc<tokio::sync::Semaphore>,
 }
+
+/// The pool's size; half of it may hold recipient locks.
+const POOL_SIZE: u32 = 16;
 
 impl PgStore {
     /// Connects, applies migrations and checks durability.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
-            .max_connections(8)
+            .max_connections(POOL_SIZE)
             .acquire_timeout(Duration::from_secs(5))
             .connect(url)
             .await?;
         MIGRATIONS.run(&pool).await?;
-        let store = PgStore { pool };
+        let store = PgStore {
+            pool,
+            lockers: std::sync::Arc::new(tokio::sync::Semaphore::new(POOL_SIZE as usize / 2)),
+        };
         store.check_durability().await?;
         Ok(store)
     }
@@ -61,6 +101,29 @@ impl PgStore {
 
 #[async_trait]
 impl Store for PgStore {
+    async fn lock_recipient(
+        &self,
+        recipient_hash: &str,
+    ) -> Result<super::RecipientLock, StoreError> {
+        let key = super::lock_key(recipient_hash);
+        let permit = self
+            .lockers
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Unsafe("the lock semaphore is closed".into()))?;
+        let mut connection = self.pool.acquire().await?;
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(key)
+            .execute(&mut *connection)
+            .await?;
+        Ok(super::RecipientLock::Postgres(AdvisoryLock {
+            connection: Some(connection),
+            key,
+            _permit: permit,
+        }))
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())

@@ -91,6 +91,11 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn lock_recipient(&self, _: &str) -> Result<super::RecipientLock, StoreError> {
+        // One process per SQLite file: the in-process lock is the whole lock.
+        Ok(super::RecipientLock::Local)
+    }
+
     async fn record_message(&self, record: &MessageRecord) -> Result<(), StoreError> {
         let _writer = self.writer.lock().await;
         let mut transaction = self.pool.begin().await?;

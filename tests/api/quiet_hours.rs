@@ -283,3 +283,41 @@ async fn a_claim_that_is_never_finished_is_taken_again_after_its_lease() {
     consentry::scheduler::release_due(&app.state).await.unwrap();
     assert_eq!(gateway.requests().len(), 1);
 }
+
+#[tokio::test]
+async fn two_instances_on_one_database_never_exceed_a_cap_together() {
+    if std::env::var("CONSENTRY_TEST_DATABASE_URL").is_err() {
+        eprintln!("several instances need PostgreSQL: set CONSENTRY_TEST_DATABASE_URL");
+        return;
+    }
+    let gateway = FakeGateway::start().await;
+    let folder = tempfile::tempdir().unwrap();
+    let config = test_config(folder.path(), &gateway.url());
+    // Two instances, each with its own pool, in-process locks and clock (the second's runs a
+    // little behind the first's, as clocks of two machines do), on one schema.
+    let first = TestApp::spawn_with(folder.path(), &config).await;
+    let second = TestApp::spawn_with(folder.path(), &config).await;
+    let token = first.token("shop", SCOPES);
+    opt_in(&first, &token, MIAMI).await;
+    let message = shop_message(MIAMI, "marketing", None, None);
+    let sends = (0..16).map(|i| {
+        let app = if i % 2 == 0 { &first } else { &second };
+        app.send(&token, &message)
+    });
+    let statuses: Vec<u16> = futures_util::future::join_all(sends)
+        .await
+        .iter()
+        .map(|response| response.status().as_u16())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        3,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 403).count(),
+        13,
+        "{statuses:?}"
+    );
+    assert_eq!(gateway.requests().len(), 3);
+}
