@@ -48,6 +48,9 @@ enum Command {
         /// The plain-HTTP admin address (health, readiness).
         #[arg(long)]
         admin_listen: Option<SocketAddr>,
+        /// The database URL (`sqlite://path` or `postgres://user@host/db`), over the file's.
+        #[arg(long)]
+        database: Option<String>,
     },
     /// Print a development token, signed with the data folder's key, on stdout alone.
     Token {
@@ -82,7 +85,8 @@ fn main() -> ExitCode {
             data_dir,
             listen,
             admin_listen,
-        } => serve(config.as_deref(), data_dir, listen, admin_listen),
+            database,
+        } => serve(config.as_deref(), data_dir, listen, admin_listen, database),
         Command::Token {
             tenant,
             sub,
@@ -114,6 +118,7 @@ fn serve(
     data_dir: Option<PathBuf>,
     listen: Option<SocketAddr>,
     admin_listen: Option<SocketAddr>,
+    database: Option<String>,
 ) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -132,6 +137,9 @@ fn serve(
     }
     if let Some(address) = admin_listen {
         config.server.admin_listen = address;
+    }
+    if let Some(url) = database {
+        config.database.url = Some(url);
     }
     let dev_issuer = config.jwt.dev_issuer;
     let tenant_example = config.tenants.first().cloned();

@@ -311,3 +311,33 @@ async fn a_100k_line_import_runs_in_bounded_memory() {
     // connection) and little more; holding the upload would add all of it.
     assert!(growth < 48 * 1024, "peak memory grew by {growth} KiB");
 }
+
+#[test]
+fn serve_takes_the_database_from_the_command_line() {
+    let folder = tempfile::tempdir().unwrap();
+    let database = folder.path().join("elsewhere.db");
+    let mut child = Running(
+        Command::new(BINARY)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--database",
+            ])
+            .arg(format!("sqlite://{}", database.display()))
+            .current_dir(folder.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = BufReader::new(child.0.stdout.take().unwrap());
+    let ready = stdout
+        .lines()
+        .any(|line| line.unwrap().contains("API (TLS)"));
+    assert!(ready, "consentry did not start");
+    assert!(database.exists(), "the database is where --database says");
+    assert!(!folder.path().join("consentry-data/consentry.db").exists());
+}
