@@ -147,6 +147,21 @@ impl App {
         let store = store::open(&config.database_url())
             .await
             .context("cannot open the database")?;
+        // Every instance sharing the database must hash numbers and seal payloads with the same
+        // keys: with another number key, opt-outs recorded elsewhere would not be found.
+        for (name, key) in [
+            ("number_key_id", &number_key),
+            ("payload_key_id", &payload_key),
+        ] {
+            let mine = crypto::key_id(key);
+            let recorded = store.setting(name, &mine).await?;
+            if recorded != mine {
+                anyhow::bail!(
+                    "the database's {name} is {recorded}, this instance's is {mine}: every instance \
+                     sharing a database needs the same crypto.number_key and crypto.payload_key"
+                );
+            }
+        }
         let upstreams = Upstreams::from_config(&config)?;
         let tenants = config.tenants()?;
         let policies = PolicySet::load(&config.policies)?;

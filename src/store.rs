@@ -358,6 +358,10 @@ pub trait Store: Send + Sync + 'static {
     /// Succeeds when the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// Records `value` under `name` if nothing is recorded yet, and returns what is recorded
+    /// (the first instance's value).
+    async fn setting(&self, name: &str, value: &str) -> Result<String, StoreError>;
+
     /// Takes the lock on a recipient that all processes sharing the database respect.
     async fn lock_recipient(&self, recipient_hash: &str) -> Result<RecipientLock, StoreError>;
 

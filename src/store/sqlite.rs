@@ -91,6 +91,23 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn setting(&self, name: &str, value: &str) -> Result<String, StoreError> {
+        let _writer = self.writer.lock().await;
+        sqlx::query(
+            "INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(
+            sqlx::query_scalar("SELECT value FROM settings WHERE name = ?")
+                .bind(name)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     async fn lock_recipient(&self, _: &str) -> Result<super::RecipientLock, StoreError> {
         // One process per SQLite file: the in-process lock is the whole lock.
         Ok(super::RecipientLock::Local)

@@ -244,3 +244,29 @@ fn the_postgres_migrations_mirror_the_sqlite_ones_file_for_file() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_instance_with_another_number_key_refuses_to_start() {
+    let gateway = FakeGateway::start().await;
+    let folder = tempfile::tempdir().unwrap();
+    let config = test_config(folder.path(), &gateway.url());
+    let first = TestApp::spawn_with(folder.path(), &config).await;
+    let keys = first.data_dir().join("keys");
+    first.stop().await;
+
+    // Another number key: its hashes would miss every opt-out recorded so far.
+    std::fs::remove_file(keys.join("number.key")).unwrap();
+    std::fs::write(
+        keys.join("number.key"),
+        "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n",
+    )
+    .unwrap();
+    let path = folder.path().join("consentry.toml");
+    std::fs::write(&path, &config).unwrap();
+    let refused = consentry::App::build(consentry::Config::load(&path).unwrap()).await;
+    let error = format!("{:#}", refused.err().expect("it must refuse"));
+    assert!(
+        error.contains("number_key_id") && error.contains("crypto.number_key"),
+        "{error}"
+    );
+}
