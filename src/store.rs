@@ -7,6 +7,7 @@
 //! full phone number is written readable.
 
 pub mod postgres;
+mod rows;
 pub mod sqlite;
 
 use async_trait::async_trait;
