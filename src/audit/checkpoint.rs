@@ -1,0 +1,205 @@
+//! Signed checkpoints (tree heads): the tree size, its root hash and the time, signed with
+//! Ed25519. The signed bytes are a short text an auditor can rebuild from the checkpoint's
+//! fields:
+//!
+//! ```text
+//! consentry-log/v1\n
+//! <tree size, decimal>\n
+//! <root hash, lower-case hex>\n
+//! <signing time, microseconds since the Unix epoch, decimal>\n
+//! ```
+
+use ring::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
+use serde::Serialize;
+
+use super::merkle::Hash;
+use crate::crypto::{hex, key_id};
+
+/// The first line of every signed checkpoint.
+pub const ORIGIN: &str = "consentry-log/v1";
+
+/// A signed tree head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub tree_size: u64,
+    pub root_hash: Hash,
+    pub signed_at_us: i64,
+    /// The id of the signing key: the first 8 bytes of SHA-256 of its public key, in hex.
+    pub key_id: String,
+    pub signature: Vec<u8>,
+}
+
+impl Checkpoint {
+    /// The exact bytes that are signed.
+    pub fn signed_text(tree_size: u64, root_hash: &Hash, signed_at_us: i64) -> String {
+        format!(
+            "{ORIGIN}\n{tree_size}\n{}\n{signed_at_us}\n",
+            hex(root_hash)
+        )
+    }
+
+    /// Checks the signature against a public key; names what is wrong.
+    pub fn verify(&self, public_key: &[u8]) -> Result<(), String> {
+        if key_id(public_key) != self.key_id {
+            return Err(format!(
+                "checkpoint at size {} is signed by key {}, not by the given key {}",
+                self.tree_size,
+                self.key_id,
+                key_id(public_key)
+            ));
+        }
+        let text = Checkpoint::signed_text(self.tree_size, &self.root_hash, self.signed_at_us);
+        UnparsedPublicKey::new(&ED25519, public_key)
+            .verify(text.as_bytes(), &self.signature)
+            .map_err(|_| {
+                format!(
+                    "checkpoint at size {}: the signature does not verify",
+                    self.tree_size
+                )
+            })
+    }
+
+    /// The checkpoint as the API shows it.
+    pub fn view(&self) -> CheckpointView {
+        use base64::Engine as _;
+        CheckpointView {
+            tree_size: self.tree_size,
+            root_hash: hex(&self.root_hash),
+            signed_at: jiff::Timestamp::from_microsecond(self.signed_at_us)
+                .map(|t| t.to_string())
+                .unwrap_or_default(),
+            signed_at_us: self.signed_at_us,
+            key_id: self.key_id.clone(),
+            signature: base64::engine::general_purpose::STANDARD.encode(&self.signature),
+            signed_text: Checkpoint::signed_text(
+                self.tree_size,
+                &self.root_hash,
+                self.signed_at_us,
+            ),
+        }
+    }
+
+    /// Reads a checkpoint back from its view (as exported).
+    pub fn from_view(view: &CheckpointView) -> Result<Checkpoint, String> {
+        use base64::Engine as _;
+        let root = unhex(&view.root_hash).ok_or("root_hash is not 64 hex digits")?;
+        let signature = base64::engine::general_purpose::STANDARD
+            .decode(&view.signature)
+            .map_err(|_| "signature is not base64")?;
+        Ok(Checkpoint {
+            tree_size: view.tree_size,
+            root_hash: root,
+            signed_at_us: view.signed_at_us,
+            key_id: view.key_id.clone(),
+            signature,
+        })
+    }
+}
+
+/// A checkpoint in JSON.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct CheckpointView {
+    pub tree_size: u64,
+    /// Lower-case hex.
+    pub root_hash: String,
+    pub signed_at: String,
+    pub signed_at_us: i64,
+    pub key_id: String,
+    /// Ed25519 over `signed_text`, base64.
+    pub signature: String,
+    pub signed_text: String,
+}
+
+/// A 32-byte hash from 64 hex digits.
+pub fn unhex(text: &str) -> Option<Hash> {
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The log's signing key.
+pub struct LogSigner {
+    pair: Ed25519KeyPair,
+    key_id: String,
+}
+
+impl std::fmt::Debug for LogSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogSigner")
+            .field("key_id", &self.key_id)
+            .finish()
+    }
+}
+
+impl LogSigner {
+    /// From an Ed25519 key in PKCS#8.
+    pub fn from_pkcs8(pkcs8: &[u8]) -> Result<LogSigner, String> {
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8)
+            .map_err(|_| "not an Ed25519 key in PKCS#8 (v1 or v2)".to_string())?;
+        let key_id = key_id(pair.public_key().as_ref());
+        Ok(LogSigner { pair, key_id })
+    }
+
+    pub fn public_key(&self) -> &[u8] {
+        self.pair.public_key().as_ref()
+    }
+
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// Signs the head of a tree.
+    pub fn sign(&self, tree_size: u64, root_hash: Hash, signed_at_us: i64) -> Checkpoint {
+        let text = Checkpoint::signed_text(tree_size, &root_hash, signed_at_us);
+        Checkpoint {
+            tree_size,
+            root_hash,
+            signed_at_us,
+            key_id: self.key_id.clone(),
+            signature: self.pair.sign(text.as_bytes()).as_ref().to_vec(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_signer() -> LogSigner {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+        LogSigner::from_pkcs8(pkcs8.as_ref()).unwrap()
+    }
+
+    #[test]
+    fn a_checkpoint_verifies_only_as_signed() {
+        let signer = new_signer();
+        let checkpoint = signer.sign(7, [9u8; 32], 1_700_000_000_000_000);
+        assert_eq!(checkpoint.verify(signer.public_key()), Ok(()));
+        let view = checkpoint.view();
+        assert_eq!(
+            view.signed_text,
+            format!(
+                "consentry-log/v1\n7\n{}\n1700000000000000\n",
+                "09".repeat(32)
+            )
+        );
+        assert_eq!(Checkpoint::from_view(&view).unwrap(), checkpoint);
+
+        let mut bigger = checkpoint.clone();
+        bigger.tree_size = 8;
+        assert!(bigger.verify(signer.public_key()).is_err());
+        let mut other_root = checkpoint.clone();
+        other_root.root_hash[0] = 0;
+        assert!(other_root.verify(signer.public_key()).is_err());
+        let stranger = new_signer();
+        assert!(checkpoint.verify(stranger.public_key()).is_err());
+        let mut forged = stranger.sign(7, [9u8; 32], 1_700_000_000_000_000);
+        forged.key_id = checkpoint.key_id.clone();
+        assert!(forged.verify(signer.public_key()).is_err());
+    }
+}

@@ -1,0 +1,312 @@
+//! The exact bytes of each log leaf. An independent verifier rebuilds them from the exported
+//! rows, so this encoding is part of the external contract (README, "For auditors"):
+//!
+//! ```text
+//! leaf   = 0x01 (version) || kind (1 byte) || field*   (a fixed list of fields per kind)
+//! field  = 0x00                                        absent (SQL NULL)
+//!        | 0x01 || length (u32, big-endian) || bytes   text (UTF-8) or bytes
+//!        | 0x02 || value (i64, big-endian)             integer
+//! kind   = 0x01 message | 0x02 consent event | 0x03 body access | 0x04 erasure
+//! ```
+//!
+//! Message records and consent events are logged with their sealed payloads (ciphertext, not
+//! plaintext), so erasing a recipient's key leaves every leaf, and every proof, intact.
+
+use crate::store::{ConsentRecord, MessageRecord};
+
+use super::merkle::{Hash, leaf_hash};
+
+/// The format version, the first byte of every leaf.
+pub const VERSION: u8 = 1;
+
+/// What a leaf records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Message,
+    ConsentEvent,
+    BodyAccess,
+    Erasure,
+}
+
+impl Kind {
+    pub fn code(self) -> u8 {
+        match self {
+            Kind::Message => 1,
+            Kind::ConsentEvent => 2,
+            Kind::BodyAccess => 3,
+            Kind::Erasure => 4,
+        }
+    }
+
+    /// The name stored in `log_leaves.kind` and shown in exports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Message => "message",
+            Kind::ConsentEvent => "consent_event",
+            Kind::BodyAccess => "body_access",
+            Kind::Erasure => "erasure",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Kind> {
+        [
+            Kind::Message,
+            Kind::ConsentEvent,
+            Kind::BodyAccess,
+            Kind::Erasure,
+        ]
+        .into_iter()
+        .find(|kind| kind.as_str() == text)
+    }
+
+    fn from_code(code: u8) -> Option<Kind> {
+        [
+            Kind::Message,
+            Kind::ConsentEvent,
+            Kind::BodyAccess,
+            Kind::Erasure,
+        ]
+        .into_iter()
+        .find(|kind| kind.code() == code)
+    }
+}
+
+/// One field of a leaf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Field {
+    Absent,
+    Bytes(Vec<u8>),
+    Int(i64),
+}
+
+/// A leaf: what it records, which row, and its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leaf {
+    pub kind: Kind,
+    /// The id of the row it records.
+    pub ref_id: String,
+    pub tenant: String,
+    pub bytes: Vec<u8>,
+}
+
+impl Leaf {
+    pub fn hash(&self) -> Hash {
+        leaf_hash(&self.bytes)
+    }
+}
+
+struct Encoder(Vec<u8>);
+
+impl Encoder {
+    fn new(kind: Kind) -> Self {
+        Encoder(vec![VERSION, kind.code()])
+    }
+    fn bytes(mut self, value: &[u8]) -> Self {
+        self.0.push(0x01);
+        self.0
+            .extend_from_slice(&u32::try_from(value.len()).unwrap_or(u32::MAX).to_be_bytes());
+        self.0.extend_from_slice(value);
+        self
+    }
+    fn text(self, value: &str) -> Self {
+        self.bytes(value.as_bytes())
+    }
+    fn optional(mut self, value: Option<&str>) -> Self {
+        match value {
+            Some(value) => self.text(value),
+            None => {
+                self.0.push(0x00);
+                self
+            }
+        }
+    }
+    fn int(mut self, value: i64) -> Self {
+        self.0.push(0x02);
+        self.0.extend_from_slice(&value.to_be_bytes());
+        self
+    }
+}
+
+/// A message record's leaf: every column of its `messages` row, in this order: id, tenant,
+/// created_at_us, recipient_hash, recipient_masked, sender_masked, purpose, brand, campaign,
+/// decision, reasons, upstream, reply_kind, confirms_event, status_callback, key_id, payload.
+pub fn message(record: &MessageRecord) -> Leaf {
+    let bytes = Encoder::new(Kind::Message)
+        .text(record.id.as_str())
+        .text(record.tenant.as_str())
+        .int(record.created_at_us)
+        .text(&record.recipient_hash)
+        .text(&record.recipient_masked)
+        .text(&record.sender_masked)
+        .text(record.purpose)
+        .optional(record.brand.as_deref())
+        .optional(record.campaign.as_deref())
+        .text(record.decision.as_str())
+        .text(&record.reasons_json)
+        .optional(record.upstream.as_deref())
+        .optional(record.reply_kind)
+        .optional(record.confirms_event.as_deref())
+        .optional(record.status_callback.as_deref())
+        .text(&record.key_id)
+        .bytes(&record.payload)
+        .0;
+    Leaf {
+        kind: Kind::Message,
+        ref_id: record.id.as_str().to_owned(),
+        tenant: record.tenant.as_str().to_owned(),
+        bytes,
+    }
+}
+
+/// A consent event's leaf: id, tenant, recipient_hash, recipient_masked, action, level, brand,
+/// campaign, purposes, method, occurred_at_us, recorded_at_us, recorded_by, external_id,
+/// idempotency_key, key_id, evidence.
+pub fn consent_event(record: &ConsentRecord) -> Leaf {
+    let bytes = Encoder::new(Kind::ConsentEvent)
+        .text(&record.id)
+        .text(record.tenant.as_str())
+        .text(&record.recipient_hash)
+        .text(&record.recipient_masked)
+        .text(record.action.as_str())
+        .optional(record.level.map(|level| level.as_str()))
+        .optional(record.brand.as_deref())
+        .optional(record.campaign.as_deref())
+        .text(&record.purposes)
+        .text(&record.method)
+        .int(record.occurred_at_us)
+        .int(record.recorded_at_us)
+        .text(&record.recorded_by)
+        .optional(record.external_id.as_deref())
+        .text(&record.idempotency_key)
+        .text(&record.key_id)
+        .bytes(&record.evidence)
+        .0;
+    Leaf {
+        kind: Kind::ConsentEvent,
+        ref_id: record.id.clone(),
+        tenant: record.tenant.as_str().to_owned(),
+        bytes,
+    }
+}
+
+/// A read of a message body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyAccess {
+    pub id: String,
+    pub tenant: String,
+    /// The JWT subject that read it.
+    pub subject: String,
+    pub message_id: String,
+    pub accessed_at_us: i64,
+}
+
+/// A body access's leaf: id, tenant, subject, message_id, accessed_at_us.
+pub fn body_access(access: &BodyAccess) -> Leaf {
+    let bytes = Encoder::new(Kind::BodyAccess)
+        .text(&access.id)
+        .text(&access.tenant)
+        .text(&access.subject)
+        .text(&access.message_id)
+        .int(access.accessed_at_us)
+        .0;
+    Leaf {
+        kind: Kind::BodyAccess,
+        ref_id: access.id.clone(),
+        tenant: access.tenant.clone(),
+        bytes,
+    }
+}
+
+/// An erasure of a recipient's keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Erasure {
+    pub id: String,
+    pub tenant: String,
+    pub recipient_hash: String,
+    pub erased_at_us: i64,
+    pub erased_by: String,
+    pub keys_destroyed: i64,
+}
+
+/// An erasure's leaf: id, tenant, recipient_hash, erased_at_us, erased_by, keys_destroyed.
+pub fn erasure(erasure: &Erasure) -> Leaf {
+    let bytes = Encoder::new(Kind::Erasure)
+        .text(&erasure.id)
+        .text(&erasure.tenant)
+        .text(&erasure.recipient_hash)
+        .int(erasure.erased_at_us)
+        .text(&erasure.erased_by)
+        .int(erasure.keys_destroyed)
+        .0;
+    Leaf {
+        kind: Kind::Erasure,
+        ref_id: erasure.id.clone(),
+        tenant: erasure.tenant.clone(),
+        bytes,
+    }
+}
+
+/// Splits a leaf into its kind and fields; `None` if it is not a well-formed leaf.
+pub fn decode(bytes: &[u8]) -> Option<(Kind, Vec<Field>)> {
+    let (&version, rest) = bytes.split_first()?;
+    let (&kind, mut rest) = rest.split_first()?;
+    if version != VERSION {
+        return None;
+    }
+    let kind = Kind::from_code(kind)?;
+    let mut fields = Vec::new();
+    while let Some((&tag, after)) = rest.split_first() {
+        match tag {
+            0x00 => {
+                fields.push(Field::Absent);
+                rest = after;
+            }
+            0x01 => {
+                let (length, after) = after.split_at_checked(4)?;
+                let length = u32::from_be_bytes(length.try_into().ok()?) as usize;
+                let (value, after) = after.split_at_checked(length)?;
+                fields.push(Field::Bytes(value.to_vec()));
+                rest = after;
+            }
+            0x02 => {
+                let (value, after) = after.split_at_checked(8)?;
+                fields.push(Field::Int(i64::from_be_bytes(value.try_into().ok()?)));
+                rest = after;
+            }
+            _ => return None,
+        }
+    }
+    Some((kind, fields))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoding_is_exactly_as_documented() {
+        let access = BodyAccess {
+            id: "ax".into(),
+            tenant: "t".into(),
+            subject: "s".into(),
+            message_id: "m".into(),
+            accessed_at_us: 258,
+        };
+        let leaf = body_access(&access);
+        let expected: Vec<u8> = [
+            &[1u8, 3][..],
+            &[1, 0, 0, 0, 2, b'a', b'x'],
+            &[1, 0, 0, 0, 1, b't'],
+            &[1, 0, 0, 0, 1, b's'],
+            &[1, 0, 0, 0, 1, b'm'],
+            &[2, 0, 0, 0, 0, 0, 0, 1, 2],
+        ]
+        .concat();
+        assert_eq!(leaf.bytes, expected);
+        let (kind, fields) = decode(&leaf.bytes).unwrap();
+        assert_eq!(kind, Kind::BodyAccess);
+        assert_eq!(fields[0], Field::Bytes(b"ax".to_vec()));
+        assert_eq!(fields[4], Field::Int(258));
+        assert!(decode(&leaf.bytes[..leaf.bytes.len() - 1]).is_none());
+    }
+}
