@@ -10,11 +10,14 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::audit::checkpoint::LogSigner;
+use crate::audit::sequencer::Cadence;
 use crate::auth::Verifier;
 use crate::config::{Config, SecretRef, Tenant};
-use crate::crypto::{self, KeyRing, NumberHasher};
+use crate::crypto::{self, NumberHasher};
 use crate::datadir::{self, DataDir};
 use crate::domain::TenantId;
+use crate::keyring::KeyRing;
 use crate::outbox::{self, Webhooks};
 use crate::policy::rules::PolicySet;
 use crate::store::{self, Store};
@@ -89,6 +92,9 @@ pub struct AppState {
     pub verifier: Verifier,
     pub store: Arc<dyn Store>,
     pub keys: KeyRing,
+    /// Signs the verifiable log's checkpoints.
+    pub log_signer: Arc<LogSigner>,
+    pub log_cadence: Cadence,
     pub numbers: NumberHasher,
     pub upstreams: Upstreams,
     pub policies: PolicySet,
@@ -132,12 +138,7 @@ impl App {
         };
         let verifier =
             Verifier::from_config(&config, dev_key.as_ref().map(|k| k.public.as_slice()))?;
-        let payload_key = symmetric_key(
-            &data,
-            config.crypto.payload_key.as_ref(),
-            "payload.key",
-            "crypto.payload_key",
-        )?;
+        let payload_key = payload_key(&data, &config)?;
         let number_key = symmetric_key(
             &data,
             config.crypto.number_key.as_ref(),
@@ -162,6 +163,19 @@ impl App {
                 );
             }
         }
+        let log_signer = log_signer(&data, config.log.signing_key.as_ref())?;
+        // One log, one signing key: checkpoints signed by another key would not verify.
+        let recorded = store.setting("log_key_id", log_signer.key_id()).await?;
+        if recorded != log_signer.key_id() {
+            anyhow::bail!(
+                "the database's log signing key is {recorded}, this instance's is {}: every \
+                 instance sharing a database needs the same log.signing_key",
+                log_signer.key_id()
+            );
+        }
+        let keys = KeyRing::load(store.clone(), &payload_key, clock.now().as_microsecond())
+            .await
+            .context("cannot open the key ring (is crypto.payload_key the one the database's data keys were wrapped with?)")?;
         let upstreams = Upstreams::from_config(&config)?;
         let tenants = config.tenants()?;
         let policies = PolicySet::load(&config.policies)?;
@@ -173,7 +187,14 @@ impl App {
             tenants,
             verifier,
             store,
-            keys: KeyRing::new(&payload_key)?,
+            keys,
+            log_signer: Arc::new(log_signer),
+            log_cadence: Cadence {
+                leaves: config.log.checkpoint_leaves.max(1),
+                interval_us: i64::try_from(config.log.checkpoint_interval_ms)
+                    .unwrap_or(i64::MAX / 1000)
+                    .saturating_mul(1000),
+            },
             numbers: NumberHasher::new(&number_key)?,
             upstreams,
             policies,
@@ -233,7 +254,11 @@ impl App {
             wait(stopped),
         );
         let worker = tokio::spawn(outbox::run(self.state.clone(), stopped_worker.clone()));
-        let releases = tokio::spawn(scheduler::run(self.state.clone(), stopped_worker));
+        let releases = tokio::spawn(scheduler::run(self.state.clone(), stopped_worker.clone()));
+        let sequencer = tokio::spawn(crate::audit::sequencer::run(
+            self.state.clone(),
+            stopped_worker,
+        ));
         tokio::spawn(async move {
             shutdown.await;
             let _ = stop.send(true);
@@ -241,7 +266,33 @@ impl App {
         tokio::join!(api_server, admin_server);
         let _ = worker.await;
         let _ = releases.await;
+        let _ = sequencer.await;
     }
+}
+
+/// The key-encryption key: configured, or the data folder's (made on first start).
+pub fn payload_key(data: &DataDir, config: &Config) -> anyhow::Result<Vec<u8>> {
+    symmetric_key(
+        data,
+        config.crypto.payload_key.as_ref(),
+        "payload.key",
+        "crypto.payload_key",
+    )
+}
+
+/// The configured log signing key, or the data folder's (made on first start).
+pub fn log_signer(data: &DataDir, configured: Option<&SecretRef>) -> anyhow::Result<LogSigner> {
+    use base64::Engine as _;
+    let pkcs8 = match configured {
+        Some(reference) => {
+            let secret = reference.resolve("log.signing_key")?;
+            base64::engine::general_purpose::STANDARD
+                .decode(secret.expose().trim())
+                .context("log.signing_key: not base64")?
+        }
+        None => data.log_signing_key()?.pkcs8,
+    };
+    LogSigner::from_pkcs8(&pkcs8).map_err(|error| anyhow::anyhow!("log.signing_key: {error}"))
 }
 
 /// A configured key, or the data folder's (made on first start).

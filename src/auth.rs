@@ -34,6 +34,10 @@ pub mod scope {
     pub const CONSENTS_WRITE: &str = "consents:write";
     pub const CONSENTS_READ: &str = "consents:read";
     pub const ADMIN: &str = "admin";
+    /// Audit metadata: lists, checkpoints, proofs, bundles. Never bodies.
+    pub const AUDIT_READ: &str = "audit:read";
+    /// Message bodies, each read recorded in the log.
+    pub const AUDIT_DECRYPT: &str = "audit:decrypt";
 }
 
 /// Who is calling, once the token is verified.

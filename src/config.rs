@@ -71,6 +71,40 @@ pub struct Config {
     pub policies: PoliciesConfig,
     #[serde(default)]
     pub outbox: OutboxConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// The verifiable log's checkpoints.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Sign a checkpoint once this many leaves were added since the last one...
+    #[serde(default = "default_checkpoint_leaves")]
+    pub checkpoint_leaves: u64,
+    /// ...or once this long has passed with any leaf added.
+    #[serde(default = "default_checkpoint_interval_ms")]
+    pub checkpoint_interval_ms: u64,
+    /// The Ed25519 key that signs checkpoints, PKCS#8 DER in base64. Default:
+    /// `keys/log-signing.pk8` in the data folder, generated on first start.
+    pub signing_key: Option<SecretRef>,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            checkpoint_leaves: default_checkpoint_leaves(),
+            checkpoint_interval_ms: default_checkpoint_interval_ms(),
+            signing_key: None,
+        }
+    }
+}
+
+fn default_checkpoint_leaves() -> u64 {
+    1_000
+}
+fn default_checkpoint_interval_ms() -> u64 {
+    10_000
 }
 
 /// Delivery of inbound messages to tenants' webhooks.
@@ -183,8 +217,9 @@ pub struct DatabaseConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CryptoConfig {
-    /// The 32-byte AES-256-GCM payload key, base64 in an environment variable or raw/base64 in
-    /// a file. Default: `keys/payload.key` in the data folder, generated on first start.
+    /// The key-encryption key: 32 bytes (AES-256-GCM) that wrap the data keys, base64 in an
+    /// environment variable or raw/base64 in a file. Default: `keys/payload.key` in the data
+    /// folder, generated on first start.
     pub payload_key: Option<SecretRef>,
     /// The 32-byte key of the keyed hash that indexes phone numbers. Default: generated in the
     /// data folder.
@@ -582,6 +617,7 @@ impl Config {
         let mut secrets: Vec<&mut SecretRef> = Vec::new();
         secrets.extend(self.crypto.payload_key.as_mut());
         secrets.extend(self.crypto.number_key.as_mut());
+        secrets.extend(self.log.signing_key.as_mut());
         for path in [&mut self.tls.cert_file, &mut self.tls.key_file]
             .into_iter()
             .flatten()

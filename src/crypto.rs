@@ -1,13 +1,10 @@
 //! Payload encryption and keyed hashing, all on ring.
 //!
-//! - [`KeyRing`]: AES-256-GCM with a random 96-bit nonce per record. Each sealed record carries
-//!   the id of the key that sealed it, so older keys stay readable after a new one is added, and
-//!   the caller binds the record's identity as associated data: a ciphertext moved to another
-//!   row does not open.
+//! - [`SealingKey`]: AES-256-GCM with a random 96-bit nonce per record; the caller binds the
+//!   record's identity as associated data, so a ciphertext moved to another row does not open.
+//!   Which key seals what, and how keys are wrapped, rotated and erased, is `keyring`'s.
 //! - [`NumberHasher`]: HMAC-SHA256 of an E.164 number under a secret key, the only form in which
 //!   a full number is stored readable (it indexes, it does not reveal).
-
-use std::collections::HashMap;
 
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::digest::{SHA256, digest};
@@ -25,6 +22,8 @@ pub enum CryptoError {
     BadKeyLength,
     #[error("no key with id {0} in the key ring")]
     UnknownKey(String),
+    #[error("the key {0} was erased: what it sealed can no longer be read")]
+    Erased(String),
     #[error("the record does not decrypt: wrong key, wrong record identity or altered bytes")]
     Undecryptable,
     #[error("the system random source failed")]
@@ -38,19 +37,15 @@ pub struct Sealed {
     pub bytes: Vec<u8>,
 }
 
-/// The payload keys: one current key that seals, any number that open.
-pub struct KeyRing {
-    current: String,
-    keys: HashMap<String, LessSafeKey>,
-    random: SystemRandom,
+/// One AES-256-GCM key. Every seal takes a fresh random 96-bit nonce; the caller binds the
+/// record's identity as associated data.
+pub struct SealingKey {
+    key: LessSafeKey,
 }
 
-impl std::fmt::Debug for KeyRing {
+impl std::fmt::Debug for SealingKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyRing")
-            .field("current", &self.current)
-            .field("keys", &self.keys.len())
-            .finish()
+        f.write_str("SealingKey")
     }
 }
 
@@ -60,35 +55,26 @@ pub fn key_id(key: &[u8]) -> String {
     hex(&digest(&SHA256, key).as_ref()[..8])
 }
 
-impl KeyRing {
-    /// A ring whose one key seals and opens.
+impl SealingKey {
     pub fn new(key: &[u8]) -> Result<Self, CryptoError> {
-        let id = key_id(key);
-        let mut keys = HashMap::new();
-        keys.insert(id.clone(), aes_key(key)?);
-        Ok(KeyRing {
-            current: id,
-            keys,
-            random: SystemRandom::new(),
+        let unbound = UnboundKey::new(&AES_256_GCM, key).map_err(|_| CryptoError::BadKeyLength)?;
+        Ok(SealingKey {
+            key: LessSafeKey::new(unbound),
         })
     }
 
-    /// The id of the key that seals.
-    pub fn current_key_id(&self) -> &str {
-        &self.current
-    }
-
-    /// Encrypts `plaintext`, binding `associated` (the record's identity) to it.
-    pub fn seal(&self, associated: &[u8], plaintext: &[u8]) -> Result<Sealed, CryptoError> {
-        let key = &self.keys[&self.current];
+    /// Encrypts `plaintext`, binding `associated` (the record's identity) to it:
+    /// `nonce || ciphertext || tag`.
+    pub fn seal(&self, associated: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
         let mut nonce = [0u8; NONCE_LEN];
-        self.random
+        SystemRandom::new()
             .fill(&mut nonce)
             .map_err(|_| CryptoError::Random)?;
         let mut bytes = Vec::with_capacity(NONCE_LEN + plaintext.len() + AES_256_GCM.tag_len());
         bytes.extend_from_slice(&nonce);
         bytes.extend_from_slice(plaintext);
-        let tag = key
+        let tag = self
+            .key
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(associated),
@@ -96,36 +82,25 @@ impl KeyRing {
             )
             .map_err(|_| CryptoError::Undecryptable)?;
         bytes.extend_from_slice(tag.as_ref());
-        Ok(Sealed {
-            key_id: self.current.clone(),
-            bytes,
-        })
+        Ok(bytes)
     }
 
-    /// Decrypts a sealed payload; fails unless the key, the associated data and every byte are
-    /// the ones it was sealed with.
-    pub fn open(&self, associated: &[u8], sealed: &Sealed) -> Result<Vec<u8>, CryptoError> {
-        let key = self
-            .keys
-            .get(&sealed.key_id)
-            .ok_or_else(|| CryptoError::UnknownKey(sealed.key_id.clone()))?;
-        if sealed.bytes.len() < NONCE_LEN + AES_256_GCM.tag_len() {
+    /// Decrypts; fails unless the key, the associated data and every byte are the ones it was
+    /// sealed with.
+    pub fn open(&self, associated: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        if sealed.len() < NONCE_LEN + AES_256_GCM.tag_len() {
             return Err(CryptoError::Undecryptable);
         }
-        let (nonce, ciphertext) = sealed.bytes.split_at(NONCE_LEN);
+        let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
         let nonce =
             Nonce::try_assume_unique_for_key(nonce).map_err(|_| CryptoError::Undecryptable)?;
         let mut buffer = ciphertext.to_vec();
-        let plaintext = key
+        let plaintext = self
+            .key
             .open_in_place(nonce, Aad::from(associated), &mut buffer)
             .map_err(|_| CryptoError::Undecryptable)?;
         Ok(plaintext.to_vec())
     }
-}
-
-fn aes_key(key: &[u8]) -> Result<LessSafeKey, CryptoError> {
-    let unbound = UnboundKey::new(&AES_256_GCM, key).map_err(|_| CryptoError::BadKeyLength)?;
-    Ok(LessSafeKey::new(unbound))
 }
 
 /// HMAC-SHA256 of phone numbers: equal numbers give equal hashes, and the hash cannot be
@@ -199,36 +174,29 @@ mod tests {
     use crate::domain::Region;
 
     #[test]
-    fn sealed_payloads_open_only_with_the_same_identity() {
-        let ring = KeyRing::new(&[7u8; KEY_LEN]).unwrap();
-        let sealed = ring.seal(b"msg_1", b"hello").unwrap();
-        assert_eq!(sealed.key_id, ring.current_key_id());
-        assert_eq!(ring.open(b"msg_1", &sealed).unwrap(), b"hello");
-        assert!(ring.open(b"msg_2", &sealed).is_err());
+    fn sealed_payloads_open_only_with_the_same_key_and_identity() {
+        let key = SealingKey::new(&[7u8; KEY_LEN]).unwrap();
+        let sealed = key.seal(b"msg_1", b"hello").unwrap();
+        assert_eq!(key.open(b"msg_1", &sealed).unwrap(), b"hello");
+        assert!(key.open(b"msg_2", &sealed).is_err());
 
         let mut altered = sealed.clone();
-        let last = altered.bytes.len() - 1;
-        altered.bytes[last] ^= 1;
-        assert!(ring.open(b"msg_1", &altered).is_err());
+        let last = altered.len() - 1;
+        altered[last] ^= 1;
+        assert!(key.open(b"msg_1", &altered).is_err());
 
-        let other = KeyRing::new(&[8u8; KEY_LEN]).unwrap();
-        assert!(matches!(
-            other.open(b"msg_1", &sealed),
-            Err(CryptoError::UnknownKey(_))
-        ));
-    }
-
-    #[test]
-    fn each_seal_uses_a_fresh_nonce() {
-        let ring = KeyRing::new(&[7u8; KEY_LEN]).unwrap();
-        let first = ring.seal(b"a", b"same").unwrap();
-        let second = ring.seal(b"a", b"same").unwrap();
-        assert_ne!(first.bytes, second.bytes);
+        let other = SealingKey::new(&[8u8; KEY_LEN]).unwrap();
+        assert!(other.open(b"msg_1", &sealed).is_err());
+        // Each seal uses a fresh nonce.
+        assert_ne!(
+            key.seal(b"a", b"same").unwrap(),
+            key.seal(b"a", b"same").unwrap()
+        );
     }
 
     #[test]
     fn keys_must_be_32_bytes() {
-        assert!(KeyRing::new(&[1u8; 16]).is_err());
+        assert!(SealingKey::new(&[1u8; 16]).is_err());
         assert!(NumberHasher::new(&[1u8; 31]).is_err());
         assert_eq!(decode_key(&[3u8; 32]).unwrap(), vec![3u8; 32]);
         let text = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n";

@@ -90,7 +90,17 @@ impl DataDir {
 
     /// The development token issuer's Ed25519 key (PKCS#8), made on first use.
     pub fn dev_jwt_key(&self) -> anyhow::Result<DevKey> {
-        let path = self.root.join("keys/jwt-dev.pk8");
+        self.ed25519_key("jwt-dev.pk8")
+    }
+
+    /// The key that signs the verifiable log's checkpoints, made on first use.
+    pub fn log_signing_key(&self) -> anyhow::Result<DevKey> {
+        self.ed25519_key("log-signing.pk8")
+    }
+
+    /// An Ed25519 key stored as PKCS#8 under `keys/`, made on first use.
+    fn ed25519_key(&self, name: &str) -> anyhow::Result<DevKey> {
+        let path = self.root.join("keys").join(name);
         let pkcs8 = self.read_or_create(&path, || {
             let random = ring::rand::SystemRandom::new();
             Ed25519KeyPair::generate_pkcs8(&random)

@@ -5,6 +5,7 @@
 //! order; the rules live in `policy`, the IO in `store` and `upstream`.
 
 pub mod admin;
+pub mod audit;
 pub mod consents;
 pub mod error;
 pub mod fronts;
@@ -47,6 +48,17 @@ pub fn api_router(state: Arc<AppState>) -> Router {
         .route("/v1/inbound/{upstream}", post(inbound::webhook))
         .route("/v1/reviews", get(inbound::reviews))
         .route("/v1/reviews/{id}/resolve", post(inbound::resolve_review))
+        .route("/v1/audit/messages", get(audit::messages))
+        .route("/v1/audit/messages/{id}/body", get(audit::message_body))
+        .route("/v1/audit/consent-events", get(audit::consent_events))
+        .route(
+            "/v1/audit/checkpoints/latest",
+            get(audit::latest_checkpoint),
+        )
+        .route("/v1/audit/proofs/inclusion", get(audit::inclusion))
+        .route("/v1/audit/proofs/consistency", get(audit::consistency))
+        .route("/v1/audit/numbers/{number}/bundle", get(audit::bundle))
+        .route("/v1/erasure", post(audit::erase))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(state)

@@ -31,6 +31,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod consent;
@@ -41,6 +42,7 @@ pub mod domain;
 pub mod holidays;
 pub mod http;
 pub mod import;
+pub mod keyring;
 pub mod keywords;
 pub mod outbox;
 pub mod policy;

@@ -75,6 +75,79 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// The payload key ring.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// The verifiable log: verify it, export it, show its public key.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+/// Where the data is: the same options as `serve`.
+#[derive(clap::Args, Clone)]
+struct Place {
+    /// The configuration file (TOML).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The data folder.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The database URL, over the file's.
+    #[arg(long)]
+    database: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Add a new data key and retire the others (they still open what they sealed). Running
+    /// instances switch to it at their next reservation of seals.
+    Rotate {
+        #[command(flatten)]
+        place: Place,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify the log. Online (the default): against the database. Offline: --export with
+    /// --checkpoint, or --bundle; both need --public-key.
+    Verify {
+        #[command(flatten)]
+        place: Place,
+        /// An export written by `consentry audit export`.
+        #[arg(long, requires = "checkpoint")]
+        export: Option<PathBuf>,
+        /// Checkpoints (JSON: one, a list, or one per line) for --export.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// A number's bundle from GET /v1/audit/numbers/{number}/bundle.
+        #[arg(long, conflicts_with = "export")]
+        bundle: Option<PathBuf>,
+        /// The log's public key (base64 of the 32-byte Ed25519 key). Online, the default is
+        /// the configured signing key's.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+    },
+    /// Write the whole log (every leaf, in order) as NDJSON, and its checkpoints.
+    Export {
+        #[command(flatten)]
+        place: Place,
+        /// Where to write the leaves.
+        #[arg(long)]
+        out: PathBuf,
+        /// Where to write the checkpoints (a JSON list).
+        #[arg(long)]
+        checkpoints: PathBuf,
+    },
+    /// Print the log's public key (base64), for auditors to pin.
+    PublicKey {
+        #[command(flatten)]
+        place: Place,
+    },
 }
 
 fn main() -> ExitCode {
@@ -96,6 +169,10 @@ fn main() -> ExitCode {
             config,
         } => token(&tenant, &sub, &scope, &ttl, data_dir, config.as_deref()),
         Command::Check { config } => check(config.as_deref()),
+        Command::Keys {
+            command: KeysCommand::Rotate { place },
+        } => rotate_keys(&place),
+        Command::Audit { command } => audit(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -104,6 +181,150 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The configuration a command works on, with its overrides.
+fn place_config(place: &Place) -> anyhow::Result<Config> {
+    let mut config = load_config(place.config.as_deref())?;
+    if let Some(dir) = &place.data_dir {
+        config.data_dir = dir.clone();
+    }
+    if let Some(url) = &place.database {
+        config.database.url = Some(url.clone());
+    }
+    Ok(config)
+}
+
+fn rotate_keys(place: &Place) -> anyhow::Result<()> {
+    let config = place_config(place)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let data = DataDir::open(&config.data_dir)?;
+        let kek = consentry::app::payload_key(&data, &config)?;
+        let store = consentry::store::open(&config.database_url()).await?;
+        let now = jiff::Timestamp::now().as_microsecond();
+        let ring = consentry::keyring::KeyRing::load(store, &kek, now).await?;
+        let id = ring.add_data_key(now, true).await?;
+        say!("{id}");
+        eprintln!(
+            "consentry: new data key {id}; the others are retired and still open what they sealed"
+        );
+        Ok(())
+    })
+}
+
+fn audit(command: AuditCommand) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    use consentry::audit::verify;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let read_key = |path: &Path| -> anyhow::Result<Vec<u8>> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .with_context(|| format!("{}: not base64", path.display()))
+    };
+    match command {
+        AuditCommand::PublicKey { place } => {
+            let config = place_config(&place)?;
+            let data = DataDir::open(&config.data_dir)?;
+            let signer = consentry::app::log_signer(&data, config.log.signing_key.as_ref())?;
+            say!(
+                "{}",
+                base64::engine::general_purpose::STANDARD.encode(signer.public_key())
+            );
+            Ok(())
+        }
+        AuditCommand::Export {
+            place,
+            out,
+            checkpoints,
+        } => {
+            let config = place_config(&place)?;
+            runtime.block_on(async {
+                let store = consentry::store::open(&config.database_url()).await?;
+                let written = consentry::audit::export(&*store, &out, &checkpoints).await?;
+                eprintln!("consentry: {written} leaves written to {}", out.display());
+                Ok(())
+            })
+        }
+        AuditCommand::Verify {
+            place,
+            export,
+            checkpoint,
+            bundle,
+            public_key,
+        } => {
+            let offline_key = || -> anyhow::Result<Vec<u8>> {
+                read_key(
+                    public_key
+                        .as_deref()
+                        .context("offline verification needs --public-key")?,
+                )
+            };
+            let outcome: Result<String, verify::Failure> = if let Some(bundle) = bundle {
+                let text = std::fs::read_to_string(&bundle)
+                    .with_context(|| format!("cannot read {}", bundle.display()))?;
+                let value: serde_json::Value = serde_json::from_str(&text)
+                    .with_context(|| format!("{}: not JSON", bundle.display()))?;
+                verify::verify_bundle(&value, &offline_key()?)
+                    .map(|proven| format!("{proven} rows proven in the log"))
+            } else if let Some(export) = export {
+                let checkpoint = checkpoint.context("--export needs --checkpoint")?;
+                let text = std::fs::read_to_string(&checkpoint)
+                    .with_context(|| format!("cannot read {}", checkpoint.display()))?;
+                let checkpoints = verify::read_checkpoints(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", checkpoint.display()))?;
+                let file = std::fs::File::open(&export)
+                    .with_context(|| format!("cannot read {}", export.display()))?;
+                use std::io::BufRead as _;
+                verify::verify_export(
+                    std::io::BufReader::new(file).lines(),
+                    checkpoints,
+                    &offline_key()?,
+                )
+                .map(|report| describe(&report))
+            } else {
+                let config = place_config(&place)?;
+                let key = match &public_key {
+                    Some(path) => read_key(path)?,
+                    None => {
+                        let data = DataDir::open(&config.data_dir)?;
+                        consentry::app::log_signer(&data, config.log.signing_key.as_ref())?
+                            .public_key()
+                            .to_vec()
+                    }
+                };
+                runtime.block_on(async {
+                    let store = consentry::store::open(&config.database_url()).await?;
+                    anyhow::Ok(
+                        verify::verify_store(&*store, &key)
+                            .await
+                            .map(|report| describe(&report)),
+                    )
+                })?
+            };
+            match outcome {
+                Ok(summary) => {
+                    say!("ok: {summary}");
+                    Ok(())
+                }
+                Err(failure) => {
+                    say!("FAILED: {failure}");
+                    Err(anyhow::anyhow!("the log does not verify"))
+                }
+            }
+        }
+    }
+}
+
+fn describe(report: &consentry::audit::verify::Report) -> String {
+    format!(
+        "{} leaves, {} checkpoints match, root {}",
+        report.leaves,
+        report.checkpoints,
+        consentry::crypto::hex(&report.root)
+    )
 }
 
 fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {

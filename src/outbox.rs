@@ -153,6 +153,7 @@ async fn deliver(state: &AppState, item: &OutboxItem) -> Result<(), String> {
                 bytes: record.payload.clone(),
             },
         )
+        .await
         .map_err(|e| e.to_string())?;
     let request = match (&record.url, record.format.as_deref()) {
         (Some(url), Some("twilio")) => twilio_callback(state, record, url, &body)?,

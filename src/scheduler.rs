@@ -90,7 +90,26 @@ async fn release(
         released.cancelled += 1;
         return Ok(());
     };
-    let message = rebuild(state, &item, tenant.default_region)?;
+    // Erased since it was deferred: its body is gone, so it can never be sent.
+    if item.key_id.starts_with("rk_")
+        && state
+            .store
+            .recipient_key_by_id(&item.key_id)
+            .await?
+            .is_none()
+    {
+        let record = release_record(
+            &item,
+            now,
+            DecisionKind::Denied,
+            r#"[{"code":"erased","detail":"the recipient's data was erased"}]"#.into(),
+            None,
+        );
+        state.store.record_release(&record).await?;
+        released.cancelled += 1;
+        return Ok(());
+    }
+    let message = rebuild(state, &item, tenant.default_region).await?;
     let recipient_hash = state.numbers.hash(&message.to);
     let decision = {
         let _guard = state.recipient_locks.lock(&recipient_hash).await;
@@ -159,7 +178,7 @@ fn release_record(
 }
 
 /// The message as it was deferred, from its record and sealed payload.
-fn rebuild(
+async fn rebuild(
     state: &AppState,
     item: &DeferredMessage,
     region: Region,
@@ -195,6 +214,7 @@ fn rebuild(
     let payload: Value = state
         .keys
         .open(&message_associated_data(&message), &sealed)
+        .await
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         .ok_or_else(|| unreadable("payload"))?;

@@ -15,6 +15,9 @@ use serde::Serialize;
 
 use jiff::Timestamp;
 
+use crate::audit::checkpoint::Checkpoint;
+use crate::audit::leaf::{BodyAccess, Erasure, Kind, Leaf};
+use crate::audit::merkle::{Hash, NodeId};
 use crate::consent::{Action, ConsentEvent, Level, Purposes};
 use crate::domain::{MessageId, Purpose, Scope, TenantId};
 
@@ -325,6 +328,72 @@ pub enum Recorded {
     Duplicate(String),
 }
 
+/// An entry of the verifiable log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// Its place in the tree; `None` until the sequencer gives it one.
+    pub leaf_index: Option<i64>,
+    pub kind: Kind,
+    pub ref_id: String,
+    pub tenant: String,
+    pub leaf_hash: Hash,
+}
+
+/// The tree as it stands: its size and root hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogHead {
+    pub size: u64,
+    pub root: Hash,
+}
+
+/// What the audit lists may be filtered by.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub recipient_hash: Option<String>,
+    /// Inclusive lower bound of the row's time, microseconds.
+    pub from_us: Option<i64>,
+    /// Exclusive upper bound of the row's time, microseconds.
+    pub to_us: Option<i64>,
+    /// Messages: `allowed`, `denied` or `deferred`. Consent events: `opt_in` or `opt_out`.
+    pub decision: Option<String>,
+}
+
+/// A message record as the audit API lists it, with its place in the log.
+#[derive(Debug, Clone)]
+pub struct AuditedMessage {
+    pub leaf_index: i64,
+    pub record: MessageRecord,
+    /// The latest upstream outcome, if any.
+    pub outcome: Option<String>,
+}
+
+/// A consent event as the audit API lists it, with its place in the log.
+#[derive(Debug, Clone)]
+pub struct AuditedConsent {
+    pub leaf_index: i64,
+    pub record: ConsentRecord,
+}
+
+/// A data key as stored: wrapped by the key-encryption key.
+#[derive(Debug, Clone)]
+pub struct DataKeyRow {
+    pub id: String,
+    pub wrapped: Vec<u8>,
+    pub created_at_us: i64,
+    pub retired_at_us: Option<i64>,
+}
+
+/// A recipient's key as stored: wrapped by a data key.
+#[derive(Debug, Clone)]
+pub struct RecipientKeyRow {
+    pub tenant: String,
+    pub recipient_hash: String,
+    pub id: String,
+    pub data_key_id: String,
+    pub wrapped: Vec<u8>,
+    pub created_at_us: i64,
+}
+
 /// A lock on one recipient held across every process that shares the database, from reading
 /// the facts to recording the decision: the in-process lock does the same within a process.
 /// Release it with [`RecipientLock::release`]; dropped unreleased, it closes its connection,
@@ -475,6 +544,102 @@ pub trait Store: Send + Sync + 'static {
         tenant: &TenantId,
         id: &MessageId,
     ) -> Result<Option<MessageView>, StoreError>;
+
+    // The verifiable log. Writing a logged row (message, consent event, body access, erasure)
+    // adds its log entry in the same transaction.
+
+    /// Gives up to `limit` pending entries their leaf indexes, in order, and stores the
+    /// subtrees they complete; returns the tree after. `None` when another process holds the
+    /// sequencer's lock (it is sequencing).
+    async fn sequence_log(&self, limit: i64) -> Result<Option<LogHead>, StoreError>;
+
+    /// Stored perfect subtrees; a missing one is an error (the tree is damaged).
+    async fn log_nodes(&self, ids: &[NodeId]) -> Result<Vec<Hash>, StoreError>;
+
+    /// The number of sequenced entries.
+    async fn log_size(&self) -> Result<u64, StoreError>;
+
+    /// Sequenced entries with `leaf_index > after`, in order.
+    async fn log_entries(&self, after: i64, limit: i64) -> Result<Vec<LogEntry>, StoreError>;
+
+    /// The entry of a row.
+    async fn log_entry(&self, kind: Kind, ref_id: &str) -> Result<Option<LogEntry>, StoreError>;
+
+    /// The leaf of a logged row, rebuilt from the row as stored now; `None` if the row is gone.
+    async fn leaf_of(&self, kind: Kind, ref_id: &str) -> Result<Option<Leaf>, StoreError>;
+
+    /// How many rows of each logged kind exist, and how many entries are still pending.
+    async fn logged_row_counts(&self) -> Result<(Vec<(Kind, i64)>, i64), StoreError>;
+
+    /// Stores a signed checkpoint (a second one for the same size is ignored).
+    async fn record_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError>;
+
+    /// Checkpoints with `tree_size > after`, smallest first.
+    async fn checkpoints(&self, after: i64, limit: i64) -> Result<Vec<Checkpoint>, StoreError>;
+
+    /// The latest checkpoint.
+    async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError>;
+
+    /// The checkpoint for a tree size.
+    async fn checkpoint(&self, tree_size: i64) -> Result<Option<Checkpoint>, StoreError>;
+
+    /// A tenant's sequenced message records with `leaf_index > after`, in log order.
+    async fn audit_messages(
+        &self,
+        tenant: &TenantId,
+        filter: &AuditFilter,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditedMessage>, StoreError>;
+
+    /// A tenant's sequenced consent events with `leaf_index > after`, in log order.
+    async fn audit_consents(
+        &self,
+        tenant: &TenantId,
+        filter: &AuditFilter,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditedConsent>, StoreError>;
+
+    /// A tenant's message record with the sealed body.
+    async fn audited_message(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<MessageRecord>, StoreError>;
+
+    /// Records (and logs) that someone read a message body, before they get it.
+    async fn record_body_access(&self, access: &BodyAccess) -> Result<(), StoreError>;
+
+    /// Deletes a recipient's keys and records (and logs) the erasure, in one transaction;
+    /// returns how many keys were destroyed.
+    async fn erase_recipient(&self, erasure: &Erasure) -> Result<i64, StoreError>;
+
+    // Keys.
+
+    /// Every data key, oldest first.
+    async fn data_keys(&self) -> Result<Vec<DataKeyRow>, StoreError>;
+
+    /// Adds a data key; with `retire_others`, every other key stops sealing at its creation.
+    async fn add_data_key(&self, key: &DataKeyRow, retire_others: bool) -> Result<(), StoreError>;
+
+    /// Reserves `count` more seals under a data key; false if that would pass `limit` or the
+    /// key is retired.
+    async fn reserve_key_uses(&self, id: &str, count: i64, limit: i64) -> Result<bool, StoreError>;
+
+    /// A recipient's key in a tenant.
+    async fn recipient_key(
+        &self,
+        tenant: &str,
+        recipient_hash: &str,
+    ) -> Result<Option<RecipientKeyRow>, StoreError>;
+
+    /// A recipient key by its id.
+    async fn recipient_key_by_id(&self, id: &str) -> Result<Option<RecipientKeyRow>, StoreError>;
+
+    /// Adds a recipient key unless the recipient has one; returns the one that is stored.
+    async fn add_recipient_key(&self, key: &RecipientKeyRow)
+    -> Result<RecipientKeyRow, StoreError>;
 }
 
 /// Opens the store a database URL names.

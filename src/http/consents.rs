@@ -301,7 +301,7 @@ fn check_written_consent(method: &str, evidence: &Evidence) -> Result<(), FieldE
 impl AppState {
     /// Builds the ledger record of a validated event, sealing the number and evidence.
     /// `recorded_by` is the JWT subject, or `inbound:<upstream>` for a reply.
-    pub(crate) fn consent_record(
+    pub(crate) async fn consent_record(
         &self,
         event: Validated,
         tenant: &Tenant,
@@ -348,7 +348,12 @@ impl AppState {
         let plaintext = serde_json::to_vec(&sealed_evidence).unwrap_or_default();
         let sealed = self
             .keys
-            .seal(&consent_associated_data(tenant, &id), &plaintext)
+            .seal(
+                &consent_associated_data(tenant, &id),
+                &plaintext,
+                now.as_microsecond(),
+            )
+            .await
             .map_err(|error| {
                 tracing::error!(%error, "sealing consent evidence failed");
                 ApiError::new(
@@ -379,7 +384,11 @@ impl AppState {
     }
 
     /// The event as the API shows it, with its evidence unsealed.
-    fn consent_view(&self, tenant: &Tenant, stored: &StoredConsent) -> Result<Value, ApiError> {
+    async fn consent_view(
+        &self,
+        tenant: &Tenant,
+        stored: &StoredConsent,
+    ) -> Result<Value, ApiError> {
         let record = &stored.record;
         let sealed = crypto::Sealed {
             key_id: record.key_id.clone(),
@@ -388,6 +397,7 @@ impl AppState {
         let opened = self
             .keys
             .open(&consent_associated_data(tenant, &record.id), &sealed)
+            .await
             .ok()
             .and_then(|bytes| serde_json::from_slice::<SealedEvidence>(&bytes).ok());
         let (number, evidence) = match opened {
@@ -458,7 +468,9 @@ pub async fn record(
     let input: ConsentInput = super::messages::parse_json(&bytes)?;
     let now = state.clock.now();
     let event = validate(input, tenant, now, "api", false)?;
-    let record = state.consent_record(event, tenant, &principal.subject, now)?;
+    let record = state
+        .consent_record(event, tenant, &principal.subject, now)
+        .await?;
     let recorded = state
         .store
         .record_consents(std::slice::from_ref(&record))
@@ -488,7 +500,7 @@ pub async fn record(
                 "the event was recorded but cannot be read back",
             )
         })?;
-    let mut view = state.consent_view(tenant, &stored)?;
+    let mut view = state.consent_view(tenant, &stored).await?;
     if status == StatusCode::OK {
         view["duplicate"] = Value::Bool(true);
     }
@@ -532,10 +544,10 @@ pub async fn show(
             }));
         }
     }
-    let history = stored
-        .iter()
-        .map(|event| state.consent_view(tenant, event))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut history = Vec::with_capacity(stored.len());
+    for event in &stored {
+        history.push(state.consent_view(tenant, event).await?);
+    }
     Ok(Json(json!({
         "number": number.e164(),
         "revoke_all": policy.revoke_all,
@@ -720,9 +732,10 @@ impl Importer<'_> {
         let now = self.state.clock.now();
         match input.and_then(|input| validate(input, self.tenant, now, "import", true)) {
             Ok(event) => {
-                let record =
-                    self.state
-                        .consent_record(event, self.tenant, &self.principal.subject, now)?;
+                let record = self
+                    .state
+                    .consent_record(event, self.tenant, &self.principal.subject, now)
+                    .await?;
                 self.batch.push(record);
                 self.batch_lines.push(line);
                 if self.batch.len() >= IMPORT_BATCH {

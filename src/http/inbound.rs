@@ -247,16 +247,18 @@ impl AppState {
         let mut received = Received::default();
         if owners.is_empty() {
             // Kept, not lost: an operator can find it; no tenant's ledger can take it.
-            let record = self.inbound_record(
-                upstream,
-                &message,
-                "",
-                &recipient,
-                &written_to,
-                &classification,
-                None,
-                now,
-            )?;
+            let record = self
+                .inbound_record(
+                    upstream,
+                    &message,
+                    "",
+                    &recipient,
+                    &written_to,
+                    &classification,
+                    None,
+                    now,
+                )
+                .await?;
             tracing::warn!(upstream, to = %written_to.masked(), "a reply to a number no tenant owns");
             if self.store.record_inbound(&record, None, None, None).await?
                 == InboundRecorded::Duplicate
@@ -275,38 +277,46 @@ impl AppState {
                 tenant.scope_of_sender(&written_to)
             };
             let consent = match classification.class {
-                Class::OptOut if classification.certain => Some(self.keyword_event(
-                    tenant,
-                    upstream,
-                    &message,
-                    &recipient,
-                    &written_to,
-                    Action::OptOut,
-                    &scope,
-                    now,
-                )?),
-                Class::OptIn => Some(self.keyword_event(
-                    tenant,
-                    upstream,
-                    &message,
-                    &recipient,
-                    &written_to,
-                    Action::OptIn,
-                    &scope,
-                    now,
-                )?),
+                Class::OptOut if classification.certain => Some(
+                    self.keyword_event(
+                        tenant,
+                        upstream,
+                        &message,
+                        &recipient,
+                        &written_to,
+                        Action::OptOut,
+                        &scope,
+                        now,
+                    )
+                    .await?,
+                ),
+                Class::OptIn => Some(
+                    self.keyword_event(
+                        tenant,
+                        upstream,
+                        &message,
+                        &recipient,
+                        &written_to,
+                        Action::OptIn,
+                        &scope,
+                        now,
+                    )
+                    .await?,
+                ),
                 _ => None,
             };
-            let record = self.inbound_record(
-                upstream,
-                &message,
-                tenant.id.as_str(),
-                &recipient,
-                &written_to,
-                &classification,
-                consent.as_ref().map(|c| c.id.clone()),
-                now,
-            )?;
+            let record = self
+                .inbound_record(
+                    upstream,
+                    &message,
+                    tenant.id.as_str(),
+                    &recipient,
+                    &written_to,
+                    &classification,
+                    consent.as_ref().map(|c| c.id.clone()),
+                    now,
+                )
+                .await?;
             let review = classification.needs_review().then(|| ReviewRecord {
                 id: format!("rev_{}", uuid::Uuid::now_v7().simple()),
                 tenant: tenant.id.clone(),
@@ -316,15 +326,18 @@ impl AppState {
                 created_at_us: now.as_microsecond(),
             });
             let outbox = match &tenant.webhook {
-                Some(_) => Some(self.outbox_record(
-                    tenant,
-                    upstream,
-                    &message,
-                    &record,
-                    &classification,
-                    review.as_ref().map(|r| r.id.as_str()),
-                    now,
-                )?),
+                Some(_) => Some(
+                    self.outbox_record(
+                        tenant,
+                        upstream,
+                        &message,
+                        &record,
+                        &classification,
+                        review.as_ref().map(|r| r.id.as_str()),
+                        now,
+                    )
+                    .await?,
+                ),
                 None => None,
             };
             let recorded = self
@@ -403,7 +416,7 @@ impl AppState {
 
     /// The consent event a keyword reply records, with the message as its evidence.
     #[allow(clippy::too_many_arguments)]
-    fn keyword_event(
+    async fn keyword_event(
         &self,
         tenant: &Tenant,
         upstream: &str,
@@ -434,10 +447,11 @@ impl AppState {
             },
         };
         self.consent_record(event, tenant, &format!("inbound:{upstream}"), now)
+            .await
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn inbound_record(
+    async fn inbound_record(
         &self,
         upstream: &str,
         message: &InboundMessage,
@@ -454,16 +468,22 @@ impl AppState {
             "to": written_to.as_str(),
             "body": message.body,
         });
-        let sealed = self.seal(
-            &format!("consentry/inbound/v1\0{tenant}\0{id}"),
-            payload.to_string().as_bytes(),
-        )?;
+        // The reply belongs to the number that sent it: sealed under its key, erased with it.
+        let recipient_hash = self.numbers.hash(recipient);
+        let sealed = self
+            .seal(
+                Some((tenant, &recipient_hash)),
+                &format!("consentry/inbound/v1\0{tenant}\0{id}"),
+                payload.to_string().as_bytes(),
+                now,
+            )
+            .await?;
         Ok(InboundRecord {
             id,
             upstream: upstream.to_owned(),
             gateway_id: message.gateway_id.clone(),
             tenant: tenant.to_owned(),
-            recipient_hash: self.numbers.hash(recipient),
+            recipient_hash,
             recipient_masked: recipient.masked(),
             to_masked: written_to.masked(),
             class: classification.class.as_str(),
@@ -476,7 +496,7 @@ impl AppState {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn outbox_record(
+    async fn outbox_record(
         &self,
         tenant: &Tenant,
         upstream: &str,
@@ -501,10 +521,14 @@ impl AppState {
             "review": review,
             "received_at": now.to_string(),
         });
-        let sealed = self.seal(
-            &outbox_associated_data(&tenant.id, &id),
-            payload.to_string().as_bytes(),
-        )?;
+        let sealed = self
+            .seal(
+                Some((tenant.id.as_str(), &inbound.recipient_hash)),
+                &outbox_associated_data(&tenant.id, &id),
+                payload.to_string().as_bytes(),
+                now,
+            )
+            .await?;
         Ok(OutboxRecord {
             id,
             tenant: tenant.id.clone(),
@@ -517,17 +541,41 @@ impl AppState {
         })
     }
 
-    fn seal(&self, associated: &str, plaintext: &[u8]) -> Result<crypto::Sealed, ApiError> {
-        self.keys
-            .seal(associated.as_bytes(), plaintext)
-            .map_err(|error| {
-                tracing::error!(%error, "sealing failed");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "encryption_unavailable",
-                    "the message could not be encrypted; nothing was recorded",
-                )
-            })
+    /// Seals under the data key, or under a recipient's key (`(tenant, recipient hash)`) for
+    /// what belongs to that number.
+    async fn seal(
+        &self,
+        recipient: Option<(&str, &str)>,
+        associated: &str,
+        plaintext: &[u8],
+        now: Timestamp,
+    ) -> Result<crypto::Sealed, ApiError> {
+        let sealed = match recipient {
+            Some((tenant, hash)) => {
+                self.keys
+                    .seal_for(
+                        tenant,
+                        hash,
+                        associated.as_bytes(),
+                        plaintext,
+                        now.as_microsecond(),
+                    )
+                    .await
+            }
+            None => {
+                self.keys
+                    .seal(associated.as_bytes(), plaintext, now.as_microsecond())
+                    .await
+            }
+        };
+        sealed.map_err(|error| {
+            tracing::error!(%error, "sealing failed");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "encryption_unavailable",
+                "the message could not be encrypted; nothing was recorded",
+            )
+        })
     }
 }
 
@@ -584,10 +632,14 @@ impl AppState {
                 "error_code": status.error_code,
                 "received_at": now.to_string(),
             });
-            let sealed = self.seal(
-                &outbox_associated_data(&tenant_id, &delivery_id),
-                payload.to_string().as_bytes(),
-            )?;
+            let sealed = self
+                .seal(
+                    None,
+                    &outbox_associated_data(&tenant_id, &delivery_id),
+                    payload.to_string().as_bytes(),
+                    now,
+                )
+                .await?;
             self.store
                 .enqueue_delivery(&OutboxRecord {
                     id: delivery_id,
@@ -628,10 +680,14 @@ impl AppState {
             if let Some(code) = &status.error_code {
                 params.insert("ErrorCode".into(), Value::String(code.clone()));
             }
-            let sealed = self.seal(
-                &outbox_associated_data(&tenant_id, &delivery_id),
-                Value::Object(params).to_string().as_bytes(),
-            )?;
+            let sealed = self
+                .seal(
+                    None,
+                    &outbox_associated_data(&tenant_id, &delivery_id),
+                    Value::Object(params).to_string().as_bytes(),
+                    now,
+                )
+                .await?;
             self.store
                 .enqueue_delivery(&OutboxRecord {
                     id: delivery_id,
@@ -721,6 +777,7 @@ pub async fn resolve_review(
         let payload: Value = state
             .keys
             .open(associated.as_bytes(), &sealed)
+            .await
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .ok_or_else(unreadable)?;
@@ -742,7 +799,11 @@ pub async fn resolve_review(
                 ..Evidence::default()
             },
         };
-        Some(state.consent_record(event, tenant, &principal.subject, now)?)
+        Some(
+            state
+                .consent_record(event, tenant, &principal.subject, now)
+                .await?,
+        )
     } else {
         None
     };

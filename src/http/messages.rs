@@ -440,12 +440,18 @@ impl AppState {
             "from": message.from.as_str(),
             "body": message.body.as_str(),
         });
+        // Sealed under the recipient's own key: erasing the number makes it unreadable.
+        let recipient_hash = self.numbers.hash(&message.to);
         let sealed = self
             .keys
-            .seal(
+            .seal_for(
+                message.tenant.as_str(),
+                &recipient_hash,
                 &message_associated_data(message),
                 plaintext.to_string().as_bytes(),
+                now.as_microsecond(),
             )
+            .await
             .map_err(|error| {
                 tracing::error!(%error, "sealing failed");
                 ApiError::new(
@@ -458,7 +464,7 @@ impl AppState {
             id: message.id.clone(),
             tenant: message.tenant.clone(),
             created_at_us: now.as_microsecond(),
-            recipient_hash: self.numbers.hash(&message.to),
+            recipient_hash,
             recipient_masked: message.to.masked(),
             sender_masked: message.from.masked(),
             purpose: message.purpose.as_str(),
@@ -514,6 +520,7 @@ impl AppState {
         let payload: serde_json::Value = self
             .keys
             .open(&associated, &sealed)
+            .await
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .ok_or_else(unreadable)?;

@@ -3,9 +3,15 @@
 
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
-use super::{ConsentRecord, ReviewView, StoreError, StoredConsent};
+use super::{
+    ConsentRecord, DataKeyRow, DecisionKind, LogEntry, MessageRecord, RecipientKeyRow, ReviewView,
+    StoreError, StoredConsent,
+};
+use crate::audit::checkpoint::Checkpoint;
+use crate::audit::leaf::Kind;
+use crate::audit::merkle::Hash;
 use crate::consent::{Action, ConsentEvent, Level, Purposes};
-use crate::domain::{Purpose, Scope, TenantId};
+use crate::domain::{MessageId, Purpose, Scope, TenantId};
 
 /// A ledger row as the consent fold reads it.
 pub(crate) fn event_from_row<R>(row: &R) -> Result<ConsentEvent, StoreError>
@@ -111,4 +117,159 @@ where
         resolved_by: row.try_get("resolved_by")?,
         consent_event: row.try_get("consent_event")?,
     })
+}
+
+/// The columns of a message record, in the order [`message_from_row`] reads them.
+pub(crate) const MESSAGE_COLUMNS: &str = "m.id, m.tenant, m.created_at_us, m.recipient_hash, \
+     m.recipient_masked, m.sender_masked, m.purpose, m.brand, m.campaign, m.decision, \
+     m.reply_kind, m.confirms_event, m.reasons, m.upstream, m.key_id, m.payload, \
+     m.status_callback";
+
+/// A whole message row, as it was recorded (a row that does not parse is corrupt: the audit
+/// must not guess).
+pub(crate) fn message_from_row<R>(row: &R) -> Result<MessageRecord, StoreError>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database>,
+    String: Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database>,
+    i64: Type<R::Database>,
+    for<'r> Vec<u8>: Decode<'r, R::Database>,
+    Vec<u8>: Type<R::Database>,
+{
+    let corrupt = |what: &str| StoreError::Corrupt(format!("messages.{what}"));
+    let id: String = row.try_get("id")?;
+    let tenant: String = row.try_get("tenant")?;
+    let purpose: String = row.try_get("purpose")?;
+    let decision: String = row.try_get("decision")?;
+    let reply_kind: Option<String> = row.try_get("reply_kind")?;
+    Ok(MessageRecord {
+        id: MessageId::parse(&id).ok_or_else(|| corrupt("id"))?,
+        tenant: TenantId::parse(&tenant).map_err(|_| corrupt("tenant"))?,
+        created_at_us: row.try_get("created_at_us")?,
+        recipient_hash: row.try_get("recipient_hash")?,
+        recipient_masked: row.try_get("recipient_masked")?,
+        sender_masked: row.try_get("sender_masked")?,
+        purpose: purpose
+            .parse::<Purpose>()
+            .map_err(|_| corrupt("purpose"))?
+            .as_str(),
+        brand: row.try_get("brand")?,
+        campaign: row.try_get("campaign")?,
+        decision: match decision.as_str() {
+            "allowed" => DecisionKind::Allowed,
+            "denied" => DecisionKind::Denied,
+            "deferred" => DecisionKind::Deferred,
+            _ => return Err(corrupt("decision")),
+        },
+        reply_kind: match reply_kind.as_deref() {
+            None => None,
+            Some("opt_out_confirmation") => Some("opt_out_confirmation"),
+            Some("opt_in_confirmation") => Some("opt_in_confirmation"),
+            Some("help") => Some("help"),
+            Some(_) => return Err(corrupt("reply_kind")),
+        },
+        confirms_event: row.try_get("confirms_event")?,
+        reasons_json: row.try_get("reasons")?,
+        upstream: row.try_get("upstream")?,
+        key_id: row.try_get("key_id")?,
+        payload: row.try_get("payload")?,
+        release_at_us: None,
+        status_callback: row.try_get("status_callback")?,
+    })
+}
+
+/// A checkpoint row.
+pub(crate) fn checkpoint_from_row<R>(row: &R) -> Result<Checkpoint, StoreError>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database>,
+    String: Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database>,
+    i64: Type<R::Database>,
+    for<'r> Vec<u8>: Decode<'r, R::Database>,
+    Vec<u8>: Type<R::Database>,
+{
+    let size: i64 = row.try_get("tree_size")?;
+    Ok(Checkpoint {
+        tree_size: u64::try_from(size)
+            .map_err(|_| StoreError::Corrupt("log_checkpoints.tree_size".into()))?,
+        root_hash: hash_from(row.try_get("root_hash")?, "log_checkpoints.root_hash")?,
+        signed_at_us: row.try_get("signed_at_us")?,
+        key_id: row.try_get("key_id")?,
+        signature: row.try_get("signature")?,
+    })
+}
+
+/// A log entry row (`leaf_index, kind, ref_id, tenant, leaf_hash`).
+pub(crate) fn log_entry_from_row<R>(row: &R) -> Result<LogEntry, StoreError>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database>,
+    String: Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database>,
+    i64: Type<R::Database>,
+    for<'r> Vec<u8>: Decode<'r, R::Database>,
+    Vec<u8>: Type<R::Database>,
+{
+    let kind: String = row.try_get("kind")?;
+    Ok(LogEntry {
+        leaf_index: row.try_get("leaf_index")?,
+        kind: Kind::parse(&kind).ok_or_else(|| StoreError::Corrupt("log_leaves.kind".into()))?,
+        ref_id: row.try_get("ref_id")?,
+        tenant: row.try_get("tenant")?,
+        leaf_hash: hash_from(row.try_get("leaf_hash")?, "log_leaves.leaf_hash")?,
+    })
+}
+
+/// A data key row.
+pub(crate) fn data_key_from_row<R>(row: &R) -> Result<DataKeyRow, StoreError>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database>,
+    String: Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database>,
+    i64: Type<R::Database>,
+    for<'r> Vec<u8>: Decode<'r, R::Database>,
+    Vec<u8>: Type<R::Database>,
+{
+    Ok(DataKeyRow {
+        id: row.try_get("id")?,
+        wrapped: row.try_get("wrapped")?,
+        created_at_us: row.try_get("created_at_us")?,
+        retired_at_us: row.try_get("retired_at_us")?,
+    })
+}
+
+/// A recipient key row.
+pub(crate) fn recipient_key_from_row<R>(row: &R) -> Result<RecipientKeyRow, StoreError>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database>,
+    String: Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database>,
+    i64: Type<R::Database>,
+    for<'r> Vec<u8>: Decode<'r, R::Database>,
+    Vec<u8>: Type<R::Database>,
+{
+    Ok(RecipientKeyRow {
+        tenant: row.try_get("tenant")?,
+        recipient_hash: row.try_get("recipient_hash")?,
+        id: row.try_get("id")?,
+        data_key_id: row.try_get("data_key_id")?,
+        wrapped: row.try_get("wrapped")?,
+        created_at_us: row.try_get("created_at_us")?,
+    })
+}
+
+/// A 32-byte hash column.
+pub(crate) fn hash_from(bytes: Vec<u8>, column: &str) -> Result<Hash, StoreError> {
+    bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("{column} is not 32 bytes")))
 }

@@ -10,13 +10,20 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use super::rows::{consent_from_row, event_from_row, review_from_row};
+use super::rows::{
+    MESSAGE_COLUMNS, checkpoint_from_row, consent_from_row, data_key_from_row, event_from_row,
+    hash_from, log_entry_from_row, message_from_row, recipient_key_from_row, review_from_row,
+};
 use super::{
-    ConsentRecord, DeferredMessage, InboundRecord, InboundRecorded, MessageRecord, MessageView,
-    OutboxItem, OutboxRecord, OutcomeRecord, RecipientFacts, Recorded, ReleaseRecord,
+    AuditFilter, AuditedConsent, AuditedMessage, ConsentRecord, DataKeyRow, DeferredMessage,
+    InboundRecord, InboundRecorded, LogEntry, LogHead, MessageRecord, MessageView, OutboxItem,
+    OutboxRecord, OutcomeRecord, RecipientFacts, RecipientKeyRow, Recorded, ReleaseRecord,
     ResolutionRecord, Resolved, ReviewRecord, ReviewView, Store, StoreError, StoredConsent,
     status_of,
 };
+use crate::audit::checkpoint::Checkpoint;
+use crate::audit::leaf::{self, BodyAccess, Erasure, Kind, Leaf};
+use crate::audit::merkle::{Frontier, Hash, NodeId};
 use crate::domain::{MessageId, TenantId};
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -45,7 +52,10 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(5))
             // 16 MiB of page cache per connection (the default is 2 MiB): the ledger's
             // hot index pages stay in memory as the ledger grows to millions of recipients.
-            .pragma("cache_size", "-16384");
+            .pragma("cache_size", "-16384")
+            // Deleted content is overwritten, not left in free pages: an erased recipient's
+            // key must not survive in the file.
+            .pragma("secure_delete", "on");
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(5))
@@ -140,6 +150,7 @@ impl Store for SqliteStore {
         .bind(record.status_callback.as_deref())
         .execute(&mut *transaction)
         .await?;
+        insert_log_entry(&mut *transaction, &leaf::message(record)).await?;
         if let Some(release_at_us) = record.release_at_us {
             sqlx::query(
                 "INSERT INTO deferred_messages (message_id, tenant, release_at_us) VALUES (?, ?, ?)",
@@ -663,6 +674,510 @@ impl Store for SqliteStore {
             error_code: row.try_get("error_code")?,
         }))
     }
+
+    async fn sequence_log(&self, limit: i64) -> Result<Option<LogHead>, StoreError> {
+        let _writer = self.writer.lock().await;
+        let mut transaction = self.pool.begin().await?;
+        let size: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(leaf_index) + 1, 0) FROM log_leaves WHERE leaf_index IS NOT NULL",
+        )
+        .fetch_one(&mut *transaction)
+        .await?;
+        let size = size as u64;
+        let mut edge = Vec::new();
+        for (level, idx) in Frontier::nodes_of(size) {
+            edge.push(node(&mut *transaction, level, idx).await?);
+        }
+        let mut frontier = Frontier::from_parts(size, edge)
+            .ok_or_else(|| StoreError::Corrupt("log_nodes: the tree's edge".into()))?;
+        let pending = sqlx::query(
+            "SELECT seq, leaf_hash FROM log_leaves WHERE leaf_index IS NULL ORDER BY seq LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&mut *transaction)
+        .await?;
+        for row in &pending {
+            let seq: i64 = row.try_get("seq")?;
+            let hash = hash_from(row.try_get("leaf_hash")?, "log_leaves.leaf_hash")?;
+            let index = frontier.size() as i64;
+            for ((level, idx), hash) in frontier.push(hash) {
+                sqlx::query("INSERT INTO log_nodes (level, idx, hash) VALUES (?, ?, ?)")
+                    .bind(level as i64)
+                    .bind(idx as i64)
+                    .bind(&hash[..])
+                    .execute(&mut *transaction)
+                    .await?;
+            }
+            sqlx::query("UPDATE log_leaves SET leaf_index = ? WHERE seq = ?")
+                .bind(index)
+                .bind(seq)
+                .execute(&mut *transaction)
+                .await?;
+        }
+        transaction.commit().await?;
+        Ok(Some(LogHead {
+            size: frontier.size(),
+            root: frontier.root(),
+        }))
+    }
+
+    async fn log_nodes(&self, ids: &[NodeId]) -> Result<Vec<Hash>, StoreError> {
+        let mut connection = self.pool.acquire().await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for (level, idx) in ids {
+            out.push(node(&mut *connection, *level, *idx).await?);
+        }
+        Ok(out)
+    }
+
+    async fn log_size(&self) -> Result<u64, StoreError> {
+        let size: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(leaf_index) + 1, 0) FROM log_leaves WHERE leaf_index IS NOT NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(size as u64)
+    }
+
+    async fn log_entries(&self, after: i64, limit: i64) -> Result<Vec<LogEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT leaf_index, kind, ref_id, tenant, leaf_hash FROM log_leaves \
+             WHERE leaf_index > ? ORDER BY leaf_index LIMIT ?",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(log_entry_from_row).collect()
+    }
+
+    async fn log_entry(&self, kind: Kind, ref_id: &str) -> Result<Option<LogEntry>, StoreError> {
+        let row = sqlx::query(
+            "SELECT leaf_index, kind, ref_id, tenant, leaf_hash FROM log_leaves \
+             WHERE kind = ? AND ref_id = ?",
+        )
+        .bind(kind.as_str())
+        .bind(ref_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(log_entry_from_row).transpose()
+    }
+
+    async fn leaf_of(&self, kind: Kind, ref_id: &str) -> Result<Option<Leaf>, StoreError> {
+        Ok(match kind {
+            Kind::Message => sqlx::query(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.id = ?"
+            ))
+            .bind(ref_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| message_from_row(&row).map(|record| leaf::message(&record)))
+            .transpose()?,
+            Kind::ConsentEvent => sqlx::query(&format!(
+                "SELECT {CONSENT_COLUMNS} FROM consent_events c WHERE c.id = ?"
+            ))
+            .bind(ref_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| consent_from_row(&row).map(|stored| leaf::consent_event(&stored.record)))
+            .transpose()?,
+            Kind::BodyAccess => sqlx::query(
+                "SELECT id, tenant, subject, message_id, accessed_at_us FROM body_accesses \
+                 WHERE id = ?",
+            )
+            .bind(ref_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| -> Result<Leaf, StoreError> {
+                Ok(leaf::body_access(&BodyAccess {
+                    id: row.try_get("id")?,
+                    tenant: row.try_get("tenant")?,
+                    subject: row.try_get("subject")?,
+                    message_id: row.try_get("message_id")?,
+                    accessed_at_us: row.try_get("accessed_at_us")?,
+                }))
+            })
+            .transpose()?,
+            Kind::Erasure => sqlx::query(
+                "SELECT id, tenant, recipient_hash, erased_at_us, erased_by, keys_destroyed \
+                 FROM erasures WHERE id = ?",
+            )
+            .bind(ref_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| -> Result<Leaf, StoreError> {
+                Ok(leaf::erasure(&Erasure {
+                    id: row.try_get("id")?,
+                    tenant: row.try_get("tenant")?,
+                    recipient_hash: row.try_get("recipient_hash")?,
+                    erased_at_us: row.try_get("erased_at_us")?,
+                    erased_by: row.try_get("erased_by")?,
+                    keys_destroyed: row.try_get("keys_destroyed")?,
+                }))
+            })
+            .transpose()?,
+        })
+    }
+
+    async fn logged_row_counts(&self) -> Result<(Vec<(Kind, i64)>, i64), StoreError> {
+        let mut counts = Vec::new();
+        for (kind, table) in LOGGED_TABLES {
+            let count: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+                .fetch_one(&self.pool)
+                .await?;
+            counts.push((kind, count));
+        }
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM log_leaves WHERE leaf_index IS NULL")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok((counts, pending))
+    }
+
+    async fn record_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().await;
+        sqlx::query(
+            "INSERT INTO log_checkpoints (tree_size, root_hash, signed_at_us, key_id, signature) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (tree_size) DO NOTHING",
+        )
+        .bind(checkpoint.tree_size as i64)
+        .bind(&checkpoint.root_hash[..])
+        .bind(checkpoint.signed_at_us)
+        .bind(&checkpoint.key_id)
+        .bind(&checkpoint.signature)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn checkpoints(&self, after: i64, limit: i64) -> Result<Vec<Checkpoint>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT tree_size, root_hash, signed_at_us, key_id, signature FROM log_checkpoints \
+             WHERE tree_size > ? ORDER BY tree_size LIMIT ?",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(checkpoint_from_row).collect()
+    }
+
+    async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
+        let row = sqlx::query(
+            "SELECT tree_size, root_hash, signed_at_us, key_id, signature FROM log_checkpoints \
+             ORDER BY tree_size DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(checkpoint_from_row).transpose()
+    }
+
+    async fn checkpoint(&self, tree_size: i64) -> Result<Option<Checkpoint>, StoreError> {
+        let row = sqlx::query(
+            "SELECT tree_size, root_hash, signed_at_us, key_id, signature FROM log_checkpoints \
+             WHERE tree_size = ?",
+        )
+        .bind(tree_size)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(checkpoint_from_row).transpose()
+    }
+
+    async fn audit_messages(
+        &self,
+        tenant: &TenantId,
+        filter: &AuditFilter,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditedMessage>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT l.leaf_index, {MESSAGE_COLUMNS}, \
+             (SELECT status FROM message_outcomes o WHERE o.message_id = m.id \
+              ORDER BY o.seq DESC LIMIT 1) AS outcome \
+             FROM log_leaves l JOIN messages m ON m.id = l.ref_id \
+             WHERE l.tenant = ? AND l.kind = 'message' AND l.leaf_index > ? \
+             AND (? IS NULL OR m.recipient_hash = ?) \
+             AND (? IS NULL OR m.created_at_us >= ?) AND (? IS NULL OR m.created_at_us < ?) \
+             AND (? IS NULL OR m.decision = ?) \
+             ORDER BY l.leaf_index LIMIT ?"
+        ))
+        .bind(tenant.as_str())
+        .bind(after)
+        .bind(filter.recipient_hash.as_deref())
+        .bind(filter.recipient_hash.as_deref())
+        .bind(filter.from_us)
+        .bind(filter.from_us)
+        .bind(filter.to_us)
+        .bind(filter.to_us)
+        .bind(filter.decision.as_deref())
+        .bind(filter.decision.as_deref())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AuditedMessage {
+                    leaf_index: row.try_get("leaf_index")?,
+                    record: message_from_row(row)?,
+                    outcome: row.try_get("outcome")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn audit_consents(
+        &self,
+        tenant: &TenantId,
+        filter: &AuditFilter,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditedConsent>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT l.leaf_index, {CONSENT_COLUMNS} \
+             FROM log_leaves l JOIN consent_events c ON c.id = l.ref_id \
+             WHERE l.tenant = ? AND l.kind = 'consent_event' AND l.leaf_index > ? \
+             AND (? IS NULL OR c.recipient_hash = ?) \
+             AND (? IS NULL OR c.occurred_at_us >= ?) AND (? IS NULL OR c.occurred_at_us < ?) \
+             AND (? IS NULL OR c.action = ?) \
+             ORDER BY l.leaf_index LIMIT ?"
+        ))
+        .bind(tenant.as_str())
+        .bind(after)
+        .bind(filter.recipient_hash.as_deref())
+        .bind(filter.recipient_hash.as_deref())
+        .bind(filter.from_us)
+        .bind(filter.from_us)
+        .bind(filter.to_us)
+        .bind(filter.to_us)
+        .bind(filter.decision.as_deref())
+        .bind(filter.decision.as_deref())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AuditedConsent {
+                    leaf_index: row.try_get("leaf_index")?,
+                    record: consent_from_row(row)?.record,
+                })
+            })
+            .collect()
+    }
+
+    async fn audited_message(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<MessageRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.tenant = ? AND m.id = ?"
+        ))
+        .bind(tenant.as_str())
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(message_from_row).transpose()
+    }
+
+    async fn record_body_access(&self, access: &BodyAccess) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().await;
+        let mut transaction = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO body_accesses (id, tenant, subject, message_id, accessed_at_us) \
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&access.id)
+        .bind(&access.tenant)
+        .bind(&access.subject)
+        .bind(&access.message_id)
+        .bind(access.accessed_at_us)
+        .execute(&mut *transaction)
+        .await?;
+        insert_log_entry(&mut *transaction, &leaf::body_access(access)).await?;
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    async fn erase_recipient(&self, erasure: &Erasure) -> Result<i64, StoreError> {
+        let _writer = self.writer.lock().await;
+        let mut transaction = self.pool.begin().await?;
+        let destroyed =
+            sqlx::query("DELETE FROM recipient_keys WHERE tenant = ? AND recipient_hash = ?")
+                .bind(&erasure.tenant)
+                .bind(&erasure.recipient_hash)
+                .execute(&mut *transaction)
+                .await?
+                .rows_affected() as i64;
+        let erasure = Erasure {
+            keys_destroyed: destroyed,
+            ..erasure.clone()
+        };
+        sqlx::query(
+            "INSERT INTO erasures (id, tenant, recipient_hash, erased_at_us, erased_by, \
+             keys_destroyed) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&erasure.id)
+        .bind(&erasure.tenant)
+        .bind(&erasure.recipient_hash)
+        .bind(erasure.erased_at_us)
+        .bind(&erasure.erased_by)
+        .bind(erasure.keys_destroyed)
+        .execute(&mut *transaction)
+        .await?;
+        insert_log_entry(&mut *transaction, &leaf::erasure(&erasure)).await?;
+        transaction.commit().await?;
+        // The deleted key's page is overwritten in the database (secure_delete); move the WAL's
+        // copies into it and empty the WAL, so no earlier page image keeps the key.
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await?;
+        Ok(destroyed)
+    }
+
+    async fn data_keys(&self) -> Result<Vec<DataKeyRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, wrapped, created_at_us, retired_at_us FROM data_keys \
+             ORDER BY created_at_us, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(data_key_from_row).collect()
+    }
+
+    async fn add_data_key(&self, key: &DataKeyRow, retire_others: bool) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().await;
+        let mut transaction = self.pool.begin().await?;
+        if retire_others {
+            sqlx::query("UPDATE data_keys SET retired_at_us = ? WHERE retired_at_us IS NULL")
+                .bind(key.created_at_us)
+                .execute(&mut *transaction)
+                .await?;
+        }
+        sqlx::query(
+            "INSERT INTO data_keys (id, wrapped, created_at_us, retired_at_us) VALUES (?, ?, ?, ?)",
+        )
+        .bind(&key.id)
+        .bind(&key.wrapped)
+        .bind(key.created_at_us)
+        .bind(key.retired_at_us)
+        .execute(&mut *transaction)
+        .await?;
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    async fn reserve_key_uses(&self, id: &str, count: i64, limit: i64) -> Result<bool, StoreError> {
+        let _writer = self.writer.lock().await;
+        let updated = sqlx::query(
+            "UPDATE data_keys SET uses = uses + ? \
+             WHERE id = ? AND retired_at_us IS NULL AND uses + ? <= ?",
+        )
+        .bind(count)
+        .bind(id)
+        .bind(count)
+        .bind(limit)
+        .execute(&self.pool)
+        .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    async fn recipient_key(
+        &self,
+        tenant: &str,
+        recipient_hash: &str,
+    ) -> Result<Option<RecipientKeyRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT tenant, recipient_hash, id, data_key_id, wrapped, created_at_us \
+             FROM recipient_keys WHERE tenant = ? AND recipient_hash = ?",
+        )
+        .bind(tenant)
+        .bind(recipient_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(recipient_key_from_row).transpose()
+    }
+
+    async fn recipient_key_by_id(&self, id: &str) -> Result<Option<RecipientKeyRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT tenant, recipient_hash, id, data_key_id, wrapped, created_at_us \
+             FROM recipient_keys WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(recipient_key_from_row).transpose()
+    }
+
+    async fn add_recipient_key(
+        &self,
+        key: &RecipientKeyRow,
+    ) -> Result<RecipientKeyRow, StoreError> {
+        {
+            let _writer = self.writer.lock().await;
+            sqlx::query(
+                "INSERT INTO recipient_keys (tenant, recipient_hash, id, data_key_id, wrapped, \
+                 created_at_us) VALUES (?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (tenant, recipient_hash) DO NOTHING",
+            )
+            .bind(&key.tenant)
+            .bind(&key.recipient_hash)
+            .bind(&key.id)
+            .bind(&key.data_key_id)
+            .bind(&key.wrapped)
+            .bind(key.created_at_us)
+            .execute(&self.pool)
+            .await?;
+        }
+        self.recipient_key(&key.tenant, &key.recipient_hash)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("recipient_keys: the key just added is gone".into()))
+    }
+}
+
+/// The logged tables, by kind.
+const LOGGED_TABLES: [(Kind, &str); 4] = [
+    (Kind::Message, "messages"),
+    (Kind::ConsentEvent, "consent_events"),
+    (Kind::BodyAccess, "body_accesses"),
+    (Kind::Erasure, "erasures"),
+];
+
+/// The columns of a consent event, for `consent_from_row`.
+const CONSENT_COLUMNS: &str = "c.seq, c.id, c.tenant, c.recipient_hash, c.recipient_masked, \
+     c.action, c.level, c.brand, c.campaign, c.purposes, c.method, c.occurred_at_us, \
+     c.recorded_at_us, c.recorded_by, c.external_id, c.idempotency_key, c.key_id, c.evidence";
+
+/// Adds a row's entry to the log, pending its index.
+async fn insert_log_entry<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Sqlite>,
+    leaf: &Leaf,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO log_leaves (kind, ref_id, tenant, leaf_hash) VALUES (?, ?, ?, ?)")
+        .bind(leaf.kind.as_str())
+        .bind(&leaf.ref_id)
+        .bind(&leaf.tenant)
+        .bind(&leaf.hash()[..])
+        .execute(executor)
+        .await?;
+    Ok(())
+}
+
+/// One stored perfect subtree.
+async fn node<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Sqlite>,
+    level: u32,
+    idx: u64,
+) -> Result<Hash, StoreError> {
+    let hash: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT hash FROM log_nodes WHERE level = ? AND idx = ?")
+            .bind(level as i64)
+            .bind(idx as i64)
+            .fetch_optional(executor)
+            .await?;
+    let hash = hash.ok_or_else(|| {
+        StoreError::Corrupt(format!("log_nodes: subtree ({level}, {idx}) is missing"))
+    })?;
+    hash_from(hash, "log_nodes.hash")
 }
 
 /// Appends one consent event unless its idempotency key is already in the tenant's ledger.
@@ -697,6 +1212,7 @@ async fn insert_consent(
     .execute(&mut **transaction)
     .await?;
     if inserted.rows_affected() == 1 {
+        insert_log_entry(&mut **transaction, &leaf::consent_event(record)).await?;
         return Ok(Recorded::New);
     }
     let existing: String = sqlx::query_scalar(

@@ -1,0 +1,82 @@
+-- The verifiable log (src/audit.rs, README "For auditors").
+--
+-- Every logged row (a message record, a consent event, a body access, an erasure) adds one
+-- entry here in its own transaction, with the hash of its leaf (src/audit/leaf.rs). The
+-- sequencer later gives pending entries their `leaf_index`, in `seq` order, consecutively from
+-- 0: an index is given once and never changed.
+CREATE TABLE log_leaves (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind       TEXT    NOT NULL CHECK (kind IN ('message', 'consent_event', 'body_access', 'erasure')),
+    ref_id     TEXT    NOT NULL,
+    tenant     TEXT    NOT NULL,
+    leaf_hash  BLOB    NOT NULL,
+    leaf_index INTEGER UNIQUE
+);
+CREATE UNIQUE INDEX log_leaves_once ON log_leaves (kind, ref_id);
+CREATE INDEX log_leaves_pending ON log_leaves (seq) WHERE leaf_index IS NULL;
+CREATE INDEX log_leaves_by_tenant ON log_leaves (tenant, kind, leaf_index) WHERE leaf_index IS NOT NULL;
+CREATE TRIGGER log_leaves_indexed_once BEFORE UPDATE ON log_leaves
+WHEN OLD.leaf_index IS NOT NULL OR NEW.kind IS NOT OLD.kind OR NEW.ref_id IS NOT OLD.ref_id
+    OR NEW.leaf_hash IS NOT OLD.leaf_hash OR NEW.tenant IS NOT OLD.tenant
+BEGIN SELECT RAISE(ABORT, 'log entries are append-only'); END;
+CREATE TRIGGER log_leaves_are_append_only_delete BEFORE DELETE ON log_leaves
+BEGIN SELECT RAISE(ABORT, 'log entries are append-only'); END;
+
+-- Every perfect subtree of the tree: level 0 holds the leaf hashes, level l the subtree over
+-- leaves [idx * 2^l, (idx + 1) * 2^l). Proofs are built from these.
+CREATE TABLE log_nodes (
+    level INTEGER NOT NULL,
+    idx   INTEGER NOT NULL,
+    hash  BLOB    NOT NULL,
+    PRIMARY KEY (level, idx)
+);
+
+-- Signed tree heads.
+CREATE TABLE log_checkpoints (
+    tree_size    INTEGER PRIMARY KEY,
+    root_hash    BLOB    NOT NULL,
+    signed_at_us INTEGER NOT NULL,
+    key_id       TEXT    NOT NULL,
+    signature    BLOB    NOT NULL
+);
+
+-- Who read which message body, and when: written (and logged) before the body is returned.
+CREATE TABLE body_accesses (
+    id             TEXT    PRIMARY KEY,
+    tenant         TEXT    NOT NULL,
+    subject        TEXT    NOT NULL,
+    message_id     TEXT    NOT NULL REFERENCES messages (id),
+    accessed_at_us INTEGER NOT NULL
+);
+
+-- Erasures by crypto-shredding: the recipient's keys are deleted, this record stays.
+CREATE TABLE erasures (
+    id             TEXT    PRIMARY KEY,
+    tenant         TEXT    NOT NULL,
+    recipient_hash TEXT    NOT NULL,
+    erased_at_us   INTEGER NOT NULL,
+    erased_by      TEXT    NOT NULL,
+    keys_destroyed INTEGER NOT NULL
+);
+
+-- Data keys, wrapped (AES-256-GCM) by the key-encryption key. `uses` counts seals reserved by
+-- instances; a key is retired long before 2^32 of them.
+CREATE TABLE data_keys (
+    id            TEXT    PRIMARY KEY,
+    wrapped       BLOB    NOT NULL,
+    created_at_us INTEGER NOT NULL,
+    retired_at_us INTEGER,
+    uses          INTEGER NOT NULL DEFAULT 0
+);
+
+-- One key per recipient and tenant, wrapped by a data key, sealing what belongs to that number
+-- (message bodies, replies). Erasure deletes the row: the bodies it sealed become unreadable.
+CREATE TABLE recipient_keys (
+    tenant         TEXT    NOT NULL,
+    recipient_hash TEXT    NOT NULL,
+    id             TEXT    NOT NULL UNIQUE,
+    data_key_id    TEXT    NOT NULL REFERENCES data_keys (id),
+    wrapped        BLOB    NOT NULL,
+    created_at_us  INTEGER NOT NULL,
+    PRIMARY KEY (tenant, recipient_hash)
+);

@@ -1,0 +1,78 @@
+//! The sequencer: gives pending log entries their leaf indexes and signs checkpoints every
+//! `checkpoint_leaves` leaves or `checkpoint_interval_ms`, in the background, so sends only ever
+//! add a pending entry in their own transaction.
+//!
+//! Several instances may run it against one PostgreSQL database: each batch takes a
+//! transaction-scoped advisory lock, so one sequences at a time and another takes over as soon
+//! as one stops; the unique `leaf_index` makes a second assignment of a position impossible.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::checkpoint::{Checkpoint, LogSigner};
+use crate::app::AppState;
+use crate::store::{Store, StoreError};
+
+/// Entries sequenced per transaction.
+const BATCH: i64 = 5_000;
+/// How often the sequencer looks for pending entries.
+const POLL: Duration = Duration::from_millis(200);
+
+/// When checkpoints are signed.
+#[derive(Debug, Clone, Copy)]
+pub struct Cadence {
+    pub leaves: u64,
+    pub interval_us: i64,
+}
+
+/// Runs the sequencer until `stop` turns true.
+pub async fn run(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let now_us = state.clock.now().as_microsecond();
+        if let Err(error) = step(&*state.store, &state.log_signer, state.log_cadence, now_us).await
+        {
+            tracing::warn!(%error, "sequencing the log failed; retrying");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(POLL) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// Sequences every pending entry, then signs a checkpoint if one is due; returns it.
+pub async fn step(
+    store: &dyn Store,
+    signer: &LogSigner,
+    cadence: Cadence,
+    now_us: i64,
+) -> Result<Option<Checkpoint>, StoreError> {
+    let mut head = None;
+    loop {
+        let Some(next) = store.sequence_log(BATCH).await? else {
+            // Another instance is sequencing; it signs too.
+            return Ok(None);
+        };
+        let done = head.is_some_and(|head: crate::store::LogHead| head.size == next.size);
+        head = Some(next);
+        if done {
+            break;
+        }
+    }
+    let Some(head) = head else { return Ok(None) };
+    let latest = store.latest_checkpoint().await?;
+    let due = match &latest {
+        None => head.size > 0,
+        Some(latest) => {
+            head.size > latest.tree_size
+                && (head.size - latest.tree_size >= cadence.leaves
+                    || now_us - latest.signed_at_us >= cadence.interval_us)
+        }
+    };
+    if !due {
+        return Ok(None);
+    }
+    let checkpoint = signer.sign(head.size, head.root, now_us);
+    store.record_checkpoint(&checkpoint).await?;
+    Ok(Some(checkpoint))
+}

@@ -1,0 +1,436 @@
+//! Verification of the log: by an auditor offline (an export, or one number's bundle, with a
+//! checkpoint and the public key) or by an operator online (the database itself). Each check
+//! names the first leaf index that fails and why.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::checkpoint::{Checkpoint, CheckpointView, unhex};
+use super::leaf::{self, Field, Kind};
+use super::merkle::{self, Frontier, Hash};
+use crate::crypto::hex;
+use crate::store::{Store, StoreError};
+
+/// Why verification failed, and where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{reason}", match position { Some(p) => format!("leaf {p}: "), None => String::new() })]
+pub struct Failure {
+    /// The first leaf index that fails, when one can be named.
+    pub position: Option<u64>,
+    pub reason: String,
+}
+
+fn fail(position: impl Into<Option<u64>>, reason: impl Into<String>) -> Failure {
+    Failure {
+        position: position.into(),
+        reason: reason.into(),
+    }
+}
+
+/// What a successful verification covered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub leaves: u64,
+    pub checkpoints: usize,
+    pub root: Hash,
+}
+
+/// Rebuilds the tree from leaves fed in order and checks it against every checkpoint.
+pub struct LogVerifier {
+    frontier: Frontier,
+    checkpoints: BTreeMap<u64, Checkpoint>,
+    checked: usize,
+    /// The size of the last checkpoint that matched.
+    last_good: u64,
+}
+
+impl LogVerifier {
+    /// Checks every checkpoint's signature first: a forged one fails before any leaf is read.
+    pub fn new(public_key: &[u8], checkpoints: Vec<Checkpoint>) -> Result<LogVerifier, Failure> {
+        let mut by_size = BTreeMap::new();
+        for checkpoint in checkpoints {
+            checkpoint
+                .verify(public_key)
+                .map_err(|reason| fail(None, reason))?;
+            by_size.insert(checkpoint.tree_size, checkpoint);
+        }
+        Ok(LogVerifier {
+            frontier: Frontier::default(),
+            checkpoints: by_size,
+            checked: 0,
+            last_good: 0,
+        })
+    }
+
+    /// Adds the leaf at `index` (which must be the next one).
+    pub fn push(&mut self, index: u64, leaf_hash: Hash) -> Result<(), Failure> {
+        let expected = self.frontier.size();
+        if index != expected {
+            return Err(fail(
+                expected,
+                format!(
+                    "missing: the log goes from leaf {} to leaf {index}",
+                    expected as i64 - 1
+                ),
+            ));
+        }
+        self.frontier.push(leaf_hash);
+        let size = self.frontier.size();
+        if let Some(checkpoint) = self.checkpoints.get(&size) {
+            if checkpoint.root_hash != self.frontier.root() {
+                return Err(fail(
+                    self.last_good,
+                    format!(
+                        "the tree of {size} leaves does not match the signed checkpoint: a leaf \
+                         between {} and {} was altered, removed, added or moved",
+                        self.last_good,
+                        size - 1
+                    ),
+                ));
+            }
+            self.checked += 1;
+            self.last_good = size;
+        }
+        Ok(())
+    }
+
+    /// Ends the walk: a checkpoint beyond the leaves means the log was truncated.
+    pub fn finish(self) -> Result<Report, Failure> {
+        let size = self.frontier.size();
+        if let Some((&signed, _)) = self.checkpoints.range(size + 1..).next_back() {
+            return Err(fail(
+                size,
+                format!(
+                    "truncated: a checkpoint was signed for {signed} leaves, the log has {size}"
+                ),
+            ));
+        }
+        Ok(Report {
+            leaves: size,
+            checkpoints: self.checked,
+            root: self.frontier.root(),
+        })
+    }
+}
+
+/// Verifies the database: each logged row is rebuilt into its leaf and compared with the hash
+/// logged when it was written, the tree is rebuilt and checked against every signed checkpoint,
+/// and every logged table's rows must all be in the log.
+pub async fn verify_store(store: &dyn Store, public_key: &[u8]) -> Result<Report, Failure> {
+    let database = |error: StoreError| fail(None, format!("the database cannot be read: {error}"));
+    let mut checkpoints = Vec::new();
+    let mut after = 0i64;
+    loop {
+        let page = store.checkpoints(after, 1000).await.map_err(database)?;
+        let Some(last) = page.last() else { break };
+        after = last.tree_size as i64;
+        checkpoints.extend(page);
+    }
+    let mut verifier = LogVerifier::new(public_key, checkpoints)?;
+    let mut after = -1i64;
+    let mut counted: BTreeMap<&'static str, i64> = BTreeMap::new();
+    loop {
+        let entries = store.log_entries(after, 1000).await.map_err(database)?;
+        if entries.is_empty() {
+            break;
+        }
+        for entry in entries {
+            let index = entry.leaf_index.unwrap_or_default();
+            let position = u64::try_from(index).map_err(|_| fail(None, "a negative leaf index"))?;
+            let rebuilt = match store.leaf_of(entry.kind, &entry.ref_id).await {
+                Ok(Some(leaf)) => leaf,
+                Ok(None) => {
+                    return Err(fail(
+                        position,
+                        format!(
+                            "the {} {} is missing from the database",
+                            entry.kind.as_str(),
+                            entry.ref_id
+                        ),
+                    ));
+                }
+                Err(error) => {
+                    return Err(fail(
+                        position,
+                        format!(
+                            "the {} {} does not read back: {error}",
+                            entry.kind.as_str(),
+                            entry.ref_id
+                        ),
+                    ));
+                }
+            };
+            if rebuilt.hash() != entry.leaf_hash {
+                return Err(fail(
+                    position,
+                    format!(
+                        "the {} {} was altered after it was logged",
+                        entry.kind.as_str(),
+                        entry.ref_id
+                    ),
+                ));
+            }
+            verifier.push(position, rebuilt.hash())?;
+            *counted.entry(entry.kind.as_str()).or_default() += 1;
+            after = index;
+        }
+    }
+    let report = verifier.finish()?;
+    let (rows, pending) = store.logged_row_counts().await.map_err(database)?;
+    let logged: i64 = counted.values().sum::<i64>() + pending;
+    let total: i64 = rows.iter().map(|(_, count)| count).sum();
+    if total > logged {
+        let detail: Vec<String> = rows
+            .iter()
+            .map(|(kind, count)| {
+                format!(
+                    "{} {count} rows, {} logged",
+                    kind.as_str(),
+                    counted.get(kind.as_str()).copied().unwrap_or(0)
+                )
+            })
+            .collect();
+        return Err(fail(
+            None,
+            format!(
+                "{} rows are in the database but not in the log ({}; {pending} pending)",
+                total - logged,
+                detail.join(", ")
+            ),
+        ));
+    }
+    Ok(report)
+}
+
+/// Verifies an export (`consentry audit export`: one JSON object per line with `leaf_index`,
+/// `kind`, `id` and `leaf`, base64) against checkpoints.
+pub fn verify_export(
+    lines: impl Iterator<Item = std::io::Result<String>>,
+    checkpoints: Vec<Checkpoint>,
+    public_key: &[u8],
+) -> Result<Report, Failure> {
+    use base64::Engine as _;
+    let mut verifier = LogVerifier::new(public_key, checkpoints)?;
+    for (number, line) in lines.enumerate() {
+        let line = line.map_err(|e| fail(None, format!("export line {}: {e}", number + 1)))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row: Value = serde_json::from_str(&line)
+            .map_err(|e| fail(None, format!("export line {}: not JSON: {e}", number + 1)))?;
+        let index = row["leaf_index"]
+            .as_u64()
+            .ok_or_else(|| fail(None, format!("export line {}: no leaf_index", number + 1)))?;
+        let bytes = row["leaf"]
+            .as_str()
+            .and_then(|text| base64::engine::general_purpose::STANDARD.decode(text).ok())
+            .ok_or_else(|| fail(index, "the leaf is not base64"))?;
+        check_leaf(index, &row, &bytes)?;
+        verifier.push(index, merkle::leaf_hash(&bytes))?;
+    }
+    verifier.finish()
+}
+
+/// A leaf must parse and be the row it claims to be.
+fn check_leaf(index: u64, row: &Value, bytes: &[u8]) -> Result<(), Failure> {
+    let (kind, fields) = leaf::decode(bytes)
+        .ok_or_else(|| fail(index, "the leaf is not in the documented format"))?;
+    let claimed = row["kind"].as_str().and_then(Kind::parse);
+    if claimed.is_some_and(|claimed| claimed != kind) {
+        return Err(fail(index, "the leaf's kind is not the row's"));
+    }
+    let id = match fields.first() {
+        Some(Field::Bytes(id)) => String::from_utf8_lossy(id).into_owned(),
+        _ => return Err(fail(index, "the leaf has no id")),
+    };
+    if row["id"].as_str().is_some_and(|claimed| claimed != id) {
+        return Err(fail(
+            index,
+            format!("the leaf is {id}, the row says {}", row["id"]),
+        ));
+    }
+    Ok(())
+}
+
+/// Verifies one number's bundle (`GET /v1/audit/numbers/{number}/bundle`): the checkpoint's
+/// signature, and each row's leaf and inclusion proof under it. Returns how many rows were
+/// proven.
+pub fn verify_bundle(bundle: &Value, public_key: &[u8]) -> Result<usize, Failure> {
+    use base64::Engine as _;
+    let view: CheckpointView = serde_json::from_value(bundle["checkpoint"].clone())
+        .map_err(|e| fail(None, format!("the bundle has no readable checkpoint: {e}")))?;
+    let checkpoint = Checkpoint::from_view(&view).map_err(|e| fail(None, e))?;
+    checkpoint.verify(public_key).map_err(|e| fail(None, e))?;
+    let mut proven = 0;
+    for section in ["consent_events", "messages"] {
+        for row in bundle[section].as_array().into_iter().flatten() {
+            let index = row["leaf_index"]
+                .as_u64()
+                .ok_or_else(|| fail(None, format!("a row of {section} has no leaf_index")))?;
+            let bytes = row["leaf"]
+                .as_str()
+                .and_then(|text| base64::engine::general_purpose::STANDARD.decode(text).ok())
+                .ok_or_else(|| fail(index, "the leaf is not base64"))?;
+            check_leaf(index, row, &bytes)?;
+            let hash = merkle::leaf_hash(&bytes);
+            if row["leaf_hash"]
+                .as_str()
+                .is_some_and(|claimed| claimed != hex(&hash))
+            {
+                return Err(fail(index, "leaf_hash is not the hash of the leaf"));
+            }
+            if row["inclusion_proof"].is_null() {
+                // Logged after the checkpoint: nothing to prove yet.
+                continue;
+            }
+            let proof: Vec<Hash> = row["inclusion_proof"]
+                .as_array()
+                .ok_or_else(|| fail(index, "inclusion_proof is not a list"))?
+                .iter()
+                .map(|h| h.as_str().and_then(unhex))
+                .collect::<Option<_>>()
+                .ok_or_else(|| fail(index, "inclusion_proof holds a malformed hash"))?;
+            merkle::verify_inclusion(
+                index,
+                checkpoint.tree_size,
+                &hash,
+                &proof,
+                &checkpoint.root_hash,
+            )
+            .map_err(|e| fail(index, format!("inclusion proof: {e}")))?;
+            proven += 1;
+        }
+    }
+    Ok(proven)
+}
+
+/// Reads checkpoints from a file: one checkpoint object, a list of them, or NDJSON.
+pub fn read_checkpoints(text: &str) -> Result<Vec<Checkpoint>, String> {
+    let views: Vec<CheckpointView> = match serde_json::from_str::<Value>(text) {
+        Ok(Value::Array(items)) => items
+            .into_iter()
+            .map(serde_json::from_value)
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?,
+        Ok(value) => vec![serde_json::from_value(value).map_err(|e| e.to_string())?],
+        Err(_) => text
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?,
+    };
+    views.iter().map(Checkpoint::from_view).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::checkpoint::LogSigner;
+
+    fn signer() -> LogSigner {
+        let pkcs8 =
+            ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+                .unwrap();
+        LogSigner::from_pkcs8(pkcs8.as_ref()).unwrap()
+    }
+
+    fn leaves(n: u8) -> Vec<Hash> {
+        (0..n).map(|i| merkle::leaf_hash(&[i])).collect()
+    }
+
+    fn checkpoint_at(signer: &LogSigner, leaves: &[Hash]) -> Checkpoint {
+        let mut frontier = Frontier::default();
+        for leaf in leaves {
+            frontier.push(*leaf);
+        }
+        signer.sign(leaves.len() as u64, frontier.root(), 1)
+    }
+
+    fn run(
+        leaves: &[(u64, Hash)],
+        checkpoints: Vec<Checkpoint>,
+        key: &[u8],
+    ) -> Result<Report, Failure> {
+        let mut verifier = LogVerifier::new(key, checkpoints)?;
+        for (index, hash) in leaves {
+            verifier.push(*index, *hash)?;
+        }
+        verifier.finish()
+    }
+
+    #[test]
+    fn each_kind_of_tampering_names_its_position() {
+        let signer = signer();
+        let key = signer.public_key().to_vec();
+        let good = leaves(10);
+        let checkpoints = vec![
+            checkpoint_at(&signer, &good[..4]),
+            checkpoint_at(&signer, &good),
+        ];
+        let indexed: Vec<(u64, Hash)> = good
+            .iter()
+            .copied()
+            .enumerate()
+            .map(|(i, h)| (i as u64, h))
+            .collect();
+        assert_eq!(run(&indexed, checkpoints.clone(), &key).unwrap().leaves, 10);
+
+        // Altered leaf 6: the checkpoint at 10 no longer matches; the last good one was at 4.
+        let mut altered = indexed.clone();
+        altered[6].1[0] ^= 1;
+        assert_eq!(
+            run(&altered, checkpoints.clone(), &key)
+                .unwrap_err()
+                .position,
+            Some(4)
+        );
+
+        // Removed leaf 2: the walk finds the gap.
+        let mut removed = indexed.clone();
+        removed.remove(2);
+        assert_eq!(
+            run(&removed, checkpoints.clone(), &key)
+                .unwrap_err()
+                .position,
+            Some(2)
+        );
+
+        // Swapped leaves 1 and 2 (indexes kept): the checkpoint at 4 fails.
+        let mut swapped = indexed.clone();
+        let (a, b) = (swapped[1].1, swapped[2].1);
+        swapped[1].1 = b;
+        swapped[2].1 = a;
+        assert_eq!(
+            run(&swapped, checkpoints.clone(), &key)
+                .unwrap_err()
+                .position,
+            Some(0)
+        );
+
+        // Truncated to 7: a checkpoint for 10 was signed.
+        let failure = run(&indexed[..7], checkpoints.clone(), &key).unwrap_err();
+        assert_eq!(failure.position, Some(7));
+        assert!(failure.reason.contains("truncated"), "{failure}");
+
+        // A forged checkpoint signature.
+        let mut forged = checkpoints.clone();
+        forged[1].signature[0] ^= 1;
+        assert!(
+            run(&indexed, forged, &key)
+                .unwrap_err()
+                .reason
+                .contains("signature")
+        );
+        // A checkpoint signed by another key.
+        let stranger = signer_other();
+        let mut foreign = checkpoints.clone();
+        foreign[1] = checkpoint_at(&stranger, &good);
+        assert!(run(&indexed, foreign, &key).is_err());
+    }
+
+    fn signer_other() -> LogSigner {
+        signer()
+    }
+}

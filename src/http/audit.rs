@@ -1,0 +1,770 @@
+//! The audit API (scope `audit:read`; `audit:decrypt` for bodies), per tenant, and erasure
+//! (scope `admin`).
+//!
+//! Lists follow the verifiable log: rows appear once sequenced, in log order, and the cursor is
+//! the `leaf_index` of the last row received (`after`), so paging neither skips nor repeats
+//! while new rows arrive. Lists stream in pages with bounded memory, up to the log's size when
+//! the request began.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use hyper::body::Frame;
+use jiff::Timestamp;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use crate::app::AppState;
+use crate::audit::leaf::{self, BodyAccess, Erasure, Kind};
+use crate::audit::merkle::{self, Hash, NodeId};
+use crate::auth::scope;
+use crate::config::Tenant;
+use crate::crypto::{Sealed, hex};
+use crate::domain::PhoneNumber;
+use crate::store::{AuditFilter, AuditedConsent, AuditedMessage};
+
+/// Rows read per query while streaming.
+const PAGE: i64 = 500;
+/// Rows a bundle holds at most per kind.
+const BUNDLE_LIMIT: i64 = 10_000;
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn time(us: i64) -> String {
+    Timestamp::from_microsecond(us)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// The query of both lists.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// A phone number (E.164, or national in the tenant's region).
+    number: Option<String>,
+    /// RFC 3339; inclusive.
+    from: Option<String>,
+    /// RFC 3339; exclusive.
+    to: Option<String>,
+    /// Messages: `allowed`, `denied`, `deferred`.
+    decision: Option<String>,
+    /// Consent events: `opt_in`, `opt_out`.
+    action: Option<String>,
+    /// The cursor: the `leaf_index` of the last row already received.
+    after: Option<i64>,
+    /// At most this many rows (default: every row up to the log's size at the request).
+    limit: Option<i64>,
+    /// `ndjson` (default) or `csv`.
+    format: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Ndjson,
+    Csv,
+}
+
+fn bad(field: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::bad_request("invalid_query", message).with("field", field)
+}
+
+fn parse_number(tenant: &Tenant, number: &str) -> Result<PhoneNumber, ApiError> {
+    PhoneNumber::parse(number, tenant.default_region).map_err(|e| {
+        ApiError::bad_request("invalid_number", format!("number: {e}")).with("field", "number")
+    })
+}
+
+impl ListQuery {
+    fn format(&self) -> Result<Format, ApiError> {
+        match self.format.as_deref() {
+            None | Some("ndjson") => Ok(Format::Ndjson),
+            Some("csv") => Ok(Format::Csv),
+            Some(other) => Err(bad(
+                "format",
+                format!("unknown format {other:?} (ndjson, csv)"),
+            )),
+        }
+    }
+
+    fn filter(
+        &self,
+        state: &AppState,
+        tenant: &Tenant,
+        kind: Kind,
+    ) -> Result<AuditFilter, ApiError> {
+        let instant = |field: &'static str, text: &Option<String>| {
+            text.as_deref()
+                .map(|text| {
+                    text.parse::<Timestamp>()
+                        .map(|t| t.as_microsecond())
+                        .map_err(|e| bad(field, format!("{field}: not an RFC 3339 instant: {e}")))
+                })
+                .transpose()
+        };
+        let decision = match (kind, &self.decision, &self.action) {
+            (Kind::Message, Some(decision), None) => {
+                if !["allowed", "denied", "deferred"].contains(&decision.as_str()) {
+                    return Err(bad("decision", "decision: allowed, denied or deferred"));
+                }
+                Some(decision.clone())
+            }
+            (Kind::ConsentEvent, None, Some(action)) => {
+                if !["opt_in", "opt_out"].contains(&action.as_str()) {
+                    return Err(bad("action", "action: opt_in or opt_out"));
+                }
+                Some(action.clone())
+            }
+            (_, None, None) => None,
+            (Kind::Message, _, Some(_)) => {
+                return Err(bad("action", "messages are filtered by decision"));
+            }
+            _ => return Err(bad("decision", "consent events are filtered by action")),
+        };
+        Ok(AuditFilter {
+            recipient_hash: self
+                .number
+                .as_deref()
+                .map(|number| parse_number(tenant, number).map(|n| state.numbers.hash(&n)))
+                .transpose()?,
+            from_us: instant("from", &self.from)?,
+            to_us: instant("to", &self.to)?,
+            decision,
+        })
+    }
+}
+
+/// A message record as auditors read it: its fields, its leaf and where it is in the log.
+fn message_json(item: &AuditedMessage) -> Value {
+    let record = &item.record;
+    let leaf = leaf::message(record);
+    json!({
+        "leaf_index": item.leaf_index,
+        "id": record.id.as_str(),
+        "created_at": time(record.created_at_us),
+        "created_at_us": record.created_at_us,
+        "recipient": record.recipient_masked,
+        "recipient_hash": record.recipient_hash,
+        "sender": record.sender_masked,
+        "purpose": record.purpose,
+        "brand": record.brand,
+        "campaign": record.campaign,
+        "decision": record.decision.as_str(),
+        "reasons": serde_json::from_str::<Value>(&record.reasons_json).unwrap_or(Value::Null),
+        "reply_kind": record.reply_kind,
+        "confirms_event": record.confirms_event,
+        "upstream": record.upstream,
+        "outcome": item.outcome,
+        "key_id": record.key_id,
+        "leaf_hash": hex(&leaf.hash()),
+        "leaf": b64(&leaf.bytes),
+    })
+}
+
+fn consent_json(item: &AuditedConsent) -> Value {
+    let record = &item.record;
+    let leaf = leaf::consent_event(record);
+    json!({
+        "leaf_index": item.leaf_index,
+        "id": record.id,
+        "occurred_at": time(record.occurred_at_us),
+        "recorded_at": time(record.recorded_at_us),
+        "recipient": record.recipient_masked,
+        "recipient_hash": record.recipient_hash,
+        "action": record.action.as_str(),
+        "level": record.level.map(|level| level.as_str()),
+        "brand": record.brand,
+        "campaign": record.campaign,
+        "purposes": record.purposes.split_whitespace().collect::<Vec<_>>(),
+        "method": record.method,
+        "recorded_by": record.recorded_by,
+        "external_id": record.external_id,
+        "key_id": record.key_id,
+        "leaf_hash": hex(&leaf.hash()),
+        "leaf": b64(&leaf.bytes),
+    })
+}
+
+const MESSAGE_CSV: [&str; 14] = [
+    "leaf_index",
+    "id",
+    "created_at",
+    "recipient",
+    "recipient_hash",
+    "sender",
+    "purpose",
+    "brand",
+    "campaign",
+    "decision",
+    "reason_codes",
+    "outcome",
+    "reply_kind",
+    "leaf_hash",
+];
+
+fn message_csv(item: &AuditedMessage) -> Vec<String> {
+    let record = &item.record;
+    let reasons: Value = serde_json::from_str(&record.reasons_json).unwrap_or(Value::Null);
+    let codes: Vec<&str> = reasons
+        .as_array()
+        .map(|reasons| reasons.iter().filter_map(|r| r["code"].as_str()).collect())
+        .unwrap_or_default();
+    vec![
+        item.leaf_index.to_string(),
+        record.id.as_str().to_owned(),
+        time(record.created_at_us),
+        record.recipient_masked.clone(),
+        record.recipient_hash.clone(),
+        record.sender_masked.clone(),
+        record.purpose.to_owned(),
+        record.brand.clone().unwrap_or_default(),
+        record.campaign.clone().unwrap_or_default(),
+        record.decision.as_str().to_owned(),
+        codes.join(" "),
+        item.outcome.clone().unwrap_or_default(),
+        record.reply_kind.unwrap_or_default().to_owned(),
+        hex(&leaf::message(record).hash()),
+    ]
+}
+
+const CONSENT_CSV: [&str; 13] = [
+    "leaf_index",
+    "id",
+    "occurred_at",
+    "recorded_at",
+    "recipient",
+    "recipient_hash",
+    "action",
+    "level",
+    "brand",
+    "campaign",
+    "purposes",
+    "method",
+    "leaf_hash",
+];
+
+fn consent_csv(item: &AuditedConsent) -> Vec<String> {
+    let record = &item.record;
+    vec![
+        item.leaf_index.to_string(),
+        record.id.clone(),
+        time(record.occurred_at_us),
+        time(record.recorded_at_us),
+        record.recipient_masked.clone(),
+        record.recipient_hash.clone(),
+        record.action.as_str().to_owned(),
+        record
+            .level
+            .map(|level| level.as_str())
+            .unwrap_or_default()
+            .to_owned(),
+        record.brand.clone().unwrap_or_default(),
+        record.campaign.clone().unwrap_or_default(),
+        record.purposes.clone(),
+        record.method.clone(),
+        hex(&leaf::consent_event(record).hash()),
+    ]
+}
+
+/// One CSV line (RFC 4180): fields with a comma, quote or line break are quoted, quotes doubled.
+fn csv_line<S: AsRef<str>>(fields: &[S]) -> String {
+    let mut line = String::new();
+    for (i, field) in fields.iter().enumerate() {
+        let field = field.as_ref();
+        if i > 0 {
+            line.push(',');
+        }
+        if field.contains([',', '"', '\n', '\r']) {
+            line.push('"');
+            line.push_str(&field.replace('"', "\"\""));
+            line.push('"');
+        } else {
+            line.push_str(field);
+        }
+    }
+    line.push_str("\r\n");
+    line
+}
+
+/// A response body fed page by page from a bounded channel: memory stays constant however
+/// many rows are streamed.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|chunk| chunk.map(Frame::data)))
+    }
+}
+
+fn streamed(
+    format: Format,
+    receiver: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+) -> Response {
+    let content_type = match format {
+        Format::Ndjson => "application/x-ndjson",
+        Format::Csv => "text/csv; charset=utf-8",
+    };
+    let mut response = axum::body::Body::new(ChannelBody(receiver)).into_response();
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
+    );
+    response
+}
+
+/// Streams pages read by `page(after, limit)` until `total` rows, the log's size at the
+/// request, or the end.
+fn stream_pages<T, F, Fut>(
+    format: Format,
+    header: &'static [&'static str],
+    query: &ListQuery,
+    upto: i64,
+    page: F,
+    to_json: fn(&T) -> Value,
+    to_csv: fn(&T) -> Vec<String>,
+    index_of: fn(&T) -> i64,
+) -> Response
+where
+    T: Send + 'static,
+    F: Fn(i64, i64) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<Vec<T>, crate::store::StoreError>> + Send,
+{
+    let (sender, receiver) = tokio::sync::mpsc::channel(2);
+    let mut after = query.after.unwrap_or(-1);
+    let mut left = query.limit.unwrap_or(i64::MAX);
+    tokio::spawn(async move {
+        if format == Format::Csv
+            && sender
+                .send(Ok(Bytes::from(csv_line(header))))
+                .await
+                .is_err()
+        {
+            return;
+        }
+        while left > 0 {
+            let rows = match page(after, PAGE.min(left)).await {
+                Ok(rows) => rows,
+                Err(error) => {
+                    tracing::error!(%error, "an audit export failed part way");
+                    // Ends the body with an error: the client sees a truncated transfer, never
+                    // a list that looks complete.
+                    let _ = sender.send(Err(std::io::Error::other("store error"))).await;
+                    return;
+                }
+            };
+            let mut chunk = String::new();
+            let mut done = rows.len() < PAGE.min(left) as usize;
+            for row in &rows {
+                let index = index_of(row);
+                if index >= upto {
+                    done = true;
+                    break;
+                }
+                after = index;
+                left -= 1;
+                match format {
+                    Format::Ndjson => {
+                        chunk.push_str(&to_json(row).to_string());
+                        chunk.push('\n');
+                    }
+                    Format::Csv => chunk.push_str(&csv_line(&to_csv(row))),
+                }
+            }
+            if !chunk.is_empty() && sender.send(Ok(Bytes::from(chunk))).await.is_err() {
+                return;
+            }
+            if done {
+                return;
+            }
+        }
+    });
+    streamed(format, receiver)
+}
+
+/// `GET /v1/audit/messages`
+pub async fn messages(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let (_principal, tenant) = state.authorize(&headers, scope::AUDIT_READ)?;
+    let format = query.format()?;
+    let filter = query.filter(&state, tenant, Kind::Message)?;
+    let upto = state.store.log_size().await? as i64;
+    let tenant_id = tenant.id.clone();
+    let store = state.store.clone();
+    Ok(stream_pages(
+        format,
+        &MESSAGE_CSV,
+        &query,
+        upto,
+        move |after, limit| {
+            let (store, tenant_id, filter) = (store.clone(), tenant_id.clone(), filter.clone());
+            async move {
+                store
+                    .audit_messages(&tenant_id, &filter, after, limit)
+                    .await
+            }
+        },
+        message_json,
+        message_csv,
+        |item| item.leaf_index,
+    ))
+}
+
+/// `GET /v1/audit/consent-events`
+pub async fn consent_events(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let (_principal, tenant) = state.authorize(&headers, scope::AUDIT_READ)?;
+    let format = query.format()?;
+    let filter = query.filter(&state, tenant, Kind::ConsentEvent)?;
+    let upto = state.store.log_size().await? as i64;
+    let tenant_id = tenant.id.clone();
+    let store = state.store.clone();
+    Ok(stream_pages(
+        format,
+        &CONSENT_CSV,
+        &query,
+        upto,
+        move |after, limit| {
+            let (store, tenant_id, filter) = (store.clone(), tenant_id.clone(), filter.clone());
+            async move {
+                store
+                    .audit_consents(&tenant_id, &filter, after, limit)
+                    .await
+            }
+        },
+        consent_json,
+        consent_csv,
+        |item| item.leaf_index,
+    ))
+}
+
+/// `GET /v1/audit/messages/{id}/body` (scope `audit:decrypt`): the body, once the access is
+/// recorded in the log.
+pub async fn message_body(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (principal, tenant) = state.authorize(&headers, scope::AUDIT_DECRYPT)?;
+    let record = state
+        .store
+        .audited_message(&tenant.id, &id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "message_not_found",
+                "no such message",
+            )
+        })?;
+    let now = state.clock.now();
+    let access = BodyAccess {
+        id: format!("acc_{}", uuid::Uuid::now_v7().simple()),
+        tenant: tenant.id.as_str().to_owned(),
+        subject: principal.subject.clone(),
+        message_id: record.id.as_str().to_owned(),
+        accessed_at_us: now.as_microsecond(),
+    };
+    // Recorded first: no body leaves without its access in the log.
+    state.store.record_body_access(&access).await?;
+    let associated = format!("consentry/message/v1\0{}\0{}", record.tenant, record.id);
+    let sealed = Sealed {
+        key_id: record.key_id.clone(),
+        bytes: record.payload.clone(),
+    };
+    let payload: Value = match state.keys.open(associated.as_bytes(), &sealed).await {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|_| unreadable())?,
+        Err(crate::keyring::KeyError::Crypto(crate::crypto::CryptoError::Erased(_))) => {
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                "body_erased",
+                "the recipient's data was erased: this body can no longer be decrypted",
+            )
+            .with("access_id", access.id));
+        }
+        Err(error) => {
+            tracing::error!(message = %record.id, %error, "a message body does not decrypt");
+            return Err(unreadable());
+        }
+    };
+    Ok(Json(json!({
+        "id": record.id.as_str(),
+        "to": payload["to"],
+        "from": payload["from"],
+        "body": payload["body"],
+        "access_id": access.id,
+        "accessed_at": now.to_string(),
+        "accessed_by": principal.subject,
+    })))
+}
+
+fn unreadable() -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "body_undecryptable",
+        "the body does not decrypt: wrong key, or the stored row was altered",
+    )
+}
+
+/// `GET /v1/audit/checkpoints/latest`
+pub async fn latest_checkpoint(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    state.authorize(&headers, scope::AUDIT_READ)?;
+    let checkpoint = state.store.latest_checkpoint().await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_checkpoint",
+            "no checkpoint has been signed yet",
+        )
+    })?;
+    let mut view = serde_json::to_value(checkpoint.view()).unwrap_or_default();
+    view["public_key"] = Value::String(b64(state.log_signer.public_key()));
+    Ok(Json(view))
+}
+
+/// Computes a proof from the stored subtrees it needs.
+async fn with_nodes<T>(
+    state: &AppState,
+    compute: impl Fn(&mut dyn FnMut(NodeId) -> Hash) -> T,
+) -> Result<T, ApiError> {
+    let ids = merkle::nodes_read(|get| compute(get));
+    let hashes = state.store.log_nodes(&ids).await?;
+    let nodes: HashMap<NodeId, Hash> = ids.into_iter().zip(hashes).collect();
+    Ok(compute(&mut |id| nodes[&id]))
+}
+
+/// The tree size a proof is asked against: given, or the latest checkpoint's.
+async fn tree_size(state: &AppState, given: Option<u64>) -> Result<u64, ApiError> {
+    let size = match given {
+        Some(size) => size,
+        None => state
+            .store
+            .latest_checkpoint()
+            .await?
+            .map(|c| c.tree_size)
+            .ok_or_else(|| {
+                ApiError::new(StatusCode::NOT_FOUND, "no_checkpoint", "no checkpoint yet")
+            })?,
+    };
+    if size > state.store.log_size().await? {
+        return Err(bad("tree_size", "the log is not that large yet"));
+    }
+    Ok(size)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InclusionQuery {
+    leaf_index: u64,
+    tree_size: Option<u64>,
+}
+
+/// `GET /v1/audit/proofs/inclusion?leaf_index=&tree_size=` (the tree size defaults to the
+/// latest checkpoint's). Only for the caller's own leaves.
+pub async fn inclusion(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(query): Query<InclusionQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let (_principal, tenant) = state.authorize(&headers, scope::AUDIT_READ)?;
+    let size = tree_size(&state, query.tree_size).await?;
+    if query.leaf_index >= size {
+        return Err(bad("leaf_index", "the leaf is not in a tree of that size"));
+    }
+    let entry = state
+        .store
+        .log_entries(query.leaf_index as i64 - 1, 1)
+        .await?
+        .into_iter()
+        .next()
+        .filter(|entry| entry.tenant == tenant.id.as_str())
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "leaf_not_found", "no such leaf"))?;
+    let index = query.leaf_index;
+    let proof = with_nodes(&state, |get| {
+        merkle::inclusion_proof(index, size, &mut |id| get(id))
+    })
+    .await?;
+    Ok(Json(json!({
+        "leaf_index": index,
+        "tree_size": size,
+        "kind": entry.kind.as_str(),
+        "id": entry.ref_id,
+        "leaf_hash": hex(&entry.leaf_hash),
+        "proof": proof.iter().map(|h| hex(h)).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistencyQuery {
+    from: u64,
+    to: Option<u64>,
+}
+
+/// `GET /v1/audit/proofs/consistency?from=&to=` (`to` defaults to the latest checkpoint's size).
+pub async fn consistency(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(query): Query<ConsistencyQuery>,
+) -> Result<Json<Value>, ApiError> {
+    state.authorize(&headers, scope::AUDIT_READ)?;
+    let to = tree_size(&state, query.to).await?;
+    if query.from > to {
+        return Err(bad("from", "from must not be larger than to"));
+    }
+    let from = query.from;
+    let proof = with_nodes(&state, |get| {
+        merkle::consistency_proof(from, to, &mut |id| get(id))
+    })
+    .await?;
+    let roots = with_nodes(&state, |get| {
+        (
+            merkle::root_of(from, &mut |id| get(id)),
+            merkle::root_of(to, &mut |id| get(id)),
+        )
+    })
+    .await?;
+    Ok(Json(json!({
+        "from": from,
+        "to": to,
+        "from_root": hex(&roots.0),
+        "to_root": hex(&roots.1),
+        "proof": proof.iter().map(|h| hex(h)).collect::<Vec<_>>(),
+    })))
+}
+
+/// `GET /v1/audit/numbers/{number}/bundle`: everything about one number in one document, with
+/// the proofs that each row is in the log under the latest checkpoint.
+pub async fn bundle(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(number): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (_principal, tenant) = state.authorize(&headers, scope::AUDIT_READ)?;
+    let number = parse_number(tenant, &number)?;
+    let filter = AuditFilter {
+        recipient_hash: Some(state.numbers.hash(&number)),
+        ..AuditFilter::default()
+    };
+    let checkpoint = state.store.latest_checkpoint().await?;
+    let size = checkpoint.as_ref().map_or(0, |c| c.tree_size);
+    let consents = state
+        .store
+        .audit_consents(&tenant.id, &filter, -1, BUNDLE_LIMIT)
+        .await?;
+    let messages = state
+        .store
+        .audit_messages(&tenant.id, &filter, -1, BUNDLE_LIMIT)
+        .await?;
+    let proof = |index: i64| {
+        let index = index as u64;
+        let state = state.clone();
+        async move {
+            if index >= size {
+                // Sequenced after the latest checkpoint: provable at the next one.
+                return Ok::<Value, ApiError>(Value::Null);
+            }
+            let path = with_nodes(&state, |get| {
+                merkle::inclusion_proof(index, size, &mut |id| get(id))
+            })
+            .await?;
+            Ok(Value::Array(
+                path.iter().map(|h| Value::String(hex(h))).collect(),
+            ))
+        }
+    };
+    let mut consent_rows = Vec::with_capacity(consents.len());
+    for item in &consents {
+        let mut row = consent_json(item);
+        row["inclusion_proof"] = proof(item.leaf_index).await?;
+        consent_rows.push(row);
+    }
+    let mut message_rows = Vec::with_capacity(messages.len());
+    for item in &messages {
+        let mut row = message_json(item);
+        row["inclusion_proof"] = proof(item.leaf_index).await?;
+        message_rows.push(row);
+    }
+    let checkpoint = checkpoint.map(|c| {
+        let mut view = serde_json::to_value(c.view()).unwrap_or_default();
+        view["public_key"] = Value::String(b64(state.log_signer.public_key()));
+        view
+    });
+    Ok(Json(json!({
+        "number": number.e164(),
+        "recipient_hash": filter.recipient_hash,
+        "tenant": tenant.id,
+        "checkpoint": checkpoint,
+        "consent_events": consent_rows,
+        "messages": message_rows,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErasureRequest {
+    number: String,
+}
+
+/// `POST /v1/erasure` (scope `admin`): destroys the keys of a number's bodies and replies in
+/// the caller's tenant. What is erased and what is kept: README, "Erasure".
+pub async fn erase(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let (principal, tenant) = state.authorize(&headers, scope::ADMIN)?;
+    let request: ErasureRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_request",
+            format!("expected {{\"number\": ...}}: {e}"),
+        )
+    })?;
+    let number = parse_number(tenant, &request.number)?;
+    let now = state.clock.now();
+    let erasure = Erasure {
+        id: format!("era_{}", uuid::Uuid::now_v7().simple()),
+        tenant: tenant.id.as_str().to_owned(),
+        recipient_hash: state.numbers.hash(&number),
+        erased_at_us: now.as_microsecond(),
+        erased_by: principal.subject.clone(),
+        keys_destroyed: 0,
+    };
+    let destroyed = state.store.erase_recipient(&erasure).await?;
+    tracing::info!(erasure = %erasure.id, tenant = %tenant.id, number = %number.masked(), destroyed, "recipient erased");
+    Ok((
+        StatusCode::OK,
+        Json(json!({
+            "id": erasure.id,
+            "number": number.masked(),
+            "recipient_hash": erasure.recipient_hash,
+            "keys_destroyed": destroyed,
+            "erased_at": now.to_string(),
+        })),
+    ))
+}
