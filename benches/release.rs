@@ -47,15 +47,16 @@ fn main() {
 
         // Written consent for every recipient.
         let started = Instant::now();
-        let records: Vec<ConsentRecord> = (0..count)
-            .map(|index| {
+        let mut records: Vec<ConsentRecord> = Vec::with_capacity(count as usize);
+        for index in 0..count {
                 let to = number(index);
                 let id = format!("evt_{}", uuid::Uuid::now_v7().simple());
                 let sealed = state
                     .keys
-                    .seal(format!("consentry/consent/v1\0bench\0{id}").as_bytes(), b"{}")
+                    .seal(format!("consentry/consent/v1\0bench\0{id}").as_bytes(), b"{}", 0)
+                    .await
                     .unwrap();
-                ConsentRecord {
+                records.push(ConsentRecord {
                     id,
                     tenant: tenant.id.clone(),
                     recipient_hash: state.numbers.hash(&to),
@@ -73,9 +74,8 @@ fn main() {
                     idempotency_key: format!("bench:{index}"),
                     key_id: sealed.key_id,
                     evidence: sealed.bytes,
-                }
-            })
-            .collect();
+                });
+        }
         for chunk in records.chunks(1000) {
             state.store.record_consents(chunk).await.unwrap();
         }

@@ -127,6 +127,17 @@ impl KeyRing {
         Ok(current)
     }
 
+    /// Looks for a rotation made elsewhere (`keys rotate`, another instance): if the current
+    /// key changed, the next seal uses the new one.
+    pub async fn refresh(&self) -> Result<(), KeyError> {
+        let current = self.reload().await?;
+        let mut reservation = self.reservation.lock().await;
+        if current.as_deref() != Some(reservation.key_id.as_str()) {
+            reservation.remaining = 0;
+        }
+        Ok(())
+    }
+
     fn data_key(&self, id: &str) -> Option<Arc<SealingKey>> {
         self.data_keys
             .read()

@@ -25,9 +25,20 @@ pub struct Cadence {
     pub interval_us: i64,
 }
 
-/// Runs the sequencer until `stop` turns true.
+/// How many polls between looks for a rotated data key.
+const KEY_REFRESH_POLLS: u32 = 10;
+
+/// Runs the sequencer until `stop` turns true. It also looks for rotated data keys every
+/// couple of seconds, so a rotation reaches every instance without a restart.
 pub async fn run(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut polls = 0u32;
     loop {
+        polls = polls.wrapping_add(1);
+        if polls % KEY_REFRESH_POLLS == 0
+            && let Err(error) = state.keys.refresh().await
+        {
+            tracing::warn!(%error, "looking for a rotated data key failed");
+        }
         let now_us = state.clock.now().as_microsecond();
         if let Err(error) = step(&*state.store, &state.log_signer, state.log_cadence, now_us).await
         {

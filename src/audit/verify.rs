@@ -135,7 +135,14 @@ pub async fn verify_store(store: &dyn Store, public_key: &[u8]) -> Result<Report
         if entries.is_empty() {
             break;
         }
-        for entry in entries {
+        // The tree as stored holds each leaf's hash at its index: an entry moved to another
+        // index no longer matches it.
+        let stored: Vec<_> = entries
+            .iter()
+            .map(|entry| (0u32, entry.leaf_index.unwrap_or_default() as u64))
+            .collect();
+        let stored = store.log_nodes(&stored).await.map_err(database)?;
+        for (entry, stored) in entries.into_iter().zip(stored) {
             let index = entry.leaf_index.unwrap_or_default();
             let position = u64::try_from(index).map_err(|_| fail(None, "a negative leaf index"))?;
             let rebuilt = match store.leaf_of(entry.kind, &entry.ref_id).await {
@@ -166,6 +173,16 @@ pub async fn verify_store(store: &dyn Store, public_key: &[u8]) -> Result<Report
                     position,
                     format!(
                         "the {} {} was altered after it was logged",
+                        entry.kind.as_str(),
+                        entry.ref_id
+                    ),
+                ));
+            }
+            if stored != entry.leaf_hash {
+                return Err(fail(
+                    position,
+                    format!(
+                        "the {} {} is not the leaf the tree holds at this index (moved or replaced)",
                         entry.kind.as_str(),
                         entry.ref_id
                     ),

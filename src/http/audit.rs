@@ -330,17 +330,22 @@ fn streamed(
     response
 }
 
-/// Streams pages read by `page(after, limit)` until `total` rows, the log's size at the
-/// request, or the end.
+/// How a list's rows are written.
+struct Shape<T> {
+    csv_header: &'static [&'static str],
+    json: fn(&T) -> Value,
+    csv: fn(&T) -> Vec<String>,
+    leaf_index: fn(&T) -> i64,
+}
+
+/// Streams pages read by `page(after, limit)` until the query's limit, the log's size at the
+/// request (`upto`), or the end.
 fn stream_pages<T, F, Fut>(
     format: Format,
-    header: &'static [&'static str],
     query: &ListQuery,
     upto: i64,
+    shape: Shape<T>,
     page: F,
-    to_json: fn(&T) -> Value,
-    to_csv: fn(&T) -> Vec<String>,
-    index_of: fn(&T) -> i64,
 ) -> Response
 where
     T: Send + 'static,
@@ -353,7 +358,7 @@ where
     tokio::spawn(async move {
         if format == Format::Csv
             && sender
-                .send(Ok(Bytes::from(csv_line(header))))
+                .send(Ok(Bytes::from(csv_line(shape.csv_header))))
                 .await
                 .is_err()
         {
@@ -373,7 +378,7 @@ where
             let mut chunk = String::new();
             let mut done = rows.len() < PAGE.min(left) as usize;
             for row in &rows {
-                let index = index_of(row);
+                let index = (shape.leaf_index)(row);
                 if index >= upto {
                     done = true;
                     break;
@@ -382,10 +387,10 @@ where
                 left -= 1;
                 match format {
                     Format::Ndjson => {
-                        chunk.push_str(&to_json(row).to_string());
+                        chunk.push_str(&(shape.json)(row).to_string());
                         chunk.push('\n');
                     }
-                    Format::Csv => chunk.push_str(&csv_line(&to_csv(row))),
+                    Format::Csv => chunk.push_str(&csv_line(&(shape.csv)(row))),
                 }
             }
             if !chunk.is_empty() && sender.send(Ok(Bytes::from(chunk))).await.is_err() {
@@ -411,11 +416,17 @@ pub async fn messages(
     let upto = state.store.log_size().await? as i64;
     let tenant_id = tenant.id.clone();
     let store = state.store.clone();
+    let shape = Shape {
+        csv_header: &MESSAGE_CSV,
+        json: message_json,
+        csv: message_csv,
+        leaf_index: |item| item.leaf_index,
+    };
     Ok(stream_pages(
         format,
-        &MESSAGE_CSV,
         &query,
         upto,
+        shape,
         move |after, limit| {
             let (store, tenant_id, filter) = (store.clone(), tenant_id.clone(), filter.clone());
             async move {
@@ -424,9 +435,6 @@ pub async fn messages(
                     .await
             }
         },
-        message_json,
-        message_csv,
-        |item| item.leaf_index,
     ))
 }
 
@@ -442,11 +450,17 @@ pub async fn consent_events(
     let upto = state.store.log_size().await? as i64;
     let tenant_id = tenant.id.clone();
     let store = state.store.clone();
+    let shape = Shape {
+        csv_header: &CONSENT_CSV,
+        json: consent_json,
+        csv: consent_csv,
+        leaf_index: |item| item.leaf_index,
+    };
     Ok(stream_pages(
         format,
-        &CONSENT_CSV,
         &query,
         upto,
+        shape,
         move |after, limit| {
             let (store, tenant_id, filter) = (store.clone(), tenant_id.clone(), filter.clone());
             async move {
@@ -455,9 +469,6 @@ pub async fn consent_events(
                     .await
             }
         },
-        consent_json,
-        consent_csv,
-        |item| item.leaf_index,
     ))
 }
 

@@ -289,6 +289,45 @@ impl TestDatabase {
         }
     }
 
+    /// Runs a query that returns one text value.
+    pub async fn text(&self, sql: &str) -> String {
+        match self {
+            TestDatabase::Sqlite(path) => {
+                let options = sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(path)
+                    .read_only(true);
+                let mut connection =
+                    <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&options)
+                        .await
+                        .unwrap();
+                sqlx::query_scalar(sql)
+                    .fetch_one(&mut connection)
+                    .await
+                    .unwrap()
+            }
+            TestDatabase::Postgres(url) => {
+                let mut connection = postgres_connection(url).await;
+                sqlx::query_scalar(sql)
+                    .fetch_one(&mut connection)
+                    .await
+                    .unwrap()
+            }
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, TestDatabase::Postgres(_))
+    }
+
+    /// Drops a trigger, as someone with write access to the database could.
+    pub async fn drop_trigger(&self, name: &str, table: &str) {
+        let sql = match self {
+            TestDatabase::Sqlite(_) => format!("DROP TRIGGER IF EXISTS {name}"),
+            TestDatabase::Postgres(_) => format!("DROP TRIGGER IF EXISTS {name} ON {table}"),
+        };
+        self.execute(&sql).await.unwrap();
+    }
+
     /// Runs a statement on a connection of its own, as someone with access to the database.
     pub async fn execute(&self, sql: &str) -> Result<u64, sqlx::Error> {
         match self {
@@ -440,6 +479,9 @@ webhook = {{ url = "{tenant_app_url}", secret = {{ file = "beta-webhook.secret" 
 [outbox]
 retry_base_ms = 100
 retry_max_ms = 400
+
+[log]
+checkpoint_interval_ms = 100
 
 [[upstreams]]
 name = "tw"

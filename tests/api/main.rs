@@ -2,6 +2,7 @@
 //! PostgreSQL when `CONSENTRY_TEST_DATABASE_URL` names one: a schema per test), and a fake
 //! gateway that is a real HTTP server on a local port. One binary for all, to build once.
 
+mod audit;
 mod authentication;
 mod cli;
 mod consents;

@@ -1,0 +1,845 @@
+//! The audit log end to end: lists and their scopes, proofs checked against signed
+//! checkpoints, tampering caught by `consentry audit verify`, erasure and key rotation.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use consentry::audit::checkpoint::{Checkpoint, CheckpointView, unhex};
+use consentry::audit::merkle;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_consentry");
+const WRITER: &str = "messages:send messages:read consents:write consents:read";
+
+/// Runs a `consentry` command on the test app's configuration.
+fn cli(app: &TestApp, args: &[&str]) -> Output {
+    Command::new(BINARY)
+        .args(args)
+        .arg("--config")
+        .arg(app.folder.join("consentry.toml"))
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `consentry audit verify` online; returns (success, what it printed).
+fn verify(app: &TestApp) -> (bool, String) {
+    let output = cli(app, &["audit", "verify"]);
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            stdout(&output),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+/// Waits until a checkpoint covers every leaf written so far; returns it.
+async fn checkpoint_covering_all(app: &TestApp, token: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let leaves = app.count("SELECT count(*) FROM log_leaves").await;
+        let response = app.get(token, "/v1/audit/checkpoints/latest").await;
+        if response.status() == 200 {
+            let checkpoint: Value = response.json().await.unwrap();
+            if checkpoint["tree_size"].as_i64() == Some(leaves) {
+                return checkpoint;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint covers the {leaves} leaves"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn lines(response: reqwest::Response) -> Vec<Value> {
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    text.lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+fn with_body(mut message: Value, body: &str) -> Value {
+    message["body"] = json!(body);
+    message
+}
+
+async fn sent_id(response: reqwest::Response) -> String {
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.unwrap();
+    body["id"].as_str().unwrap().to_owned()
+}
+
+fn public_key(app: &TestApp) -> Vec<u8> {
+    let output = cli(app, &["audit", "public-key"]);
+    assert!(output.status.success());
+    base64::engine::general_purpose::STANDARD
+        .decode(stdout(&output).trim())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn audit_lists_follow_the_log_and_bodies_need_audit_decrypt() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    let shop = app.token("shop", WRITER);
+    let (one, two) = ("+14155550101", "+14155550102");
+    assert_eq!(app.consent(&shop, &written_opt_in(one)).await.status(), 201);
+    let first = sent_id(
+        app.send(
+            &shop,
+            &with_body(
+                shop_message(one, "transactional", None, None),
+                "first secret",
+            ),
+        )
+        .await,
+    )
+    .await;
+    app.send(
+        &shop,
+        &with_body(
+            shop_message(one, "transactional", None, None),
+            "second secret",
+        ),
+    )
+    .await;
+    app.send(&shop, &shop_message(two, "transactional", None, None))
+        .await;
+    let auditor = app.token("shop", "audit:read");
+    checkpoint_covering_all(&app, &auditor).await;
+
+    let all = lines(app.get(&auditor, "/v1/audit/messages").await).await;
+    assert_eq!(all.len(), 3);
+    let indexes: Vec<i64> = all
+        .iter()
+        .map(|row| row["leaf_index"].as_i64().unwrap())
+        .collect();
+    assert!(indexes.windows(2).all(|w| w[0] < w[1]), "{indexes:?}");
+    for row in &all {
+        assert!(row.get("body").is_none());
+        assert!(!row.to_string().contains("secret"), "a body leaked: {row}");
+        assert_eq!(
+            row["recipient"].as_str().unwrap().len(),
+            12,
+            "masked: {row}"
+        );
+        // The leaf is exactly what the log hashed.
+        let leaf = base64::engine::general_purpose::STANDARD
+            .decode(row["leaf"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(
+            consentry::crypto::hex(&merkle::leaf_hash(&leaf)),
+            row["leaf_hash"].as_str().unwrap()
+        );
+    }
+    let filtered = lines(
+        app.get(
+            &auditor,
+            &format!("/v1/audit/messages?number={}", "%2B14155550101"),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(filtered.len(), 2);
+    let page = lines(
+        app.get(
+            &auditor,
+            &format!("/v1/audit/messages?after={}&limit=1", indexes[0]),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0]["leaf_index"].as_i64(), Some(indexes[1]));
+    let csv = app.get(&auditor, "/v1/audit/messages?format=csv").await;
+    assert_eq!(csv.headers()["content-type"], "text/csv; charset=utf-8");
+    let csv = csv.text().await.unwrap();
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    assert!(csv.starts_with("leaf_index,id,created_at,recipient"));
+    let consents = lines(
+        app.get(&auditor, "/v1/audit/consent-events?action=opt_in")
+            .await,
+    )
+    .await;
+    assert_eq!(consents.len(), 1);
+    assert_eq!(consents[0]["action"], "opt_in");
+    let bad = app.get(&auditor, "/v1/audit/messages?decision=maybe").await;
+    assert_eq!(bad.status(), 400);
+    assert_eq!(error_code(bad).await, "invalid_query");
+
+    // audit:read never gets a body; audit:decrypt does, and the read is itself logged.
+    let body_path = format!("/v1/audit/messages/{first}/body");
+    let refused = app.get(&auditor, &body_path).await;
+    assert_eq!(refused.status(), 403);
+    assert_eq!(error_code(refused).await, "insufficient_scope");
+    assert_eq!(app.count("SELECT count(*) FROM body_accesses").await, 0);
+    let decrypter = app.token("shop", "audit:read audit:decrypt");
+    let body: Value = app.get(&decrypter, &body_path).await.json().await.unwrap();
+    assert_eq!(body["body"], "first secret");
+    assert_eq!(body["to"], one);
+    assert_eq!(app.count("SELECT count(*) FROM body_accesses").await, 1);
+    assert_eq!(
+        app.count("SELECT count(*) FROM log_leaves WHERE kind = 'body_access'")
+            .await,
+        1
+    );
+
+    // Another tenant's auditor sees none of it.
+    let stranger = app.token("acme", "audit:read audit:decrypt");
+    assert!(
+        lines(app.get(&stranger, "/v1/audit/messages").await)
+            .await
+            .is_empty()
+    );
+    assert!(
+        lines(app.get(&stranger, "/v1/audit/consent-events").await)
+            .await
+            .is_empty()
+    );
+    assert_eq!(app.get(&stranger, &body_path).await.status(), 404);
+    let proof = app
+        .get(
+            &stranger,
+            &format!("/v1/audit/proofs/inclusion?leaf_index={}", indexes[0]),
+        )
+        .await;
+    assert_eq!(proof.status(), 404);
+    let bundle: Value = app
+        .get(&stranger, "/v1/audit/numbers/%2B14155550101/bundle")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(bundle["messages"], json!([]));
+    assert_eq!(bundle["consent_events"], json!([]));
+}
+
+#[tokio::test]
+async fn proofs_verify_against_signed_checkpoints_and_forgeries_fail() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    let shop = app.token("shop", WRITER);
+    let auditor = app.token("shop", "audit:read");
+    let number = "+14155550111";
+    assert_eq!(
+        app.consent(&shop, &written_opt_in(number)).await.status(),
+        201
+    );
+    for _ in 0..3 {
+        app.send(&shop, &shop_message(number, "transactional", None, None))
+            .await;
+    }
+    let old: CheckpointView =
+        serde_json::from_value(checkpoint_covering_all(&app, &auditor).await).unwrap();
+    for _ in 0..4 {
+        app.send(&shop, &shop_message(number, "transactional", None, None))
+            .await;
+    }
+    let new: CheckpointView =
+        serde_json::from_value(checkpoint_covering_all(&app, &auditor).await).unwrap();
+    let key = public_key(&app);
+    let (old, new) = (
+        Checkpoint::from_view(&old).unwrap(),
+        Checkpoint::from_view(&new).unwrap(),
+    );
+    old.verify(&key).unwrap();
+    new.verify(&key).unwrap();
+
+    // Every leaf of the tenant is in the tree; a forged path is not.
+    let messages = lines(app.get(&auditor, "/v1/audit/messages").await).await;
+    assert_eq!(messages.len(), 7);
+    for row in &messages {
+        let index = row["leaf_index"].as_u64().unwrap();
+        let proof: Value = app
+            .get(
+                &auditor,
+                &format!(
+                    "/v1/audit/proofs/inclusion?leaf_index={index}&tree_size={}",
+                    new.tree_size
+                ),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        let path: Vec<merkle::Hash> = proof["proof"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| unhex(h.as_str().unwrap()).unwrap())
+            .collect();
+        let leaf = unhex(row["leaf_hash"].as_str().unwrap()).unwrap();
+        merkle::verify_inclusion(index, new.tree_size, &leaf, &path, &new.root_hash).unwrap();
+        let mut forged = path.clone();
+        forged[0][5] ^= 0x20;
+        assert!(
+            merkle::verify_inclusion(index, new.tree_size, &leaf, &forged, &new.root_hash).is_err()
+        );
+    }
+
+    // The new tree extends the old one; a forged consistency proof does not show it.
+    let consistency: Value = app
+        .get(
+            &auditor,
+            &format!(
+                "/v1/audit/proofs/consistency?from={}&to={}",
+                old.tree_size, new.tree_size
+            ),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let path: Vec<merkle::Hash> = consistency["proof"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| unhex(h.as_str().unwrap()).unwrap())
+        .collect();
+    merkle::verify_consistency(
+        old.tree_size,
+        new.tree_size,
+        &old.root_hash,
+        &new.root_hash,
+        &path,
+    )
+    .unwrap();
+    let mut forged = path.clone();
+    let last = forged.len() - 1;
+    forged[last][0] ^= 1;
+    assert!(
+        merkle::verify_consistency(
+            old.tree_size,
+            new.tree_size,
+            &old.root_hash,
+            &new.root_hash,
+            &forged
+        )
+        .is_err()
+    );
+
+    // One number's bundle verifies offline with nothing but the public key.
+    let folder = tempfile::tempdir().unwrap();
+    let key_file = folder.path().join("log.pub");
+    std::fs::write(
+        &key_file,
+        base64::engine::general_purpose::STANDARD.encode(&key),
+    )
+    .unwrap();
+    let bundle: Value = app
+        .get(&auditor, "/v1/audit/numbers/%2B14155550111/bundle")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let offline = |bundle: &Value| {
+        let file = folder.path().join("bundle.json");
+        std::fs::write(&file, bundle.to_string()).unwrap();
+        let output = Command::new(BINARY)
+            .args(["audit", "verify", "--bundle"])
+            .arg(&file)
+            .arg("--public-key")
+            .arg(&key_file)
+            .output()
+            .unwrap();
+        (output.status.success(), stdout(&output))
+    };
+    let (ok, said) = offline(&bundle);
+    assert!(ok, "{said}");
+    assert!(said.contains("8 rows proven"), "{said}");
+    let index = bundle["messages"][2]["leaf_index"].as_u64().unwrap();
+    let mut forged = bundle.clone();
+    let hash = forged["messages"][2]["inclusion_proof"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let flipped = match hash.strip_prefix('0') {
+        Some(rest) => format!("1{rest}"),
+        None => format!("0{}", &hash[1..]),
+    };
+    forged["messages"][2]["inclusion_proof"][0] = json!(flipped);
+    let (ok, said) = offline(&forged);
+    assert!(!ok);
+    assert!(
+        said.contains(&format!("leaf {index}: inclusion proof")),
+        "{said}"
+    );
+    let mut altered = bundle.clone();
+    let mut leaf = base64::engine::general_purpose::STANDARD
+        .decode(altered["messages"][2]["leaf"].as_str().unwrap())
+        .unwrap();
+    let at = leaf.len() - 3;
+    leaf[at] ^= 1;
+    altered["messages"][2]["leaf"] = json!(base64::engine::general_purpose::STANDARD.encode(&leaf));
+    let (ok, said) = offline(&altered);
+    assert!(!ok);
+    assert!(said.contains(&format!("leaf {index}")), "{said}");
+    let mut resigned = bundle.clone();
+    resigned["checkpoint"]["tree_size"] = json!(new.tree_size + 1);
+    let (ok, said) = offline(&resigned);
+    assert!(!ok);
+    assert!(said.contains("signature"), "{said}");
+
+    // The whole log, exported, verifies offline too; a line taken out is found.
+    let leaves = folder.path().join("leaves.ndjson");
+    let checkpoints = folder.path().join("checkpoints.json");
+    let export = cli(
+        &app,
+        &[
+            "audit",
+            "export",
+            "--out",
+            leaves.to_str().unwrap(),
+            "--checkpoints",
+            checkpoints.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let offline_export = |leaves: &Path| {
+        let output = Command::new(BINARY)
+            .args(["audit", "verify", "--export"])
+            .arg(leaves)
+            .arg("--checkpoint")
+            .arg(&checkpoints)
+            .arg("--public-key")
+            .arg(&key_file)
+            .output()
+            .unwrap();
+        (output.status.success(), stdout(&output))
+    };
+    let (ok, said) = offline_export(&leaves);
+    assert!(ok, "{said}");
+    let text = std::fs::read_to_string(&leaves).unwrap();
+    let without_third: String = text
+        .lines()
+        .enumerate()
+        .filter(|(n, _)| *n != 3)
+        .map(|(_, line)| format!("{line}\n"))
+        .collect();
+    let cut = folder.path().join("cut.ndjson");
+    std::fs::write(&cut, without_third).unwrap();
+    let (ok, said) = offline_export(&cut);
+    assert!(!ok);
+    assert!(said.contains("leaf 3: missing"), "{said}");
+}
+
+#[tokio::test]
+async fn tampering_with_the_database_is_caught_naming_the_position() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    let shop = app.token("shop", WRITER);
+    let auditor = app.token("shop", "audit:read");
+    let number = "+14155550121";
+    assert_eq!(
+        app.consent(&shop, &written_opt_in(number)).await.status(),
+        201
+    );
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(
+            sent_id(
+                app.send(&shop, &shop_message(number, "transactional", None, None))
+                    .await,
+            )
+            .await,
+        );
+    }
+    checkpoint_covering_all(&app, &auditor).await;
+    let (ok, said) = verify(&app);
+    assert!(ok, "an untouched log verifies: {said}");
+    assert!(said.contains("ok: 6 leaves"), "{said}");
+    let db = &app.database;
+    let index_of = |kind: &str, id: &str| {
+        format!("SELECT leaf_index FROM log_leaves WHERE kind = '{kind}' AND ref_id = '{id}'")
+    };
+    let second = db.count(&index_of("message", &ids[1])).await;
+    let fourth = db.count(&index_of("message", &ids[3])).await;
+
+    // One byte of a stored row.
+    db.drop_trigger("messages_are_append_only_update", "messages")
+        .await;
+    let original = db
+        .text(&format!(
+            "SELECT sender_masked FROM messages WHERE id = '{}'",
+            ids[1]
+        ))
+        .await;
+    db.execute(&format!(
+        "UPDATE messages SET sender_masked = '{}X' WHERE id = '{}'",
+        &original[..original.len() - 1],
+        ids[1]
+    ))
+    .await
+    .unwrap();
+    let (ok, said) = verify(&app);
+    assert!(!ok);
+    assert!(
+        said.contains(&format!(
+            "leaf {second}: the message {} was altered",
+            ids[1]
+        )),
+        "{said}"
+    );
+    db.execute(&format!(
+        "UPDATE messages SET sender_masked = '{original}' WHERE id = '{}'",
+        ids[1]
+    ))
+    .await
+    .unwrap();
+    assert!(verify(&app).0, "restored");
+
+    // Two rows' contents swapped.
+    db.execute(&format!(
+        "CREATE TABLE swap AS SELECT id, payload FROM messages WHERE id IN ('{}', '{}')",
+        ids[1], ids[3]
+    ))
+    .await
+    .unwrap();
+    for (to, from) in [(&ids[1], &ids[3]), (&ids[3], &ids[1])] {
+        db.execute(&format!("UPDATE messages SET payload = (SELECT payload FROM swap WHERE swap.id = '{from}') WHERE id = '{to}'"))
+            .await
+            .unwrap();
+    }
+    let (ok, said) = verify(&app);
+    assert!(!ok);
+    assert!(said.contains(&format!("leaf {second}:")), "{said}");
+    for id in [&ids[1], &ids[3]] {
+        db.execute(&format!("UPDATE messages SET payload = (SELECT payload FROM swap WHERE swap.id = '{id}') WHERE id = '{id}'"))
+            .await
+            .unwrap();
+    }
+    assert!(verify(&app).0, "restored");
+
+    // Two entries' places in the log swapped (the rows untouched).
+    db.drop_trigger("log_leaves_indexed_once", "log_leaves")
+        .await;
+    for sql in [
+        format!("UPDATE log_leaves SET leaf_index = -1 WHERE leaf_index = {second}"),
+        format!("UPDATE log_leaves SET leaf_index = {second} WHERE leaf_index = {fourth}"),
+        format!("UPDATE log_leaves SET leaf_index = {fourth} WHERE leaf_index = -1"),
+    ] {
+        db.execute(&sql).await.unwrap();
+    }
+    let (ok, said) = verify(&app);
+    assert!(!ok);
+    assert!(
+        said.contains(&format!("leaf {second}:")) && said.contains("moved"),
+        "{said}"
+    );
+    for sql in [
+        format!("UPDATE log_leaves SET leaf_index = -1 WHERE leaf_index = {second}"),
+        format!("UPDATE log_leaves SET leaf_index = {second} WHERE leaf_index = {fourth}"),
+        format!("UPDATE log_leaves SET leaf_index = {fourth} WHERE leaf_index = -1"),
+    ] {
+        db.execute(&sql).await.unwrap();
+    }
+    assert!(verify(&app).0, "restored");
+
+    // A row deleted.
+    let event = db.text("SELECT id FROM consent_events").await;
+    let event_index = db.count(&index_of("consent_event", &event)).await;
+    db.drop_trigger("consent_events_are_append_only_delete", "consent_events")
+        .await;
+    db.execute(&format!(
+        "CREATE TABLE saved_event AS SELECT * FROM consent_events WHERE id = '{event}'"
+    ))
+    .await
+    .unwrap();
+    db.execute(&format!("DELETE FROM consent_events WHERE id = '{event}'"))
+        .await
+        .unwrap();
+    let (ok, said) = verify(&app);
+    assert!(!ok);
+    assert!(
+        said.contains(&format!(
+            "leaf {event_index}: the consent_event {event} is missing"
+        )),
+        "{said}"
+    );
+    db.execute("INSERT INTO consent_events SELECT * FROM saved_event")
+        .await
+        .unwrap();
+    assert!(verify(&app).0, "restored");
+
+    // The log truncated.
+    db.drop_trigger("log_leaves_are_append_only_delete", "log_leaves")
+        .await;
+    db.execute("CREATE TABLE saved_log AS SELECT * FROM log_leaves WHERE leaf_index >= 4")
+        .await
+        .unwrap();
+    db.execute("DELETE FROM log_leaves WHERE leaf_index >= 4")
+        .await
+        .unwrap();
+    let (ok, said) = verify(&app);
+    assert!(!ok);
+    assert!(said.contains("leaf 4: truncated"), "{said}");
+    db.execute("INSERT INTO log_leaves SELECT * FROM saved_log")
+        .await
+        .unwrap();
+    assert!(verify(&app).0, "restored");
+
+    // A checkpoint forged: its root changed without the key to sign it.
+    db.execute("UPDATE log_checkpoints SET root_hash = (SELECT hash FROM log_nodes WHERE level = 0 AND idx = 0) WHERE tree_size = (SELECT max(tree_size) FROM log_checkpoints)")
+        .await
+        .unwrap();
+    let (ok, said) = verify(&app);
+    assert!(!ok);
+    assert!(said.contains("the signature does not verify"), "{said}");
+}
+
+#[tokio::test]
+async fn erasure_shreds_bodies_yet_the_log_verifies_and_opt_outs_hold() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    let shop = app.token("shop", WRITER);
+    let (erased, kept) = ("+14155550131", "+14155550132");
+    assert_eq!(
+        app.consent(&shop, &written_opt_in(erased)).await.status(),
+        201
+    );
+    let gone = sent_id(
+        app.send(
+            &shop,
+            &with_body(shop_message(erased, "marketing", None, None), "erase me"),
+        )
+        .await,
+    )
+    .await;
+    let stays = sent_id(
+        app.send(
+            &shop,
+            &with_body(shop_message(kept, "transactional", None, None), "keep me"),
+        )
+        .await,
+    )
+    .await;
+    let stop = app
+        .consent(
+            &shop,
+            &json!({ "number": erased, "action": "opt_out", "method": "keyword" }),
+        )
+        .await;
+    assert_eq!(stop.status(), 201);
+    let decrypter = app.token("shop", "audit:read audit:decrypt");
+    let body = |id: &str| format!("/v1/audit/messages/{id}/body");
+    assert_eq!(app.get(&decrypter, &body(&gone)).await.status(), 200);
+    let wrapped = app
+        .database
+        .text(&format!(
+            "SELECT {} FROM recipient_keys k JOIN messages m ON m.key_id = k.id WHERE m.id = '{gone}'",
+            if app.database.is_postgres() { "encode(k.wrapped, 'hex')" } else { "hex(k.wrapped)" }
+        ))
+        .await
+        .to_lowercase();
+
+    // Only admin may erase, and only a number.
+    let eraser = app.token("shop", "admin");
+    let request = |token: &str, number: &str| {
+        app.client
+            .post(app.url("/v1/erasure"))
+            .bearer_auth(token)
+            .json(&json!({ "number": number }))
+            .send()
+    };
+    assert_eq!(request(&decrypter, erased).await.unwrap().status(), 403);
+    let bad = request(&eraser, "not a number").await.unwrap();
+    assert_eq!(bad.status(), 400);
+    assert_eq!(error_code(bad).await, "invalid_number");
+    let done: Value = request(&eraser, erased)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(done["keys_destroyed"], 1, "{done}");
+
+    // Its bodies are gone for good; the other number's are not.
+    let refused = app.get(&decrypter, &body(&gone)).await;
+    assert_eq!(refused.status(), 410);
+    assert_eq!(error_code(refused).await, "body_erased");
+    let other: Value = app
+        .get(&decrypter, &body(&stays))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(other["body"], "keep me");
+    // Not even the key ring, with the key-encryption key from the data folder, opens it.
+    let store = consentry::store::open(&match &app.database {
+        TestDatabase::Sqlite(path) => format!("sqlite://{}", path.display()),
+        TestDatabase::Postgres(url) => url.clone(),
+    })
+    .await
+    .unwrap();
+    let kek = consentry::crypto::decode_key(
+        &std::fs::read(app.data_dir().join("keys/payload.key")).unwrap(),
+    )
+    .unwrap();
+    let ring = consentry::keyring::KeyRing::load(store.clone(), &kek, 0)
+        .await
+        .unwrap();
+    let record = store
+        .audited_message(&consentry::domain::TenantId::parse("shop").unwrap(), &gone)
+        .await
+        .unwrap()
+        .unwrap();
+    let opened = ring
+        .open(
+            format!("consentry/message/v1\0shop\0{gone}").as_bytes(),
+            &consentry::crypto::Sealed {
+                key_id: record.key_id,
+                bytes: record.payload,
+            },
+        )
+        .await;
+    assert!(opened.is_err());
+    if let TestDatabase::Sqlite(path) = &app.database {
+        // Nor is the wrapped key anywhere in the database's files.
+        let wrapped: Vec<u8> = (0..wrapped.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&wrapped[i..i + 2], 16).unwrap())
+            .collect();
+        for suffix in ["", "-wal"] {
+            let file = format!("{}{suffix}", path.display());
+            if let Ok(bytes) = std::fs::read(&file) {
+                assert!(
+                    !bytes
+                        .windows(wrapped.len())
+                        .any(|window| window == wrapped.as_slice()),
+                    "the erased key is still in {file}"
+                );
+            }
+        }
+    }
+
+    // The opt-out still blocks, and the log, erasure included, still verifies.
+    let again = app
+        .send(&shop, &shop_message(erased, "marketing", None, None))
+        .await;
+    assert_eq!(again.status(), 403);
+    assert_eq!(error_code(again).await, "opted_out");
+    checkpoint_covering_all(&app, &app.token("shop", "audit:read")).await;
+    assert_eq!(
+        app.count("SELECT count(*) FROM log_leaves WHERE kind = 'erasure'")
+            .await,
+        1
+    );
+    let (ok, said) = verify(&app);
+    assert!(ok, "{said}");
+}
+
+#[tokio::test]
+async fn rotated_keys_keep_old_rows_readable_and_wrong_keys_fail_loudly() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    let shop = app.token("shop", WRITER);
+    let decrypter = app.token("shop", "audit:read audit:decrypt");
+    let before = sent_id(
+        app.send(
+            &shop,
+            &with_body(
+                shop_message("+14155550141", "transactional", None, None),
+                "before rotation",
+            ),
+        )
+        .await,
+    )
+    .await;
+    let old_key = app.database.text("SELECT id FROM data_keys").await;
+
+    let rotated = cli(&app, &["keys", "rotate"]);
+    assert!(
+        rotated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotated.stderr)
+    );
+    let new_key = stdout(&rotated).trim().to_owned();
+    assert_ne!(new_key, old_key);
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) FROM data_keys WHERE id = '{old_key}' AND retired_at_us IS NOT NULL"
+        ))
+        .await,
+        1
+    );
+
+    // The running server takes the new key up without a restart.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut after = String::new();
+    for n in 0.. {
+        let number = format!("+1415555{:04}", 2000 + n);
+        after = sent_id(
+            app.send(
+                &shop,
+                &with_body(
+                    shop_message(&number, "transactional", None, None),
+                    "after rotation",
+                ),
+            )
+            .await,
+        )
+        .await;
+        let under_new = app
+            .count(&format!(
+                "SELECT count(*) FROM recipient_keys k JOIN messages m ON m.key_id = k.id \
+                 WHERE m.id = '{after}' AND k.data_key_id = '{new_key}'"
+            ))
+            .await;
+        if under_new == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new data key was never used");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (id, text) in [(&before, "before rotation"), (&after, "after rotation")] {
+        let body: Value = app
+            .get(&decrypter, &format!("/v1/audit/messages/{id}/body"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(body["body"], text);
+    }
+
+    // A wrong key id, or another row's ciphertext, does not open: an error, never a wrong body.
+    let db = &app.database;
+    db.drop_trigger("messages_are_append_only_update", "messages")
+        .await;
+    let their_key = db
+        .text(&format!("SELECT key_id FROM messages WHERE id = '{after}'"))
+        .await;
+    db.execute(&format!(
+        "UPDATE messages SET key_id = '{their_key}' WHERE id = '{before}'"
+    ))
+    .await
+    .unwrap();
+    let wrong = app
+        .get(&decrypter, &format!("/v1/audit/messages/{before}/body"))
+        .await;
+    assert_eq!(wrong.status(), 500);
+    assert_eq!(error_code(wrong).await, "body_undecryptable");
+    db.execute(&format!("UPDATE messages SET payload = (SELECT payload FROM messages WHERE id = '{after}') WHERE id = '{before}'"))
+        .await
+        .unwrap();
+    let swapped = app
+        .get(&decrypter, &format!("/v1/audit/messages/{before}/body"))
+        .await;
+    assert_eq!(swapped.status(), 500);
+}
