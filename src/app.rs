@@ -190,6 +190,7 @@ impl App {
             keys,
             log_signer: Arc::new(log_signer),
             log_cadence: Cadence {
+                enabled: config.log.sequencer,
                 leaves: config.log.checkpoint_leaves.max(1),
                 interval_us: i64::try_from(config.log.checkpoint_interval_ms)
                     .unwrap_or(i64::MAX / 1000)

@@ -88,6 +88,14 @@ pub struct LogConfig {
     /// The Ed25519 key that signs checkpoints, PKCS#8 DER in base64. Default:
     /// `keys/log-signing.pk8` in the data folder, generated on first start.
     pub signing_key: Option<SecretRef>,
+    /// Whether this instance runs the sequencer. Instances sharing a database take turns
+    /// (one at a time); at least one must run it, or rows stay out of the audit lists.
+    #[serde(default = "default_true")]
+    pub sequencer: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Default for LogConfig {
@@ -96,6 +104,7 @@ impl Default for LogConfig {
             checkpoint_leaves: default_checkpoint_leaves(),
             checkpoint_interval_ms: default_checkpoint_interval_ms(),
             signing_key: None,
+            sequencer: true,
         }
     }
 }

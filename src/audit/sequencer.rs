@@ -14,13 +14,15 @@ use crate::app::AppState;
 use crate::store::{Store, StoreError};
 
 /// Entries sequenced per transaction.
-const BATCH: i64 = 5_000;
+const BATCH: i64 = 1_000;
 /// How often the sequencer looks for pending entries.
 const POLL: Duration = Duration::from_millis(200);
 
 /// When checkpoints are signed.
 #[derive(Debug, Clone, Copy)]
 pub struct Cadence {
+    /// Whether this instance sequences at all.
+    pub enabled: bool,
     pub leaves: u64,
     pub interval_us: i64,
 }
@@ -40,7 +42,9 @@ pub async fn run(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bo
             tracing::warn!(%error, "looking for a rotated data key failed");
         }
         let now_us = state.clock.now().as_microsecond();
-        if let Err(error) = step(&*state.store, &state.log_signer, state.log_cadence, now_us).await
+        if state.log_cadence.enabled
+            && let Err(error) =
+                step(&*state.store, &state.log_signer, state.log_cadence, now_us).await
         {
             tracing::warn!(%error, "sequencing the log failed; retrying");
         }
