@@ -8,6 +8,7 @@ mod consents;
 mod fronts;
 mod helpers;
 mod inbound;
+mod instances;
 mod quiet_hours;
 mod sending;
 mod storage;
