@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::Row as _;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::rows::{
     MESSAGE_COLUMNS, checkpoint_from_row, consent_from_row, data_key_from_row, event_from_row,
@@ -82,10 +82,16 @@ const POOL_SIZE: u32 = 16;
 impl PgStore {
     /// Connects, applies migrations and checks durability.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let mut options: PgConnectOptions = url.parse()?;
+        // Names this instance's sessions in `pg_stat_activity` (`consentry-<pid>`), unless the
+        // URL names them: an operator can tell the instances apart, and end one's sessions.
+        if options.get_application_name().is_none() {
+            options = options.application_name(&format!("consentry-{}", std::process::id()));
+        }
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
             .acquire_timeout(Duration::from_secs(5))
-            .connect(url)
+            .connect_with(options)
             .await?;
         MIGRATIONS.run(&pool).await?;
         let store = PgStore {

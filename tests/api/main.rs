@@ -9,6 +9,7 @@ mod consents;
 mod fronts;
 mod helpers;
 mod inbound;
+mod instances;
 mod quiet_hours;
 mod sending;
 mod storage;
