@@ -435,8 +435,14 @@ pub trait Store: Send + Sync + 'static {
     /// Takes the lock on a recipient that all processes sharing the database respect.
     async fn lock_recipient(&self, recipient_hash: &str) -> Result<RecipientLock, StoreError>;
 
-    /// Durably appends a message record.
-    async fn record_message(&self, record: &MessageRecord) -> Result<(), StoreError>;
+    /// Durably appends a message record. Given the recipient's lock, the record is written in
+    /// the lock's own session: if that session ended (and the lock with it), the write fails
+    /// rather than land after another instance decided without seeing it.
+    async fn record_message(
+        &self,
+        record: &MessageRecord,
+        lock: Option<&mut RecipientLock>,
+    ) -> Result<(), StoreError>;
 
     /// Durably appends an upstream outcome.
     async fn record_outcome(&self, outcome: &OutcomeRecord) -> Result<(), StoreError>;

@@ -220,12 +220,13 @@ impl AppState {
             // Facts and record under one lock, in this process and across the processes that
             // share the database: caps and confirmations see every decision.
             let _guard = self.recipient_locks.lock(&recipient_hash).await;
-            let shared = self.store.lock_recipient(&recipient_hash).await?;
+            let mut shared = self.store.lock_recipient(&recipient_hash).await?;
             let now = self.clock.now();
             let gathered = self.gather(tenant, &message, now).await?;
             let facts = gathered.facts(tenant, bounds, &self.policies, now);
             let decision = policy::decide(message, &facts);
-            self.record_decision(&decision, tenant, now).await?;
+            self.record_decision(&decision, tenant, now, &mut shared)
+                .await?;
             shared.release().await;
             decision
         };
@@ -414,12 +415,13 @@ pub async fn show(
 
 impl AppState {
     /// Seals the message and writes its record with the decision. Returns only once the record
-    /// is durable.
+    /// is durable, written in the session of the recipient's lock.
     async fn record_decision(
         &self,
         decision: &Decision,
         tenant: &Tenant,
         now: Timestamp,
+        lock: &mut crate::store::RecipientLock,
     ) -> Result<(), ApiError> {
         let message = decision.message();
         let (kind, reasons, release_at_us) = match decision {
@@ -491,7 +493,7 @@ impl AppState {
                 .as_ref()
                 .and_then(|callback| serde_json::to_string(callback).ok()),
         };
-        self.store.record_message(&record).await?;
+        self.store.record_message(&record, Some(lock)).await?;
         Ok(())
     }
 }

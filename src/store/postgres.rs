@@ -162,8 +162,19 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn record_message(&self, record: &MessageRecord) -> Result<(), StoreError> {
-        let mut transaction = self.pool.begin().await?;
+    async fn record_message(
+        &self,
+        record: &MessageRecord,
+        lock: Option<&mut super::RecipientLock>,
+    ) -> Result<(), StoreError> {
+        use sqlx::Connection as _;
+        let mut transaction = match lock {
+            Some(super::RecipientLock::Postgres(AdvisoryLock {
+                connection: Some(connection),
+                ..
+            })) => connection.begin().await?,
+            _ => self.pool.begin().await?,
+        };
         sqlx::query(
             "INSERT INTO messages (id, tenant, created_at_us, recipient_hash, recipient_masked, \
              sender_masked, purpose, brand, campaign, decision, reply_kind, confirms_event, \

@@ -122,7 +122,11 @@ impl Store for SqliteStore {
         Ok(super::RecipientLock::Local)
     }
 
-    async fn record_message(&self, record: &MessageRecord) -> Result<(), StoreError> {
+    async fn record_message(
+        &self,
+        record: &MessageRecord,
+        _lock: Option<&mut super::RecipientLock>,
+    ) -> Result<(), StoreError> {
         let _writer = self.writer.lock().await;
         let mut transaction = self.pool.begin().await?;
         sqlx::query(

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
@@ -127,6 +128,14 @@ impl Cluster {
         .unwrap();
         std::fs::write(etc.join("keys/number.key"), random_key()).unwrap();
         std::fs::write(etc.join("keys/payload.key"), random_key()).unwrap();
+        let signing =
+            ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+                .unwrap();
+        std::fs::write(
+            etc.join("keys/log-signing.pk8.b64"),
+            base64::engine::general_purpose::STANDARD.encode(signing.as_ref()),
+        )
+        .unwrap();
         std::fs::write(
             etc.join("jwt/issuer-2026-11.pem"),
             fixture("rsa-public.pem"),
@@ -824,4 +833,73 @@ async fn when_the_database_goes_away_sends_fail_closed_and_service_resumes_on_it
         ))
         .await;
     assert_eq!(recorded as usize, requests.len());
+}
+
+/// The verifiable log stays one log: both instances sequence (one at a time, under an advisory
+/// lock); when the one sequencing is killed the other takes over, and no index is given twice.
+#[tokio::test]
+async fn one_log_across_instances_survives_the_loss_of_its_sequencer() {
+    let Some(cluster) = Cluster::new("").await else {
+        return;
+    };
+    let a = cluster.start(None).await;
+    let b = cluster.start(None).await;
+    let sends = |instance: &Instance, from: usize| {
+        let instance_url = instance.url("/v1/messages");
+        let cluster = &cluster;
+        async move {
+            for index in from..from + 60 {
+                let message = json!({
+                    "to": number(50_000 + index), "from": SENDER,
+                    "body": "log", "purpose": "transactional",
+                });
+                let (status, body) = cluster.post(instance_url.clone(), &message).await;
+                assert_eq!(status, 201, "{body}");
+            }
+        }
+    };
+    tokio::join!(sends(&a, 0), sends(&b, 60));
+    // A dies without a goodbye; B alone writes, sequences and signs from here on.
+    drop(a);
+    sends(&b, 120).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let leaves = cluster
+            .database
+            .count("SELECT count(*) FROM log_leaves")
+            .await;
+        let covered = cluster
+            .database
+            .count("SELECT COALESCE(max(tree_size), 0) FROM log_checkpoints")
+            .await;
+        if leaves == 180 && covered == 180 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{leaves} leaves, checkpoint at {covered}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let distinct = cluster
+        .database
+        .count(
+            "SELECT count(DISTINCT leaf_index) FROM log_leaves WHERE leaf_index BETWEEN 0 AND 179",
+        )
+        .await;
+    assert_eq!(distinct, 180, "indexes 0..180, each once");
+    let output = Command::new(BINARY)
+        .args(["audit", "verify", "--config"])
+        .arg(&cluster.config)
+        .env("GATEWAY_TOKEN", GATEWAY_TOKEN)
+        .env("GATEWAY_WEBHOOK_SECRET", WEBHOOK_SECRET)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(said.contains("ok: 180 leaves"), "{said}");
 }
