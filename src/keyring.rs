@@ -51,6 +51,8 @@ pub struct KeyRing {
     kek: SealingKey,
     data_keys: RwLock<HashMap<String, Arc<SealingKey>>>,
     reservation: tokio::sync::Mutex<Reservation>,
+    /// [`MAX_USES`], lower in tests.
+    max_uses: i64,
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -79,6 +81,7 @@ impl KeyRing {
                 key_id: String::new(),
                 remaining: 0,
             }),
+            max_uses: MAX_USES,
         };
         if ring.store.data_keys().await?.is_empty() {
             ring.add_data_key(now_us, false).await?;
@@ -156,7 +159,7 @@ impl KeyRing {
                 if let Some(id) = current
                     && self
                         .store
-                        .reserve_key_uses(&id, RESERVATION, MAX_USES)
+                        .reserve_key_uses(&id, RESERVATION, self.max_uses)
                         .await?
                 {
                     reservation.key_id = id;
@@ -268,5 +271,113 @@ impl KeyRing {
         } else {
             Err(CryptoError::UnknownKey(id.to_owned()).into())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn ring(folder: &std::path::Path) -> (Arc<dyn Store>, KeyRing) {
+        let url = format!("sqlite://{}", folder.join("keys.db").display());
+        let store = crate::store::open(&url).await.unwrap();
+        let ring = KeyRing::load(store.clone(), &[7u8; KEY_LEN], 0)
+            .await
+            .unwrap();
+        (store, ring)
+    }
+
+    #[tokio::test]
+    async fn a_worn_out_data_key_is_retired_and_replaced_and_still_opens() {
+        let folder = tempfile::tempdir().unwrap();
+        let (store, mut ring) = ring(folder.path()).await;
+        ring.max_uses = 2 * RESERVATION;
+        let mut sealed = Vec::new();
+        for n in 0..(2 * RESERVATION + 10) {
+            sealed.push(
+                ring.seal(format!("row {n}").as_bytes(), b"evidence", n)
+                    .await
+                    .unwrap(),
+            );
+        }
+        let first = &sealed[0].key_id;
+        let last = &sealed.last().unwrap().key_id;
+        assert_ne!(first, last, "a fresh key took over");
+        assert!(
+            sealed[..2 * RESERVATION as usize]
+                .iter()
+                .all(|s| &s.key_id == first)
+        );
+        let keys = store.data_keys().await.unwrap();
+        assert_eq!(keys.len(), 2);
+        assert!(
+            keys.iter()
+                .find(|k| &k.id == first)
+                .unwrap()
+                .retired_at_us
+                .is_some()
+        );
+        for (n, sealed) in sealed.iter().enumerate().step_by(97) {
+            let opened = ring
+                .open(format!("row {n}").as_bytes(), sealed)
+                .await
+                .unwrap();
+            assert_eq!(opened, b"evidence");
+        }
+    }
+
+    #[tokio::test]
+    async fn another_key_encryption_key_is_refused() {
+        let folder = tempfile::tempdir().unwrap();
+        let (store, _ring) = ring(folder.path()).await;
+        let refused = KeyRing::load(store, &[8u8; KEY_LEN], 0).await;
+        assert!(matches!(refused, Err(KeyError::WrongKek(_))));
+    }
+
+    #[tokio::test]
+    async fn recipient_keys_are_per_tenant_and_number_and_erasure_ends_them() {
+        let folder = tempfile::tempdir().unwrap();
+        let (store, ring) = ring(folder.path()).await;
+        let one = ring
+            .seal_for("t", "hash-1", b"m1", b"body one", 0)
+            .await
+            .unwrap();
+        let again = ring
+            .seal_for("t", "hash-1", b"m2", b"body two", 0)
+            .await
+            .unwrap();
+        let other = ring
+            .seal_for("t", "hash-2", b"m3", b"body three", 0)
+            .await
+            .unwrap();
+        let elsewhere = ring
+            .seal_for("u", "hash-1", b"m4", b"body four", 0)
+            .await
+            .unwrap();
+        assert_eq!(one.key_id, again.key_id);
+        assert_ne!(one.key_id, other.key_id);
+        assert_ne!(one.key_id, elsewhere.key_id);
+        let erasure = crate::audit::leaf::Erasure {
+            id: "era_1".into(),
+            tenant: "t".into(),
+            recipient_hash: "hash-1".into(),
+            erased_at_us: 1,
+            erased_by: "test".into(),
+            keys_destroyed: 0,
+        };
+        assert_eq!(store.erase_recipient(&erasure).await.unwrap(), 1);
+        assert!(matches!(
+            ring.open(b"m1", &one).await,
+            Err(KeyError::Crypto(CryptoError::Erased(_)))
+        ));
+        assert_eq!(ring.open(b"m3", &other).await.unwrap(), b"body three");
+        assert_eq!(ring.open(b"m4", &elsewhere).await.unwrap(), b"body four");
+        // What the number receives next is sealed under a new key.
+        let after = ring
+            .seal_for("t", "hash-1", b"m5", b"body five", 0)
+            .await
+            .unwrap();
+        assert_ne!(after.key_id, one.key_id);
+        assert_eq!(ring.open(b"m5", &after).await.unwrap(), b"body five");
     }
 }

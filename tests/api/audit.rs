@@ -843,3 +843,44 @@ async fn rotated_keys_keep_old_rows_readable_and_wrong_keys_fail_loudly() {
         .await;
     assert_eq!(swapped.status(), 500);
 }
+
+#[tokio::test]
+async fn a_deferred_message_to_an_erased_number_is_cancelled_not_sent() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    let shop = app.token("shop", WRITER);
+    let miami = "+13055550188";
+    assert_eq!(
+        app.consent(&shop, &written_opt_in(miami)).await.status(),
+        201
+    );
+    app.state.clock.set("2026-11-19T01:30:00Z".parse().unwrap()); // 20:30 in Miami
+    let deferred = app
+        .send(&shop, &shop_message(miami, "marketing", None, None))
+        .await;
+    assert_eq!(deferred.status(), 202);
+    let id = deferred.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let erased = app
+        .client
+        .post(app.url("/v1/erasure"))
+        .bearer_auth(app.token("shop", "admin"))
+        .json(&json!({ "number": miami }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(erased.status(), 200);
+    app.state.clock.set("2026-11-19T13:00:01Z".parse().unwrap());
+    consentry::scheduler::release_due(&app.state).await.unwrap();
+    let view: Value = app
+        .get(&shop, &format!("/v1/messages/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["status"], "cancelled", "{view}");
+    assert_eq!(view["reasons"][0]["code"], "erased", "{view}");
+    assert!(gateway.requests().is_empty(), "nothing was sent");
+}

@@ -903,3 +903,70 @@ async fn one_log_across_instances_survives_the_loss_of_its_sequencer() {
     );
     assert!(said.contains("ok: 180 leaves"), "{said}");
 }
+
+/// A gateway that delivers one reply to both instances at once (a retry landing elsewhere), and
+/// an import sent to both: each is recorded once, and the opt-out is confirmed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_or_an_import_sent_to_both_instances_counts_once() {
+    let Some(cluster) = Cluster::new("").await else {
+        return;
+    };
+    let a = cluster.start(None).await;
+    let b = cluster.start(None).await;
+    for index in 0..20 {
+        let number = number(70_000 + index);
+        cluster.opt_in(&a, &number).await;
+        let id = format!("dup-{index}");
+        let (first, second) = tokio::join!(
+            cluster.stop(&a, &number, &id),
+            cluster.stop(&b, &number, &id)
+        );
+        assert_eq!((first, second), (200, 200), "both answer the gateway");
+    }
+    let db = &cluster.database;
+    assert_eq!(db.count("SELECT count(*) FROM inbound_messages").await, 20);
+    assert_eq!(
+        db.count("SELECT count(*) FROM consent_events WHERE action = 'opt_out'")
+            .await,
+        20
+    );
+    let confirmations = db
+        .count("SELECT count(*) FROM messages WHERE reply_kind = 'opt_out_confirmation'")
+        .await;
+    assert_eq!(confirmations, 20, "one confirmation per opt-out");
+
+    let file: String = (0..200)
+        .map(|index| {
+            format!(
+                "{{\"number\":\"{}\",\"action\":\"opt_in\",\"method\":\"web_form\",\"occurred_at\":\"2026-06-01T12:00:00Z\",\"external_id\":\"crm-{index}\"}}\n",
+                number(80_000 + index)
+            )
+        })
+        .collect();
+    let import = |instance: &Instance| {
+        cluster
+            .client
+            .post(instance.url("/v1/consents/import"))
+            .bearer_auth(&cluster.token)
+            .header("content-type", "application/x-ndjson")
+            .body(file.clone())
+            .send()
+    };
+    let (first, second) = tokio::join!(import(&a), import(&b));
+    let first: Value = first.unwrap().json().await.unwrap();
+    let second: Value = second.unwrap().json().await.unwrap();
+    assert_eq!(
+        first["recorded"].as_i64().unwrap() + second["recorded"].as_i64().unwrap(),
+        200,
+        "recorded {} and {}, failed {} and {}",
+        first["recorded"],
+        second["recorded"],
+        first["failed"],
+        second["failed"]
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM consent_events WHERE external_id LIKE 'crm-%'")
+            .await,
+        200
+    );
+}
