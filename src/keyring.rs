@@ -198,8 +198,8 @@ impl KeyRing {
         })
     }
 
-    /// Seals under the key of a recipient in a tenant (made on first use), so that erasing the
-    /// recipient makes it unreadable.
+    /// Seals under the key of a recipient in a tenant (made and stored on first use), so that
+    /// erasing the recipient makes it unreadable.
     pub async fn seal_for(
         &self,
         tenant: &str,
@@ -208,31 +208,59 @@ impl KeyRing {
         plaintext: &[u8],
         now_us: i64,
     ) -> Result<Sealed, KeyError> {
-        let row = match self.store.recipient_key(tenant, recipient_hash).await? {
-            Some(row) => row,
+        let (mut sealed, new_key) = self
+            .seal_for_record(tenant, recipient_hash, associated, plaintext, now_us)
+            .await?;
+        if let Some(new_key) = new_key {
+            let stored = self.store.add_recipient_key(&new_key).await?;
+            if stored.id != new_key.id {
+                // Another writer made the recipient's key first: seal under that one.
+                let key = self.unwrap_recipient_key(&stored).await?;
+                sealed = Sealed {
+                    bytes: key.seal(associated, plaintext)?,
+                    key_id: stored.id,
+                };
+            }
+        }
+        Ok(sealed)
+    }
+
+    /// Like [`KeyRing::seal_for`], but a key made for a first-time recipient is returned, not
+    /// stored: the caller stores it in the same transaction as the row it sealed (one commit
+    /// per send), and that transaction fails if another writer stored one first.
+    pub async fn seal_for_record(
+        &self,
+        tenant: &str,
+        recipient_hash: &str,
+        associated: &[u8],
+        plaintext: &[u8],
+        now_us: i64,
+    ) -> Result<(Sealed, Option<RecipientKeyRow>), KeyError> {
+        let (row, new) = match self.store.recipient_key(tenant, recipient_hash).await? {
+            Some(row) => (row, false),
             None => {
                 let key = crypto::random_bytes(KEY_LEN)?;
                 let id = format!("rk_{}", uuid::Uuid::now_v7().simple());
                 let (data_key_id, data_key) = self.current_data_key(now_us).await?;
                 let wrapped =
                     data_key.seal(&recipient_key_aad(tenant, recipient_hash, &id), &key)?;
-                self.store
-                    .add_recipient_key(&RecipientKeyRow {
-                        tenant: tenant.to_owned(),
-                        recipient_hash: recipient_hash.to_owned(),
-                        id,
-                        data_key_id,
-                        wrapped,
-                        created_at_us: now_us,
-                    })
-                    .await?
+                let row = RecipientKeyRow {
+                    tenant: tenant.to_owned(),
+                    recipient_hash: recipient_hash.to_owned(),
+                    id,
+                    data_key_id,
+                    wrapped,
+                    created_at_us: now_us,
+                };
+                (row, true)
             }
         };
         let key = self.unwrap_recipient_key(&row).await?;
-        Ok(Sealed {
+        let sealed = Sealed {
             bytes: key.seal(associated, plaintext)?,
-            key_id: row.id,
-        })
+            key_id: row.id.clone(),
+        };
+        Ok((sealed, new.then_some(row)))
     }
 
     async fn unwrap_recipient_key(&self, row: &RecipientKeyRow) -> Result<SealingKey, KeyError> {

@@ -79,6 +79,9 @@ pub struct MessageRecord {
     pub release_at_us: Option<i64>,
     /// The application's status callback, as JSON `{"url", "account_sid"}`.
     pub status_callback: Option<String>,
+    /// A first-time recipient's new key, sealing `payload`: stored in the record's
+    /// transaction, which fails if the recipient already has one.
+    pub new_recipient_key: Option<RecipientKeyRow>,
 }
 
 /// A deferred message taken for release, with what is needed to rebuild it.

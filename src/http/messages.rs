@@ -444,9 +444,9 @@ impl AppState {
         });
         // Sealed under the recipient's own key: erasing the number makes it unreadable.
         let recipient_hash = self.numbers.hash(&message.to);
-        let sealed = self
+        let (sealed, new_recipient_key) = self
             .keys
-            .seal_for(
+            .seal_for_record(
                 message.tenant.as_str(),
                 &recipient_hash,
                 &message_associated_data(message),
@@ -492,6 +492,7 @@ impl AppState {
                 .status_callback
                 .as_ref()
                 .and_then(|callback| serde_json::to_string(callback).ok()),
+            new_recipient_key,
         };
         self.store.record_message(&record, Some(lock)).await?;
         Ok(())

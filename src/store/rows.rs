@@ -177,6 +177,7 @@ where
         payload: row.try_get("payload")?,
         release_at_us: None,
         status_callback: row.try_get("status_callback")?,
+        new_recipient_key: None,
     })
 }
 

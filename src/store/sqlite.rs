@@ -154,6 +154,9 @@ impl Store for SqliteStore {
         .bind(record.status_callback.as_deref())
         .execute(&mut *transaction)
         .await?;
+        if let Some(key) = &record.new_recipient_key {
+            insert_recipient_key(&mut *transaction, key).await?;
+        }
         insert_log_entry(&mut *transaction, &leaf::message(record)).await?;
         if let Some(release_at_us) = record.release_at_us {
             sqlx::query(
@@ -1246,6 +1249,26 @@ async fn insert_outbox<'e>(
     .bind(delivery.next_attempt_at_us)
     .bind(delivery.url.as_deref())
     .bind(delivery.format.as_deref())
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// Stores a new recipient key; fails if the recipient has one (a concurrent first send).
+async fn insert_recipient_key<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Sqlite>,
+    key: &RecipientKeyRow,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO recipient_keys (tenant, recipient_hash, id, data_key_id, wrapped, \
+         created_at_us) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&key.tenant)
+    .bind(&key.recipient_hash)
+    .bind(&key.id)
+    .bind(&key.data_key_id)
+    .bind(&key.wrapped)
+    .bind(key.created_at_us)
     .execute(executor)
     .await?;
     Ok(())
