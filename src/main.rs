@@ -113,17 +113,26 @@ enum KeysCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Verify the log. Online (the default): against the database. Offline: --export with
-    /// --checkpoint, or --bundle; both need --public-key.
+    /// Verify the log. Online (the default): against the database (and the checkpoints you
+    /// kept, with --checkpoint). Offline: --export with --checkpoint, --bundle, or
+    /// --consistency with --old-checkpoint and --checkpoint; all need --public-key.
     Verify {
         #[command(flatten)]
         place: Place,
         /// An export written by `consentry audit export`.
         #[arg(long, requires = "checkpoint")]
         export: Option<PathBuf>,
-        /// Checkpoints (JSON: one, a list, or one per line) for --export.
+        /// Checkpoints (JSON: one, a list, or one per line): for --export, the ones to check it
+        /// against; online, ones you kept, checked as the database's own; for --consistency,
+        /// the newer one.
         #[arg(long)]
         checkpoint: Option<PathBuf>,
+        /// A consistency proof from GET /v1/audit/proofs/consistency.
+        #[arg(long, requires_all = ["checkpoint", "old_checkpoint"], conflicts_with_all = ["export", "bundle"])]
+        consistency: Option<PathBuf>,
+        /// For --consistency: the older checkpoint you kept.
+        #[arg(long)]
+        old_checkpoint: Option<PathBuf>,
         /// A number's bundle from GET /v1/audit/numbers/{number}/bundle.
         #[arg(long, conflicts_with = "export")]
         bundle: Option<PathBuf>,
@@ -254,7 +263,26 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
             checkpoint,
             bundle,
             public_key,
+            consistency,
+            old_checkpoint,
         } => {
+            let read_checkpoints =
+                |path: &Path| -> anyhow::Result<Vec<consentry::audit::checkpoint::Checkpoint>> {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    verify::read_checkpoints(&text)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+                };
+            let one_checkpoint =
+                |path: &Path| -> anyhow::Result<consentry::audit::checkpoint::Checkpoint> {
+                    let mut all = read_checkpoints(path)?;
+                    anyhow::ensure!(
+                        all.len() == 1,
+                        "{}: expected one checkpoint",
+                        path.display()
+                    );
+                    Ok(all.remove(0))
+                };
             let offline_key = || -> anyhow::Result<Vec<u8>> {
                 read_key(
                     public_key
@@ -262,7 +290,20 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
                         .context("offline verification needs --public-key")?,
                 )
             };
-            let outcome: Result<String, verify::Failure> = if let Some(bundle) = bundle {
+            let outcome: Result<String, verify::Failure> = if let Some(proof) = consistency {
+                let old = one_checkpoint(old_checkpoint.as_deref().context("--old-checkpoint")?)?;
+                let new = one_checkpoint(checkpoint.as_deref().context("--checkpoint")?)?;
+                let text = std::fs::read_to_string(&proof)
+                    .with_context(|| format!("cannot read {}", proof.display()))?;
+                let value: serde_json::Value = serde_json::from_str(&text)
+                    .with_context(|| format!("{}: not JSON", proof.display()))?;
+                verify::verify_consistency_proof(&value, &old, &new, &offline_key()?).map(|()| {
+                    format!(
+                        "the tree of {} leaves extends the tree of {}",
+                        new.tree_size, old.tree_size
+                    )
+                })
+            } else if let Some(bundle) = bundle {
                 let text = std::fs::read_to_string(&bundle)
                     .with_context(|| format!("cannot read {}", bundle.display()))?;
                 let value: serde_json::Value = serde_json::from_str(&text)
@@ -271,10 +312,7 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
                     .map(|proven| format!("{proven} rows proven in the log"))
             } else if let Some(export) = export {
                 let checkpoint = checkpoint.context("--export needs --checkpoint")?;
-                let text = std::fs::read_to_string(&checkpoint)
-                    .with_context(|| format!("cannot read {}", checkpoint.display()))?;
-                let checkpoints = verify::read_checkpoints(&text)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", checkpoint.display()))?;
+                let checkpoints = read_checkpoints(&checkpoint)?;
                 let file = std::fs::File::open(&export)
                     .with_context(|| format!("cannot read {}", export.display()))?;
                 use std::io::BufRead as _;
@@ -295,10 +333,14 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
                             .to_vec()
                     }
                 };
+                let pinned = match &checkpoint {
+                    Some(path) => read_checkpoints(path)?,
+                    None => Vec::new(),
+                };
                 runtime.block_on(async {
                     let store = consentry::store::open(&config.database_url()).await?;
                     anyhow::Ok(
-                        verify::verify_store(&*store, &key)
+                        verify::verify_store(&*store, &key, pinned)
                             .await
                             .map(|report| describe(&report)),
                     )
@@ -319,11 +361,17 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
 }
 
 fn describe(report: &consentry::audit::verify::Report) -> String {
+    let unsigned = report.leaves - report.signed;
     format!(
-        "{} leaves, {} checkpoints match, root {}",
+        "{} leaves, {} checkpoints match, root {}{}",
         report.leaves,
         report.checkpoints,
-        consentry::crypto::hex(&report.root)
+        consentry::crypto::hex(&report.root),
+        if unsigned > 0 {
+            format!("; the last {unsigned} leaves are not covered by a checkpoint yet")
+        } else {
+            String::new()
+        }
     )
 }
 

@@ -577,8 +577,9 @@ pub trait Store: Send + Sync + 'static {
     /// The leaf of a logged row, rebuilt from the row as stored now; `None` if the row is gone.
     async fn leaf_of(&self, kind: Kind, ref_id: &str) -> Result<Option<Leaf>, StoreError>;
 
-    /// How many rows of each logged kind exist, and how many entries are still pending.
-    async fn logged_row_counts(&self) -> Result<(Vec<(Kind, i64)>, i64), StoreError>;
+    /// For each logged kind: its table's rows and its log entries (sequenced or pending),
+    /// counted in one snapshot.
+    async fn logged_row_counts(&self) -> Result<Vec<(Kind, i64, i64)>, StoreError>;
 
     /// Stores a signed checkpoint (a second one for the same size is ignored).
     async fn record_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError>;

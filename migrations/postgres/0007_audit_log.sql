@@ -68,6 +68,25 @@ CREATE TABLE erasures (
     keys_destroyed BIGINT  NOT NULL
 );
 
+-- Accesses, erasures, stored subtrees and checkpoints are evidence too: never changed, never
+-- removed (the log would detect it; the triggers refuse it).
+CREATE TRIGGER body_accesses_are_append_only_update BEFORE UPDATE ON body_accesses
+FOR EACH ROW EXECUTE FUNCTION consentry_append_only('body accesses are append-only');
+CREATE TRIGGER body_accesses_are_append_only_delete BEFORE DELETE ON body_accesses
+FOR EACH ROW EXECUTE FUNCTION consentry_append_only('body accesses are append-only');
+CREATE TRIGGER erasures_are_append_only_update BEFORE UPDATE ON erasures
+FOR EACH ROW EXECUTE FUNCTION consentry_append_only('erasures are append-only');
+CREATE TRIGGER erasures_are_append_only_delete BEFORE DELETE ON erasures
+FOR EACH ROW EXECUTE FUNCTION consentry_append_only('erasures are append-only');
+CREATE TRIGGER log_nodes_are_append_only_update BEFORE UPDATE ON log_nodes
+FOR EACH ROW EXECUTE FUNCTION consentry_append_only('log nodes are append-only');
+CREATE TRIGGER log_nodes_are_append_only_delete BEFORE DELETE ON log_nodes
+FOR EACH ROW EXECUTE FUNCTION consentry_append_only('log nodes are append-only');
+CREATE TRIGGER log_checkpoints_are_append_only_update BEFORE UPDATE ON log_checkpoints
+FOR EACH ROW EXECUTE FUNCTION consentry_append_only('checkpoints are append-only');
+CREATE TRIGGER log_checkpoints_are_append_only_delete BEFORE DELETE ON log_checkpoints
+FOR EACH ROW EXECUTE FUNCTION consentry_append_only('checkpoints are append-only');
+
 -- Data keys, wrapped (AES-256-GCM) by the key-encryption key. `uses` counts seals reserved by
 -- instances; a key is retired long before 2^32 of them.
 CREATE TABLE data_keys (

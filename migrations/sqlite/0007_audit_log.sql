@@ -59,6 +59,25 @@ CREATE TABLE erasures (
     keys_destroyed INTEGER NOT NULL
 );
 
+-- Accesses, erasures, stored subtrees and checkpoints are evidence too: never changed, never
+-- removed (the log would detect it; the triggers refuse it).
+CREATE TRIGGER body_accesses_are_append_only_update BEFORE UPDATE ON body_accesses
+BEGIN SELECT RAISE(ABORT, 'body accesses are append-only'); END;
+CREATE TRIGGER body_accesses_are_append_only_delete BEFORE DELETE ON body_accesses
+BEGIN SELECT RAISE(ABORT, 'body accesses are append-only'); END;
+CREATE TRIGGER erasures_are_append_only_update BEFORE UPDATE ON erasures
+BEGIN SELECT RAISE(ABORT, 'erasures are append-only'); END;
+CREATE TRIGGER erasures_are_append_only_delete BEFORE DELETE ON erasures
+BEGIN SELECT RAISE(ABORT, 'erasures are append-only'); END;
+CREATE TRIGGER log_nodes_are_append_only_update BEFORE UPDATE ON log_nodes
+BEGIN SELECT RAISE(ABORT, 'log nodes are append-only'); END;
+CREATE TRIGGER log_nodes_are_append_only_delete BEFORE DELETE ON log_nodes
+BEGIN SELECT RAISE(ABORT, 'log nodes are append-only'); END;
+CREATE TRIGGER log_checkpoints_are_append_only_update BEFORE UPDATE ON log_checkpoints
+BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
+CREATE TRIGGER log_checkpoints_are_append_only_delete BEFORE DELETE ON log_checkpoints
+BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
+
 -- Data keys, wrapped (AES-256-GCM) by the key-encryption key. `uses` counts seals reserved by
 -- instances; a key is retired long before 2^32 of them.
 CREATE TABLE data_keys (

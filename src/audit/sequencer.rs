@@ -14,7 +14,7 @@ use crate::app::AppState;
 use crate::store::{Store, StoreError};
 
 /// Entries sequenced per transaction.
-const BATCH: i64 = 1_000;
+const BATCH: i64 = 250;
 /// How often the sequencer looks for pending entries.
 const POLL: Duration = Duration::from_millis(200);
 
@@ -55,26 +55,41 @@ pub async fn run(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bo
     }
 }
 
-/// Sequences every pending entry, then signs a checkpoint if one is due; returns it.
+/// Sequences what is pending (batch by batch until a batch is not full: under steady load new
+/// entries keep arriving, and the sequencer must still get to sign), signing a checkpoint
+/// whenever one is due; returns the last one signed.
 pub async fn step(
     store: &dyn Store,
     signer: &LogSigner,
     cadence: Cadence,
     now_us: i64,
 ) -> Result<Option<Checkpoint>, StoreError> {
-    let mut head = None;
+    let mut size = store.log_size().await?;
+    let mut signed = None;
     loop {
-        let Some(next) = store.sequence_log(BATCH).await? else {
+        let Some(head) = store.sequence_log(BATCH).await? else {
             // Another instance is sequencing; it signs too.
-            return Ok(None);
+            return Ok(signed);
         };
-        let done = head.is_some_and(|head: crate::store::LogHead| head.size == next.size);
-        head = Some(next);
-        if done {
-            break;
+        let sequenced = head.size.saturating_sub(size);
+        size = head.size;
+        if let Some(checkpoint) = sign_if_due(store, signer, cadence, head, now_us).await? {
+            signed = Some(checkpoint);
+        }
+        if sequenced < BATCH as u64 {
+            return Ok(signed);
         }
     }
-    let Some(head) = head else { return Ok(None) };
+}
+
+/// Signs the head if the cadence says a checkpoint is due.
+async fn sign_if_due(
+    store: &dyn Store,
+    signer: &LogSigner,
+    cadence: Cadence,
+    head: crate::store::LogHead,
+    now_us: i64,
+) -> Result<Option<Checkpoint>, StoreError> {
     let latest = store.latest_checkpoint().await?;
     let due = match &latest {
         None => head.size > 0,

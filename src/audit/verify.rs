@@ -34,6 +34,8 @@ pub struct Report {
     pub leaves: u64,
     pub checkpoints: usize,
     pub root: Hash,
+    /// The size of the largest checkpoint that matched: leaves past it are not signed yet.
+    pub signed: u64,
 }
 
 /// Rebuilds the tree from leaves fed in order and checks it against every checkpoint.
@@ -47,12 +49,24 @@ pub struct LogVerifier {
 
 impl LogVerifier {
     /// Checks every checkpoint's signature first: a forged one fails before any leaf is read.
+    /// Two signed checkpoints of one size with different roots are a fork, and fail.
     pub fn new(public_key: &[u8], checkpoints: Vec<Checkpoint>) -> Result<LogVerifier, Failure> {
-        let mut by_size = BTreeMap::new();
+        let mut by_size: BTreeMap<u64, Checkpoint> = BTreeMap::new();
         for checkpoint in checkpoints {
             checkpoint
                 .verify(public_key)
                 .map_err(|reason| fail(None, reason))?;
+            if let Some(other) = by_size.get(&checkpoint.tree_size)
+                && other.root_hash != checkpoint.root_hash
+            {
+                return Err(fail(
+                    None,
+                    format!(
+                        "two signed checkpoints of size {} have different roots: the log forked",
+                        checkpoint.tree_size
+                    ),
+                ));
+            }
             by_size.insert(checkpoint.tree_size, checkpoint);
         }
         Ok(LogVerifier {
@@ -98,6 +112,12 @@ impl LogVerifier {
     /// Ends the walk: a checkpoint beyond the leaves means the log was truncated.
     pub fn finish(self) -> Result<Report, Failure> {
         let size = self.frontier.size();
+        if size > 0 && self.checkpoints.is_empty() {
+            return Err(fail(
+                None,
+                "no signed checkpoint: the leaves cannot be checked against anything",
+            ));
+        }
         if let Some((&signed, _)) = self.checkpoints.range(size + 1..).next_back() {
             return Err(fail(
                 size,
@@ -110,6 +130,7 @@ impl LogVerifier {
             leaves: size,
             checkpoints: self.checked,
             root: self.frontier.root(),
+            signed: self.last_good,
         })
     }
 }
@@ -117,9 +138,14 @@ impl LogVerifier {
 /// Verifies the database: each logged row is rebuilt into its leaf and compared with the hash
 /// logged when it was written, the tree is rebuilt and checked against every signed checkpoint,
 /// and every logged table's rows must all be in the log.
-pub async fn verify_store(store: &dyn Store, public_key: &[u8]) -> Result<Report, Failure> {
+pub async fn verify_store(
+    store: &dyn Store,
+    public_key: &[u8],
+    pinned: Vec<Checkpoint>,
+) -> Result<Report, Failure> {
     let database = |error: StoreError| fail(None, format!("the database cannot be read: {error}"));
-    let mut checkpoints = Vec::new();
+    // The checkpoints an auditor kept count as much as the database's own.
+    let mut checkpoints = pinned;
     let mut after = 0i64;
     loop {
         let page = store.checkpoints(after, 1000).await.map_err(database)?;
@@ -129,7 +155,6 @@ pub async fn verify_store(store: &dyn Store, public_key: &[u8]) -> Result<Report
     }
     let mut verifier = LogVerifier::new(public_key, checkpoints)?;
     let mut after = -1i64;
-    let mut counted: BTreeMap<&'static str, i64> = BTreeMap::new();
     loop {
         let entries = store.log_entries(after, 1000).await.map_err(database)?;
         if entries.is_empty() {
@@ -189,31 +214,25 @@ pub async fn verify_store(store: &dyn Store, public_key: &[u8]) -> Result<Report
                 ));
             }
             verifier.push(position, rebuilt.hash())?;
-            *counted.entry(entry.kind.as_str()).or_default() += 1;
             after = index;
         }
     }
     let report = verifier.finish()?;
-    let (rows, pending) = store.logged_row_counts().await.map_err(database)?;
-    let logged: i64 = counted.values().sum::<i64>() + pending;
-    let total: i64 = rows.iter().map(|(_, count)| count).sum();
-    if total > logged {
-        let detail: Vec<String> = rows
-            .iter()
-            .map(|(kind, count)| {
-                format!(
-                    "{} {count} rows, {} logged",
-                    kind.as_str(),
-                    counted.get(kind.as_str()).copied().unwrap_or(0)
-                )
-            })
-            .collect();
+    // Every logged row is written with its entry: in one snapshot the counts are equal.
+    let counts = store.logged_row_counts().await.map_err(database)?;
+    let unlogged: Vec<String> = counts
+        .iter()
+        .filter(|(_, rows, entries)| rows != entries)
+        .map(|(kind, rows, entries)| {
+            format!("{}: {rows} rows, {entries} log entries", kind.as_str())
+        })
+        .collect();
+    if !unlogged.is_empty() {
         return Err(fail(
             None,
             format!(
-                "{} rows are in the database but not in the log ({}; {pending} pending)",
-                total - logged,
-                detail.join(", ")
+                "rows and log entries differ, so a row was added or removed outside the log ({})",
+                unlogged.join("; ")
             ),
         ));
     }
@@ -270,17 +289,79 @@ fn check_leaf(index: u64, row: &Value, bytes: &[u8]) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The fields a bundle row shows, and where each is in its leaf: what an auditor reads must be
+/// what was signed.
+const MESSAGE_FIELDS: [(&str, usize); 14] = [
+    ("id", 0),
+    ("created_at_us", 2),
+    ("recipient_hash", 3),
+    ("recipient", 4),
+    ("sender", 5),
+    ("purpose", 6),
+    ("brand", 7),
+    ("campaign", 8),
+    ("decision", 9),
+    ("upstream", 11),
+    ("reply_kind", 12),
+    ("confirms_event", 13),
+    ("key_id", 15),
+    ("tenant", 1),
+];
+const CONSENT_FIELDS: [(&str, usize); 11] = [
+    ("id", 0),
+    ("recipient_hash", 2),
+    ("recipient", 3),
+    ("action", 4),
+    ("level", 5),
+    ("brand", 6),
+    ("campaign", 7),
+    ("method", 9),
+    ("recorded_by", 12),
+    ("external_id", 13),
+    ("key_id", 15),
+];
+
+/// Whether a shown JSON value is the leaf's field (absent fields show as null; a row may leave
+/// a field out, but never show another value).
+fn shows(value: Option<&Value>, field: Option<&Field>) -> bool {
+    match (value, field) {
+        (None, _) => true,
+        (Some(Value::Null), Some(Field::Absent)) => true,
+        (Some(Value::String(text)), Some(Field::Bytes(bytes))) => text.as_bytes() == bytes,
+        (Some(Value::Number(number)), Some(Field::Int(int))) => number.as_i64() == Some(*int),
+        _ => false,
+    }
+}
+
 /// Verifies one number's bundle (`GET /v1/audit/numbers/{number}/bundle`): the checkpoint's
-/// signature, and each row's leaf and inclusion proof under it. Returns how many rows were
-/// proven.
+/// signature; for each row, that its leaf is well formed, of its section's kind, about the
+/// bundle's number and tenant, that every field the row shows is the leaf's, and that its
+/// inclusion proof leads to the checkpoint's root (a row inside the checkpoint must have one).
+/// Returns how many rows were proven.
 pub fn verify_bundle(bundle: &Value, public_key: &[u8]) -> Result<usize, Failure> {
     use base64::Engine as _;
     let view: CheckpointView = serde_json::from_value(bundle["checkpoint"].clone())
         .map_err(|e| fail(None, format!("the bundle has no readable checkpoint: {e}")))?;
     let checkpoint = Checkpoint::from_view(&view).map_err(|e| fail(None, e))?;
     checkpoint.verify(public_key).map_err(|e| fail(None, e))?;
+    let signed = Checkpoint::signed_text(
+        checkpoint.tree_size,
+        &checkpoint.root_hash,
+        checkpoint.signed_at_us,
+    );
+    if view.signed_text != signed {
+        return Err(fail(
+            None,
+            "the checkpoint's signed_text is not what was signed",
+        ));
+    }
+    let number_hash = bundle["recipient_hash"].as_str();
+    let tenant = bundle["tenant"].as_str();
     let mut proven = 0;
-    for section in ["consent_events", "messages"] {
+    for (section, kind, fields) in [
+        ("consent_events", Kind::ConsentEvent, &CONSENT_FIELDS[..]),
+        ("messages", Kind::Message, &MESSAGE_FIELDS[..]),
+    ] {
         for row in bundle[section].as_array().into_iter().flatten() {
             let index = row["leaf_index"]
                 .as_u64()
@@ -289,7 +370,50 @@ pub fn verify_bundle(bundle: &Value, public_key: &[u8]) -> Result<usize, Failure
                 .as_str()
                 .and_then(|text| base64::engine::general_purpose::STANDARD.decode(text).ok())
                 .ok_or_else(|| fail(index, "the leaf is not base64"))?;
-            check_leaf(index, row, &bytes)?;
+            let (leaf_kind, values) = leaf::decode(&bytes)
+                .ok_or_else(|| fail(index, "the leaf is not in the documented format"))?;
+            if leaf_kind != kind {
+                return Err(fail(
+                    index,
+                    format!("a {} leaf among the {section}", leaf_kind.as_str()),
+                ));
+            }
+            for (name, at) in fields {
+                if !shows(row.get(*name), values.get(*at)) {
+                    return Err(fail(
+                        index,
+                        format!("the row shows a {name} its leaf does not hold"),
+                    ));
+                }
+            }
+            // Shown parsed: the reasons (JSON text in the leaf) and the purposes (space-separated).
+            let text = |at: usize| match values.get(at) {
+                Some(Field::Bytes(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+                _ => String::new(),
+            };
+            let parsed_differ = match kind {
+                Kind::Message => row.get("reasons").is_some_and(|shown| {
+                    serde_json::from_str::<Value>(&text(10)).ok().as_ref() != Some(shown)
+                }),
+                _ => row.get("purposes").is_some_and(|shown| {
+                    let leaf: Vec<String> = text(8).split_whitespace().map(str::to_owned).collect();
+                    serde_json::to_value(leaf).ok().as_ref() != Some(shown)
+                }),
+            };
+            if parsed_differ {
+                return Err(fail(
+                    index,
+                    "the row shows reasons or purposes its leaf does not hold",
+                ));
+            }
+            let about = |at: usize, expected: Option<&str>| match (values.get(at), expected) {
+                (Some(Field::Bytes(bytes)), Some(expected)) => bytes == expected.as_bytes(),
+                _ => false,
+            };
+            let hash_at = if kind == Kind::Message { 3 } else { 2 };
+            if !about(hash_at, number_hash) || !about(1, tenant) {
+                return Err(fail(index, "the leaf is about another number or tenant"));
+            }
             let hash = merkle::leaf_hash(&bytes);
             if row["leaf_hash"]
                 .as_str()
@@ -297,13 +421,13 @@ pub fn verify_bundle(bundle: &Value, public_key: &[u8]) -> Result<usize, Failure
             {
                 return Err(fail(index, "leaf_hash is not the hash of the leaf"));
             }
-            if row["inclusion_proof"].is_null() {
-                // Logged after the checkpoint: nothing to prove yet.
+            if index >= checkpoint.tree_size {
+                // Logged after the checkpoint: provable at the next one.
                 continue;
             }
             let proof: Vec<Hash> = row["inclusion_proof"]
                 .as_array()
-                .ok_or_else(|| fail(index, "inclusion_proof is not a list"))?
+                .ok_or_else(|| fail(index, "no inclusion proof for a leaf inside the checkpoint"))?
                 .iter()
                 .map(|h| h.as_str().and_then(unhex))
                 .collect::<Option<_>>()
@@ -320,6 +444,51 @@ pub fn verify_bundle(bundle: &Value, public_key: &[u8]) -> Result<usize, Failure
         }
     }
     Ok(proven)
+}
+
+/// Verifies a consistency proof (as `GET /v1/audit/proofs/consistency` answers it) between two
+/// signed checkpoints an auditor holds.
+pub fn verify_consistency_proof(
+    proof: &Value,
+    old: &Checkpoint,
+    new: &Checkpoint,
+    public_key: &[u8],
+) -> Result<(), Failure> {
+    old.verify(public_key).map_err(|e| fail(None, e))?;
+    new.verify(public_key).map_err(|e| fail(None, e))?;
+    if proof["from"].as_u64() != Some(old.tree_size) || proof["to"].as_u64() != Some(new.tree_size)
+    {
+        return Err(fail(
+            None,
+            format!(
+                "the proof is between sizes {} and {}, the checkpoints are {} and {}",
+                proof["from"], proof["to"], old.tree_size, new.tree_size
+            ),
+        ));
+    }
+    let path: Vec<Hash> = proof["proof"]
+        .as_array()
+        .ok_or_else(|| fail(None, "proof is not a list"))?
+        .iter()
+        .map(|h| h.as_str().and_then(unhex))
+        .collect::<Option<_>>()
+        .ok_or_else(|| fail(None, "the proof holds a malformed hash"))?;
+    merkle::verify_consistency(
+        old.tree_size,
+        new.tree_size,
+        &old.root_hash,
+        &new.root_hash,
+        &path,
+    )
+    .map_err(|e| {
+        fail(
+            old.tree_size,
+            format!(
+                "consistency proof from {} to {} leaves: {e}",
+                old.tree_size, new.tree_size
+            ),
+        )
+    })
 }
 
 /// Reads checkpoints from a file: one checkpoint object, a list of them, or NDJSON.

@@ -87,6 +87,12 @@ fn parse_number(tenant: &Tenant, number: &str) -> Result<PhoneNumber, ApiError> 
 
 impl ListQuery {
     fn format(&self) -> Result<Format, ApiError> {
+        if self.limit.is_some_and(|limit| limit < 1) {
+            return Err(bad("limit", "limit must be at least 1"));
+        }
+        if self.after.is_some_and(|after| after < -1) {
+            return Err(bad("after", "after is a leaf index (or -1 for the start)"));
+        }
         match self.format.as_deref() {
             None | Some("ndjson") => Ok(Format::Ndjson),
             Some("csv") => Ok(Format::Csv),
@@ -730,6 +736,8 @@ pub async fn bundle(
         "number": number.e164(),
         "recipient_hash": filter.recipient_hash,
         "tenant": tenant.id,
+        // More rows than a bundle holds: the lists, filtered by number, page through the rest.
+        "truncated": consents.len() as i64 == BUNDLE_LIMIT || messages.len() as i64 == BUNDLE_LIMIT,
         "checkpoint": checkpoint,
         "consent_events": consent_rows,
         "messages": message_rows,

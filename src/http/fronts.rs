@@ -300,7 +300,11 @@ pub async fn twilio_fetch(
             .message(&principal.tenant, &id)
             .await?
             .ok_or_else(not_found)?;
-        let (to, from, body) = state.message_content(&principal.tenant, &id).await?;
+        // An erased recipient's message shows its masked numbers and no body.
+        let (to, from, body) = state
+            .message_content(&principal.tenant, &id, &principal.subject)
+            .await?
+            .unwrap_or_else(|| (view.recipient.clone(), view.sender.clone(), String::new()));
         let status = match view.status.as_str() {
             "sent" => "sent",
             "failed" => "failed",

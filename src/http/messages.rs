@@ -501,12 +501,14 @@ impl AppState {
 
 impl AppState {
     /// A tenant's message's recipient, sender and body, unsealed (for the gateway fronts'
-    /// fetch, which answer with them as the gateways do).
+    /// fetch, which answer with them as the gateways do); `None` once the recipient was erased.
+    /// Like every read of a body, it is recorded in the log (by `subject`) before it happens.
     pub async fn message_content(
         &self,
         tenant: &crate::domain::TenantId,
         id: &MessageId,
-    ) -> Result<(String, String, String), ApiError> {
+        subject: &str,
+    ) -> Result<Option<(String, String, String)>, ApiError> {
         let unreadable = || {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -519,16 +521,30 @@ impl AppState {
             .message_payload(tenant, id)
             .await?
             .ok_or_else(unreadable)?;
+        self.store
+            .record_body_access(&crate::audit::leaf::BodyAccess {
+                id: format!("acc_{}", uuid::Uuid::now_v7().simple()),
+                tenant: tenant.as_str().to_owned(),
+                subject: subject.to_owned(),
+                message_id: id.as_str().to_owned(),
+                accessed_at_us: self.clock.now().as_microsecond(),
+            })
+            .await?;
         let associated = format!("consentry/message/v1\0{tenant}\0{id}").into_bytes();
-        let payload: serde_json::Value = self
-            .keys
-            .open(&associated, &sealed)
-            .await
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .ok_or_else(unreadable)?;
+        let opened = match self.keys.open(&associated, &sealed).await {
+            Ok(bytes) => bytes,
+            Err(crate::keyring::KeyError::Crypto(crate::crypto::CryptoError::Erased(_))) => {
+                return Ok(None);
+            }
+            Err(error) => {
+                tracing::error!(message = %id, %error, "a message body does not decrypt");
+                return Err(unreadable());
+            }
+        };
+        let payload: serde_json::Value =
+            serde_json::from_slice(&opened).map_err(|_| unreadable())?;
         let field = |name: &str| payload[name].as_str().unwrap_or_default().to_owned();
-        Ok((field("to"), field("from"), field("body")))
+        Ok(Some((field("to"), field("from"), field("body"))))
     }
 }
 

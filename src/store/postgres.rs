@@ -875,19 +875,14 @@ impl Store for PgStore {
         })
     }
 
-    async fn logged_row_counts(&self) -> Result<(Vec<(Kind, i64)>, i64), StoreError> {
-        let mut counts = Vec::new();
-        for (kind, table) in LOGGED_TABLES {
-            let count: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
-                .fetch_one(&self.pool)
-                .await?;
-            counts.push((kind, count));
-        }
-        let pending: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM log_leaves WHERE leaf_index IS NULL")
-                .fetch_one(&self.pool)
-                .await?;
-        Ok((counts, pending))
+    async fn logged_row_counts(&self) -> Result<Vec<(Kind, i64, i64)>, StoreError> {
+        // One statement, so one snapshot on both backends.
+        let row = sqlx::query(LOGGED_COUNTS).fetch_one(&self.pool).await?;
+        LOGGED_TABLES
+            .iter()
+            .enumerate()
+            .map(|(i, (kind, _))| Ok((*kind, row.try_get(2 * i)?, row.try_get(2 * i + 1)?)))
+            .collect()
     }
 
     async fn record_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
@@ -1186,6 +1181,17 @@ const LOGGED_TABLES: [(Kind, &str); 4] = [
     (Kind::BodyAccess, "body_accesses"),
     (Kind::Erasure, "erasures"),
 ];
+
+/// Each logged table's rows and its log entries, counted in one statement.
+const LOGGED_COUNTS: &str = "SELECT \
+     (SELECT count(*) FROM messages), \
+     (SELECT count(*) FROM log_leaves WHERE kind = 'message'), \
+     (SELECT count(*) FROM consent_events), \
+     (SELECT count(*) FROM log_leaves WHERE kind = 'consent_event'), \
+     (SELECT count(*) FROM body_accesses), \
+     (SELECT count(*) FROM log_leaves WHERE kind = 'body_access'), \
+     (SELECT count(*) FROM erasures), \
+     (SELECT count(*) FROM log_leaves WHERE kind = 'erasure')";
 
 /// The columns of a consent event, for `consent_from_row`.
 const CONSENT_COLUMNS: &str = "c.seq, c.id, c.tenant, c.recipient_hash, c.recipient_masked, \

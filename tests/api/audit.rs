@@ -392,6 +392,72 @@ async fn proofs_verify_against_signed_checkpoints_and_forgeries_fail() {
     let (ok, said) = offline(&resigned);
     assert!(!ok);
     assert!(said.contains("signature"), "{said}");
+    // A proof left out, a shown field the leaf does not hold, a leaf in the wrong section.
+    let mut unproven = bundle.clone();
+    unproven["messages"][2]["inclusion_proof"] = Value::Null;
+    let (ok, said) = offline(&unproven);
+    assert!(!ok);
+    assert!(
+        said.contains(&format!("leaf {index}: no inclusion proof")),
+        "{said}"
+    );
+    let mut relabelled = bundle.clone();
+    relabelled["messages"][2]["decision"] = json!("denied");
+    let (ok, said) = offline(&relabelled);
+    assert!(!ok);
+    assert!(
+        said.contains(&format!("leaf {index}: the row shows a decision")),
+        "{said}"
+    );
+    let mut opted_out = bundle.clone();
+    opted_out["consent_events"][0]["action"] = json!("opt_out");
+    let (ok, said) = offline(&opted_out);
+    assert!(!ok);
+    assert!(said.contains("the row shows a action"), "{said}");
+    let mut moved = bundle.clone();
+    let row = moved["messages"][2].clone();
+    moved["consent_events"].as_array_mut().unwrap().push(row);
+    let (ok, said) = offline(&moved);
+    assert!(!ok);
+    assert!(
+        said.contains("a message leaf among the consent_events"),
+        "{said}"
+    );
+
+    // Between the two checkpoints an auditor kept, the consistency proof verifies offline.
+    let write = |name: &str, value: &Value| {
+        let file = folder.path().join(name);
+        std::fs::write(&file, value.to_string()).unwrap();
+        file
+    };
+    let old_file = write("old.json", &serde_json::to_value(old.view()).unwrap());
+    let new_file = write("new.json", &serde_json::to_value(new.view()).unwrap());
+    let consistent = |proof: &Value| {
+        let proof_file = write("consistency.json", proof);
+        let output = Command::new(BINARY)
+            .args(["audit", "verify", "--consistency"])
+            .arg(&proof_file)
+            .arg("--old-checkpoint")
+            .arg(&old_file)
+            .arg("--checkpoint")
+            .arg(&new_file)
+            .arg("--public-key")
+            .arg(&key_file)
+            .output()
+            .unwrap();
+        (output.status.success(), stdout(&output))
+    };
+    let (ok, said) = consistent(&consistency);
+    assert!(ok, "{said}");
+    let mut forged_consistency = consistency.clone();
+    let first = forged_consistency["proof"][0].as_str().unwrap().to_owned();
+    forged_consistency["proof"][0] = json!(first.chars().rev().collect::<String>());
+    let (ok, said) = consistent(&forged_consistency);
+    assert!(!ok);
+    assert!(
+        said.contains(&format!("leaf {}: consistency proof", old.tree_size)),
+        "{said}"
+    );
 
     // The whole log, exported, verifies offline too; a line taken out is found.
     let leaves = folder.path().join("leaves.ndjson");
@@ -438,6 +504,23 @@ async fn proofs_verify_against_signed_checkpoints_and_forgeries_fail() {
     let (ok, said) = offline_export(&cut);
     assert!(!ok);
     assert!(said.contains("leaf 3: missing"), "{said}");
+    let shorter: String = text
+        .lines()
+        .take(5)
+        .map(|line| format!("{line}\n"))
+        .collect();
+    std::fs::write(&cut, shorter).unwrap();
+    let (ok, said) = offline_export(&cut);
+    assert!(!ok);
+    assert!(said.contains("leaf 5: truncated"), "{said}");
+    let mut views: Value = serde_json::from_slice(&std::fs::read(&checkpoints).unwrap()).unwrap();
+    let signature = views[0]["signature"].as_str().unwrap().to_owned();
+    let flipped = if signature.starts_with('A') { "B" } else { "A" };
+    views[0]["signature"] = json!(format!("{flipped}{}", &signature[1..]));
+    std::fs::write(&checkpoints, views.to_string()).unwrap();
+    let (ok, said) = offline_export(&leaves);
+    assert!(!ok);
+    assert!(said.contains("the signature does not verify"), "{said}");
 }
 
 #[tokio::test]
@@ -595,13 +678,45 @@ async fn tampering_with_the_database_is_caught_naming_the_position() {
         .unwrap();
     assert!(verify(&app).0, "restored");
 
+    // A row added behind the log's back.
+    db.execute(&format!(
+        "INSERT INTO consent_events (id, tenant, recipient_hash, recipient_masked, action, level, \
+         brand, campaign, purposes, method, occurred_at_us, recorded_at_us, recorded_by, \
+         external_id, idempotency_key, key_id, evidence) SELECT 'evt_forged', tenant, \
+         recipient_hash, recipient_masked, 'opt_in', level, brand, campaign, purposes, method, \
+         occurred_at_us, recorded_at_us, recorded_by, external_id, 'forged', key_id, evidence \
+         FROM consent_events WHERE id = '{event}'"
+    ))
+    .await
+    .unwrap();
+    let (ok, said) = verify(&app);
+    assert!(!ok);
+    assert!(
+        said.contains("consent_event: 2 rows, 1 log entries"),
+        "{said}"
+    );
+    db.execute("DELETE FROM consent_events WHERE id = 'evt_forged'")
+        .await
+        .unwrap();
+    assert!(verify(&app).0, "restored");
+
     // A checkpoint forged: its root changed without the key to sign it.
+    db.drop_trigger("log_checkpoints_are_append_only_update", "log_checkpoints")
+        .await;
     db.execute("UPDATE log_checkpoints SET root_hash = (SELECT hash FROM log_nodes WHERE level = 0 AND idx = 0) WHERE tree_size = (SELECT max(tree_size) FROM log_checkpoints)")
         .await
         .unwrap();
     let (ok, said) = verify(&app);
     assert!(!ok);
     assert!(said.contains("the signature does not verify"), "{said}");
+
+    // No checkpoint left at all: leaves prove nothing.
+    db.drop_trigger("log_checkpoints_are_append_only_delete", "log_checkpoints")
+        .await;
+    db.execute("DELETE FROM log_checkpoints").await.unwrap();
+    let (ok, said) = verify(&app);
+    assert!(!ok);
+    assert!(said.contains("no signed checkpoint"), "{said}");
 }
 
 #[tokio::test]
@@ -842,6 +957,38 @@ async fn rotated_keys_keep_old_rows_readable_and_wrong_keys_fail_loudly() {
         .get(&decrypter, &format!("/v1/audit/messages/{before}/body"))
         .await;
     assert_eq!(swapped.status(), 500);
+    // One byte of a ciphertext flipped, under its own key.
+    let hex_of = if db.is_postgres() {
+        "encode(payload, 'hex')"
+    } else {
+        "hex(payload)"
+    };
+    let original = db
+        .text(&format!(
+            "SELECT {hex_of} FROM messages WHERE id = '{after}'"
+        ))
+        .await
+        .to_lowercase();
+    let flipped = format!(
+        "{}{}",
+        &original[..40],
+        if &original[40..41] == "0" { "1" } else { "0" }
+    ) + &original[41..];
+    let literal = if db.is_postgres() {
+        format!("decode('{flipped}', 'hex')")
+    } else {
+        format!("X'{flipped}'")
+    };
+    db.execute(&format!(
+        "UPDATE messages SET payload = {literal} WHERE id = '{after}'"
+    ))
+    .await
+    .unwrap();
+    let tampered = app
+        .get(&decrypter, &format!("/v1/audit/messages/{after}/body"))
+        .await;
+    assert_eq!(tampered.status(), 500);
+    assert_eq!(error_code(tampered).await, "body_undecryptable");
 }
 
 #[tokio::test]
@@ -883,4 +1030,52 @@ async fn a_deferred_message_to_an_erased_number_is_cancelled_not_sent() {
     assert_eq!(view["status"], "cancelled", "{view}");
     assert_eq!(view["reasons"][0]["code"], "erased", "{view}");
     assert!(gateway.requests().is_empty(), "nothing was sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_keep_coming_while_sends_never_pause() {
+    let gateway = FakeGateway::start().await;
+    let app = std::sync::Arc::new(TestApp::spawn(&gateway.url()).await);
+    let shop = app.token("shop", WRITER);
+    let auditor = app.token("shop", "audit:read");
+    let sending = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let mut senders = Vec::new();
+    for sender in 0..8 {
+        let (app, shop, sending) = (app.clone(), shop.clone(), sending.clone());
+        senders.push(tokio::spawn(async move {
+            let mut n = 0;
+            while sending.load(std::sync::atomic::Ordering::Relaxed) {
+                let number = format!("+1415556{sender}{n:03}");
+                let response = app
+                    .send(&shop, &shop_message(&number, "transactional", None, None))
+                    .await;
+                assert_eq!(response.status(), 201);
+                n += 1;
+            }
+        }));
+    }
+    // While the sends go on, checkpoints follow them.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut sizes = Vec::new();
+    while sizes.len() < 3 {
+        let response = app.get(&auditor, "/v1/audit/checkpoints/latest").await;
+        if response.status() == 200 {
+            let size = response.json::<Value>().await.unwrap()["tree_size"]
+                .as_u64()
+                .unwrap();
+            if sizes.last() != Some(&size) {
+                sizes.push(size);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "checkpoints stalled under load: {sizes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sending.store(false, std::sync::atomic::Ordering::Relaxed);
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    assert!(sizes.windows(2).all(|w| w[0] < w[1]), "{sizes:?}");
 }

@@ -78,6 +78,8 @@ async fn the_twilio_front_speaks_twilio() {
     assert_eq!(fetched["sid"], sid);
     assert_eq!(fetched["status"], "sent");
     assert_eq!(fetched["body"], "Your code is 1234");
+    // Reading a body back is an access like any other: recorded, and in the log.
+    assert_eq!(app.count("SELECT count(*) FROM body_accesses").await, 1);
 
     // A Bearer token works too.
     let (status, _) = twilio_post(
