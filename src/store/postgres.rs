@@ -752,23 +752,36 @@ impl Store for PgStore {
         .bind(limit)
         .fetch_all(&mut *transaction)
         .await?;
+        let mut leaves: Vec<(i64, i64)> = Vec::with_capacity(pending.len());
+        let mut nodes = Vec::with_capacity(pending.len() * 2);
         for row in &pending {
             let seq: i64 = row.try_get("seq")?;
             let hash = hash_from(row.try_get("leaf_hash")?, "log_leaves.leaf_hash")?;
-            let index = frontier.size() as i64;
-            for ((level, idx), hash) in frontier.push(hash) {
-                sqlx::query("INSERT INTO log_nodes (level, idx, hash) VALUES ($1, $2, $3)")
-                    .bind(level as i64)
-                    .bind(idx as i64)
-                    .bind(&hash[..])
-                    .execute(&mut *transaction)
-                    .await?;
-            }
-            sqlx::query("UPDATE log_leaves SET leaf_index = $1 WHERE seq = $2")
-                .bind(index)
-                .bind(seq)
-                .execute(&mut *transaction)
-                .await?;
+            leaves.push((seq, frontier.size() as i64));
+            nodes.extend(frontier.push(hash));
+        }
+        // A few statements per batch, not one per row: the writer is held briefly.
+        for chunk in nodes.chunks(300) {
+            let mut insert = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+                "INSERT INTO log_nodes (level, idx, hash) ",
+            );
+            insert.push_values(chunk, |mut row, ((level, idx), hash)| {
+                row.push_bind(*level as i64)
+                    .push_bind(*idx as i64)
+                    .push_bind(hash.to_vec());
+            });
+            insert.build().execute(&mut *transaction).await?;
+        }
+        for chunk in leaves.chunks(300) {
+            let mut update = sqlx::QueryBuilder::<sqlx::Postgres>::new("WITH v (seq, idx) AS (");
+            update.push_values(chunk, |mut row, (seq, index)| {
+                row.push_bind(*seq).push_bind(*index);
+            });
+            update.push(
+                ") UPDATE log_leaves SET leaf_index = (SELECT v.idx FROM v WHERE v.seq = log_leaves.seq) \
+                 WHERE seq IN (SELECT seq FROM v)",
+            );
+            update.build().execute(&mut *transaction).await?;
         }
         transaction.commit().await?;
         Ok(Some(LogHead {
