@@ -278,12 +278,16 @@ done
 load_end="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # The log at the end: entries, how many the sequencer has not reached yet, checkpoints.
-declare -A entries=() pending=() checkpoints=()
+# The largest step between successive checkpoints, in leaves (the cadence says at most
+# checkpoint_leaves, plus what the sequencer's last batch overshot).
+declare -A entries=() pending=() checkpoints=() widest=()
 sleep 1
 for name in "${instances[@]}"; do
   entries[$name]="$(sql "$name" 'SELECT count(*) FROM log_leaves')"
   pending[$name]="$(sql "$name" 'SELECT count(*) FROM log_leaves WHERE leaf_index IS NULL')"
   checkpoints[$name]="$(sql "$name" 'SELECT count(*) FROM log_checkpoints')"
+  widest[$name]="$(sql "$name" 'SELECT COALESCE(MAX(step), 0) FROM (SELECT tree_size -
+    COALESCE(LAG(tree_size) OVER (ORDER BY tree_size), 0) AS step FROM log_checkpoints) AS steps')"
 done
 
 commit="$(git -C "$repo_root" rev-parse --short=12 HEAD 2>/dev/null || echo "no commit")"
@@ -330,7 +334,8 @@ for backend in "${backends[@]}"; do
     done)"
   for name in "$backend-on" "$backend-off"; do
     echo "  - $name at the end: ${entries[$name]} log entries, ${pending[$name]} not sequenced," \
-      "${checkpoints[$name]} checkpoints; 1-min load after each round: ${loads[$name]}"
+      "${checkpoints[$name]} checkpoints (at most ${widest[$name]} leaves apart);" \
+      "1-min load after each round: ${loads[$name]}"
   done
 done
 cat <<EOF
