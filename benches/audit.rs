@@ -170,8 +170,6 @@ async fn seed(state: &AppState, count: usize) {
 ///    checkpoint signed whenever one is due after a batch), then `sequencer::step` itself.
 async fn sequence(state: &AppState, count: u64) {
     let cadence = state.log_cadence;
-    // `sequencer::step` takes the time once, when the sequencer wakes up, for all its batches.
-    let step_now_us = now_us();
     let started = Instant::now();
     let mut transactions = Vec::new();
     let (mut signed, mut checking) = (0u64, Duration::ZERO);
@@ -191,11 +189,11 @@ async fn sequence(state: &AppState, count: u64) {
             Some(latest) => {
                 head.size > latest.tree_size
                     && (head.size - latest.tree_size >= cadence.leaves
-                        || step_now_us - latest.signed_at_us >= cadence.interval_us)
+                        || now_us() - latest.signed_at_us >= cadence.interval_us)
             }
         };
         if due {
-            let checkpoint = state.log_signer.sign(head.size, head.root, step_now_us);
+            let checkpoint = state.log_signer.sign(head.size, head.root, now_us());
             state.store.record_checkpoint(&checkpoint).await.unwrap();
             signed += 1;
         }
@@ -214,14 +212,9 @@ async fn sequence(state: &AppState, count: u64) {
     let sequenced = started.elapsed();
     // What the sequencer does at its next poll: finds nothing pending, signs if due.
     let stepping = Instant::now();
-    let last = sequencer::step(
-        &*state.store,
-        &state.log_signer,
-        state.log_cadence,
-        now_us(),
-    )
-    .await
-    .unwrap();
+    let last = sequencer::step(&*state.store, &state.log_signer, state.log_cadence, &now_us)
+        .await
+        .unwrap();
     let stepped = stepping.elapsed();
     let total = started.elapsed();
     let latest = state.store.latest_checkpoint().await.unwrap();

@@ -41,10 +41,10 @@ pub async fn run(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bo
         {
             tracing::warn!(%error, "looking for a rotated data key failed");
         }
-        let now_us = state.clock.now().as_microsecond();
+        let now_us = || state.clock.now().as_microsecond();
         if state.log_cadence.enabled
             && let Err(error) =
-                step(&*state.store, &state.log_signer, state.log_cadence, now_us).await
+                step(&*state.store, &state.log_signer, state.log_cadence, &now_us).await
         {
             tracing::warn!(%error, "sequencing the log failed; retrying");
         }
@@ -57,12 +57,13 @@ pub async fn run(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bo
 
 /// Sequences what is pending (batch by batch until a batch is not full: under steady load new
 /// entries keep arriving, and the sequencer must still get to sign), signing a checkpoint
-/// whenever one is due; returns the last one signed.
+/// whenever one is due, stamped with the time it is signed (`now_us` is read at each); returns
+/// the last one signed.
 pub async fn step(
     store: &dyn Store,
     signer: &LogSigner,
     cadence: Cadence,
-    now_us: i64,
+    now_us: &(dyn Fn() -> i64 + Sync),
 ) -> Result<Option<Checkpoint>, StoreError> {
     let mut size = store.log_size().await?;
     let mut signed = None;
@@ -73,7 +74,7 @@ pub async fn step(
         };
         let sequenced = head.size.saturating_sub(size);
         size = head.size;
-        if let Some(checkpoint) = sign_if_due(store, signer, cadence, head, now_us).await? {
+        if let Some(checkpoint) = sign_if_due(store, signer, cadence, head, now_us()).await? {
             signed = Some(checkpoint);
         }
         if sequenced < BATCH as u64 {
