@@ -186,6 +186,15 @@ impl Sandbox {
         }
     }
 
+    /// Forgets a tenant's messages to the numbers `erased` picks (an erasure): the sandbox holds
+    /// bodies in clear, and must not keep what the database can no longer open.
+    pub fn forget(&self, tenant: &TenantId, erased: impl Fn(&str) -> bool) -> usize {
+        let mut messages = self.messages.lock().expect("sandbox lock poisoned");
+        let before = messages.len();
+        messages.retain(|message| &message.tenant != tenant || !erased(&message.to));
+        before - messages.len()
+    }
+
     /// The tenant's messages, oldest first.
     pub fn messages(&self, tenant: &TenantId) -> Vec<SandboxMessage> {
         let messages = self.messages.lock().expect("sandbox lock poisoned");

@@ -775,6 +775,10 @@ pub async fn erase(
         keys_destroyed: 0,
     };
     let destroyed = state.store.erase_recipient(&erasure).await?;
+    state
+        .upstreams
+        .sandbox()
+        .forget(&tenant.id, |to| to == number.e164());
     tracing::info!(erasure = %erasure.id, tenant = %tenant.id, number = %number.masked(), destroyed, "recipient erased");
     Ok((
         StatusCode::OK,

@@ -1079,3 +1079,40 @@ async fn checkpoints_keep_coming_while_sends_never_pause() {
     }
     assert!(sizes.windows(2).all(|w| w[0] < w[1]), "{sizes:?}");
 }
+
+#[tokio::test]
+async fn erasure_also_clears_the_sandbox_copy() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    let beta = app.token("beta", "messages:send admin");
+    for (to, body) in [
+        ("+14155550151", "erase this"),
+        ("+14155550152", "keep this"),
+    ] {
+        let message =
+            json!({ "to": to, "from": BETA_SENDER, "body": body, "purpose": "transactional" });
+        assert_eq!(app.send(&beta, &message).await.status(), 201);
+    }
+    let erased = app
+        .client
+        .post(app.url("/v1/erasure"))
+        .bearer_auth(&beta)
+        .json(&json!({ "number": "+14155550151" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(erased.status(), 200);
+    let held: Value = app
+        .get(&beta, "/v1/sandbox/messages")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let bodies: Vec<&str> = held["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies, vec!["keep this"]);
+}
