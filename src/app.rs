@@ -178,6 +178,8 @@ impl App {
             .context("cannot open the key ring (is crypto.payload_key the one the database's data keys were wrapped with?)")?;
         let upstreams = Upstreams::from_config(&config)?;
         let tenants = config.tenants()?;
+        // Parse the shipped numbering metadata now rather than on the first request.
+        crate::numbering::database();
         let policies = PolicySet::load(&config.policies)?;
         let webhooks = Webhooks::new(tenants.values(), &config.outbox)?;
 

@@ -15,6 +15,10 @@ pub struct PhoneNumber {
     e164: String,
     /// ISO 3166-1 alpha-2, when the country code names one country.
     country: Option<String>,
+    /// The country calling code (`1`, `44`).
+    calling_code: u16,
+    /// Whether its prefix says where it is (a fixed line, not a nationwide mobile or toll-free).
+    geographic: bool,
 }
 
 /// Why a phone number was refused.
@@ -34,20 +38,35 @@ impl PhoneNumber {
         if trimmed.is_empty() || trimmed.len() > 64 {
             return Err(NumberError::Unparseable);
         }
-        let parsed = phonenumber::parse(Some(default_region.0), trimmed)
-            .map_err(|_| NumberError::Unparseable)?;
-        if !phonenumber::is_valid(&parsed) {
-            return Err(NumberError::Invalid);
-        }
+        let parsed =
+            crate::numbering::parse(trimmed, default_region.0).map_err(
+                |refusal| match refusal {
+                    crate::numbering::Refusal::Unparseable => NumberError::Unparseable,
+                    crate::numbering::Refusal::Invalid => NumberError::Invalid,
+                },
+            )?;
         Ok(PhoneNumber {
-            e164: parsed.format().mode(phonenumber::Mode::E164).to_string(),
-            country: parsed.country().id().map(|id| format!("{id:?}")),
+            e164: parsed.e164,
+            country: parsed.country,
+            calling_code: parsed.calling_code,
+            geographic: parsed.geographic,
         })
     }
 
     /// The E.164 string. Only for building upstream requests and for encryption: never log it.
     pub fn e164(&self) -> &str {
         &self.e164
+    }
+
+    /// The country calling code: `1` for `+14155550123`.
+    pub fn calling_code(&self) -> u16 {
+        self.calling_code
+    }
+
+    /// Whether the number's leading digits say where it is, in libphonenumber's sense: fixed
+    /// lines, and mobiles only where mobile numbers carry an area code (Brazil, Mexico...).
+    pub fn is_geographic(&self) -> bool {
+        self.geographic
     }
 
     /// The ISO 3166-1 alpha-2 code of the number's country, if the country code names one.

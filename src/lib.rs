@@ -7,7 +7,8 @@
 //! | `domain`    | parsed types: `PhoneNumber` (E.164), `Sender`, `Purpose`, `Scope`, ...  | no  |
 //! | `policy`    | `decide()`: the only maker of a `Permit`; jurisdiction rules, the trace | no  |
 //! | `consent`   | consent events, scopes, the fold from a recipient's ledger to a state  | no  |
-//! | `zones`     | number -> country, regions, candidate time zones (prefix table)        | no  |
+//! | `numbering` | libphonenumber's metadata as shipped; reading a written number         | no  |
+//! | `zones`     | number -> country, regions, candidate time zones (libphonenumber data) | no  |
 //! | `holidays`  | holiday calendars computed for any year                                | no  |
 //! | `keywords`  | the reply classifier (STOP, START, HELP, review)                       | no  |
 //! | `dialect`   | each gateway's webhooks, send requests, answers and error codes        | no  |
@@ -44,6 +45,7 @@ pub mod http;
 pub mod import;
 pub mod keyring;
 pub mod keywords;
+pub mod numbering;
 pub mod outbox;
 pub mod policy;
 pub mod scheduler;

@@ -617,3 +617,147 @@ proptest! {
         }
     }
 }
+
+/// Every NANP area code of the shipped data (libphonenumber's map, 441 codes): a valid number
+/// in it is located in at least one zone, with its state or province when it is in the US or
+/// Canada; marketing at 23:30 in any candidate zone is deferred to an instant inside the day in
+/// that zone, and at 13:00 on a Wednesday it is allowed wherever every candidate zone is in
+/// its working day.
+#[test]
+fn every_nanp_area_code_is_allowed_by_day_and_deferred_at_night() {
+    use jiff::civil::date;
+    let zones = &policies().zones;
+    let area_codes: std::collections::BTreeSet<&str> = zones
+        .prefixes()
+        .filter(|prefix| prefix.len() >= 4 && prefix.starts_with('1'))
+        .map(|prefix| &prefix[..4])
+        .collect();
+    assert!(area_codes.len() > 400, "{} area codes", area_codes.len());
+    let (mut allowed, mut deferred) = (0, 0);
+    for code in area_codes {
+        let number = (200..1000)
+            .find_map(|exchange| {
+                PhoneNumber::parse(&format!("+{code}{exchange}0123"), Region::US).ok()
+            })
+            .unwrap_or_else(|| panic!("no valid number in area code {}", &code[1..]));
+        let location = zones.locate(&number);
+        assert!(!location.zones.is_empty(), "{code}: no zone");
+        if matches!(number.country(), Some("US" | "CA")) {
+            assert!(!location.regions.is_empty(), "{code}: no region");
+        }
+        let local_hours = |instant: Timestamp| {
+            location
+                .zones
+                .iter()
+                .map(|zone| instant.to_zoned(zone.clone()).hour())
+                .collect::<Vec<_>>()
+        };
+        for zone in &location.zones {
+            let name = zone.iana_name().unwrap_or("?");
+            let night = date(2026, 6, 17)
+                .at(23, 30, 0, 0)
+                .to_zoned(zone.clone())
+                .unwrap();
+            let found = outcome(
+                number.e164(),
+                Mkt,
+                &night.timestamp().to_string(),
+                0,
+                &written_opt_in(),
+            );
+            let until: Timestamp = found
+                .strip_prefix("defer:")
+                .unwrap_or_else(|| panic!("{code} at 23:30 in {name}: {found}"))
+                .parse()
+                .unwrap();
+            let opens = until.to_zoned(zone.clone()).hour();
+            assert!(
+                (8..21).contains(&opens),
+                "{code}: deferred to {opens}:xx in {name}"
+            );
+            deferred += 1;
+
+            let day = date(2026, 6, 17)
+                .at(13, 0, 0, 0)
+                .to_zoned(zone.clone())
+                .unwrap();
+            if local_hours(day.timestamp())
+                .iter()
+                .all(|hour| (10..18).contains(hour))
+            {
+                let found = outcome(
+                    number.e164(),
+                    Mkt,
+                    &day.timestamp().to_string(),
+                    0,
+                    &written_opt_in(),
+                );
+                assert_eq!(found, "allow", "{code} at 13:00 in {name}");
+                allowed += 1;
+            }
+        }
+    }
+    assert!(
+        allowed > 400 && deferred > 400,
+        "{allowed} allowed, {deferred} deferred"
+    );
+}
+
+/// Saskatchewan and Arizona keep standard time all year; their neighbours do not.
+#[test]
+fn zones_without_daylight_saving_time() {
+    const REGINA: &str = "+13065550100";
+    const SASKATCHEWAN_OVERLAY: &str = "+14742123456";
+    for number in [REGINA, SASKATCHEWAN_OVERLAY] {
+        // Canada opens at 09:00 on weekdays: 09:00 CST is 15:00 UTC in July and in January.
+        check(
+            number,
+            Mkt,
+            "2026-07-15T14:30:00Z",
+            0,
+            "defer:2026-07-15T15:00:00Z",
+        );
+        check(
+            number,
+            Mkt,
+            "2026-01-14T14:30:00Z",
+            0,
+            "defer:2026-01-14T15:00:00Z",
+        );
+        check(number, Mkt, "2026-07-15T15:00:00Z", 0, "allow");
+        // 21:30 CST is 03:30 UTC the next day, all year: Winnipeg's summer time would close
+        // an hour early and open an hour early.
+        check(number, Mkt, "2026-07-16T03:20:00Z", 0, "allow");
+        check(
+            number,
+            Mkt,
+            "2026-07-16T03:35:00Z",
+            0,
+            "defer:2026-07-16T15:00:00Z",
+        );
+    }
+    // Phoenix: 08:00 MST is 15:00 UTC in July (Denver's 08:00 MDT would be 14:00).
+    let phoenix = "+16022812345";
+    check(
+        phoenix,
+        Mkt,
+        "2026-07-15T14:30:00Z",
+        0,
+        "defer:2026-07-15T15:00:00Z",
+    );
+    check(
+        phoenix,
+        Mkt,
+        "2026-01-14T14:30:00Z",
+        0,
+        "defer:2026-01-14T15:00:00Z",
+    );
+    // 2026-03-08: the US springs forward; Phoenix does not, so 07:30 MST stays 14:30 UTC.
+    check(
+        phoenix,
+        Mkt,
+        "2026-03-08T14:30:00Z",
+        0,
+        "defer:2026-03-08T15:00:00Z",
+    );
+}

@@ -11,7 +11,7 @@ use crate::config::{ConfigError, PoliciesConfig};
 use crate::consent::{ConsentPolicy, Requirement};
 use crate::keywords::{KeywordFile, Keywords};
 use crate::policy::jurisdictions::Jurisdictions;
-use crate::zones::ZoneTable;
+use crate::zones::{DataFile, ZoneTable};
 
 const EMBEDDED_CONSENT: &str = include_str!("../../policies/consent.toml");
 const EMBEDDED_KEYWORDS: &str = include_str!("../../policies/keywords.toml");
@@ -284,16 +284,17 @@ impl PolicySet {
                 .map(|text| ("the configuration's policies.rules", text)),
         )
         .map_err(ConfigError)?;
-        let zones_text = match config
-            .dir
-            .as_deref()
-            .map(|dir| dir.join("zones/prefixes.txt"))
-        {
-            Some(path) if path.exists() => std::fs::read_to_string(&path)
-                .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?,
-            _ => crate::zones::EMBEDDED_PREFIXES.to_owned(),
-        };
-        let zones = ZoneTable::parse(&zones_text, "zones/prefixes.txt").map_err(ConfigError)?;
+        let dir = config.dir.as_deref();
+        let (map, regions, overrides) = (
+            read_file(dir, "zones/map_data.txt", crate::zones::EMBEDDED_MAP)?,
+            read_file(dir, "zones/regions.txt", crate::zones::EMBEDDED_REGIONS)?,
+            read_file(dir, "zones/overrides.txt", crate::zones::EMBEDDED_OVERRIDES)?,
+        );
+        fn file((origin, text): &(String, String)) -> DataFile<'_> {
+            DataFile { origin, text }
+        }
+        let zones =
+            ZoneTable::load(file(&map), file(&regions), file(&overrides)).map_err(ConfigError)?;
         Ok(PolicySet {
             consent,
             keywords,
@@ -349,15 +350,24 @@ fn parse_file<T: serde::de::DeserializeOwned>(
     name: &str,
     embedded: &str,
 ) -> Result<T, ConfigError> {
-    let (origin, text) = match dir.map(|dir| dir.join(name)).filter(|path| path.exists()) {
+    let (origin, text) = read_file(dir, name, embedded)?;
+    toml::from_str(&text).map_err(|error| ConfigError(format!("{origin}: {error}")))
+}
+
+/// `dir/name` where it exists, else the shipped copy; with the name errors give it.
+fn read_file(
+    dir: Option<&Path>,
+    name: &str,
+    embedded: &str,
+) -> Result<(String, String), ConfigError> {
+    match dir.map(|dir| dir.join(name)).filter(|path| path.exists()) {
         Some(path) => {
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
-            (path.display().to_string(), text)
+            Ok((path.display().to_string(), text))
         }
-        None => (format!("policies/{name} (embedded)"), embedded.to_owned()),
-    };
-    toml::from_str(&text).map_err(|error| ConfigError(format!("{origin}: {error}")))
+        None => Ok((format!("policies/{name} (embedded)"), embedded.to_owned())),
+    }
 }
 
 #[cfg(test)]
