@@ -83,6 +83,37 @@ impl RecipientLocks {
     }
 }
 
+/// A recipient's turn: its in-process lock and, on PostgreSQL, its lock across the processes
+/// sharing the database. Every write about a recipient that a decision reads (a send's record,
+/// a consent event, a reply) is made in its turn, so the log's order of a recipient's leaves
+/// is the order in which its decisions were made.
+pub struct RecipientTurn<'a> {
+    _local: tokio::sync::MutexGuard<'a, ()>,
+    pub shared: crate::store::RecipientLock,
+}
+
+impl RecipientTurn<'_> {
+    /// Ends the turn (the shared lock is released explicitly, its connection returned).
+    pub async fn end(self) {
+        self.shared.release().await;
+    }
+}
+
+impl AppState {
+    /// Waits for the recipient's turn.
+    pub async fn recipient_turn(
+        &self,
+        recipient_hash: &str,
+    ) -> Result<RecipientTurn<'_>, crate::store::StoreError> {
+        let local = self.recipient_locks.lock(recipient_hash).await;
+        let shared = self.store.lock_recipient(recipient_hash).await?;
+        Ok(RecipientTurn {
+            _local: local,
+            shared,
+        })
+    }
+}
+
 /// What every request handler shares.
 #[derive(Debug)]
 pub struct AppState {
@@ -270,6 +301,9 @@ impl App {
         let _ = worker.await;
         let _ = releases.await;
         let _ = sequencer.await;
+        if let Some(summary) = self.state.store.write_batches() {
+            tracing::info!(%summary, "group commit: the write batches of this run");
+        }
     }
 }
 

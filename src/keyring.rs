@@ -208,8 +208,16 @@ impl KeyRing {
         plaintext: &[u8],
         now_us: i64,
     ) -> Result<Sealed, KeyError> {
+        let existing = self.store.recipient_key(tenant, recipient_hash).await?;
         let (mut sealed, new_key) = self
-            .seal_for_record(tenant, recipient_hash, associated, plaintext, now_us)
+            .seal_for_record(
+                tenant,
+                recipient_hash,
+                existing,
+                associated,
+                plaintext,
+                now_us,
+            )
             .await?;
         if let Some(new_key) = new_key {
             let stored = self.store.add_recipient_key(&new_key).await?;
@@ -225,19 +233,22 @@ impl KeyRing {
         Ok(sealed)
     }
 
-    /// Like [`KeyRing::seal_for`], but a key made for a first-time recipient is returned, not
-    /// stored: the caller stores it in the same transaction as the row it sealed (one commit
-    /// per send), and that transaction fails if another writer stored one first.
+    /// Like [`KeyRing::seal_for`], but with the recipient's key as the caller read it (with
+    /// the rest of what it knows of the recipient), and a key made for a first-time recipient
+    /// is returned, not stored: the caller stores it in the same transaction as the row it
+    /// sealed (one commit per send), and that transaction fails if another writer stored one
+    /// first.
     pub async fn seal_for_record(
         &self,
         tenant: &str,
         recipient_hash: &str,
+        existing: Option<RecipientKeyRow>,
         associated: &[u8],
         plaintext: &[u8],
         now_us: i64,
     ) -> Result<(Sealed, Option<RecipientKeyRow>), KeyError> {
-        let (row, new) = match self.store.recipient_key(tenant, recipient_hash).await? {
-            Some(row) => (row, false),
+        let (key, key_id, new) = match existing {
+            Some(row) => (self.unwrap_recipient_key(&row).await?, row.id, None),
             None => {
                 let key = crypto::random_bytes(KEY_LEN)?;
                 let id = format!("rk_{}", uuid::Uuid::now_v7().simple());
@@ -247,20 +258,19 @@ impl KeyRing {
                 let row = RecipientKeyRow {
                     tenant: tenant.to_owned(),
                     recipient_hash: recipient_hash.to_owned(),
-                    id,
+                    id: id.clone(),
                     data_key_id,
                     wrapped,
                     created_at_us: now_us,
                 };
-                (row, true)
+                (SealingKey::new(&key)?, id, Some(row))
             }
         };
-        let key = self.unwrap_recipient_key(&row).await?;
         let sealed = Sealed {
             bytes: key.seal(associated, plaintext)?,
-            key_id: row.id.clone(),
+            key_id,
         };
-        Ok((sealed, new.then_some(row)))
+        Ok((sealed, new))
     }
 
     async fn unwrap_recipient_key(&self, row: &RecipientKeyRow) -> Result<SealingKey, KeyError> {

@@ -112,8 +112,7 @@ async fn release(
     let message = rebuild(state, &item, tenant.default_region).await?;
     let recipient_hash = state.numbers.hash(&message.to);
     let decision = {
-        let _guard = state.recipient_locks.lock(&recipient_hash).await;
-        let shared = state.store.lock_recipient(&recipient_hash).await?;
+        let turn = state.recipient_turn(&recipient_hash).await?;
         let gathered = state.gather(tenant, &message, now).await?;
         let bounds = SenderBounds::default();
         let facts = gathered.facts(tenant, &bounds, &state.policies, now);
@@ -138,7 +137,7 @@ async fn release(
             ),
         };
         state.store.record_release(&record).await?;
-        shared.release().await;
+        turn.end().await;
         decision
     };
     match decision {

@@ -26,6 +26,8 @@ use crate::domain::{MessageId, Purpose, Scope, TenantId};
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("the database is not configured safely: {0}")]
@@ -231,6 +233,8 @@ pub struct RecipientFacts {
     pub open_reviews: Vec<String>,
     /// Microseconds since the epoch of each recent message of the purpose.
     pub recent_us: Vec<i64>,
+    /// The recipient's key in the tenant, if it has one yet: its message is sealed under it.
+    pub recipient_key: Option<RecipientKeyRow>,
 }
 
 /// A verified inbound message as stored.
@@ -430,6 +434,12 @@ pub fn lock_key(recipient_hash: &str) -> i64 {
 pub trait Store: Send + Sync + 'static {
     /// Succeeds when the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// How the send path's writes were grouped into transactions so far, where the backend
+    /// groups them (`batches=… writes=… sizes=1:…,2-3:…`).
+    fn write_batches(&self) -> Option<String> {
+        None
+    }
 
     /// Records `value` under `name` if nothing is recorded yet, and returns what is recorded
     /// (the first instance's value).

@@ -471,10 +471,14 @@ pub async fn record(
     let record = state
         .consent_record(event, tenant, &principal.subject, now)
         .await?;
+    // In the recipient's turn: a send deciding now sees this event, or is logged before it.
+    let turn = state.recipient_turn(&record.recipient_hash).await?;
     let recorded = state
         .store
         .record_consents(std::slice::from_ref(&record))
-        .await?;
+        .await;
+    turn.end().await;
+    let recorded = recorded?;
     let (status, id) = match recorded.into_iter().next() {
         Some(Recorded::Duplicate(existing)) => (StatusCode::OK, existing),
         _ => (StatusCode::CREATED, record.id.clone()),

@@ -340,10 +340,15 @@ impl AppState {
                 ),
                 None => None,
             };
+            // In the recipient's turn, as sends are decided: an opt-out is logged before or
+            // after a send's record, never beside a decision that did not see it.
+            let turn = self.recipient_turn(&record.recipient_hash).await?;
             let recorded = self
                 .store
                 .record_inbound(&record, consent.as_ref(), review.as_ref(), outbox.as_ref())
-                .await?;
+                .await;
+            turn.end().await;
+            let recorded = recorded?;
             tracing::info!(
                 inbound = %record.id,
                 tenant = %tenant.id,

@@ -131,6 +131,8 @@ pub struct Gathered {
     pub open_reviews: Vec<String>,
     pub recent: Vec<Timestamp>,
     pub location: crate::zones::Location,
+    /// The recipient's key in the tenant, read with the rest: its record is sealed under it.
+    pub recipient_key: Option<crate::store::RecipientKeyRow>,
 }
 
 impl Gathered {
@@ -202,6 +204,7 @@ impl AppState {
             open_reviews: recipient.open_reviews,
             recent,
             location,
+            recipient_key: recipient.recipient_key,
         })
     }
 
@@ -219,15 +222,20 @@ impl AppState {
         let decision = {
             // Facts and record under one lock, in this process and across the processes that
             // share the database: caps and confirmations see every decision.
-            let _guard = self.recipient_locks.lock(&recipient_hash).await;
-            let mut shared = self.store.lock_recipient(&recipient_hash).await?;
+            let mut turn = self.recipient_turn(&recipient_hash).await?;
             let now = self.clock.now();
             let gathered = self.gather(tenant, &message, now).await?;
             let facts = gathered.facts(tenant, bounds, &self.policies, now);
             let decision = policy::decide(message, &facts);
-            self.record_decision(&decision, tenant, now, &mut shared)
-                .await?;
-            shared.release().await;
+            self.record_decision(
+                &decision,
+                tenant,
+                now,
+                gathered.recipient_key,
+                &mut turn.shared,
+            )
+            .await?;
+            turn.end().await;
             decision
         };
 
@@ -421,6 +429,7 @@ impl AppState {
         decision: &Decision,
         tenant: &Tenant,
         now: Timestamp,
+        recipient_key: Option<crate::store::RecipientKeyRow>,
         lock: &mut crate::store::RecipientLock,
     ) -> Result<(), ApiError> {
         let message = decision.message();
@@ -449,6 +458,7 @@ impl AppState {
             .seal_for_record(
                 message.tenant.as_str(),
                 &recipient_hash,
+                recipient_key,
                 &message_associated_data(message),
                 plaintext.to_string().as_bytes(),
                 now.as_microsecond(),

@@ -308,7 +308,9 @@ impl Store for PgStore {
                 .await?
             }
         };
+        let recipient_key = self.recipient_key(tenant.as_str(), recipient_hash).await?;
         Ok(RecipientFacts {
+            recipient_key,
             consent,
             confirmed_opt_outs,
             open_reviews,

@@ -25,22 +25,43 @@ where
     for<'r> Vec<u8>: Decode<'r, R::Database>,
     Vec<u8>: Type<R::Database>,
 {
-    let corrupt = |what: &str| StoreError::Corrupt(format!("consent_events.{what}"));
     let action: String = row.try_get("action")?;
     let level: Option<String> = row.try_get("level")?;
     let purposes: String = row.try_get("purposes")?;
+    consent_event(
+        row.try_get("seq")?,
+        row.try_get("id")?,
+        &action,
+        level.as_deref(),
+        row.try_get("brand")?,
+        row.try_get("campaign")?,
+        &purposes,
+        row.try_get("occurred_at_us")?,
+    )
+}
+
+/// A ledger row's columns, as the consent fold reads them; every backend maps its rows here.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn consent_event(
+    seq: i64,
+    id: String,
+    action: &str,
+    level: Option<&str>,
+    brand: Option<String>,
+    campaign: Option<String>,
+    purposes: &str,
+    occurred_at_us: i64,
+) -> Result<ConsentEvent, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("consent_events.{what}"));
     Ok(ConsentEvent {
-        id: row.try_get("id")?,
-        seq: row.try_get("seq")?,
-        action: Action::parse(&action).ok_or_else(|| corrupt("action"))?,
+        id,
+        seq,
+        action: Action::parse(action).ok_or_else(|| corrupt("action"))?,
         level: match level {
             None => None,
-            Some(level) => Some(Level::parse(&level).ok_or_else(|| corrupt("level"))?),
+            Some(level) => Some(Level::parse(level).ok_or_else(|| corrupt("level"))?),
         },
-        scope: Scope {
-            brand: row.try_get("brand")?,
-            campaign: row.try_get("campaign")?,
-        },
+        scope: Scope { brand, campaign },
         purposes: Purposes(
             purposes
                 .split_whitespace()
@@ -48,7 +69,7 @@ where
                 .collect::<Result<_, _>>()
                 .map_err(|_| corrupt("purposes"))?,
         ),
-        occurred_at: jiff::Timestamp::from_microsecond(row.try_get("occurred_at_us")?)
+        occurred_at: jiff::Timestamp::from_microsecond(occurred_at_us)
             .map_err(|_| corrupt("occurred_at_us"))?,
     })
 }

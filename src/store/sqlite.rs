@@ -11,8 +11,8 @@ use sqlx::sqlite::{
 };
 
 use super::rows::{
-    MESSAGE_COLUMNS, checkpoint_from_row, consent_from_row, data_key_from_row, event_from_row,
-    hash_from, log_entry_from_row, message_from_row, recipient_key_from_row, review_from_row,
+    MESSAGE_COLUMNS, checkpoint_from_row, consent_from_row, data_key_from_row, hash_from,
+    log_entry_from_row, message_from_row, recipient_key_from_row, review_from_row,
 };
 use super::{
     AuditFilter, AuditedConsent, AuditedMessage, ConsentRecord, DataKeyRow, DeferredMessage,
@@ -26,6 +26,13 @@ use crate::audit::leaf::{self, BodyAccess, Erasure, Kind, Leaf};
 use crate::audit::merkle::{Frontier, Hash, NodeId};
 use crate::domain::{MessageId, TenantId};
 
+mod connection;
+mod reader;
+mod writer;
+
+pub use writer::BatchStats;
+use writer::{GroupWriter, Write, Written};
+
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
 /// How long a claim on a due deferred message holds before another pass may take it again
@@ -37,8 +44,13 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// SQLite takes one writer at a time. Writers queue here, in order, instead of in
     /// SQLite's busy handler, which backs off by sleeping up to 100 ms while the lock may
-    /// already be free. Readers do not take it (WAL lets them run beside the writer).
+    /// already be free. Readers do not take it (WAL lets them run beside the writer). The
+    /// group-commit thread takes it for each of its batches.
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// The send path's writes: batched, one transaction and one fsync per batch.
+    batches: GroupWriter,
+    /// The send path's reads, on the calling thread.
+    readers: std::sync::Arc<reader::Readers>,
 }
 
 impl SqliteStore {
@@ -59,12 +71,21 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         MIGRATIONS.run(&pool).await?;
+        let path = options.get_filename();
+        if path.as_os_str().is_empty() || path.to_string_lossy().contains(":memory:") {
+            return Err(StoreError::Unsafe(
+                "an in-memory SQLite database is not durable: give a file".into(),
+            ));
+        }
+        let writer: std::sync::Arc<tokio::sync::Mutex<()>> = Default::default();
         let store = SqliteStore {
+            batches: GroupWriter::start(path, writer.clone())?,
+            readers: std::sync::Arc::new(reader::Readers::new(path)),
             pool,
-            writer: Default::default(),
+            writer,
         };
         store.check_durability().await?;
         Ok(store)
@@ -95,6 +116,10 @@ impl SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
+    fn write_batches(&self) -> Option<String> {
+        Some(self.batches.stats.summary())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
@@ -127,65 +152,14 @@ impl Store for SqliteStore {
         record: &MessageRecord,
         _lock: Option<&mut super::RecipientLock>,
     ) -> Result<(), StoreError> {
-        let _writer = self.writer.lock().await;
-        let mut transaction = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO messages (id, tenant, created_at_us, recipient_hash, recipient_masked, \
-             sender_masked, purpose, brand, campaign, decision, reply_kind, confirms_event, \
-             reasons, upstream, key_id, payload, status_callback) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(record.id.as_str())
-        .bind(record.tenant.as_str())
-        .bind(record.created_at_us)
-        .bind(&record.recipient_hash)
-        .bind(&record.recipient_masked)
-        .bind(&record.sender_masked)
-        .bind(record.purpose)
-        .bind(record.brand.as_deref())
-        .bind(record.campaign.as_deref())
-        .bind(record.decision.as_str())
-        .bind(record.reply_kind)
-        .bind(record.confirms_event.as_deref())
-        .bind(&record.reasons_json)
-        .bind(record.upstream.as_deref())
-        .bind(&record.key_id)
-        .bind(&record.payload)
-        .bind(record.status_callback.as_deref())
-        .execute(&mut *transaction)
-        .await?;
-        if let Some(key) = &record.new_recipient_key {
-            insert_recipient_key(&mut *transaction, key).await?;
-        }
-        insert_log_entry(&mut *transaction, &leaf::message(record)).await?;
-        if let Some(release_at_us) = record.release_at_us {
-            sqlx::query(
-                "INSERT INTO deferred_messages (message_id, tenant, release_at_us) VALUES (?, ?, ?)",
-            )
-            .bind(record.id.as_str())
-            .bind(record.tenant.as_str())
-            .bind(release_at_us)
-            .execute(&mut *transaction)
+        self.batches
+            .write(Write::Message(Box::new(record.clone())))
             .await?;
-        }
-        transaction.commit().await?;
         Ok(())
     }
 
     async fn record_outcome(&self, outcome: &OutcomeRecord) -> Result<(), StoreError> {
-        let _writer = self.writer.lock().await;
-        sqlx::query(
-            "INSERT INTO message_outcomes (message_id, recorded_at_us, status, \
-             upstream_message_id, error_code, detail) VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(outcome.message_id.as_str())
-        .bind(outcome.recorded_at_us)
-        .bind(outcome.status.as_str())
-        .bind(outcome.upstream_message_id.as_deref())
-        .bind(outcome.error_code.as_deref())
-        .bind(outcome.detail.as_deref())
-        .execute(&self.pool)
-        .await?;
+        self.batches.write(Write::Outcome(outcome.clone())).await?;
         Ok(())
     }
 
@@ -193,14 +167,16 @@ impl Store for SqliteStore {
         &self,
         records: &[ConsentRecord],
     ) -> Result<Vec<Recorded>, StoreError> {
-        let _writer = self.writer.lock().await;
-        let mut transaction = self.pool.begin().await?;
-        let mut results = Vec::with_capacity(records.len());
-        for record in records {
-            results.push(insert_consent(&mut transaction, record).await?);
+        match self
+            .batches
+            .write(Write::Consents(records.to_vec()))
+            .await?
+        {
+            Written::Consents(recorded) => Ok(recorded),
+            Written::Done => Err(StoreError::Unsafe(
+                "the writer answered another write".into(),
+            )),
         }
-        transaction.commit().await?;
-        Ok(results)
     }
 
     async fn recipient_facts(
@@ -211,68 +187,8 @@ impl Store for SqliteStore {
         recent: Option<(i64, i64)>,
     ) -> Result<RecipientFacts, StoreError> {
         // Only what the fold reads: the evidence stays on disk.
-        let consent = sqlx::query(
-            "SELECT seq, id, action, level, brand, campaign, purposes, occurred_at_us \
-             FROM consent_events WHERE tenant = ? AND recipient_hash = ? ORDER BY seq",
-        )
-        .bind(tenant.as_str())
-        .bind(recipient_hash)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(event_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-        let confirmed_opt_outs = sqlx::query_scalar(
-            "SELECT confirms_event FROM messages WHERE tenant = ? AND recipient_hash = ? \
-             AND confirms_event IS NOT NULL",
-        )
-        .bind(tenant.as_str())
-        .bind(recipient_hash)
-        .fetch_all(&self.pool)
-        .await?;
-        let open_reviews = sqlx::query_scalar(
-            "SELECT r.id FROM consent_reviews r LEFT JOIN review_resolutions s \
-             ON s.review_id = r.id WHERE r.tenant = ? AND r.recipient_hash = ? \
-             AND s.review_id IS NULL ORDER BY r.seq",
-        )
-        .bind(tenant.as_str())
-        .bind(recipient_hash)
-        .fetch_all(&self.pool)
-        .await?;
-        let recent_us = match recent {
-            None => Vec::new(),
-            Some((since_us, limit)) => {
-                sqlx::query_scalar(
-                    "SELECT at FROM ( \
-                     SELECT created_at_us AS at FROM messages WHERE tenant = ? \
-                     AND recipient_hash = ? AND purpose = ? AND decision = 'allowed' \
-                     AND created_at_us > ? \
-                     UNION ALL \
-                     SELECT r.decided_at_us AS at FROM message_releases r \
-                     JOIN messages m ON m.id = r.message_id \
-                     WHERE m.tenant = ? AND m.recipient_hash = ? AND m.purpose = ? \
-                     AND r.decision = 'allowed' AND r.decided_at_us > ?) \
-                     ORDER BY at DESC LIMIT ?",
-                )
-                .bind(tenant.as_str())
-                .bind(recipient_hash)
-                .bind(purpose)
-                .bind(since_us)
-                .bind(tenant.as_str())
-                .bind(recipient_hash)
-                .bind(purpose)
-                .bind(since_us)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?
-            }
-        };
-        Ok(RecipientFacts {
-            consent,
-            confirmed_opt_outs,
-            open_reviews,
-            recent_us,
-        })
+        self.readers
+            .recipient_facts(tenant.as_str(), recipient_hash, purpose, recent)
     }
 
     async fn claim_due(&self, now_us: i64, limit: i64) -> Result<Vec<DeferredMessage>, StoreError> {
@@ -1281,26 +1197,6 @@ async fn insert_outbox<'e>(
     .bind(delivery.next_attempt_at_us)
     .bind(delivery.url.as_deref())
     .bind(delivery.format.as_deref())
-    .execute(executor)
-    .await?;
-    Ok(())
-}
-
-/// Stores a new recipient key; fails if the recipient has one (a concurrent first send).
-async fn insert_recipient_key<'e>(
-    executor: impl sqlx::Executor<'e, Database = sqlx::Sqlite>,
-    key: &RecipientKeyRow,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO recipient_keys (tenant, recipient_hash, id, data_key_id, wrapped, \
-         created_at_us) VALUES (?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&key.tenant)
-    .bind(&key.recipient_hash)
-    .bind(&key.id)
-    .bind(&key.data_key_id)
-    .bind(&key.wrapped)
-    .bind(key.created_at_us)
     .execute(executor)
     .await?;
     Ok(())

@@ -1,0 +1,36 @@
+//! Opening the hot path's own connections to the database file sqlx opened: the same
+//! durability settings, checked.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::store::StoreError;
+
+/// A connection to `path`, in WAL mode with `synchronous=FULL` (checked, as sqlx's are);
+/// `read_only` ones refuse writes.
+pub(crate) fn open(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let connection = Connection::open_with_flags(path, flags)?;
+    connection.busy_timeout(Duration::from_secs(5))?;
+    // As the sqlx pool's (SqliteStore::open): 16 MiB of page cache, deleted content
+    // overwritten, foreign keys on.
+    connection.execute_batch(
+        "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -16384; \
+         PRAGMA secure_delete = ON;",
+    )?;
+    connection.set_prepared_statement_cache_capacity(64);
+    let journal: String = connection.query_row("PRAGMA journal_mode", [], |row| row.get(0))?;
+    let synchronous: i64 = connection.query_row("PRAGMA synchronous", [], |row| row.get(0))?;
+    if !journal.eq_ignore_ascii_case("wal") || synchronous < 2 {
+        return Err(StoreError::Unsafe(format!(
+            "journal_mode is {journal} and synchronous {synchronous}, expected wal and FULL (2)"
+        )));
+    }
+    Ok(connection)
+}

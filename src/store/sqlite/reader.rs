@@ -1,0 +1,161 @@
+//! The send path's reads: what `decide` needs about a recipient, and the recipient's key, read
+//! on the calling thread from a small pool of read-only connections. No thread hop: a read of
+//! pages in the cache takes microseconds, less than the round trip to a worker thread would.
+//! WAL lets these run beside the writer; each gather is one read transaction, so its reads see
+//! one state of the database.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension as _, params};
+
+use super::connection;
+use crate::store::rows::consent_event;
+use crate::store::{RecipientFacts, RecipientKeyRow, StoreError};
+
+/// Read-only connections, opened on demand and kept for reuse.
+#[derive(Debug)]
+pub(crate) struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+/// More idle connections than this are closed: one per thread that reads at once is enough.
+const MAX_IDLE: usize = 16;
+
+impl Readers {
+    pub(crate) fn new(path: &Path) -> Readers {
+        Readers {
+            path: path.to_owned(),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn with<T>(
+        &self,
+        read: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let taken = self.idle.lock().map_err(|_| poisoned())?.pop();
+        let mut connection = match taken {
+            Some(connection) => connection,
+            None => connection::open(&self.path, true)?,
+        };
+        let result = read(&mut connection);
+        // A connection whose read failed may be in any state: it is not reused.
+        if result.is_ok() {
+            let mut idle = self.idle.lock().map_err(|_| poisoned())?;
+            if idle.len() < MAX_IDLE {
+                idle.push(connection);
+            }
+        }
+        result
+    }
+
+    /// The recipient's facts and key, in one read transaction.
+    pub(crate) fn recipient_facts(
+        &self,
+        tenant: &str,
+        recipient_hash: &str,
+        purpose: &str,
+        recent: Option<(i64, i64)>,
+    ) -> Result<RecipientFacts, StoreError> {
+        self.with(|connection| {
+            let transaction = connection.transaction()?;
+            let consent = transaction
+                .prepare_cached(
+                    "SELECT seq, id, action, level, brand, campaign, purposes, occurred_at_us \
+                     FROM consent_events WHERE tenant = ? AND recipient_hash = ? ORDER BY seq",
+                )?
+                .query_map(params![tenant, recipient_hash], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, Option<String>>(3)?,
+                        row.get::<_, Option<String>>(4)?,
+                        row.get::<_, Option<String>>(5)?,
+                        row.get::<_, String>(6)?,
+                        row.get::<_, i64>(7)?,
+                    ))
+                })?
+                .map(|row| {
+                    let (seq, id, action, level, brand, campaign, purposes, occurred_at_us) = row?;
+                    consent_event(
+                        seq,
+                        id,
+                        &action,
+                        level.as_deref(),
+                        brand,
+                        campaign,
+                        &purposes,
+                        occurred_at_us,
+                    )
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            let confirmed_opt_outs = transaction
+                .prepare_cached(
+                    "SELECT confirms_event FROM messages WHERE tenant = ? AND recipient_hash = ? \
+                     AND confirms_event IS NOT NULL",
+                )?
+                .query_map(params![tenant, recipient_hash], |row| row.get(0))?
+                .collect::<Result<Vec<String>, _>>()?;
+            let open_reviews = transaction
+                .prepare_cached(
+                    "SELECT r.id FROM consent_reviews r LEFT JOIN review_resolutions s \
+                     ON s.review_id = r.id WHERE r.tenant = ? AND r.recipient_hash = ? \
+                     AND s.review_id IS NULL ORDER BY r.seq",
+                )?
+                .query_map(params![tenant, recipient_hash], |row| row.get(0))?
+                .collect::<Result<Vec<String>, _>>()?;
+            let recent_us = match recent {
+                None => Vec::new(),
+                Some((since_us, limit)) => transaction
+                    .prepare_cached(
+                        "SELECT at FROM ( \
+                         SELECT created_at_us AS at FROM messages WHERE tenant = ?1 \
+                         AND recipient_hash = ?2 AND purpose = ?3 AND decision = 'allowed' \
+                         AND created_at_us > ?4 \
+                         UNION ALL \
+                         SELECT r.decided_at_us AS at FROM message_releases r \
+                         JOIN messages m ON m.id = r.message_id \
+                         WHERE m.tenant = ?1 AND m.recipient_hash = ?2 AND m.purpose = ?3 \
+                         AND r.decision = 'allowed' AND r.decided_at_us > ?4) \
+                         ORDER BY at DESC LIMIT ?5",
+                    )?
+                    .query_map(
+                        params![tenant, recipient_hash, purpose, since_us, limit],
+                        |row| row.get(0),
+                    )?
+                    .collect::<Result<Vec<i64>, _>>()?,
+            };
+            let recipient_key = transaction
+                .prepare_cached(
+                    "SELECT tenant, recipient_hash, id, data_key_id, wrapped, created_at_us \
+                     FROM recipient_keys WHERE tenant = ? AND recipient_hash = ?",
+                )?
+                .query_row(params![tenant, recipient_hash], |row| {
+                    Ok(RecipientKeyRow {
+                        tenant: row.get(0)?,
+                        recipient_hash: row.get(1)?,
+                        id: row.get(2)?,
+                        data_key_id: row.get(3)?,
+                        wrapped: row.get(4)?,
+                        created_at_us: row.get(5)?,
+                    })
+                })
+                .optional()?;
+            transaction.finish()?;
+            Ok(RecipientFacts {
+                consent,
+                confirmed_opt_outs,
+                open_reviews,
+                recent_us,
+                recipient_key,
+            })
+        })
+    }
+}
+
+fn poisoned() -> StoreError {
+    StoreError::Unsafe("the read connection pool is poisoned".into())
+}
