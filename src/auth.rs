@@ -128,7 +128,22 @@ struct Issuer {
 pub struct Verifier {
     issuers: HashMap<String, Issuer>,
     leeway_seconds: u64,
+    /// Tokens verified before, by the SHA-256 of the token, until their `exp`: a client sends
+    /// the same token with every request, and checking its signature again each time was the
+    /// largest CPU cost of a send. Lives as long as this verifier: a new configuration (new
+    /// keys, a key taken out) builds a new verifier, with an empty cache.
+    verified: std::sync::Mutex<HashMap<[u8; 32], Verified>>,
 }
+
+/// A verified token's principal and the second its `exp` (with the leeway) ends.
+#[derive(Debug, Clone)]
+struct Verified {
+    principal: Principal,
+    valid_until: i64,
+}
+
+/// The most tokens the cache keeps; beyond, expired ones are dropped, then all.
+const MAX_CACHED_TOKENS: usize = 10_000;
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -228,6 +243,7 @@ impl Verifier {
         Ok(Verifier {
             issuers,
             leeway_seconds: config.jwt.leeway_seconds.min(60),
+            verified: Default::default(),
         })
     }
 
@@ -241,11 +257,48 @@ impl Verifier {
         self.verify(token.trim())
     }
 
-    /// Verifies a compact JWT.
+    /// Verifies a compact JWT, or finds it verified before and not yet expired. A refused
+    /// token is never cached: it is checked again, and refused again, each time.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::TooLarge);
         }
+        let digest: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+            .as_ref()
+            .try_into()
+            .expect("SHA-256 is 32 bytes");
+        let now = jiff::Timestamp::now().as_second();
+        if let Some(verified) = self.cached(&digest)
+            && now < verified.valid_until
+        {
+            return Ok(verified.principal);
+        }
+        let (principal, exp) = self.verify_signed(token)?;
+        let valid_until = exp.saturating_add(self.leeway_seconds as i64);
+        if let Ok(mut verified) = self.verified.lock() {
+            if verified.len() >= MAX_CACHED_TOKENS {
+                verified.retain(|_, entry| entry.valid_until > now);
+                if verified.len() >= MAX_CACHED_TOKENS {
+                    verified.clear();
+                }
+            }
+            verified.insert(
+                digest,
+                Verified {
+                    principal: principal.clone(),
+                    valid_until,
+                },
+            );
+        }
+        Ok(principal)
+    }
+
+    fn cached(&self, digest: &[u8; 32]) -> Option<Verified> {
+        self.verified.lock().ok()?.get(digest).cloned()
+    }
+
+    /// Verifies a compact JWT's signature and claims; returns its principal and its `exp`.
+    fn verify_signed(&self, token: &str) -> Result<(Principal, i64), AuthError> {
         let mut parts = token.split('.');
         let (Some(header), Some(payload), Some(_signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -327,7 +380,12 @@ impl Verifier {
             })
             .transpose()
             .map_err(AuthError::BadClaims)?;
-        Ok(Principal {
+        let exp = claims
+            .exp
+            .as_ref()
+            .and_then(serde_json::Value::as_f64)
+            .ok_or_else(|| AuthError::MissingClaim("exp".into()))? as i64;
+        let principal = Principal {
             subject,
             tenant,
             scopes: claims
@@ -338,7 +396,8 @@ impl Verifier {
                 .collect(),
             senders: claims.senders,
             purposes,
-        })
+        };
+        Ok((principal, exp))
     }
 }
 
@@ -430,6 +489,8 @@ fn load_jwks(path: &std::path::Path, field: &str) -> Result<Vec<VerifyKey>, Conf
 
 #[derive(Debug, Deserialize)]
 struct Claims {
+    /// Checked by jsonwebtoken (a number, required); read here to know how long to cache.
+    exp: Option<serde_json::Value>,
     sub: Option<String>,
     tenant: Option<String>,
     scope: Option<String>,
@@ -489,6 +550,84 @@ mod tests {
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(kid.to_owned());
         jsonwebtoken::encode(&header, claims, &EncodingKey::from_ec_der(pkcs8)).unwrap()
+    }
+
+    #[test]
+    fn verified_tokens_are_cached_until_they_expire_and_refused_ones_never() {
+        let folder = tempfile::tempdir().unwrap();
+        let (private, public) = es256_key("k1");
+        std::fs::write(
+            folder.path().join("jwks.json"),
+            json!({ "keys": [public] }).to_string(),
+        )
+        .unwrap();
+        let text = "[jwt]\nleeway_seconds = 0\n[[jwt.issuers]]\nissuer = \"https://idp\"\njwks_file = \"jwks.json\"\n";
+        let config = Config::parse(text, folder.path()).unwrap();
+        let verifier = Verifier::from_config(&config, None).unwrap();
+        let now = jiff::Timestamp::now().as_second();
+        let claims = |exp: i64| {
+            json!({
+                "iss": "https://idp", "aud": "consentry", "sub": "app", "tenant": "acme",
+                "scope": "messages:send", "exp": exp,
+            })
+        };
+        let cached = || verifier.verified.lock().unwrap().len();
+
+        let token = sign(&private, "k1", &claims(now + 600));
+        assert_eq!(verifier.verify(&token).unwrap().subject, "app");
+        assert_eq!(verifier.verify(&token).unwrap().subject, "app");
+        assert_eq!(
+            cached(),
+            1,
+            "one entry for the token, whatever the number of uses"
+        );
+
+        let expired = sign(&private, "k1", &claims(now - 10));
+        assert_eq!(verifier.verify(&expired).unwrap_err(), AuthError::Expired);
+        assert_eq!(verifier.verify("a.b.c").unwrap_err(), AuthError::Malformed);
+        assert_eq!(cached(), 1, "refused tokens are not cached");
+
+        // An entry past its `exp` is not served: the token is verified again.
+        let digest = |token: &str| -> [u8; 32] {
+            ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+                .as_ref()
+                .try_into()
+                .unwrap()
+        };
+        let principal = verifier.verify(&token).unwrap();
+        verifier.verified.lock().unwrap().insert(
+            digest("x.y.z"),
+            Verified {
+                principal: principal.clone(),
+                valid_until: now - 1,
+            },
+        );
+        assert_eq!(verifier.verify("x.y.z").unwrap_err(), AuthError::Malformed);
+        verifier.verified.lock().unwrap().insert(
+            digest("x.y.z"),
+            Verified {
+                principal,
+                valid_until: now + 60,
+            },
+        );
+        assert!(
+            verifier.verify("x.y.z").is_ok(),
+            "a live entry is served by its hash"
+        );
+
+        // Bounded: when full, the expired entries go first, then all of them.
+        {
+            let mut entries = verifier.verified.lock().unwrap();
+            let live = entries.values().next().unwrap().clone();
+            for index in 0..MAX_CACHED_TOKENS as u32 {
+                let mut key = [0u8; 32];
+                key[..4].copy_from_slice(&index.to_be_bytes());
+                entries.insert(key, live.clone());
+            }
+        }
+        let fresh = sign(&private, "k1", &claims(now + 601));
+        verifier.verify(&fresh).unwrap();
+        assert!(cached() <= MAX_CACHED_TOKENS, "{} entries", cached());
     }
 
     #[test]
