@@ -31,7 +31,9 @@ Environment (defaults in brackets):
   BENCH_ROUNDS         rounds; the order of the targets alternates, medians are reported [1]
   BENCH_LEDGER_SIZES   ledger mode: consent ledger sizes to compare, e.g. "1000 1000000" [off]
   BENCH_NGINX=0        leave nginx out (the baseline) [1]
-  BENCH_SEED           seed of the random recipient draw in ledger mode [1]
+  BENCH_SEED           seed of the random recipient draw [1]
+  BENCH_RANDOM_RECIPIENTS  outside ledger mode: each send goes to one of this many numbers,
+                       drawn at random; 0 sends every request to one number [1000000]
   BENCH_TIMEOUT        wrk request timeout in seconds [5]
   BENCH_NGINX_WORKERS  nginx worker_processes [auto, one per CPU]
   BENCH_GW_PORT        fake gateway port [18081]
@@ -80,11 +82,12 @@ nginx_port="${BENCH_NGINX_PORT:-18444}"
 
 with_nginx="${BENCH_NGINX:-1}"
 seed="${BENCH_SEED:-1}"
+random_recipients="${BENCH_RANDOM_RECIPIENTS:-1000000}"
 read -r -a ledger_sizes <<<"${BENCH_LEDGER_SIZES:-}"
 
 for var in threads connections duration warmup rounds timeout gw_port cs_port admin_port nginx_port \
-  seed; do
-  if ! [[ "${!var}" =~ ^[0-9]+$ ]] || [[ "${!var}" -eq 0 && "$var" != warmup ]]; then
+  seed random_recipients; do
+  if ! [[ "${!var}" =~ ^[0-9]+$ ]] || [[ "${!var}" -eq 0 && "$var" != warmup && "$var" != random_recipients ]]; then
     echo "run.sh: $var must be a positive whole number, got '${!var}'" >&2
     exit 2
   fi
@@ -509,6 +512,7 @@ done
 # positions in every target's ledger (nginx: the first ledger's numbers).
 load() {
   local rc=0 recipients="${size_of[$1]:-${ledger_sizes[0]:-}}"
+  if [[ -z "$recipients" && "$random_recipients" != 0 ]]; then recipients="$random_recipients"; fi
   BENCH_TOKEN="${token_of[$1]}" BENCH_EXPECT="${expect_of[$1]}" BENCH_BODY="$body" \
     BENCH_RECIPIENTS="$recipients" BENCH_SEED="$4" \
     wrk -t "$threads" -c "$connections" -d "${2}s" --timeout "${timeout}s" \
@@ -564,6 +568,18 @@ for name in "${consentry_targets[@]}"; do
   end_mb[$name]="$(du -cb "$tmp/$name"/consentry.db* | awk 'END { printf "%.0f", $1 / 1048576 }')"
   resident_mb[$name]="$(fincore -b -n -o RES "$tmp/$name"/consentry.db* 2>/dev/null |
     awk '{ t += $1 } END { if (NR) printf "%.0f", t / 1048576 }' || true)"
+done
+
+# How consentry grouped its writes: it logs the distribution of its write batches when it
+# stops (SIGTERM: a graceful stop).
+declare -A batches_of=()
+for name in "${consentry_targets[@]}"; do
+  pid="${pid_of[$name]}"
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  batches_of[$name]="$(sed -e 's/\x1b\[[0-9;]*m//g' "$tmp/$name.log" |
+    sed -n 's/.*group commit: the write batches of this run.*summary=\([^ ]*\( [^ ]*\)\{2\}\).*/\1/p' |
+    tail -n 1)"
 done
 
 # --- summary ----------------------------------------------------------------------
@@ -681,6 +697,11 @@ ${compare}statuses: $statuses_line
 EOF
   )"
 else
+  if [[ "$random_recipients" != 0 ]]; then
+    recipient_line="drawn uniformly at random (seed $seed) from $random_recipients numbers"
+  else
+    recipient_line="one number for every request"
+  fi
   nginx_ratios=""
   [[ "$with_nginx" == 0 ]] || nginx_ratios="$(ratios consentry nginx)"$'\n\n'
   summary="$(
@@ -692,7 +713,9 @@ else
 - machine:   $machine
 - versions:  $versions; wrk $wrk_version
 - load:      $load_line
-- request:   POST /v1/messages, $(printf '%s' "$body" | wc -c) byte JSON body, bearer JWT (bench/send.lua)
+- request:   POST /v1/messages, $(printf '%s' "$body" | wc -c) byte JSON body, purpose $purpose, bearer JWT
+             (bench/send.lua); "to": $recipient_line
+- writes:    consentry's write batches (all runs): ${batches_of[consentry]:-not reported}
 - TLS:       $tls
 - all on one machine: wrk, both proxies and the fake gateway share the CPUs
 
