@@ -357,7 +357,7 @@ pub async fn dry_run(
     let request: DecisionRequest = parse_json(&bytes)?;
     let at = match request.at.as_deref() {
         None => state.clock.now(),
-        Some(text) => text.parse::<Timestamp>().map_err(|e| {
+        Some(text) => crate::rfc3339::parse(text).map_err(|e| {
             ApiError::bad_request("invalid_at", format!("at: not an RFC 3339 time: {e}"))
                 .with("field", "at")
         })?,
