@@ -27,12 +27,15 @@ use serde_json::Value;
 use crate::app::AppState;
 use crate::auth::{Principal, scope};
 use crate::config::Tenant;
+use crate::config::UpstreamKind;
 use crate::dialect::{telnyx, twilio, vonage};
 use crate::domain::MessageId;
 use crate::http::error::ApiError;
 use crate::http::messages::{
     Delivery, Processed, SendRequest, canonical_message, read_body_any, sender_bounds,
 };
+use crate::store::MessageStatus;
+use crate::upstream::Upstream;
 
 /// What a front's send came to, before it is rendered in the dialect.
 enum Outcome {
@@ -218,10 +221,14 @@ pub async fn twilio_create(
             ApiError::bad_request("missing_to", "A 'To' phone number is required.")
         })?;
         let to = number_field(&to, "invalid_recipient", "To")?;
+        let mut messaging_service = false;
         let from = match (fields.remove("From"), fields.remove("MessagingServiceSid")) {
             (Some(from), _) => number_field(&from, "invalid_sender", "From")?,
             // A messaging service sends from the tenant's first sender.
-            (None, Some(_)) => tenant.rules.senders[0].as_str().to_owned(),
+            (None, Some(_)) => {
+                messaging_service = true;
+                tenant.rules.senders[0].as_str().to_owned()
+            }
             (None, None) => {
                 return Err(ApiError::bad_request(
                     "missing_from",
@@ -247,6 +254,11 @@ pub async fn twilio_create(
             .await
             {
                 Outcome::Accepted { id, status } => {
+                    // Twilio answers a send through a messaging service `accepted`.
+                    let status = match status {
+                        "queued" if messaging_service => "accepted",
+                        other => other,
+                    };
                     let canonical_to =
                         crate::domain::PhoneNumber::parse(&to, tenant.default_region)
                             .map(|n| n.e164().to_owned())
@@ -305,18 +317,27 @@ pub async fn twilio_fetch(
             .message_content(&principal.tenant, &id, &principal.subject)
             .await?
             .unwrap_or_else(|| (view.recipient.clone(), view.sender.clone(), String::new()));
-        let status = match view.status.as_str() {
-            "sent" => "sent",
-            "failed" => "failed",
-            "scheduled" => "scheduled",
-            "cancelled" | "denied" => "canceled",
-            _ => "queued",
-        };
+        let status = twilio::message_status(view.status);
         let created = jiff::Timestamp::from_microsecond(view.created_at_us).unwrap_or_default();
-        let error = view
-            .error_code
+        // Twilio gives an error code with a failed or undelivered message only: for a denial
+        // the headline reason's, else the outcome's. A Twilio gateway's own numeric code is
+        // passed on as it is; consentry's codes (a failed forward) are translated.
+        let from_twilio = view
+            .upstream
             .as_deref()
-            .map(|code| (twilio::front_error(code).1, code));
+            .and_then(|name| state.upstreams.get(name))
+            .is_some_and(|upstream| {
+                matches!(upstream, Upstream::Gateway(gateway) if gateway.kind == UpstreamKind::Twilio)
+            });
+        let error = match view.status {
+            MessageStatus::Denied => view.reasons[0]["code"].as_str(),
+            MessageStatus::Failed | MessageStatus::Undelivered => view.error_code.as_deref(),
+            _ => None,
+        }
+        .map(|code| match code.parse::<u32>() {
+            Ok(number) if from_twilio => (number, code),
+            _ => (twilio::front_error(code).1, code),
+        });
         Ok::<_, ApiError>(json_response(
             200,
             twilio::message_resource(&account_sid, &id, &to, &from, &body, status, created, error),

@@ -33,6 +33,25 @@ async fn twilio_post(
     (response.status().as_u16(), response.json().await.unwrap())
 }
 
+/// `GET .../Messages/{sid}.json` through the Twilio front.
+async fn twilio_fetch(app: &TestApp, authorization: &str, sid: &str) -> (u16, Value) {
+    let response = app
+        .client
+        .get(app.url(&format!(
+            "/2010-04-01/Accounts/{ACCOUNT}/Messages/{sid}.json"
+        )))
+        .header("authorization", authorization)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+/// The message SID the Twilio front gives a consentry message id.
+fn sid_of(id: &str) -> String {
+    format!("SM{}", id.trim_start_matches("msg_"))
+}
+
 async fn opt_out(app: &TestApp, tenant: &str, number: &str) {
     let token = app.token(tenant, "consents:write");
     let event = json!({ "number": number, "action": "opt_out", "method": "keyword" });
@@ -517,4 +536,109 @@ async fn a_gateways_own_error_is_recorded_with_the_failure() {
         .await
         .unwrap();
     assert_eq!(record["status"], "failed");
+}
+
+#[tokio::test]
+async fn a_message_fetched_through_the_twilio_front_follows_its_status() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    let token = app.token("tw-shop", "messages:send messages:read consents:write");
+    let auth = basic(&token);
+    let form = |to: &str| format!("To=%2B{}&From=%2B{}&Body=hello", &to[1..], &TW_SENDER[1..]);
+
+    // Sent: the gateway (Twilio) answered SMgw1; then it reports the delivery.
+    let (status, created) = twilio_post(&app, ACCOUNT, &auth, &form("+14155550123")).await;
+    assert_eq!((status, created["status"].as_str()), (201, Some("queued")));
+    let sid = created["sid"].as_str().unwrap().to_owned();
+    let (status, fetched) = twilio_fetch(&app, &auth, &sid).await;
+    assert_eq!(status, 200, "{fetched}");
+    assert_eq!(fetched["status"], "sent");
+    assert!(fetched["date_sent"].is_string());
+    assert!(fetched["error_code"].is_null());
+    let report = [
+        ("MessageSid", "SMgw1"),
+        ("MessageStatus", "delivered"),
+        ("AccountSid", "AC00000000000000000000000000000001"),
+    ];
+    assert_eq!(app.twilio_webhook(&report, None).await.status(), 200);
+    let (_, fetched) = twilio_fetch(&app, &auth, &sid).await;
+    assert_eq!(fetched["status"], "delivered", "{fetched}");
+    assert!(fetched["date_sent"].is_string());
+    assert!(fetched["error_code"].is_null());
+
+    // Undelivered, with Twilio's own error code passed on as Twilio's.
+    let (_, created) = twilio_post(&app, ACCOUNT, &auth, &form("+14155550124")).await;
+    let report = [
+        ("MessageSid", "SMgw2"),
+        ("MessageStatus", "undelivered"),
+        ("ErrorCode", "30003"),
+        ("AccountSid", "AC00000000000000000000000000000001"),
+    ];
+    assert_eq!(app.twilio_webhook(&report, None).await.status(), 200);
+    let (_, fetched) = twilio_fetch(&app, &auth, created["sid"].as_str().unwrap()).await;
+    assert_eq!(fetched["status"], "undelivered", "{fetched}");
+    assert_eq!(fetched["error_code"], 30003);
+
+    // A send through a messaging service is answered `accepted`, as Twilio answers it.
+    let (status, created) = twilio_post(
+        &app,
+        ACCOUNT,
+        &auth,
+        "To=%2B14155550125&MessagingServiceSid=MG00000000000000000000000000000001&Body=hi",
+    )
+    .await;
+    assert_eq!(
+        (status, created["status"].as_str()),
+        (201, Some("accepted"))
+    );
+
+    // A gateway that fails: failed, with consentry's documented code for it.
+    gateway.set_mode(GatewayMode::Fail(500));
+    let (status, _) = twilio_post(&app, ACCOUNT, &auth, &form("+14155550126")).await;
+    assert_eq!(status, 502);
+    gateway.set_mode(GatewayMode::Accept);
+    let failed_id: String = app
+        .database
+        .text("SELECT message_id FROM message_outcomes WHERE status = 'failed'")
+        .await;
+    let (_, fetched) = twilio_fetch(&app, &auth, &sid_of(&failed_id)).await;
+    assert_eq!(fetched["status"], "failed", "{fetched}");
+    assert_eq!(fetched["error_code"], 93500);
+
+    // Denied at send time (an opt-out): failed, with Twilio's code for it.
+    opt_out(&app, "tw-shop", "+14155550127").await;
+    let native = json!({ "to": "+14155550127", "from": TW_SENDER, "body": "hi", "purpose": "transactional" });
+    let denied: Value = app.send(&token, &native).await.json().await.unwrap();
+    let denied_id = denied["error"]["id"].as_str().unwrap();
+    let (_, fetched) = twilio_fetch(&app, &auth, &sid_of(denied_id)).await;
+    assert_eq!(fetched["status"], "failed", "{fetched}");
+    assert_eq!(fetched["error_code"], 21610);
+    assert!(fetched["date_sent"].is_null());
+
+    // Deferred (marketing at 23:00 in New York): scheduled; opted out before its release:
+    // canceled.
+    let new_york = "+12125550123";
+    let mut consent = written_opt_in(new_york);
+    consent["occurred_at"] = json!("2026-01-01T00:00:00Z");
+    assert_eq!(app.consent(&token, &consent).await.status(), 201);
+    app.state.clock.set("2026-11-19T04:00:00Z".parse().unwrap());
+    let marketing =
+        json!({ "to": new_york, "from": TW_SENDER, "body": "Sale", "purpose": "marketing" });
+    let response = app.send(&token, &marketing).await;
+    assert_eq!(response.status(), 202);
+    let deferred: Value = response.json().await.unwrap();
+    let deferred_sid = sid_of(deferred["id"].as_str().unwrap());
+    let (_, fetched) = twilio_fetch(&app, &auth, &deferred_sid).await;
+    assert_eq!(fetched["status"], "scheduled", "{fetched}");
+    opt_out(&app, "tw-shop", new_york).await;
+    app.state.clock.set("2026-11-19T14:00:00Z".parse().unwrap());
+    consentry::scheduler::release_due(&app.state).await.unwrap();
+    let (_, fetched) = twilio_fetch(&app, &auth, &deferred_sid).await;
+    assert_eq!(fetched["status"], "canceled", "{fetched}");
+    assert!(fetched["error_code"].is_null());
+    assert_eq!(
+        gateway.requests().len(),
+        4,
+        "the denied and deferred never left"
+    );
 }
