@@ -297,7 +297,7 @@ pub async fn twilio_fetch(
 ) -> Response {
     let rendered = async {
         let principal = twilio_principal(&state, &headers, &account_sid)?;
-        let (principal, _tenant) = state.admit(principal, scope::READ_MESSAGES)?;
+        let (principal, tenant) = state.admit(principal, scope::READ_MESSAGES)?;
         let not_found = || {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -312,11 +312,20 @@ pub async fn twilio_fetch(
             .message(&principal.tenant, &id)
             .await?
             .ok_or_else(not_found)?;
-        // An erased recipient's message shows its masked numbers and no body.
-        let (to, from, body) = state
-            .message_content(&principal.tenant, &id, &principal.subject)
-            .await?
-            .unwrap_or_else(|| (view.recipient.clone(), view.sender.clone(), String::new()));
+        // The body and the full numbers are sealed together; they are opened (and the read
+        // logged, before it happens) for a token that may decrypt bodies, or for any reader
+        // where the tenant chose Twilio's behaviour. Otherwise, and once the recipient was
+        // erased, the masked numbers and an empty body.
+        let sealed = || (view.recipient.clone(), view.sender.clone(), String::new());
+        let (to, from, body) =
+            if principal.has_scope(scope::AUDIT_DECRYPT) || tenant.twilio_fetch_body {
+                state
+                    .message_content(&principal.tenant, &id, &principal.subject)
+                    .await?
+                    .unwrap_or_else(sealed)
+            } else {
+                sealed()
+            };
         let status = twilio::message_status(view.status);
         let created = jiff::Timestamp::from_microsecond(view.created_at_us).unwrap_or_default();
         // Twilio gives an error code with a failed or undelivered message only: for a denial

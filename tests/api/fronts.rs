@@ -96,9 +96,8 @@ async fn the_twilio_front_speaks_twilio() {
         .unwrap();
     assert_eq!(fetched["sid"], sid);
     assert_eq!(fetched["status"], "sent");
-    assert_eq!(fetched["body"], "Your code is 1234");
-    // Reading a body back is an access like any other: recorded, and in the log.
-    assert_eq!(app.count("SELECT count(*) FROM body_accesses").await, 1);
+    // messages:read alone does not decrypt (see the fetch's own test).
+    assert_eq!(fetched["body"], "");
 
     // A Bearer token works too.
     let (status, _) = twilio_post(
@@ -641,4 +640,80 @@ async fn a_message_fetched_through_the_twilio_front_follows_its_status() {
         4,
         "the denied and deferred never left"
     );
+}
+
+/// The body of a fetched message is decrypted for a token with `audit:decrypt`, or for any
+/// reader of a tenant that sets `twilio_fetch_body`; every such read is logged as the native
+/// API logs one, before it happens.
+#[tokio::test]
+async fn the_twilio_fetch_shows_a_body_only_to_who_may_decrypt_it() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    let accesses = "SELECT count(*) FROM body_accesses";
+    let logged = "SELECT count(*) FROM log_leaves WHERE kind = 'body_access'";
+
+    // acme keeps the default: bodies only with audit:decrypt.
+    let sender = app.token("acme", "messages:send");
+    let (status, created) = twilio_post(
+        &app,
+        ACCOUNT,
+        &basic(&sender),
+        "To=%2B14155550123&From=%2B12025550100&Body=Your+code+is+1234",
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let sid = created["sid"].as_str().unwrap().to_owned();
+
+    let reader = app.token("acme", "messages:read");
+    let (status, fetched) = twilio_fetch(&app, &basic(&reader), &sid).await;
+    assert_eq!(status, 200, "{fetched}");
+    assert_eq!(fetched["status"], "sent");
+    assert_eq!(fetched["body"], "", "messages:read alone: no body");
+    assert_eq!(fetched["to"], "+1415555****", "and masked numbers");
+    assert_eq!(fetched["from"], "+1202555****");
+    assert_eq!(app.count(accesses).await, 0, "nothing was decrypted");
+
+    let auditor = app.token("acme", "messages:read audit:decrypt");
+    let (status, fetched) = twilio_fetch(&app, &basic(&auditor), &sid).await;
+    assert_eq!(status, 200, "{fetched}");
+    assert_eq!(fetched["body"], "Your code is 1234");
+    assert_eq!(fetched["to"], "+14155550123");
+    assert_eq!(fetched["from"], ACME_SENDER);
+    assert_eq!(app.count(accesses).await, 1);
+    let id = format!("msg_{}", &sid[2..]);
+    assert_eq!(
+        app.database
+            .text("SELECT subject || ' ' || message_id FROM body_accesses")
+            .await,
+        format!("test-app {id}"),
+        "who read which message"
+    );
+    assert_eq!(app.count(logged).await, 1, "the read is a leaf of the log");
+
+    // audit:decrypt without messages:read does not fetch.
+    let decrypt_only = app.token("acme", "audit:decrypt");
+    let (status, error) = twilio_fetch(&app, &basic(&decrypt_only), &sid).await;
+    assert_eq!((status, error["code"].as_u64()), (401, Some(20003)));
+    assert_eq!(error["consentry_code"], "insufficient_scope");
+
+    // tw-shop sets twilio_fetch_body = true: messages:read sees the body, and is logged.
+    let token = app.token("tw-shop", "messages:send messages:read");
+    let form = format!(
+        "To=%2B14155550124&From=%2B{}&Body=Your+code+is+5678",
+        &TW_SENDER[1..]
+    );
+    let (status, created) = twilio_post(&app, ACCOUNT, &basic(&token), &form).await;
+    assert_eq!(status, 201, "{created}");
+    let sid = created["sid"].as_str().unwrap();
+    let (status, fetched) = twilio_fetch(&app, &basic(&token), sid).await;
+    assert_eq!(status, 200, "{fetched}");
+    assert_eq!(fetched["body"], "Your code is 5678");
+    assert_eq!(fetched["to"], "+14155550124");
+    assert_eq!(app.count(accesses).await, 2);
+    assert_eq!(app.count(logged).await, 2);
+
+    // Another tenant's message is not found, switch or no switch.
+    let (status, error) = twilio_fetch(&app, &basic(&token), &sid_of(&id)).await;
+    assert_eq!((status, error["code"].as_u64()), (404, Some(20404)));
+    assert_eq!(app.count(accesses).await, 2);
 }
