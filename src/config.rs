@@ -322,7 +322,8 @@ pub struct TenantConfig {
     /// How often messages come, for the HELP answer. Default "Msg frequency varies".
     pub message_frequency: Option<String>,
     /// The purpose of messages sent through a gateway-compatible front that do not say one
-    /// (`X-Consentry-Purpose`). Default: marketing, the purpose that needs the most.
+    /// (no `X-Consentry-Purpose`, and a token whose `purposes` claim does not name exactly
+    /// one). Default: marketing, the purpose that needs the most.
     #[serde(default = "default_front_purpose")]
     pub default_purpose: Purpose,
     /// The language of replies when the keyword does not tell one: en, es or fr.

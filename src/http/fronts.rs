@@ -10,7 +10,8 @@
 //! - Telnyx: `POST /v2/messages` (JSON), Bearer JWT.
 //! - Vonage: `POST /sms/json` (form or JSON); the JWT as `api_secret`, or Bearer.
 //!
-//! The purpose comes from the `X-Consentry-Purpose` header, else the tenant's `default_purpose`;
+//! The purpose comes from the `X-Consentry-Purpose` header, else from the token when its
+//! `purposes` claim names exactly one, else the tenant's `default_purpose`;
 //! `X-Consentry-Brand` and `X-Consentry-Campaign` give the scope. The JWT bounds all of them. A
 //! field given twice is refused, never guessed.
 
@@ -97,9 +98,10 @@ async fn send(
     body: String,
     status_callback: Option<crate::domain::StatusCallback>,
 ) -> Outcome {
-    let purpose = header(headers, "x-consentry-purpose")
-        .map(str::to_owned)
-        .unwrap_or_else(|| tenant.default_purpose.as_str().to_owned());
+    let purpose = match header(headers, "x-consentry-purpose") {
+        Some(purpose) => purpose.to_owned(),
+        None => front_purpose(principal, tenant).as_str().to_owned(),
+    };
     let request = SendRequest {
         to,
         from,
@@ -145,6 +147,17 @@ async fn send(
             status: "queued",
         },
         Err(error) => Outcome::Refused(error),
+    }
+}
+
+/// The purpose of a front message that names none (no `X-Consentry-Purpose`): the token's, if
+/// its `purposes` claim names exactly one (an SDK that cannot set a header still sends for the
+/// one purpose it is allowed), else the tenant's `default_purpose`.
+fn front_purpose(principal: &Principal, tenant: &Tenant) -> crate::domain::Purpose {
+    let mut named = principal.purposes.iter().flatten();
+    match (named.next(), named.next()) {
+        (Some(only), None) => *only,
+        _ => tenant.default_purpose,
     }
 }
 

@@ -717,3 +717,101 @@ async fn the_twilio_fetch_shows_a_body_only_to_who_may_decrypt_it() {
     assert_eq!((status, error["code"].as_u64()), (404, Some(20404)));
     assert_eq!(app.count(accesses).await, 2);
 }
+
+/// A front message that names no purpose takes the token's when its `purposes` claim names
+/// exactly one; the header still wins; otherwise the tenant's default.
+#[tokio::test]
+async fn a_token_with_one_purpose_gives_it_to_front_messages() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    let token_for = |purposes: Option<Value>| {
+        let mut claims = claims("consentry-dev", "acme", "messages:send messages:read");
+        if let Some(purposes) = purposes {
+            claims["purposes"] = purposes;
+        }
+        app.sign_dev(
+            &json!({ "alg": "EdDSA", "typ": "JWT", "kid": "dev" }),
+            &claims,
+        )
+    };
+    // acme allows transactional and informational; its default_purpose is marketing.
+    let vonage = |token: &str, purpose_header: Option<&str>| {
+        let form = format!(
+            "api_key=anything&api_secret={token}&from=12025550100&to=14155550123&text=Your+code+is+1234"
+        );
+        let mut request = app
+            .client
+            .post(app.url("/sms/json"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form);
+        if let Some(purpose) = purpose_header {
+            request = request.header("x-consentry-purpose", purpose);
+        }
+        async move {
+            let answer: Value = request.send().await.unwrap().json().await.unwrap();
+            answer["messages"][0].clone()
+        }
+    };
+
+    // One purpose in the token, no header: that purpose.
+    let one = token_for(Some(json!(["transactional"])));
+    let sent = vonage(&one, None).await;
+    assert_eq!(sent["status"], "0", "{sent}");
+    let id = sent["message-id"].as_str().unwrap();
+    let record: Value = app
+        .get(&one, &format!("/v1/messages/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(record["purpose"], "transactional");
+
+    // The header wins over the token: informational is outside this token's bounds.
+    let refused = vonage(&one, Some("informational")).await;
+    assert_eq!(refused["status"], "90", "{refused}");
+    assert!(
+        refused["error-text"]
+            .as_str()
+            .unwrap()
+            .starts_with("purpose_not_allowed"),
+        "{refused}"
+    );
+
+    // No purposes claim, or two: the tenant's default (marketing), which acme may not send.
+    for token in [
+        token_for(None),
+        token_for(Some(json!(["transactional", "informational"]))),
+    ] {
+        let refused = vonage(&token, None).await;
+        assert_eq!(refused["status"], "90", "{refused}");
+        assert!(
+            refused["error-text"]
+                .as_str()
+                .unwrap()
+                .starts_with("purpose_not_allowed"),
+            "{refused}"
+        );
+    }
+
+    // The same on every front: Twilio without the header.
+    let response = app
+        .client
+        .post(app.url(&format!("/2010-04-01/Accounts/{ACCOUNT}/Messages.json")))
+        .header("authorization", basic(&one))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("To=%2B14155550124&From=%2B12025550100&Body=hi")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let created: Value = response.json().await.unwrap();
+    let id = format!("msg_{}", &created["sid"].as_str().unwrap()[2..]);
+    let record: Value = app
+        .get(&one, &format!("/v1/messages/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(record["purpose"], "transactional");
+    assert_eq!(gateway.requests().len(), 2);
+}
