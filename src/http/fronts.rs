@@ -8,7 +8,8 @@
 //!   `GET .../Messages/{Sid}.json`; the JWT is the Basic-auth password (the username must be the
 //!   account SID of the path) or a Bearer token.
 //! - Telnyx: `POST /v2/messages` (JSON), Bearer JWT.
-//! - Vonage: `POST /sms/json` (form or JSON); the JWT as `api_secret`, or Bearer.
+//! - Vonage: `POST /sms/json` (form or JSON); the JWT as `api_secret`, as the Basic-auth
+//!   password (the current Vonage SDKs), or Bearer.
 //!
 //! The purpose comes from the `X-Consentry-Purpose` header, else from the token when its
 //! `purposes` claim names exactly one, else the tenant's `default_purpose`;
@@ -161,6 +162,42 @@ fn front_purpose(principal: &Principal, tenant: &Tenant) -> crate::domain::Purpo
     }
 }
 
+/// What a front request's `Authorization` header carries.
+enum HeaderCredential {
+    /// `Bearer <JWT>`.
+    Bearer(String),
+    /// `Basic base64(user:password)` (RFC 7617): the gateway's account id or API key as the
+    /// user, the JWT as the password.
+    Basic { user: String, password: String },
+}
+
+/// Reads the `Authorization` header: `None` when there is none. A scheme other than Bearer or
+/// Basic is a missing token, as on the native API; Basic that does not decode is malformed.
+fn header_credential(headers: &HeaderMap) -> Result<Option<HeaderCredential>, ApiError> {
+    use crate::auth::AuthError;
+    let Some(value) = headers.get(http::header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value.to_str().map_err(|_| AuthError::Malformed)?;
+    let (scheme, rest) = value.trim().split_once(' ').ok_or(AuthError::Missing)?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(Some(HeaderCredential::Bearer(rest.trim().to_owned())));
+    }
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(AuthError::Missing.into());
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim())
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or(AuthError::Malformed)?;
+    let (user, password) = decoded.split_once(':').ok_or(AuthError::Malformed)?;
+    Ok(Some(HeaderCredential::Basic {
+        user: user.to_owned(),
+        password: password.to_owned(),
+    }))
+}
+
 /// The principal of a Twilio request: Basic (username = the path's account SID, password = the
 /// JWT) or Bearer.
 fn twilio_principal(
@@ -168,26 +205,40 @@ fn twilio_principal(
     headers: &HeaderMap,
     account_sid: &str,
 ) -> Result<Principal, ApiError> {
-    let authorization = header(headers, "authorization").unwrap_or_default();
-    if let Some(encoded) = authorization.strip_prefix("Basic ") {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(encoded.trim())
-            .ok()
-            .and_then(|bytes| String::from_utf8(bytes).ok())
-            .ok_or_else(|| ApiError::from(crate::auth::AuthError::Malformed))?;
-        let (user, token) = decoded
-            .split_once(':')
-            .ok_or_else(|| ApiError::from(crate::auth::AuthError::Malformed))?;
-        if user != account_sid {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "wrong_account",
-                "the account SID in the path is not the one the request authenticates as",
-            ));
+    match header_credential(headers)? {
+        Some(HeaderCredential::Basic { user, password }) => {
+            if user != account_sid {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "wrong_account",
+                    "the account SID in the path is not the one the request authenticates as",
+                ));
+            }
+            Ok(state.verifier.verify(&password)?)
         }
-        return Ok(state.verifier.verify(token)?);
+        Some(HeaderCredential::Bearer(token)) => Ok(state.verifier.verify(&token)?),
+        None => Err(crate::auth::AuthError::Missing.into()),
     }
-    Ok(state.verifier.verify_header(Some(authorization))?)
+}
+
+/// The JWT of a Vonage request, from the form's `api_secret` (Vonage's SMS API in the body) or
+/// the `Authorization` header: Basic, as Vonage's current SDKs send the key and secret (the
+/// JWT as the password; the user, Vonage's API key, is not read, as the form's `api_key` is
+/// not), or Bearer. Two different tokens are refused, never chosen between.
+fn vonage_token(headers: &HeaderMap, form_secret: Option<String>) -> Result<String, ApiError> {
+    let from_header = header_credential(headers)?.map(|credential| match credential {
+        HeaderCredential::Bearer(token) => token,
+        HeaderCredential::Basic { password, .. } => password,
+    });
+    match (form_secret, from_header) {
+        (Some(form), Some(header)) if form != header => Err(ApiError::bad_request(
+            "duplicate_parameter",
+            "credentials are given twice, in api_secret and in the Authorization header, and differ",
+        )
+        .with("field", "api_secret")),
+        (Some(token), _) | (None, Some(token)) => Ok(token),
+        (None, None) => Err(crate::auth::AuthError::Missing.into()),
+    }
 }
 
 pub async fn twilio_create(
@@ -514,12 +565,8 @@ pub async fn vonage_send(
         } else {
             form_fields(&bytes)?
         };
-        let principal = match fields.remove("api_secret") {
-            Some(token) => state.verifier.verify(&token)?,
-            None => state
-                .verifier
-                .verify_header(header(&headers, "authorization"))?,
-        };
+        let token = vonage_token(&headers, fields.remove("api_secret"))?;
+        let principal = state.verifier.verify(&token)?;
         let (principal, tenant) = state.admit(principal, scope::SEND)?;
         let to = fields
             .remove("to")

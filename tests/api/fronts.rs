@@ -261,6 +261,104 @@ async fn the_vonage_front_speaks_vonage() {
     assert_eq!(gateway.requests().len(), 1);
 }
 
+/// Vonage's current SDKs send the API key and secret as HTTP Basic: the JWT is the password,
+/// the API key (the user) is not read, as the form's `api_key` is not.
+#[tokio::test]
+async fn the_vonage_front_takes_the_token_as_the_basic_password() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    let token = app.token("acme", "messages:send");
+    let basic_as = |user: &str, password: &str| {
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        format!("Basic {encoded}")
+    };
+    let send = |authorization: Option<String>, form: String| {
+        let mut request = app
+            .client
+            .post(app.url("/sms/json"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-consentry-purpose", "transactional")
+            .body(form);
+        if let Some(authorization) = authorization {
+            request = request.header("authorization", authorization);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200, "Vonage answers 200, with a status");
+            let answer: Value = response.json().await.unwrap();
+            answer["messages"][0].clone()
+        }
+    };
+    let message = "from=12025550100&to=14155550123&text=Your+code+is+1234".to_owned();
+
+    // As the SDK sends it: Basic, nothing in the form.
+    let sent = send(Some(basic_as("my-api-key", &token)), message.clone()).await;
+    assert_eq!(sent["status"], "0", "{sent}");
+    assert!(sent["message-id"].is_string());
+    // Any user name, and the scheme's name in any case (RFC 7617).
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!(":{token}"));
+    let sent = send(Some(format!("basic {encoded}")), message.clone()).await;
+    assert_eq!(sent["status"], "0", "{sent}");
+    // The same token in the form and in the header is one credential.
+    let both = format!("api_key=k&api_secret={token}&{message}");
+    let sent = send(Some(basic_as("k", &token)), both).await;
+    assert_eq!(sent["status"], "0", "{sent}");
+    // JSON bodies too.
+    let response = app
+        .client
+        .post(app.url("/sms/json"))
+        .header("authorization", basic_as("k", &token))
+        .header("x-consentry-purpose", "transactional")
+        .json(&json!({ "from": "12025550100", "to": "14155550123", "text": "hi" }))
+        .send()
+        .await
+        .unwrap();
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["messages"][0]["status"], "0", "{answer}");
+    assert_eq!(gateway.requests().len(), 4);
+
+    // Refusals, in Vonage's statuses with consentry's code first in the text; nothing sent.
+    let other = app.token("acme", "messages:send consents:read");
+    let cases: Vec<(Option<String>, String, &str, &str)> = vec![
+        (None, message.clone(), "4", "missing_token"),
+        (
+            Some(basic_as("k", "not-a-token")),
+            message.clone(),
+            "4",
+            "malformed_token",
+        ),
+        (
+            Some("Basic !!!".to_owned()),
+            message.clone(),
+            "4",
+            "malformed_token",
+        ),
+        (
+            Some(basic_as("k", &app.token("acme", "messages:read"))),
+            message.clone(),
+            "4",
+            "insufficient_scope",
+        ),
+        (
+            Some(basic_as("k", &other)),
+            format!("api_key=k&api_secret={token}&{message}"),
+            "2",
+            "duplicate_parameter",
+        ),
+    ];
+    for (authorization, form, status, code) in cases {
+        let refused = send(authorization.clone(), form).await;
+        assert_eq!(refused["status"], status, "{authorization:?}: {refused}");
+        let text = refused["error-text"].as_str().unwrap();
+        assert!(
+            text.starts_with(code),
+            "{authorization:?}: {code} expected, got {text}"
+        );
+    }
+    assert_eq!(gateway.requests().len(), 4);
+}
+
 #[tokio::test]
 async fn the_vonage_upstream_sends_vonages_request_and_reads_its_answer() {
     let gateway = FakeGateway::start().await;
@@ -406,7 +504,8 @@ async fn delivery_statuses_reach_the_record_and_the_tenant() {
     assert_eq!(delivered.body["status"], "delivery_failed");
 }
 
-/// The official Python SDKs, unchanged but for their base URL, against consentry over TLS.
+/// The official Python SDKs (Twilio, Telnyx, Vonage), unchanged but for their base URL or
+/// host, against consentry over TLS.
 /// `.ci/run` installs them in a virtual environment and names its Python in
 /// `CONSENTRY_SDK_PYTHON`; without it this test says so and checks nothing.
 #[tokio::test]
@@ -418,6 +517,13 @@ async fn the_official_python_sdks_work_against_consentry() {
     let gateway = FakeGateway::start().await;
     let app = TestApp::spawn(&gateway.url()).await;
     let token = app.token("acme", "messages:send messages:read");
+    // The Vonage SDK has no public way to add X-Consentry-Purpose: its token names the purpose.
+    let mut vonage_claims = claims("consentry-dev", "acme", "messages:send");
+    vonage_claims["purposes"] = json!(["transactional"]);
+    let vonage_token = app.sign_dev(
+        &json!({ "alg": "EdDSA", "typ": "JWT", "kid": "dev" }),
+        &vonage_claims,
+    );
     opt_out(&app, "acme", OPTED_OUT).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/check_sdks.py");
     let mut command = std::process::Command::new(python);
@@ -428,6 +534,7 @@ async fn the_official_python_sdks_work_against_consentry() {
             format!("https://localhost:{}", app.api.port()),
         )
         .env("CONSENTRY_TOKEN", &token)
+        .env("CONSENTRY_VONAGE_TOKEN", &vonage_token)
         .env("CONSENTRY_FROM", ACME_SENDER)
         .env("CONSENTRY_OPTED_OUT", OPTED_OUT)
         .env("SSL_CERT_FILE", app.data_dir().join("tls/cert.pem"))
@@ -441,13 +548,12 @@ async fn the_official_python_sdks_work_against_consentry() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(
-        stdout.contains("twilio: ok") && stdout.contains("telnyx: ok"),
-        "{stdout}"
-    );
+    for sdk in ["twilio", "telnyx", "vonage"] {
+        assert!(stdout.contains(&format!("{sdk}: ok")), "{sdk}: {stdout}");
+    }
     assert_eq!(
         gateway.requests().len(),
-        2,
+        3,
         "one message per SDK reached the gateway"
     );
 }
