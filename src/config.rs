@@ -322,7 +322,8 @@ pub struct TenantConfig {
     /// How often messages come, for the HELP answer. Default "Msg frequency varies".
     pub message_frequency: Option<String>,
     /// The purpose of messages sent through a gateway-compatible front that do not say one
-    /// (`X-Consentry-Purpose`). Default: marketing, the purpose that needs the most.
+    /// (no `X-Consentry-Purpose`, and a token whose `purposes` claim does not name exactly
+    /// one). Default: marketing, the purpose that needs the most.
     #[serde(default = "default_front_purpose")]
     pub default_purpose: Purpose,
     /// The language of replies when the keyword does not tell one: en, es or fr.
@@ -334,6 +335,11 @@ pub struct TenantConfig {
     /// consentry signs the `StatusCallback` requests it makes with it. Without it, a
     /// `StatusCallback` in a Twilio-front request is refused.
     pub status_callback_secret: Option<SecretRef>,
+    /// Whether the Twilio front's `GET .../Messages/{Sid}.json` shows the message's body and
+    /// full numbers to a token with `messages:read` alone, as Twilio does. Default false: only
+    /// a token that also has `audit:decrypt` sees them. Every such read is logged either way.
+    #[serde(default)]
+    pub twilio_fetch_body: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -516,6 +522,8 @@ pub struct Tenant {
     pub webhook: Option<TenantWebhook>,
     pub default_purpose: Purpose,
     pub status_callback_secret: Option<SecretRef>,
+    /// The Twilio front's fetch shows bodies to `messages:read` ([`TenantConfig::twilio_fetch_body`]).
+    pub twilio_fetch_body: bool,
 }
 
 /// A scope that names no brand or campaign of the tenant: the field and why.
@@ -938,6 +946,7 @@ impl Config {
                     reply_language: tenant.reply_language.clone(),
                     default_purpose: tenant.default_purpose,
                     status_callback_secret: tenant.status_callback_secret.clone(),
+                    twilio_fetch_body: tenant.twilio_fetch_body,
                     webhook: tenant.webhook.clone(),
                     id,
                     upstream: tenant.upstream.clone(),

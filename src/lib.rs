@@ -13,6 +13,7 @@
 //! | `keywords`  | the reply classifier (STOP, START, HELP, review)                       | no  |
 //! | `dialect`   | each gateway's webhooks, send requests, answers and error codes        | no  |
 //! | `import`    | push parsers for streamed CSV and NDJSON imports                       | no  |
+//! | `rfc3339`   | RFC 3339 instants read strictly (offsets within ±23:59)                | no  |
 //! | `crypto`    | AES-256-GCM key ring, keyed hashes of numbers (ring)                   | no  |
 //! | `auth`      | JWT verification -> `Principal`; development tokens                    | no  |
 //! | `config`    | TOML -> checked configuration; secrets by reference, redacted          | reads files |
@@ -48,6 +49,7 @@ pub mod keywords;
 pub mod numbering;
 pub mod outbox;
 pub mod policy;
+pub mod rfc3339;
 pub mod scheduler;
 pub mod server;
 pub mod store;

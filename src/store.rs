@@ -122,12 +122,87 @@ pub enum OutcomeStatus {
 }
 
 impl OutcomeStatus {
+    pub const ALL: [OutcomeStatus; 4] = [
+        OutcomeStatus::Sent,
+        OutcomeStatus::Failed,
+        OutcomeStatus::Delivered,
+        OutcomeStatus::Undelivered,
+    ];
+
     pub fn as_str(&self) -> &'static str {
         match self {
             OutcomeStatus::Sent => "sent",
             OutcomeStatus::Failed => "failed",
             OutcomeStatus::Delivered => "delivered",
             OutcomeStatus::Undelivered => "undelivered",
+        }
+    }
+
+    /// The status a stored outcome row names.
+    pub fn parse(text: &str) -> Option<OutcomeStatus> {
+        OutcomeStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == text)
+    }
+}
+
+/// Where a message stands, derived from its record, its latest release decision and its
+/// latest outcome ([`status_of`]); never stored apart from them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageStatus {
+    /// Denied when it was sent: recorded, never forwarded.
+    Denied,
+    /// Deferred, waiting for its release.
+    Scheduled,
+    /// Deferred, then denied at its release (an opt-out in between, an erasure, ...).
+    Cancelled,
+    /// Allowed and recorded; the gateway has not answered yet (being forwarded, or the
+    /// process stopped while it was).
+    Accepted,
+    /// The gateway accepted it.
+    Sent,
+    /// The gateway refused it, could not be reached, or reported that it could not send it.
+    Failed,
+    /// The gateway reported that it reached the handset.
+    Delivered,
+    /// The gateway reported that the carrier did not deliver it.
+    Undelivered,
+}
+
+impl MessageStatus {
+    pub const ALL: [MessageStatus; 8] = [
+        MessageStatus::Denied,
+        MessageStatus::Scheduled,
+        MessageStatus::Cancelled,
+        MessageStatus::Accepted,
+        MessageStatus::Sent,
+        MessageStatus::Failed,
+        MessageStatus::Delivered,
+        MessageStatus::Undelivered,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MessageStatus::Denied => "denied",
+            MessageStatus::Scheduled => "scheduled",
+            MessageStatus::Cancelled => "cancelled",
+            MessageStatus::Accepted => "accepted",
+            MessageStatus::Sent => "sent",
+            MessageStatus::Failed => "failed",
+            MessageStatus::Delivered => "delivered",
+            MessageStatus::Undelivered => "undelivered",
+        }
+    }
+}
+
+impl From<OutcomeStatus> for MessageStatus {
+    fn from(outcome: OutcomeStatus) -> MessageStatus {
+        match outcome {
+            OutcomeStatus::Sent => MessageStatus::Sent,
+            OutcomeStatus::Failed => MessageStatus::Failed,
+            OutcomeStatus::Delivered => MessageStatus::Delivered,
+            OutcomeStatus::Undelivered => MessageStatus::Undelivered,
         }
     }
 }
@@ -154,9 +229,8 @@ pub struct MessageView {
     pub decision: String,
     pub reasons: serde_json::Value,
     pub upstream: Option<String>,
-    /// `denied`, `scheduled` (deferred), `cancelled` (denied at release), `accepted`
-    /// (allowed, no outcome yet), `sent` or `failed`.
-    pub status: String,
+    /// Where the message stands ([`MessageStatus`]).
+    pub status: MessageStatus,
     /// For a deferred message: when it is due.
     pub release_at: Option<String>,
     pub upstream_message_id: Option<String>,
@@ -682,12 +756,47 @@ pub fn status_of(
     decision: &str,
     latest_release: Option<&str>,
     latest_outcome: Option<&str>,
-) -> String {
-    match (decision, latest_release, latest_outcome) {
-        ("denied", _, _) => "denied".into(),
-        ("deferred", None | Some("deferred"), _) => "scheduled".into(),
-        ("deferred", Some("denied"), _) => "cancelled".into(),
-        (_, _, Some(status)) => status.into(),
-        (_, _, None) => "accepted".into(),
+) -> Result<MessageStatus, StoreError> {
+    Ok(match (decision, latest_release, latest_outcome) {
+        ("denied", _, _) => MessageStatus::Denied,
+        ("deferred", None | Some("deferred"), _) => MessageStatus::Scheduled,
+        ("deferred", Some("denied"), _) => MessageStatus::Cancelled,
+        (_, _, Some(status)) => OutcomeStatus::parse(status)
+            .ok_or_else(|| StoreError::Corrupt(format!("an outcome of status {status:?}")))?
+            .into(),
+        (_, _, None) => MessageStatus::Accepted,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_messages_status_follows_its_decision_release_and_outcome() {
+        use MessageStatus::*;
+        let cases: [(&str, Option<&str>, Option<&str>, MessageStatus); 10] = [
+            ("denied", None, None, Denied),
+            ("deferred", None, None, Scheduled),
+            ("deferred", Some("deferred"), None, Scheduled),
+            ("deferred", Some("denied"), None, Cancelled),
+            ("deferred", Some("allowed"), None, Accepted),
+            ("deferred", Some("allowed"), Some("sent"), Sent),
+            ("allowed", None, None, Accepted),
+            ("allowed", None, Some("failed"), Failed),
+            ("allowed", None, Some("delivered"), Delivered),
+            ("allowed", None, Some("undelivered"), Undelivered),
+        ];
+        for (decision, release, outcome, expected) in cases {
+            assert_eq!(
+                status_of(decision, release, outcome).unwrap(),
+                expected,
+                "{decision} {release:?} {outcome:?}"
+            );
+        }
+        assert!(matches!(
+            status_of("allowed", None, Some("lost")),
+            Err(StoreError::Corrupt(_))
+        ));
     }
 }

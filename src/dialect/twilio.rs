@@ -321,6 +321,59 @@ pub fn message_id_of_sid(sid: &str) -> Option<crate::domain::MessageId> {
     crate::domain::MessageId::parse(&format!("msg_{}", sid.strip_prefix("SM")?))
 }
 
+/// Every status Twilio documents for a message (the Message resource's `status`).
+pub const MESSAGE_STATUSES: [&str; 13] = [
+    "queued",
+    "sending",
+    "sent",
+    "failed",
+    "delivered",
+    "undelivered",
+    "receiving",
+    "received",
+    "accepted",
+    "scheduled",
+    "read",
+    "partially_delivered",
+    "canceled",
+];
+
+/// The status a message fetched through the Twilio front shows, from where consentry's record
+/// says it stands. Exhaustive, so a new consentry status has to be placed here.
+///
+/// - `accepted` (recorded, handed to the gateway, no answer yet) is Twilio's `sending`: "in the
+///   process of dispatching your message to the nearest upstream carrier";
+/// - a message denied at send time is `failed` ("could not be sent"), with the denial's code
+///   as `error_code`, as Twilio shows a send to an opted-out number (21610);
+/// - a deferred message is `scheduled`, and `canceled` once denied at its release.
+///
+/// Twilio's other words come from elsewhere or not at all: `queued` and `accepted` are what a
+/// send answers (`From`, or `MessagingServiceSid`), before the fetch can say more; a gateway's
+/// `read` is recorded as delivered (Twilio reports it for WhatsApp and RCS only, which consentry
+/// does not send); `receiving` and `received` describe incoming messages, which the front's
+/// fetch does not serve (replies go to the tenant's webhook); `partially_delivered` is
+/// deprecated by Twilio and never reported for SMS.
+pub fn message_status(status: crate::store::MessageStatus) -> &'static str {
+    use crate::store::MessageStatus;
+    match status {
+        MessageStatus::Accepted => "sending",
+        MessageStatus::Sent => "sent",
+        MessageStatus::Delivered => "delivered",
+        MessageStatus::Undelivered => "undelivered",
+        MessageStatus::Failed | MessageStatus::Denied => "failed",
+        MessageStatus::Scheduled => "scheduled",
+        MessageStatus::Cancelled => "canceled",
+    }
+}
+
+/// Whether a message in this Twilio status has left for the carrier (`date_sent` is set).
+fn has_been_sent(status: &str) -> bool {
+    matches!(
+        status,
+        "sent" | "delivered" | "undelivered" | "read" | "partially_delivered"
+    )
+}
+
 /// Twilio's message resource.
 #[allow(clippy::too_many_arguments)]
 pub fn message_resource(
@@ -343,7 +396,7 @@ pub fn message_resource(
         "body": body,
         "date_created": date,
         "date_updated": date,
-        "date_sent": if status == "sent" { serde_json::json!(date) } else { serde_json::Value::Null },
+        "date_sent": if has_been_sent(status) { serde_json::json!(date) } else { serde_json::Value::Null },
         "direction": "outbound-api",
         "error_code": error.map(|(code, _)| code),
         "error_message": error.map(|(_, text)| text),
@@ -474,6 +527,99 @@ mod tests {
             verify_webhook("token", &url, "application/json", Some(&header), altered),
             Err(WebhookError::BadSignature)
         );
+    }
+
+    /// Every status Twilio documents, and where the front gets it from.
+    #[test]
+    fn every_documented_twilio_status_is_placed() {
+        use crate::store::MessageStatus::*;
+        enum From {
+            /// What a fetch shows for a record in this consentry status.
+            Fetch(crate::store::MessageStatus),
+            /// Only the answer to a send (before the gateway has been heard from).
+            SendAnswer,
+            /// Never, for the reason given.
+            Never(&'static str),
+        }
+        let table: [(&str, From); 14] = [
+            ("queued", From::SendAnswer),
+            ("accepted", From::SendAnswer),
+            ("sending", From::Fetch(Accepted)),
+            ("sent", From::Fetch(Sent)),
+            ("failed", From::Fetch(Failed)),
+            ("failed", From::Fetch(Denied)),
+            ("delivered", From::Fetch(Delivered)),
+            ("undelivered", From::Fetch(Undelivered)),
+            ("scheduled", From::Fetch(Scheduled)),
+            ("canceled", From::Fetch(Cancelled)),
+            (
+                "read",
+                From::Never("WhatsApp and RCS only; recorded as delivered"),
+            ),
+            (
+                "receiving",
+                From::Never("incoming messages are not served by the fetch"),
+            ),
+            (
+                "received",
+                From::Never("incoming messages are not served by the fetch"),
+            ),
+            ("partially_delivered", From::Never("deprecated by Twilio")),
+        ];
+        let mut named: Vec<&str> = table.iter().map(|(status, _)| *status).collect();
+        named.sort();
+        named.dedup();
+        let mut documented = MESSAGE_STATUSES.to_vec();
+        documented.sort();
+        assert_eq!(
+            named, documented,
+            "the table names every documented status once"
+        );
+        let mut placed = Vec::new();
+        for (twilio, from) in &table {
+            match from {
+                From::Fetch(status) => {
+                    assert_eq!(message_status(*status), *twilio, "{status:?}");
+                    placed.push(*status);
+                }
+                From::SendAnswer | From::Never(_) => {
+                    let why = match from {
+                        From::Never(why) => why,
+                        _ => "a send's answer only",
+                    };
+                    assert!(
+                        crate::store::MessageStatus::ALL
+                            .iter()
+                            .all(|status| message_status(*status) != *twilio),
+                        "{twilio} is not what a fetch shows: {why}"
+                    );
+                }
+            }
+        }
+        for status in crate::store::MessageStatus::ALL {
+            assert!(
+                placed.contains(&status),
+                "{status:?} has a row in the table"
+            );
+        }
+    }
+
+    #[test]
+    fn date_sent_is_set_once_the_message_has_left() {
+        let id = crate::domain::MessageId::new();
+        let now = jiff::Timestamp::UNIX_EPOCH;
+        for status in MESSAGE_STATUSES {
+            let resource = message_resource("AC1", &id, "+1", "+2", "", status, now, None);
+            let left = [
+                "sent",
+                "delivered",
+                "undelivered",
+                "read",
+                "partially_delivered",
+            ]
+            .contains(&status);
+            assert_eq!(resource["date_sent"].is_string(), left, "{status}");
+        }
     }
 
     #[test]

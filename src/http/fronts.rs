@@ -8,9 +8,11 @@
 //!   `GET .../Messages/{Sid}.json`; the JWT is the Basic-auth password (the username must be the
 //!   account SID of the path) or a Bearer token.
 //! - Telnyx: `POST /v2/messages` (JSON), Bearer JWT.
-//! - Vonage: `POST /sms/json` (form or JSON); the JWT as `api_secret`, or Bearer.
+//! - Vonage: `POST /sms/json` (form or JSON); the JWT as `api_secret`, as the Basic-auth
+//!   password (the current Vonage SDKs), or Bearer.
 //!
-//! The purpose comes from the `X-Consentry-Purpose` header, else the tenant's `default_purpose`;
+//! The purpose comes from the `X-Consentry-Purpose` header, else from the token when its
+//! `purposes` claim names exactly one, else the tenant's `default_purpose`;
 //! `X-Consentry-Brand` and `X-Consentry-Campaign` give the scope. The JWT bounds all of them. A
 //! field given twice is refused, never guessed.
 
@@ -27,12 +29,15 @@ use serde_json::Value;
 use crate::app::AppState;
 use crate::auth::{Principal, scope};
 use crate::config::Tenant;
+use crate::config::UpstreamKind;
 use crate::dialect::{telnyx, twilio, vonage};
 use crate::domain::MessageId;
 use crate::http::error::ApiError;
 use crate::http::messages::{
     Delivery, Processed, SendRequest, canonical_message, read_body_any, sender_bounds,
 };
+use crate::store::MessageStatus;
+use crate::upstream::Upstream;
 
 /// What a front's send came to, before it is rendered in the dialect.
 enum Outcome {
@@ -94,9 +99,10 @@ async fn send(
     body: String,
     status_callback: Option<crate::domain::StatusCallback>,
 ) -> Outcome {
-    let purpose = header(headers, "x-consentry-purpose")
-        .map(str::to_owned)
-        .unwrap_or_else(|| tenant.default_purpose.as_str().to_owned());
+    let purpose = match header(headers, "x-consentry-purpose") {
+        Some(purpose) => purpose.to_owned(),
+        None => front_purpose(principal, tenant).as_str().to_owned(),
+    };
     let request = SendRequest {
         to,
         from,
@@ -145,6 +151,53 @@ async fn send(
     }
 }
 
+/// The purpose of a front message that names none (no `X-Consentry-Purpose`): the token's, if
+/// its `purposes` claim names exactly one (an SDK that cannot set a header still sends for the
+/// one purpose it is allowed), else the tenant's `default_purpose`.
+fn front_purpose(principal: &Principal, tenant: &Tenant) -> crate::domain::Purpose {
+    let mut named = principal.purposes.iter().flatten();
+    match (named.next(), named.next()) {
+        (Some(only), None) => *only,
+        _ => tenant.default_purpose,
+    }
+}
+
+/// What a front request's `Authorization` header carries.
+enum HeaderCredential {
+    /// `Bearer <JWT>`.
+    Bearer(String),
+    /// `Basic base64(user:password)` (RFC 7617): the gateway's account id or API key as the
+    /// user, the JWT as the password.
+    Basic { user: String, password: String },
+}
+
+/// Reads the `Authorization` header: `None` when there is none. A scheme other than Bearer or
+/// Basic is a missing token, as on the native API; Basic that does not decode is malformed.
+fn header_credential(headers: &HeaderMap) -> Result<Option<HeaderCredential>, ApiError> {
+    use crate::auth::AuthError;
+    let Some(value) = headers.get(http::header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value.to_str().map_err(|_| AuthError::Malformed)?;
+    let (scheme, rest) = value.trim().split_once(' ').ok_or(AuthError::Missing)?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(Some(HeaderCredential::Bearer(rest.trim().to_owned())));
+    }
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(AuthError::Missing.into());
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim())
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or(AuthError::Malformed)?;
+    let (user, password) = decoded.split_once(':').ok_or(AuthError::Malformed)?;
+    Ok(Some(HeaderCredential::Basic {
+        user: user.to_owned(),
+        password: password.to_owned(),
+    }))
+}
+
 /// The principal of a Twilio request: Basic (username = the path's account SID, password = the
 /// JWT) or Bearer.
 fn twilio_principal(
@@ -152,26 +205,40 @@ fn twilio_principal(
     headers: &HeaderMap,
     account_sid: &str,
 ) -> Result<Principal, ApiError> {
-    let authorization = header(headers, "authorization").unwrap_or_default();
-    if let Some(encoded) = authorization.strip_prefix("Basic ") {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(encoded.trim())
-            .ok()
-            .and_then(|bytes| String::from_utf8(bytes).ok())
-            .ok_or_else(|| ApiError::from(crate::auth::AuthError::Malformed))?;
-        let (user, token) = decoded
-            .split_once(':')
-            .ok_or_else(|| ApiError::from(crate::auth::AuthError::Malformed))?;
-        if user != account_sid {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "wrong_account",
-                "the account SID in the path is not the one the request authenticates as",
-            ));
+    match header_credential(headers)? {
+        Some(HeaderCredential::Basic { user, password }) => {
+            if user != account_sid {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "wrong_account",
+                    "the account SID in the path is not the one the request authenticates as",
+                ));
+            }
+            Ok(state.verifier.verify(&password)?)
         }
-        return Ok(state.verifier.verify(token)?);
+        Some(HeaderCredential::Bearer(token)) => Ok(state.verifier.verify(&token)?),
+        None => Err(crate::auth::AuthError::Missing.into()),
     }
-    Ok(state.verifier.verify_header(Some(authorization))?)
+}
+
+/// The JWT of a Vonage request, from the form's `api_secret` (Vonage's SMS API in the body) or
+/// the `Authorization` header: Basic, as Vonage's current SDKs send the key and secret (the
+/// JWT as the password; the user, Vonage's API key, is not read, as the form's `api_key` is
+/// not), or Bearer. Two different tokens are refused, never chosen between.
+fn vonage_token(headers: &HeaderMap, form_secret: Option<String>) -> Result<String, ApiError> {
+    let from_header = header_credential(headers)?.map(|credential| match credential {
+        HeaderCredential::Bearer(token) => token,
+        HeaderCredential::Basic { password, .. } => password,
+    });
+    match (form_secret, from_header) {
+        (Some(form), Some(header)) if form != header => Err(ApiError::bad_request(
+            "duplicate_parameter",
+            "credentials are given twice, in api_secret and in the Authorization header, and differ",
+        )
+        .with("field", "api_secret")),
+        (Some(token), _) | (None, Some(token)) => Ok(token),
+        (None, None) => Err(crate::auth::AuthError::Missing.into()),
+    }
 }
 
 pub async fn twilio_create(
@@ -218,10 +285,14 @@ pub async fn twilio_create(
             ApiError::bad_request("missing_to", "A 'To' phone number is required.")
         })?;
         let to = number_field(&to, "invalid_recipient", "To")?;
+        let mut messaging_service = false;
         let from = match (fields.remove("From"), fields.remove("MessagingServiceSid")) {
             (Some(from), _) => number_field(&from, "invalid_sender", "From")?,
             // A messaging service sends from the tenant's first sender.
-            (None, Some(_)) => tenant.rules.senders[0].as_str().to_owned(),
+            (None, Some(_)) => {
+                messaging_service = true;
+                tenant.rules.senders[0].as_str().to_owned()
+            }
             (None, None) => {
                 return Err(ApiError::bad_request(
                     "missing_from",
@@ -247,6 +318,11 @@ pub async fn twilio_create(
             .await
             {
                 Outcome::Accepted { id, status } => {
+                    // Twilio answers a send through a messaging service `accepted`.
+                    let status = match status {
+                        "queued" if messaging_service => "accepted",
+                        other => other,
+                    };
                     let canonical_to =
                         crate::domain::PhoneNumber::parse(&to, tenant.default_region)
                             .map(|n| n.e164().to_owned())
@@ -285,7 +361,7 @@ pub async fn twilio_fetch(
 ) -> Response {
     let rendered = async {
         let principal = twilio_principal(&state, &headers, &account_sid)?;
-        let (principal, _tenant) = state.admit(principal, scope::READ_MESSAGES)?;
+        let (principal, tenant) = state.admit(principal, scope::READ_MESSAGES)?;
         let not_found = || {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -300,23 +376,41 @@ pub async fn twilio_fetch(
             .message(&principal.tenant, &id)
             .await?
             .ok_or_else(not_found)?;
-        // An erased recipient's message shows its masked numbers and no body.
-        let (to, from, body) = state
-            .message_content(&principal.tenant, &id, &principal.subject)
-            .await?
-            .unwrap_or_else(|| (view.recipient.clone(), view.sender.clone(), String::new()));
-        let status = match view.status.as_str() {
-            "sent" => "sent",
-            "failed" => "failed",
-            "scheduled" => "scheduled",
-            "cancelled" | "denied" => "canceled",
-            _ => "queued",
-        };
+        // The body and the full numbers are sealed together; they are opened (and the read
+        // logged, before it happens) for a token that may decrypt bodies, or for any reader
+        // where the tenant chose Twilio's behaviour. Otherwise, and once the recipient was
+        // erased, the masked numbers and an empty body.
+        let sealed = || (view.recipient.clone(), view.sender.clone(), String::new());
+        let (to, from, body) =
+            if principal.has_scope(scope::AUDIT_DECRYPT) || tenant.twilio_fetch_body {
+                state
+                    .message_content(&principal.tenant, &id, &principal.subject)
+                    .await?
+                    .unwrap_or_else(sealed)
+            } else {
+                sealed()
+            };
+        let status = twilio::message_status(view.status);
         let created = jiff::Timestamp::from_microsecond(view.created_at_us).unwrap_or_default();
-        let error = view
-            .error_code
+        // Twilio gives an error code with a failed or undelivered message only: for a denial
+        // the headline reason's, else the outcome's. A Twilio gateway's own numeric code is
+        // passed on as it is; consentry's codes (a failed forward) are translated.
+        let from_twilio = view
+            .upstream
             .as_deref()
-            .map(|code| (twilio::front_error(code).1, code));
+            .and_then(|name| state.upstreams.get(name))
+            .is_some_and(|upstream| {
+                matches!(upstream, Upstream::Gateway(gateway) if gateway.kind == UpstreamKind::Twilio)
+            });
+        let error = match view.status {
+            MessageStatus::Denied => view.reasons[0]["code"].as_str(),
+            MessageStatus::Failed | MessageStatus::Undelivered => view.error_code.as_deref(),
+            _ => None,
+        }
+        .map(|code| match code.parse::<u32>() {
+            Ok(number) if from_twilio => (number, code),
+            _ => (twilio::front_error(code).1, code),
+        });
         Ok::<_, ApiError>(json_response(
             200,
             twilio::message_resource(&account_sid, &id, &to, &from, &body, status, created, error),
@@ -471,12 +565,8 @@ pub async fn vonage_send(
         } else {
             form_fields(&bytes)?
         };
-        let principal = match fields.remove("api_secret") {
-            Some(token) => state.verifier.verify(&token)?,
-            None => state
-                .verifier
-                .verify_header(header(&headers, "authorization"))?,
-        };
+        let token = vonage_token(&headers, fields.remove("api_secret"))?;
+        let principal = state.verifier.verify(&token)?;
         let (principal, tenant) = state.admit(principal, scope::SEND)?;
         let to = fields
             .remove("to")

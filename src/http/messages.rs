@@ -357,7 +357,7 @@ pub async fn dry_run(
     let request: DecisionRequest = parse_json(&bytes)?;
     let at = match request.at.as_deref() {
         None => state.clock.now(),
-        Some(text) => text.parse::<Timestamp>().map_err(|e| {
+        Some(text) => crate::rfc3339::parse(text).map_err(|e| {
             ApiError::bad_request("invalid_at", format!("at: not an RFC 3339 time: {e}"))
                 .with("field", "at")
         })?,
@@ -510,8 +510,9 @@ impl AppState {
 }
 
 impl AppState {
-    /// A tenant's message's recipient, sender and body, unsealed (for the gateway fronts'
-    /// fetch, which answer with them as the gateways do); `None` once the recipient was erased.
+    /// A tenant's message's recipient, sender and body, unsealed (for the Twilio front's
+    /// fetch, which answers with them as Twilio does, to a token with `audit:decrypt` or where
+    /// the tenant sets `twilio_fetch_body`); `None` once the recipient was erased.
     /// Like every read of a body, it is recorded in the log (by `subject`) before it happens.
     pub async fn message_content(
         &self,

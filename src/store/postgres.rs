@@ -713,7 +713,7 @@ impl Store for PgStore {
             recipient: row.try_get("recipient_masked")?,
             sender: row.try_get("sender_masked")?,
             purpose: row.try_get("purpose")?,
-            status: status_of(&decision, release.as_deref(), outcome.as_deref()),
+            status: status_of(&decision, release.as_deref(), outcome.as_deref())?,
             release_at: release_at_us
                 .and_then(|us| jiff::Timestamp::from_microsecond(us).ok())
                 .map(|t| t.to_string()),

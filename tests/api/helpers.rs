@@ -462,6 +462,7 @@ upstream = "tw"
 program_name = "TW Shop"
 help_contact = "Call 800-555-0199"
 status_callback_secret = {{ file = "callback.secret" }}
+twilio_fetch_body = true
 
 [[tenants]]
 id = "vg-shop"

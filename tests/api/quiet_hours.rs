@@ -191,6 +191,56 @@ async fn the_dry_run_explains_a_quiet_hours_decision_and_records_nothing() {
 }
 
 #[tokio::test]
+async fn the_dry_run_takes_only_rfc_3339_times() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    let token = app.token("shop", SCOPES);
+    opt_in(&app, &token, MIAMI).await;
+    let ask = |at: &str| {
+        let mut request = shop_message(MIAMI, "marketing", None, None);
+        request["at"] = json!(at);
+        app.client
+            .post(app.url("/v1/decisions"))
+            .bearer_auth(&token)
+            .json(&request)
+            .send()
+    };
+    // The widest offsets RFC 3339 allows: the same instant, 12:58 in Miami.
+    for at in ["2026-11-18T17:59:00-23:59", "2026-11-20T17:57:00+23:59"] {
+        let response = ask(at).await.unwrap();
+        assert_eq!(response.status(), 200, "{at}");
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["at"], "2026-11-19T17:58:00Z", "{at}");
+        assert_eq!(answer["decision"], "allow", "{at}");
+    }
+    // Past ±23:59, or not RFC 3339 at all: the API's 400, naming the field.
+    for at in [
+        "2026-11-19T01:30:00+25:00",
+        "2026-11-19T01:30:00-24:00",
+        "2026-11-19T01:30:00+05:60",
+        "2026-11-19T01:30:00+0500",
+        "2026-11-19T01:30Z",
+        "2026-11-19T01:30:00",
+    ] {
+        let response = ask(at).await.unwrap();
+        assert_eq!(response.status(), 400, "{at}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_at", "{at}: {body}");
+        assert_eq!(body["error"]["field"], "at", "{at}");
+        assert!(body["error"]["message"].is_string(), "{at}");
+    }
+    let response = ask("2026-11-19T01:30:00+25:00").await.unwrap();
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("out of range"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
 async fn the_florida_cap_counts_real_sends() {
     let gateway = FakeGateway::start().await;
     let app = TestApp::spawn(&gateway.url()).await;

@@ -1,8 +1,11 @@
-"""The official Twilio and Telnyx Python SDKs against consentry, changed only in their base URL.
+"""The official Twilio, Telnyx and Vonage Python SDKs against consentry, changed only in their
+base URL (Vonage: its REST host).
 
-Run by tests/api/fronts.rs with CONSENTRY_URL, CONSENTRY_TOKEN, CONSENTRY_FROM,
+Run by tests/api/fronts.rs with CONSENTRY_URL, CONSENTRY_TOKEN, CONSENTRY_VONAGE_TOKEN (a token
+whose purposes claim names one purpose: the Vonage SDK cannot add a header), CONSENTRY_FROM,
 CONSENTRY_OPTED_OUT and a CA bundle (SSL_CERT_FILE, REQUESTS_CA_BUNDLE) in the environment.
-Prints "twilio: ok" and "telnyx: ok"; exits non-zero on the first failed expectation.
+Prints "twilio: ok", "telnyx: ok" and "vonage: ok"; exits non-zero on the first failed
+expectation.
 """
 
 import os
@@ -10,6 +13,7 @@ import sys
 
 URL = os.environ["CONSENTRY_URL"]
 TOKEN = os.environ["CONSENTRY_TOKEN"]
+VONAGE_TOKEN = os.environ["CONSENTRY_VONAGE_TOKEN"]
 FROM = os.environ["CONSENTRY_FROM"]
 OPTED_OUT = os.environ["CONSENTRY_OPTED_OUT"]
 ACCOUNT = "AC00000000000000000000000000000009"
@@ -33,7 +37,9 @@ def twilio_sdk():
     check(message.sid.startswith("SM"), f"a message SID, got {message.sid}")
     check(message.status == "queued", f"status queued, got {message.status}")
     fetched = client.messages(message.sid).fetch()
-    check(fetched.body == "Your code is 1234", f"the body fetched back, got {fetched.body}")
+    check(fetched.status == "sent", f"status sent once fetched, got {fetched.status}")
+    # messages:read without audit:decrypt (and no twilio_fetch_body): no body.
+    check(fetched.body == "", f"no body without audit:decrypt, got {fetched.body!r}")
     try:
         client.messages.create(to=OPTED_OUT, from_=FROM, body="hello")
         check(False, "a send to an opted-out number must raise")
@@ -62,5 +68,31 @@ def telnyx_sdk():
     print("telnyx: ok")
 
 
+def vonage_sdk():
+    from vonage import Auth, HttpClientOptions, Vonage
+    from vonage_sms import SmsError, SmsMessage
+
+    # The SDK sends the key and secret as HTTP Basic: the JWT goes where the secret went.
+    client = Vonage(
+        Auth(api_key="consentry", api_secret=VONAGE_TOKEN),
+        HttpClientOptions(rest_host=URL.removeprefix("https://")),  # the one change
+    )
+    sent = client.sms.send(
+        SmsMessage(to="14155550125", from_=FROM.lstrip("+"), text="Your code is 1234")
+    )
+    message = sent.messages[0]
+    check(message.status == "0", f"status 0, got {message}")
+    check(bool(message.message_id), f"a message id, got {message}")
+    check(message.to == "14155550125", f"the recipient, got {message.to}")
+    try:
+        client.sms.send(SmsMessage(to=OPTED_OUT.lstrip("+"), from_=FROM.lstrip("+"), text="hello"))
+        check(False, "a send to an opted-out number must raise")
+    except SmsError as error:
+        # Vonage's own status for a barred number, with consentry's code in the text.
+        check("error code 7: opted_out" in str(error), f"status 7 (opted_out), got {error}")
+    print("vonage: ok")
+
+
 twilio_sdk()
 telnyx_sdk()
+vonage_sdk()
