@@ -96,18 +96,28 @@ pub fn parse(input: &str, default_region: Id) -> Result<Parsed, Refusal> {
         return Err(Refusal::Invalid);
     }
     let calling_code = number.code().value();
+    // The crate's `metadata` and `number_type` drop a national number's leading zeros (Italy,
+    // Gabon...), and then find no region and no type: such a number is taken as not
+    // geographic (its country's zones: the safe side), and its country comes from its
+    // country code when one region owns it. NANP numbers need no type (see `is_geographic`),
+    // which spares the regexes of every type.
+    let geographic = calling_code == 1 || is_geographic(number.number_type(database), calling_code);
+    let country = match number.metadata(database) {
+        Some(metadata) => Some(metadata.id().to_owned()),
+        None => database
+            .region(&calling_code)
+            .filter(|regions| regions.len() == 1)
+            .map(|regions| regions[0].to_owned()),
+    }
+    .filter(|id| id.len() == 2 && id.bytes().all(|b| b.is_ascii_uppercase()));
     Ok(Parsed {
         calling_code,
-        geographic: is_geographic(number.number_type(database), calling_code),
+        geographic,
         e164: number
             .format_with(database)
             .mode(phonenumber::Mode::E164)
             .to_string(),
-        country: number
-            .metadata(database)
-            .map(|metadata| metadata.id())
-            .filter(|id| id.len() == 2 && id.bytes().all(|b| b.is_ascii_uppercase()))
-            .map(str::to_owned),
+        country,
     })
 }
 
