@@ -26,6 +26,7 @@ use crate::audit::leaf::{self, BodyAccess, Erasure, Kind, Leaf};
 use crate::audit::merkle::{Frontier, Hash, NodeId};
 use crate::domain::{MessageId, TenantId};
 
+mod checkpointer;
 mod connection;
 mod reader;
 mod writer;
@@ -67,7 +68,9 @@ impl SqliteStore {
             .pragma("cache_size", "-16384")
             // Deleted content is overwritten, not left in free pages: an erased recipient's
             // key must not survive in the file.
-            .pragma("secure_delete", "on");
+            .pragma("secure_delete", "on")
+            // The checkpoint thread checkpoints (sqlite/checkpointer.rs), not each commit.
+            .pragma("wal_autocheckpoint", "0");
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(5))
@@ -81,9 +84,11 @@ impl SqliteStore {
             ));
         }
         let writer: std::sync::Arc<tokio::sync::Mutex<()>> = Default::default();
+        let readers = std::sync::Arc::new(reader::Readers::new(path));
+        checkpointer::start(path, std::sync::Arc::downgrade(&readers))?;
         let store = SqliteStore {
             batches: GroupWriter::start(path, writer.clone())?,
-            readers: std::sync::Arc::new(reader::Readers::new(path)),
+            readers,
             pool,
             writer,
         };

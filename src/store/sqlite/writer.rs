@@ -65,6 +65,11 @@ impl GroupWriter {
         lock: Arc<tokio::sync::Mutex<()>>,
     ) -> Result<GroupWriter, StoreError> {
         let connection = connection::open(path, false)?;
+        connection.pragma_update(
+            None,
+            "wal_autocheckpoint",
+            super::checkpointer::WRITER_CHECKPOINT_FRAMES,
+        )?;
         let (queue, jobs) = mpsc::channel();
         let stats = Arc::new(BatchStats::default());
         let thread_stats = stats.clone();
