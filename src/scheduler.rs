@@ -112,8 +112,10 @@ async fn release(
     let message = rebuild(state, &item, tenant.default_region).await?;
     let recipient_hash = state.numbers.hash(&message.to);
     let decision = {
-        let turn = state.recipient_turn(&recipient_hash).await?;
-        let gathered = state.gather(tenant, &message, now).await?;
+        let mut turn = state.recipient_turn(&recipient_hash).await?;
+        let gathered = state
+            .gather(tenant, &message, now, Some(&mut turn.shared))
+            .await?;
         let bounds = SenderBounds::default();
         let facts = gathered.facts(tenant, &bounds, &state.policies, now);
         let decision = policy::decide(message, &facts);

@@ -477,8 +477,10 @@ pub struct RecipientKeyRow {
 
 /// A lock on one recipient held across every process that shares the database, from reading
 /// the facts to recording the decision: the in-process lock does the same within a process.
-/// Release it with [`RecipientLock::release`]; dropped unreleased, it closes its connection,
-/// which releases it as surely.
+/// On PostgreSQL it is a transaction-scoped advisory lock in an open transaction: the facts
+/// are read and the record written in that transaction, whose commit releases the lock.
+/// Release it with [`RecipientLock::release`] if nothing committed it; dropped unreleased, its
+/// transaction rolls back, which releases it as surely.
 pub enum RecipientLock {
     /// SQLite has one process.
     Local,
@@ -549,12 +551,14 @@ pub trait Store: Send + Sync + 'static {
     /// Everything the send path reads about a recipient in a tenant: the consent ledger,
     /// confirmations, open reviews, and, with `recent = Some((since_us, limit))`, the instants
     /// of the latest `limit` messages of `purpose` sent since `since_us` (for frequency caps).
+    /// Under the recipient's `lock`, where the backend reads in the lock's session.
     async fn recipient_facts(
         &self,
         tenant: &TenantId,
         recipient_hash: &str,
         purpose: &str,
         recent: Option<(i64, i64)>,
+        lock: Option<&mut RecipientLock>,
     ) -> Result<RecipientFacts, StoreError>;
 
     /// Deferred messages due at `now_us`, each claimed for this caller: a message is returned

@@ -165,6 +165,7 @@ impl AppState {
         tenant: &Tenant,
         message: &CanonicalMessage,
         now: Timestamp,
+        lock: Option<&mut crate::store::RecipientLock>,
     ) -> Result<Gathered, ApiError> {
         // Recent sends are read only as far as a cap that applies to this number and purpose
         // needs: the latest `count` within its window.
@@ -190,6 +191,7 @@ impl AppState {
                 &self.numbers.hash(&message.to),
                 message.purpose.as_str(),
                 recent_window,
+                lock,
             )
             .await?;
         let consent = recipient.consent;
@@ -224,7 +226,9 @@ impl AppState {
             // share the database: caps and confirmations see every decision.
             let mut turn = self.recipient_turn(&recipient_hash).await?;
             let now = self.clock.now();
-            let gathered = self.gather(tenant, &message, now).await?;
+            let gathered = self
+                .gather(tenant, &message, now, Some(&mut turn.shared))
+                .await?;
             let facts = gathered.facts(tenant, bounds, &self.policies, now);
             let decision = policy::decide(message, &facts);
             self.record_decision(
@@ -372,7 +376,7 @@ pub async fn dry_run(
     };
     let message = canonical_message(send, tenant)?;
     let bounds = sender_bounds(&principal, tenant);
-    let gathered = state.gather(tenant, &message, at).await?;
+    let gathered = state.gather(tenant, &message, at, None).await?;
     let facts = gathered.facts(tenant, &bounds, &state.policies, at);
     let decision = policy::decide(message, &facts);
     let (verdict, release_at, reasons) = match &decision {

@@ -35,33 +35,23 @@ const CLAIM_LEASE_US: i64 = 5 * 60 * 1_000_000;
 
 /// A session advisory lock on one connection taken out of the pool.
 pub struct AdvisoryLock {
-    connection: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
-    key: i64,
-    /// Locks hold a connection each: at most half the pool, so the queries made under them
-    /// always find a connection.
+    /// The open transaction that holds `pg_advisory_xact_lock`: the facts are read and the
+    /// record written in it, and its commit (or rollback) releases the lock.
+    transaction: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
+    /// Locks hold a connection each: at most part of the pool, so the queries made beside
+    /// them always find a connection.
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl AdvisoryLock {
+    /// Ends the lock's transaction, if the record's commit has not already.
     pub async fn release(mut self) {
-        if let Some(mut connection) = self.connection.take() {
-            let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
-                .bind(self.key)
-                .execute(&mut *connection)
-                .await;
-            if unlocked.is_err() {
-                // The connection is in doubt: close it, which ends the lock with the session.
-                drop(connection.detach());
-            }
-        }
-    }
-}
-
-impl Drop for AdvisoryLock {
-    fn drop(&mut self) {
-        // Not released (an error on the way): closing the session releases the lock.
-        if let Some(connection) = self.connection.take() {
-            drop(connection.detach());
+        if let Some(transaction) = self.transaction.take()
+            && let Err(error) = transaction.commit().await
+        {
+            // The session is in doubt; sqlx closes a connection whose transaction did not
+            // end, and the lock ends with it.
+            tracing::warn!(%error, "a recipient lock's transaction did not end cleanly");
         }
     }
 }
@@ -70,14 +60,130 @@ impl Drop for AdvisoryLock {
 pub struct PgStore {
     pool: PgPool,
     lockers: std::sync::Arc<tokio::sync::Semaphore>,
+    outcomes: OutcomeWriter,
+}
+
+/// Outcomes are appended in batches: one multi-row INSERT (one commit, one WAL flush) for
+/// whatever outcomes are queued, each writer answered once its batch is committed. No
+/// artificial wait: the next batch gathers while one is written.
+#[derive(Debug, Clone)]
+struct OutcomeWriter {
+    queue: tokio::sync::mpsc::UnboundedSender<(
+        OutcomeRecord,
+        tokio::sync::oneshot::Sender<Result<(), String>>,
+    )>,
+}
+
+/// The most outcomes one INSERT takes.
+const MAX_OUTCOME_BATCH: usize = 1_000;
+
+impl OutcomeWriter {
+    fn start(pool: PgPool) -> OutcomeWriter {
+        let (queue, mut queued) = tokio::sync::mpsc::unbounded_channel::<(
+            OutcomeRecord,
+            tokio::sync::oneshot::Sender<Result<(), String>>,
+        )>();
+        tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while let Some(first) = queued.recv().await {
+                batch.push(first);
+                while batch.len() < MAX_OUTCOME_BATCH {
+                    match queued.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let outcomes: Vec<&OutcomeRecord> = batch.iter().map(|(o, _)| o).collect();
+                match insert_outcomes(&pool, &outcomes).await {
+                    Ok(()) => {
+                        for (_, answer) in batch.drain(..) {
+                            let _ = answer.send(Ok(()));
+                        }
+                    }
+                    // One bad row fails the INSERT: each is then written alone, so that the
+                    // failure is its own.
+                    Err(_) => {
+                        for (outcome, answer) in batch.drain(..) {
+                            let result = insert_outcomes(&pool, &[&outcome])
+                                .await
+                                .map_err(|error| error.to_string());
+                            let _ = answer.send(result);
+                        }
+                    }
+                }
+            }
+        });
+        OutcomeWriter { queue }
+    }
+
+    async fn write(&self, outcome: &OutcomeRecord) -> Result<(), StoreError> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        self.queue
+            .send((outcome.clone(), answer))
+            .map_err(|_| StoreError::Unsafe("the outcome writer has stopped".into()))?;
+        answered
+            .await
+            .map_err(|_| StoreError::Unsafe("the outcome writer has stopped".into()))?
+            .map_err(|error| StoreError::Unsafe(format!("the outcome was not recorded: {error}")))
+    }
+}
+
+async fn insert_outcomes(pool: &PgPool, outcomes: &[&OutcomeRecord]) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO message_outcomes (message_id, recorded_at_us, status, \
+         upstream_message_id, error_code, detail) \
+         SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], \
+         $6::text[])",
+    )
+    .bind(
+        outcomes
+            .iter()
+            .map(|o| o.message_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        outcomes
+            .iter()
+            .map(|o| o.recorded_at_us)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        outcomes
+            .iter()
+            .map(|o| o.status.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        outcomes
+            .iter()
+            .map(|o| o.upstream_message_id.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        outcomes
+            .iter()
+            .map(|o| o.error_code.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        outcomes
+            .iter()
+            .map(|o| o.detail.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// The sequencer's advisory lock: a two-key lock, so it cannot meet a recipient's (one-key)
 /// lock.
 const SEQUENCER_LOCK: (i32, i32) = (0x636f_6e73, 1);
 
-/// The pool's size; half of it may hold recipient locks.
-const POOL_SIZE: u32 = 16;
+/// The pool's size, and how many of its connections may hold recipient locks (each lock's
+/// connection also reads its facts and writes its record; the rest serve everything else).
+const POOL_SIZE: u32 = 32;
+const LOCKERS: usize = 24;
 
 impl PgStore {
     /// Connects, applies migrations and checks durability.
@@ -95,8 +201,9 @@ impl PgStore {
             .await?;
         MIGRATIONS.run(&pool).await?;
         let store = PgStore {
+            outcomes: OutcomeWriter::start(pool.clone()),
             pool,
-            lockers: std::sync::Arc::new(tokio::sync::Semaphore::new(POOL_SIZE as usize / 2)),
+            lockers: std::sync::Arc::new(tokio::sync::Semaphore::new(LOCKERS)),
         };
         store.check_durability().await?;
         Ok(store)
@@ -145,14 +252,13 @@ impl Store for PgStore {
             .acquire_owned()
             .await
             .map_err(|_| StoreError::Unsafe("the lock semaphore is closed".into()))?;
-        let mut connection = self.pool.acquire().await?;
-        sqlx::query("SELECT pg_advisory_lock($1)")
+        let mut transaction = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(key)
-            .execute(&mut *connection)
+            .execute(&mut *transaction)
             .await?;
         Ok(super::RecipientLock::Postgres(AdvisoryLock {
-            connection: Some(connection),
-            key,
+            transaction: Some(transaction),
             _permit: permit,
         }))
     }
@@ -167,12 +273,15 @@ impl Store for PgStore {
         record: &MessageRecord,
         lock: Option<&mut super::RecipientLock>,
     ) -> Result<(), StoreError> {
-        use sqlx::Connection as _;
+        // In the lock's transaction when there is one: its commit makes the record durable
+        // and releases the lock in one step.
         let mut transaction = match lock {
-            Some(super::RecipientLock::Postgres(AdvisoryLock {
-                connection: Some(connection),
-                ..
-            })) => connection.begin().await?,
+            Some(super::RecipientLock::Postgres(AdvisoryLock { transaction, .. })) => {
+                match transaction.take() {
+                    Some(transaction) => transaction,
+                    None => self.pool.begin().await?,
+                }
+            }
             _ => self.pool.begin().await?,
         };
         sqlx::query(
@@ -220,19 +329,7 @@ impl Store for PgStore {
     }
 
     async fn record_outcome(&self, outcome: &OutcomeRecord) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO message_outcomes (message_id, recorded_at_us, status, \
-             upstream_message_id, error_code, detail) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(outcome.message_id.as_str())
-        .bind(outcome.recorded_at_us)
-        .bind(outcome.status.as_str())
-        .bind(outcome.upstream_message_id.as_deref())
-        .bind(outcome.error_code.as_deref())
-        .bind(outcome.detail.as_deref())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.outcomes.write(outcome).await
     }
 
     async fn record_consents(
@@ -254,68 +351,20 @@ impl Store for PgStore {
         recipient_hash: &str,
         purpose: &str,
         recent: Option<(i64, i64)>,
+        lock: Option<&mut super::RecipientLock>,
     ) -> Result<RecipientFacts, StoreError> {
-        // Only what the fold reads: the evidence stays in the table.
-        let consent = sqlx::query(
-            "SELECT seq, id, action, level, brand, campaign, purposes, occurred_at_us \
-             FROM consent_events WHERE tenant = $1 AND recipient_hash = $2 ORDER BY seq",
-        )
-        .bind(tenant.as_str())
-        .bind(recipient_hash)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(event_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-        let confirmed_opt_outs = sqlx::query_scalar(
-            "SELECT confirms_event FROM messages WHERE tenant = $1 AND recipient_hash = $2 \
-             AND confirms_event IS NOT NULL",
-        )
-        .bind(tenant.as_str())
-        .bind(recipient_hash)
-        .fetch_all(&self.pool)
-        .await?;
-        let open_reviews = sqlx::query_scalar(
-            "SELECT r.id FROM consent_reviews r LEFT JOIN review_resolutions s \
-             ON s.review_id = r.id WHERE r.tenant = $1 AND r.recipient_hash = $2 \
-             AND s.review_id IS NULL ORDER BY r.seq",
-        )
-        .bind(tenant.as_str())
-        .bind(recipient_hash)
-        .fetch_all(&self.pool)
-        .await?;
-        let recent_us = match recent {
-            None => Vec::new(),
-            Some((since_us, limit)) => {
-                sqlx::query_scalar(
-                    "SELECT at FROM ( \
-                     SELECT created_at_us AS at FROM messages WHERE tenant = $1 \
-                     AND recipient_hash = $2 AND purpose = $3 AND decision = 'allowed' \
-                     AND created_at_us > $4 \
-                     UNION ALL \
-                     SELECT r.decided_at_us AS at FROM message_releases r \
-                     JOIN messages m ON m.id = r.message_id \
-                     WHERE m.tenant = $1 AND m.recipient_hash = $2 AND m.purpose = $3 \
-                     AND r.decision = 'allowed' AND r.decided_at_us > $4) AS recent \
-                     ORDER BY at DESC LIMIT $5",
-                )
-                .bind(tenant.as_str())
-                .bind(recipient_hash)
-                .bind(purpose)
-                .bind(since_us)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?
+        // In the lock's transaction: what it reads is what the record it writes was decided
+        // on, and no other instance decides about the recipient meanwhile.
+        match lock {
+            Some(super::RecipientLock::Postgres(AdvisoryLock {
+                transaction: Some(transaction),
+                ..
+            })) => facts(transaction, tenant, recipient_hash, purpose, recent).await,
+            _ => {
+                let mut connection = self.pool.acquire().await?;
+                facts(&mut connection, tenant, recipient_hash, purpose, recent).await
             }
-        };
-        let recipient_key = self.recipient_key(tenant.as_str(), recipient_hash).await?;
-        Ok(RecipientFacts {
-            recipient_key,
-            consent,
-            confirmed_opt_outs,
-            open_reviews,
-            recent_us,
-        })
+        }
     }
 
     async fn claim_due(&self, now_us: i64, limit: i64) -> Result<Vec<DeferredMessage>, StoreError> {
@@ -1331,4 +1380,72 @@ async fn insert_recipient_key<'e>(
     .execute(executor)
     .await?;
     Ok(())
+}
+
+/// What the send path reads about a recipient, on one connection.
+async fn facts(
+    connection: &mut sqlx::PgConnection,
+    tenant: &TenantId,
+    recipient_hash: &str,
+    purpose: &str,
+    recent: Option<(i64, i64)>,
+) -> Result<RecipientFacts, StoreError> {
+    // Only what the fold reads: the evidence stays in the table.
+    let consent = sqlx::query(
+        "SELECT seq, id, action, level, brand, campaign, purposes, occurred_at_us \
+     FROM consent_events WHERE tenant = $1 AND recipient_hash = $2 ORDER BY seq",
+    )
+    .bind(tenant.as_str())
+    .bind(recipient_hash)
+    .fetch_all(&mut *connection)
+    .await?
+    .iter()
+    .map(event_from_row)
+    .collect::<Result<Vec<_>, _>>()?;
+    // The rest in one round trip: confirmations, open reviews, the recent sends a cap counts
+    // (none when `recent` is None: `> NULL` holds for no row), and the recipient's key.
+    let (since_us, limit) = recent.unzip();
+    let row = sqlx::query(
+        "SELECT \
+         ARRAY(SELECT confirms_event FROM messages WHERE tenant = $1 AND recipient_hash = $2 \
+               AND confirms_event IS NOT NULL) AS confirmed, \
+         ARRAY(SELECT r.id FROM consent_reviews r LEFT JOIN review_resolutions s \
+               ON s.review_id = r.id WHERE r.tenant = $1 AND r.recipient_hash = $2 \
+               AND s.review_id IS NULL ORDER BY r.seq) AS reviews, \
+         ARRAY(SELECT at FROM ( \
+               SELECT created_at_us AS at FROM messages WHERE tenant = $1 \
+               AND recipient_hash = $2 AND purpose = $3 AND decision = 'allowed' \
+               AND created_at_us > $4 \
+               UNION ALL \
+               SELECT r.decided_at_us AS at FROM message_releases r \
+               JOIN messages m ON m.id = r.message_id \
+               WHERE m.tenant = $1 AND m.recipient_hash = $2 AND m.purpose = $3 \
+               AND r.decision = 'allowed' AND r.decided_at_us > $4) AS recent \
+               ORDER BY at DESC LIMIT $5) AS recent, \
+         k.tenant, k.recipient_hash, k.id, k.data_key_id, k.wrapped, k.created_at_us \
+         FROM (SELECT 1) AS one \
+         LEFT JOIN recipient_keys k ON k.tenant = $1 AND k.recipient_hash = $2",
+    )
+    .bind(tenant.as_str())
+    .bind(recipient_hash)
+    .bind(purpose)
+    .bind(since_us)
+    .bind(limit)
+    .fetch_one(&mut *connection)
+    .await?;
+    let confirmed_opt_outs: Vec<String> = row.try_get("confirmed")?;
+    let open_reviews: Vec<String> = row.try_get("reviews")?;
+    let recent_us: Vec<i64> = row.try_get("recent")?;
+    let key_id: Option<String> = row.try_get("id")?;
+    let recipient_key = match key_id {
+        Some(_) => Some(recipient_key_from_row(&row)?),
+        None => None,
+    };
+    Ok(RecipientFacts {
+        recipient_key,
+        consent,
+        confirmed_opt_outs,
+        open_reviews,
+        recent_us,
+    })
 }

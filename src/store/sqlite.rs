@@ -190,6 +190,7 @@ impl Store for SqliteStore {
         recipient_hash: &str,
         purpose: &str,
         recent: Option<(i64, i64)>,
+        _lock: Option<&mut super::RecipientLock>,
     ) -> Result<RecipientFacts, StoreError> {
         // Only what the fold reads: the evidence stays on disk.
         self.readers
