@@ -7,13 +7,14 @@
 
 use std::time::Instant;
 
-use consentry::app::{App, Clock};
+use consentry::App;
 use consentry::consent::{Action, Level};
 use consentry::domain::{
     Body, CanonicalMessage, MessageId, PhoneNumber, Purpose, Region, Scope, Sender,
 };
 use consentry::http::messages::{Delivery, Processed};
 use consentry::policy::SenderBounds;
+use consentry::state::Clock;
 use consentry::store::ConsentRecord;
 
 const CONFIG: &str = r#"

@@ -17,9 +17,9 @@ use axum::Router;
 use axum::routing::{get, post};
 use http::HeaderMap;
 
-use crate::app::AppState;
 use crate::auth::Principal;
 use crate::config::Tenant;
+use crate::state::AppState;
 use error::ApiError;
 
 use std::sync::Arc;

@@ -52,6 +52,7 @@ pub mod policy;
 pub mod rfc3339;
 pub mod scheduler;
 pub mod server;
+pub mod state;
 pub mod store;
 pub mod upstream;
 pub mod zones;

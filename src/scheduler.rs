@@ -13,12 +13,12 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde_json::Value;
 
-use crate::app::AppState;
 use crate::crypto::Sealed;
 use crate::domain::{Body, CanonicalMessage, PhoneNumber, Region, Scope, Sender};
 use crate::http::error::ApiError;
 use crate::http::messages::{Delivery, message_associated_data};
 use crate::policy::{self, Decision, SenderBounds};
+use crate::state::AppState;
 use crate::store::{DecisionKind, DeferredMessage, ReleaseRecord};
 
 /// How many due messages one pass takes.

@@ -23,7 +23,6 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use crate::app::AppState;
 use crate::auth::{Principal, scope};
 use crate::config::Tenant;
 use crate::consent::{self, Action, ConsentState, Level};
@@ -31,6 +30,7 @@ use crate::crypto;
 use crate::domain::{PhoneNumber, Purpose, Scope};
 use crate::http::error::ApiError;
 use crate::import::{CsvRecords, ImportError, NdjsonLines};
+use crate::state::AppState;
 use crate::store::{ConsentRecord, Recorded, StoredConsent};
 
 /// How consent was collected.

@@ -26,7 +26,6 @@ use base64::Engine as _;
 use http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
-use crate::app::AppState;
 use crate::auth::{Principal, scope};
 use crate::config::Tenant;
 use crate::config::UpstreamKind;
@@ -36,6 +35,7 @@ use crate::http::error::ApiError;
 use crate::http::messages::{
     Delivery, Processed, SendRequest, canonical_message, read_body_any, sender_bounds,
 };
+use crate::state::AppState;
 use crate::store::MessageStatus;
 use crate::upstream::Upstream;
 

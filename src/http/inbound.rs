@@ -26,7 +26,6 @@ use jiff::Timestamp;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::app::AppState;
 use crate::auth::scope;
 use crate::config::Tenant;
 use crate::consent::{Action, Level};
@@ -41,6 +40,7 @@ use crate::http::messages::{Delivery, Processed, parse_json, read_body, read_bod
 use crate::keywords::{Class, Classification};
 use crate::policy::SenderBounds;
 use crate::policy::rules::{ReplyFields, ReplyTemplate};
+use crate::state::AppState;
 use crate::store::{InboundRecord, InboundRecorded, OutboxRecord, ResolutionRecord, ReviewRecord};
 use crate::upstream::{Upstream, WebhookKey};
 

@@ -22,12 +22,12 @@ use jiff::Timestamp;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::app::AppState;
 use crate::auth::{Principal, scope};
 use crate::config::Tenant;
 use crate::domain::{Body, CanonicalMessage, MessageId, PhoneNumber, Purpose, Sender};
 use crate::http::error::ApiError;
 use crate::policy::{self, Decision, Facts, SenderBounds};
+use crate::state::AppState;
 use crate::store::{DecisionKind, MessageRecord, OutcomeRecord, OutcomeStatus};
 
 /// The native send request; the gateway-compatible fronts fill the same fields.
