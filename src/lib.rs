@@ -41,6 +41,7 @@ pub mod crypto;
 pub mod datadir;
 pub mod dialect;
 pub mod domain;
+pub mod flow;
 pub mod holidays;
 pub mod http;
 pub mod import;

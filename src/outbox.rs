@@ -19,7 +19,7 @@ use ring::hmac;
 
 use crate::config::OutboxConfig;
 use crate::crypto::{self, Sealed};
-use crate::http::inbound::outbox_associated_data;
+use crate::flow::receive::outbox_associated_data;
 use crate::state::AppState;
 use crate::store::{OutboxItem, StoreError};
 
