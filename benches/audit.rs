@@ -17,12 +17,12 @@
 use std::time::{Duration, Instant};
 
 use consentry::App;
-use consentry::app::AppState;
 use consentry::audit::merkle::{Frontier, leaf_hash};
 use consentry::audit::sequencer;
 use consentry::auth::{DevClaims, mint_dev_token};
 use consentry::consent::{Action, Level};
 use consentry::domain::{PhoneNumber, Region};
+use consentry::state::AppState;
 use consentry::store::ConsentRecord;
 use futures_util::StreamExt as _;
 

@@ -10,9 +10,10 @@ use consentry::config::PoliciesConfig;
 use consentry::consent::{Action, ConsentEvent, Level, Purposes};
 use consentry::domain::{
     Body, CanonicalMessage, MessageId, PhoneNumber, Purpose, Region, Scope, Sender, TenantId,
+    TenantRules,
 };
 use consentry::policy::rules::PolicySet;
-use consentry::policy::{Facts, SenderBounds, TenantRules, decide};
+use consentry::policy::{Facts, SenderBounds, decide};
 use criterion::{Criterion, criterion_group, criterion_main};
 use jiff::Timestamp;
 

@@ -7,13 +7,14 @@
 
 use std::time::Instant;
 
-use consentry::app::{App, Clock};
+use consentry::App;
 use consentry::consent::{Action, Level};
 use consentry::domain::{
     Body, CanonicalMessage, MessageId, PhoneNumber, Purpose, Region, Scope, Sender,
 };
-use consentry::http::messages::{Delivery, Processed};
+use consentry::flow::send::{self, Delivery, Processed};
 use consentry::policy::SenderBounds;
+use consentry::state::Clock;
 use consentry::store::ConsentRecord;
 
 const CONFIG: &str = r#"
@@ -94,10 +95,10 @@ fn main() {
                 reply: None,
                 status_callback: None,
             };
-            let processed = state
-                .process(&tenant, &SenderBounds::default(), message, Delivery::Upstream)
-                .await
-                .unwrap();
+            let processed =
+                send::process(&state, &tenant, &SenderBounds::default(), message, Delivery::Upstream)
+                    .await
+                    .unwrap();
             assert!(matches!(processed, Processed::Scheduled(_)));
         }
         let deferring = started.elapsed();

@@ -153,30 +153,6 @@ impl std::fmt::Debug for Verifier {
     }
 }
 
-/// Checks a key entry's shape without reading files: used while loading the configuration.
-pub fn check_key_config(key: &KeyConfig) -> Result<(), String> {
-    let algorithm = Algorithm::from_str(&key.algorithm)
-        .map_err(|_| format!("algorithm {:?} is not supported", key.algorithm))?;
-    match (is_hmac(algorithm), &key.public_key_file, &key.secret) {
-        (true, None, Some(_)) | (false, Some(_), None) => Ok(()),
-        (true, _, _) => Err(format!(
-            "{} needs a secret, and no public_key_file",
-            key.algorithm
-        )),
-        (false, _, _) => Err(format!(
-            "{} needs a public_key_file, and no secret",
-            key.algorithm
-        )),
-    }
-}
-
-fn is_hmac(algorithm: Algorithm) -> bool {
-    matches!(
-        algorithm,
-        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
-    )
-}
-
 fn decoding_key_from_pem(
     algorithm: Algorithm,
     pem: &[u8],
@@ -427,7 +403,7 @@ fn map_jwt_error(error: jsonwebtoken::errors::Error) -> AuthError {
 
 fn load_key(key: &KeyConfig, field: &str) -> Result<VerifyKey, ConfigError> {
     let error = |message: String| ConfigError(format!("{field}: {message}"));
-    check_key_config(key).map_err(error)?;
+    key.check().map_err(error)?;
     let algorithm = Algorithm::from_str(&key.algorithm).map_err(|e| error(e.to_string()))?;
     let decoding = if let Some(secret) = &key.secret {
         let secret = secret.resolve(&format!("{field}.secret"))?;

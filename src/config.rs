@@ -14,8 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::domain::{Purpose, Region, Scope, Sender, TenantId};
-use crate::policy::TenantRules;
+use crate::domain::{Purpose, Region, Scope, Sender, TenantId, TenantRules};
 
 /// The configuration used when `serve` is given no `--config`.
 pub const EMBEDDED_DEFAULTS: &str = r#"
@@ -295,6 +294,34 @@ pub struct KeyConfig {
     pub public_key_file: Option<PathBuf>,
     /// The shared secret, for the HS algorithms.
     pub secret: Option<SecretRef>,
+}
+
+impl KeyConfig {
+    /// Checks a key entry's shape without reading files: used while loading the configuration.
+    pub fn check(&self) -> Result<(), String> {
+        use std::str::FromStr as _;
+        let algorithm = jsonwebtoken::Algorithm::from_str(&self.algorithm)
+            .map_err(|_| format!("algorithm {:?} is not supported", self.algorithm))?;
+        match (is_hmac(algorithm), &self.public_key_file, &self.secret) {
+            (true, None, Some(_)) | (false, Some(_), None) => Ok(()),
+            (true, _, _) => Err(format!(
+                "{} needs a secret, and no public_key_file",
+                self.algorithm
+            )),
+            (false, _, _) => Err(format!(
+                "{} needs a public_key_file, and no secret",
+                self.algorithm
+            )),
+        }
+    }
+}
+
+fn is_hmac(algorithm: jsonwebtoken::Algorithm) -> bool {
+    use jsonwebtoken::Algorithm;
+    matches!(
+        algorithm,
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+    )
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -686,7 +713,9 @@ impl Config {
         }
     }
 
-    /// Checks everything that can be checked without reading secrets or keys.
+    /// Checks everything that can be checked without reading secrets or keys. The policy files
+    /// `policies` names are checked by loading them (`policy::rules::PolicySet::load`), which
+    /// `consentry` does right after reading this file.
     fn check(&self) -> Result<(), ConfigError> {
         if self.server.max_request_bytes < 1024 || self.server.max_request_bytes > 16 << 20 {
             return Err(field_error(
@@ -754,7 +783,7 @@ impl Config {
                 {
                     return Err(field_error(format!("{key_field}.kid"), "is not unique"));
                 }
-                crate::auth::check_key_config(key)
+                key.check()
                     .map_err(|message| field_error(&key_field, message))?;
             }
         }
@@ -805,7 +834,7 @@ impl Config {
                             "is required for telnyx",
                         )
                     })?;
-                    crate::dialect::telnyx::parse_public_key(key).map_err(|message| {
+                    crate::crypto::decode_public_key(key).map_err(|message| {
                         field_error(format!("{field}.webhook_public_key"), message)
                     })?;
                 }
@@ -837,7 +866,6 @@ impl Config {
             }
         }
         self.tenants()?;
-        crate::policy::rules::PolicySet::load(&self.policies)?;
         Ok(())
     }
 

@@ -157,6 +157,17 @@ pub fn decode_key(material: &[u8]) -> Result<Vec<u8>, CryptoError> {
     }
 }
 
+/// Reads a base64 Ed25519 public key (32 bytes), such as the one Telnyx signs webhooks with.
+pub fn decode_public_key(text: &str) -> Result<[u8; 32], String> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|e| format!("not base64: {e}"))?;
+    bytes
+        .try_into()
+        .map_err(|_| "an Ed25519 public key is 32 bytes".to_owned())
+}
+
 /// Lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;

@@ -4,6 +4,7 @@
 //! Nothing here does IO. Phone numbers never print in full through `Debug` or `Display`
 //! (see [`PhoneNumber::masked`]): a full number must not reach logs or metrics.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 
@@ -244,6 +245,13 @@ impl fmt::Display for TenantId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// What a tenant's configuration allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantRules {
+    pub senders: Vec<Sender>,
+    pub purposes: BTreeSet<Purpose>,
 }
 
 /// A message's identifier, `msg_` followed by a time-ordered UUID (v7) in hex.

@@ -1,8 +1,10 @@
 //! The HTTP API: routes, and the one place errors become responses ([`error`]).
 //!
-//! Each handler reads as the send flow's phases: authenticate, parse into domain types, gather
-//! facts, decide, record, forward, answer. The handlers hold no logic of their own beyond that
-//! order; the rules live in `policy`, the IO in `store` and `upstream`.
+//! Handlers only translate: authenticate, read and parse the request into domain types, call
+//! the flow (`flow::send`, `flow::receive`, `flow::consent`) or a read of the store, and map
+//! what comes back to a status code and JSON (or a gateway's own shape, in the fronts). The
+//! rules live in `policy`, the sequence of a message in `flow`, the IO in `store` and
+//! `upstream`.
 
 pub mod admin;
 pub mod audit;
@@ -17,9 +19,9 @@ use axum::Router;
 use axum::routing::{get, post};
 use http::HeaderMap;
 
-use crate::app::AppState;
 use crate::auth::Principal;
 use crate::config::Tenant;
+use crate::state::AppState;
 use error::ApiError;
 
 use std::sync::Arc;

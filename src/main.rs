@@ -8,8 +8,9 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use consentry::auth::{DevClaims, mint_dev_token};
-use consentry::config::{DEFAULT_AUDIENCE, DEV_ISSUER};
+use consentry::config::{ConfigError, DEFAULT_AUDIENCE, DEV_ISSUER};
 use consentry::datadir::DataDir;
+use consentry::policy::rules::PolicySet;
 use consentry::{App, Config};
 
 /// Prints a line of the start-up banner. A closed stdout must not stop the server, so write
@@ -375,11 +376,18 @@ fn describe(report: &consentry::audit::verify::Report) -> String {
     )
 }
 
+/// Reads the configuration and loads the policies it names, so that a bad policy file stops
+/// every command as a bad field does (`config` does not know the policy files' rules).
 fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
-    match path {
-        Some(path) => Ok(Config::load(path)?),
-        None => Ok(Config::embedded()),
-    }
+    let config = match path {
+        Some(path) => Config::load(path)?,
+        None => Config::embedded(),
+    };
+    PolicySet::load(&config.policies).map_err(|ConfigError(message)| match path {
+        Some(path) => ConfigError(format!("{}: {message}", path.display())),
+        None => ConfigError(message),
+    })?;
+    Ok(config)
 }
 
 fn serve(

@@ -9,7 +9,6 @@
 //! Each request is signed: `X-Consentry-Timestamp: <unix seconds>` and
 //! `X-Consentry-Signature: v1=<hex HMAC-SHA256(secret, timestamp + "." + body)>`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,66 +17,18 @@ use http_body_util::{BodyExt as _, Full};
 use jiff::Timestamp;
 use ring::hmac;
 
-use crate::app::AppState;
-use crate::config::{ConfigError, OutboxConfig, Secret, Tenant};
+use crate::config::OutboxConfig;
 use crate::crypto::{self, Sealed};
-use crate::domain::TenantId;
-use crate::http::inbound::outbox_associated_data;
+use crate::flow::receive::outbox_associated_data;
+use crate::state::AppState;
 use crate::store::{OutboxItem, StoreError};
-use crate::upstream::{HttpClient, https_client};
+
+pub mod webhooks;
 
 /// How many deliveries one pass takes.
 const BATCH: i64 = 50;
 /// How often the worker looks for due deliveries.
 const POLL: Duration = Duration::from_millis(200);
-
-/// Where each tenant's deliveries go, and how.
-pub struct Webhooks {
-    targets: HashMap<TenantId, (String, Secret)>,
-    /// Per tenant: the token that signs Twilio-style status callbacks.
-    callback_secrets: HashMap<TenantId, Secret>,
-    client: HttpClient,
-    config: OutboxConfig,
-}
-
-impl std::fmt::Debug for Webhooks {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Webhooks")
-            .field("tenants", &self.targets.keys().collect::<Vec<_>>())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Webhooks {
-    pub fn new<'a>(
-        tenants: impl Iterator<Item = &'a Tenant>,
-        config: &OutboxConfig,
-    ) -> Result<Self, ConfigError> {
-        let mut targets = HashMap::new();
-        let mut callback_secrets = HashMap::new();
-        for tenant in tenants {
-            if let Some(webhook) = &tenant.webhook {
-                let secret = webhook
-                    .secret
-                    .resolve(&format!("tenants[{}].webhook.secret", tenant.id))?;
-                targets.insert(tenant.id.clone(), (webhook.url.clone(), secret));
-            }
-            if let Some(secret) = &tenant.status_callback_secret {
-                let secret =
-                    secret.resolve(&format!("tenants[{}].status_callback_secret", tenant.id))?;
-                callback_secrets.insert(tenant.id.clone(), secret);
-            }
-        }
-        let client = https_client(None, Duration::from_millis(config.timeout_ms))
-            .map_err(|e| ConfigError(format!("outbox: {e}")))?;
-        Ok(Webhooks {
-            targets,
-            callback_secrets,
-            client,
-            config: config.clone(),
-        })
-    }
-}
 
 /// The signature header of a delivery.
 pub fn signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {

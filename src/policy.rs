@@ -17,17 +17,10 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use crate::consent::{self, ConsentEvent, ConsentProblem};
-use crate::domain::{CanonicalMessage, Purpose, Reply, Sender};
+use crate::domain::{CanonicalMessage, Purpose, Reply, Sender, TenantRules};
 use crate::zones::Location;
 use jurisdictions::{Step, TimeVerdict};
 use rules::PolicySet;
-
-/// What a tenant's configuration allows.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TenantRules {
-    pub senders: Vec<Sender>,
-    pub purposes: BTreeSet<Purpose>,
-}
 
 /// What the sender's token allows, within the tenant's rules. `None` means "no narrowing".
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

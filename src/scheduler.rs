@@ -13,12 +13,12 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde_json::Value;
 
-use crate::app::AppState;
 use crate::crypto::Sealed;
 use crate::domain::{Body, CanonicalMessage, PhoneNumber, Region, Scope, Sender};
-use crate::http::error::ApiError;
-use crate::http::messages::{Delivery, message_associated_data};
+use crate::flow::FlowError;
+use crate::flow::send::{self, Delivery, Processed, message_associated_data};
 use crate::policy::{self, Decision, SenderBounds};
+use crate::state::AppState;
 use crate::store::{DecisionKind, DeferredMessage, ReleaseRecord};
 
 /// How many due messages one pass takes.
@@ -39,10 +39,7 @@ pub struct Released {
 pub async fn run(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
         if let Err(error) = release_due(&state).await {
-            tracing::warn!(
-                code = error.code,
-                "releasing deferred messages failed; retrying"
-            );
+            tracing::warn!(%error, "releasing deferred messages failed; retrying");
         }
         tokio::select! {
             () = tokio::time::sleep(POLL) => {}
@@ -52,7 +49,7 @@ pub async fn run(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bo
 }
 
 /// One pass: releases every message due now (by the application's clock).
-pub async fn release_due(state: &AppState) -> Result<Released, ApiError> {
+pub async fn release_due(state: &AppState) -> Result<Released, FlowError> {
     let mut released = Released::default();
     loop {
         let now = state.clock.now();
@@ -66,7 +63,7 @@ pub async fn release_due(state: &AppState) -> Result<Released, ApiError> {
             // lapses and a later pass takes it again.
             if let Err(error) = release(state, item, &mut released).await {
                 released.failed += 1;
-                tracing::error!(message = %id, code = error.code, "a deferred message could not be released");
+                tracing::error!(message = %id, %error, "a deferred message could not be released");
             }
         }
     }
@@ -76,7 +73,7 @@ async fn release(
     state: &AppState,
     item: DeferredMessage,
     released: &mut Released,
-) -> Result<(), ApiError> {
+) -> Result<(), FlowError> {
     let now = state.clock.now();
     let Some(tenant) = state.tenants.get(&item.tenant) else {
         let record = release_record(
@@ -113,9 +110,7 @@ async fn release(
     let recipient_hash = state.numbers.hash(&message.to);
     let decision = {
         let mut turn = state.recipient_turn(&recipient_hash).await?;
-        let gathered = state
-            .gather(tenant, &message, now, Some(&mut turn.shared))
-            .await?;
+        let gathered = send::gather(state, tenant, &message, now, Some(&mut turn.shared)).await?;
         let bounds = SenderBounds::default();
         let facts = gathered.facts(tenant, &bounds, &state.policies, now);
         let decision = policy::decide(message, &facts);
@@ -144,8 +139,8 @@ async fn release(
     };
     match decision {
         Decision::Allow(permit) => {
-            match state.deliver(tenant, permit, Delivery::Upstream).await {
-                crate::http::messages::Processed::Sent { .. } => released.sent += 1,
+            match send::deliver(state, tenant, permit, Delivery::Upstream).await {
+                Processed::Sent { .. } => released.sent += 1,
                 _ => released.failed += 1,
             }
             tracing::info!(message = %item.id, tenant = %tenant.id, "deferred message released");
@@ -183,14 +178,13 @@ async fn rebuild(
     state: &AppState,
     item: &DeferredMessage,
     region: Region,
-) -> Result<CanonicalMessage, ApiError> {
+) -> Result<CanonicalMessage, FlowError> {
     let unreadable = |what: &str| {
         tracing::error!(message = %item.id, what, "a deferred message cannot be rebuilt");
-        ApiError::new(
-            http::StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
-            format!("deferred message {} cannot be read: {what}", item.id),
-        )
+        FlowError::Unreadable(format!(
+            "deferred message {} cannot be read: {what}",
+            item.id
+        ))
     };
     let mut message = CanonicalMessage {
         id: item.id.clone(),

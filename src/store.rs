@@ -6,6 +6,7 @@
 //! upstream is called only after); message rows and outcomes are append-only; no body and no
 //! full phone number is written readable.
 
+mod leaves;
 pub mod postgres;
 mod rows;
 pub mod sqlite;

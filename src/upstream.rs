@@ -297,7 +297,7 @@ impl Gateway {
                 public_url: config.public_url.clone(),
             },
             UpstreamKind::Telnyx => WebhookKey::Telnyx {
-                public_key: dialect::telnyx::parse_public_key(
+                public_key: crate::crypto::decode_public_key(
                     config.webhook_public_key.as_deref().unwrap_or_default(),
                 )
                 .map_err(|e| error(format!("webhook_public_key: {e}")))?,

@@ -8,6 +8,8 @@
 //! <root hash, lower-case hex>\n
 //! <signing time, microseconds since the Unix epoch, decimal>\n
 //! ```
+//!
+//! [`Cadence`] is the configured rhythm of checkpoints, which `audit::sequencer` follows.
 
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
 use serde::Serialize;
@@ -164,6 +166,15 @@ impl LogSigner {
             signature: self.pair.sign(text.as_bytes()).as_ref().to_vec(),
         }
     }
+}
+
+/// When checkpoints are signed.
+#[derive(Debug, Clone, Copy)]
+pub struct Cadence {
+    /// Whether this instance sequences at all.
+    pub enabled: bool,
+    pub leaves: u64,
+    pub interval_us: i64,
 }
 
 #[cfg(test)]

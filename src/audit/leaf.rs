@@ -12,8 +12,6 @@
 //! Message records and consent events are logged with their sealed payloads (ciphertext, not
 //! plaintext), so erasing a recipient's key leaves every leaf, and every proof, intact.
 
-use crate::store::{ConsentRecord, MessageRecord};
-
 use super::merkle::{Hash, leaf_hash};
 
 /// The format version, the first byte of every leaf.
@@ -127,64 +125,112 @@ impl Encoder {
     }
 }
 
+/// The columns of a `messages` row that its leaf covers, as plain values: the store maps its
+/// records to them (`store::leaves`), so the leaf format depends on no store type.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageColumns<'a> {
+    pub id: &'a str,
+    pub tenant: &'a str,
+    pub created_at_us: i64,
+    pub recipient_hash: &'a str,
+    pub recipient_masked: &'a str,
+    pub sender_masked: &'a str,
+    pub purpose: &'a str,
+    pub brand: Option<&'a str>,
+    pub campaign: Option<&'a str>,
+    pub decision: &'a str,
+    pub reasons_json: &'a str,
+    pub upstream: Option<&'a str>,
+    pub reply_kind: Option<&'a str>,
+    pub confirms_event: Option<&'a str>,
+    pub status_callback: Option<&'a str>,
+    pub key_id: &'a str,
+    pub payload: &'a [u8],
+}
+
 /// A message record's leaf: every column of its `messages` row, in this order: id, tenant,
 /// created_at_us, recipient_hash, recipient_masked, sender_masked, purpose, brand, campaign,
 /// decision, reasons, upstream, reply_kind, confirms_event, status_callback, key_id, payload.
-pub fn message(record: &MessageRecord) -> Leaf {
+pub fn message<'a>(record: impl Into<MessageColumns<'a>>) -> Leaf {
+    let record = record.into();
     let bytes = Encoder::new(Kind::Message)
-        .text(record.id.as_str())
-        .text(record.tenant.as_str())
+        .text(record.id)
+        .text(record.tenant)
         .int(record.created_at_us)
-        .text(&record.recipient_hash)
-        .text(&record.recipient_masked)
-        .text(&record.sender_masked)
+        .text(record.recipient_hash)
+        .text(record.recipient_masked)
+        .text(record.sender_masked)
         .text(record.purpose)
-        .optional(record.brand.as_deref())
-        .optional(record.campaign.as_deref())
-        .text(record.decision.as_str())
-        .text(&record.reasons_json)
-        .optional(record.upstream.as_deref())
+        .optional(record.brand)
+        .optional(record.campaign)
+        .text(record.decision)
+        .text(record.reasons_json)
+        .optional(record.upstream)
         .optional(record.reply_kind)
-        .optional(record.confirms_event.as_deref())
-        .optional(record.status_callback.as_deref())
-        .text(&record.key_id)
-        .bytes(&record.payload)
+        .optional(record.confirms_event)
+        .optional(record.status_callback)
+        .text(record.key_id)
+        .bytes(record.payload)
         .0;
     Leaf {
         kind: Kind::Message,
-        ref_id: record.id.as_str().to_owned(),
-        tenant: record.tenant.as_str().to_owned(),
+        ref_id: record.id.to_owned(),
+        tenant: record.tenant.to_owned(),
         bytes,
     }
+}
+
+/// The columns of a `consent_events` row that its leaf covers, as plain values (mapped from
+/// the store's records in `store::leaves`).
+#[derive(Debug, Clone, Copy)]
+pub struct ConsentColumns<'a> {
+    pub id: &'a str,
+    pub tenant: &'a str,
+    pub recipient_hash: &'a str,
+    pub recipient_masked: &'a str,
+    pub action: &'a str,
+    pub level: Option<&'a str>,
+    pub brand: Option<&'a str>,
+    pub campaign: Option<&'a str>,
+    pub purposes: &'a str,
+    pub method: &'a str,
+    pub occurred_at_us: i64,
+    pub recorded_at_us: i64,
+    pub recorded_by: &'a str,
+    pub external_id: Option<&'a str>,
+    pub idempotency_key: &'a str,
+    pub key_id: &'a str,
+    pub evidence: &'a [u8],
 }
 
 /// A consent event's leaf: id, tenant, recipient_hash, recipient_masked, action, level, brand,
 /// campaign, purposes, method, occurred_at_us, recorded_at_us, recorded_by, external_id,
 /// idempotency_key, key_id, evidence.
-pub fn consent_event(record: &ConsentRecord) -> Leaf {
+pub fn consent_event<'a>(record: impl Into<ConsentColumns<'a>>) -> Leaf {
+    let record = record.into();
     let bytes = Encoder::new(Kind::ConsentEvent)
-        .text(&record.id)
-        .text(record.tenant.as_str())
-        .text(&record.recipient_hash)
-        .text(&record.recipient_masked)
-        .text(record.action.as_str())
-        .optional(record.level.map(|level| level.as_str()))
-        .optional(record.brand.as_deref())
-        .optional(record.campaign.as_deref())
-        .text(&record.purposes)
-        .text(&record.method)
+        .text(record.id)
+        .text(record.tenant)
+        .text(record.recipient_hash)
+        .text(record.recipient_masked)
+        .text(record.action)
+        .optional(record.level)
+        .optional(record.brand)
+        .optional(record.campaign)
+        .text(record.purposes)
+        .text(record.method)
         .int(record.occurred_at_us)
         .int(record.recorded_at_us)
-        .text(&record.recorded_by)
-        .optional(record.external_id.as_deref())
-        .text(&record.idempotency_key)
-        .text(&record.key_id)
-        .bytes(&record.evidence)
+        .text(record.recorded_by)
+        .optional(record.external_id)
+        .text(record.idempotency_key)
+        .text(record.key_id)
+        .bytes(record.evidence)
         .0;
     Leaf {
         kind: Kind::ConsentEvent,
-        ref_id: record.id.clone(),
-        tenant: record.tenant.as_str().to_owned(),
+        ref_id: record.id.to_owned(),
+        tenant: record.tenant.to_owned(),
         bytes,
     }
 }

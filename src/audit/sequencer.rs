@@ -9,23 +9,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::checkpoint::{Checkpoint, LogSigner};
-use crate::app::AppState;
+use super::checkpoint::{Cadence, Checkpoint, LogSigner};
+use crate::state::AppState;
 use crate::store::{Store, StoreError};
 
 /// Entries sequenced per transaction.
 const BATCH: i64 = 250;
 /// How often the sequencer looks for pending entries.
 const POLL: Duration = Duration::from_millis(200);
-
-/// When checkpoints are signed.
-#[derive(Debug, Clone, Copy)]
-pub struct Cadence {
-    /// Whether this instance sequences at all.
-    pub enabled: bool,
-    pub leaves: u64,
-    pub interval_us: i64,
-}
 
 /// How many polls between looks for a rotated data key.
 const KEY_REFRESH_POLLS: u32 = 10;

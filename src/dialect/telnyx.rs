@@ -17,16 +17,6 @@ pub const SIGNATURE_HEADER: &str = "telnyx-signature-ed25519";
 pub const TIMESTAMP_HEADER: &str = "telnyx-timestamp";
 pub const DEFAULT_BASE_URL: &str = "https://api.telnyx.com";
 
-/// Reads a base64 Ed25519 public key (32 bytes).
-pub fn parse_public_key(text: &str) -> Result<[u8; 32], String> {
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(text.trim())
-        .map_err(|e| format!("not base64: {e}"))?;
-    bytes
-        .try_into()
-        .map_err(|_| "an Ed25519 public key is 32 bytes".to_owned())
-}
-
 /// Verifies a webhook's signature and freshness at `now` (unix seconds).
 pub fn verify(
     public_key: &[u8; 32],
@@ -266,7 +256,7 @@ mod tests {
         "T+SGmh2wzVcDrQwB36YuRpgIiqVMNkbm61ZRpHBBa/T/l9NOJNliOqxJee+AFWtVUSyfte+AX3iUnScLxAjaAw==";
 
     fn key() -> [u8; 32] {
-        parse_public_key(PUBLIC_KEY).unwrap()
+        crate::crypto::decode_public_key(PUBLIC_KEY).unwrap()
     }
 
     #[test]

@@ -7,7 +7,7 @@ use axum::extract::State;
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// Alive: the process answers.
 pub async fn healthz() -> Json<Value> {

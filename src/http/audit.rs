@@ -23,13 +23,13 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use crate::app::AppState;
 use crate::audit::leaf::{self, BodyAccess, Erasure, Kind};
 use crate::audit::merkle::{self, Hash, NodeId};
 use crate::auth::scope;
 use crate::config::Tenant;
 use crate::crypto::{Sealed, hex};
 use crate::domain::PhoneNumber;
+use crate::state::AppState;
 use crate::store::{AuditFilter, AuditedConsent, AuditedMessage};
 
 /// Rows read per query while streaming.

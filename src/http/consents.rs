@@ -21,16 +21,19 @@ use http::{HeaderMap, StatusCode};
 use http_body_util::BodyExt as _;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
-use crate::app::AppState;
 use crate::auth::{Principal, scope};
 use crate::config::Tenant;
 use crate::consent::{self, Action, ConsentState, Level};
-use crate::crypto;
 use crate::domain::{PhoneNumber, Purpose, Scope};
+use crate::flow::{
+    self,
+    consent::{Evidence, Validated},
+};
 use crate::http::error::ApiError;
 use crate::import::{CsvRecords, ImportError, NdjsonLines};
+use crate::state::AppState;
 use crate::store::{ConsentRecord, Recorded, StoredConsent};
 
 /// How consent was collected.
@@ -79,34 +82,6 @@ pub struct ScopeInput {
     pub purposes: Vec<String>,
 }
 
-/// What shows the consent was given (or withdrawn): kept sealed with the event.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Evidence {
-    /// The exact text the person was shown or read.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub disclosure_text: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub disclosure_version: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub language: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ip: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub user_agent: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub page_url: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub inbound_message_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub double_opt_in_id: Option<String>,
-    /// The person was told that consent is not a condition of purchase (47 CFR 64.1200(f)(9)).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub not_condition_of_purchase: Option<bool>,
-    #[serde(default, skip_serializing_if = "Map::is_empty")]
-    pub extra: Map<String, Value>,
-}
-
 /// A refused event: a stable code and the field at fault.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FieldError {
@@ -128,26 +103,6 @@ impl From<FieldError> for ApiError {
         ApiError::bad_request(error.code, format!("{}: {}", error.field, error.message))
             .with("field", error.field)
     }
-}
-
-/// What the sealed evidence holds: the number and the evidence.
-#[derive(Debug, Serialize, Deserialize)]
-struct SealedEvidence {
-    number: String,
-    evidence: Evidence,
-}
-
-/// The part of an event that is needed to build its record.
-pub(crate) struct Validated {
-    pub number: PhoneNumber,
-    pub action: Action,
-    pub level: Option<Level>,
-    pub scope: Scope,
-    pub purposes: BTreeSet<Purpose>,
-    pub method: String,
-    pub occurred_at: Timestamp,
-    pub external_id: Option<String>,
-    pub evidence: Evidence,
 }
 
 /// Checks an event against the tenant; `require_time` for imports, where history must say when.
@@ -298,164 +253,47 @@ fn check_written_consent(method: &str, evidence: &Evidence) -> Result<(), FieldE
     Ok(())
 }
 
-impl AppState {
-    /// Builds the ledger record of a validated event, sealing the number and evidence.
-    /// `recorded_by` is the JWT subject, or `inbound:<upstream>` for a reply.
-    pub(crate) async fn consent_record(
-        &self,
-        event: Validated,
-        tenant: &Tenant,
-        recorded_by: &str,
-        now: Timestamp,
-    ) -> Result<ConsentRecord, ApiError> {
-        let id = format!("evt_{}", uuid::Uuid::now_v7().simple());
-        let purposes = event
-            .purposes
-            .iter()
-            .map(Purpose::as_str)
-            .collect::<Vec<_>>()
-            .join(" ");
-        let recipient_hash = self.numbers.hash(&event.number);
-        let idempotency_key = match &event.external_id {
-            // The same external id for another recipient or action is another event: an
-            // opt-out is never swallowed as the "duplicate" of an opt-in.
-            Some(external) => format!(
-                "ext:{}:{recipient_hash}:{}",
-                external,
-                event.action.as_str()
-            ),
-            None => {
-                let content = json!([
-                    recipient_hash,
-                    event.action.as_str(),
-                    event.level.map(|l| l.as_str()),
-                    event.scope.brand,
-                    event.scope.campaign,
-                    purposes,
-                    event.method,
-                    event.occurred_at.as_microsecond(),
-                    event.evidence,
-                ]);
-                let digest =
-                    ring::digest::digest(&ring::digest::SHA256, content.to_string().as_bytes());
-                format!("sha256:{}", crypto::hex(digest.as_ref()))
-            }
-        };
-        let sealed_evidence = SealedEvidence {
-            number: event.number.e164().to_owned(),
-            evidence: event.evidence,
-        };
-        let plaintext = serde_json::to_vec(&sealed_evidence).unwrap_or_default();
-        let sealed = self
-            .keys
-            .seal(
-                &consent_associated_data(tenant, &id),
-                &plaintext,
-                now.as_microsecond(),
-            )
-            .await
-            .map_err(|error| {
-                tracing::error!(%error, "sealing consent evidence failed");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "encryption_unavailable",
-                    "the evidence could not be encrypted; nothing was recorded",
-                )
-            })?;
-        Ok(ConsentRecord {
-            id,
-            tenant: tenant.id.clone(),
-            recipient_hash,
-            recipient_masked: event.number.masked(),
-            action: event.action,
-            level: event.level,
-            brand: event.scope.brand,
-            campaign: event.scope.campaign,
-            purposes,
-            method: event.method,
-            occurred_at_us: event.occurred_at.as_microsecond(),
-            recorded_at_us: now.as_microsecond(),
-            recorded_by: recorded_by.to_owned(),
-            external_id: event.external_id,
-            idempotency_key,
-            key_id: sealed.key_id,
-            evidence: sealed.bytes,
-        })
-    }
-
-    /// The event as the API shows it, with its evidence unsealed.
-    async fn consent_view(
-        &self,
-        tenant: &Tenant,
-        stored: &StoredConsent,
-    ) -> Result<Value, ApiError> {
-        let record = &stored.record;
-        let sealed = crypto::Sealed {
-            key_id: record.key_id.clone(),
-            bytes: record.evidence.clone(),
-        };
-        let opened = self
-            .keys
-            .open(&consent_associated_data(tenant, &record.id), &sealed)
-            .await
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<SealedEvidence>(&bytes).ok());
-        let (number, evidence) = match opened {
-            Some(opened) => (
-                Value::String(opened.number),
-                serde_json::to_value(opened.evidence).unwrap_or_default(),
-            ),
-            None => {
-                tracing::error!(event = %record.id, "consent evidence does not decrypt");
-                (Value::Null, Value::Null)
-            }
-        };
-        let time = |us: i64| {
-            Timestamp::from_microsecond(us)
-                .map(|t| Value::String(t.to_string()))
-                .unwrap_or(Value::Null)
-        };
-        let purposes: Vec<&str> = record.purposes.split_whitespace().collect();
-        Ok(json!({
-            "id": record.id,
-            "number": number,
-            "action": record.action.as_str(),
-            "level": record.level.map(|l| l.as_str()),
-            "scope": {
-                "brand": record.brand,
-                "campaign": record.campaign,
-                "purposes": purposes,
-            },
-            "method": record.method,
-            "occurred_at": time(record.occurred_at_us),
-            "recorded_at": time(record.recorded_at_us),
-            "recorded_by": record.recorded_by,
-            "external_id": record.external_id,
-            "evidence": evidence,
-        }))
-    }
-
-    /// The recipient's ledger in this tenant, as the fold reads it.
-    pub async fn consent_events(
-        &self,
-        tenant: &Tenant,
-        number: &PhoneNumber,
-    ) -> Result<(Vec<StoredConsent>, Vec<consent::ConsentEvent>), ApiError> {
-        let stored = self
-            .store
-            .consent_events(&tenant.id, &self.numbers.hash(number))
-            .await?;
-        let events = stored
-            .iter()
-            .map(StoredConsent::to_event)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((stored, events))
-    }
-}
-
-/// The associated data bound to an event's sealed evidence: its identity.
-fn consent_associated_data(tenant: &Tenant, id: &str) -> Vec<u8> {
-    format!("consentry/consent/v1\0{}\0{id}", tenant.id).into_bytes()
+/// The event as the API shows it, with its evidence unsealed.
+async fn consent_view(
+    state: &AppState,
+    tenant: &Tenant,
+    stored: &StoredConsent,
+) -> Result<Value, ApiError> {
+    let record = &stored.record;
+    let opened = flow::consent::open_evidence(state, tenant, record).await;
+    let (number, evidence) = match opened {
+        Some(opened) => (
+            Value::String(opened.number),
+            serde_json::to_value(opened.evidence).unwrap_or_default(),
+        ),
+        None => {
+            tracing::error!(event = %record.id, "consent evidence does not decrypt");
+            (Value::Null, Value::Null)
+        }
+    };
+    let time = |us: i64| {
+        Timestamp::from_microsecond(us)
+            .map(|t| Value::String(t.to_string()))
+            .unwrap_or(Value::Null)
+    };
+    let purposes: Vec<&str> = record.purposes.split_whitespace().collect();
+    Ok(json!({
+        "id": record.id,
+        "number": number,
+        "action": record.action.as_str(),
+        "level": record.level.map(|l| l.as_str()),
+        "scope": {
+            "brand": record.brand,
+            "campaign": record.campaign,
+            "purposes": purposes,
+        },
+        "method": record.method,
+        "occurred_at": time(record.occurred_at_us),
+        "recorded_at": time(record.recorded_at_us),
+        "recorded_by": record.recorded_by,
+        "external_id": record.external_id,
+        "evidence": evidence,
+    }))
 }
 
 pub async fn record(
@@ -468,46 +306,15 @@ pub async fn record(
     let input: ConsentInput = super::messages::parse_json(&bytes)?;
     let now = state.clock.now();
     let event = validate(input, tenant, now, "api", false)?;
-    let record = state
-        .consent_record(event, tenant, &principal.subject, now)
-        .await?;
-    // In the recipient's turn: a send deciding now sees this event, or is logged before it.
-    let turn = state.recipient_turn(&record.recipient_hash).await?;
-    let recorded = state
-        .store
-        .record_consents(std::slice::from_ref(&record))
-        .await;
-    turn.end().await;
-    let recorded = recorded?;
-    let (status, id) = match recorded.into_iter().next() {
-        Some(Recorded::Duplicate(existing)) => (StatusCode::OK, existing),
-        _ => (StatusCode::CREATED, record.id.clone()),
-    };
-    tracing::info!(
-        event = %id,
-        tenant = %tenant.id,
-        recipient = %record.recipient_masked,
-        action = record.action.as_str(),
-        duplicate = status == StatusCode::OK,
-        "consent recorded"
-    );
-    let stored = state
-        .store
-        .consent_events(&tenant.id, &record.recipient_hash)
-        .await?
-        .into_iter()
-        .find(|stored| stored.record.id == id)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                "the event was recorded but cannot be read back",
-            )
-        })?;
-    let mut view = state.consent_view(tenant, &stored).await?;
-    if status == StatusCode::OK {
+    let (stored, duplicate) =
+        flow::consent::record(&state, event, tenant, &principal.subject, now).await?;
+    let mut view = consent_view(&state, tenant, &stored).await?;
+    let status = if duplicate {
         view["duplicate"] = Value::Bool(true);
-    }
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
     Ok((status, Json(view)).into_response())
 }
 
@@ -520,7 +327,7 @@ pub async fn show(
     let number = PhoneNumber::parse(&number, tenant.default_region).map_err(|e| {
         ApiError::bad_request("invalid_number", format!("number: {e}")).with("field", "number")
     })?;
-    let (stored, events) = state.consent_events(tenant, &number).await?;
+    let (stored, events) = flow::consent::consent_events(&state, tenant, &number).await?;
     let now = state.clock.now();
     let policy = state.policies.consent.at(now);
 
@@ -550,7 +357,7 @@ pub async fn show(
     }
     let mut history = Vec::with_capacity(stored.len());
     for event in &stored {
-        history.push(state.consent_view(tenant, event).await?);
+        history.push(consent_view(&state, tenant, event).await?);
     }
     Ok(Json(json!({
         "number": number.e164(),
@@ -736,10 +543,14 @@ impl Importer<'_> {
         let now = self.state.clock.now();
         match input.and_then(|input| validate(input, self.tenant, now, "import", true)) {
             Ok(event) => {
-                let record = self
-                    .state
-                    .consent_record(event, self.tenant, &self.principal.subject, now)
-                    .await?;
+                let record = flow::consent::consent_record(
+                    self.state,
+                    event,
+                    self.tenant,
+                    &self.principal.subject,
+                    now,
+                )
+                .await?;
                 self.batch.push(record);
                 self.batch_lines.push(line);
                 if self.batch.len() >= IMPORT_BATCH {

@@ -7,6 +7,8 @@ use http::StatusCode;
 use serde_json::{Map, Value, json};
 
 use crate::auth::AuthError;
+use crate::dialect::WebhookError;
+use crate::flow::FlowError;
 use crate::store::StoreError;
 use crate::upstream::UpstreamError;
 
@@ -98,6 +100,38 @@ impl From<StoreError> for ApiError {
 impl From<UpstreamError> for ApiError {
     fn from(error: UpstreamError) -> Self {
         ApiError::new(StatusCode::BAD_GATEWAY, error.code(), error.to_string())
+    }
+}
+
+impl From<WebhookError> for ApiError {
+    fn from(error: WebhookError) -> Self {
+        let status = match error {
+            WebhookError::Malformed(_) => StatusCode::BAD_REQUEST,
+            WebhookError::MissingSignature | WebhookError::BadSignature | WebhookError::Stale => {
+                StatusCode::UNAUTHORIZED
+            }
+        };
+        tracing::warn!(code = error.code(), "webhook refused");
+        ApiError::new(status, error.code(), error.to_string())
+    }
+}
+
+impl From<FlowError> for ApiError {
+    fn from(error: FlowError) -> Self {
+        match error {
+            FlowError::Store(error) => ApiError::from(error),
+            FlowError::Encryption(message) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "encryption_unavailable",
+                message,
+            ),
+            FlowError::Unreadable(message) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                message,
+            ),
+            FlowError::Reply(error) => ApiError::from(error),
+        }
     }
 }
 

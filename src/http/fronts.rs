@@ -1,6 +1,6 @@
 //! Gateway-compatible fronts: an application keeps its Twilio, Telnyx or Vonage SDK and changes
 //! only its base URL. Each front parses the gateway's own request into the native send request,
-//! runs the one send flow (`AppState::process`), and answers in the gateway's own shapes —
+//! runs the one send flow (`flow::send::process`), and answers in the gateway's own shapes —
 //! denials with the gateway's error codes where one means the same, documented consentry codes
 //! otherwise.
 //!
@@ -26,16 +26,18 @@ use base64::Engine as _;
 use http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
-use crate::app::AppState;
 use crate::auth::{Principal, scope};
 use crate::config::Tenant;
 use crate::config::UpstreamKind;
 use crate::dialect::{telnyx, twilio, vonage};
 use crate::domain::MessageId;
-use crate::http::error::ApiError;
-use crate::http::messages::{
-    Delivery, Processed, SendRequest, canonical_message, read_body_any, sender_bounds,
+use crate::flow::{
+    self,
+    send::{Delivery, Processed},
 };
+use crate::http::error::ApiError;
+use crate::http::messages::{SendRequest, canonical_message, read_body_any, sender_bounds};
+use crate::state::AppState;
 use crate::store::MessageStatus;
 use crate::upstream::Upstream;
 
@@ -117,10 +119,7 @@ async fn send(
     };
     message.status_callback = status_callback;
     let bounds = sender_bounds(principal, tenant);
-    match state
-        .process(tenant, &bounds, message, Delivery::Upstream)
-        .await
-    {
+    match flow::send::process(state, tenant, &bounds, message, Delivery::Upstream).await {
         Ok(Processed::Sent { id, .. }) => Outcome::Accepted {
             id,
             status: "queued",
@@ -147,7 +146,7 @@ async fn send(
             id,
             status: "queued",
         },
-        Err(error) => Outcome::Refused(error),
+        Err(error) => Outcome::Refused(error.into()),
     }
 }
 
@@ -383,8 +382,7 @@ pub async fn twilio_fetch(
         let sealed = || (view.recipient.clone(), view.sender.clone(), String::new());
         let (to, from, body) =
             if principal.has_scope(scope::AUDIT_DECRYPT) || tenant.twilio_fetch_body {
-                state
-                    .message_content(&principal.tenant, &id, &principal.subject)
+                flow::send::message_content(&state, &principal.tenant, &id, &principal.subject)
                     .await?
                     .unwrap_or_else(sealed)
             } else {

@@ -8,9 +8,9 @@ use axum::extract::State;
 use http::HeaderMap;
 use serde_json::{Value, json};
 
-use crate::app::AppState;
 use crate::auth::scope;
 use crate::http::error::ApiError;
+use crate::state::AppState;
 
 pub async fn list(
     State(state): State<Arc<AppState>>,

@@ -11,11 +11,12 @@ use proptest::prelude::*;
 
 use super::jurisdictions::{self, allowed_everywhere};
 use super::rules::PolicySet;
-use super::{Decision, Facts, SenderBounds, TenantRules, decide};
+use super::{Decision, Facts, SenderBounds, decide};
 use crate::config::PoliciesConfig;
 use crate::consent::{Action, ConsentEvent, Level, Purposes};
 use crate::domain::{
     Body, CanonicalMessage, MessageId, PhoneNumber, Purpose, Region, Scope, Sender, TenantId,
+    TenantRules,
 };
 
 fn policies() -> &'static PolicySet {

@@ -385,7 +385,7 @@ pub struct TestApp {
     /// The beta tenant's own application, where its webhook deliveries go.
     pub tenant_app: Option<FakeGateway>,
     /// The running application's state: its clock, its workers' single steps.
-    pub state: std::sync::Arc<consentry::app::AppState>,
+    pub state: std::sync::Arc<consentry::state::AppState>,
     stop: Option<oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<()>>,
     _temp: Option<Arc<tempfile::TempDir>>,
@@ -550,7 +550,7 @@ impl TestApp {
         let path = folder.join("consentry.toml");
         std::fs::write(&path, config_text).unwrap();
         let config = Config::load(&path).unwrap();
-        let clock = consentry::app::Clock::starting_at(TEST_START.parse().unwrap());
+        let clock = consentry::state::Clock::starting_at(TEST_START.parse().unwrap());
         let app = App::build_with_clock(config, clock).await.unwrap();
         let state = app.state();
         let fingerprint = app.fingerprint().to_owned();

@@ -1,0 +1,390 @@
+//! The send flow, after a message is parsed: gather the recipient's facts, decide (purely,
+//! [`policy::decide`]), record the decision with the sealed body (durable before anything
+//! leaves), then forward an allowed message with its permit and append the gateway's outcome.
+//! Every message consentry sends goes through [`process`]: the native API's, the fronts', its
+//! own answers to replies; a deferred message released by the scheduler goes through
+//! [`deliver`] once it is decided again.
+//!
+//! Each phase either continues or stops: a record that cannot be written stops before
+//! forwarding ([`FlowError`], nothing sent); a denial or deferral is recorded and returned as a
+//! normal [`Processed`]; a gateway failure is recorded and returned as [`Processed::Failed`].
+
+use jiff::Timestamp;
+use serde_json::json;
+
+use super::FlowError;
+use crate::config::Tenant;
+use crate::domain::{CanonicalMessage, MessageId};
+use crate::policy::{self, Decision, Facts, SenderBounds};
+use crate::state::AppState;
+use crate::store::{DecisionKind, MessageRecord, OutcomeRecord, OutcomeStatus};
+
+/// How an allowed message leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Through the tenant's upstream's send API.
+    Upstream,
+    /// In the answer to the gateway's webhook (TwiML); the caller sends it.
+    InWebhookAnswer,
+}
+
+/// What became of a message.
+#[derive(Debug)]
+pub enum Processed {
+    Denied(policy::Denial),
+    Sent {
+        id: MessageId,
+        receipt: crate::upstream::Receipt,
+    },
+    Failed {
+        id: MessageId,
+        error: crate::upstream::UpstreamError,
+    },
+    /// Recorded as sent; its text goes back in the webhook answer.
+    Answered {
+        id: MessageId,
+        text: String,
+    },
+    /// Deferred: recorded, and released by the scheduler at `until`.
+    Scheduled(policy::Deferral),
+}
+
+/// What `decide` needs to know about a recipient, read from the store and the zone table.
+pub struct Gathered {
+    pub consent: Vec<crate::consent::ConsentEvent>,
+    pub confirmed_opt_outs: Vec<String>,
+    pub open_reviews: Vec<String>,
+    pub recent: Vec<Timestamp>,
+    pub location: crate::zones::Location,
+    /// The recipient's key in the tenant, read with the rest: its record is sealed under it.
+    pub recipient_key: Option<crate::store::RecipientKeyRow>,
+}
+
+impl Gathered {
+    /// The facts `decide` takes, for a tenant and a token's bounds, at `now`.
+    pub fn facts<'a>(
+        &'a self,
+        tenant: &'a Tenant,
+        bounds: &'a SenderBounds,
+        policies: &'a crate::policy::rules::PolicySet,
+        now: Timestamp,
+    ) -> Facts<'a> {
+        Facts {
+            tenant: &tenant.rules,
+            bounds,
+            policies,
+            consent: &self.consent,
+            confirmed_opt_outs: &self.confirmed_opt_outs,
+            open_reviews: &self.open_reviews,
+            location: &self.location,
+            recent: &self.recent,
+            now,
+        }
+    }
+}
+
+/// Reads the facts about a message's recipient, as of `now`.
+pub async fn gather(
+    state: &AppState,
+    tenant: &Tenant,
+    message: &CanonicalMessage,
+    now: Timestamp,
+    lock: Option<&mut crate::store::RecipientLock>,
+) -> Result<Gathered, FlowError> {
+    // Recent sends are read only as far as a cap that applies to this number and purpose
+    // needs: the latest `count` within its window.
+    let location = state.policies.zones.locate(&message.to);
+    let caps = state
+        .policies
+        .jurisdictions
+        .applicable(&location, message.purpose)
+        .into_iter()
+        .filter_map(|rule| rule.cap)
+        .fold(None, |widest: Option<(u32, u32)>, cap| {
+            let (hours, count) = widest.unwrap_or((0, 0));
+            Some((hours.max(cap.hours), count.max(cap.count)))
+        });
+    let recent_window = caps.map(|(hours, count)| {
+        let since = now - jiff::SignedDuration::from_hours(i64::from(hours));
+        (since.as_microsecond(), i64::from(count))
+    });
+    let recipient = state
+        .store
+        .recipient_facts(
+            &tenant.id,
+            &state.numbers.hash(&message.to),
+            message.purpose.as_str(),
+            recent_window,
+            lock,
+        )
+        .await?;
+    let consent = recipient.consent;
+    let recent = recipient
+        .recent_us
+        .iter()
+        .filter_map(|us| Timestamp::from_microsecond(*us).ok())
+        .collect();
+    Ok(Gathered {
+        consent,
+        confirmed_opt_outs: recipient.confirmed_opt_outs,
+        open_reviews: recipient.open_reviews,
+        recent,
+        location,
+        recipient_key: recipient.recipient_key,
+    })
+}
+
+/// The send flow after parsing: gather the recipient's facts, decide, record the decision
+/// durably, then forward an allowed message and record the outcome. Every message consentry
+/// sends, the API's and its own replies, goes through here.
+pub async fn process(
+    state: &AppState,
+    tenant: &Tenant,
+    bounds: &SenderBounds,
+    message: CanonicalMessage,
+    delivery: Delivery,
+) -> Result<Processed, FlowError> {
+    let recipient_hash = state.numbers.hash(&message.to);
+    let decision = {
+        // Facts and record under one lock, in this process and across the processes that
+        // share the database: caps and confirmations see every decision.
+        let mut turn = state.recipient_turn(&recipient_hash).await?;
+        let now = state.clock.now();
+        let gathered = gather(state, tenant, &message, now, Some(&mut turn.shared)).await?;
+        let facts = gathered.facts(tenant, bounds, &state.policies, now);
+        let decision = policy::decide(message, &facts);
+        record_decision(
+            state,
+            &decision,
+            tenant,
+            now,
+            gathered.recipient_key,
+            &mut turn.shared,
+        )
+        .await?;
+        turn.end().await;
+        decision
+    };
+
+    let permit = match decision {
+        Decision::Deny(denial) => {
+            tracing::info!(
+                message = %denial.message.id,
+                tenant = %tenant.id,
+                code = denial.reasons[0].code.as_str(),
+                "message denied"
+            );
+            return Ok(Processed::Denied(denial));
+        }
+        Decision::Defer(deferral) => {
+            tracing::info!(
+                message = %deferral.message.id,
+                tenant = %tenant.id,
+                until = %deferral.until,
+                "message deferred"
+            );
+            return Ok(Processed::Scheduled(deferral));
+        }
+        Decision::Allow(permit) => permit,
+    };
+    Ok(deliver(state, tenant, permit, delivery).await)
+}
+
+/// Sends a permitted message and records what the gateway answered.
+pub async fn deliver(
+    state: &AppState,
+    tenant: &Tenant,
+    permit: policy::Permit,
+    delivery: Delivery,
+) -> Processed {
+    let id = permit.message().id.clone();
+    if delivery == Delivery::InWebhookAnswer {
+        let text = permit.message().body.as_str().to_owned();
+        record_outcome(
+            state,
+            &id,
+            &Ok(crate::upstream::Receipt {
+                name: tenant.upstream.clone(),
+                message_id: None,
+            }),
+        )
+        .await;
+        return Processed::Answered { id, text };
+    }
+    let upstream = state
+        .upstreams
+        .get(&tenant.upstream)
+        .expect("tenant upstreams are checked at start-up");
+    let result = upstream.forward(permit).await;
+    record_outcome(state, &id, &result).await;
+    match result {
+        Ok(receipt) => {
+            tracing::info!(message = %id, tenant = %tenant.id, upstream = %receipt.name, "message sent");
+            Processed::Sent { id, receipt }
+        }
+        Err(error) => {
+            tracing::warn!(message = %id, tenant = %tenant.id, %error, "upstream failed");
+            Processed::Failed { id, error }
+        }
+    }
+}
+
+/// Appends the gateway's answer. The gateway has answered: whatever happens to this write,
+/// the caller must learn what the gateway did, or a client would retry a sent message.
+async fn record_outcome(
+    state: &AppState,
+    id: &MessageId,
+    result: &Result<crate::upstream::Receipt, crate::upstream::UpstreamError>,
+) {
+    let now = Timestamp::now().as_microsecond();
+    let outcome = match result {
+        Ok(receipt) => OutcomeRecord {
+            message_id: id.clone(),
+            recorded_at_us: now,
+            status: OutcomeStatus::Sent,
+            upstream_message_id: receipt.message_id.clone(),
+            error_code: None,
+            detail: None,
+        },
+        Err(error) => OutcomeRecord {
+            message_id: id.clone(),
+            recorded_at_us: now,
+            status: OutcomeStatus::Failed,
+            upstream_message_id: None,
+            error_code: Some(error.code().to_owned()),
+            detail: Some(error.to_string()),
+        },
+    };
+    if let Err(error) = state.store.record_outcome(&outcome).await {
+        tracing::error!(message = %id, %error, "the upstream outcome could not be recorded");
+    }
+}
+
+/// Seals the message and writes its record with the decision. Returns only once the record
+/// is durable, written in the session of the recipient's lock.
+async fn record_decision(
+    state: &AppState,
+    decision: &Decision,
+    tenant: &Tenant,
+    now: Timestamp,
+    recipient_key: Option<crate::store::RecipientKeyRow>,
+    lock: &mut crate::store::RecipientLock,
+) -> Result<(), FlowError> {
+    let message = decision.message();
+    let (kind, reasons, release_at_us) = match decision {
+        Decision::Allow(_) => (DecisionKind::Allowed, serde_json::json!([]), None),
+        Decision::Deny(denial) => (
+            DecisionKind::Denied,
+            serde_json::to_value(&denial.reasons).unwrap_or_default(),
+            None,
+        ),
+        Decision::Defer(deferral) => (
+            DecisionKind::Deferred,
+            serde_json::to_value(&deferral.reasons).unwrap_or_default(),
+            Some(deferral.until.as_microsecond()),
+        ),
+    };
+    let plaintext = json!({
+        "to": message.to.e164(),
+        "from": message.from.as_str(),
+        "body": message.body.as_str(),
+    });
+    // Sealed under the recipient's own key: erasing the number makes it unreadable.
+    let recipient_hash = state.numbers.hash(&message.to);
+    let (sealed, new_recipient_key) = state
+        .keys
+        .seal_for_record(
+            message.tenant.as_str(),
+            &recipient_hash,
+            recipient_key,
+            &message_associated_data(message),
+            plaintext.to_string().as_bytes(),
+            now.as_microsecond(),
+        )
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "sealing failed");
+            FlowError::Encryption("the message could not be encrypted; nothing was sent")
+        })?;
+    let record = MessageRecord {
+        id: message.id.clone(),
+        tenant: message.tenant.clone(),
+        created_at_us: now.as_microsecond(),
+        recipient_hash,
+        recipient_masked: message.to.masked(),
+        sender_masked: message.from.masked(),
+        purpose: message.purpose.as_str(),
+        brand: message.scope.brand.clone(),
+        campaign: message.scope.campaign.clone(),
+        decision: kind,
+        reply_kind: message.reply.as_ref().map(|reply| reply.kind()),
+        confirms_event: match &message.reply {
+            Some(crate::domain::Reply::OptOutConfirmation { opt_out_event }) => {
+                Some(opt_out_event.clone())
+            }
+            _ => None,
+        },
+        reasons_json: reasons.to_string(),
+        // A deferred message will leave through the tenant's upstream too: its delivery
+        // statuses find it by that.
+        upstream: matches!(kind, DecisionKind::Allowed | DecisionKind::Deferred)
+            .then(|| tenant.upstream.clone()),
+        key_id: sealed.key_id,
+        payload: sealed.bytes,
+        release_at_us,
+        status_callback: message
+            .status_callback
+            .as_ref()
+            .and_then(|callback| serde_json::to_string(callback).ok()),
+        new_recipient_key,
+    };
+    state.store.record_message(&record, Some(lock)).await?;
+    Ok(())
+}
+
+/// A tenant's message's recipient, sender and body, unsealed (for the Twilio front's
+/// fetch, which answers with them as Twilio does, to a token with `audit:decrypt` or where
+/// the tenant sets `twilio_fetch_body`); `None` once the recipient was erased.
+/// Like every read of a body, it is recorded in the log (by `subject`) before it happens.
+pub async fn message_content(
+    state: &AppState,
+    tenant: &crate::domain::TenantId,
+    id: &MessageId,
+    subject: &str,
+) -> Result<Option<(String, String, String)>, FlowError> {
+    let unreadable = || FlowError::Unreadable("the message cannot be read".into());
+    let sealed = state
+        .store
+        .message_payload(tenant, id)
+        .await?
+        .ok_or_else(unreadable)?;
+    state
+        .store
+        .record_body_access(&crate::audit::leaf::BodyAccess {
+            id: format!("acc_{}", uuid::Uuid::now_v7().simple()),
+            tenant: tenant.as_str().to_owned(),
+            subject: subject.to_owned(),
+            message_id: id.as_str().to_owned(),
+            accessed_at_us: state.clock.now().as_microsecond(),
+        })
+        .await?;
+    let associated = format!("consentry/message/v1\0{tenant}\0{id}").into_bytes();
+    let opened = match state.keys.open(&associated, &sealed).await {
+        Ok(bytes) => bytes,
+        Err(crate::keyring::KeyError::Crypto(crate::crypto::CryptoError::Erased(_))) => {
+            return Ok(None);
+        }
+        Err(error) => {
+            tracing::error!(message = %id, %error, "a message body does not decrypt");
+            return Err(unreadable());
+        }
+    };
+    let payload: serde_json::Value = serde_json::from_slice(&opened).map_err(|_| unreadable())?;
+    let field = |name: &str| payload[name].as_str().unwrap_or_default().to_owned();
+    Ok(Some((field("to"), field("from"), field("body"))))
+}
+
+/// The associated data bound to a message's sealed payload: its identity.
+pub fn message_associated_data(message: &CanonicalMessage) -> Vec<u8> {
+    format!("consentry/message/v1\0{}\0{}", message.tenant, message.id).into_bytes()
+}

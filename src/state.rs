@@ -1,0 +1,135 @@
+//! The state every request handler, flow and worker shares: the parts [`App::build`] made from
+//! the configuration (tenants, verifier, store, keys, upstreams, policies), the clock, and the
+//! per-recipient locks. It holds no logic beyond taking a recipient's turn; the flows that use
+//! it live in `flow`, the workers in `scheduler`, `outbox` and `audit::sequencer`.
+//!
+//! [`App::build`]: crate::app::App::build
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::audit::checkpoint::{Cadence, LogSigner};
+use crate::auth::Verifier;
+use crate::config::Tenant;
+use crate::crypto::NumberHasher;
+use crate::domain::TenantId;
+use crate::keyring::KeyRing;
+use crate::outbox::webhooks::Webhooks;
+use crate::policy::rules::PolicySet;
+use crate::store::Store;
+use crate::upstream::Upstreams;
+
+/// What every request handler, flow and worker shares.
+#[derive(Debug)]
+pub struct AppState {
+    pub clock: Clock,
+    pub recipient_locks: RecipientLocks,
+    pub tenants: BTreeMap<TenantId, Tenant>,
+    pub verifier: Verifier,
+    pub store: Arc<dyn Store>,
+    pub keys: KeyRing,
+    /// Signs the verifiable log's checkpoints.
+    pub log_signer: Arc<LogSigner>,
+    pub log_cadence: Cadence,
+    pub numbers: NumberHasher,
+    pub upstreams: Upstreams,
+    pub policies: PolicySet,
+    pub webhooks: Webhooks,
+    pub max_request_bytes: usize,
+}
+
+impl AppState {
+    /// Waits for the recipient's turn.
+    pub async fn recipient_turn(
+        &self,
+        recipient_hash: &str,
+    ) -> Result<RecipientTurn<'_>, crate::store::StoreError> {
+        let local = self.recipient_locks.lock(recipient_hash).await;
+        let shared = self.store.lock_recipient(recipient_hash).await?;
+        Ok(RecipientTurn {
+            _local: local,
+            shared,
+        })
+    }
+}
+
+impl std::fmt::Debug for dyn Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+/// Where the application reads the time. Only the IO edges read it; `decide` is given it.
+#[derive(Debug, Clone, Default)]
+pub enum Clock {
+    #[default]
+    System,
+    /// The system clock shifted by an offset that tests set: time still passes, from the
+    /// instant they choose (quiet hours and deferrals are tested at known local times).
+    Shifted(Arc<std::sync::Mutex<jiff::SignedDuration>>),
+}
+
+impl Clock {
+    /// A clock that reads `at` now and moves on in real time.
+    pub fn starting_at(at: jiff::Timestamp) -> Clock {
+        let clock = Clock::Shifted(Arc::default());
+        clock.set(at);
+        clock
+    }
+
+    pub fn now(&self) -> jiff::Timestamp {
+        let now = jiff::Timestamp::now();
+        match self {
+            Clock::System => now,
+            Clock::Shifted(offset) => now + *offset.lock().expect("clock lock"),
+        }
+    }
+
+    /// Makes a shifted clock read `to` now (a system clock ignores it).
+    pub fn set(&self, to: jiff::Timestamp) {
+        if let Clock::Shifted(offset) = self {
+            *offset.lock().expect("clock lock") = to.duration_since(jiff::Timestamp::now());
+        }
+    }
+}
+
+/// Serialises the decisions about one recipient within this process, so that reading the
+/// facts (caps, confirmations) and recording the decision are one step: two concurrent sends
+/// to a number cannot both take the last place under a cap. Striped: 1024 locks.
+#[derive(Debug)]
+pub struct RecipientLocks {
+    stripes: Vec<tokio::sync::Mutex<()>>,
+}
+
+impl Default for RecipientLocks {
+    fn default() -> Self {
+        RecipientLocks {
+            stripes: (0..1024).map(|_| tokio::sync::Mutex::new(())).collect(),
+        }
+    }
+}
+
+impl RecipientLocks {
+    pub async fn lock(&self, recipient_hash: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        let stripe = recipient_hash.bytes().take(8).fold(0usize, |acc, byte| {
+            acc.wrapping_mul(31).wrapping_add(byte as usize)
+        });
+        self.stripes[stripe % self.stripes.len()].lock().await
+    }
+}
+
+/// A recipient's turn: its in-process lock and, on PostgreSQL, its lock across the processes
+/// sharing the database. Every write about a recipient that a decision reads (a send's record,
+/// a consent event, a reply) is made in its turn, so the log's order of a recipient's leaves
+/// is the order in which its decisions were made.
+pub struct RecipientTurn<'a> {
+    _local: tokio::sync::MutexGuard<'a, ()>,
+    pub shared: crate::store::RecipientLock,
+}
+
+impl RecipientTurn<'_> {
+    /// Ends the turn (the shared lock is released explicitly, its connection returned).
+    pub async fn end(self) {
+        self.shared.release().await;
+    }
+}
