@@ -50,8 +50,9 @@ pub const METHODS: [&str; 9] = [
 ];
 /// How far in the future `occurred_at` may be (clock skew between systems).
 const FUTURE_LEEWAY_SECONDS: i64 = 300;
-/// Events written per transaction during an import.
-const IMPORT_BATCH: usize = 500;
+/// Events written per transaction during an import. One batch is written while the next is
+/// read, validated and sealed.
+const IMPORT_BATCH: usize = 2_000;
 /// The most refused lines listed in an import's answer; the count is always complete.
 const MAX_LISTED_ERRORS: usize = 1000;
 /// The largest import accepted.
@@ -432,6 +433,7 @@ pub async fn import(
         batch_lines: Vec::with_capacity(IMPORT_BATCH),
         header: None,
         committed_through: 0,
+        in_flight: None,
     };
     let mut ndjson = NdjsonLines::default();
     let mut csv = CsvRecords::default();
@@ -442,10 +444,12 @@ pub async fn import(
             None => None,
             Some(Ok(frame)) => Some(frame),
             Some(Err(error)) => {
-                return Err(importer.stopped(ApiError::bad_request(
-                    "invalid_request",
-                    format!("the upload was interrupted: {error}"),
-                )));
+                return Err(importer
+                    .stop(ApiError::bad_request(
+                        "invalid_request",
+                        format!("the upload was interrupted: {error}"),
+                    ))
+                    .await);
             }
         };
         let Some(frame) = frame else { break };
@@ -454,7 +458,9 @@ pub async fn import(
         };
         received += chunk.len() as u64;
         if received > MAX_IMPORT_BYTES {
-            return Err(importer.stopped(ApiError::payload_too_large(MAX_IMPORT_BYTES as usize)));
+            return Err(importer
+                .stop(ApiError::payload_too_large(MAX_IMPORT_BYTES as usize))
+                .await);
         }
         let result = match format {
             Format::Ndjson => match ndjson.push(&chunk) {
@@ -466,7 +472,9 @@ pub async fn import(
                 Err(error) => Err(import_error(error)),
             },
         };
-        result.map_err(|error| importer.stopped(error))?;
+        if let Err(error) = result {
+            return Err(importer.stop(error).await);
+        }
     }
     let result = match format {
         Format::Ndjson => match ndjson.finish() {
@@ -478,11 +486,16 @@ pub async fn import(
             Err(error) => Err(import_error(error)),
         },
     };
-    result.map_err(|error| importer.stopped(error))?;
-    importer
-        .flush()
-        .await
-        .map_err(|error| importer.stopped(error))?;
+    if let Err(error) = result {
+        return Err(importer.stop(error).await);
+    }
+    let flushed = match importer.flush().await {
+        Ok(()) => importer.settle().await,
+        Err(error) => Err(error),
+    };
+    if let Err(error) = flushed {
+        return Err(importer.stop(error).await);
+    }
     tracing::info!(
         tenant = %tenant.id,
         lines = importer.summary.lines,
@@ -510,7 +523,12 @@ struct Importer<'a> {
     header: Option<Vec<CsvColumn>>,
     /// Every line up to this one is recorded or refused.
     committed_through: u64,
+    /// The batch being written, and its last line.
+    in_flight: Option<(BatchWrite, u64)>,
 }
+
+/// An import batch's write, running while the next batch is read.
+type BatchWrite = tokio::task::JoinHandle<Result<Vec<Recorded>, crate::store::StoreError>>;
 
 impl Importer<'_> {
     async fn ndjson_lines(&mut self, lines: Vec<(u64, String)>) -> Result<(), ApiError> {
@@ -559,7 +577,7 @@ impl Importer<'_> {
             }
             Err(error) => {
                 self.summary.refuse(line, error);
-                if self.batch.is_empty() {
+                if self.batch.is_empty() && self.in_flight.is_none() {
                     self.committed_through = line;
                 }
             }
@@ -567,26 +585,50 @@ impl Importer<'_> {
         Ok(())
     }
 
+    /// Starts writing the batch, once the one before it is written: reading and sealing the
+    /// next lines goes on meanwhile, one batch ahead at most.
     async fn flush(&mut self) -> Result<(), ApiError> {
+        self.settle().await?;
         if self.batch.is_empty() {
             return Ok(());
         }
-        let results = self.state.store.record_consents(&self.batch).await?;
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(IMPORT_BATCH));
+        let last_line = self.batch_lines.last().copied().unwrap_or_default();
+        self.batch_lines.clear();
+        let store = self.state.store.clone();
+        self.in_flight = Some((
+            tokio::spawn(async move { store.record_consents(&batch).await }),
+            last_line,
+        ));
+        Ok(())
+    }
+
+    /// Waits for the batch being written, and counts it.
+    async fn settle(&mut self) -> Result<(), ApiError> {
+        let Some((write, last_line)) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let results = write.await.map_err(|error| {
+            crate::store::StoreError::Unsafe(format!("the import's write stopped: {error}"))
+        })??;
         for result in results {
             match result {
                 Recorded::New => self.summary.recorded += 1,
                 Recorded::Duplicate(_) => self.summary.duplicates += 1,
             }
         }
-        self.committed_through = self.batch_lines.last().copied().unwrap_or_default();
-        self.batch.clear();
-        self.batch_lines.clear();
+        self.committed_through = last_line;
         Ok(())
     }
 
-    /// The answer when an import stops part way: what was committed stays, and a re-run of
-    /// the same file adds nothing twice.
-    fn stopped(&self, error: ApiError) -> ApiError {
+    /// The answer when an import stops part way: what was committed stays (the batch being
+    /// written is waited for first, so the answer says where it ended), and a re-run of the
+    /// same file adds nothing twice.
+    async fn stop(&mut self, error: ApiError) -> ApiError {
+        let error = match self.settle().await {
+            Ok(()) => error,
+            Err(write_error) => write_error,
+        };
         error
             .with("committed_through_line", self.committed_through)
             .with("recorded", self.summary.recorded)

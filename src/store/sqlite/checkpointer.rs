@@ -27,6 +27,8 @@ pub(crate) fn start<T: Send + Sync + 'static>(
     alive: Weak<T>,
 ) -> Result<(), StoreError> {
     let connection = connection::open(path, false)?;
+    // It copies WAL frames to the file; it has no use for a page cache of its own.
+    connection.pragma_update(None, "cache_size", -512)?;
     std::thread::Builder::new()
         .name("consentry-checkpoint".into())
         .spawn(move || {
