@@ -112,7 +112,7 @@ impl ListQuery {
         let instant = |field: &'static str, text: &Option<String>| {
             text.as_deref()
                 .map(|text| {
-                    text.parse::<Timestamp>()
+                    crate::rfc3339::parse(text)
                         .map(|t| t.as_microsecond())
                         .map_err(|e| bad(field, format!("{field}: not an RFC 3339 instant: {e}")))
                 })

@@ -166,7 +166,7 @@ fn validate(
             ));
         }
         None => now,
-        Some(text) => text.parse::<Timestamp>().map_err(|e| {
+        Some(text) => crate::rfc3339::parse(text).map_err(|e| {
             field_error(
                 "invalid_occurred_at",
                 "occurred_at",

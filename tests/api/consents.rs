@@ -266,6 +266,12 @@ async fn bad_events_are_refused_naming_the_field_and_nothing_is_recorded() {
             "occurred_at",
         ),
         (
+            // RFC 3339 offsets go to 23:59.
+            json!({ "number": number, "action": "opt_in", "occurred_at": "2026-01-01T00:00:00+25:00" }),
+            "invalid_occurred_at",
+            "occurred_at",
+        ),
+        (
             json!({ "number": number, "action": "opt_in", "evidence": { "ip": "not-an-ip" } }),
             "invalid_evidence",
             "evidence.ip",
