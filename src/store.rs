@@ -507,8 +507,10 @@ pub fn lock_key(recipient_hash: &str) -> i64 {
     i64::from_be_bytes(key)
 }
 
+/// The database itself: whether it answers, how it groups writes, and the settings every
+/// instance shares.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Database: Send + Sync + 'static {
     /// Succeeds when the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
 
@@ -521,21 +523,14 @@ pub trait Store: Send + Sync + 'static {
     /// Records `value` under `name` if nothing is recorded yet, and returns what is recorded
     /// (the first instance's value).
     async fn setting(&self, name: &str, value: &str) -> Result<String, StoreError>;
+}
 
+/// The consent ledger and what the send path reads about a recipient, under the lock that
+/// orders one recipient's decisions (`state::recipient_turn`).
+#[async_trait]
+pub trait Ledger: Send + Sync + 'static {
     /// Takes the lock on a recipient that all processes sharing the database respect.
     async fn lock_recipient(&self, recipient_hash: &str) -> Result<RecipientLock, StoreError>;
-
-    /// Durably appends a message record. Given the recipient's lock, the record is written in
-    /// the lock's own session: if that session ended (and the lock with it), the write fails
-    /// rather than land after another instance decided without seeing it.
-    async fn record_message(
-        &self,
-        record: &MessageRecord,
-        lock: Option<&mut RecipientLock>,
-    ) -> Result<(), StoreError>;
-
-    /// Durably appends an upstream outcome.
-    async fn record_outcome(&self, outcome: &OutcomeRecord) -> Result<(), StoreError>;
 
     /// Appends consent events in one transaction; an event whose idempotency key is already
     /// in the tenant's ledger is not added again.
@@ -561,6 +556,23 @@ pub trait Store: Send + Sync + 'static {
         recent: Option<(i64, i64)>,
         lock: Option<&mut RecipientLock>,
     ) -> Result<RecipientFacts, StoreError>;
+}
+
+/// Message records, their outcomes and release decisions, the deferred messages' claims, and
+/// reading a message back.
+#[async_trait]
+pub trait Messages: Send + Sync + 'static {
+    /// Durably appends a message record. Given the recipient's lock, the record is written in
+    /// the lock's own session: if that session ended (and the lock with it), the write fails
+    /// rather than land after another instance decided without seeing it.
+    async fn record_message(
+        &self,
+        record: &MessageRecord,
+        lock: Option<&mut RecipientLock>,
+    ) -> Result<(), StoreError>;
+
+    /// Durably appends an upstream outcome.
+    async fn record_outcome(&self, outcome: &OutcomeRecord) -> Result<(), StoreError>;
 
     /// Deferred messages due at `now_us`, each claimed for this caller: a message is returned
     /// by one call only.
@@ -569,6 +581,31 @@ pub trait Store: Send + Sync + 'static {
     /// Records the decision at a release (and re-arms a message deferred again).
     async fn record_release(&self, release: &ReleaseRecord) -> Result<(), StoreError>;
 
+    /// A tenant's message, with its latest outcome; another tenant's message is `None`.
+    async fn message(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+    ) -> Result<Option<MessageView>, StoreError>;
+
+    /// The message an upstream's message id belongs to: its id, tenant and status callback.
+    async fn message_by_gateway_id(
+        &self,
+        upstream: &str,
+        gateway_message_id: &str,
+    ) -> Result<Option<(MessageId, TenantId, Option<String>)>, StoreError>;
+
+    /// The sealed payload of a tenant's message.
+    async fn message_payload(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+    ) -> Result<Option<crate::crypto::Sealed>, StoreError>;
+}
+
+/// Recipients' replies as recorded, and the reviews of uncertain opt-outs.
+#[async_trait]
+pub trait Inbound: Send + Sync + 'static {
     /// Records an inbound message and what it causes, in one transaction: all or nothing, and
     /// nothing at all if the gateway delivered it before.
     async fn record_inbound(
@@ -578,6 +615,13 @@ pub trait Store: Send + Sync + 'static {
         review: Option<&ReviewRecord>,
         outbox: Option<&OutboxRecord>,
     ) -> Result<InboundRecorded, StoreError>;
+
+    /// The sealed payload of a tenant's inbound message.
+    async fn inbound_payload(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<crate::crypto::Sealed>, StoreError>;
 
     /// A tenant's reviews, newest first; only the open ones if `open_only`.
     async fn reviews(
@@ -596,30 +640,13 @@ pub trait Store: Send + Sync + 'static {
         resolution: &ResolutionRecord,
         consent: Option<&ConsentRecord>,
     ) -> Result<Resolved, StoreError>;
+}
 
-    /// The message an upstream's message id belongs to: its id, tenant and status callback.
-    async fn message_by_gateway_id(
-        &self,
-        upstream: &str,
-        gateway_message_id: &str,
-    ) -> Result<Option<(MessageId, TenantId, Option<String>)>, StoreError>;
-
+/// Deliveries to tenants' webhooks and applications' status callbacks.
+#[async_trait]
+pub trait Outbox: Send + Sync + 'static {
     /// Queues a delivery to a tenant's webhook.
     async fn enqueue_delivery(&self, delivery: &OutboxRecord) -> Result<(), StoreError>;
-
-    /// The sealed payload of a tenant's message.
-    async fn message_payload(
-        &self,
-        tenant: &TenantId,
-        id: &MessageId,
-    ) -> Result<Option<crate::crypto::Sealed>, StoreError>;
-
-    /// The sealed payload of a tenant's inbound message.
-    async fn inbound_payload(
-        &self,
-        tenant: &str,
-        id: &str,
-    ) -> Result<Option<crate::crypto::Sealed>, StoreError>;
 
     /// Deliveries due at `now_us`, oldest first.
     async fn due_deliveries(&self, now_us: i64, limit: i64) -> Result<Vec<OutboxItem>, StoreError>;
@@ -635,17 +662,14 @@ pub trait Store: Send + Sync + 'static {
         next_attempt_at_us: i64,
         error: &str,
     ) -> Result<(), StoreError>;
+}
 
-    /// A tenant's message, with its latest outcome; another tenant's message is `None`.
-    async fn message(
-        &self,
-        tenant: &TenantId,
-        id: &MessageId,
-    ) -> Result<Option<MessageView>, StoreError>;
-
-    // The verifiable log. Writing a logged row (message, consent event, body access, erasure)
-    // adds its log entry in the same transaction.
-
+/// The verifiable log. Writing a logged row (message, consent event, body access, erasure)
+/// adds its log entry in the same transaction: this trait sequences the entries, stores the
+/// subtrees and checkpoints, lists the logged rows for the audit API, and records body
+/// accesses and erasures.
+#[async_trait]
+pub trait AuditLog: Send + Sync + 'static {
     /// Gives up to `limit` pending entries their leaf indexes, in order, and stores the
     /// subtrees they complete; returns the tree after. `None` when another process holds the
     /// sequencer's lock (it is sequencing).
@@ -713,9 +737,11 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a recipient's keys and records (and logs) the erasure, in one transaction;
     /// returns how many keys were destroyed.
     async fn erase_recipient(&self, erasure: &Erasure) -> Result<i64, StoreError>;
+}
 
-    // Keys.
-
+/// Data keys (wrapped by the key-encryption key) and recipients' keys (wrapped by a data key).
+#[async_trait]
+pub trait Keys: Send + Sync + 'static {
     /// Every data key, oldest first.
     async fn data_keys(&self) -> Result<Vec<DataKeyRow>, StoreError>;
 
@@ -740,6 +766,12 @@ pub trait Store: Send + Sync + 'static {
     async fn add_recipient_key(&self, key: &RecipientKeyRow)
     -> Result<RecipientKeyRow, StoreError>;
 }
+
+/// Everything a backend stores, for what needs all of it (`open`, the wiring, `AppState`); a
+/// flow or worker names the part it uses instead.
+pub trait Store: Database + Ledger + Messages + Inbound + Outbox + AuditLog + Keys {}
+
+impl<T: Database + Ledger + Messages + Inbound + Outbox + AuditLog + Keys + ?Sized> Store for T {}
 
 /// Opens the store a database URL names.
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {

@@ -16,11 +16,11 @@ use super::rows::{
     hash_from, log_entry_from_row, message_from_row, recipient_key_from_row, review_from_row,
 };
 use super::{
-    AuditFilter, AuditedConsent, AuditedMessage, ConsentRecord, DataKeyRow, DeferredMessage,
-    InboundRecord, InboundRecorded, LogEntry, LogHead, MessageRecord, MessageView, OutboxItem,
-    OutboxRecord, OutcomeRecord, RecipientFacts, RecipientKeyRow, Recorded, ReleaseRecord,
-    ResolutionRecord, Resolved, ReviewRecord, ReviewView, Store, StoreError, StoredConsent,
-    status_of,
+    AuditFilter, AuditLog, AuditedConsent, AuditedMessage, ConsentRecord, DataKeyRow, Database,
+    DeferredMessage, Inbound, InboundRecord, InboundRecorded, Keys, Ledger, LogEntry, LogHead,
+    MessageRecord, MessageView, Messages, Outbox, OutboxItem, OutboxRecord, OutcomeRecord,
+    RecipientFacts, RecipientKeyRow, Recorded, ReleaseRecord, ResolutionRecord, Resolved,
+    ReviewRecord, ReviewView, StoreError, StoredConsent, status_of,
 };
 use crate::audit::checkpoint::Checkpoint;
 use crate::audit::leaf::{self, BodyAccess, Erasure, Kind, Leaf};
@@ -224,7 +224,7 @@ impl PgStore {
 }
 
 #[async_trait]
-impl Store for PgStore {
+impl Database for PgStore {
     async fn setting(&self, name: &str, value: &str) -> Result<String, StoreError> {
         sqlx::query(
             "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
@@ -241,6 +241,14 @@ impl Store for PgStore {
         )
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Ledger for PgStore {
     async fn lock_recipient(
         &self,
         recipient_hash: &str,
@@ -263,11 +271,62 @@ impl Store for PgStore {
         }))
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+    async fn record_consents(
+        &self,
+        records: &[ConsentRecord],
+    ) -> Result<Vec<Recorded>, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        let mut results = Vec::with_capacity(records.len());
+        for record in records {
+            results.push(insert_consent(&mut transaction, record).await?);
+        }
+        transaction.commit().await?;
+        Ok(results)
     }
 
+    async fn recipient_facts(
+        &self,
+        tenant: &TenantId,
+        recipient_hash: &str,
+        purpose: &str,
+        recent: Option<(i64, i64)>,
+        lock: Option<&mut super::RecipientLock>,
+    ) -> Result<RecipientFacts, StoreError> {
+        // In the lock's transaction: what it reads is what the record it writes was decided
+        // on, and no other instance decides about the recipient meanwhile.
+        match lock {
+            Some(super::RecipientLock::Postgres(AdvisoryLock {
+                transaction: Some(transaction),
+                ..
+            })) => facts(transaction, tenant, recipient_hash, purpose, recent).await,
+            _ => {
+                let mut connection = self.pool.acquire().await?;
+                facts(&mut connection, tenant, recipient_hash, purpose, recent).await
+            }
+        }
+    }
+
+    async fn consent_events(
+        &self,
+        tenant: &TenantId,
+        recipient_hash: &str,
+    ) -> Result<Vec<StoredConsent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, id, tenant, recipient_hash, recipient_masked, action, level, brand, \
+             campaign, purposes, method, occurred_at_us, recorded_at_us, recorded_by, \
+             external_id, idempotency_key, key_id, evidence FROM consent_events \
+             WHERE tenant = $1 AND recipient_hash = $2 ORDER BY seq",
+        )
+        .bind(tenant.as_str())
+        .bind(recipient_hash)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(consent_from_row).collect()
+    }
+}
+
+#[async_trait]
+impl Messages for PgStore {
     async fn record_message(
         &self,
         record: &MessageRecord,
@@ -330,41 +389,6 @@ impl Store for PgStore {
 
     async fn record_outcome(&self, outcome: &OutcomeRecord) -> Result<(), StoreError> {
         self.outcomes.write(outcome).await
-    }
-
-    async fn record_consents(
-        &self,
-        records: &[ConsentRecord],
-    ) -> Result<Vec<Recorded>, StoreError> {
-        let mut transaction = self.pool.begin().await?;
-        let mut results = Vec::with_capacity(records.len());
-        for record in records {
-            results.push(insert_consent(&mut transaction, record).await?);
-        }
-        transaction.commit().await?;
-        Ok(results)
-    }
-
-    async fn recipient_facts(
-        &self,
-        tenant: &TenantId,
-        recipient_hash: &str,
-        purpose: &str,
-        recent: Option<(i64, i64)>,
-        lock: Option<&mut super::RecipientLock>,
-    ) -> Result<RecipientFacts, StoreError> {
-        // In the lock's transaction: what it reads is what the record it writes was decided
-        // on, and no other instance decides about the recipient meanwhile.
-        match lock {
-            Some(super::RecipientLock::Postgres(AdvisoryLock {
-                transaction: Some(transaction),
-                ..
-            })) => facts(transaction, tenant, recipient_hash, purpose, recent).await,
-            _ => {
-                let mut connection = self.pool.acquire().await?;
-                facts(&mut connection, tenant, recipient_hash, purpose, recent).await
-            }
-        }
     }
 
     async fn claim_due(&self, now_us: i64, limit: i64) -> Result<Vec<DeferredMessage>, StoreError> {
@@ -450,6 +474,100 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn message_by_gateway_id(
+        &self,
+        upstream: &str,
+        gateway_message_id: &str,
+    ) -> Result<Option<(MessageId, TenantId, Option<String>)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT m.id, m.tenant, m.status_callback FROM message_outcomes o \
+             JOIN messages m ON m.id = o.message_id \
+             WHERE o.upstream_message_id = $1 AND m.upstream = $2 LIMIT 1",
+        )
+        .bind(gateway_message_id)
+        .bind(upstream)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let id: String = row.try_get("id")?;
+        let tenant: String = row.try_get("tenant")?;
+        Ok(Some((
+            MessageId::parse(&id).ok_or_else(|| StoreError::Corrupt("messages.id".into()))?,
+            TenantId::parse(&tenant).map_err(|_| StoreError::Corrupt("messages.tenant".into()))?,
+            row.try_get("status_callback")?,
+        )))
+    }
+
+    async fn message_payload(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+    ) -> Result<Option<crate::crypto::Sealed>, StoreError> {
+        let row = sqlx::query("SELECT key_id, payload FROM messages WHERE tenant = $1 AND id = $2")
+            .bind(tenant.as_str())
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            Ok(crate::crypto::Sealed {
+                key_id: row.try_get("key_id")?,
+                bytes: row.try_get("payload")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn message(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+    ) -> Result<Option<MessageView>, StoreError> {
+        let row = sqlx::query(
+            "SELECT m.id, m.created_at_us, m.recipient_masked, m.sender_masked, m.purpose, \
+             m.decision, m.reasons, m.upstream, o.status, o.upstream_message_id, o.error_code, \
+             r.decision AS release_decision, r.reasons AS release_reasons, d.release_at_us \
+             FROM messages m LEFT JOIN message_outcomes o ON o.seq = \
+             (SELECT max(seq) FROM message_outcomes WHERE message_id = m.id) \
+             LEFT JOIN message_releases r ON r.seq = \
+             (SELECT max(seq) FROM message_releases WHERE message_id = m.id) \
+             LEFT JOIN deferred_messages d ON d.message_id = m.id \
+             WHERE m.tenant = $1 AND m.id = $2",
+        )
+        .bind(tenant.as_str())
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let decision: String = row.try_get("decision")?;
+        let outcome: Option<String> = row.try_get("status")?;
+        let release: Option<String> = row.try_get("release_decision")?;
+        // After a release, its reasons are the ones that count.
+        let reasons: String = match row.try_get::<Option<String>, _>("release_reasons")? {
+            Some(reasons) => reasons,
+            None => row.try_get("reasons")?,
+        };
+        let release_at_us: Option<i64> = row.try_get("release_at_us")?;
+        Ok(Some(MessageView {
+            id: row.try_get("id")?,
+            created_at_us: row.try_get("created_at_us")?,
+            recipient: row.try_get("recipient_masked")?,
+            sender: row.try_get("sender_masked")?,
+            purpose: row.try_get("purpose")?,
+            status: status_of(&decision, release.as_deref(), outcome.as_deref())?,
+            release_at: release_at_us
+                .and_then(|us| jiff::Timestamp::from_microsecond(us).ok())
+                .map(|t| t.to_string()),
+            decision,
+            reasons: serde_json::from_str(&reasons).unwrap_or(serde_json::Value::Null),
+            upstream: row.try_get("upstream")?,
+            upstream_message_id: row.try_get("upstream_message_id")?,
+            error_code: row.try_get("error_code")?,
+        }))
+    }
+}
+
+#[async_trait]
+impl Inbound for PgStore {
     async fn record_inbound(
         &self,
         inbound: &InboundRecord,
@@ -576,53 +694,6 @@ impl Store for PgStore {
         Ok(Resolved::Done)
     }
 
-    async fn message_by_gateway_id(
-        &self,
-        upstream: &str,
-        gateway_message_id: &str,
-    ) -> Result<Option<(MessageId, TenantId, Option<String>)>, StoreError> {
-        let row = sqlx::query(
-            "SELECT m.id, m.tenant, m.status_callback FROM message_outcomes o \
-             JOIN messages m ON m.id = o.message_id \
-             WHERE o.upstream_message_id = $1 AND m.upstream = $2 LIMIT 1",
-        )
-        .bind(gateway_message_id)
-        .bind(upstream)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let id: String = row.try_get("id")?;
-        let tenant: String = row.try_get("tenant")?;
-        Ok(Some((
-            MessageId::parse(&id).ok_or_else(|| StoreError::Corrupt("messages.id".into()))?,
-            TenantId::parse(&tenant).map_err(|_| StoreError::Corrupt("messages.tenant".into()))?,
-            row.try_get("status_callback")?,
-        )))
-    }
-
-    async fn enqueue_delivery(&self, delivery: &OutboxRecord) -> Result<(), StoreError> {
-        insert_outbox(&self.pool, delivery).await
-    }
-
-    async fn message_payload(
-        &self,
-        tenant: &TenantId,
-        id: &MessageId,
-    ) -> Result<Option<crate::crypto::Sealed>, StoreError> {
-        let row = sqlx::query("SELECT key_id, payload FROM messages WHERE tenant = $1 AND id = $2")
-            .bind(tenant.as_str())
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|row| {
-            Ok(crate::crypto::Sealed {
-                key_id: row.try_get("key_id")?,
-                bytes: row.try_get("payload")?,
-            })
-        })
-        .transpose()
-    }
-
     async fn inbound_payload(
         &self,
         tenant: &str,
@@ -642,6 +713,13 @@ impl Store for PgStore {
             })
         })
         .transpose()
+    }
+}
+
+#[async_trait]
+impl Outbox for PgStore {
+    async fn enqueue_delivery(&self, delivery: &OutboxRecord) -> Result<(), StoreError> {
+        insert_outbox(&self.pool, delivery).await
     }
 
     async fn due_deliveries(&self, now_us: i64, limit: i64) -> Result<Vec<OutboxItem>, StoreError> {
@@ -707,73 +785,10 @@ impl Store for PgStore {
         .await?;
         Ok(())
     }
+}
 
-    async fn consent_events(
-        &self,
-        tenant: &TenantId,
-        recipient_hash: &str,
-    ) -> Result<Vec<StoredConsent>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, id, tenant, recipient_hash, recipient_masked, action, level, brand, \
-             campaign, purposes, method, occurred_at_us, recorded_at_us, recorded_by, \
-             external_id, idempotency_key, key_id, evidence FROM consent_events \
-             WHERE tenant = $1 AND recipient_hash = $2 ORDER BY seq",
-        )
-        .bind(tenant.as_str())
-        .bind(recipient_hash)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(consent_from_row).collect()
-    }
-
-    async fn message(
-        &self,
-        tenant: &TenantId,
-        id: &MessageId,
-    ) -> Result<Option<MessageView>, StoreError> {
-        let row = sqlx::query(
-            "SELECT m.id, m.created_at_us, m.recipient_masked, m.sender_masked, m.purpose, \
-             m.decision, m.reasons, m.upstream, o.status, o.upstream_message_id, o.error_code, \
-             r.decision AS release_decision, r.reasons AS release_reasons, d.release_at_us \
-             FROM messages m LEFT JOIN message_outcomes o ON o.seq = \
-             (SELECT max(seq) FROM message_outcomes WHERE message_id = m.id) \
-             LEFT JOIN message_releases r ON r.seq = \
-             (SELECT max(seq) FROM message_releases WHERE message_id = m.id) \
-             LEFT JOIN deferred_messages d ON d.message_id = m.id \
-             WHERE m.tenant = $1 AND m.id = $2",
-        )
-        .bind(tenant.as_str())
-        .bind(id.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let decision: String = row.try_get("decision")?;
-        let outcome: Option<String> = row.try_get("status")?;
-        let release: Option<String> = row.try_get("release_decision")?;
-        // After a release, its reasons are the ones that count.
-        let reasons: String = match row.try_get::<Option<String>, _>("release_reasons")? {
-            Some(reasons) => reasons,
-            None => row.try_get("reasons")?,
-        };
-        let release_at_us: Option<i64> = row.try_get("release_at_us")?;
-        Ok(Some(MessageView {
-            id: row.try_get("id")?,
-            created_at_us: row.try_get("created_at_us")?,
-            recipient: row.try_get("recipient_masked")?,
-            sender: row.try_get("sender_masked")?,
-            purpose: row.try_get("purpose")?,
-            status: status_of(&decision, release.as_deref(), outcome.as_deref())?,
-            release_at: release_at_us
-                .and_then(|us| jiff::Timestamp::from_microsecond(us).ok())
-                .map(|t| t.to_string()),
-            decision,
-            reasons: serde_json::from_str(&reasons).unwrap_or(serde_json::Value::Null),
-            upstream: row.try_get("upstream")?,
-            upstream_message_id: row.try_get("upstream_message_id")?,
-            error_code: row.try_get("error_code")?,
-        }))
-    }
-
+#[async_trait]
+impl AuditLog for PgStore {
     async fn sequence_log(&self, limit: i64) -> Result<Option<LogHead>, StoreError> {
         let mut transaction = self.pool.begin().await?;
         // One sequencer at a time across every instance; held until this transaction ends.
@@ -1140,7 +1155,10 @@ impl Store for PgStore {
         transaction.commit().await?;
         Ok(destroyed)
     }
+}
 
+#[async_trait]
+impl Keys for PgStore {
     async fn data_keys(&self) -> Result<Vec<DataKeyRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, wrapped, created_at_us, retired_at_us FROM data_keys \
