@@ -186,7 +186,7 @@ impl App {
         let _ = worker.await;
         let _ = releases.await;
         let _ = sequencer.await;
-        if let Some(summary) = self.state.store.write_batches() {
+        if let Some(summary) = self.state.database().write_batches() {
             tracing::info!(%summary, "group commit: the write batches of this run");
         }
     }

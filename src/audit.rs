@@ -10,13 +10,13 @@ pub mod verify;
 
 use std::path::Path;
 
-use crate::store::Store;
+use crate::store::AuditLog;
 
 /// Writes every sequenced leaf, in order, as NDJSON (`leaf_index`, `kind`, `id`, `leaf` in
 /// base64) to `out`, and every checkpoint as a JSON list to `checkpoints`; returns how many
 /// leaves were written. Leaves are rebuilt from the rows as they are now: a verification of the
 /// export checks them.
-pub async fn export(store: &dyn Store, out: &Path, checkpoints: &Path) -> anyhow::Result<u64> {
+pub async fn export(store: &dyn AuditLog, out: &Path, checkpoints: &Path) -> anyhow::Result<u64> {
     use anyhow::Context as _;
     use base64::Engine as _;
     use std::io::Write as _;

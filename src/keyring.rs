@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use crate::crypto::{self, CryptoError, KEY_LEN, Sealed, SealingKey};
-use crate::store::{DataKeyRow, RecipientKeyRow, Store, StoreError};
+use crate::store::{DataKeyRow, Keys, RecipientKeyRow, StoreError};
 
 /// Seals a data key may make before it is retired: 2^30, a quarter of the 2^32 limit for
 /// random 96-bit nonces.
@@ -47,7 +47,7 @@ struct Reservation {
 
 /// The key ring of one instance; every instance sharing a database shares its keys.
 pub struct KeyRing {
-    store: Arc<dyn Store>,
+    store: Arc<dyn Keys>,
     kek: SealingKey,
     data_keys: RwLock<HashMap<String, Arc<SealingKey>>>,
     reservation: tokio::sync::Mutex<Reservation>,
@@ -72,7 +72,7 @@ fn recipient_key_aad(tenant: &str, recipient_hash: &str, id: &str) -> Vec<u8> {
 impl KeyRing {
     /// Opens the ring: unwraps every data key with the KEK (making the first one if there is
     /// none) and fails if one does not unwrap.
-    pub async fn load(store: Arc<dyn Store>, kek: &[u8], now_us: i64) -> Result<KeyRing, KeyError> {
+    pub async fn load(store: Arc<dyn Keys>, kek: &[u8], now_us: i64) -> Result<KeyRing, KeyError> {
         let ring = KeyRing {
             store,
             kek: SealingKey::new(kek)?,
@@ -316,7 +316,7 @@ impl KeyRing {
 mod tests {
     use super::*;
 
-    async fn ring(folder: &std::path::Path) -> (Arc<dyn Store>, KeyRing) {
+    async fn ring(folder: &std::path::Path) -> (Arc<dyn crate::store::Store>, KeyRing) {
         let url = format!("sqlite://{}", folder.join("keys.db").display());
         let store = crate::store::open(&url).await.unwrap();
         let ring = KeyRing::load(store.clone(), &[7u8; KEY_LEN], 0)

@@ -63,7 +63,7 @@ pub async fn run(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bo
 /// One pass: posts every due delivery once. Returns how many were delivered.
 pub async fn deliver_due(state: &AppState) -> Result<usize, StoreError> {
     let due = state
-        .store
+        .outbox()
         .due_deliveries(Timestamp::now().as_microsecond(), BATCH)
         .await?;
     let mut delivered = 0;
@@ -73,7 +73,7 @@ pub async fn deliver_due(state: &AppState) -> Result<usize, StoreError> {
         match deliver(state, &item).await {
             Ok(()) => {
                 state
-                    .store
+                    .outbox()
                     .delivery_succeeded(&id, Timestamp::now().as_microsecond())
                     .await?;
                 delivered += 1;
@@ -84,7 +84,7 @@ pub async fn deliver_due(state: &AppState) -> Result<usize, StoreError> {
                     + i64::try_from(delay.as_micros()).unwrap_or(i64::MAX / 2);
                 tracing::warn!(delivery = %id, attempts, %error, retry_in_ms = delay.as_millis() as u64, "webhook delivery failed");
                 state
-                    .store
+                    .outbox()
                     .delivery_failed(&id, attempts, next, &error)
                     .await?;
             }

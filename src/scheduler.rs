@@ -53,7 +53,10 @@ pub async fn release_due(state: &AppState) -> Result<Released, FlowError> {
     let mut released = Released::default();
     loop {
         let now = state.clock.now();
-        let due = state.store.claim_due(now.as_microsecond(), BATCH).await?;
+        let due = state
+            .messages()
+            .claim_due(now.as_microsecond(), BATCH)
+            .await?;
         if due.is_empty() {
             return Ok(released);
         }
@@ -83,14 +86,14 @@ async fn release(
             r#"[{"code":"unknown_tenant","detail":"the tenant is no longer configured"}]"#.into(),
             None,
         );
-        state.store.record_release(&record).await?;
+        state.messages().record_release(&record).await?;
         released.cancelled += 1;
         return Ok(());
     };
     // Erased since it was deferred: its body is gone, so it can never be sent.
     if item.key_id.starts_with("rk_")
         && state
-            .store
+            .stored_keys()
             .recipient_key_by_id(&item.key_id)
             .await?
             .is_none()
@@ -102,7 +105,7 @@ async fn release(
             r#"[{"code":"erased","detail":"the recipient's data was erased"}]"#.into(),
             None,
         );
-        state.store.record_release(&record).await?;
+        state.messages().record_release(&record).await?;
         released.cancelled += 1;
         return Ok(());
     }
@@ -133,7 +136,7 @@ async fn release(
                 Some(deferral.until.as_microsecond()),
             ),
         };
-        state.store.record_release(&record).await?;
+        state.messages().record_release(&record).await?;
         turn.end().await;
         decision
     };

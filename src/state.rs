@@ -16,7 +16,7 @@ use crate::domain::TenantId;
 use crate::keyring::KeyRing;
 use crate::outbox::webhooks::Webhooks;
 use crate::policy::rules::PolicySet;
-use crate::store::Store;
+use crate::store::{AuditLog, Database, Inbound, Keys, Ledger, Messages, Outbox, Store};
 use crate::upstream::Upstreams;
 
 /// What every request handler, flow and worker shares.
@@ -38,6 +38,46 @@ pub struct AppState {
     pub max_request_bytes: usize,
 }
 
+/// The parts of the store (`store`'s traits): each flow and worker names the one it uses, and
+/// `store` itself is for what needs all of them.
+impl AppState {
+    /// Whether the database answers, how it groups writes, the shared settings.
+    pub fn database(&self) -> &dyn Database {
+        &*self.store
+    }
+
+    /// The consent ledger, the facts a decision reads, and the recipient's lock.
+    pub fn ledger(&self) -> &dyn Ledger {
+        &*self.store
+    }
+
+    /// Message records, outcomes, releases and deferred claims, and messages read back.
+    pub fn messages(&self) -> &dyn Messages {
+        &*self.store
+    }
+
+    /// Inbound messages and reviews.
+    pub fn inbound(&self) -> &dyn Inbound {
+        &*self.store
+    }
+
+    /// Deliveries to tenants' webhooks and status callbacks.
+    pub fn outbox(&self) -> &dyn Outbox {
+        &*self.store
+    }
+
+    /// The verifiable log: sequencing, subtrees, checkpoints, audit lists, body accesses,
+    /// erasures.
+    pub fn audit_log(&self) -> &dyn AuditLog {
+        &*self.store
+    }
+
+    /// The keys as stored (wrapped); `keys` is the ring that unwraps and uses them.
+    pub fn stored_keys(&self) -> &dyn Keys {
+        &*self.store
+    }
+}
+
 impl AppState {
     /// Waits for the recipient's turn.
     pub async fn recipient_turn(
@@ -45,7 +85,7 @@ impl AppState {
         recipient_hash: &str,
     ) -> Result<RecipientTurn<'_>, crate::store::StoreError> {
         let local = self.recipient_locks.lock(recipient_hash).await;
-        let shared = self.store.lock_recipient(recipient_hash).await?;
+        let shared = self.ledger().lock_recipient(recipient_hash).await?;
         Ok(RecipientTurn {
             _local: local,
             shared,

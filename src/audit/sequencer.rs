@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::checkpoint::{Cadence, Checkpoint, LogSigner};
 use crate::state::AppState;
-use crate::store::{Store, StoreError};
+use crate::store::{AuditLog, StoreError};
 
 /// Entries sequenced per transaction.
 const BATCH: i64 = 250;
@@ -34,8 +34,13 @@ pub async fn run(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bo
         }
         let now_us = || state.clock.now().as_microsecond();
         if state.log_cadence.enabled
-            && let Err(error) =
-                step(&*state.store, &state.log_signer, state.log_cadence, &now_us).await
+            && let Err(error) = step(
+                state.audit_log(),
+                &state.log_signer,
+                state.log_cadence,
+                &now_us,
+            )
+            .await
         {
             tracing::warn!(%error, "sequencing the log failed; retrying");
         }
@@ -51,7 +56,7 @@ pub async fn run(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bo
 /// whenever one is due, stamped with the time it is signed (`now_us` is read at each); returns
 /// the last one signed.
 pub async fn step(
-    store: &dyn Store,
+    store: &dyn AuditLog,
     signer: &LogSigner,
     cadence: Cadence,
     now_us: &(dyn Fn() -> i64 + Sync),
@@ -76,7 +81,7 @@ pub async fn step(
 
 /// Signs the head if the cadence says a checkpoint is due.
 async fn sign_if_due(
-    store: &dyn Store,
+    store: &dyn AuditLog,
     signer: &LogSigner,
     cadence: Cadence,
     head: crate::store::LogHead,

@@ -10,7 +10,7 @@ use super::checkpoint::{Checkpoint, CheckpointView, unhex};
 use super::leaf::{self, Field, Kind};
 use super::merkle::{self, Frontier, Hash};
 use crate::crypto::hex;
-use crate::store::{Store, StoreError};
+use crate::store::{AuditLog, StoreError};
 
 /// Why verification failed, and where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -139,7 +139,7 @@ impl LogVerifier {
 /// logged when it was written, the tree is rebuilt and checked against every signed checkpoint,
 /// and every logged table's rows must all be in the log.
 pub async fn verify_store(
-    store: &dyn Store,
+    store: &dyn AuditLog,
     public_key: &[u8],
     pinned: Vec<Checkpoint>,
 ) -> Result<Report, Failure> {

@@ -158,7 +158,7 @@ pub async fn record(
     // In the recipient's turn: a send deciding now sees this event, or is logged before it.
     let turn = state.recipient_turn(&record.recipient_hash).await?;
     let recorded = state
-        .store
+        .ledger()
         .record_consents(std::slice::from_ref(&record))
         .await;
     turn.end().await;
@@ -176,7 +176,7 @@ pub async fn record(
         "consent recorded"
     );
     let stored = state
-        .store
+        .ledger()
         .consent_events(&tenant.id, &record.recipient_hash)
         .await?
         .into_iter()
@@ -194,7 +194,7 @@ pub async fn consent_events(
     number: &PhoneNumber,
 ) -> Result<(Vec<StoredConsent>, Vec<ConsentEvent>), FlowError> {
     let stored = state
-        .store
+        .ledger()
         .consent_events(&tenant.id, &state.numbers.hash(number))
         .await?;
     let events = stored

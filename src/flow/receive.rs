@@ -79,7 +79,7 @@ pub async fn receive(
         .await?;
         tracing::warn!(upstream, to = %written_to.masked(), "a reply to a number no tenant owns");
         if state
-            .store
+            .inbound()
             .record_inbound(&record, None, None, None)
             .await?
             == InboundRecorded::Duplicate
@@ -168,7 +168,7 @@ pub async fn receive(
         // after a send's record, never beside a decision that did not see it.
         let turn = state.recipient_turn(&record.recipient_hash).await?;
         let recorded = state
-            .store
+            .inbound()
             .record_inbound(&record, consent.as_ref(), review.as_ref(), outbox.as_ref())
             .await;
         turn.end().await;
@@ -412,7 +412,7 @@ pub async fn delivery_status(
     use crate::dialect::DeliveryState;
     use crate::store::{OutcomeRecord, OutcomeStatus};
     let Some((id, tenant_id, callback)) = state
-        .store
+        .messages()
         .message_by_gateway_id(upstream, &status.gateway_message_id)
         .await?
     else {
@@ -428,7 +428,7 @@ pub async fn delivery_status(
     };
     if let Some(outcome) = recorded {
         state
-            .store
+            .messages()
             .record_outcome(&OutcomeRecord {
                 message_id: id.clone(),
                 recorded_at_us: now.as_microsecond(),
@@ -463,7 +463,7 @@ pub async fn delivery_status(
         )
         .await?;
         state
-            .store
+            .outbox()
             .enqueue_delivery(&OutboxRecord {
                 id: delivery_id,
                 tenant: tenant_id.clone(),
@@ -512,7 +512,7 @@ pub async fn delivery_status(
         )
         .await?;
         state
-            .store
+            .outbox()
             .enqueue_delivery(&OutboxRecord {
                 id: delivery_id,
                 tenant: tenant_id,
@@ -543,7 +543,7 @@ pub async fn resolve_review(
     outcome: &'static str,
     resolved_by: &str,
 ) -> Result<(Resolved, Option<String>), FlowError> {
-    let Some(review) = state.store.review(&tenant.id, id).await? else {
+    let Some(review) = state.inbound().review(&tenant.id, id).await? else {
         return Ok((Resolved::NotFound, None));
     };
     let now = state.clock.now();
@@ -551,7 +551,7 @@ pub async fn resolve_review(
     let consent = if outcome == "opt_out" {
         let unreadable = || FlowError::Unreadable("the reviewed message cannot be read".into());
         let sealed = state
-            .store
+            .inbound()
             .inbound_payload(tenant.id.as_str(), &review.inbound_id)
             .await?
             .ok_or_else(unreadable)?;
@@ -593,7 +593,7 @@ pub async fn resolve_review(
         consent_event: consent.as_ref().map(|c| c.id.clone()),
     };
     let resolved = state
-        .store
+        .inbound()
         .resolve_review(&tenant.id, &record, consent.as_ref())
         .await?;
     Ok((resolved, record.consent_event))

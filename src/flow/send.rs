@@ -109,7 +109,7 @@ pub async fn gather(
         (since.as_microsecond(), i64::from(count))
     });
     let recipient = state
-        .store
+        .ledger()
         .recipient_facts(
             &tenant.id,
             &state.numbers.hash(&message.to),
@@ -255,7 +255,7 @@ async fn record_outcome(
             detail: Some(error.to_string()),
         },
     };
-    if let Err(error) = state.store.record_outcome(&outcome).await {
+    if let Err(error) = state.messages().record_outcome(&outcome).await {
         tracing::error!(message = %id, %error, "the upstream outcome could not be recorded");
     }
 }
@@ -338,7 +338,7 @@ async fn record_decision(
             .and_then(|callback| serde_json::to_string(callback).ok()),
         new_recipient_key,
     };
-    state.store.record_message(&record, Some(lock)).await?;
+    state.messages().record_message(&record, Some(lock)).await?;
     Ok(())
 }
 
@@ -354,12 +354,12 @@ pub async fn message_content(
 ) -> Result<Option<(String, String, String)>, FlowError> {
     let unreadable = || FlowError::Unreadable("the message cannot be read".into());
     let sealed = state
-        .store
+        .messages()
         .message_payload(tenant, id)
         .await?
         .ok_or_else(unreadable)?;
     state
-        .store
+        .audit_log()
         .record_body_access(&crate::audit::leaf::BodyAccess {
             id: format!("acc_{}", uuid::Uuid::now_v7().simple()),
             tenant: tenant.as_str().to_owned(),

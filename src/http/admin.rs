@@ -16,7 +16,7 @@ pub async fn healthz() -> Json<Value> {
 
 /// Ready: the database answers, so a send can be checked and logged.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
-    match state.store.ping().await {
+    match state.database().ping().await {
         Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
         Err(error) => {
             tracing::warn!(%error, "not ready: the database does not answer");

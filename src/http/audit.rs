@@ -30,7 +30,7 @@ use crate::config::Tenant;
 use crate::crypto::{Sealed, hex};
 use crate::domain::PhoneNumber;
 use crate::state::AppState;
-use crate::store::{AuditFilter, AuditedConsent, AuditedMessage};
+use crate::store::{AuditFilter, AuditLog, AuditedConsent, AuditedMessage};
 
 /// Rows read per query while streaming.
 const PAGE: i64 = 500;
@@ -419,9 +419,9 @@ pub async fn messages(
     let (_principal, tenant) = state.authorize(&headers, scope::AUDIT_READ)?;
     let format = query.format()?;
     let filter = query.filter(&state, tenant, Kind::Message)?;
-    let upto = state.store.log_size().await? as i64;
+    let upto = state.audit_log().log_size().await? as i64;
     let tenant_id = tenant.id.clone();
-    let store = state.store.clone();
+    let store: Arc<dyn AuditLog> = state.store.clone();
     let shape = Shape {
         csv_header: &MESSAGE_CSV,
         json: message_json,
@@ -453,9 +453,9 @@ pub async fn consent_events(
     let (_principal, tenant) = state.authorize(&headers, scope::AUDIT_READ)?;
     let format = query.format()?;
     let filter = query.filter(&state, tenant, Kind::ConsentEvent)?;
-    let upto = state.store.log_size().await? as i64;
+    let upto = state.audit_log().log_size().await? as i64;
     let tenant_id = tenant.id.clone();
-    let store = state.store.clone();
+    let store: Arc<dyn AuditLog> = state.store.clone();
     let shape = Shape {
         csv_header: &CONSENT_CSV,
         json: consent_json,
@@ -487,7 +487,7 @@ pub async fn message_body(
 ) -> Result<Json<Value>, ApiError> {
     let (principal, tenant) = state.authorize(&headers, scope::AUDIT_DECRYPT)?;
     let record = state
-        .store
+        .audit_log()
         .audited_message(&tenant.id, &id)
         .await?
         .ok_or_else(|| {
@@ -506,7 +506,7 @@ pub async fn message_body(
         accessed_at_us: now.as_microsecond(),
     };
     // Recorded first: no body leaves without its access in the log.
-    state.store.record_body_access(&access).await?;
+    state.audit_log().record_body_access(&access).await?;
     let associated = format!("consentry/message/v1\0{}\0{}", record.tenant, record.id);
     let sealed = Sealed {
         key_id: record.key_id.clone(),
@@ -552,13 +552,17 @@ pub async fn latest_checkpoint(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     state.authorize(&headers, scope::AUDIT_READ)?;
-    let checkpoint = state.store.latest_checkpoint().await?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "no_checkpoint",
-            "no checkpoint has been signed yet",
-        )
-    })?;
+    let checkpoint = state
+        .audit_log()
+        .latest_checkpoint()
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no_checkpoint",
+                "no checkpoint has been signed yet",
+            )
+        })?;
     let mut view = serde_json::to_value(checkpoint.view()).unwrap_or_default();
     view["public_key"] = Value::String(b64(state.log_signer.public_key()));
     Ok(Json(view))
@@ -570,7 +574,7 @@ async fn with_nodes<T>(
     compute: impl Fn(&mut dyn FnMut(NodeId) -> Hash) -> T,
 ) -> Result<T, ApiError> {
     let ids = merkle::nodes_read(|get| compute(get));
-    let hashes = state.store.log_nodes(&ids).await?;
+    let hashes = state.audit_log().log_nodes(&ids).await?;
     let nodes: HashMap<NodeId, Hash> = ids.into_iter().zip(hashes).collect();
     Ok(compute(&mut |id| nodes[&id]))
 }
@@ -580,7 +584,7 @@ async fn tree_size(state: &AppState, given: Option<u64>) -> Result<u64, ApiError
     let size = match given {
         Some(size) => size,
         None => state
-            .store
+            .audit_log()
             .latest_checkpoint()
             .await?
             .map(|c| c.tree_size)
@@ -588,7 +592,7 @@ async fn tree_size(state: &AppState, given: Option<u64>) -> Result<u64, ApiError
                 ApiError::new(StatusCode::NOT_FOUND, "no_checkpoint", "no checkpoint yet")
             })?,
     };
-    if size > state.store.log_size().await? {
+    if size > state.audit_log().log_size().await? {
         return Err(bad("tree_size", "the log is not that large yet"));
     }
     Ok(size)
@@ -614,7 +618,7 @@ pub async fn inclusion(
         return Err(bad("leaf_index", "the leaf is not in a tree of that size"));
     }
     let entry = state
-        .store
+        .audit_log()
         .log_entries(query.leaf_index as i64 - 1, 1)
         .await?
         .into_iter()
@@ -688,14 +692,14 @@ pub async fn bundle(
         recipient_hash: Some(state.numbers.hash(&number)),
         ..AuditFilter::default()
     };
-    let checkpoint = state.store.latest_checkpoint().await?;
+    let checkpoint = state.audit_log().latest_checkpoint().await?;
     let size = checkpoint.as_ref().map_or(0, |c| c.tree_size);
     let consents = state
-        .store
+        .audit_log()
         .audit_consents(&tenant.id, &filter, -1, BUNDLE_LIMIT)
         .await?;
     let messages = state
-        .store
+        .audit_log()
         .audit_messages(&tenant.id, &filter, -1, BUNDLE_LIMIT)
         .await?;
     let proof = |index: i64| {
@@ -774,7 +778,7 @@ pub async fn erase(
         erased_by: principal.subject.clone(),
         keys_destroyed: 0,
     };
-    let destroyed = state.store.erase_recipient(&erasure).await?;
+    let destroyed = state.audit_log().erase_recipient(&erasure).await?;
     state
         .upstreams
         .sandbox()

@@ -371,7 +371,7 @@ pub async fn twilio_fetch(
         let sid = file.strip_suffix(".json").ok_or_else(not_found)?;
         let id = twilio::message_id_of_sid(sid).ok_or_else(not_found)?;
         let view = state
-            .store
+            .messages()
             .message(&principal.tenant, &id)
             .await?
             .ok_or_else(not_found)?;

@@ -200,7 +200,7 @@ pub async fn reviews(
 ) -> Result<Json<Value>, ApiError> {
     let (principal, _tenant) = state.authorize(&headers, scope::CONSENTS_READ)?;
     let reviews = state
-        .store
+        .inbound()
         .reviews(&principal.tenant, query.open.unwrap_or(true))
         .await?;
     Ok(Json(json!({ "reviews": reviews })))

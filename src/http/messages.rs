@@ -172,7 +172,7 @@ pub async fn show(
     };
     let id = MessageId::parse(&id).ok_or_else(not_found)?;
     let view = state
-        .store
+        .messages()
         .message(&principal.tenant, &id)
         .await?
         .ok_or_else(not_found)?;
