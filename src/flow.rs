@@ -11,6 +11,10 @@
 //! - [`consent`]: a validated consent event sealed into its ledger record and written in the
 //!   recipient's turn.
 //!
+//! Each names the part of the store it uses through `AppState`'s accessors (`state.ledger()`,
+//! `state.messages()`, ...): `send` the ledger, messages and, for a body, the audit log;
+//! `receive` inbound messages and reviews, messages and the outbox; `consent` the ledger.
+//!
 //! A denial is not an error: it is a normal value (`send::Processed::Denied`). A [`FlowError`]
 //! is a malfunction, and nothing was forwarded; `http::error` is the one place that turns it
 //! into a response.

@@ -15,6 +15,8 @@
 //!
 //! Every sealed payload is stored with the id of the key that sealed it (`dk_...` for a data
 //! key, `rk_...` for a recipient key) and opens only with its row's identity as associated data.
+//!
+//! The ring holds the store's [`Keys`] part only.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};

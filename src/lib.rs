@@ -20,7 +20,7 @@
 //! | `auth`      | JWT verification -> `Principal`; development tokens                    | no  |
 //! | `config`    | TOML -> checked configuration; secrets by reference, redacted          | reads files |
 //! | `datadir`   | the data folder: certificate and keys made once, reused                | yes |
-//! | `store`     | the `Store` interface and its SQLite and PostgreSQL backends           | yes |
+//! | `store`     | the store's traits by concern; its SQLite and PostgreSQL backends      | yes |
 //! | `keyring`   | data keys (wrapped, rotated), recipient keys (erased): what seals what | yes |
 //! | `audit`     | the verifiable log: leaves, Merkle proofs, checkpoints, the sequencer  | yes |
 //! | `upstream`  | gateways: sandbox, http-json, twilio, telnyx, vonage; need a `Permit`  | yes |

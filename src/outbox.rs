@@ -1,4 +1,5 @@
-//! Delivery of inbound messages to tenants' webhooks, through a durable outbox.
+//! Delivery of inbound messages to tenants' webhooks, through a durable outbox: of the store, the
+//! worker uses the [`Outbox`](crate::store::Outbox) part only.
 //!
 //! A delivery is written in the same transaction as the inbound message it carries, so none is
 //! lost; a worker posts due deliveries and retries failures with exponential backoff

@@ -6,6 +6,10 @@
 //! is rebuilt from its record and goes through `decide` again at the release time: an opt-out
 //! received in between cancels it (Twilio's toolkit reschedules; consentry also re-checks).
 //! Each due message is claimed once (`claimed_at_us`), so it is released once.
+//!
+//! Of the store it uses [`Messages`](crate::store::Messages) (claims, release decisions) and
+//! [`Keys`](crate::store::Keys) (whether the recipient's key was erased); facts and sending go
+//! through `flow::send`.
 
 use std::sync::Arc;
 use std::time::Duration;

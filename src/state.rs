@@ -1,7 +1,8 @@
 //! The state every request handler, flow and worker shares: the parts [`App::build`] made from
 //! the configuration (tenants, verifier, store, keys, upstreams, policies), the clock, and the
 //! per-recipient locks. It holds no logic beyond taking a recipient's turn; the flows that use
-//! it live in `flow`, the workers in `scheduler`, `outbox` and `audit::sequencer`.
+//! it live in `flow`, the workers in `scheduler`, `outbox` and `audit::sequencer`. Its accessors
+//! (`ledger()`, `messages()`, `audit_log()`, ...) give each of them the part of the store it uses.
 //!
 //! [`App::build`]: crate::app::App::build
 

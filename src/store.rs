@@ -1,6 +1,12 @@
-//! Storage: the [`Store`] interface and its records. The send path needs only these operations;
-//! each backend (SQLite and PostgreSQL, each from its own folder of `migrations/`) implements
-//! them with runtime-checked `sqlx::query` so one binary serves either.
+//! Storage: the store's interface and its records. The interface is split by concern, and each
+//! flow or worker names the part it uses: [`Database`] (ping, settings, write batches),
+//! [`Ledger`] (consent events, a recipient's facts and lock), [`Messages`] (records, outcomes,
+//! releases, deferred claims, reads), [`Inbound`] (replies and reviews), [`Outbox`] (deliveries to
+//! webhooks), [`AuditLog`] (the verifiable log, checkpoints, audit lists, body accesses, erasure)
+//! and [`Keys`] (data keys, recipient keys). [`Store`] is all of them, for what needs everything.
+//! Each backend (SQLite and PostgreSQL, each from its own folder of `migrations/`) implements
+//! them, one `impl` block per trait, with runtime-checked `sqlx::query` so one binary serves
+//! either.
 //!
 //! Invariants every backend keeps: a record is durable when `record_message` returns (the
 //! upstream is called only after); message rows and outcomes are append-only; no body and no

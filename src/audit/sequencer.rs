@@ -5,6 +5,8 @@
 //! Several instances may run it against one PostgreSQL database: each batch takes a
 //! transaction-scoped advisory lock, so one sequences at a time and another takes over as soon
 //! as one stops; the unique `leaf_index` makes a second assignment of a position impossible.
+//!
+//! Of the store it uses the [`AuditLog`] part only.
 
 use std::sync::Arc;
 use std::time::Duration;

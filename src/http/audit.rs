@@ -5,6 +5,8 @@
 //! the `leaf_index` of the last row received (`after`), so paging neither skips nor repeats
 //! while new rows arrive. Lists stream in pages with bounded memory, up to the log's size when
 //! the request began.
+//!
+//! Of the store it uses the [`AuditLog`] part only (erasure included).
 
 use std::collections::HashMap;
 use std::pin::Pin;
