@@ -532,7 +532,7 @@ pub trait Database: Send + Sync + 'static {
 }
 
 /// The consent ledger and what the send path reads about a recipient, under the lock that
-/// orders one recipient's decisions (`state::recipient_turn`).
+/// orders one recipient's decisions (`AppState::recipient_turn`).
 #[async_trait]
 pub trait Ledger: Send + Sync + 'static {
     /// Takes the lock on a recipient that all processes sharing the database respect.
