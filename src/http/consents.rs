@@ -595,9 +595,9 @@ impl Importer<'_> {
         let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(IMPORT_BATCH));
         let last_line = self.batch_lines.last().copied().unwrap_or_default();
         self.batch_lines.clear();
-        let store = self.state.store.clone();
+        let ledger: std::sync::Arc<dyn crate::store::Ledger> = self.state.store.clone();
         self.in_flight = Some((
-            tokio::spawn(async move { store.record_consents(&batch).await }),
+            tokio::spawn(async move { ledger.record_consents(&batch).await }),
             last_line,
         ));
         Ok(())
