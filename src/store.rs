@@ -353,6 +353,9 @@ pub struct ReviewRecord {
 pub struct ReviewView {
     pub id: String,
     pub recipient: String,
+    /// Not shown: for taking the recipient's turn when the review is resolved.
+    #[serde(skip)]
+    pub recipient_hash: String,
     pub inbound_id: String,
     pub created_at_us: i64,
     pub outcome: Option<String>,

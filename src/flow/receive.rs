@@ -592,9 +592,13 @@ pub async fn resolve_review(
         resolved_at_us: now.as_microsecond(),
         consent_event: consent.as_ref().map(|c| c.id.clone()),
     };
+    // In the recipient's turn: an open review blocks its sends, and an opt-out found on review
+    // is a consent event; a send deciding now sees the resolution, or is logged before it.
+    let turn = state.recipient_turn(&review.recipient_hash).await?;
     let resolved = state
         .inbound()
         .resolve_review(&tenant.id, &record, consent.as_ref())
-        .await?;
-    Ok((resolved, record.consent_event))
+        .await;
+    turn.end().await;
+    Ok((resolved?, record.consent_event))
 }

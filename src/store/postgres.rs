@@ -630,7 +630,7 @@ impl Inbound for PgStore {
         open_only: bool,
     ) -> Result<Vec<ReviewView>, StoreError> {
         let rows = sqlx::query(
-            "SELECT r.id, r.recipient_masked, r.inbound_id, r.created_at_us, s.outcome, \
+            "SELECT r.id, r.recipient_masked, r.recipient_hash, r.inbound_id, r.created_at_us, s.outcome, \
              s.resolved_by, s.consent_event FROM consent_reviews r \
              LEFT JOIN review_resolutions s ON s.review_id = r.id \
              WHERE r.tenant = $1 AND ($2 = FALSE OR s.review_id IS NULL) \
@@ -645,7 +645,7 @@ impl Inbound for PgStore {
 
     async fn review(&self, tenant: &TenantId, id: &str) -> Result<Option<ReviewView>, StoreError> {
         let row = sqlx::query(
-            "SELECT r.id, r.recipient_masked, r.inbound_id, r.created_at_us, s.outcome, \
+            "SELECT r.id, r.recipient_masked, r.recipient_hash, r.inbound_id, r.created_at_us, s.outcome, \
              s.resolved_by, s.consent_event FROM consent_reviews r \
              LEFT JOIN review_resolutions s ON s.review_id = r.id \
              WHERE r.tenant = $1 AND r.id = $2",

@@ -132,6 +132,7 @@ where
     Ok(ReviewView {
         id: row.try_get("id")?,
         recipient: row.try_get("recipient_masked")?,
+        recipient_hash: row.try_get("recipient_hash")?,
         inbound_id: row.try_get("inbound_id")?,
         created_at_us: row.try_get("created_at_us")?,
         outcome: row.try_get("outcome")?,
