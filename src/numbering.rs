@@ -92,18 +92,34 @@ pub fn parse(input: &str, default_region: Id) -> Result<Parsed, Refusal> {
         phonenumber::parse_with(database, Some(own_region), &international)
             .map_err(|_| Refusal::Unparseable)?
     };
-    if !number.is_valid_with(database) {
+    let calling_code = number.code().value();
+    // As the crate's `is_valid_with` (the national number with its leading zeros), then its
+    // `metadata` and `number_type` (without them: Italy's, Gabon's... numbers then find no
+    // region and no type, and are taken as not geographic, their country's zones: the safe
+    // side; their country comes from their country code when one region owns it).
+    let national = number.national();
+    let written = national.to_string();
+    let plans = plans_of(calling_code);
+    let valid = plans
+        .source(&written)
+        .is_some_and(|plan| plan.kind(&written) != phonenumber::Type::Unknown);
+    if !valid {
         return Err(Refusal::Invalid);
     }
-    let calling_code = number.code().value();
-    // The crate's `metadata` and `number_type` drop a national number's leading zeros (Italy,
-    // Gabon...), and then find no region and no type: such a number is taken as not
-    // geographic (its country's zones: the safe side), and its country comes from its
-    // country code when one region owns it. NANP numbers need no type (see `is_geographic`),
-    // which spares the regexes of every type.
-    let geographic = calling_code == 1 || is_geographic(number.number_type(database), calling_code);
-    let country = match number.metadata(database) {
-        Some(metadata) => Some(metadata.id().to_owned()),
+    let bare = if national.zeros() == 0 {
+        written
+    } else {
+        national.value().to_string()
+    };
+    let source = plans.source(&bare);
+    // NANP numbers need no type (see `is_geographic`), which spares the patterns of every type.
+    let geographic = calling_code == 1
+        || is_geographic(
+            source.map_or(phonenumber::Type::Unknown, |plan| plan.kind(&bare)),
+            calling_code,
+        );
+    let country = match source {
+        Some(plan) => Some(plan.metadata.id().to_owned()),
         None => database
             .region(&calling_code)
             .filter(|regions| regions.len() == 1)
@@ -119,6 +135,177 @@ pub fn parse(input: &str, default_region: Id) -> Result<Parsed, Refusal> {
             .to_string(),
         country,
     })
+}
+
+/// The numbering plans of one country calling code, with their patterns compiled once.
+///
+/// This is the crate's `source_for` and `number_type` (phonenumber/src/validator.rs) over
+/// regexes of our own: the crate's go through one LRU cache of 100 compiled patterns behind a
+/// mutex, keyed by the pattern's text, so that each match hashes a pattern of up to a few
+/// kilobytes, and the thousands of patterns of the metadata evict each other. Matching is the
+/// crate's: a pattern matches a national number from its first digit (not necessarily to its
+/// last), within the descriptor's possible lengths.
+struct Plans {
+    /// In the metadata's order for the code, which the choice of region follows.
+    regions: Vec<Plan>,
+}
+
+struct Plan {
+    metadata: &'static phonenumber::metadata::Metadata,
+    leading_digits: Option<regex::Regex>,
+    general: Pattern,
+    /// In the order `number_type` tries them; fixed line and mobile last.
+    types: Vec<(phonenumber::Type, Pattern)>,
+    fixed_line: Option<Pattern>,
+    mobile: Option<Pattern>,
+    /// Fixed lines and mobiles share one pattern: a fixed line is then "fixed line or mobile".
+    same_fixed_and_mobile: bool,
+}
+
+struct Pattern {
+    regex: regex::Regex,
+    possible_lengths: Vec<u16>,
+}
+
+/// The compiled plans of every code seen so far: each code's are compiled on its first number.
+static PLANS: LazyLock<std::collections::HashMap<u16, std::sync::OnceLock<Plans>>> =
+    LazyLock::new(|| {
+        database()
+            .iter()
+            .map(|metadata| (metadata.country_code(), std::sync::OnceLock::new()))
+            .collect()
+    });
+
+/// Plans with no region: a code the metadata does not know.
+static NO_PLANS: Plans = Plans {
+    regions: Vec::new(),
+};
+
+fn plans_of(code: u16) -> &'static Plans {
+    match PLANS.get(&code) {
+        Some(plans) => plans.get_or_init(|| Plans::compile(code)),
+        None => &NO_PLANS,
+    }
+}
+
+/// `^(?:source)`, with the crate's flag: the metadata's patterns are written across lines.
+fn from_start(source: &str) -> regex::Regex {
+    regex::RegexBuilder::new(&format!("^(?:{source})"))
+        .ignore_whitespace(true)
+        .build()
+        .expect("the shipped metadata's patterns compile (the crate compiled them already)")
+}
+
+impl Pattern {
+    fn of(descriptor: &phonenumber::metadata::Descriptor) -> Pattern {
+        Pattern {
+            regex: from_start(descriptor.national_number().as_str()),
+            possible_lengths: descriptor.possible_length().to_vec(),
+        }
+    }
+
+    /// The crate's `Descriptor::is_match`.
+    fn matches(&self, national: &str) -> bool {
+        (self.possible_lengths.is_empty()
+            || self.possible_lengths.contains(&(national.len() as u16)))
+            && self.regex.is_match(national)
+    }
+}
+
+impl Plans {
+    fn compile(code: u16) -> Plans {
+        let database = database();
+        let metadata: Vec<&'static phonenumber::metadata::Metadata> =
+            match database.region(&code).as_deref() {
+                // Non-geographic entities ("001") are found by their code.
+                Some(["001"]) => database
+                    .by_code(&code)
+                    .and_then(|all| all.into_iter().next())
+                    .into_iter()
+                    .collect(),
+                Some(regions) => regions
+                    .iter()
+                    .filter_map(|region| database.by_id(*region))
+                    .collect(),
+                None => Vec::new(),
+            };
+        Plans {
+            regions: metadata.into_iter().map(Plan::compile).collect(),
+        }
+    }
+
+    /// The crate's `source_for`: the one region of a code, or the first whose leading digits
+    /// (or, without them, whose patterns) the number matches.
+    fn source(&self, national: &str) -> Option<&Plan> {
+        if let [only] = &self.regions[..] {
+            return Some(only);
+        }
+        self.regions.iter().find(|plan| match &plan.leading_digits {
+            Some(leading) => leading.is_match(national),
+            None => plan.kind(national) != phonenumber::Type::Unknown,
+        })
+    }
+}
+
+impl Plan {
+    fn compile(metadata: &'static phonenumber::metadata::Metadata) -> Plan {
+        use phonenumber::Type;
+        let descriptors = metadata.descriptors();
+        let types = [
+            (Type::PremiumRate, descriptors.premium_rate()),
+            (Type::TollFree, descriptors.toll_free()),
+            (Type::SharedCost, descriptors.shared_cost()),
+            (Type::Voip, descriptors.voip()),
+            (Type::PersonalNumber, descriptors.personal_number()),
+            (Type::Pager, descriptors.pager()),
+            (Type::Uan, descriptors.uan()),
+            (Type::Voicemail, descriptors.voicemail()),
+        ]
+        .into_iter()
+        .filter_map(|(kind, descriptor)| Some((kind, Pattern::of(descriptor?))))
+        .collect();
+        Plan {
+            metadata,
+            leading_digits: metadata
+                .leading_digits()
+                .map(|pattern| from_start(pattern.as_str())),
+            general: Pattern::of(descriptors.general()),
+            types,
+            fixed_line: descriptors.fixed_line().map(Pattern::of),
+            mobile: descriptors.mobile().map(Pattern::of),
+            same_fixed_and_mobile: descriptors
+                .fixed_line()
+                .map(|d| d.national_number().as_str())
+                == descriptors.mobile().map(|d| d.national_number().as_str()),
+        }
+    }
+
+    /// The crate's `number_type`.
+    fn kind(&self, national: &str) -> phonenumber::Type {
+        use phonenumber::Type;
+        if !self.general.matches(national) {
+            return Type::Unknown;
+        }
+        if let Some((kind, _)) = self.types.iter().find(|(_, p)| p.matches(national)) {
+            return *kind;
+        }
+        let mobile = || self.mobile.as_ref().is_some_and(|p| p.matches(national));
+        if self
+            .fixed_line
+            .as_ref()
+            .is_some_and(|p| p.matches(national))
+        {
+            if self.same_fixed_and_mobile || mobile() {
+                Type::FixedLineOrMobile
+            } else {
+                Type::FixedLine
+            }
+        } else if mobile() {
+            Type::Mobile
+        } else {
+            Type::Unknown
+        }
+    }
 }
 
 /// The region that owns a country code (`1` → US, `44` → GB).
@@ -200,6 +387,69 @@ mod tests {
         );
         assert_eq!(e164("+1 415 555", Id::US), Err(Refusal::Invalid));
         assert_eq!(e164("call me", Id::US), Err(Refusal::Unparseable));
+    }
+
+    /// The compiled plans choose the crate's region and type for every example number of every
+    /// descriptor of the metadata, and for their prefixes and extensions (the invalid ones).
+    #[test]
+    fn compiled_plans_agree_with_the_crate() {
+        let database = database();
+        let mut checked = 0;
+        for metadata in database.iter() {
+            let code = metadata.country_code();
+            let descriptors = metadata.descriptors();
+            let examples = [
+                descriptors.fixed_line(),
+                descriptors.mobile(),
+                descriptors.toll_free(),
+                descriptors.premium_rate(),
+                descriptors.shared_cost(),
+                descriptors.personal_number(),
+                descriptors.voip(),
+                descriptors.pager(),
+                descriptors.uan(),
+                descriptors.voicemail(),
+            ]
+            .into_iter()
+            .flatten()
+            .filter_map(|descriptor| descriptor.example());
+            for example in examples {
+                let trimmed = example.trim_start_matches('0');
+                for national in [
+                    example.to_owned(),
+                    trimmed.to_owned(),
+                    format!("{example}9"),
+                    example[..example.len() - 1].to_owned(),
+                ] {
+                    let Ok(number) =
+                        phonenumber::parse_with(database, None, format!("+{code}{national}"))
+                    else {
+                        continue;
+                    };
+                    let national = number.national();
+                    let plans = plans_of(number.code().value());
+                    let written = national.to_string();
+                    let valid = plans
+                        .source(&written)
+                        .is_some_and(|plan| plan.kind(&written) != phonenumber::Type::Unknown);
+                    assert_eq!(valid, number.is_valid_with(database), "+{code} {written}");
+                    let bare = national.value().to_string();
+                    let source = plans.source(&bare);
+                    assert_eq!(
+                        source.map(|plan| plan.metadata.id()),
+                        number.metadata(database).map(|metadata| metadata.id()),
+                        "+{code} {bare}"
+                    );
+                    assert_eq!(
+                        source.map_or(phonenumber::Type::Unknown, |plan| plan.kind(&bare)),
+                        number.number_type(database),
+                        "+{code} {bare}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 4000, "only {checked} numbers");
     }
 
     /// Every example number of every region in the shipped metadata (fixed line and mobile) is
