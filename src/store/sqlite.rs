@@ -662,13 +662,14 @@ impl AuditLog for SqliteStore {
             insert.build().execute(&mut *transaction).await?;
         }
         for chunk in leaves.chunks(300) {
+            // UPDATE ... FROM joins each value to its row by `seq` (the rowid); a correlated
+            // subquery would scan the values once per row.
             let mut update = sqlx::QueryBuilder::<sqlx::Sqlite>::new("WITH v (seq, idx) AS (");
             update.push_values(chunk, |mut row, (seq, index)| {
                 row.push_bind(*seq).push_bind(*index);
             });
             update.push(
-                ") UPDATE log_leaves SET leaf_index = (SELECT v.idx FROM v WHERE v.seq = log_leaves.seq) \
-                 WHERE seq IN (SELECT seq FROM v)",
+                ") UPDATE log_leaves SET leaf_index = v.idx FROM v WHERE v.seq = log_leaves.seq",
             );
             update.build().execute(&mut *transaction).await?;
         }
