@@ -23,7 +23,7 @@ use super::{
 };
 use crate::audit::checkpoint::Checkpoint;
 use crate::audit::leaf::{self, BodyAccess, Erasure, Kind, Leaf};
-use crate::audit::merkle::{Frontier, Hash, NodeId};
+use crate::audit::merkle::{Hash, NodeId};
 use crate::domain::{MessageId, TenantId};
 
 mod checkpointer;
@@ -166,7 +166,7 @@ impl Ledger for SqliteStore {
             .await?
         {
             Written::Consents(recorded) => Ok(recorded),
-            Written::Done => Err(StoreError::Unsafe(
+            _ => Err(StoreError::Unsafe(
                 "the writer answered another write".into(),
             )),
         }
@@ -621,63 +621,12 @@ impl Outbox for SqliteStore {
 #[async_trait]
 impl AuditLog for SqliteStore {
     async fn sequence_log(&self, limit: i64) -> Result<Option<LogHead>, StoreError> {
-        let _writer = self.writer.lock().await;
-        let mut transaction = self.pool.begin().await?;
-        let size: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(MAX(leaf_index) + 1, 0) FROM log_leaves WHERE leaf_index IS NOT NULL",
-        )
-        .fetch_one(&mut *transaction)
-        .await?;
-        let size = size as u64;
-        let mut edge = Vec::new();
-        for (level, idx) in Frontier::nodes_of(size) {
-            edge.push(node(&mut *transaction, level, idx).await?);
+        match self.batches.write(Write::Sequence(limit)).await? {
+            Written::Sequenced(head) => Ok(Some(head)),
+            _ => Err(StoreError::Unsafe(
+                "the writer answered another write".into(),
+            )),
         }
-        let mut frontier = Frontier::from_parts(size, edge)
-            .ok_or_else(|| StoreError::Corrupt("log_nodes: the tree's edge".into()))?;
-        let pending = sqlx::query(
-            "SELECT seq, leaf_hash FROM log_leaves WHERE leaf_index IS NULL ORDER BY seq LIMIT ?",
-        )
-        .bind(limit)
-        .fetch_all(&mut *transaction)
-        .await?;
-        let mut leaves: Vec<(i64, i64)> = Vec::with_capacity(pending.len());
-        let mut nodes = Vec::with_capacity(pending.len() * 2);
-        for row in &pending {
-            let seq: i64 = row.try_get("seq")?;
-            let hash = hash_from(row.try_get("leaf_hash")?, "log_leaves.leaf_hash")?;
-            leaves.push((seq, frontier.size() as i64));
-            nodes.extend(frontier.push(hash));
-        }
-        // A few statements per batch, not one per row: the writer is held briefly.
-        for chunk in nodes.chunks(300) {
-            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO log_nodes (level, idx, hash) ",
-            );
-            insert.push_values(chunk, |mut row, ((level, idx), hash)| {
-                row.push_bind(*level as i64)
-                    .push_bind(*idx as i64)
-                    .push_bind(hash.to_vec());
-            });
-            insert.build().execute(&mut *transaction).await?;
-        }
-        for chunk in leaves.chunks(300) {
-            // UPDATE ... FROM joins each value to its row by `seq` (the rowid); a correlated
-            // subquery would scan the values once per row.
-            let mut update = sqlx::QueryBuilder::<sqlx::Sqlite>::new("WITH v (seq, idx) AS (");
-            update.push_values(chunk, |mut row, (seq, index)| {
-                row.push_bind(*seq).push_bind(*index);
-            });
-            update.push(
-                ") UPDATE log_leaves SET leaf_index = v.idx FROM v WHERE v.seq = log_leaves.seq",
-            );
-            update.build().execute(&mut *transaction).await?;
-        }
-        transaction.commit().await?;
-        Ok(Some(LogHead {
-            size: frontier.size(),
-            root: frontier.root(),
-        }))
     }
 
     async fn log_nodes(&self, ids: &[NodeId]) -> Result<Vec<Hash>, StoreError> {

@@ -22,7 +22,9 @@ use tokio::sync::oneshot;
 
 use super::connection;
 use crate::audit::leaf::{self, Leaf};
-use crate::store::{ConsentRecord, MessageRecord, OutcomeRecord, Recorded, StoreError};
+use crate::audit::merkle::{Frontier, Hash};
+use crate::store::rows::hash_from;
+use crate::store::{ConsentRecord, LogHead, MessageRecord, OutcomeRecord, Recorded, StoreError};
 
 /// The most writes one transaction takes; the rest wait for the next.
 const MAX_BATCH: usize = 512;
@@ -32,12 +34,15 @@ pub(crate) enum Write {
     Message(Box<MessageRecord>),
     Outcome(OutcomeRecord),
     Consents(Vec<ConsentRecord>),
+    /// Gives up to this many pending log entries their leaf indexes (the log's sequencer).
+    Sequence(i64),
 }
 
 /// What a write returns once its batch is durable.
 pub(crate) enum Written {
     Done,
     Consents(Vec<Recorded>),
+    Sequenced(LogHead),
 }
 
 struct Job {
@@ -206,7 +211,57 @@ fn apply(transaction: &Connection, write: &Write) -> Result<Written, StoreError>
                 .map(|record| insert_consent(transaction, record))
                 .collect::<Result<_, _>>()?,
         )),
+        Write::Sequence(limit) => Ok(Written::Sequenced(sequence(transaction, *limit)?)),
     }
+}
+
+/// Gives the oldest pending log entries (up to `limit`) the next leaf indexes, in `seq` order,
+/// and stores the tree's new nodes. Done here, in a batch of the send path's writes, it costs
+/// no commit of its own, and sees the entries of the writes before it in the batch.
+fn sequence(transaction: &Connection, limit: i64) -> Result<LogHead, StoreError> {
+    let size: i64 = transaction
+        .prepare_cached(
+            "SELECT COALESCE(MAX(leaf_index) + 1, 0) FROM log_leaves WHERE leaf_index IS NOT NULL",
+        )?
+        .query_row([], |row| row.get(0))?;
+    let size = size as u64;
+    let mut edge = Vec::new();
+    {
+        let mut node =
+            transaction.prepare_cached("SELECT hash FROM log_nodes WHERE level = ? AND idx = ?")?;
+        for (level, idx) in Frontier::nodes_of(size) {
+            let hash: Option<Vec<u8>> = node
+                .query_row(params![level as i64, idx as i64], |row| row.get(0))
+                .optional()?;
+            let hash = hash.ok_or_else(|| {
+                StoreError::Corrupt(format!("log_nodes: subtree ({level}, {idx}) is missing"))
+            })?;
+            edge.push(hash_from(hash, "log_nodes.hash")?);
+        }
+    }
+    let mut frontier = Frontier::from_parts(size, edge)
+        .ok_or_else(|| StoreError::Corrupt("log_nodes: the tree's edge".into()))?;
+    let mut pending = transaction.prepare_cached(
+        "SELECT seq, leaf_hash FROM log_leaves WHERE leaf_index IS NULL ORDER BY seq LIMIT ?",
+    )?;
+    let pending: Vec<(i64, Vec<u8>)> = pending
+        .query_map([limit], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut insert_node =
+        transaction.prepare_cached("INSERT INTO log_nodes (level, idx, hash) VALUES (?, ?, ?)")?;
+    let mut index_leaf =
+        transaction.prepare_cached("UPDATE log_leaves SET leaf_index = ? WHERE seq = ?")?;
+    for (seq, hash) in pending {
+        let hash: Hash = hash_from(hash, "log_leaves.leaf_hash")?;
+        index_leaf.execute(params![frontier.size() as i64, seq])?;
+        for ((level, idx), node) in frontier.push(hash) {
+            insert_node.execute(params![level as i64, idx as i64, &node[..]])?;
+        }
+    }
+    Ok(LogHead {
+        size: frontier.size(),
+        root: frontier.root(),
+    })
 }
 
 fn insert_message(transaction: &Connection, record: &MessageRecord) -> Result<(), StoreError> {
