@@ -260,10 +260,11 @@ impl Ledger for PgStore {
             .acquire_owned()
             .await
             .map_err(|_| StoreError::Unsafe("the lock semaphore is closed".into()))?;
-        let mut transaction = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(key)
-            .execute(&mut *transaction)
+        // One round trip: the transaction and its lock in one simple query. The key is an
+        // integer consentry computed, so it is written into the statement as a literal.
+        let transaction = self
+            .pool
+            .begin_with(format!("BEGIN; SELECT pg_advisory_xact_lock({key})"))
             .await?;
         Ok(super::RecipientLock::Postgres(AdvisoryLock {
             transaction: Some(transaction),
@@ -343,11 +344,21 @@ impl Messages for PgStore {
             }
             _ => self.pool.begin().await?,
         };
+        // The record, the recipient's new key (if it has one) and the log entry in one
+        // statement, one round trip: data-modifying CTEs run together, and fail together.
+        let key = record.new_recipient_key.as_ref();
+        let leaf = leaf::message(record);
         sqlx::query(
-            "INSERT INTO messages (id, tenant, created_at_us, recipient_hash, recipient_masked, \
-             sender_masked, purpose, brand, campaign, decision, reply_kind, confirms_event, \
-             reasons, upstream, key_id, payload, status_callback) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+            "WITH message AS ( \
+               INSERT INTO messages (id, tenant, created_at_us, recipient_hash, \
+               recipient_masked, sender_masked, purpose, brand, campaign, decision, reply_kind, \
+               confirms_event, reasons, upstream, key_id, payload, status_callback) \
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+               $17)), \
+             recipient_key AS ( \
+               INSERT INTO recipient_keys (tenant, recipient_hash, id, data_key_id, wrapped, \
+               created_at_us) SELECT $18, $19, $20, $21, $22, $23 WHERE $20 IS NOT NULL) \
+             INSERT INTO log_leaves (kind, ref_id, tenant, leaf_hash) VALUES ($24, $25, $26, $27)",
         )
         .bind(record.id.as_str())
         .bind(record.tenant.as_str())
@@ -366,12 +377,18 @@ impl Messages for PgStore {
         .bind(&record.key_id)
         .bind(&record.payload)
         .bind(record.status_callback.as_deref())
+        .bind(key.map(|key| key.tenant.as_str()))
+        .bind(key.map(|key| key.recipient_hash.as_str()))
+        .bind(key.map(|key| key.id.as_str()))
+        .bind(key.map(|key| key.data_key_id.as_str()))
+        .bind(key.map(|key| key.wrapped.as_slice()))
+        .bind(key.map(|key| key.created_at_us))
+        .bind(leaf.kind.as_str())
+        .bind(&leaf.ref_id)
+        .bind(&leaf.tenant)
+        .bind(&leaf.hash()[..])
         .execute(&mut *transaction)
         .await?;
-        if let Some(key) = &record.new_recipient_key {
-            insert_recipient_key(&mut *transaction, key).await?;
-        }
-        insert_log_entry(&mut *transaction, &leaf::message(record)).await?;
         if let Some(release_at_us) = record.release_at_us {
             sqlx::query(
                 "INSERT INTO deferred_messages (message_id, tenant, release_at_us) \
@@ -1375,26 +1392,6 @@ async fn insert_outbox<'e>(
     .bind(delivery.next_attempt_at_us)
     .bind(delivery.url.as_deref())
     .bind(delivery.format.as_deref())
-    .execute(executor)
-    .await?;
-    Ok(())
-}
-
-/// Stores a new recipient key; fails if the recipient has one (a concurrent first send).
-async fn insert_recipient_key<'e>(
-    executor: impl sqlx::Executor<'e, Database = sqlx::Postgres>,
-    key: &RecipientKeyRow,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO recipient_keys (tenant, recipient_hash, id, data_key_id, wrapped, \
-         created_at_us) VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(&key.tenant)
-    .bind(&key.recipient_hash)
-    .bind(&key.id)
-    .bind(&key.data_key_id)
-    .bind(&key.wrapped)
-    .bind(key.created_at_us)
     .execute(executor)
     .await?;
     Ok(())
