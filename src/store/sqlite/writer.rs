@@ -26,6 +26,9 @@ use crate::audit::merkle::{Frontier, Hash};
 use crate::store::rows::hash_from;
 use crate::store::{ConsentRecord, LogHead, MessageRecord, OutcomeRecord, Recorded, StoreError};
 
+/// The writer's page cache, in KiB (negative: SQLite's unit for a size rather than pages).
+const WRITER_CACHE_KIB: i64 = -131_072;
+
 /// The most writes one transaction takes; the rest wait for the next.
 const MAX_BATCH: usize = 512;
 
@@ -75,6 +78,9 @@ impl GroupWriter {
             "wal_autocheckpoint",
             super::checkpointer::WRITER_CHECKPOINT_FRAMES,
         )?;
+        // The writer's cache survives its own commits: the more of the indexes it holds, the
+        // fewer pages an insert at a random place (a recipient's hash) must read first.
+        connection.pragma_update(None, "cache_size", WRITER_CACHE_KIB)?;
         let (queue, jobs) = mpsc::channel();
         let stats = Arc::new(BatchStats::default());
         let thread_stats = stats.clone();
