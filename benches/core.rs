@@ -1,4 +1,4 @@
-//! Micro-benchmarks of the pure core: the reply classifier and `decide()`.
+//! Micro-benchmarks of the pure core: the reply classifier, `decide()`, and reading a number.
 //!
 //! `cargo bench --bench core`. Targets (from the issues): classify under 2 µs per message,
 //! decide under 5 µs per decision with the shipped policies loaded (all jurisdictions, the
@@ -118,5 +118,50 @@ fn event(seq: i64, action: Action, level: Option<Level>, scope: Scope, at: &str)
     }
 }
 
-criterion_group!(benches, classify, decision);
+/// Reading a written number (`numbering::parse`, which every message pays for its recipient and
+/// its sender), beside the validation the `phonenumber` crate would do on its own (its regex
+/// cache), for the same numbers: the difference is what `numbering`'s compiled plans save.
+fn parse_numbers(c: &mut Criterion) {
+    use consentry::numbering;
+    let numbers = [
+        "+14155550123",
+        "+16282123456",
+        "+13065550100",
+        "+447911123456",
+        "+33142685300",
+        "+5511912345678",
+    ];
+    numbering::parse(numbers[0], phonenumber::country::Id::US).unwrap();
+    c.bench_function("parse: six numbers of five countries (per number)", |b| {
+        let mut index = 0;
+        b.iter(|| {
+            index = (index + 1) % numbers.len();
+            black_box(numbering::parse(
+                black_box(numbers[index]),
+                phonenumber::country::Id::US,
+            ))
+        })
+    });
+    let database = numbering::database();
+    c.bench_function(
+        "parse: the same, validated and typed by the crate (per number)",
+        |b| {
+            let mut index = 0;
+            b.iter(|| {
+                index = (index + 1) % numbers.len();
+                let number =
+                    phonenumber::parse_with(database, None, black_box(numbers[index])).unwrap();
+                black_box((
+                    number.is_valid_with(database),
+                    number.number_type(database),
+                    number
+                        .metadata(database)
+                        .map(|metadata| metadata.id().len()),
+                ))
+            })
+        },
+    );
+}
+
+criterion_group!(benches, classify, decision, parse_numbers);
 criterion_main!(benches);
