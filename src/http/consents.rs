@@ -52,7 +52,7 @@ pub const METHODS: [&str; 9] = [
 const FUTURE_LEEWAY_SECONDS: i64 = 300;
 /// Events written per transaction during an import. One batch is written while the next is
 /// read, validated and sealed.
-const IMPORT_BATCH: usize = 2_000;
+const IMPORT_BATCH: usize = 10_000;
 /// The most refused lines listed in an import's answer; the count is always complete.
 const MAX_LISTED_ERRORS: usize = 1000;
 /// The largest import accepted.
