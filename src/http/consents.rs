@@ -50,9 +50,14 @@ pub const METHODS: [&str; 9] = [
 ];
 /// How far in the future `occurred_at` may be (clock skew between systems).
 const FUTURE_LEEWAY_SECONDS: i64 = 300;
-/// Events written per transaction during an import. One batch is written while the next is
-/// read, validated and sealed.
+/// Events written per transaction during an import, at most. One batch is written while the
+/// next is read, validated and sealed. Larger batches write each index page an event lands on
+/// for more events (ARCHITECTURE.md, "The write path"); a send arriving meanwhile waits for the
+/// batch being written, which bounds them.
 const IMPORT_BATCH: usize = 10_000;
+/// Sealed evidence per batch, at most: events with long disclosures make smaller batches, so
+/// that the two batches an import holds stay a few MiB.
+const IMPORT_BATCH_BYTES: usize = 2 << 20;
 /// The most refused lines listed in an import's answer; the count is always complete.
 const MAX_LISTED_ERRORS: usize = 1000;
 /// The largest import accepted.
@@ -431,6 +436,7 @@ pub async fn import(
         summary: ImportSummary::default(),
         batch: Vec::with_capacity(IMPORT_BATCH),
         batch_lines: Vec::with_capacity(IMPORT_BATCH),
+        batch_bytes: 0,
         header: None,
         committed_through: 0,
         in_flight: None,
@@ -519,6 +525,8 @@ struct Importer<'a> {
     summary: ImportSummary,
     batch: Vec<ConsentRecord>,
     batch_lines: Vec<u64>,
+    /// The sealed evidence in `batch`, in bytes.
+    batch_bytes: usize,
     /// The CSV header, once read.
     header: Option<Vec<CsvColumn>>,
     /// Every line up to this one is recorded or refused.
@@ -569,9 +577,10 @@ impl Importer<'_> {
                     now,
                 )
                 .await?;
+                self.batch_bytes += record.evidence.len();
                 self.batch.push(record);
                 self.batch_lines.push(line);
-                if self.batch.len() >= IMPORT_BATCH {
+                if self.batch.len() >= IMPORT_BATCH || self.batch_bytes >= IMPORT_BATCH_BYTES {
                     self.flush().await?;
                 }
             }
@@ -595,6 +604,7 @@ impl Importer<'_> {
         let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(IMPORT_BATCH));
         let last_line = self.batch_lines.last().copied().unwrap_or_default();
         self.batch_lines.clear();
+        self.batch_bytes = 0;
         let ledger: std::sync::Arc<dyn crate::store::Ledger> = self.state.store.clone();
         self.in_flight = Some((
             tokio::spawn(async move { ledger.record_consents(&batch).await }),
