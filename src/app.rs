@@ -31,6 +31,8 @@ pub struct App {
     fingerprint: String,
     cert_path: PathBuf,
     data_dir: PathBuf,
+    api_settings: server::Settings,
+    admin_settings: server::Settings,
 }
 
 impl App {
@@ -119,6 +121,7 @@ impl App {
             policies,
             webhooks,
             max_request_bytes: config.server.max_request_bytes,
+            min_body_rate: config.server.min_body_rate,
         };
         Ok(App {
             state: Arc::new(state),
@@ -126,6 +129,8 @@ impl App {
             fingerprint: identity.fingerprint(),
             cert_path: identity.cert_path,
             data_dir: data.root().to_path_buf(),
+            api_settings: server::Settings::api(&config.server),
+            admin_settings: server::Settings::admin(&config.server),
         })
     }
 
@@ -163,6 +168,7 @@ impl App {
             api,
             Some(TlsAcceptor::from(self.tls.clone())),
             http::api_router(self.state.clone()),
+            self.api_settings.clone(),
             wait(stopped.clone()),
         );
         let stopped_worker = stopped.clone();
@@ -170,6 +176,7 @@ impl App {
             admin,
             None,
             http::admin_router(self.state.clone()),
+            self.admin_settings.clone(),
             wait(stopped),
         );
         let worker = tokio::spawn(outbox::run(self.state.clone(), stopped_worker.clone()));

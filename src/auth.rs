@@ -8,6 +8,9 @@
 //!   to one algorithm: `alg: none`, or an HS256 token made with an RSA public key as secret,
 //!   never matches;
 //! - `iss`, `aud`, `exp` are required, `nbf` is honoured, with a leeway of at most 60 s;
+//!   `exp`, `nbf` and `iat` must be NumericDates (a number of seconds, 0 to year 9999), a
+//!   token issued in the future is refused, and `jwt.max_token_lifetime_seconds` bounds how
+//!   long a token may live;
 //! - `sub`, `tenant` and `scope` (space-separated) say who is sending, for which tenant, with
 //!   which permissions; optional `senders` and `purposes` narrow the tenant's configuration.
 //!
@@ -89,6 +92,8 @@ pub enum AuthError {
     BadClaims(String),
     #[error("the issuer may not issue tokens for this tenant")]
     TenantNotAllowed,
+    #[error("the token lives longer than this server accepts ({0} s)")]
+    LifetimeTooLong(u64),
 }
 
 impl AuthError {
@@ -108,6 +113,7 @@ impl AuthError {
             AuthError::MissingClaim(_) => "missing_claim",
             AuthError::BadClaims(_) => "invalid_claims",
             AuthError::TenantNotAllowed => "tenant_not_allowed",
+            AuthError::LifetimeTooLong(_) => "token_lifetime_too_long",
         }
     }
 }
@@ -128,6 +134,7 @@ struct Issuer {
 pub struct Verifier {
     issuers: HashMap<String, Issuer>,
     leeway_seconds: u64,
+    max_lifetime_seconds: Option<u64>,
     /// Tokens verified before, by the SHA-256 of the token, until their `exp`: a client sends
     /// the same token with every request, and checking its signature again each time was the
     /// largest CPU cost of a send. Lives as long as this verifier: a new configuration (new
@@ -219,6 +226,7 @@ impl Verifier {
         Ok(Verifier {
             issuers,
             leeway_seconds: config.jwt.leeway_seconds.min(60),
+            max_lifetime_seconds: config.jwt.max_token_lifetime_seconds,
             verified: Default::default(),
         })
     }
@@ -356,11 +364,25 @@ impl Verifier {
             })
             .transpose()
             .map_err(AuthError::BadClaims)?;
-        let exp = claims
-            .exp
-            .as_ref()
-            .and_then(serde_json::Value::as_f64)
-            .ok_or_else(|| AuthError::MissingClaim("exp".into()))? as i64;
+        let exp = numeric_date("exp", claims.exp.as_ref())?
+            .ok_or_else(|| AuthError::MissingClaim("exp".into()))?;
+        // jsonwebtoken checks `nbf` only when it is a number: any other type is refused here.
+        numeric_date("nbf", claims.nbf.as_ref())?;
+        let iat = numeric_date("iat", claims.iat.as_ref())?;
+        let now = jiff::Timestamp::now().as_second();
+        let leeway = self.leeway_seconds as i64;
+        if iat.is_some_and(|iat| iat > now + leeway) {
+            return Err(AuthError::BadClaims(
+                "iat: the token was issued in the future".into(),
+            ));
+        }
+        if let Some(max) = self.max_lifetime_seconds {
+            let max = i64::try_from(max).unwrap_or(i64::MAX);
+            let from = iat.unwrap_or(now).min(now);
+            if exp.saturating_sub(from) > max.saturating_add(leeway) {
+                return Err(AuthError::LifetimeTooLong(max as u64));
+            }
+        }
         let principal = Principal {
             subject,
             tenant,
@@ -374,6 +396,22 @@ impl Verifier {
             purposes,
         };
         Ok((principal, exp))
+    }
+}
+
+/// The latest NumericDate accepted: the end of year 9999.
+const MAX_NUMERIC_DATE: f64 = 253_402_300_799.0;
+
+/// A NumericDate claim (RFC 7519 section 2) in whole seconds, absent, or refused.
+fn numeric_date(name: &str, value: Option<&serde_json::Value>) -> Result<Option<i64>, AuthError> {
+    let Some(value) = value else { return Ok(None) };
+    match value.as_f64() {
+        Some(seconds) if seconds.is_finite() && (0.0..=MAX_NUMERIC_DATE).contains(&seconds) => {
+            Ok(Some(seconds as i64))
+        }
+        _ => Err(AuthError::BadClaims(format!(
+            "{name}: not a NumericDate (seconds since 1970, up to year 9999)"
+        ))),
     }
 }
 
@@ -466,12 +504,25 @@ fn load_jwks(path: &std::path::Path, field: &str) -> Result<Vec<VerifyKey>, Conf
 #[derive(Debug, Deserialize)]
 struct Claims {
     /// Checked by jsonwebtoken (a number, required); read here to know how long to cache.
+    #[serde(default, deserialize_with = "present")]
     exp: Option<serde_json::Value>,
+    /// Checked by jsonwebtoken when a number; its type is checked here (`null` included).
+    #[serde(default, deserialize_with = "present")]
+    nbf: Option<serde_json::Value>,
+    #[serde(default, deserialize_with = "present")]
+    iat: Option<serde_json::Value>,
     sub: Option<String>,
     tenant: Option<String>,
     scope: Option<String>,
     senders: Option<Vec<String>>,
     purposes: Option<Vec<String>>,
+}
+
+/// A claim that is there, whatever its value (`null` too): `Some`.
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(deserializer).map(Some)
 }
 
 /// The `kid` of the development key.

@@ -183,6 +183,23 @@ pub struct ServerConfig {
     /// sends through Twilio and Telnyx ask for delivery statuses at
     /// `<public_url>/v1/inbound/<upstream>`.
     pub public_url: Option<String>,
+    /// How long a client has for the TLS handshake and, on HTTP/1.1, for each request head.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_seconds: u64,
+    /// A connection on which nothing is read or written for this long is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_seconds: u64,
+    /// After a grace of 5 s, a request body must arrive at least this fast (bytes a second of
+    /// the time consentry waits for it), or the request gets 408.
+    #[serde(default = "default_min_body_rate")]
+    pub min_body_rate: u64,
+    /// The most connections open at once on the API listener; default: three quarters of the
+    /// open-file limit. Beyond it, the oldest connection that has not yet authenticated a
+    /// request is closed to make room, or the new one is refused.
+    pub max_connections: Option<usize>,
+    /// The most connections open at once from one client address.
+    #[serde(default = "default_max_connections_per_client")]
+    pub max_connections_per_client: usize,
 }
 
 impl Default for ServerConfig {
@@ -192,6 +209,11 @@ impl Default for ServerConfig {
             admin_listen: default_admin_listen(),
             max_request_bytes: default_max_request_bytes(),
             public_url: None,
+            header_timeout_seconds: default_header_timeout(),
+            idle_timeout_seconds: default_idle_timeout(),
+            min_body_rate: default_min_body_rate(),
+            max_connections: None,
+            max_connections_per_client: default_max_connections_per_client(),
         }
     }
 }
@@ -204,6 +226,18 @@ fn default_admin_listen() -> SocketAddr {
 }
 fn default_max_request_bytes() -> usize {
     64 * 1024
+}
+fn default_header_timeout() -> u64 {
+    10
+}
+fn default_idle_timeout() -> u64 {
+    60
+}
+fn default_min_body_rate() -> u64 {
+    1024
+}
+fn default_max_connections_per_client() -> usize {
+    1024
 }
 
 /// Certificate and key in PEM. Both or neither: neither means a self-signed certificate
@@ -243,6 +277,9 @@ pub struct JwtConfig {
     /// Clock leeway for `exp` and `nbf`, at most 60 seconds.
     #[serde(default = "default_leeway")]
     pub leeway_seconds: u64,
+    /// The longest a token may live: one whose `exp` is further than this from its `iat`, or
+    /// from now, is refused (`token_lifetime_too_long`). Unset: no limit.
+    pub max_token_lifetime_seconds: Option<u64>,
     #[serde(default)]
     pub issuers: Vec<IssuerConfig>,
 }
@@ -252,6 +289,7 @@ impl Default for JwtConfig {
         JwtConfig {
             dev_issuer: false,
             leeway_seconds: default_leeway(),
+            max_token_lifetime_seconds: None,
             issuers: Vec::new(),
         }
     }
@@ -717,6 +755,27 @@ impl Config {
     /// `policies` names are checked by loading them (`policy::rules::PolicySet::load`), which
     /// `consentry` does right after reading this file.
     fn check(&self) -> Result<(), ConfigError> {
+        if !(1..=300).contains(&self.server.header_timeout_seconds) {
+            return Err(field_error(
+                "server.header_timeout_seconds",
+                "must be between 1 and 300",
+            ));
+        }
+        if !(1..=86_400).contains(&self.server.idle_timeout_seconds) {
+            return Err(field_error(
+                "server.idle_timeout_seconds",
+                "must be between 1 and 86400",
+            ));
+        }
+        if self.server.min_body_rate == 0 {
+            return Err(field_error("server.min_body_rate", "must be at least 1"));
+        }
+        if self.server.max_connections == Some(0) || self.server.max_connections_per_client == 0 {
+            return Err(field_error(
+                "server.max_connections",
+                "connection limits must be at least 1",
+            ));
+        }
         if self.server.max_request_bytes < 1024 || self.server.max_request_bytes > 16 << 20 {
             return Err(field_error(
                 "server.max_request_bytes",

@@ -51,11 +51,13 @@ impl TlsIdentity {
 }
 
 impl DataDir {
-    /// Opens the folder, creating it (mode 0700) if needed.
+    /// Opens the folder, creating it (mode 0700) if needed; a folder that others may read is
+    /// made private, with a warning.
     pub fn open(root: &Path) -> anyhow::Result<Self> {
         for dir in [root.to_path_buf(), root.join("tls"), root.join("keys")] {
             create_private_dir(&dir)
                 .with_context(|| format!("cannot create data folder {}", dir.display()))?;
+            make_private(&dir, 0o700)?;
         }
         Ok(DataDir {
             root: root.to_path_buf(),
@@ -192,6 +194,56 @@ fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     }
 }
 
+/// Takes every permission of group and others off an existing `path` (setting `mode`), with a
+/// warning that says what it was: consentry's files are its own.
+pub fn make_private(path: &Path, mode: u32) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let metadata = match fs::metadata(path) {
+            Ok(metadata) => metadata,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => {
+                return Err(error).with_context(|| format!("cannot read {}", path.display()));
+            }
+        };
+        let current = metadata.permissions().mode() & 0o777;
+        if current & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                was = format!("{current:o}"),
+                now = format!("{mode:o}"),
+                "others could read a file of consentry's; its permissions were narrowed"
+            );
+            fs::set_permissions(path, fs::Permissions::from_mode(mode))
+                .with_context(|| format!("cannot make {} private", path.display()))?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
+    Ok(())
+}
+
+/// Creates the file at `path`, empty and with mode 0600, unless it exists; makes an existing
+/// one private. For a database file: SQLite gives its WAL and shared-memory files the
+/// database file's permissions.
+pub fn private_file(path: &Path) -> anyhow::Result<()> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            make_private(path, 0o600)
+        }
+        Err(error) => Err(error).with_context(|| format!("cannot create {}", path.display())),
+    }
+}
+
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     let mut builder = fs::DirBuilder::new();
     builder.recursive(true);
@@ -237,6 +289,26 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn an_existing_folder_and_database_are_made_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let folder = tempfile::tempdir().unwrap();
+        let root = folder.path().join("data");
+        fs::create_dir(&root).unwrap();
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
+        DataDir::open(&root).unwrap();
+        let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&root), 0o700);
+        let database = root.join("other.db");
+        fs::write(&database, b"").unwrap();
+        fs::set_permissions(&database, fs::Permissions::from_mode(0o644)).unwrap();
+        private_file(&database).unwrap();
+        assert_eq!(mode(&database), 0o600);
+        let new = root.join("new.db");
+        private_file(&new).unwrap();
+        assert_eq!(mode(&new), 0o600);
     }
 
     #[test]

@@ -9,7 +9,9 @@
 pub mod admin;
 pub mod audit;
 pub mod consents;
+pub mod edge;
 pub mod error;
+pub mod extract;
 pub mod fronts;
 pub mod inbound;
 pub mod messages;
@@ -63,6 +65,10 @@ pub fn api_router(state: Arc<AppState>) -> Router {
         .route("/v1/erasure", post(audit::erase))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            edge::guard,
+        ))
         .with_state(state)
 }
 

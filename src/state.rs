@@ -37,6 +37,8 @@ pub struct AppState {
     pub policies: PolicySet,
     pub webhooks: Webhooks,
     pub max_request_bytes: usize,
+    /// The slowest a request body may arrive, after its grace (`http::edge`).
+    pub min_body_rate: u64,
 }
 
 /// The parts of the store (`store`'s traits): each flow and worker names the one it uses, and

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use bytes::Bytes;
@@ -25,6 +25,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
+use super::extract::{Path, Query};
 use crate::audit::leaf::{self, BodyAccess, Erasure, Kind};
 use crate::audit::merkle::{self, Hash, NodeId};
 use crate::auth::scope;
@@ -416,9 +417,10 @@ where
 pub async fn messages(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Query(query): Query<ListQuery>,
+    query: Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let (_principal, tenant) = state.authorize(&headers, scope::AUDIT_READ)?;
+    let query = query.get()?;
     let format = query.format()?;
     let filter = query.filter(&state, tenant, Kind::Message)?;
     let upto = state.audit_log().log_size().await? as i64;
@@ -450,9 +452,10 @@ pub async fn messages(
 pub async fn consent_events(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Query(query): Query<ListQuery>,
+    query: Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let (_principal, tenant) = state.authorize(&headers, scope::AUDIT_READ)?;
+    let query = query.get()?;
     let format = query.format()?;
     let filter = query.filter(&state, tenant, Kind::ConsentEvent)?;
     let upto = state.audit_log().log_size().await? as i64;
@@ -485,9 +488,10 @@ pub async fn consent_events(
 pub async fn message_body(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let (principal, tenant) = state.authorize(&headers, scope::AUDIT_DECRYPT)?;
+    let id = id.get()?;
     let record = state
         .audit_log()
         .audited_message(&tenant.id, &id)
@@ -612,9 +616,10 @@ pub struct InclusionQuery {
 pub async fn inclusion(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Query(query): Query<InclusionQuery>,
+    query: Query<InclusionQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let (_principal, tenant) = state.authorize(&headers, scope::AUDIT_READ)?;
+    let query = query.get()?;
     let size = tree_size(&state, query.tree_size).await?;
     if query.leaf_index >= size {
         return Err(bad("leaf_index", "the leaf is not in a tree of that size"));
@@ -653,9 +658,10 @@ pub struct ConsistencyQuery {
 pub async fn consistency(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Query(query): Query<ConsistencyQuery>,
+    query: Query<ConsistencyQuery>,
 ) -> Result<Json<Value>, ApiError> {
     state.authorize(&headers, scope::AUDIT_READ)?;
+    let query = query.get()?;
     let to = tree_size(&state, query.to).await?;
     if query.from > to {
         return Err(bad("from", "from must not be larger than to"));
@@ -686,9 +692,10 @@ pub async fn consistency(
 pub async fn bundle(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(number): Path<String>,
+    number: Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let (_principal, tenant) = state.authorize(&headers, scope::AUDIT_READ)?;
+    let number = number.get()?;
     let number = parse_number(tenant, &number)?;
     let filter = AuditFilter {
         recipient_hash: Some(state.numbers.hash(&number)),
@@ -761,9 +768,10 @@ pub struct ErasureRequest {
 pub async fn erase(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let (principal, tenant) = state.authorize(&headers, scope::ADMIN)?;
+    let body = super::messages::read_body(&headers, body, state.max_request_bytes).await?;
     let request: ErasureRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(
             "invalid_request",

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body as RequestBody;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode};
 use http_body_util::BodyExt as _;
@@ -32,6 +32,7 @@ use crate::flow::{
     consent::{Evidence, Validated},
 };
 use crate::http::error::ApiError;
+use crate::http::extract::Path;
 use crate::import::{CsvRecords, ImportError, NdjsonLines};
 use crate::state::AppState;
 use crate::store::{ConsentRecord, Recorded, StoredConsent};
@@ -327,9 +328,10 @@ pub async fn record(
 pub async fn show(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(number): Path<String>,
+    number: Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let (_principal, tenant) = state.authorize(&headers, scope::CONSENTS_READ)?;
+    let number = number.get()?;
     let number = PhoneNumber::parse(&number, tenant.default_region).map_err(|e| {
         ApiError::bad_request("invalid_number", format!("number: {e}")).with("field", "number")
     })?;
@@ -451,10 +453,7 @@ pub async fn import(
             Some(Ok(frame)) => Some(frame),
             Some(Err(error)) => {
                 return Err(importer
-                    .stop(ApiError::bad_request(
-                        "invalid_request",
-                        format!("the upload was interrupted: {error}"),
-                    ))
+                    .stop(super::edge::body_error(&error, MAX_IMPORT_BYTES as usize))
                     .await);
             }
         };

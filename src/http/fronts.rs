@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Body as RequestBody;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use http::{HeaderMap, StatusCode};
@@ -36,6 +36,7 @@ use crate::flow::{
     send::{Delivery, Processed},
 };
 use crate::http::error::ApiError;
+use crate::http::extract::Path;
 use crate::http::messages::{SendRequest, canonical_message, read_body_any, sender_bounds};
 use crate::state::AppState;
 use crate::store::MessageStatus;
@@ -242,11 +243,12 @@ fn vonage_token(headers: &HeaderMap, form_secret: Option<String>) -> Result<Stri
 
 pub async fn twilio_create(
     State(state): State<Arc<AppState>>,
-    Path(account_sid): Path<String>,
+    account_sid: Path<String>,
     headers: HeaderMap,
     body: RequestBody,
 ) -> Response {
     let rendered = async {
+        let account_sid = account_sid.get()?;
         let principal = twilio_principal(&state, &headers, &account_sid)?;
         let (principal, tenant) = state.admit(principal, scope::SEND)?;
         let bytes = read_body_any(&headers, body, state.max_request_bytes).await?;
@@ -355,10 +357,11 @@ fn twilio_error(error: &ApiError) -> Response {
 
 pub async fn twilio_fetch(
     State(state): State<Arc<AppState>>,
-    Path((account_sid, file)): Path<(String, String)>,
+    path: Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
     let rendered = async {
+        let (account_sid, file) = path.get()?;
         let principal = twilio_principal(&state, &headers, &account_sid)?;
         let (principal, tenant) = state.admit(principal, scope::READ_MESSAGES)?;
         let not_found = || {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body as RequestBody;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode, Uri};
 use jiff::Timestamp;
@@ -29,6 +29,7 @@ use crate::dialect::{self, InboundMessage, WebhookEvent};
 use crate::flow::receive::Received;
 use crate::flow::{self, send::Delivery};
 use crate::http::error::ApiError;
+use crate::http::extract::{Path, Query};
 use crate::http::messages::{parse_json, read_body, read_body_any};
 use crate::state::AppState;
 use crate::store::Resolved;
@@ -36,7 +37,7 @@ use crate::upstream::{Upstream, WebhookKey};
 
 pub async fn webhook(
     State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    name: Path<String>,
     uri: Uri,
     headers: HeaderMap,
     body: RequestBody,
@@ -48,6 +49,7 @@ pub async fn webhook(
             "no such upstream webhook",
         )
     };
+    let name = name.get()?;
     let Some(Upstream::Gateway(gateway)) = state.upstreams.get(&name) else {
         return Err(not_found());
     };
@@ -196,9 +198,10 @@ pub struct ReviewQuery {
 pub async fn reviews(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Query(query): Query<ReviewQuery>,
+    query: Query<ReviewQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let (principal, _tenant) = state.authorize(&headers, scope::CONSENTS_READ)?;
+    let query = query.get()?;
     let reviews = state
         .inbound()
         .reviews(&principal.tenant, query.open.unwrap_or(true))
@@ -215,10 +218,11 @@ struct Resolution {
 pub async fn resolve_review(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Path<String>,
     body: RequestBody,
 ) -> Result<Json<Value>, ApiError> {
     let (principal, tenant) = state.authorize(&headers, scope::CONSENTS_WRITE)?;
+    let id = id.get()?;
     let bytes = read_body(&headers, body, state.max_request_bytes).await?;
     let resolution: Resolution = parse_json(&bytes)?;
     let outcome: &'static str = match resolution.outcome.as_str() {

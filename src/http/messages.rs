@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body as RequestBody;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
@@ -27,6 +27,7 @@ use crate::config::Tenant;
 use crate::domain::{Body, CanonicalMessage, MessageId, PhoneNumber, Purpose, Sender};
 use crate::flow::{self, send::Delivery, send::Processed};
 use crate::http::error::ApiError;
+use crate::http::extract::Path;
 use crate::policy::{self, Decision, SenderBounds};
 use crate::state::AppState;
 
@@ -160,9 +161,10 @@ pub async fn dry_run(
 pub async fn show(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Path<String>,
 ) -> Result<Json<crate::store::MessageView>, ApiError> {
     let (principal, _tenant) = state.authorize(&headers, scope::READ_MESSAGES)?;
+    let id = id.get()?;
     let not_found = || {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -217,7 +219,7 @@ pub(crate) async fn read_body_any(
     }
     axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| ApiError::payload_too_large(limit))
+        .map_err(|error| super::edge::body_error(&error, limit))
 }
 
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {

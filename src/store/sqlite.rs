@@ -72,18 +72,30 @@ impl SqliteStore {
             .pragma("secure_delete", "on")
             // The checkpoint thread checkpoints (sqlite/checkpointer.rs), not each commit.
             .pragma("wal_autocheckpoint", "0");
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options.clone())
-            .await?;
-        MIGRATIONS.run(&pool).await?;
         let path = options.get_filename();
         if path.as_os_str().is_empty() || path.to_string_lossy().contains(":memory:") {
             return Err(StoreError::Unsafe(
                 "an in-memory SQLite database is not durable: give a file".into(),
             ));
         }
+        // The database and its WAL and shared memory are consentry's alone (SQLite gives the
+        // last two the database file's mode).
+        crate::datadir::private_file(path)
+            .and_then(|()| {
+                for suffix in ["-wal", "-shm"] {
+                    let mut side = path.as_os_str().to_owned();
+                    side.push(suffix);
+                    crate::datadir::make_private(std::path::Path::new(&side), 0o600)?;
+                }
+                Ok(())
+            })
+            .map_err(|error| StoreError::Unsafe(format!("{error:#}")))?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options.clone())
+            .await?;
+        MIGRATIONS.run(&pool).await?;
         let writer: std::sync::Arc<tokio::sync::Mutex<()>> = Default::default();
         let readers = std::sync::Arc::new(reader::Readers::new(path));
         checkpointer::start(path, std::sync::Arc::downgrade(&readers))?;
