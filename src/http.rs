@@ -13,6 +13,7 @@ pub mod edge;
 pub mod error;
 pub mod extract;
 pub mod fronts;
+pub mod idempotency;
 pub mod inbound;
 pub mod messages;
 pub mod sandbox;

@@ -9,7 +9,8 @@
 //!
 //! Of the store it uses [`Messages`](crate::store::Messages) (claims, release decisions) and
 //! [`Keys`](crate::store::Keys) (whether the recipient's key was erased); facts and sending go
-//! through `flow::send`.
+//! through `flow::send`. Its loop also deletes expired idempotency keys
+//! ([`IdempotencyKeys`](crate::store::IdempotencyKeys)).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,8 @@ use crate::store::{DecisionKind, DeferredMessage, ReleaseRecord};
 const BATCH: i64 = 200;
 /// How often the worker looks for due messages.
 const POLL: Duration = Duration::from_millis(500);
+/// How often expired idempotency keys are deleted.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
 
 /// What one pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -41,9 +44,20 @@ pub struct Released {
 
 /// Runs the worker until `stop` turns true.
 pub async fn run(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut purged = tokio::time::Instant::now();
     loop {
         if let Err(error) = release_due(&state).await {
             tracing::warn!(%error, "releasing deferred messages failed; retrying");
+        }
+        // Expired idempotency keys and their kept answers go, once a minute.
+        if purged.elapsed() >= PURGE_EVERY {
+            purged = tokio::time::Instant::now();
+            let now_us = state.clock.now().as_microsecond();
+            match state.idempotency_keys().purge_keys(now_us).await {
+                Ok(0) => {}
+                Ok(count) => tracing::debug!(count, "expired idempotency keys deleted"),
+                Err(error) => tracing::warn!(%error, "expired idempotency keys not deleted"),
+            }
         }
         tokio::select! {
             () = tokio::time::sleep(POLL) => {}

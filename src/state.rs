@@ -17,7 +17,9 @@ use crate::domain::TenantId;
 use crate::keyring::KeyRing;
 use crate::outbox::webhooks::Webhooks;
 use crate::policy::rules::PolicySet;
-use crate::store::{AuditLog, Database, Inbound, Keys, Ledger, Messages, Outbox, Store};
+use crate::store::{
+    AuditLog, Database, IdempotencyKeys, Inbound, Keys, Ledger, Messages, Outbox, Store,
+};
 use crate::upstream::Upstreams;
 
 /// What every request handler, flow and worker shares.
@@ -72,6 +74,11 @@ impl AppState {
     /// The verifiable log: sequencing, subtrees, checkpoints, audit lists, body accesses,
     /// erasures.
     pub fn audit_log(&self) -> &dyn AuditLog {
+        &*self.store
+    }
+
+    /// Idempotency keys of sends.
+    pub fn idempotency_keys(&self) -> &dyn IdempotencyKeys {
         &*self.store
     }
 

@@ -776,11 +776,136 @@ pub trait Keys: Send + Sync + 'static {
     -> Result<RecipientKeyRow, StoreError>;
 }
 
+/// A request's claim on an idempotency key.
+#[derive(Debug, Clone)]
+pub struct KeyClaim {
+    pub tenant: String,
+    pub key: String,
+    /// SHA-256 of what the request asked (route, content type, body).
+    pub request_hash: Vec<u8>,
+    pub now_us: i64,
+    pub expires_at_us: i64,
+}
+
+/// What a claim found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claimed {
+    /// The key is this request's: nothing was done with it before (or its answer expired).
+    Fresh,
+    /// A request with the key has not answered yet (or was interrupted: fail closed).
+    InUse { since_us: i64 },
+    /// The key was used for another request.
+    Mismatch,
+    /// The key's first answer.
+    Answered(KeyAnswer),
+}
+
+/// The first answer to a key, sealed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyAnswer {
+    pub status: u16,
+    pub content_type: String,
+    pub key_id: String,
+    pub sealed: Vec<u8>,
+    /// The message's recipient, when the request named one: its erasure deletes the answer.
+    pub recipient_hash: Option<String>,
+}
+
+/// A key's row as stored, for [`classify`].
+#[derive(Debug, Clone)]
+pub struct StoredKey {
+    pub request_hash: Vec<u8>,
+    pub created_at_us: i64,
+    pub expires_at_us: i64,
+    /// Present once the first request answered.
+    pub answer: Option<KeyAnswer>,
+}
+
+impl StoredKey {
+    /// The row from its columns ([`STORED_KEY_COLUMNS`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_columns(
+        request_hash: Vec<u8>,
+        created_at_us: i64,
+        expires_at_us: i64,
+        state: &str,
+        status: Option<i64>,
+        content_type: Option<String>,
+        key_id: Option<String>,
+        answer: Option<Vec<u8>>,
+        recipient_hash: Option<String>,
+    ) -> StoredKey {
+        let answer = match (state, status, content_type, key_id, answer) {
+            ("answered", Some(status), Some(content_type), Some(key_id), Some(sealed)) => {
+                Some(KeyAnswer {
+                    status: u16::try_from(status).unwrap_or(500),
+                    content_type,
+                    key_id,
+                    sealed,
+                    recipient_hash,
+                })
+            }
+            _ => None,
+        };
+        StoredKey {
+            request_hash,
+            created_at_us,
+            expires_at_us,
+            answer,
+        }
+    }
+}
+
+/// What a claim finds, given the key's row: the one rule both backends apply.
+pub fn classify(existing: Option<StoredKey>, claim: &KeyClaim) -> Claimed {
+    match existing {
+        None => Claimed::Fresh,
+        Some(stored) if stored.expires_at_us <= claim.now_us => Claimed::Fresh,
+        Some(stored) if stored.request_hash != claim.request_hash => Claimed::Mismatch,
+        Some(StoredKey {
+            answer: Some(answer),
+            ..
+        }) => Claimed::Answered(answer),
+        Some(stored) => Claimed::InUse {
+            since_us: stored.created_at_us,
+        },
+    }
+}
+
+/// The columns of `idempotency_keys` that [`StoredKey`] is read from, in this order.
+pub const STORED_KEY_COLUMNS: &str = "request_hash, created_at_us, expires_at_us, state, status, \
+     content_type, key_id, answer, recipient_hash";
+
+/// Idempotency keys of sends (`http::idempotency`).
+#[async_trait]
+pub trait IdempotencyKeys: Send + Sync + 'static {
+    /// Claims a key for a request, durably, or says what holds it.
+    async fn claim_key(&self, claim: &KeyClaim) -> Result<Claimed, StoreError>;
+    /// Keeps a claimed key's answer. Returns once any later claim of the key will see it.
+    async fn answer_key(
+        &self,
+        tenant: &str,
+        key: &str,
+        answer: &KeyAnswer,
+    ) -> Result<(), StoreError>;
+    /// Gives a claimed key up: nothing was sent, a retry may run again.
+    async fn release_key(&self, tenant: &str, key: &str) -> Result<(), StoreError>;
+    /// Deletes the keys that expired before `now_us`; returns how many.
+    async fn purge_keys(&self, now_us: i64) -> Result<u64, StoreError>;
+}
+
 /// Everything a backend stores, for what needs all of it (`open`, the wiring, `AppState`); a
 /// flow or worker names the part it uses instead.
-pub trait Store: Database + Ledger + Messages + Inbound + Outbox + AuditLog + Keys {}
+pub trait Store:
+    Database + Ledger + Messages + Inbound + Outbox + AuditLog + Keys + IdempotencyKeys
+{
+}
 
-impl<T: Database + Ledger + Messages + Inbound + Outbox + AuditLog + Keys + ?Sized> Store for T {}
+impl<
+    T: Database + Ledger + Messages + Inbound + Outbox + AuditLog + Keys + IdempotencyKeys + ?Sized,
+> Store for T
+{
+}
 
 /// Opens the store a database URL names.
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {

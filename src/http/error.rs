@@ -135,8 +135,26 @@ impl From<FlowError> for ApiError {
     }
 }
 
+/// In the extensions of an answer that says nothing was sent because consentry could not
+/// record or seal the message (503): an idempotency key is given up rather than kept, so that
+/// the retry runs.
+#[derive(Debug, Clone, Copy)]
+pub struct NothingSent;
+
+impl ApiError {
+    /// Marks `response` (this error, in whatever shape a front renders it) with
+    /// [`NothingSent`] when this error says nothing was sent.
+    pub fn mark(&self, mut response: Response) -> Response {
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.extensions_mut().insert(NothingSent);
+        }
+        response
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let nothing_sent = self.status == StatusCode::SERVICE_UNAVAILABLE;
         let mut error = Map::new();
         error.insert("code".into(), self.code.into());
         error.insert("message".into(), self.message.into());
@@ -148,6 +166,9 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(http::header::WWW_AUTHENTICATE, value);
+        }
+        if nothing_sent {
+            response.extensions_mut().insert(NothingSent);
         }
         response
     }

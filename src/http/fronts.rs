@@ -37,6 +37,7 @@ use crate::flow::{
 };
 use crate::http::error::ApiError;
 use crate::http::extract::Path;
+use crate::http::idempotency::{self, Begun};
 use crate::http::messages::{SendRequest, canonical_message, read_body_any, sender_bounds};
 use crate::state::AppState;
 use crate::store::MessageStatus;
@@ -101,6 +102,7 @@ async fn send(
     from: String,
     body: String,
     status_callback: Option<crate::domain::StatusCallback>,
+    recipient: &mut Option<String>,
 ) -> Outcome {
     let purpose = match header(headers, "x-consentry-purpose") {
         Some(purpose) => purpose.to_owned(),
@@ -119,6 +121,7 @@ async fn send(
         Err(error) => return Outcome::Refused(error),
     };
     message.status_callback = status_callback;
+    *recipient = Some(state.numbers.hash(&message.to));
     let bounds = sender_bounds(principal, tenant);
     match flow::send::process(state, tenant, &bounds, message, Delivery::Upstream).await {
         Ok(Processed::Sent { id, .. }) => Outcome::Accepted {
@@ -247,11 +250,27 @@ pub async fn twilio_create(
     headers: HeaderMap,
     body: RequestBody,
 ) -> Response {
+    let mut held = None;
+    let mut recipient = None;
     let rendered = async {
         let account_sid = account_sid.get()?;
         let principal = twilio_principal(&state, &headers, &account_sid)?;
         let (principal, tenant) = state.admit(principal, scope::SEND)?;
         let bytes = read_body_any(&headers, body, state.max_request_bytes).await?;
+        match idempotency::begin(
+            &state,
+            tenant,
+            &headers,
+            &["i-twilio-idempotency-token"],
+            &format!("twilio {account_sid}"),
+            &bytes,
+        )
+        .await?
+        {
+            Begun::Answer(answer) => return Ok(answer),
+            Begun::Held(key) => held = Some(key),
+            Begun::Unkeyed => {}
+        }
         let mut fields = form_fields(&bytes)?;
         let status_callback = match fields.remove("StatusCallback") {
             None => None,
@@ -315,6 +334,7 @@ pub async fn twilio_create(
                 from.clone(),
                 text.clone(),
                 status_callback,
+                &mut recipient,
             )
             .await
             {
@@ -347,12 +367,26 @@ pub async fn twilio_create(
         )
     }
     .await;
-    rendered.unwrap_or_else(|error| twilio_error(&error))
+    let response = rendered.unwrap_or_else(|error| twilio_error(&error));
+    finish(&state, held, response, recipient).await
+}
+
+/// Keeps a keyed request's answer for its retries (`http::idempotency`).
+async fn finish(
+    state: &AppState,
+    held: Option<idempotency::Held>,
+    response: Response,
+    recipient: Option<String>,
+) -> Response {
+    match held {
+        Some(key) => key.finish(state, response, recipient).await,
+        None => response,
+    }
 }
 
 fn twilio_error(error: &ApiError) -> Response {
     let (status, body) = twilio::error_body(error.code, &error.message);
-    json_response(status, body)
+    error.mark(json_response(status, body))
 }
 
 pub async fn twilio_fetch(
@@ -436,9 +470,16 @@ pub async fn telnyx_send(
     headers: HeaderMap,
     body: RequestBody,
 ) -> Response {
+    let mut held = None;
+    let mut recipient = None;
     let rendered = async {
         let (principal, tenant) = state.authorize(&headers, scope::SEND)?;
         let bytes = read_body_any(&headers, body, state.max_request_bytes).await?;
+        match idempotency::begin(&state, tenant, &headers, &[], "telnyx", &bytes).await? {
+            Begun::Answer(answer) => return Ok(answer),
+            Begun::Held(key) => held = Some(key),
+            Begun::Unkeyed => {}
+        }
         let request: TelnyxSend = serde_json::from_slice(&bytes).map_err(|e| {
             let code = if e.to_string().contains("duplicate field") {
                 "duplicate_parameter"
@@ -484,6 +525,7 @@ pub async fn telnyx_send(
                 from.clone(),
                 text.clone(),
                 None,
+                &mut recipient,
             )
             .await
             {
@@ -508,7 +550,8 @@ pub async fn telnyx_send(
         )
     }
     .await;
-    rendered.unwrap_or_else(|error| telnyx_error(&error))
+    let response = rendered.unwrap_or_else(|error| telnyx_error(&error));
+    finish(&state, held, response, recipient).await
 }
 
 /// Telnyx ids are UUIDs: the same 128 bits as the consentry id.
@@ -520,7 +563,7 @@ fn telnyx_id(id: &MessageId) -> String {
 
 fn telnyx_error(error: &ApiError) -> Response {
     let (status, body) = telnyx::error_body(error.code, &error.message);
-    json_response(status, body)
+    error.mark(json_response(status, body))
 }
 
 /// The Vonage JSON request: the fields consentry reads.
@@ -539,6 +582,8 @@ pub async fn vonage_send(
     body: RequestBody,
 ) -> Response {
     let mut recipient = String::new();
+    let mut held = None;
+    let mut recipient_hash = None;
     let rendered = async {
         let bytes = read_body_any(&headers, body, state.max_request_bytes).await?;
         let is_json =
@@ -569,6 +614,11 @@ pub async fn vonage_send(
         let token = vonage_token(&headers, fields.remove("api_secret"))?;
         let principal = state.verifier.verify(&token)?;
         let (principal, tenant) = state.admit(principal, scope::SEND)?;
+        match idempotency::begin(&state, tenant, &headers, &[], "vonage", &bytes).await? {
+            Begun::Answer(answer) => return Ok(answer),
+            Begun::Held(key) => held = Some(key),
+            Begun::Unkeyed => {}
+        }
         let to = fields
             .remove("to")
             .ok_or_else(|| ApiError::bad_request("missing_to", "Missing to param"))?;
@@ -602,6 +652,7 @@ pub async fn vonage_send(
                 from,
                 text,
                 None,
+                &mut recipient_hash,
             )
             .await
             {
@@ -614,14 +665,15 @@ pub async fn vonage_send(
         )
     }
     .await;
-    rendered.unwrap_or_else(|error| vonage_error(&recipient, &error))
+    let response = rendered.unwrap_or_else(|error| vonage_error(&recipient, &error));
+    finish(&state, held, response, recipient_hash).await
 }
 
 fn vonage_error(to: &str, error: &ApiError) -> Response {
     let status = vonage::status_for(error.code);
     let text = format!("{}: {}", error.code, error.message);
-    json_response(
+    error.mark(json_response(
         200,
         vonage::front_answer(to, None, status, Some(&text), error.code),
-    )
+    ))
 }

@@ -28,6 +28,7 @@ use crate::domain::{Body, CanonicalMessage, MessageId, PhoneNumber, Purpose, Sen
 use crate::flow::{self, send::Delivery, send::Processed};
 use crate::http::error::ApiError;
 use crate::http::extract::Path;
+use crate::http::idempotency::{self, Begun};
 use crate::policy::{self, Decision, SenderBounds};
 use crate::state::AppState;
 
@@ -51,10 +52,37 @@ pub async fn send(
 ) -> Result<Response, ApiError> {
     let (principal, tenant) = state.authorize(&headers, scope::SEND)?;
     let bytes = read_body(&headers, body, state.max_request_bytes).await?;
-    let request: SendRequest = parse_json(&bytes)?;
+    let held = match idempotency::begin(&state, tenant, &headers, &[], "POST /v1/messages", &bytes)
+        .await?
+    {
+        Begun::Answer(answer) => return Ok(answer),
+        Begun::Held(key) => Some(key),
+        Begun::Unkeyed => None,
+    };
+    let mut recipient = None;
+    let response = send_parsed(&state, &principal, tenant, &bytes, &mut recipient)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    Ok(match held {
+        Some(key) => key.finish(&state, response, recipient).await,
+        None => response,
+    })
+}
+
+/// Parses, decides, records and forwards a native send; sets `recipient` once the recipient
+/// is known.
+async fn send_parsed(
+    state: &AppState,
+    principal: &Principal,
+    tenant: &Tenant,
+    bytes: &[u8],
+    recipient: &mut Option<String>,
+) -> Result<Response, ApiError> {
+    let request: SendRequest = parse_json(bytes)?;
     let message = canonical_message(request, tenant)?;
-    let bounds = sender_bounds(&principal, tenant);
-    match flow::send::process(&state, tenant, &bounds, message, Delivery::Upstream).await? {
+    *recipient = Some(state.numbers.hash(&message.to));
+    let bounds = sender_bounds(principal, tenant);
+    match flow::send::process(state, tenant, &bounds, message, Delivery::Upstream).await? {
         Processed::Denied(denial) => {
             let headline = &denial.reasons[0];
             Err(ApiError::new(

@@ -22,6 +22,9 @@ use super::{
     RecipientFacts, RecipientKeyRow, Recorded, ReleaseRecord, ResolutionRecord, Resolved,
     ReviewRecord, ReviewView, StoreError, StoredConsent, status_of,
 };
+use super::{
+    Claimed, IdempotencyKeys, KeyAnswer, KeyClaim, STORED_KEY_COLUMNS, StoredKey, classify,
+};
 use crate::audit::checkpoint::Checkpoint;
 use crate::audit::leaf::{self, BodyAccess, Erasure, Kind, Leaf};
 use crate::audit::merkle::{Frontier, Hash, NodeId};
@@ -1152,6 +1155,12 @@ impl AuditLog for PgStore {
                 .execute(&mut *transaction)
                 .await?
                 .rows_affected() as i64;
+        // Kept answers to idempotent sends may hold the number and the text.
+        sqlx::query("DELETE FROM idempotency_keys WHERE tenant = $1 AND recipient_hash = $2")
+            .bind(&erasure.tenant)
+            .bind(&erasure.recipient_hash)
+            .execute(&mut *transaction)
+            .await?;
         let erasure = Erasure {
             keys_destroyed: destroyed,
             ..erasure.clone()
@@ -1171,6 +1180,110 @@ impl AuditLog for PgStore {
         insert_log_entry(&mut *transaction, &leaf::erasure(&erasure)).await?;
         transaction.commit().await?;
         Ok(destroyed)
+    }
+}
+
+/// Shared by every instance: the key's row is the lock. A claim inserts it, or takes over an
+/// expired one, in one statement; otherwise it reads what holds it.
+#[async_trait]
+impl IdempotencyKeys for PgStore {
+    async fn claim_key(&self, claim: &KeyClaim) -> Result<Claimed, StoreError> {
+        // Twice at most: the row may expire and be purged between the insert and the read.
+        for _ in 0..2 {
+            let inserted = sqlx::query(
+                "INSERT INTO idempotency_keys (tenant, key, request_hash, state, created_at_us, \
+                 expires_at_us) VALUES ($1, $2, $3, 'pending', $4, $5) \
+                 ON CONFLICT (tenant, key) DO UPDATE SET request_hash = EXCLUDED.request_hash, \
+                 state = 'pending', created_at_us = EXCLUDED.created_at_us, \
+                 expires_at_us = EXCLUDED.expires_at_us, status = NULL, content_type = NULL, \
+                 key_id = NULL, answer = NULL, recipient_hash = NULL \
+                 WHERE idempotency_keys.expires_at_us <= EXCLUDED.created_at_us RETURNING 1",
+            )
+            .bind(&claim.tenant)
+            .bind(&claim.key)
+            .bind(&claim.request_hash)
+            .bind(claim.now_us)
+            .bind(claim.expires_at_us)
+            .fetch_optional(&self.pool)
+            .await?;
+            if inserted.is_some() {
+                return Ok(Claimed::Fresh);
+            }
+            let existing = sqlx::query(&format!(
+                "SELECT {STORED_KEY_COLUMNS} FROM idempotency_keys WHERE tenant = $1 AND key = $2"
+            ))
+            .bind(&claim.tenant)
+            .bind(&claim.key)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| -> Result<StoredKey, StoreError> {
+                Ok(StoredKey::from_columns(
+                    row.try_get(0)?,
+                    row.try_get(1)?,
+                    row.try_get(2)?,
+                    &row.try_get::<String, _>(3)?,
+                    row.try_get::<Option<i32>, _>(4)?.map(i64::from),
+                    row.try_get(5)?,
+                    row.try_get(6)?,
+                    row.try_get(7)?,
+                    row.try_get(8)?,
+                ))
+            })
+            .transpose()?;
+            if existing.is_some() {
+                let claimed = classify(existing, claim);
+                if claimed != Claimed::Fresh {
+                    return Ok(claimed);
+                }
+            }
+        }
+        Err(StoreError::Unsafe(
+            "an idempotency key could neither be claimed nor read".into(),
+        ))
+    }
+
+    async fn answer_key(
+        &self,
+        tenant: &str,
+        key: &str,
+        answer: &KeyAnswer,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE idempotency_keys SET state = 'answered', status = $1, content_type = $2, \
+             key_id = $3, answer = $4, recipient_hash = $5 \
+             WHERE tenant = $6 AND key = $7 AND state = 'pending'",
+        )
+        .bind(i32::from(answer.status))
+        .bind(&answer.content_type)
+        .bind(&answer.key_id)
+        .bind(&answer.sealed)
+        .bind(&answer.recipient_hash)
+        .bind(tenant)
+        .bind(key)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn release_key(&self, tenant: &str, key: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "DELETE FROM idempotency_keys WHERE tenant = $1 AND key = $2 AND state = 'pending'",
+        )
+        .bind(tenant)
+        .bind(key)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn purge_keys(&self, now_us: i64) -> Result<u64, StoreError> {
+        Ok(
+            sqlx::query("DELETE FROM idempotency_keys WHERE expires_at_us <= $1")
+                .bind(now_us)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
     }
 }
 

@@ -21,6 +21,7 @@ use super::{
     RecipientFacts, RecipientKeyRow, Recorded, ReleaseRecord, ResolutionRecord, Resolved,
     ReviewRecord, ReviewView, StoreError, StoredConsent, status_of,
 };
+use super::{Claimed, IdempotencyKeys, KeyAnswer, KeyClaim};
 use crate::audit::checkpoint::Checkpoint;
 use crate::audit::leaf::{self, BodyAccess, Erasure, Kind, Leaf};
 use crate::audit::merkle::{Hash, NodeId};
@@ -923,6 +924,12 @@ impl AuditLog for SqliteStore {
                 .execute(&mut *transaction)
                 .await?
                 .rows_affected() as i64;
+        // Kept answers to idempotent sends may hold the number and the text.
+        sqlx::query("DELETE FROM idempotency_keys WHERE tenant = ? AND recipient_hash = ?")
+            .bind(&erasure.tenant)
+            .bind(&erasure.recipient_hash)
+            .execute(&mut *transaction)
+            .await?;
         let erasure = Erasure {
             keys_destroyed: destroyed,
             ..erasure.clone()
@@ -960,6 +967,51 @@ impl AuditLog for SqliteStore {
              stays in the WAL file until SQLite's next checkpoint overwrites it"
         );
         Ok(destroyed)
+    }
+}
+
+/// Every idempotency write goes through the group writer: one queue, so a claim sees every
+/// answer and release queued before it, and a claim is durable before the send goes on.
+#[async_trait]
+impl IdempotencyKeys for SqliteStore {
+    async fn claim_key(&self, claim: &KeyClaim) -> Result<Claimed, StoreError> {
+        match self.batches.write(Write::ClaimKey(claim.clone())).await? {
+            Written::Claimed(claimed) => Ok(claimed),
+            _ => Err(StoreError::Unsafe(
+                "the writer answered another write".into(),
+            )),
+        }
+    }
+
+    async fn answer_key(
+        &self,
+        tenant: &str,
+        key: &str,
+        answer: &KeyAnswer,
+    ) -> Result<(), StoreError> {
+        // Queued, not waited for: a later claim is queued after it. Lost in a crash, the key
+        // stays pending until it expires, and a retry gets 409: nothing is sent twice.
+        self.batches.queue(Write::AnswerKey {
+            tenant: tenant.to_owned(),
+            key: key.to_owned(),
+            answer: answer.clone(),
+        })
+    }
+
+    async fn release_key(&self, tenant: &str, key: &str) -> Result<(), StoreError> {
+        self.batches.queue(Write::ReleaseKey {
+            tenant: tenant.to_owned(),
+            key: key.to_owned(),
+        })
+    }
+
+    async fn purge_keys(&self, now_us: i64) -> Result<u64, StoreError> {
+        match self.batches.write(Write::PurgeKeys(now_us)).await? {
+            Written::Purged(count) => Ok(count),
+            _ => Err(StoreError::Unsafe(
+                "the writer answered another write".into(),
+            )),
+        }
     }
 }
 

@@ -970,3 +970,42 @@ async fn a_webhook_or_an_import_sent_to_both_instances_counts_once() {
         200
     );
 }
+
+/// A client that retries a send through the other instance (its load balancer chose another)
+/// with the same `Idempotency-Key`: one SMS, and the retry gets the first answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_holds_across_instances() {
+    let Some(cluster) = Cluster::new("").await else {
+        return;
+    };
+    let a = cluster.start(None).await;
+    let b = cluster.start(None).await;
+    let keyed = |instance: &Instance, key: String, index: usize| {
+        cluster
+            .client
+            .post(instance.url("/v1/messages"))
+            .bearer_auth(&cluster.token)
+            .header("idempotency-key", key)
+            .json(&json!({
+                "to": number(90_000 + index), "from": SENDER,
+                "body": "once", "purpose": "transactional",
+            }))
+            .send()
+    };
+    for index in 0..20 {
+        let key = format!("retry-{index}");
+        // At once, through both: one sends, the other is told the key is in use or replays.
+        let (first, second) =
+            tokio::join!(keyed(&a, key.clone(), index), keyed(&b, key.clone(), index));
+        let statuses = [first.unwrap().status(), second.unwrap().status()];
+        assert!(
+            statuses.contains(&reqwest::StatusCode::CREATED),
+            "{statuses:?}"
+        );
+        // Later, through either: the first answer.
+        let again = keyed(&b, key.clone(), index).await.unwrap();
+        assert_eq!(again.status(), 201);
+        assert_eq!(again.headers()["idempotent-replayed"], "true");
+    }
+    assert_eq!(cluster.received("").len(), 20, "one SMS per key");
+}

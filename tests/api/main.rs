@@ -9,6 +9,7 @@ mod consents;
 mod edge;
 mod fronts;
 mod helpers;
+mod idempotency;
 mod inbound;
 mod instances;
 mod quiet_hours;

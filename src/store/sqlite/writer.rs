@@ -24,7 +24,10 @@ use super::connection;
 use crate::audit::leaf::{self, Leaf};
 use crate::audit::merkle::{Frontier, Hash};
 use crate::store::rows::hash_from;
-use crate::store::{ConsentRecord, LogHead, MessageRecord, OutcomeRecord, Recorded, StoreError};
+use crate::store::{
+    Claimed, ConsentRecord, KeyAnswer, KeyClaim, LogHead, MessageRecord, OutcomeRecord, Recorded,
+    STORED_KEY_COLUMNS, StoreError, StoredKey, classify,
+};
 
 /// The writer's page cache, in KiB (negative: SQLite's unit for a size rather than pages).
 const WRITER_CACHE_KIB: i64 = -131_072;
@@ -39,6 +42,21 @@ pub(crate) enum Write {
     Consents(Vec<ConsentRecord>),
     /// Gives up to this many pending log entries their leaf indexes (the log's sequencer).
     Sequence(i64),
+    /// Claims an idempotency key, or reads what holds it.
+    ClaimKey(KeyClaim),
+    /// Keeps a claimed key's answer.
+    AnswerKey {
+        tenant: String,
+        key: String,
+        answer: KeyAnswer,
+    },
+    /// Gives a claimed, unanswered key up.
+    ReleaseKey {
+        tenant: String,
+        key: String,
+    },
+    /// Deletes the keys expired at this time.
+    PurgeKeys(i64),
 }
 
 /// What a write returns once its batch is durable.
@@ -46,6 +64,8 @@ pub(crate) enum Written {
     Done,
     Consents(Vec<Recorded>),
     Sequenced(LogHead),
+    Claimed(Claimed),
+    Purged(u64),
 }
 
 struct Job {
@@ -89,6 +109,14 @@ impl GroupWriter {
             .spawn(move || run(connection, jobs, lock, &thread_stats))
             .map_err(|e| StoreError::Unsafe(format!("cannot start the writer thread: {e}")))?;
         Ok(GroupWriter { queue, stats })
+    }
+
+    /// Queues a write without waiting for it: every write queued after it is applied after it.
+    pub(crate) fn queue(&self, write: Write) -> Result<(), StoreError> {
+        let (answer, _) = oneshot::channel();
+        self.queue
+            .send(Job { write, answer })
+            .map_err(|_| StoreError::Unsafe("the writer thread has stopped".into()))
     }
 
     /// Queues a write and waits until the batch that holds it is committed (or failed).
@@ -218,7 +246,83 @@ fn apply(transaction: &Connection, write: &Write) -> Result<Written, StoreError>
                 .collect::<Result<_, _>>()?,
         )),
         Write::Sequence(limit) => Ok(Written::Sequenced(sequence(transaction, *limit)?)),
+        Write::ClaimKey(claim) => Ok(Written::Claimed(claim_key(transaction, claim)?)),
+        Write::AnswerKey {
+            tenant,
+            key,
+            answer,
+        } => {
+            transaction
+                .prepare_cached(
+                    "UPDATE idempotency_keys SET state = 'answered', status = ?, \
+                     content_type = ?, key_id = ?, answer = ?, recipient_hash = ? \
+                     WHERE tenant = ? AND key = ? AND state = 'pending'",
+                )?
+                .execute(params![
+                    answer.status,
+                    answer.content_type,
+                    answer.key_id,
+                    answer.sealed,
+                    answer.recipient_hash,
+                    tenant,
+                    key,
+                ])?;
+            Ok(Written::Done)
+        }
+        Write::ReleaseKey { tenant, key } => {
+            transaction
+                .prepare_cached(
+                    "DELETE FROM idempotency_keys WHERE tenant = ? AND key = ? \
+                     AND state = 'pending'",
+                )?
+                .execute(params![tenant, key])?;
+            Ok(Written::Done)
+        }
+        Write::PurgeKeys(now_us) => Ok(Written::Purged(
+            transaction
+                .prepare_cached("DELETE FROM idempotency_keys WHERE expires_at_us <= ?")?
+                .execute(params![now_us])? as u64,
+        )),
     }
+}
+
+/// Claims `claim`'s key if it is free (or expired); otherwise says what holds it. In the
+/// writer, so two claims of one key are one after the other.
+fn claim_key(transaction: &Connection, claim: &KeyClaim) -> Result<Claimed, StoreError> {
+    let existing = transaction
+        .prepare_cached(&format!(
+            "SELECT {STORED_KEY_COLUMNS} FROM idempotency_keys WHERE tenant = ? AND key = ?"
+        ))?
+        .query_row(params![claim.tenant, claim.key], |row| {
+            Ok(StoredKey::from_columns(
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                &row.get::<_, String>(3)?,
+                row.get(4)?,
+                row.get(5)?,
+                row.get(6)?,
+                row.get(7)?,
+                row.get(8)?,
+            ))
+        })
+        .optional()?;
+    let claimed = classify(existing, claim);
+    if claimed == Claimed::Fresh {
+        transaction
+            .prepare_cached(
+                "INSERT OR REPLACE INTO idempotency_keys (tenant, key, request_hash, state, \
+                 created_at_us, expires_at_us) VALUES (?, ?, ?, 'pending', ?, ?)",
+            )?
+            .execute(params![
+                claim.tenant,
+                claim.key,
+                claim.request_hash,
+                claim.now_us,
+                claim.expires_at_us,
+            ])?;
+    }
+    Ok(claimed)
 }
 
 /// Gives the oldest pending log entries (up to `limit`) the next leaf indexes, in `seq` order,
