@@ -548,6 +548,13 @@ fn token(
         anyhow::bail!("--ttl must be positive");
     }
     consentry::domain::TenantId::parse(tenant).map_err(anyhow::Error::msg)?;
+    // A mistyped folder would get a key of its own, and a token no server accepts.
+    if !data_dir.is_dir() {
+        anyhow::bail!(
+            "no data folder at {}: start `consentry serve` with it first, or check --data-dir",
+            data_dir.display()
+        );
+    }
     let key = DataDir::open(&data_dir)?.dev_jwt_key()?;
     let now = jiff::Timestamp::now().as_second();
     let claims = DevClaims {

@@ -520,7 +520,7 @@ pub fn lock_key(recipient_hash: &str) -> i64 {
 /// instance shares.
 #[async_trait]
 pub trait Database: Send + Sync + 'static {
-    /// Succeeds when the database answers.
+    /// Succeeds when the database takes a durable write (readiness: a send could be logged).
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// How the send path's writes were grouped into transactions so far, where the backend

@@ -245,7 +245,15 @@ impl Database for PgStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        // A committed write, not a read: a database that answers but cannot write (a full
+        // disk, a read-only standby) is not ready for sends.
+        sqlx::query(
+            "INSERT INTO settings (name, value) VALUES ('readiness_checked_at_us', $1) \
+             ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+        )
+        .bind(jiff::Timestamp::now().as_microsecond().to_string())
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 }

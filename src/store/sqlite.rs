@@ -55,6 +55,9 @@ pub struct SqliteStore {
     readers: std::sync::Arc<reader::Readers>,
 }
 
+/// How long after a failed write batch the store reports itself not ready.
+const UNREADY_AFTER_FAILURE_US: i64 = 5_000_000;
+
 impl SqliteStore {
     /// Opens (creating if needed) the database, applies migrations and checks durability.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
@@ -140,7 +143,20 @@ impl Database for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        // A write through the send path's writer, committed; and no batch of sends failed in
+        // the last few seconds (a full disk can still take a heartbeat's page or two while a
+        // send's record does not fit). Ready again once writes land and none has failed for
+        // that long: no restart.
+        let now_us = jiff::Timestamp::now().as_microsecond();
+        self.batches.write(Write::Heartbeat(now_us)).await?;
+        if let Some(failed_us) = self.batches.stats.last_failure_us()
+            && now_us - failed_us < UNREADY_AFTER_FAILURE_US
+        {
+            return Err(StoreError::Unsafe(format!(
+                "a write batch failed {} ms ago",
+                (now_us - failed_us) / 1000
+            )));
+        }
         Ok(())
     }
 

@@ -88,6 +88,30 @@ fn serve_with_no_configuration_prints_an_example_that_works_as_printed() {
 #[test]
 fn token_prints_the_token_alone() {
     let folder = tempfile::tempdir().unwrap();
+    let mint = |data_dir: &str| {
+        Command::new(BINARY)
+            .args([
+                "token",
+                "--data-dir",
+                data_dir,
+                "--tenant",
+                "demo",
+                "--sub",
+                "me",
+            ])
+            .args(["--scope", "messages:send"])
+            .current_dir(folder.path())
+            .output()
+            .unwrap()
+    };
+    // A folder that is not there (a typo) is not made: its token would be accepted nowhere.
+    let missing = mint("typo");
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no data folder"));
+    assert!(!folder.path().join("typo").exists());
+    std::fs::create_dir(folder.path().join("d")).unwrap();
+    assert!(mint("d").status.success());
+
     let output = Command::new(BINARY)
         .args([
             "token",

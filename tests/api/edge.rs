@@ -537,3 +537,42 @@ async fn the_data_folder_and_database_are_private_whatever_existed_before() {
         }
     }
 }
+
+/// Shutdown (what SIGTERM starts): a send in flight is finished and answered, the listener
+/// stops taking connections, and the workers stop, all within the drain deadline.
+#[tokio::test]
+async fn shutdown_finishes_the_sends_in_flight_then_stops() {
+    let gateway = FakeGateway::start().await;
+    // The gateway takes 700 ms (the tests' upstream timeout is 1 s).
+    gateway.set_mode(GatewayMode::Stall(Duration::from_millis(700)));
+    let app = TestApp::spawn(&gateway.url()).await;
+    let token = app.token("acme", "messages:send");
+    let url = app.url("/v1/messages");
+    let client = app.client.clone();
+    let in_flight = tokio::spawn(async move {
+        client
+            .post(url)
+            .bearer_auth(&token)
+            .json(&message("+14155550123", "in flight", "transactional"))
+            .send()
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let api = app.api;
+    let started = std::time::Instant::now();
+    app.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the drain took too long"
+    );
+    let answered = in_flight
+        .await
+        .unwrap()
+        .expect("the send in flight is answered");
+    assert_eq!(answered.status(), 201);
+    assert_eq!(gateway.requests().len(), 1);
+    assert!(
+        TcpStream::connect(api).await.is_err(),
+        "the listener still takes connections after shutdown"
+    );
+}

@@ -270,3 +270,117 @@ async fn an_instance_with_another_number_key_refuses_to_start() {
         "{error}"
     );
 }
+
+/// A tmpfs mounted for one test (root only), unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let folder = tempfile::tempdir().ok()?.keep();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&folder)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        mounted.then_some(SmallDisk(folder))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// The disk fills under a running server: sends fail closed (503, nothing forwarded), the
+/// admin listener says not ready, and both come back on their own once there is space.
+/// Needs root to mount a small tmpfs; skipped otherwise (CI runs as root), and on PostgreSQL.
+#[tokio::test]
+async fn a_full_disk_fails_sends_closed_and_they_resume_when_space_returns() {
+    if postgres_base_url().is_some() {
+        return;
+    }
+    let Some(disk) = SmallDisk::mount("24m") else {
+        eprintln!("skipped: cannot mount a tmpfs (not root?)");
+        return;
+    };
+    let gateway = FakeGateway::start().await;
+    let text = test_config(&disk.0, &gateway.url());
+    let app = TestApp::spawn_with(&disk.0, &text).await;
+    let token = app.token("acme", "messages:send");
+    let ready = || async {
+        reqwest::get(format!("http://{}/readyz", app.admin))
+            .await
+            .unwrap()
+            .status()
+    };
+    let send = |index: usize| {
+        let app = &app;
+        let token = &token;
+        async move {
+            app.send(
+                token,
+                &message("+14155550123", &format!("fill {index}"), "transactional"),
+            )
+            .await
+        }
+    };
+    assert_eq!(send(0).await.status(), 201);
+    assert_eq!(ready().await, 200);
+
+    // Fill what is left of the disk.
+    let filler = disk.0.join("filler");
+    {
+        use std::io::Write as _;
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while file
+            .write_all(&chunk)
+            .and_then(|()| file.sync_all())
+            .is_ok()
+        {}
+    }
+    let forwarded = gateway.requests().len();
+    let mut refused = None;
+    for index in 1..3000 {
+        let response = send(index).await;
+        match response.status().as_u16() {
+            201 => continue,
+            503 => {
+                refused = Some(error_code(response).await);
+                break;
+            }
+            other => panic!("a send on a full disk answered {other}"),
+        }
+    }
+    assert_eq!(refused.as_deref(), Some("store_unavailable"));
+    let forwarded_before_full = gateway.requests().len();
+    assert!(forwarded_before_full >= forwarded);
+    for index in 0..5 {
+        assert_eq!(send(10_000 + index).await.status(), 503);
+    }
+    assert_eq!(
+        gateway.requests().len(),
+        forwarded_before_full,
+        "nothing forwarded"
+    );
+    assert_eq!(ready().await, 503);
+
+    // Space returns: no restart needed. Readiness comes back once no write has failed for a
+    // few seconds and a write lands.
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while ready().await != 200 {
+        assert!(std::time::Instant::now() < deadline, "never ready again");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert_eq!(send(20_000).await.status(), 201);
+    assert_eq!(gateway.requests().len(), forwarded_before_full + 1);
+    app.stop().await;
+    drop(disk);
+}

@@ -57,6 +57,8 @@ pub(crate) enum Write {
     },
     /// Deletes the keys expired at this time.
     PurgeKeys(i64),
+    /// A durable write of nothing of consequence, for readiness: can a write land on disk?
+    Heartbeat(i64),
 }
 
 /// What a write returns once its batch is durable.
@@ -160,6 +162,9 @@ fn run(
             }
             Err(error) => {
                 tracing::error!(%error, writes = batch.len(), "a write batch failed");
+                stats
+                    .last_failure_us
+                    .store(jiff::Timestamp::now().as_microsecond(), Ordering::Relaxed);
                 let message = error.to_string();
                 for job in batch.drain(..) {
                     let _ = job.answer.send(Err(StoreError::Unsafe(format!(
@@ -276,6 +281,15 @@ fn apply(transaction: &Connection, write: &Write) -> Result<Written, StoreError>
                      AND state = 'pending'",
                 )?
                 .execute(params![tenant, key])?;
+            Ok(Written::Done)
+        }
+        Write::Heartbeat(now_us) => {
+            transaction
+                .prepare_cached(
+                    "INSERT INTO settings (name, value) VALUES ('readiness_checked_at_us', ?) \
+                     ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                )?
+                .execute(params![now_us.to_string()])?;
             Ok(Written::Done)
         }
         Write::PurgeKeys(now_us) => Ok(Written::Purged(
@@ -498,6 +512,8 @@ pub struct BatchStats {
     /// Batches of 1, 2-3, 4-7, ... 256-511, 512 writes.
     buckets: [AtomicU64; 10],
     writes: AtomicU64,
+    /// When the last batch failed to commit (microseconds since 1970), or 0.
+    last_failure_us: std::sync::atomic::AtomicI64,
 }
 
 impl BatchStats {
@@ -508,6 +524,11 @@ impl BatchStats {
     }
 
     /// `batches=… writes=… sizes=1:…,2-3:…,…` (empty buckets left out).
+    /// When the last batch failed to commit, if one ever did.
+    pub fn last_failure_us(&self) -> Option<i64> {
+        Some(self.last_failure_us.load(Ordering::Relaxed)).filter(|us| *us != 0)
+    }
+
     pub fn summary(&self) -> String {
         let mut sizes = Vec::new();
         let mut batches = 0;
