@@ -16,6 +16,8 @@
 //!   clients get it without the `RST_STREAM` that curl reports as a framing error. A body
 //!   larger or slower than that ends the HTTP/1.1 connection after the answer
 //!   (`Connection: close`); the listener then lingers before closing (`server::connection`).
+//!   A client that sent `Expect: 100-continue` and was not asked for its body gets the answer
+//!   without a `100 Continue` (HTTP/1.1: and `Connection: close`): it never sends the body.
 //! - A request with a valid token marks its connection as authenticated: such connections
 //!   keep their place when the listener is full (`server::limits`).
 
@@ -48,10 +50,19 @@ pub const DRAIN_TIME: Duration = Duration::from_secs(5);
 
 /// The checks before the handler, and the drain after it. See the module documentation.
 pub async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let version = request.version();
+    // A client that asked `Expect: 100-continue` sends no body until it is told to: an early
+    // answer must not ask for it (reading would send the 100) but end the exchange instead.
+    let awaits_continue = request
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     if let Some(refusal) = refused(&request) {
+        if awaits_continue {
+            return without_body(version, refusal);
+        }
         return finish(request.into_body(), refusal).await;
     }
-    let version = request.version();
     let proof = request
         .extensions()
         .get::<Proof>()
@@ -84,7 +95,8 @@ pub async fn guard(State(state): State<Arc<AppState>>, request: Request, next: N
     let unread = leftover.lock().ok().and_then(|mut slot| slot.take());
     match unread {
         None => response,
-        Some(body) => {
+        Some(Unread { polled: false, .. }) if awaits_continue => without_body(version, response),
+        Some(Unread { body, .. }) => {
             let response = finish(body, response).await;
             if version == Version::HTTP_11 && response.headers().contains_key(header::CONNECTION) {
                 tracing::debug!("an unread request body was too large or slow to discard");
@@ -92,6 +104,17 @@ pub async fn guard(State(state): State<Arc<AppState>>, request: Request, next: N
             response
         }
     }
+}
+
+/// An answer to a request whose body was never asked for (`Expect: 100-continue`): on
+/// HTTP/1.1 the connection ends after it, since the client may still send the body.
+fn without_body(version: Version, mut response: Response) -> Response {
+    if version == Version::HTTP_11 {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// What is refused before the handler runs, whatever the route.
@@ -187,11 +210,20 @@ struct Paced {
     waited: Duration,
     waiting_since: Option<Instant>,
     timer: Option<Pin<Box<Sleep>>>,
-    leftover: Arc<Mutex<Option<Body>>>,
+    /// Whether the handler ever asked for the body.
+    polled: bool,
+    leftover: Arc<Mutex<Option<Unread>>>,
+}
+
+/// What is left of a body its handler dropped.
+struct Unread {
+    body: Body,
+    /// Whether the handler read any of it (asked for it at least once).
+    polled: bool,
 }
 
 impl Paced {
-    fn new(inner: Body, min_rate: u64, leftover: Arc<Mutex<Option<Body>>>) -> Paced {
+    fn new(inner: Body, min_rate: u64, leftover: Arc<Mutex<Option<Unread>>>) -> Paced {
         Paced {
             inner: Some(inner),
             min_rate: min_rate.max(1),
@@ -199,6 +231,7 @@ impl Paced {
             waited: Duration::ZERO,
             waiting_since: None,
             timer: None,
+            polled: false,
             leftover,
         }
     }
@@ -218,6 +251,7 @@ impl HttpBody for Paced {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
+        this.polled = true;
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -275,7 +309,10 @@ impl Drop for Paced {
             && !inner.is_end_stream()
             && let Ok(mut slot) = self.leftover.lock()
         {
-            *slot = Some(inner);
+            *slot = Some(Unread {
+                body: inner,
+                polled: self.polled,
+            });
         }
     }
 }

@@ -585,6 +585,16 @@ pub async fn vonage_send(
     let mut held = None;
     let mut recipient_hash = None;
     let rendered = async {
+        // Credentials in the header are checked before the body is read; only a client that
+        // puts them in the body (Vonage's API allows api_secret there) has its body read first.
+        if let Some(credential) = header_credential(&headers)? {
+            let token = match credential {
+                HeaderCredential::Bearer(token) => token,
+                HeaderCredential::Basic { password, .. } => password,
+            };
+            let principal = state.verifier.verify(&token)?;
+            state.admit(principal, scope::SEND)?;
+        }
         let bytes = read_body_any(&headers, body, state.max_request_bytes).await?;
         let is_json =
             header(&headers, "content-type").is_some_and(|t| t.starts_with("application/json"));

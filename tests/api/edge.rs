@@ -342,6 +342,56 @@ async fn early_answers_reach_clients_that_write_the_whole_request_first() {
 }
 
 #[tokio::test]
+async fn an_early_answer_to_expect_100_continue_asks_for_no_body() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    for path in ["/v1/messages", "/sms/json"] {
+        let mut stream = raw_tls(&app, b"http/1.1").await;
+        stream
+            .write_all(
+                format!(
+                    "POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer not.a.token\r\n\
+                     Content-Type: application/json\r\nExpect: 100-continue\r\n\
+                     Content-Length: 60000\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let mut buffer = [0u8; 4096];
+        let started = std::time::Instant::now();
+        while let Ok(Ok(read)) =
+            tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buffer)).await
+        {
+            if read == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buffer[..read]);
+            if complete(&answer) {
+                break;
+            }
+        }
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{path}: the answer waited"
+        );
+        assert!(!answer.contains("100 Continue"), "{path}: {answer}");
+        // Both refuse the token before reading; the Vonage front answers in Vonage's shape.
+        match path {
+            "/v1/messages" => assert!(answer.starts_with("HTTP/1.1 401"), "{answer}"),
+            _ => assert!(answer.contains("malformed_token"), "{answer}"),
+        }
+        assert!(
+            answer.to_ascii_lowercase().contains("connection: close"),
+            "{path}: {answer}"
+        );
+    }
+    assert!(gateway.requests().is_empty());
+}
+
+#[tokio::test]
 async fn a_body_that_trickles_in_gets_408_after_the_grace() {
     let gateway = FakeGateway::start().await;
     let app = TestApp::spawn(&gateway.url()).await;
