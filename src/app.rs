@@ -101,6 +101,7 @@ impl App {
         let policies = PolicySet::load(&config.policies)?;
         let webhooks = Webhooks::new(tenants.values(), &config.outbox)?;
 
+        let api_settings = server::Settings::api(&config.server);
         let state = AppState {
             clock,
             recipient_locks: RecipientLocks::default(),
@@ -122,6 +123,8 @@ impl App {
             webhooks,
             max_request_bytes: config.server.max_request_bytes,
             min_body_rate: config.server.min_body_rate,
+            metrics: crate::metrics::Metrics::default(),
+            connections: api_settings.limits.clone(),
         };
         Ok(App {
             state: Arc::new(state),
@@ -129,7 +132,7 @@ impl App {
             fingerprint: identity.fingerprint(),
             cert_path: identity.cert_path,
             data_dir: data.root().to_path_buf(),
-            api_settings: server::Settings::api(&config.server),
+            api_settings,
             admin_settings: server::Settings::admin(&config.server),
         })
     }

@@ -78,6 +78,7 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(admin::healthz))
         .route("/readyz", get(admin::readyz))
+        .route("/metrics", get(admin::metrics))
         .fallback(error::not_found)
         .with_state(state)
 }

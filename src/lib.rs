@@ -53,6 +53,7 @@ pub mod http;
 pub mod import;
 pub mod keyring;
 pub mod keywords;
+pub mod metrics;
 pub mod numbering;
 pub mod outbox;
 pub mod policy;

@@ -145,10 +145,18 @@ pub async fn serve(
                             Ok(Ok(stream)) => stream,
                             Ok(Err(error)) => {
                                 tracing::debug!(%peer, %error, "TLS handshake failed");
+                                settings
+                                    .limits
+                                    .handshake_failures
+                                    .fetch_add(1, Ordering::Relaxed);
                                 return Ok(());
                             }
                             Err(_) => {
                                 tracing::debug!(%peer, "TLS handshake timed out");
+                                settings
+                                    .limits
+                                    .handshake_failures
+                                    .fetch_add(1, Ordering::Relaxed);
                                 return Ok(());
                             }
                         };

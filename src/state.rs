@@ -41,6 +41,10 @@ pub struct AppState {
     pub max_request_bytes: usize,
     /// The slowest a request body may arrive, after its grace (`http::edge`).
     pub min_body_rate: u64,
+    /// What the flows count, for `/metrics`.
+    pub metrics: crate::metrics::Metrics,
+    /// The API listener's connection table, read by `/metrics`.
+    pub connections: Arc<crate::server::limits::Limits>,
 }
 
 /// The parts of the store (`store`'s traits): each flow and worker names the one it uses, and

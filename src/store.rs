@@ -518,6 +518,16 @@ pub fn lock_key(recipient_hash: &str) -> i64 {
 
 /// The database itself: whether it answers, how it groups writes, and the settings every
 /// instance shares.
+/// What waits in the store, read at each metrics scrape.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct QueueDepths {
+    pub deferred: i64,
+    /// When the earliest deferred message is due.
+    pub earliest_release_us: Option<i64>,
+    pub outbox_pending: i64,
+    pub log_unsequenced: i64,
+}
+
 #[async_trait]
 pub trait Database: Send + Sync + 'static {
     /// Succeeds when the database takes a durable write (readiness: a send could be logged).
@@ -528,6 +538,14 @@ pub trait Database: Send + Sync + 'static {
     fn write_batches(&self) -> Option<String> {
         None
     }
+
+    /// The same, as counts by size bucket (`1`, `2-3`, ...), for the metrics.
+    fn write_batch_counts(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
+
+    /// What waits: deferred messages, deliveries to tenants, log entries not yet sequenced.
+    async fn queue_depths(&self) -> Result<QueueDepths, StoreError>;
 
     /// Records `value` under `name` if nothing is recorded yet, and returns what is recorded
     /// (the first instance's value).

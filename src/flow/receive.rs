@@ -53,6 +53,7 @@ pub async fn receive(
     let written_to = Sender::parse(&message.to, Region::US)
         .map_err(|_| malformed("the number written to is not a sender"))?;
     let classification = state.policies.keywords.classify(&message.body);
+    state.metrics.inbound(classification.class.as_str());
     let now = state.clock.now();
     let owners: Vec<&Tenant> = state
         .tenants

@@ -15,6 +15,7 @@ use serde_json::json;
 use super::FlowError;
 use crate::config::Tenant;
 use crate::domain::{CanonicalMessage, MessageId};
+use crate::metrics::{DecisionLabels, Phase};
 use crate::policy::{self, Decision, Facts, SenderBounds};
 use crate::state::AppState;
 use crate::store::{DecisionKind, MessageRecord, OutcomeRecord, OutcomeStatus};
@@ -145,14 +146,17 @@ pub async fn process(
     delivery: Delivery,
 ) -> Result<Processed, FlowError> {
     let recipient_hash = state.numbers.hash(&message.to);
+    let started = std::time::Instant::now();
     let decision = {
         // Facts and record under one lock, in this process and across the processes that
         // share the database: caps and confirmations see every decision.
         let mut turn = state.recipient_turn(&recipient_hash).await?;
         let now = state.clock.now();
         let gathered = gather(state, tenant, &message, now, Some(&mut turn.shared)).await?;
+        state.metrics.phase(Phase::Gather, started.elapsed());
         let facts = gathered.facts(tenant, bounds, &state.policies, now);
         let decision = policy::decide(message, &facts);
+        let recording = std::time::Instant::now();
         record_decision(
             state,
             &decision,
@@ -162,9 +166,11 @@ pub async fn process(
             &mut turn.shared,
         )
         .await?;
+        state.metrics.phase(Phase::Record, recording.elapsed());
         turn.end().await;
         decision
     };
+    state.metrics.decision(decision_labels(&decision, tenant));
 
     let permit = match decision {
         Decision::Deny(denial) => {
@@ -187,7 +193,30 @@ pub async fn process(
         }
         Decision::Allow(permit) => permit,
     };
-    Ok(deliver(state, tenant, permit, delivery).await)
+    let delivered = deliver(state, tenant, permit, delivery).await;
+    state.metrics.phase(Phase::Total, started.elapsed());
+    Ok(delivered)
+}
+
+/// A decision's labels in `consentry_decisions_total`.
+fn decision_labels(decision: &Decision, tenant: &Tenant) -> DecisionLabels {
+    let (outcome, reason) = match decision {
+        Decision::Allow(_) => ("allowed", "none"),
+        Decision::Deny(denial) => (
+            "denied",
+            denial.reasons.first().map_or("none", |r| r.code.as_str()),
+        ),
+        Decision::Defer(deferral) => (
+            "deferred",
+            deferral.reasons.first().map_or("none", |r| r.code.as_str()),
+        ),
+    };
+    DecisionLabels {
+        outcome,
+        reason,
+        purpose: decision.message().purpose.as_str(),
+        tenant: tenant.id.as_str().to_owned(),
+    }
 }
 
 /// Sends a permitted message and records what the gateway answered.
@@ -215,8 +244,18 @@ pub async fn deliver(
         .upstreams
         .get(&tenant.upstream)
         .expect("tenant upstreams are checked at start-up");
+    let forwarding = std::time::Instant::now();
     let result = upstream.forward(permit).await;
+    state.metrics.phase(Phase::Forward, forwarding.elapsed());
+    state.metrics.upstream_answer(
+        &tenant.upstream,
+        result
+            .as_ref()
+            .map_or_else(|error| error.code(), |_| "sent"),
+    );
+    let recording = std::time::Instant::now();
     record_outcome(state, &id, &result).await;
+    state.metrics.phase(Phase::Outcome, recording.elapsed());
     match result {
         Ok(receipt) => {
             tracing::info!(message = %id, tenant = %tenant.id, upstream = %receipt.name, "message sent");

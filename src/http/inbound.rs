@@ -53,46 +53,59 @@ pub async fn webhook(
     let Some(Upstream::Gateway(gateway)) = state.upstreams.get(&name) else {
         return Err(not_found());
     };
+    // An upstream without a webhook secret takes no webhooks: said before the body is read.
+    if matches!(gateway.webhook, WebhookKey::Generic(None)) {
+        return Err(not_found());
+    }
     let bytes = read_body_any(&headers, body, state.max_request_bytes).await?;
     let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
-    let event = match &gateway.webhook {
-        WebhookKey::Twilio {
-            auth_token,
-            public_url,
-        } => {
-            let url = called_url(public_url.as_deref(), &uri, &headers);
-            let params = dialect::twilio::verify_webhook(
-                auth_token.expose(),
-                &url,
-                header("content-type").unwrap_or_default(),
-                header(dialect::twilio::SIGNATURE_HEADER),
-                &bytes,
-            )?;
-            dialect::twilio::parse(&params)?
-        }
-        WebhookKey::Telnyx {
-            public_key,
-            tolerance_seconds,
-        } => {
-            dialect::telnyx::verify(
+    let verified = (|| -> Result<WebhookEvent, dialect::WebhookError> {
+        Ok(match &gateway.webhook {
+            WebhookKey::Twilio {
+                auth_token,
+                public_url,
+            } => {
+                let url = called_url(public_url.as_deref(), &uri, &headers);
+                let params = dialect::twilio::verify_webhook(
+                    auth_token.expose(),
+                    &url,
+                    header("content-type").unwrap_or_default(),
+                    header(dialect::twilio::SIGNATURE_HEADER),
+                    &bytes,
+                )?;
+                dialect::twilio::parse(&params)?
+            }
+            WebhookKey::Telnyx {
                 public_key,
-                header(dialect::telnyx::TIMESTAMP_HEADER),
-                header(dialect::telnyx::SIGNATURE_HEADER),
-                &bytes,
-                Timestamp::now().as_second(),
-                *tolerance_seconds,
-            )?;
-            dialect::telnyx::parse(&bytes)?
+                tolerance_seconds,
+            } => {
+                dialect::telnyx::verify(
+                    public_key,
+                    header(dialect::telnyx::TIMESTAMP_HEADER),
+                    header(dialect::telnyx::SIGNATURE_HEADER),
+                    &bytes,
+                    Timestamp::now().as_second(),
+                    *tolerance_seconds,
+                )?;
+                dialect::telnyx::parse(&bytes)?
+            }
+            WebhookKey::Generic(Some(secret)) => {
+                dialect::generic::verify(
+                    secret.expose().as_bytes(),
+                    header(dialect::generic::SIGNATURE_HEADER),
+                    &bytes,
+                )?;
+                dialect::generic::parse(&bytes)?
+            }
+            WebhookKey::Generic(None) => return Err(dialect::WebhookError::MissingSignature),
+        })
+    })();
+    let event = match verified {
+        Ok(event) => event,
+        Err(error) => {
+            state.metrics.webhook_refused(error.code());
+            return Err(error.into());
         }
-        WebhookKey::Generic(Some(secret)) => {
-            dialect::generic::verify(
-                secret.expose().as_bytes(),
-                header(dialect::generic::SIGNATURE_HEADER),
-                &bytes,
-            )?;
-            dialect::generic::parse(&bytes)?
-        }
-        WebhookKey::Generic(None) => return Err(not_found()),
     };
     let twiml = gateway.kind == crate::config::UpstreamKind::Twilio;
     let received = match event {

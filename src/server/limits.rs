@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -16,6 +16,10 @@ pub struct Limits {
     max: usize,
     per_client: usize,
     table: Mutex<Table>,
+    /// Counted for the metrics.
+    pub evicted: AtomicU64,
+    pub refused: AtomicU64,
+    pub handshake_failures: AtomicU64,
 }
 
 #[derive(Default)]
@@ -60,12 +64,25 @@ pub struct Slot {
 #[derive(Clone)]
 pub struct Proof(Arc<Shared>);
 
+impl std::fmt::Debug for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limits")
+            .field("max", &self.max)
+            .field("per_client", &self.per_client)
+            .field("open", &self.open())
+            .finish()
+    }
+}
+
 impl Limits {
     pub fn new(max: usize, per_client: usize) -> Arc<Limits> {
         Arc::new(Limits {
             max: max.max(1),
             per_client: per_client.max(1),
             table: Mutex::new(Table::default()),
+            evicted: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            handshake_failures: AtomicU64::new(0),
         })
     }
 
@@ -76,13 +93,19 @@ impl Limits {
             .table
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if table.per_client.get(&client).copied().unwrap_or(0) >= self.per_client
-            && !table.evict(|entry| entry.client == client)
-        {
-            return Err(Refused::Client);
+        if table.per_client.get(&client).copied().unwrap_or(0) >= self.per_client {
+            if !table.evict(|entry| entry.client == client) {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                return Err(Refused::Client);
+            }
+            self.evicted.fetch_add(1, Ordering::Relaxed);
         }
-        if table.open.len() >= self.max && !table.evict(|_| true) {
-            return Err(Refused::Full);
+        if table.open.len() >= self.max {
+            if !table.evict(|_| true) {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                return Err(Refused::Full);
+            }
+            self.evicted.fetch_add(1, Ordering::Relaxed);
         }
         let id = table.next;
         table.next += 1;

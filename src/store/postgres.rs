@@ -23,7 +23,8 @@ use super::{
     ReviewRecord, ReviewView, StoreError, StoredConsent, status_of,
 };
 use super::{
-    Claimed, IdempotencyKeys, KeyAnswer, KeyClaim, STORED_KEY_COLUMNS, StoredKey, classify,
+    Claimed, IdempotencyKeys, KeyAnswer, KeyClaim, QueueDepths, STORED_KEY_COLUMNS, StoredKey,
+    classify,
 };
 use crate::audit::checkpoint::Checkpoint;
 use crate::audit::leaf::{self, BodyAccess, Erasure, Kind, Leaf};
@@ -242,6 +243,28 @@ impl Database for PgStore {
                 .fetch_one(&self.pool)
                 .await?,
         )
+    }
+
+    async fn queue_depths(&self) -> Result<QueueDepths, StoreError> {
+        let (deferred, earliest_release_us, outbox_pending, log_unsequenced): (
+            i64,
+            Option<i64>,
+            i64,
+            i64,
+        ) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM deferred_messages WHERE NOT done), \
+             (SELECT MIN(release_at_us) FROM deferred_messages WHERE NOT done), \
+             (SELECT COUNT(*) FROM webhook_outbox WHERE delivered_at_us IS NULL), \
+             (SELECT COUNT(*) FROM log_leaves WHERE leaf_index IS NULL)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(QueueDepths {
+            deferred,
+            earliest_release_us,
+            outbox_pending,
+            log_unsequenced,
+        })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -21,7 +21,7 @@ use super::{
     RecipientFacts, RecipientKeyRow, Recorded, ReleaseRecord, ResolutionRecord, Resolved,
     ReviewRecord, ReviewView, StoreError, StoredConsent, status_of,
 };
-use super::{Claimed, IdempotencyKeys, KeyAnswer, KeyClaim};
+use super::{Claimed, IdempotencyKeys, KeyAnswer, KeyClaim, QueueDepths};
 use crate::audit::checkpoint::Checkpoint;
 use crate::audit::leaf::{self, BodyAccess, Erasure, Kind, Leaf};
 use crate::audit::merkle::{Hash, NodeId};
@@ -140,6 +140,32 @@ impl SqliteStore {
 impl Database for SqliteStore {
     fn write_batches(&self) -> Option<String> {
         Some(self.batches.stats.summary())
+    }
+
+    fn write_batch_counts(&self) -> Vec<(String, u64)> {
+        self.batches.stats.counts()
+    }
+
+    async fn queue_depths(&self) -> Result<QueueDepths, StoreError> {
+        let (deferred, earliest_release_us): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT COUNT(*), MIN(release_at_us) FROM deferred_messages WHERE done = 0",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let outbox_pending: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM webhook_outbox WHERE delivered_at_us IS NULL")
+                .fetch_one(&self.pool)
+                .await?;
+        let log_unsequenced: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM log_leaves WHERE leaf_index IS NULL")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(QueueDepths {
+            deferred,
+            earliest_release_us,
+            outbox_pending,
+            log_unsequenced,
+        })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

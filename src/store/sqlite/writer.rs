@@ -523,28 +523,38 @@ impl BatchStats {
         self.writes.fetch_add(size as u64, Ordering::Relaxed);
     }
 
-    /// `batches=… writes=… sizes=1:…,2-3:…,…` (empty buckets left out).
     /// When the last batch failed to commit, if one ever did.
     pub fn last_failure_us(&self) -> Option<i64> {
         Some(self.last_failure_us.load(Ordering::Relaxed)).filter(|us| *us != 0)
     }
 
-    pub fn summary(&self) -> String {
-        let mut sizes = Vec::new();
-        let mut batches = 0;
-        for (index, bucket) in self.buckets.iter().enumerate() {
-            let count = bucket.load(Ordering::Relaxed);
-            batches += count;
-            if count > 0 {
+    /// Batches by size bucket (`1`, `2-3`, ..., `512`), empty buckets left out.
+    pub fn counts(&self) -> Vec<(String, u64)> {
+        self.buckets
+            .iter()
+            .enumerate()
+            .map(|(index, bucket)| (index, bucket.load(Ordering::Relaxed)))
+            .filter(|(_, count)| *count > 0)
+            .map(|(index, count)| {
                 let low = 1u64 << index;
                 let label = if low == 1 || index == 9 {
                     format!("{low}")
                 } else {
                     format!("{low}-{}", 2 * low - 1)
                 };
-                sizes.push(format!("{label}:{count}"));
-            }
-        }
+                (label, count)
+            })
+            .collect()
+    }
+
+    /// `batches=… writes=… sizes=1:…,2-3:…,…` (empty buckets left out).
+    pub fn summary(&self) -> String {
+        let counts = self.counts();
+        let batches: u64 = counts.iter().map(|(_, count)| count).sum();
+        let sizes: Vec<String> = counts
+            .iter()
+            .map(|(label, count)| format!("{label}:{count}"))
+            .collect();
         format!(
             "batches={batches} writes={} sizes={}",
             self.writes.load(Ordering::Relaxed),
