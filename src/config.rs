@@ -72,6 +72,25 @@ pub struct Config {
     pub outbox: OutboxConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub logging: LoggingConfig,
+}
+
+/// The process's own logs (on stderr), not the verifiable log (`[log]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// `text` (for people) or `json` (one object a line, for collectors).
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// The verifiable log's checkpoints.

@@ -397,15 +397,19 @@ fn serve(
     admin_listen: Option<SocketAddr>,
     database: Option<String>,
 ) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let mut config = load_config(config_path)?;
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.logging.format {
+        consentry::config::LogFormat::Text => logs.init(),
+        // One object a line; the request's span (its id) is in each line of a request.
+        consentry::config::LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
 
-    let mut config = load_config(config_path)?;
     if let Some(dir) = data_dir {
         config.data_dir = dir;
     }

@@ -84,7 +84,7 @@ pub async fn release_due(state: &AppState) -> Result<Released, FlowError> {
             // lapses and a later pass takes it again.
             if let Err(error) = release(state, item, &mut released).await {
                 released.failed += 1;
-                tracing::error!(message = %id, %error, "a deferred message could not be released");
+                tracing::error!(message_id = %id, %error, "a deferred message could not be released");
             }
         }
     }
@@ -164,15 +164,15 @@ async fn release(
                 Processed::Sent { .. } => released.sent += 1,
                 _ => released.failed += 1,
             }
-            tracing::info!(message = %item.id, tenant = %tenant.id, "deferred message released");
+            tracing::info!(message_id = %item.id, tenant = %tenant.id, "deferred message released");
         }
         Decision::Deny(denial) => {
             released.cancelled += 1;
-            tracing::info!(message = %item.id, code = denial.reasons[0].code.as_str(), "deferred message cancelled");
+            tracing::info!(message_id = %item.id, code = denial.reasons[0].code.as_str(), "deferred message cancelled");
         }
         Decision::Defer(deferral) => {
             released.deferred_again += 1;
-            tracing::info!(message = %item.id, until = %deferral.until, "deferred message deferred again");
+            tracing::info!(message_id = %item.id, until = %deferral.until, "deferred message deferred again");
         }
     }
     Ok(())
@@ -201,7 +201,7 @@ async fn rebuild(
     region: Region,
 ) -> Result<CanonicalMessage, FlowError> {
     let unreadable = |what: &str| {
-        tracing::error!(message = %item.id, what, "a deferred message cannot be rebuilt");
+        tracing::error!(message_id = %item.id, what, "a deferred message cannot be rebuilt");
         FlowError::Unreadable(format!(
             "deferred message {} cannot be read: {what}",
             item.id

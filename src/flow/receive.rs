@@ -440,7 +440,7 @@ pub async fn delivery_status(
             })
             .await?;
     }
-    tracing::info!(message = %id, status = %status.raw, "delivery status");
+    tracing::info!(message_id = %id, status = %status.raw, "delivery status");
     if let Some(tenant) = state.tenants.get(&tenant_id)
         && tenant.webhook.is_some()
     {

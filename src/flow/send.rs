@@ -175,7 +175,7 @@ pub async fn process(
     let permit = match decision {
         Decision::Deny(denial) => {
             tracing::info!(
-                message = %denial.message.id,
+                message_id = %denial.message.id,
                 tenant = %tenant.id,
                 code = denial.reasons[0].code.as_str(),
                 "message denied"
@@ -184,7 +184,7 @@ pub async fn process(
         }
         Decision::Defer(deferral) => {
             tracing::info!(
-                message = %deferral.message.id,
+                message_id = %deferral.message.id,
                 tenant = %tenant.id,
                 until = %deferral.until,
                 "message deferred"
@@ -258,11 +258,11 @@ pub async fn deliver(
     state.metrics.phase(Phase::Outcome, recording.elapsed());
     match result {
         Ok(receipt) => {
-            tracing::info!(message = %id, tenant = %tenant.id, upstream = %receipt.name, "message sent");
+            tracing::info!(message_id = %id, tenant = %tenant.id, upstream = %receipt.name, "message sent");
             Processed::Sent { id, receipt }
         }
         Err(error) => {
-            tracing::warn!(message = %id, tenant = %tenant.id, %error, "upstream failed");
+            tracing::warn!(message_id = %id, tenant = %tenant.id, %error, "upstream failed");
             Processed::Failed { id, error }
         }
     }
@@ -295,7 +295,7 @@ async fn record_outcome(
         },
     };
     if let Err(error) = state.messages().record_outcome(&outcome).await {
-        tracing::error!(message = %id, %error, "the upstream outcome could not be recorded");
+        tracing::error!(message_id = %id, %error, "the upstream outcome could not be recorded");
     }
 }
 
@@ -414,7 +414,7 @@ pub async fn message_content(
             return Ok(None);
         }
         Err(error) => {
-            tracing::error!(message = %id, %error, "a message body does not decrypt");
+            tracing::error!(message_id = %id, %error, "a message body does not decrypt");
             return Err(unreadable());
         }
     };

@@ -529,7 +529,7 @@ pub async fn message_body(
             .with("access_id", access.id));
         }
         Err(error) => {
-            tracing::error!(message = %record.id, %error, "a message body does not decrypt");
+            tracing::error!(message_id = %record.id, %error, "a message body does not decrypt");
             return Err(unreadable());
         }
     };

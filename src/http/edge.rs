@@ -18,6 +18,7 @@
 //!   (`Connection: close`); the listener then lingers before closing (`server::connection`).
 //!   A client that sent `Expect: 100-continue` and was not asked for its body gets the answer
 //!   without a `100 Continue` (HTTP/1.1: and `Connection: close`): it never sends the body.
+//! - Each request gets an id (`X-Request-Id` in the answer, `id` in every log line of it).
 //! - A request with a valid token marks its connection as authenticated: such connections
 //!   keep their place when the listener is full (`server::limits`).
 
@@ -36,6 +37,7 @@ use http::{StatusCode, Version, header};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use tokio::time::{Instant, Sleep};
+use tracing::Instrument as _;
 
 use super::error::ApiError;
 use crate::server::limits::Proof;
@@ -50,6 +52,17 @@ pub const DRAIN_TIME: Duration = Duration::from_secs(5);
 
 /// The checks before the handler, and the drain after it. See the module documentation.
 pub async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    // Every log line of the request carries its id; the answer says it.
+    let id = request_id();
+    let span = tracing::info_span!("request", id = %id, method = %request.method());
+    let mut response = checked(&state, request, next).instrument(span).await;
+    if let Ok(value) = http::HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
+}
+
+async fn checked(state: &AppState, request: Request, next: Next) -> Response {
     let version = request.version();
     // A client that asked `Expect: 100-continue` sends no body until it is told to: an early
     // answer must not ask for it (reading would send the 100) but end the exchange instead.
@@ -115,6 +128,14 @@ fn without_body(version: Version, mut response: Response) -> Response {
             .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
     }
     response
+}
+
+/// The header that carries a request's id in its answer, and in each log line of it.
+const REQUEST_ID: &str = "x-request-id";
+
+/// A new request id: `req_` and a UUIDv7 (time-ordered, so ids sort as requests came).
+fn request_id() -> String {
+    format!("req_{}", uuid::Uuid::now_v7().simple())
 }
 
 /// What is refused before the handler runs, whatever the route.

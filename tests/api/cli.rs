@@ -468,3 +468,98 @@ fn serve_takes_the_database_from_the_command_line() {
     assert!(database.exists(), "the database is where --database says");
     assert!(!folder.path().join("consentry-data/consentry.db").exists());
 }
+
+/// `[logging] format = "json"`: one JSON object a line on stderr, each line of a request
+/// carrying the request id the answer gives in `X-Request-Id`, numbers masked, no body.
+#[tokio::test]
+async fn json_logs_carry_the_request_id_the_answer_gives() {
+    let folder = tempfile::tempdir().unwrap();
+    let config = folder.path().join("consentry.toml");
+    std::fs::write(
+        &config,
+        "data_dir = \"data\"\n[logging]\nformat = \"json\"\n[jwt]\ndev_issuer = true\n\
+         [[tenants]]\nid = \"demo\"\nsenders = [\"+12025550100\"]\nupstream = \"sandbox\"\n\
+         purposes = [\"transactional\"]\n",
+    )
+    .unwrap();
+    let mut child = Running(
+        Command::new(BINARY)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdout = BufReader::new(child.0.stdout.take().unwrap()).lines();
+    let port: u16 = loop {
+        let line = stdout
+            .next()
+            .expect("the server says where it listens")
+            .unwrap();
+        if let Some(address) = line.trim().strip_prefix("API (TLS):   https://") {
+            break address.rsplit(':').next().unwrap().parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || stdout.for_each(drop));
+    let (lines, received) = std::sync::mpsc::channel();
+    let stderr = BufReader::new(child.0.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let token = Command::new(BINARY)
+        .args(["token", "--config"])
+        .arg(&config)
+        .args([
+            "--tenant",
+            "demo",
+            "--sub",
+            "logs",
+            "--scope",
+            "messages:send",
+        ])
+        .output()
+        .unwrap();
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
+    let cert = std::fs::read(folder.path().join("data/tls/cert.pem")).unwrap();
+    let response = crate::helpers::client(&cert, None)
+        .post(format!("https://localhost:{port}/v1/messages"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({
+            "to": "+14155550123", "from": "+12025550100",
+            "body": "secret code 8812", "purpose": "transactional"
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(id.starts_with("req_"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    let sent = loop {
+        let line = received
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no 'message sent' line in {seen:#?}"));
+        let value: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|_| panic!("not one JSON object a line: {line}"));
+        assert!(
+            !line.contains("4155550123") && !line.contains("8812"),
+            "{line}"
+        );
+        if value["fields"]["message"] == "message sent" {
+            break value;
+        }
+        seen.push(line);
+    };
+    assert_eq!(sent["span"]["id"], id.as_str(), "{sent}");
+    assert_eq!(sent["fields"]["tenant"], "demo");
+    drop(child);
+}

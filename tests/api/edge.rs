@@ -123,6 +123,12 @@ async fn two_authorization_headers_are_refused_whichever_is_valid() {
             .await
             .unwrap();
         assert_eq!(response.status(), 400);
+        assert!(
+            response.headers()["x-request-id"]
+                .to_str()
+                .unwrap()
+                .starts_with("req_")
+        );
         assert_eq!(error_code(response).await, "duplicate_authorization");
     }
     assert!(gateway.requests().is_empty());
