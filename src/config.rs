@@ -46,7 +46,7 @@ fn field_error(field: impl fmt::Display, message: impl fmt::Display) -> ConfigEr
     ConfigError(format!("{field}: {message}"))
 }
 
-/// The file as written. See the README for every key.
+/// The file as written. See docs/operators.md, "Configuration", for every key.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {

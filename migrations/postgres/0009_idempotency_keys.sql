@@ -1,4 +1,4 @@
--- Idempotency-Key on sends (README, "Idempotent sends"): the first answer to a key, kept so
+-- Idempotency-Key on sends (docs/integrators.md, "Idempotent sends"): the first answer to a key, kept so
 -- that a retry gets it again instead of a second decision and forward. `state` is 'pending'
 -- while the first request runs; its answer is sealed like a body (it may hold the numbers and
 -- text, on the Twilio front), and deleted with the recipient's other data on erasure.

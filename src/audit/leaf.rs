@@ -1,5 +1,5 @@
 //! The exact bytes of each log leaf. An independent verifier rebuilds them from the exported
-//! rows, so this encoding is part of the external contract (README, "For auditors"):
+//! rows, so this encoding is part of the external contract (docs/auditors.md):
 //!
 //! ```text
 //! leaf   = 0x01 (version) || kind (1 byte) || field*   (a fixed list of fields per kind)

@@ -764,7 +764,7 @@ pub struct ErasureRequest {
 }
 
 /// `POST /v1/erasure` (scope `admin`): destroys the keys of a number's bodies and replies in
-/// the caller's tenant. What is erased and what is kept: README, "Erasure".
+/// the caller's tenant. What is erased and what is kept: docs/operators.md, "Erasure".
 pub async fn erase(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,

@@ -1,5 +1,5 @@
 //! Several instances on one PostgreSQL: two real `consentry serve` processes, started from
-//! `examples/instances.toml` (the README's example, with its paths and URLs replaced), on one
+//! `examples/instances.toml` (docs/operators.md's example, with its paths and URLs replaced), on one
 //! fresh schema, with the same keys and the same JWT issuer, each on its own ports, in front of
 //! one fake gateway. What the gateway received is the verdict.
 //!
