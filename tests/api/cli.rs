@@ -563,3 +563,46 @@ async fn json_logs_carry_the_request_id_the_answer_gives() {
     assert_eq!(sent["fields"]["tenant"], "demo");
     drop(child);
 }
+
+/// The shipped systemd unit parses cleanly (`systemd-analyze verify`, which also fails on a
+/// setting it does not know), with the binary this build made.
+#[test]
+fn the_systemd_unit_verifies() {
+    let Ok(analyze) = which("systemd-analyze") else {
+        eprintln!("systemd-analyze is not installed: not run");
+        return;
+    };
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/consentry.service"
+    ))
+    .unwrap()
+    .replace("/usr/local/bin/consentry", BINARY);
+    let folder = tempfile::tempdir().unwrap();
+    let path = folder.path().join("consentry.service");
+    std::fs::write(&path, unit).unwrap();
+    let output = Command::new(analyze)
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{said}");
+    assert!(
+        !said.contains("consentry.service:"),
+        "warnings about the unit: {said}"
+    );
+}
+
+fn which(name: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+        .ok_or(())
+}
