@@ -26,13 +26,44 @@ use crate::{http, scheduler, server};
 
 /// A built application, ready to serve.
 pub struct App {
-    state: Arc<AppState>,
+    reloader: Arc<Reloader>,
+    current: crate::state::Current,
     tls: Arc<rustls::ServerConfig>,
     fingerprint: String,
     cert_path: PathBuf,
     data_dir: PathBuf,
     api_settings: server::Settings,
     admin_settings: server::Settings,
+}
+
+/// What a reload keeps: the store, the keys, the locks, the counts; and the configuration
+/// running now, to tell what a reload may change from what needs a restart.
+struct Shared {
+    clock: Clock,
+    data: DataDir,
+    store: Arc<dyn store::Store>,
+    keys: Arc<KeyRing>,
+    log_signer: Arc<LogSigner>,
+    numbers: Arc<NumberHasher>,
+    recipient_locks: Arc<RecipientLocks>,
+    sandbox: Arc<crate::upstream::Sandbox>,
+    metrics: Arc<crate::metrics::Metrics>,
+    connections: Arc<server::limits::Limits>,
+}
+
+/// Applies a new configuration to a running application (`serve` does on SIGHUP): the
+/// certificate, the policies, tenants, upstreams, JWT issuers and keys, webhooks and the log's
+/// cadence. Sends in flight finish with the configuration they started with; the next ones
+/// take the new one. A configuration that does not build, or changes what needs a restart
+/// (addresses, the database, the data folder, the keys, the limits), is refused and the
+/// running one kept.
+pub struct Reloader {
+    shared: Shared,
+    running: std::sync::Mutex<Config>,
+    state: tokio::sync::watch::Sender<Arc<AppState>>,
+    cert: Arc<server::CertSlot>,
+    api_routes: server::Routes,
+    admin_routes: server::Routes,
 }
 
 impl App {
@@ -45,17 +76,7 @@ impl App {
     /// [`App::build`] with a given clock (tests move a manual one).
     pub async fn build_with_clock(config: Config, clock: Clock) -> anyhow::Result<App> {
         let data = DataDir::open(&config.data_dir)?;
-        let identity = match (&config.tls.cert_file, &config.tls.key_file) {
-            (Some(cert), Some(key)) => datadir::load_tls(cert, key)?,
-            _ => data.self_signed_tls()?,
-        };
-        let dev_key = if config.jwt.dev_issuer {
-            Some(data.dev_jwt_key()?)
-        } else {
-            None
-        };
-        let verifier =
-            Verifier::from_config(&config, dev_key.as_ref().map(|k| k.public.as_slice()))?;
+        let identity = tls_identity(&data, &config)?;
         let payload_key = payload_key(&data, &config)?;
         let number_key = symmetric_key(
             &data,
@@ -94,41 +115,40 @@ impl App {
         let keys = KeyRing::load(store.clone(), &payload_key, clock.now().as_microsecond())
             .await
             .context("cannot open the key ring (is crypto.payload_key the one the database's data keys were wrapped with?)")?;
-        let upstreams = Upstreams::from_config(&config)?;
-        let tenants = config.tenants()?;
         // Parse the shipped numbering metadata now rather than on the first request.
         crate::numbering::database();
-        let policies = PolicySet::load(&config.policies)?;
-        let webhooks = Webhooks::new(tenants.values(), &config.outbox)?;
 
         let api_settings = server::Settings::api(&config.server);
-        let state = AppState {
+        let shared = Shared {
             clock,
-            recipient_locks: RecipientLocks::default(),
-            tenants,
-            verifier,
+            data: data.clone(),
             store,
-            keys,
+            keys: Arc::new(keys),
             log_signer: Arc::new(log_signer),
-            log_cadence: Cadence {
-                enabled: config.log.sequencer,
-                leaves: config.log.checkpoint_leaves.max(1),
-                interval_us: i64::try_from(config.log.checkpoint_interval_ms)
-                    .unwrap_or(i64::MAX / 1000)
-                    .saturating_mul(1000),
-            },
-            numbers: NumberHasher::new(&number_key)?,
-            upstreams,
-            policies,
-            webhooks,
-            max_request_bytes: config.server.max_request_bytes,
-            min_body_rate: config.server.min_body_rate,
-            metrics: crate::metrics::Metrics::default(),
+            numbers: Arc::new(NumberHasher::new(&number_key)?),
+            recipient_locks: Arc::new(RecipientLocks::default()),
+            sandbox: Arc::new(crate::upstream::Sandbox::default()),
+            metrics: Arc::new(crate::metrics::Metrics::default()),
             connections: api_settings.limits.clone(),
         };
+        let state = Arc::new(live_state(&shared, &config, 1)?);
+        let cert = Arc::new(server::CertSlot::new(
+            identity.chain.clone(),
+            identity.key.clone_key(),
+        )?);
+        let (sender, current) = tokio::sync::watch::channel(state.clone());
+        let reloader = Reloader {
+            shared,
+            running: std::sync::Mutex::new(config.clone()),
+            state: sender,
+            cert: cert.clone(),
+            api_routes: server::Routes::new(http::api_router(state.clone())),
+            admin_routes: server::Routes::new(http::admin_router(state)),
+        };
         Ok(App {
-            state: Arc::new(state),
-            tls: server::tls_server_config(identity.chain.clone(), identity.key.clone_key())?,
+            reloader: Arc::new(reloader),
+            current,
+            tls: server::tls_server_config(cert)?,
             fingerprint: identity.fingerprint(),
             cert_path: identity.cert_path,
             data_dir: data.root().to_path_buf(),
@@ -137,9 +157,14 @@ impl App {
         })
     }
 
-    /// The shared state, for tests that drive the workers one step at a time.
+    /// The state live now, for tests that drive the workers one step at a time.
     pub fn state(&self) -> Arc<AppState> {
-        self.state.clone()
+        self.current.borrow().clone()
+    }
+
+    /// The handle that applies a new configuration (`serve` calls it on SIGHUP).
+    pub fn reloader(&self) -> Arc<Reloader> {
+        self.reloader.clone()
     }
 
     /// The SHA-256 fingerprint of the served certificate.
@@ -170,7 +195,7 @@ impl App {
         let api_server = server::serve(
             api,
             Some(TlsAcceptor::from(self.tls.clone())),
-            http::api_router(self.state.clone()),
+            self.reloader.api_routes.clone(),
             self.api_settings.clone(),
             wait(stopped.clone()),
         );
@@ -178,14 +203,14 @@ impl App {
         let admin_server = server::serve(
             admin,
             None,
-            http::admin_router(self.state.clone()),
+            self.reloader.admin_routes.clone(),
             self.admin_settings.clone(),
             wait(stopped),
         );
-        let worker = tokio::spawn(outbox::run(self.state.clone(), stopped_worker.clone()));
-        let releases = tokio::spawn(scheduler::run(self.state.clone(), stopped_worker.clone()));
+        let worker = tokio::spawn(outbox::run(self.current.clone(), stopped_worker.clone()));
+        let releases = tokio::spawn(scheduler::run(self.current.clone(), stopped_worker.clone()));
         let sequencer = tokio::spawn(crate::audit::sequencer::run(
-            self.state.clone(),
+            self.current.clone(),
             stopped_worker,
         ));
         tokio::spawn(async move {
@@ -196,10 +221,126 @@ impl App {
         let _ = worker.await;
         let _ = releases.await;
         let _ = sequencer.await;
-        if let Some(summary) = self.state.database().write_batches() {
+        if let Some(summary) = self.state().database().write_batches() {
             tracing::info!(%summary, "group commit: the write batches of this run");
         }
     }
+}
+
+impl Reloader {
+    /// Applies `config` (as read from its file: a file that did not read is refused too) if
+    /// it builds and changes nothing that needs a restart; returns the new configuration's
+    /// version. On error the running configuration stays, whole.
+    pub fn reload(&self, config: anyhow::Result<Config>) -> anyhow::Result<u64> {
+        let result = config.and_then(|config| self.try_reload(config));
+        let metrics = &self.shared.metrics;
+        match &result {
+            Ok(version) => {
+                metrics.reload(true);
+                tracing::info!(version, "configuration reloaded");
+            }
+            Err(error) => {
+                metrics.reload(false);
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    "configuration refused; the running one is kept"
+                );
+            }
+        }
+        result
+    }
+
+    fn try_reload(&self, config: Config) -> anyhow::Result<u64> {
+        let mut running = self
+            .running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(what) = needs_restart(&running, &config) {
+            anyhow::bail!("{what} cannot change while consentry runs: restart it");
+        }
+        let version = self.state.borrow().config_version + 1;
+        let identity = tls_identity(&self.shared.data, &config)?;
+        let state = Arc::new(live_state(&self.shared, &config, version)?);
+        // Everything is built: now switch, certificate first.
+        self.cert.replace(identity.chain, identity.key)?;
+        self.api_routes.replace(http::api_router(state.clone()));
+        self.admin_routes.replace(http::admin_router(state.clone()));
+        self.state.send_replace(state);
+        *running = config;
+        Ok(version)
+    }
+}
+
+/// What a reload may not change, named; `None` when it changes none of it.
+fn needs_restart(running: &Config, new: &Config) -> Option<&'static str> {
+    let same =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") == format!("{b:?}");
+    if running.data_dir != new.data_dir {
+        return Some("data_dir");
+    }
+    if running.database_url() != new.database_url() {
+        return Some("database.url");
+    }
+    if !same(&running.server, &new.server) {
+        return Some("[server] (addresses, limits and timeouts)");
+    }
+    if !same(&running.crypto, &new.crypto) {
+        return Some("[crypto] (the payload and number keys)");
+    }
+    if !same(&running.log.signing_key, &new.log.signing_key) {
+        return Some("log.signing_key");
+    }
+    if running.logging.format != new.logging.format {
+        return Some("logging.format");
+    }
+    None
+}
+
+/// The certificate and key: the configured files, or the data folder's self-signed pair.
+fn tls_identity(data: &DataDir, config: &Config) -> anyhow::Result<datadir::TlsIdentity> {
+    match (&config.tls.cert_file, &config.tls.key_file) {
+        (Some(cert), Some(key)) => datadir::load_tls(cert, key),
+        _ => data.self_signed_tls(),
+    }
+}
+
+/// The state for `config` around the shared parts: what a reload replaces.
+fn live_state(shared: &Shared, config: &Config, version: u64) -> anyhow::Result<AppState> {
+    let dev_key = if config.jwt.dev_issuer {
+        Some(shared.data.dev_jwt_key()?)
+    } else {
+        None
+    };
+    let verifier = Verifier::from_config(config, dev_key.as_ref().map(|k| k.public.as_slice()))?;
+    let upstreams = Upstreams::from_config_with_sandbox(config, shared.sandbox.clone())?;
+    let tenants = config.tenants()?;
+    let policies = PolicySet::load(&config.policies)?;
+    let webhooks = Webhooks::new(tenants.values(), &config.outbox)?;
+    Ok(AppState {
+        clock: shared.clock.clone(),
+        recipient_locks: shared.recipient_locks.clone(),
+        tenants,
+        verifier,
+        store: shared.store.clone(),
+        keys: shared.keys.clone(),
+        log_signer: shared.log_signer.clone(),
+        log_cadence: Cadence {
+            enabled: config.log.sequencer,
+            leaves: config.log.checkpoint_leaves.max(1),
+            interval_us: i64::try_from(config.log.checkpoint_interval_ms)
+                .unwrap_or(i64::MAX / 1000)
+                .saturating_mul(1000),
+        },
+        numbers: shared.numbers.clone(),
+        upstreams,
+        policies,
+        webhooks,
+        max_request_bytes: config.server.max_request_bytes,
+        min_body_rate: config.server.min_body_rate,
+        metrics: shared.metrics.clone(),
+        config_version: version,
+        connections: shared.connections.clone(),
+    })
 }
 
 /// The key-encryption key: configured, or the data folder's (made on first start).

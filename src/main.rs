@@ -397,7 +397,23 @@ fn serve(
     admin_listen: Option<SocketAddr>,
     database: Option<String>,
 ) -> anyhow::Result<()> {
-    let mut config = load_config(config_path)?;
+    // The command line's overrides, applied to the file at start and at each reload.
+    let overrides = move |mut config: Config| {
+        if let Some(dir) = &data_dir {
+            config.data_dir = dir.clone();
+        }
+        if let Some(address) = listen {
+            config.server.listen = address;
+        }
+        if let Some(address) = admin_listen {
+            config.server.admin_listen = address;
+        }
+        if let Some(url) = &database {
+            config.database.url = Some(url.clone());
+        }
+        config
+    };
+    let config = overrides(load_config(config_path)?);
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let logs = tracing_subscriber::fmt()
@@ -410,18 +426,6 @@ fn serve(
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
 
-    if let Some(dir) = data_dir {
-        config.data_dir = dir;
-    }
-    if let Some(address) = listen {
-        config.server.listen = address;
-    }
-    if let Some(address) = admin_listen {
-        config.server.admin_listen = address;
-    }
-    if let Some(url) = database {
-        config.database.url = Some(url);
-    }
     let dev_issuer = config.jwt.dev_issuer;
     let tenant_example = config.tenants.first().cloned();
 
@@ -439,13 +443,22 @@ fn serve(
 
         say!("consentry {} is running", env!("CARGO_PKG_VERSION"));
         say!("  API (TLS):   https://{api_address}");
-        say!("  admin:       http://{admin_address}  (/healthz, /readyz)");
+        say!("  admin:       http://{admin_address}  (/healthz, /readyz, /metrics)");
         say!("  certificate: {}", app.cert_path().display());
         say!("  SHA-256:     {}", app.fingerprint());
         if let (true, Some(tenant)) = (dev_issuer, tenant_example) {
             print_example(&app, api_address, &tenant, config_path);
         }
         tracing::info!(%api_address, %admin_address, "serving");
+        let reloader = app.reloader();
+        let file = config_path.map(Path::to_path_buf);
+        tokio::spawn(reload_on_hangup(move || {
+            let file = file.clone();
+            (
+                reloader.clone(),
+                file.map(|path| load_config(Some(&path)).map(&overrides)),
+            )
+        }));
         app.run(api, admin, shutdown_signal()).await;
         tracing::info!("stopped");
         Ok(())
@@ -508,6 +521,38 @@ fn shell_quote(text: &str) -> String {
     } else {
         format!("'{}'", text.replace('\'', "'\\''"))
     }
+}
+
+/// On each SIGHUP, reads the configuration file again and applies it (`Reloader::reload`):
+/// a file that does not read or build is refused, with the reason logged, and the running
+/// configuration kept. `read` gives the reloader and the file as read, `None` when consentry
+/// runs on its embedded defaults.
+async fn reload_on_hangup(
+    read: impl Fn() -> (
+        std::sync::Arc<consentry::app::Reloader>,
+        Option<anyhow::Result<Config>>,
+    ),
+) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hangups) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match read() {
+                (reloader, Some(config)) => {
+                    let _ = reloader.reload(config);
+                }
+                (_, None) => tracing::warn!(
+                    "SIGHUP: consentry runs on its embedded defaults, there is no file to reload"
+                ),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = read;
 }
 
 async fn shutdown_signal() {

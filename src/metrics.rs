@@ -79,6 +79,7 @@ pub struct Metrics {
     upstream: Family<UpstreamLabels, Counter>,
     inbound: Family<CodeLabels, Counter>,
     webhook_refusals: Family<CodeLabels, Counter>,
+    reloads: Family<CodeLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -126,8 +127,15 @@ impl Default for Metrics {
             "Gateway webhooks refused, by reason (a bad signature, a stale timestamp...)",
             webhook_refusals.clone(),
         );
+        let reloads = Family::<CodeLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads, applied or refused",
+            reloads.clone(),
+        );
         Metrics {
             registry,
+            reloads,
             decisions,
             phases,
             upstream,
@@ -165,6 +173,11 @@ impl Metrics {
             .inc();
     }
 
+    pub fn reload(&self, applied: bool) {
+        let code = if applied { "applied" } else { "refused" };
+        self.reloads.get_or_create(&CodeLabels { code }).inc();
+    }
+
     pub fn webhook_refused(&self, code: &'static str) {
         self.webhook_refusals
             .get_or_create(&CodeLabels { code })
@@ -199,6 +212,8 @@ pub struct Snapshot {
     pub write_batches: Vec<(String, u64)>,
     /// Whether the store answered the scrape's reads.
     pub store_up: bool,
+    /// The live configuration's version (1 at start, one more at each reload).
+    pub config_version: u64,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -214,6 +229,11 @@ impl Snapshot {
                 registry.register(name, help, ConstGauge::new(value));
             }
         };
+        gauge(
+            "config_version",
+            "The live configuration: 1 at start, one more at each reload",
+            Some(self.config_version as f64),
+        );
         gauge(
             "store_up",
             "1 when the store answered this scrape's reads",

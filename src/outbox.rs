@@ -10,7 +10,6 @@
 //! Each request is signed: `X-Consentry-Timestamp: <unix seconds>` and
 //! `X-Consentry-Signature: v1=<hex HMAC-SHA256(secret, timestamp + "." + body)>`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -49,8 +48,10 @@ pub fn backoff(config: &OutboxConfig, attempts: i64) -> Duration {
 }
 
 /// Runs the worker until `stop` turns true.
-pub async fn run(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn run(current: crate::state::Current, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
+        // The configuration live now: a reload reaches the next pass.
+        let state = current.borrow().clone();
         if let Err(error) = deliver_due(&state).await {
             tracing::warn!(%error, "the outbox cannot be read; retrying");
         }

@@ -12,7 +12,6 @@
 //! through `flow::send`. Its loop also deletes expired idempotency keys
 //! ([`IdempotencyKeys`](crate::store::IdempotencyKeys)).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -43,9 +42,11 @@ pub struct Released {
 }
 
 /// Runs the worker until `stop` turns true.
-pub async fn run(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn run(current: crate::state::Current, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut purged = tokio::time::Instant::now();
     loop {
+        // The configuration live now: a reload reaches the next pass.
+        let state = current.borrow().clone();
         if let Err(error) = release_due(&state).await {
             tracing::warn!(%error, "releasing deferred messages failed; retrying");
         }

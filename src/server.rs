@@ -72,27 +72,100 @@ impl Settings {
     }
 }
 
-/// The TLS server configuration: the given certificate, TLS 1.2 and 1.3, ALPN h2 and http/1.1.
-pub fn tls_server_config(
-    chain: Vec<rustls_pki_types::CertificateDer<'static>>,
-    key: rustls_pki_types::PrivateKeyDer<'static>,
-) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+/// The TLS server configuration: the certificate in `slot` (replaced on reload), TLS 1.2 and
+/// 1.3, ALPN h2 and http/1.1.
+pub fn tls_server_config(slot: Arc<CertSlot>) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()?
     .with_no_client_auth()
-    .with_single_cert(chain, key)?;
+    .with_cert_resolver(slot);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then drains open connections.
+/// The served certificate and key; a reload replaces them, and the next handshake uses the
+/// new ones (open connections keep theirs).
+#[derive(Debug)]
+pub struct CertSlot(std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>);
+
+impl CertSlot {
+    pub fn new(
+        chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+        key: rustls_pki_types::PrivateKeyDer<'static>,
+    ) -> anyhow::Result<CertSlot> {
+        Ok(CertSlot(std::sync::RwLock::new(certified(chain, key)?)))
+    }
+
+    /// Replaces the certificate, checked first: a key that does not sign is refused here.
+    pub fn replace(
+        &self,
+        chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+        key: rustls_pki_types::PrivateKeyDer<'static>,
+    ) -> anyhow::Result<()> {
+        let certified = certified(chain, key)?;
+        *self
+            .0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = certified;
+        Ok(())
+    }
+}
+
+fn certified(
+    chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    key: rustls_pki_types::PrivateKeyDer<'static>,
+) -> anyhow::Result<Arc<rustls::sign::CertifiedKey>> {
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|error| anyhow::anyhow!("the TLS key cannot be used: {error}"))?;
+    let certified = rustls::sign::CertifiedKey::new(chain, signing);
+    certified
+        .keys_match()
+        .map_err(|error| anyhow::anyhow!("the TLS key is not the certificate's: {error}"))?;
+    Ok(Arc::new(certified))
+}
+
+impl rustls::server::ResolvesServerCert for CertSlot {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.0.read().ok().map(|certified| certified.clone())
+    }
+}
+
+/// The routes a listener serves, replaced on reload: each request is routed by the routes
+/// current when it arrives, and finishes with them.
+#[derive(Clone)]
+pub struct Routes(Arc<std::sync::RwLock<Router>>);
+
+impl Routes {
+    pub fn new(router: Router) -> Routes {
+        Routes(Arc::new(std::sync::RwLock::new(router)))
+    }
+
+    pub fn replace(&self, router: Router) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = router;
+    }
+
+    fn current(&self) -> Router {
+        self.0
+            .read()
+            .map(|router| router.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+}
+
+/// Serves `routes` on `listener` until `shutdown` resolves, then drains open connections.
 /// With `tls`, every connection must complete a TLS handshake first; plain HTTP is refused.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    router: Router,
+    routes: Routes,
     settings: Settings,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -121,10 +194,11 @@ pub async fn serve(
             }
         };
         let proof = slot.proof();
-        let service = TowerToHyperService::new(router.clone().map_request(
+        let routes = routes.clone();
+        let service = TowerToHyperService::new(tower::service_fn(
             move |mut request: http::Request<hyper::body::Incoming>| {
                 request.extensions_mut().insert(proof.clone());
-                request
+                routes.current().oneshot(request)
             },
         ));
         let watcher = graceful.watcher();

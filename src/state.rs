@@ -22,19 +22,25 @@ use crate::store::{
 };
 use crate::upstream::Upstreams;
 
-/// What every request handler, flow and worker shares.
+/// The state live now: a reload (`App::reload`) sends a new one; requests and worker passes
+/// take the one current when they start, and finish with it.
+pub type Current = tokio::sync::watch::Receiver<Arc<AppState>>;
+
+/// What every request handler, flow and worker shares. A reload builds a new one from the new
+/// configuration around the same shared parts (`Arc`s: the store, keys, locks, metrics...), so
+/// a recipient's turn and the counts survive it.
 #[derive(Debug)]
 pub struct AppState {
     pub clock: Clock,
-    pub recipient_locks: RecipientLocks,
+    pub recipient_locks: Arc<RecipientLocks>,
     pub tenants: BTreeMap<TenantId, Tenant>,
     pub verifier: Verifier,
     pub store: Arc<dyn Store>,
-    pub keys: KeyRing,
+    pub keys: Arc<KeyRing>,
     /// Signs the verifiable log's checkpoints.
     pub log_signer: Arc<LogSigner>,
     pub log_cadence: Cadence,
-    pub numbers: NumberHasher,
+    pub numbers: Arc<NumberHasher>,
     pub upstreams: Upstreams,
     pub policies: PolicySet,
     pub webhooks: Webhooks,
@@ -42,7 +48,9 @@ pub struct AppState {
     /// The slowest a request body may arrive, after its grace (`http::edge`).
     pub min_body_rate: u64,
     /// What the flows count, for `/metrics`.
-    pub metrics: crate::metrics::Metrics,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Which configuration is live: 1 at start, one more at each reload.
+    pub config_version: u64,
     /// The API listener's connection table, read by `/metrics`.
     pub connections: Arc<crate::server::limits::Limits>,
 }

@@ -84,12 +84,20 @@ pub struct Upstreams {
 
 impl Upstreams {
     pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        Upstreams::from_config_with_sandbox(config, Arc::new(Sandbox::default()))
+    }
+
+    /// The upstreams of `config`, with `sandbox` as the built-in one (a reload keeps the
+    /// sandbox's messages).
+    pub fn from_config_with_sandbox(
+        config: &Config,
+        sandbox: Arc<Sandbox>,
+    ) -> Result<Self, ConfigError> {
         let public_url = config
             .server
             .public_url
             .as_deref()
             .map(|url| url.trim_end_matches('/'));
-        let sandbox = Arc::new(Sandbox::default());
         let mut by_name = HashMap::new();
         by_name.insert(SANDBOX.to_owned(), Upstream::Sandbox(sandbox.clone()));
         for (index, upstream) in config.upstreams.iter().enumerate() {

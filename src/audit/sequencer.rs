@@ -8,11 +8,9 @@
 //!
 //! Of the store it uses the [`AuditLog`] part only.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::checkpoint::{Cadence, Checkpoint, LogSigner};
-use crate::state::AppState;
 use crate::store::{AuditLog, StoreError};
 
 /// Entries sequenced per transaction.
@@ -25,9 +23,10 @@ const KEY_REFRESH_POLLS: u32 = 10;
 
 /// Runs the sequencer until `stop` turns true. It also looks for rotated data keys every
 /// couple of seconds, so a rotation reaches every instance without a restart.
-pub async fn run(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn run(current: crate::state::Current, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut polls = 0u32;
     loop {
+        let state = current.borrow().clone();
         polls = polls.wrapping_add(1);
         if polls % KEY_REFRESH_POLLS == 0
             && let Err(error) = state.keys.refresh().await

@@ -44,6 +44,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         connections_refused: limits.refused.load(Ordering::Relaxed),
         tls_handshake_failures: limits.handshake_failures.load(Ordering::Relaxed),
         write_batches: state.database().write_batch_counts(),
+        config_version: state.config_version,
         ..Snapshot::default()
     };
     let read = async {

@@ -386,6 +386,8 @@ pub struct TestApp {
     pub tenant_app: Option<FakeGateway>,
     /// The running application's state: its clock, its workers' single steps.
     pub state: std::sync::Arc<consentry::state::AppState>,
+    /// Applies a new configuration to the running application, as SIGHUP does.
+    pub reloader: std::sync::Arc<consentry::app::Reloader>,
     stop: Option<oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<()>>,
     _temp: Option<Arc<tempfile::TempDir>>,
@@ -553,6 +555,7 @@ impl TestApp {
         let clock = consentry::state::Clock::starting_at(TEST_START.parse().unwrap());
         let app = App::build_with_clock(config, clock).await.unwrap();
         let state = app.state();
+        let reloader = app.reloader();
         let fingerprint = app.fingerprint().to_owned();
         let cert = std::fs::read(app.cert_path()).unwrap();
         let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -571,6 +574,7 @@ impl TestApp {
             database,
             tenant_app: None,
             state,
+            reloader,
             stop: Some(stop),
             done: Some(done),
             _temp: None,

@@ -10,7 +10,10 @@ fn files_contain(folder: &std::path::Path, needle: &[u8]) -> Vec<String> {
     for entry in std::fs::read_dir(folder).unwrap() {
         let path = entry.unwrap().path();
         if path.is_file() {
-            let bytes = std::fs::read(&path).unwrap();
+            // SQLite may remove a file of its own between the listing and the read.
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
             if bytes.windows(needle.len()).any(|window| window == needle) {
                 found.push(path.display().to_string());
             }

@@ -169,3 +169,112 @@ async fn the_admin_listener_serves_metrics_promtool_accepts() {
         Err(error) => panic!("promtool is needed in CI: {error}"),
     }
 }
+
+/// A reload (SIGHUP) while sends run over a keep-alive connection: the certificate and a
+/// tenant's purposes change; no send fails; the next decision follows the new configuration;
+/// a broken file, or a change that needs a restart, is refused and the running one kept.
+#[tokio::test]
+async fn a_reload_changes_the_certificate_and_policy_while_sends_keep_going() {
+    let gateway = FakeGateway::start().await;
+    let folder = tempfile::tempdir().unwrap();
+    let text = test_config(folder.path(), &gateway.url());
+    let app = TestApp::spawn_with(folder.path(), &text).await;
+    let token = app.token("acme", "messages:send");
+    let informational = message("+14155550123", "your order shipped", "informational");
+    let before = error_code(app.send(&token, &informational).await).await;
+    assert_ne!(before, "purpose_not_allowed");
+
+    // Sends over one h2 connection, all through the reloads.
+    let old_cert = std::fs::read(app.data_dir().join("tls/cert.pem")).unwrap();
+    let keep_alive = client(&old_cert, Some(http::Version::HTTP_2));
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let url = app.url("/v1/messages");
+    let sender_token = token.clone();
+    let sends = tokio::spawn(async move {
+        let mut statuses = Vec::new();
+        while !*stopped.borrow_and_update() {
+            let response = keep_alive
+                .post(&url)
+                .bearer_auth(&sender_token)
+                .json(&message("+14155550123", "code 1234", "transactional"))
+                .send()
+                .await;
+            statuses.push(response.map(|r| r.status().as_u16()).unwrap_or(0));
+        }
+        statuses
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    // A new certificate, and acme may send transactional messages only.
+    let new = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(folder.path().join("new-cert.pem"), new.cert.pem()).unwrap();
+    std::fs::write(
+        folder.path().join("new-key.pem"),
+        new.key_pair.serialize_pem(),
+    )
+    .unwrap();
+    let changed = text.replacen(
+        "purposes = [\"transactional\", \"informational\"]",
+        "purposes = [\"transactional\"]",
+        1,
+    ) + "\n[tls]\ncert_file = \"new-cert.pem\"\nkey_file = \"new-key.pem\"\n";
+    assert_ne!(changed, text);
+    let path = folder.path().join("consentry.toml");
+    std::fs::write(&path, &changed).unwrap();
+    let load = || consentry::config::Config::load(&path).map_err(anyhow::Error::from);
+    assert_eq!(app.reloader.reload(load()).unwrap(), 2);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    // The next decision follows the new configuration.
+    let new_client = client(new.cert.pem().as_bytes(), Some(http::Version::HTTP_11));
+    let response = new_client
+        .post(app.url("/v1/messages"))
+        .bearer_auth(&token)
+        .json(&informational)
+        .send()
+        .await
+        .expect("a new connection gets the new certificate");
+    assert_eq!(error_code(response).await, "purpose_not_allowed");
+    // A client that trusts only the old certificate cannot open a new connection.
+    assert!(
+        client(&old_cert, Some(http::Version::HTTP_11))
+            .get(app.url("/v1/messages/x"))
+            .send()
+            .await
+            .is_err()
+    );
+
+    // A broken file, and a change that needs a restart: refused, the running one kept.
+    std::fs::write(&path, "this is [not toml").unwrap();
+    assert!(app.reloader.reload(load()).is_err());
+    std::fs::write(
+        &path,
+        changed.replace("[server]\n", "[server]\nmax_request_bytes = 2048\n"),
+    )
+    .unwrap();
+    let refused = app.reloader.reload(load()).unwrap_err().to_string();
+    assert!(refused.contains("[server]"), "{refused}");
+    let response = new_client
+        .post(app.url("/v1/messages"))
+        .bearer_auth(&token)
+        .json(&informational)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(response).await, "purpose_not_allowed");
+
+    stop.send(true).unwrap();
+    let statuses = sends.await.unwrap();
+    assert!(statuses.len() > 5, "{statuses:?}");
+    assert!(statuses.iter().all(|status| *status == 201), "{statuses:?}");
+
+    let metrics = reqwest::get(format!("http://{}/metrics", app.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("consentry_config_version 2"), "{metrics}");
+    assert!(metrics.contains("consentry_config_reloads_total{code=\"applied\"} 1"));
+    assert!(metrics.contains("consentry_config_reloads_total{code=\"refused\"} 2"));
+}
