@@ -14,9 +14,15 @@ use crate::store::AuditLog;
 
 /// Writes every sequenced leaf, in order, as NDJSON (`leaf_index`, `kind`, `id`, `leaf` in
 /// base64) to `out`, and every checkpoint as a JSON list to `checkpoints`; returns how many
-/// leaves were written. Leaves are rebuilt from the rows as they are now: a verification of the
-/// export checks them.
-pub async fn export(store: &dyn AuditLog, out: &Path, checkpoints: &Path) -> anyhow::Result<u64> {
+/// leaves were written, and tells `progress` after each. Leaves are rebuilt from the rows as
+/// they are now: a verification of the export checks them. A leaf whose row is gone stops the
+/// export, naming it: an export never holds a leaf it cannot show.
+pub async fn export(
+    store: &dyn AuditLog,
+    out: &Path,
+    checkpoints: &Path,
+    progress: &(dyn Fn(u64) + Sync),
+) -> anyhow::Result<u64> {
     use anyhow::Context as _;
     use base64::Engine as _;
     use std::io::Write as _;
@@ -41,10 +47,15 @@ pub async fn export(store: &dyn AuditLog, out: &Path, checkpoints: &Path) -> any
         }
         for entry in entries {
             let index = entry.leaf_index.unwrap_or_default();
-            let leaf = store
-                .leaf_of(entry.kind, &entry.ref_id)
-                .await?
-                .map(|leaf| base64::engine::general_purpose::STANDARD.encode(leaf.bytes));
+            let Some(leaf) = store.leaf_of(entry.kind, &entry.ref_id).await? else {
+                anyhow::bail!(
+                    "leaf {index}: the {} {} is missing from the database; the log does not \
+                     verify (consentry audit verify says more)",
+                    entry.kind.as_str(),
+                    entry.ref_id
+                );
+            };
+            let leaf = base64::engine::general_purpose::STANDARD.encode(leaf.bytes);
             let line = serde_json::json!({
                 "leaf_index": index,
                 "kind": entry.kind.as_str(),
@@ -53,6 +64,7 @@ pub async fn export(store: &dyn AuditLog, out: &Path, checkpoints: &Path) -> any
             });
             writeln!(file, "{line}")?;
             written += 1;
+            progress(written);
             after = index;
         }
     }

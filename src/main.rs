@@ -35,6 +35,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Consent records: import a file into a running consentry.
+    Consents {
+        #[command(subcommand)]
+        command: ConsentsCommand,
+    },
     /// Run the proxy. With no --config it runs on embedded defaults, ready to try.
     Serve {
         /// The configuration file (TOML).
@@ -100,6 +105,28 @@ struct Place {
     /// The database URL, over the file's.
     #[arg(long)]
     database: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ConsentsCommand {
+    /// Streams a CSV or NDJSON file of consent events to POST /v1/consents/import on a running
+    /// consentry, with a progress bar on a terminal; prints the import's summary (JSON).
+    Import {
+        /// The file: `.csv` is read as CSV, anything else as NDJSON (or say --format).
+        file: PathBuf,
+        /// consentry's API.
+        #[arg(long, default_value = "https://localhost:8443")]
+        url: String,
+        /// A token with the scope consents:write.
+        #[arg(long, env = "CONSENTRY_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Trust this CA or self-signed certificate (PEM) for the API, instead of the public roots.
+        #[arg(long)]
+        cacert: Option<PathBuf>,
+        /// `csv` or `ndjson`, when the file's name does not say.
+        #[arg(long)]
+        format: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -183,6 +210,16 @@ fn main() -> ExitCode {
             command: KeysCommand::Rotate { place },
         } => rotate_keys(&place),
         Command::Audit { command } => audit(command),
+        Command::Consents {
+            command:
+                ConsentsCommand::Import {
+                    file,
+                    url,
+                    token,
+                    cacert,
+                    format,
+                },
+        } => import_consents(&file, &url, &token, cacert.as_deref(), format.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -253,7 +290,13 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
             let config = place_config(&place)?;
             runtime.block_on(async {
                 let store = consentry::store::open(&config.database_url()).await?;
-                let written = consentry::audit::export(&*store, &out, &checkpoints).await?;
+                let bar = progress_bar(store.log_size().await.ok(), "exporting");
+                let written = consentry::audit::export(&*store, &out, &checkpoints, &|done| {
+                    bar.set_position(done)
+                })
+                .await;
+                bar.finish_and_clear();
+                let written = written?;
                 eprintln!("consentry: {written} leaves written to {}", out.display());
                 Ok(())
             })
@@ -317,12 +360,16 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
                 let file = std::fs::File::open(&export)
                     .with_context(|| format!("cannot read {}", export.display()))?;
                 use std::io::BufRead as _;
-                verify::verify_export(
+                let bar = progress_bar(checkpoints.last().map(|c| c.tree_size), "verifying");
+                let outcome = verify::verify_export(
                     std::io::BufReader::new(file).lines(),
                     checkpoints,
                     &offline_key()?,
+                    &|done| bar.set_position(done),
                 )
-                .map(|report| describe(&report))
+                .map(|report| describe(&report));
+                bar.finish_and_clear();
+                outcome
             } else {
                 let config = place_config(&place)?;
                 let key = match &public_key {
@@ -340,11 +387,13 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
                 };
                 runtime.block_on(async {
                     let store = consentry::store::open(&config.database_url()).await?;
-                    anyhow::Ok(
-                        verify::verify_store(&*store, &key, pinned)
+                    let bar = progress_bar(store.log_size().await.ok(), "verifying");
+                    let outcome =
+                        verify::verify_store(&*store, &key, pinned, &|done| bar.set_position(done))
                             .await
-                            .map(|report| describe(&report)),
-                    )
+                            .map(|report| describe(&report));
+                    bar.finish_and_clear();
+                    anyhow::Ok(outcome)
                 })?
             };
             match outcome {
@@ -359,6 +408,138 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// `consentry consents import`: the file streamed to the API as it is read, never whole in
+/// memory, the bar moving with the bytes sent.
+fn import_consents(
+    file: &Path,
+    url: &str,
+    token: &str,
+    cacert: Option<&Path>,
+    format: Option<&str>,
+) -> anyhow::Result<()> {
+    let content_type = match format.map(str::to_ascii_lowercase).as_deref() {
+        Some("csv") => "text/csv",
+        Some("ndjson") => "application/x-ndjson",
+        Some(other) => anyhow::bail!("--format {other:?}: use csv or ndjson"),
+        None if file
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("csv")) =>
+        {
+            "text/csv"
+        }
+        None => "application/x-ndjson",
+    };
+    let size = std::fs::metadata(file)
+        .with_context(|| format!("cannot read {}", file.display()))?
+        .len();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tls = consentry::upstream::client_tls_config(cacert).map_err(anyhow::Error::msg)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .enable_http2()
+            .build();
+        let client: hyper_util::client::legacy::Client<_, FileBody> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(connector);
+        let bar = bytes_bar(size);
+        let body = FileBody {
+            file: tokio::fs::File::open(file)
+                .await
+                .with_context(|| format!("cannot read {}", file.display()))?,
+            buffer: vec![0; 256 * 1024],
+            bar: bar.clone(),
+        };
+        let request =
+            http::Request::post(format!("{}/v1/consents/import", url.trim_end_matches('/')))
+                .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+                .header(http::header::CONTENT_TYPE, content_type)
+                .header(http::header::CONTENT_LENGTH, size)
+                .body(body)?;
+        let response = client.request(request).await;
+        bar.finish_and_clear();
+        let response = response.with_context(|| format!("cannot reach {url}"))?;
+        let status = response.status();
+        let answer = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .context("the answer was cut")?
+            .to_bytes();
+        let text = String::from_utf8_lossy(&answer);
+        if !status.is_success() {
+            anyhow::bail!("the import was refused ({status}): {text}");
+        }
+        say!("{text}");
+        Ok(())
+    })
+}
+
+/// A file sent as a request body in chunks, moving a progress bar by the bytes sent.
+struct FileBody {
+    file: tokio::fs::File,
+    buffer: Vec<u8>,
+    bar: indicatif::ProgressBar,
+}
+
+impl http_body::Body for FileBody {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>> {
+        use tokio::io::AsyncRead as _;
+        let this = self.get_mut();
+        let mut read = tokio::io::ReadBuf::new(&mut this.buffer);
+        match std::pin::Pin::new(&mut this.file).poll_read(cx, &mut read) {
+            std::task::Poll::Ready(Ok(())) if read.filled().is_empty() => {
+                std::task::Poll::Ready(None)
+            }
+            std::task::Poll::Ready(Ok(())) => {
+                let chunk = bytes::Bytes::copy_from_slice(read.filled());
+                this.bar.inc(chunk.len() as u64);
+                std::task::Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
+            }
+            std::task::Poll::Ready(Err(error)) => std::task::Poll::Ready(Some(Err(error))),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
+/// A progress bar over bytes, on a terminal only.
+fn bytes_bar(total: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg} {wide_bar} {bytes}/{total_bytes}, {bytes_per_sec}, {eta} left",
+    ) {
+        bar.set_style(style);
+    }
+    bar.set_message("importing");
+    bar
+}
+
+/// A progress bar on stderr for long work over the log's leaves; drawn only when stderr is a
+/// terminal (indicatif hides it otherwise), so pipes and logs stay clean.
+fn progress_bar(total: Option<u64>, what: &'static str) -> indicatif::ProgressBar {
+    let bar = match total {
+        Some(total) => indicatif::ProgressBar::new(total),
+        None => indicatif::ProgressBar::no_length(),
+    };
+    let template = if total.is_some() {
+        "{msg} {wide_bar} {pos}/{len} leaves, {per_sec}, {eta} left"
+    } else {
+        "{msg} {spinner} {pos} leaves, {per_sec}"
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    bar.set_message(what);
+    bar
 }
 
 fn describe(report: &consentry::audit::verify::Report) -> String {

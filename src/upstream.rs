@@ -419,7 +419,9 @@ impl Gateway {
 }
 
 /// A TLS client configuration on ring: the public web roots, or only the CA in `ca_file`.
-fn client_tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
+pub fn client_tls_config(
+    ca_file: Option<&std::path::Path>,
+) -> Result<rustls::ClientConfig, String> {
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

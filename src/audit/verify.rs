@@ -142,6 +142,7 @@ pub async fn verify_store(
     store: &dyn AuditLog,
     public_key: &[u8],
     pinned: Vec<Checkpoint>,
+    progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Report, Failure> {
     let database = |error: StoreError| fail(None, format!("the database cannot be read: {error}"));
     // The checkpoints an auditor kept count as much as the database's own.
@@ -214,6 +215,7 @@ pub async fn verify_store(
                 ));
             }
             verifier.push(position, rebuilt.hash())?;
+            progress(position + 1);
             after = index;
         }
     }
@@ -245,6 +247,7 @@ pub fn verify_export(
     lines: impl Iterator<Item = std::io::Result<String>>,
     checkpoints: Vec<Checkpoint>,
     public_key: &[u8],
+    progress: &dyn Fn(u64),
 ) -> Result<Report, Failure> {
     use base64::Engine as _;
     let mut verifier = LogVerifier::new(public_key, checkpoints)?;
@@ -264,6 +267,7 @@ pub fn verify_export(
             .ok_or_else(|| fail(index, "the leaf is not base64"))?;
         check_leaf(index, &row, &bytes)?;
         verifier.push(index, merkle::leaf_hash(&bytes))?;
+        progress(index + 1);
     }
     verifier.finish()
 }

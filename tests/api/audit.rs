@@ -1116,3 +1116,56 @@ async fn erasure_also_clears_the_sandbox_copy() {
         .collect();
     assert_eq!(bodies, vec!["keep this"]);
 }
+
+/// Long work over the log shows a progress bar on a terminal and nothing in a pipe.
+#[tokio::test]
+async fn verify_and_export_show_progress_on_a_terminal_only() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    let token = app.token("acme", WRITER);
+    for index in 0..5 {
+        let response = app
+            .send(
+                &token,
+                &message("+14155550123", &format!("m {index}"), "transactional"),
+            )
+            .await;
+        assert_eq!(response.status(), 201);
+    }
+    checkpoint_covering_all(&app, &app.token("acme", "audit:read")).await;
+
+    // In a pipe: the verdict on stdout, nothing on stderr.
+    let piped = cli(&app, &["audit", "verify"]);
+    assert!(piped.status.success());
+    assert!(stdout(&piped).starts_with("ok: "), "{}", stdout(&piped));
+    assert_eq!(String::from_utf8_lossy(&piped.stderr), "");
+
+    // On a terminal (script(1) gives the command a pseudo-terminal): the bar is drawn.
+    let Ok(script) = which_script() else {
+        eprintln!("script(1) is not installed: the terminal case is not run");
+        return;
+    };
+    let command = format!(
+        "RUST_LOG=warn {BINARY} audit verify --config {}",
+        app.folder.join("consentry.toml").display()
+    );
+    let terminal = Command::new(script)
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .unwrap();
+    let seen = String::from_utf8_lossy(&terminal.stdout);
+    assert!(terminal.status.success(), "{seen}");
+    assert!(
+        seen.contains("verifying"),
+        "no progress bar on a terminal: {seen:?}"
+    );
+    assert!(seen.contains("ok: "), "{seen:?}");
+}
+
+fn which_script() -> Result<std::path::PathBuf, ()> {
+    ["/usr/bin/script", "/bin/script"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|path| path.is_file())
+        .ok_or(())
+}

@@ -606,3 +606,62 @@ fn which(name: &str) -> Result<std::path::PathBuf, ()> {
         .find(|path| path.is_file())
         .ok_or(())
 }
+
+/// `consentry consents import FILE` streams a file to a running instance and prints the
+/// summary; in a pipe, nothing but the summary.
+#[tokio::test]
+async fn consents_import_streams_a_file_to_a_running_instance() {
+    let folder = tempfile::tempdir().unwrap();
+    let (_server, port) = serve_in(folder.path());
+    let token = Command::new(BINARY)
+        .args([
+            "token",
+            "--tenant",
+            "demo",
+            "--sub",
+            "crm",
+            "--scope",
+            "consents:write",
+        ])
+        .current_dir(folder.path())
+        .output()
+        .unwrap();
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
+    let mut csv = String::from("number,action,method,occurred_at\n");
+    for index in 0..2000 {
+        csv.push_str(&format!(
+            "+1415555{index:04},opt_in,web_form,2026-06-01T12:00:00Z\n"
+        ));
+    }
+    let file = folder.path().join("contacts.csv");
+    std::fs::write(&file, csv).unwrap();
+    let output = Command::new(BINARY)
+        .args(["consents", "import"])
+        .arg(&file)
+        .args(["--url", &format!("https://localhost:{port}"), "--cacert"])
+        .arg(folder.path().join("consentry-data/tls/cert.pem"))
+        .env("CONSENTRY_TOKEN", &token)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_str(said.trim()).unwrap();
+    assert_eq!(summary["recorded"], 2000, "{summary}");
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "");
+
+    // A token without the scope: refused, with the API's reason.
+    let refused = Command::new(BINARY)
+        .args(["consents", "import"])
+        .arg(&file)
+        .args(["--url", &format!("https://localhost:{port}"), "--cacert"])
+        .arg(folder.path().join("consentry-data/tls/cert.pem"))
+        .env("CONSENTRY_TOKEN", "not-a-token")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("malformed_token"));
+}
