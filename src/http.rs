@@ -64,6 +64,7 @@ pub fn api_router(state: Arc<AppState>) -> Router {
         .route("/v1/audit/proofs/consistency", get(audit::consistency))
         .route("/v1/audit/numbers/{number}/bundle", get(audit::bundle))
         .route("/v1/erasure", post(audit::erase))
+        .route("/v1/openapi.json", get(openapi))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -71,6 +72,14 @@ pub fn api_router(state: Arc<AppState>) -> Router {
             edge::guard,
         ))
         .with_state(state)
+}
+
+/// The native API's contract (OpenAPI 3.1): `docs/openapi.json`, compiled in.
+pub const OPENAPI: &str = include_str!("../docs/openapi.json");
+
+/// `GET /v1/openapi.json`: the contract, public like any API reference.
+async fn openapi() -> impl axum::response::IntoResponse {
+    ([(http::header::CONTENT_TYPE, "application/json")], OPENAPI)
 }
 
 /// The admin API served on the plain admin listener.

@@ -585,8 +585,13 @@ async fn with_nodes<T>(
     Ok(compute(&mut |id| nodes[&id]))
 }
 
-/// The tree size a proof is asked against: given, or the latest checkpoint's.
-async fn tree_size(state: &AppState, given: Option<u64>) -> Result<u64, ApiError> {
+/// The tree size a proof is asked against: given (in the query parameter `field`), or the
+/// latest checkpoint's.
+async fn tree_size(
+    state: &AppState,
+    given: Option<u64>,
+    field: &'static str,
+) -> Result<u64, ApiError> {
     let size = match given {
         Some(size) => size,
         None => state
@@ -599,7 +604,7 @@ async fn tree_size(state: &AppState, given: Option<u64>) -> Result<u64, ApiError
             })?,
     };
     if size > state.audit_log().log_size().await? {
-        return Err(bad("tree_size", "the log is not that large yet"));
+        return Err(bad(field, "the log is not that large yet"));
     }
     Ok(size)
 }
@@ -620,7 +625,7 @@ pub async fn inclusion(
 ) -> Result<Json<Value>, ApiError> {
     let (_principal, tenant) = state.authorize(&headers, scope::AUDIT_READ)?;
     let query = query.get()?;
-    let size = tree_size(&state, query.tree_size).await?;
+    let size = tree_size(&state, query.tree_size, "tree_size").await?;
     if query.leaf_index >= size {
         return Err(bad("leaf_index", "the leaf is not in a tree of that size"));
     }
@@ -662,7 +667,7 @@ pub async fn consistency(
 ) -> Result<Json<Value>, ApiError> {
     state.authorize(&headers, scope::AUDIT_READ)?;
     let query = query.get()?;
-    let to = tree_size(&state, query.to).await?;
+    let to = tree_size(&state, query.to, "to").await?;
     if query.from > to {
         return Err(bad("from", "from must not be larger than to"));
     }

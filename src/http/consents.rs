@@ -200,7 +200,7 @@ fn validate(
         return Err(field_error(
             "invalid_external_id",
             "external_id",
-            "must be 1 to 200 characters",
+            "must be 1 to 200 bytes",
         ));
     }
     let evidence = input.evidence;

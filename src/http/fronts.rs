@@ -596,8 +596,7 @@ pub async fn vonage_send(
             state.admit(principal, scope::SEND)?;
         }
         let bytes = read_body_any(&headers, body, state.max_request_bytes).await?;
-        let is_json =
-            header(&headers, "content-type").is_some_and(|t| t.starts_with("application/json"));
+        let is_json = header(&headers, "content-type").is_some_and(crate::http::messages::is_json);
         let mut fields = if is_json {
             // Typed, so that a field given twice is an error, as in a form.
             let request: VonageJson = serde_json::from_slice(&bytes).map_err(|e| {

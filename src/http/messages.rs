@@ -217,10 +217,7 @@ pub(crate) async fn read_body(
     limit: usize,
 ) -> Result<bytes::Bytes, ApiError> {
     if let Some(content_type) = headers.get(http::header::CONTENT_TYPE) {
-        let json = content_type
-            .to_str()
-            .map(|value| value.trim_start().starts_with("application/json"))
-            .unwrap_or(false);
+        let json = content_type.to_str().map(is_json).unwrap_or(false);
         if !json {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -230,6 +227,15 @@ pub(crate) async fn read_body(
         }
     }
     read_body_any(headers, body, limit).await
+}
+
+/// Whether a `Content-Type` is JSON: its media type (before any parameter) is
+/// `application/json`, in any case (RFC 9110 section 8.3.1); `application/jsonl` is not.
+pub(crate) fn is_json(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
 }
 
 /// Reads the whole body, whatever its type, refusing more than `limit` bytes with 413.

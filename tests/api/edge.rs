@@ -632,3 +632,28 @@ async fn shutdown_finishes_the_sends_in_flight_then_stops() {
         "the listener still takes connections after shutdown"
     );
 }
+
+#[tokio::test]
+async fn json_is_recognised_by_its_media_type_not_a_prefix() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    let token = app.token("acme", "messages:send");
+    let body = message("+14155550123", "hello", "transactional").to_string();
+    for (content_type, status) in [
+        ("Application/JSON; charset=utf-8", 201),
+        ("application/json", 201),
+        ("application/jsonl", 415),
+        ("application/json-patch+json", 415),
+    ] {
+        let response = app
+            .client
+            .post(app.url("/v1/messages"))
+            .bearer_auth(&token)
+            .header("content-type", content_type)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{content_type}");
+    }
+}

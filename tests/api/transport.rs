@@ -278,3 +278,41 @@ async fn a_reload_changes_the_certificate_and_policy_while_sends_keep_going() {
     assert!(metrics.contains("consentry_config_reloads_total{code=\"applied\"} 1"));
     assert!(metrics.contains("consentry_config_reloads_total{code=\"refused\"} 2"));
 }
+
+/// The OpenAPI document is served, and names exactly the native routes the router has (the
+/// gateway fronts and the webhooks are the gateways' contracts, not this one).
+#[tokio::test]
+async fn the_openapi_document_is_served_and_matches_the_routes() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    let served: Value = app
+        .client
+        .get(app.url("/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let file: Value = serde_json::from_str(consentry::http::OPENAPI).unwrap();
+    assert_eq!(served, file);
+    assert_eq!(served["openapi"], "3.1.0");
+
+    let mut documented = std::collections::BTreeSet::new();
+    for (path, operations) in served["paths"].as_object().unwrap() {
+        for method in operations.as_object().unwrap().keys() {
+            if ["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
+                documented.insert(format!("{} {path}", method.to_uppercase()));
+            }
+        }
+    }
+    let source =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/http.rs")).unwrap();
+    let route = regex::Regex::new(r#"\.route\(\s*"(/v1/[^"]*)",\s*(get|post)\("#).unwrap();
+    let routed: std::collections::BTreeSet<String> = route
+        .captures_iter(&source)
+        .map(|found| format!("{} {}", found[2].to_uppercase(), &found[1]))
+        .filter(|route| !route.contains("/v1/inbound/"))
+        .collect();
+    assert_eq!(documented, routed);
+}
