@@ -120,6 +120,11 @@ impl CsvRecords {
         use csv_core::ReadRecordResult;
         let mut records = Vec::new();
         loop {
+            // csv-core reads an empty input as the end of the file: an empty chunk (an h2 DATA
+            // frame may be empty) must not end the record being read. Found by fuzzing.
+            if input.is_empty() && !at_end {
+                return Ok(records);
+            }
             let (result, read, written, ended) = self.reader.read_record(
                 input,
                 &mut self.output[self.output_len..],
@@ -208,6 +213,17 @@ mod tests {
                 (3, vec!["last", "row"]),
             ],
         );
+    }
+
+    #[test]
+    fn an_empty_chunk_does_not_end_a_csv_record() {
+        // Fuzzing found it: "\x7e" then an empty chunk then "x\n" is one record, as unchunked.
+        let mut reader = CsvRecords::default();
+        let mut records = reader.push(b"ab").unwrap();
+        records.extend(reader.push(b"").unwrap());
+        records.extend(reader.push(b"c,d\n").unwrap());
+        records.extend(reader.finish().unwrap());
+        assert_eq!(records, vec![(1, vec!["abc".to_owned(), "d".to_owned()])]);
     }
 
     #[test]
