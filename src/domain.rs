@@ -419,6 +419,29 @@ mod tests {
     }
 
     #[test]
+    fn what_fuzzing_found_in_the_number_parser_stays_fixed() {
+        // A French number with its country code, read by a US tenant: it was refused.
+        let region = |code: &str| code.parse::<Region>().unwrap();
+        let french = PhoneNumber::parse("100000000", region("FR")).unwrap();
+        assert_eq!(french.e164(), "+33100000000");
+        assert_eq!(
+            PhoneNumber::parse(french.e164(), Region::US)
+                .unwrap()
+                .e164(),
+            "+33100000000"
+        );
+        // More digits than E.164 allows, although the metadata calls them valid: refused.
+        assert_eq!(
+            PhoneNumber::parse("0303042690426910", region("DE")),
+            Err(NumberError::Invalid)
+        );
+        assert_eq!(
+            PhoneNumber::parse("+628006777777877778", Region::US),
+            Err(NumberError::Invalid)
+        );
+    }
+
+    #[test]
     fn invalid_numbers_are_refused() {
         assert_eq!(
             PhoneNumber::parse("12", Region::US),

@@ -74,10 +74,21 @@ pub enum Refusal {
 /// country code (`+55 11 9…` read with US as default loses its `1`: whisperfish/rust-phonenumber
 /// since #93), so a number whose country code is not the default region's is read again in the
 /// region its country code belongs to, as libphonenumber itself does.
+/// The most digits an E.164 number has (ITU-T E.164, section 6.1), country code included.
+const MAX_E164_DIGITS: usize = 15;
+
 pub fn parse(input: &str, default_region: Id) -> Result<Parsed, Refusal> {
     let database = database();
-    let first = phonenumber::parse_with(database, Some(default_region), input)
-        .map_err(|_| Refusal::Unparseable)?;
+    let first = match phonenumber::parse_with(database, Some(default_region), input) {
+        Ok(number) => number,
+        // The same crate bug can refuse outright a number that carries its own country code
+        // (`+33 1 00 00 00 00` read with US as default: found by fuzzing): such a number needs
+        // no default region, so it is read without one (and again in its own region below).
+        Err(_) if input.trim_start().starts_with('+') => {
+            phonenumber::parse_with(database, None, input).map_err(|_| Refusal::Unparseable)?
+        }
+        Err(_) => return Err(Refusal::Unparseable),
+    };
     let default_code = database
         .by_id(default_region.as_ref())
         .map(|metadata| metadata.country_code());
@@ -126,13 +137,19 @@ pub fn parse(input: &str, default_region: Id) -> Result<Parsed, Refusal> {
             .map(|regions| regions[0].to_owned()),
     }
     .filter(|id| id.len() == 2 && id.bytes().all(|b| b.is_ascii_uppercase()));
+    let e164 = number
+        .format_with(database)
+        .mode(phonenumber::Mode::E164)
+        .to_string();
+    // E.164 allows at most 15 digits; the metadata calls some longer German and Indonesian
+    // numbers valid (found by fuzzing), which no gateway takes as E.164.
+    if e164.bytes().filter(u8::is_ascii_digit).count() > MAX_E164_DIGITS {
+        return Err(Refusal::Invalid);
+    }
     Ok(Parsed {
         calling_code,
         geographic,
-        e164: number
-            .format_with(database)
-            .mode(phonenumber::Mode::E164)
-            .to_string(),
+        e164,
         country,
     })
 }
