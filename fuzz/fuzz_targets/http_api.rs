@@ -65,7 +65,7 @@ default_purpose = "transactional"
 
 [[tenants]]
 id = "gb"
-senders = ["+447700900123"]
+senders = ["+447911123456"]
 upstream = "tw"
 default_region = "GB"
 

@@ -5,7 +5,8 @@
 //! `b` (`fuzz_common::expand`), so that short inputs reach the 64 KiB line limit.
 //!
 //! Property (the module's promise, "bytes arrive in chunks of any size"): the lines or
-//! records, and the first error, do not depend on how the input is split.
+//! records, and the first error, do not depend on how the input is split. The splits include
+//! empty chunks (a zero-length frame); `FUZZ_NO_EMPTY_CHUNKS=1` leaves them out.
 #![no_main]
 
 use consentry::import::{CsvRecords, ImportError, NdjsonLines};

@@ -51,6 +51,9 @@ fuzz_target!(|data: &[u8]| {
             let variants = twilio::url_variants(&url);
             assert_eq!(variants.first(), Some(&url), "url_variants drops the URL");
             let json = content_type.starts_with("application/json");
+            // A URL that already carries a bodySHA256 (or a fragment) cannot be signed over the
+            // body by appending one: the first is the one read.
+            let signed = signed && !(json && (url.contains("bodySHA256") || url.contains('#')));
             let (url, header) = if signed {
                 if json {
                     let separator = if url.contains('?') { '&' } else { '?' };
@@ -75,7 +78,6 @@ fuzz_target!(|data: &[u8]| {
                     // A JSON body that is not an object, or a URL whose query Twilio's
                     // bodySHA256 cannot be found in (a `#` fragment), is malformed, not forged.
                     Err(WebhookError::Malformed(_)) if json => {}
-                    Err(WebhookError::BadSignature) if json && url.contains('#') => {}
                     Err(error) => panic!(
                         "a webhook signed with the right token is refused: {error:?} \
                          (url {url:?}, content type {content_type:?})"
