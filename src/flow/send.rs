@@ -174,7 +174,7 @@ pub async fn process(
 
     let permit = match decision {
         Decision::Deny(denial) => {
-            tracing::info!(
+            tracing::debug!(
                 message_id = %denial.message.id,
                 tenant = %tenant.id,
                 code = denial.reasons[0].code.as_str(),
@@ -183,7 +183,7 @@ pub async fn process(
             return Ok(Processed::Denied(denial));
         }
         Decision::Defer(deferral) => {
-            tracing::info!(
+            tracing::debug!(
                 message_id = %deferral.message.id,
                 tenant = %tenant.id,
                 until = %deferral.until,
@@ -258,7 +258,7 @@ pub async fn deliver(
     state.metrics.phase(Phase::Outcome, recording.elapsed());
     match result {
         Ok(receipt) => {
-            tracing::info!(message_id = %id, tenant = %tenant.id, upstream = %receipt.name, "message sent");
+            tracing::debug!(message_id = %id, tenant = %tenant.id, upstream = %receipt.name, "message sent");
             Processed::Sent { id, receipt }
         }
         Err(error) => {

@@ -30,7 +30,7 @@ fn serve_with_no_configuration_prints_an_example_that_works_as_printed() {
                 "127.0.0.1:0",
             ])
             .current_dir(folder.path())
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,consentry::flow=debug")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -512,7 +512,7 @@ async fn json_logs_carry_the_request_id_the_answer_gives() {
             .args(["serve", "--config"])
             .arg(&config)
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,consentry::flow=debug")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
