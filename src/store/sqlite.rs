@@ -793,18 +793,9 @@ impl AuditLog for SqliteStore {
     }
 
     async fn record_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
-        let _writer = self.writer.lock().await;
-        sqlx::query(
-            "INSERT INTO log_checkpoints (tree_size, root_hash, signed_at_us, key_id, signature) \
-             VALUES (?, ?, ?, ?, ?) ON CONFLICT (tree_size) DO NOTHING",
-        )
-        .bind(checkpoint.tree_size as i64)
-        .bind(&checkpoint.root_hash[..])
-        .bind(checkpoint.signed_at_us)
-        .bind(&checkpoint.key_id)
-        .bind(&checkpoint.signature)
-        .execute(&self.pool)
-        .await?;
+        self.batches
+            .write(Write::Checkpoint(checkpoint.clone()))
+            .await?;
         Ok(())
     }
 
@@ -1092,18 +1083,20 @@ impl Keys for SqliteStore {
     }
 
     async fn reserve_key_uses(&self, id: &str, count: i64, limit: i64) -> Result<bool, StoreError> {
-        let _writer = self.writer.lock().await;
-        let updated = sqlx::query(
-            "UPDATE data_keys SET uses = uses + ? \
-             WHERE id = ? AND retired_at_us IS NULL AND uses + ? <= ?",
-        )
-        .bind(count)
-        .bind(id)
-        .bind(count)
-        .bind(limit)
-        .execute(&self.pool)
-        .await?;
-        Ok(updated.rows_affected() == 1)
+        match self
+            .batches
+            .write(Write::ReserveKeyUses {
+                id: id.to_owned(),
+                count,
+                limit,
+            })
+            .await?
+        {
+            Written::Reserved(reserved) => Ok(reserved),
+            _ => Err(StoreError::Unsafe(
+                "the writer answered another write".into(),
+            )),
+        }
     }
 
     async fn recipient_key(

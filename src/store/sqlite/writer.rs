@@ -21,6 +21,7 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 use tokio::sync::oneshot;
 
 use super::connection;
+use crate::audit::checkpoint::Checkpoint;
 use crate::audit::leaf::{self, Leaf};
 use crate::audit::merkle::{Frontier, Hash};
 use crate::store::rows::hash_from;
@@ -30,7 +31,12 @@ use crate::store::{
 };
 
 /// The writer's page cache, in KiB (negative: SQLite's unit for a size rather than pages).
-const WRITER_CACHE_KIB: i64 = -131_072;
+/// Not larger: SQLite trims the cache at every commit, and when that finds pages to drop it
+/// walks the whole hash table, so the cost of a commit grows with the cache. With every
+/// commit of the send path made here (no other connection's commit empties the cache), 128 MiB cost 20 % of the
+/// writer's time in that walk: 106-112 us of the writer's CPU a send, against 85-95 at 8-16
+/// MiB; a million-line consent import ran as fast at 16 MiB as at 128 (`bench/README.md`).
+const WRITER_CACHE_KIB: i64 = -16_384;
 
 /// The most writes one transaction takes; the rest wait for the next.
 const MAX_BATCH: usize = 512;
@@ -59,6 +65,17 @@ pub(crate) enum Write {
     PurgeKeys(i64),
     /// A durable write of nothing of consequence, for readiness: can a write land on disk?
     Heartbeat(i64),
+    /// Keeps a signed checkpoint. Here and not through sqlx: a commit by any other connection
+    /// empties this connection's page cache, and checkpoints are signed several times a second
+    /// under load.
+    Checkpoint(Checkpoint),
+    /// Reserves `count` more uses of a data key, unless that would pass `limit` or the key is
+    /// retired (for the same reason: a key's reservations come every thousand new recipients).
+    ReserveKeyUses {
+        id: String,
+        count: i64,
+        limit: i64,
+    },
 }
 
 /// What a write returns once its batch is durable.
@@ -66,6 +83,8 @@ pub(crate) enum Written {
     Done,
     Consents(Vec<Recorded>),
     Sequenced(LogHead),
+    /// Whether a reservation of key uses was made.
+    Reserved(bool),
     Claimed(Claimed),
     Purged(u64),
 }
@@ -100,8 +119,9 @@ impl GroupWriter {
             "wal_autocheckpoint",
             super::checkpointer::WRITER_CHECKPOINT_FRAMES,
         )?;
-        // The writer's cache survives its own commits: the more of the indexes it holds, the
-        // fewer pages an insert at a random place (a recipient's hash) must read first.
+        // The writer's cache survives its own commits (every commit the send path makes is
+        // made here, so no other connection's commit empties it): the index pages an insert at a random
+        // place (a recipient's hash) needs are mostly there already.
         connection.pragma_update(None, "cache_size", WRITER_CACHE_KIB)?;
         let (queue, jobs) = mpsc::channel();
         let stats = Arc::new(BatchStats::default());
@@ -292,6 +312,30 @@ fn apply(transaction: &Connection, write: &Write) -> Result<Written, StoreError>
                 .execute(params![now_us.to_string()])?;
             Ok(Written::Done)
         }
+        Write::Checkpoint(checkpoint) => {
+            transaction
+                .prepare_cached(
+                    "INSERT INTO log_checkpoints (tree_size, root_hash, signed_at_us, key_id, \
+                     signature) VALUES (?, ?, ?, ?, ?) ON CONFLICT (tree_size) DO NOTHING",
+                )?
+                .execute(params![
+                    checkpoint.tree_size as i64,
+                    &checkpoint.root_hash[..],
+                    checkpoint.signed_at_us,
+                    checkpoint.key_id,
+                    checkpoint.signature,
+                ])?;
+            Ok(Written::Done)
+        }
+        Write::ReserveKeyUses { id, count, limit } => Ok(Written::Reserved(
+            transaction
+                .prepare_cached(
+                    "UPDATE data_keys SET uses = uses + ? \
+                     WHERE id = ? AND retired_at_us IS NULL AND uses + ? <= ?",
+                )?
+                .execute(params![count, id, count, limit])?
+                == 1,
+        )),
         Write::PurgeKeys(now_us) => Ok(Written::Purged(
             transaction
                 .prepare_cached("DELETE FROM idempotency_keys WHERE expires_at_us <= ?")?
