@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod audit;
 pub mod consents;
+pub mod console;
 pub mod edge;
 pub mod error;
 pub mod extract;
@@ -63,6 +64,10 @@ pub fn api_router(state: Arc<AppState>) -> Router {
         .route("/v1/audit/proofs/inclusion", get(audit::inclusion))
         .route("/v1/audit/proofs/consistency", get(audit::consistency))
         .route("/v1/audit/numbers/{number}/bundle", get(audit::bundle))
+        .route("/v1/audit/numbers/{number}/replies", get(audit::replies))
+        .route("/v1/audit/decisions", get(audit::decisions))
+        .route("/console", get(console::page))
+        .route("/console/{asset}", get(console::asset))
         .route("/v1/erasure", post(audit::erase))
         .route("/v1/openapi.json", get(openapi))
         .fallback(error::not_found)

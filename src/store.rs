@@ -363,6 +363,35 @@ pub struct ReviewView {
     pub consent_event: Option<String>,
 }
 
+/// How many of a tenant's messages got one decision, for one headline reason, in one span of
+/// time (the console's chart of decisions over time).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DecisionCount {
+    /// The start of the span, microseconds.
+    pub bucket_us: i64,
+    pub decision: String,
+    /// The first reason's code; none for an allowed message.
+    pub reason: Option<String>,
+    pub count: i64,
+}
+
+/// A reply from a number as the console lists it: what it was taken for, never its text.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplyView {
+    pub id: String,
+    pub upstream: String,
+    /// The number that replied, masked.
+    pub from: String,
+    /// The tenant's number it was sent to, masked.
+    pub to: String,
+    /// The keyword class it was taken for (`opt_out`, `opt_in`, `help`, `other`).
+    pub class: String,
+    pub certain: bool,
+    /// The consent event it recorded, if any.
+    pub consent_event: Option<String>,
+    pub received_at_us: i64,
+}
+
 /// How a review was resolved.
 #[derive(Debug, Clone)]
 pub struct ResolutionRecord {
@@ -660,6 +689,14 @@ pub trait Inbound: Send + Sync + 'static {
     /// One of a tenant's reviews.
     async fn review(&self, tenant: &TenantId, id: &str) -> Result<Option<ReviewView>, StoreError>;
 
+    /// A number's replies to a tenant, newest first, at most `limit`.
+    async fn replies(
+        &self,
+        tenant: &TenantId,
+        recipient_hash: &str,
+        limit: i64,
+    ) -> Result<Vec<ReplyView>, StoreError>;
+
     /// Resolves a review (once), with the opt-out it leads to, in one transaction.
     async fn resolve_review(
         &self,
@@ -734,6 +771,16 @@ pub trait AuditLog: Send + Sync + 'static {
     async fn checkpoint(&self, tree_size: i64) -> Result<Option<Checkpoint>, StoreError>;
 
     /// A tenant's sequenced message records with `leaf_index > after`, in log order.
+    /// How many of a tenant's messages made at `from_us` or later and before `to_us` got each
+    /// decision and headline reason, by span of `bucket_us` from `from_us`.
+    async fn decision_counts(
+        &self,
+        tenant: &TenantId,
+        from_us: i64,
+        to_us: i64,
+        bucket_us: i64,
+    ) -> Result<Vec<DecisionCount>, StoreError>;
+
     async fn audit_messages(
         &self,
         tenant: &TenantId,

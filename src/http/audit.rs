@@ -6,7 +6,10 @@
 //! while new rows arrive. Lists stream in pages with bounded memory, up to the log's size when
 //! the request began.
 //!
-//! Of the store it uses the [`AuditLog`] part only (erasure included).
+//! Of the store it uses the [`AuditLog`] part (erasure included), and the [`Inbound`] part
+//! for a number's replies.
+//!
+//! [`Inbound`]: crate::store::Inbound
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -82,6 +85,13 @@ fn bad(field: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::bad_request("invalid_query", message).with("field", field)
 }
 
+/// An RFC 3339 instant of the query, in microseconds.
+fn instant(field: &'static str, text: &str) -> Result<i64, ApiError> {
+    crate::rfc3339::parse(text)
+        .map(|t| t.as_microsecond())
+        .map_err(|e| bad(field, format!("{field}: not an RFC 3339 instant: {e}")))
+}
+
 fn parse_number(tenant: &Tenant, number: &str) -> Result<PhoneNumber, ApiError> {
     PhoneNumber::parse(number, tenant.default_region).map_err(|e| {
         ApiError::bad_request("invalid_number", format!("number: {e}")).with("field", "number")
@@ -113,13 +123,7 @@ impl ListQuery {
         kind: Kind,
     ) -> Result<AuditFilter, ApiError> {
         let instant = |field: &'static str, text: &Option<String>| {
-            text.as_deref()
-                .map(|text| {
-                    crate::rfc3339::parse(text)
-                        .map(|t| t.as_microsecond())
-                        .map_err(|e| bad(field, format!("{field}: not an RFC 3339 instant: {e}")))
-                })
-                .transpose()
+            text.as_deref().map(|text| instant(field, text)).transpose()
         };
         let decision = match (kind, &self.decision, &self.action) {
             (Kind::Message, Some(decision), None) => {
@@ -809,4 +813,105 @@ pub async fn erase(
             "erased_at": now.to_string(),
         })),
     ))
+}
+
+/// Replies a number list at most.
+const REPLIES_LIMIT: i64 = 500;
+
+/// `GET /v1/audit/numbers/{number}/replies`: what a number replied, newest first: the keyword
+/// class each was taken for and the consent event it recorded, never its text.
+pub async fn replies(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    number: Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (_principal, tenant) = state.authorize(&headers, scope::AUDIT_READ)?;
+    let number = parse_number(tenant, &number.get()?)?;
+    let replies = state
+        .inbound()
+        .replies(&tenant.id, &state.numbers.hash(&number), REPLIES_LIMIT)
+        .await?;
+    let replies: Vec<Value> = replies
+        .iter()
+        .map(|reply| {
+            let mut row = serde_json::to_value(reply).unwrap_or_default();
+            row["received_at"] = Value::String(time(reply.received_at_us));
+            row
+        })
+        .collect();
+    Ok(Json(json!({ "number": number.e164(), "replies": replies })))
+}
+
+/// The query of `GET /v1/audit/decisions`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionsQuery {
+    /// RFC 3339, inclusive; default: 24 spans before `to`.
+    from: Option<String>,
+    /// RFC 3339, exclusive; default: now.
+    to: Option<String>,
+    /// `hour` (default) or `day`.
+    bucket: Option<String>,
+}
+
+/// Spans a chart of decisions holds at most (a month of hours).
+const MAX_SPANS: i64 = 744;
+
+/// `GET /v1/audit/decisions`: how many of the tenant's messages got each decision, by headline
+/// reason, hour by hour (or day by day). It reads every message of the window.
+pub async fn decisions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Query<DecisionsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let (_principal, tenant) = state.authorize(&headers, scope::AUDIT_READ)?;
+    let query = query.get()?;
+    let (bucket, span_us) = match query.bucket.as_deref() {
+        None | Some("hour") => ("hour", 3_600_000_000_i64),
+        Some("day") => ("day", 86_400_000_000_i64),
+        Some(other) => {
+            return Err(bad(
+                "bucket",
+                format!("unknown bucket {other:?} (hour, day)"),
+            ));
+        }
+    };
+    let to_us = match &query.to {
+        Some(text) => instant("to", text)?,
+        None => state.clock.now().as_microsecond(),
+    };
+    let from_us = match &query.from {
+        Some(text) => instant("from", text)?,
+        None => to_us.saturating_sub(24 * span_us),
+    };
+    if from_us >= to_us {
+        return Err(bad("from", "from must be before to"));
+    }
+    if (to_us - from_us + span_us - 1) / span_us > MAX_SPANS {
+        return Err(bad(
+            "from",
+            format!("at most {MAX_SPANS} spans of a {bucket} at once"),
+        ));
+    }
+    let counts = state
+        .audit_log()
+        .decision_counts(&tenant.id, from_us, to_us, span_us)
+        .await?;
+    let counts: Vec<Value> = counts
+        .iter()
+        .map(|count| {
+            json!({
+                "start": time(count.bucket_us),
+                "decision": count.decision,
+                "reason": count.reason,
+                "count": count.count,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "from": time(from_us),
+        "to": time(to_us),
+        "bucket": bucket,
+        "counts": counts,
+    })))
 }

@@ -206,6 +206,9 @@ pub async fn sandbox_reply(
 pub struct ReviewQuery {
     #[serde(default)]
     open: Option<bool>,
+    /// Only this number's reviews (E.164, or national in the tenant's region).
+    #[serde(default)]
+    number: Option<String>,
 }
 
 pub async fn reviews(
@@ -213,12 +216,26 @@ pub async fn reviews(
     headers: HeaderMap,
     query: Query<ReviewQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let (principal, _tenant) = state.authorize(&headers, scope::CONSENTS_READ)?;
+    let (principal, tenant) = state.authorize(&headers, scope::CONSENTS_READ)?;
     let query = query.get()?;
-    let reviews = state
+    let number = query
+        .number
+        .as_deref()
+        .map(|number| {
+            crate::domain::PhoneNumber::parse(number, tenant.default_region).map_err(|e| {
+                ApiError::bad_request("invalid_number", format!("number: {e}"))
+                    .with("field", "number")
+            })
+        })
+        .transpose()?;
+    let mut reviews = state
         .inbound()
         .reviews(&principal.tenant, query.open.unwrap_or(true))
         .await?;
+    if let Some(number) = number {
+        let hash = state.numbers.hash(&number);
+        reviews.retain(|review| review.recipient_hash == hash);
+    }
     Ok(Json(json!({ "reviews": reviews })))
 }
 

@@ -4,8 +4,8 @@
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
 use super::{
-    ConsentRecord, DataKeyRow, DecisionKind, LogEntry, MessageRecord, RecipientKeyRow, ReviewView,
-    StoreError, StoredConsent,
+    ConsentRecord, DataKeyRow, DecisionCount, DecisionKind, LogEntry, MessageRecord,
+    RecipientKeyRow, ReplyView, ReviewView, StoreError, StoredConsent,
 };
 use crate::audit::checkpoint::Checkpoint;
 use crate::audit::leaf::Kind;
@@ -138,6 +138,58 @@ where
         outcome: row.try_get("outcome")?,
         resolved_by: row.try_get("resolved_by")?,
         consent_event: row.try_get("consent_event")?,
+    })
+}
+
+/// A reply, from `REPLY_COLUMNS`.
+pub(crate) fn reply_from_row<R>(row: &R) -> Result<ReplyView, StoreError>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database>,
+    String: Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database>,
+    i64: Type<R::Database>,
+    for<'r> bool: Decode<'r, R::Database>,
+    bool: Type<R::Database>,
+{
+    Ok(ReplyView {
+        id: row.try_get("id")?,
+        upstream: row.try_get("upstream")?,
+        from: row.try_get("recipient_masked")?,
+        to: row.try_get("to_masked")?,
+        class: row.try_get("class")?,
+        certain: row.try_get("certain")?,
+        consent_event: row.try_get("consent_event")?,
+        received_at_us: row.try_get("received_at_us")?,
+    })
+}
+
+/// The columns [`reply_from_row`] reads.
+pub(crate) const REPLY_COLUMNS: &str =
+    "id, upstream, recipient_masked, to_masked, class, certain, consent_event, received_at_us";
+
+/// A count of decisions: `bucket` is the span's number from the first, which starts at
+/// `from_us`.
+pub(crate) fn decision_count_from_row<R>(
+    row: &R,
+    from_us: i64,
+    bucket_us: i64,
+) -> Result<DecisionCount, StoreError>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database>,
+    String: Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database>,
+    i64: Type<R::Database>,
+{
+    let bucket: i64 = row.try_get("bucket")?;
+    Ok(DecisionCount {
+        bucket_us: from_us + bucket * bucket_us,
+        decision: row.try_get("decision")?,
+        reason: row.try_get("reason")?,
+        count: row.try_get("n")?,
     })
 }
 

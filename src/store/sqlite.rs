@@ -11,8 +11,9 @@ use sqlx::sqlite::{
 };
 
 use super::rows::{
-    MESSAGE_COLUMNS, checkpoint_from_row, consent_from_row, data_key_from_row, hash_from,
-    log_entry_from_row, message_from_row, recipient_key_from_row, review_from_row,
+    MESSAGE_COLUMNS, REPLY_COLUMNS, checkpoint_from_row, consent_from_row, data_key_from_row,
+    decision_count_from_row, hash_from, log_entry_from_row, message_from_row,
+    recipient_key_from_row, reply_from_row, review_from_row,
 };
 use super::{
     AuditFilter, AuditLog, AuditedConsent, AuditedMessage, ConsentRecord, DataKeyRow, Database,
@@ -21,7 +22,7 @@ use super::{
     RecipientFacts, RecipientKeyRow, Recorded, ReleaseRecord, ResolutionRecord, Resolved,
     ReviewRecord, ReviewView, StoreError, StoredConsent, status_of,
 };
-use super::{Claimed, IdempotencyKeys, KeyAnswer, KeyClaim, QueueDepths};
+use super::{Claimed, DecisionCount, IdempotencyKeys, KeyAnswer, KeyClaim, QueueDepths, ReplyView};
 use crate::audit::checkpoint::Checkpoint;
 use crate::audit::leaf::{self, BodyAccess, Erasure, Kind, Leaf};
 use crate::audit::merkle::{Hash, NodeId};
@@ -542,6 +543,24 @@ impl Inbound for SqliteStore {
         row.as_ref().map(review_from_row).transpose()
     }
 
+    async fn replies(
+        &self,
+        tenant: &TenantId,
+        recipient_hash: &str,
+        limit: i64,
+    ) -> Result<Vec<ReplyView>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {REPLY_COLUMNS} FROM inbound_messages WHERE tenant = ? AND recipient_hash = ? \
+             ORDER BY received_at_us DESC LIMIT ?"
+        ))
+        .bind(tenant.as_str())
+        .bind(recipient_hash)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(reply_from_row).collect()
+    }
+
     async fn resolve_review(
         &self,
         tenant: &TenantId,
@@ -830,6 +849,30 @@ impl AuditLog for SqliteStore {
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(checkpoint_from_row).transpose()
+    }
+
+    async fn decision_counts(
+        &self,
+        tenant: &TenantId,
+        from_us: i64,
+        to_us: i64,
+        bucket_us: i64,
+    ) -> Result<Vec<DecisionCount>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT (created_at_us - ?2) / ?4 AS bucket, decision, \
+             json_extract(reasons, '$[0].code') AS reason, COUNT(*) AS n FROM messages \
+             WHERE tenant = ?1 AND created_at_us >= ?2 AND created_at_us < ?3 \
+             GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        )
+        .bind(tenant.as_str())
+        .bind(from_us)
+        .bind(to_us)
+        .bind(bucket_us)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| decision_count_from_row(row, from_us, bucket_us))
+            .collect()
     }
 
     async fn audit_messages(

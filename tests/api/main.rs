@@ -6,6 +6,7 @@ mod audit;
 mod authentication;
 mod cli;
 mod consents;
+mod console;
 mod edge;
 mod fronts;
 mod helpers;
