@@ -1009,3 +1009,145 @@ async fn an_idempotency_key_holds_across_instances() {
     }
     assert_eq!(cluster.received("").len(), 20, "one SMS per key");
 }
+
+/// HAProxy, with `examples/haproxy.cfg` (its addresses replaced), in front of two instances:
+/// sends through it land; an instance killed is taken out (a refused connection goes to the
+/// other, its `/readyz` checks fail) and no send through the balancer fails. Without `haproxy`
+/// on the machine (`.ci/run` installs Debian's) this test says so and checks nothing.
+#[tokio::test]
+async fn a_load_balancer_in_front_takes_a_lost_instance_out() {
+    let Some(cluster) = Cluster::new("").await else {
+        return;
+    };
+    let Ok(haproxy) = which_haproxy() else {
+        eprintln!(
+            "haproxy is not installed: the load balancer test did not run (.ci/run installs it)"
+        );
+        return;
+    };
+    let a = cluster.start(None).await;
+    let b = cluster.start(None).await;
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/haproxy.cfg"))
+            .unwrap();
+    let text = replace(&example, "bind :443", &format!("bind 127.0.0.1:{port}"));
+    let text = replace(
+        &text,
+        "server a 10.0.0.11:8443 check port 9090",
+        &format!("server a {} check port {}", a.api, a.admin.port()),
+    );
+    let text = replace(
+        &text,
+        "server b 10.0.0.12:8443 check port 9090",
+        &format!("server b {} check port {}", b.api, b.admin.port()),
+    );
+    let config = cluster.config.with_file_name("haproxy.cfg");
+    std::fs::write(&config, text).unwrap();
+    struct Balancer(Child);
+    impl Drop for Balancer {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut balancer = Balancer(
+        Command::new(haproxy)
+            .arg("-db")
+            .arg("-f")
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // What the balancer logs (its example logs to stdout), read as it comes.
+    let logged = Arc::new(Mutex::new(String::new()));
+    let stdout = balancer.0.stdout.take().unwrap();
+    let sink = logged.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+
+    // A new connection for every send, so that the balancer chooses each time.
+    let cert = std::fs::read(
+        cluster
+            .config
+            .with_file_name("etc")
+            .join("tls/fullchain.pem"),
+    )
+    .unwrap();
+    let through = |index: usize| {
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&cert).unwrap())
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        let token = cluster.token.clone();
+        async move {
+            let message = json!({
+                "to": number(40_000 + index), "from": SENDER,
+                "body": format!("lb {index}"), "purpose": "transactional"
+            });
+            client
+                .post(format!("https://localhost:{port}/v1/messages"))
+                .bearer_auth(token)
+                .json(&message)
+                .send()
+                .await
+                .map(|response| response.status().as_u16())
+                .unwrap_or(0)
+        }
+    };
+    // The balancer is up once a send goes through.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while through(0).await != 201 {
+        assert!(
+            Instant::now() < deadline,
+            "the balancer never passed a send"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for index in 1..20 {
+        assert_eq!(through(index).await, 201, "send {index} through both");
+    }
+    drop(a);
+    for index in 20..60 {
+        assert_eq!(
+            through(index).await,
+            201,
+            "send {index} after one instance was lost"
+        );
+    }
+    assert_eq!(
+        cluster.received("lb ").len(),
+        60,
+        "each send reached the gateway once"
+    );
+    // The balancer's health checks (GET /readyz on the admin listener) took it out.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !logged.lock().unwrap().contains("consentry/a is DOWN") {
+        assert!(
+            Instant::now() < deadline,
+            "the balancer did not mark the lost instance down:\n{}",
+            logged.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(balancer);
+    drop(b);
+}
+
+fn which_haproxy() -> Result<PathBuf, ()> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join("haproxy"))
+        .find(|path| path.is_file())
+        .ok_or(())
+}
