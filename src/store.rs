@@ -679,11 +679,13 @@ pub trait Inbound: Send + Sync + 'static {
         id: &str,
     ) -> Result<Option<crate::crypto::Sealed>, StoreError>;
 
-    /// A tenant's reviews, newest first; only the open ones if `open_only`.
+    /// A tenant's reviews, newest first (at most 1,000); only the open ones if `open_only`,
+    /// only one recipient's if `recipient_hash` names it.
     async fn reviews(
         &self,
         tenant: &TenantId,
         open_only: bool,
+        recipient_hash: Option<&str>,
     ) -> Result<Vec<ReviewView>, StoreError>;
 
     /// One of a tenant's reviews.

@@ -228,14 +228,15 @@ pub async fn reviews(
             })
         })
         .transpose()?;
-    let mut reviews = state
+    let recipient_hash = number.map(|number| state.numbers.hash(&number));
+    let reviews = state
         .inbound()
-        .reviews(&principal.tenant, query.open.unwrap_or(true))
+        .reviews(
+            &principal.tenant,
+            query.open.unwrap_or(true),
+            recipient_hash.as_deref(),
+        )
         .await?;
-    if let Some(number) = number {
-        let hash = state.numbers.hash(&number);
-        reviews.retain(|review| review.recipient_hash == hash);
-    }
     Ok(Json(json!({ "reviews": reviews })))
 }
 

@@ -515,15 +515,19 @@ impl Inbound for SqliteStore {
         &self,
         tenant: &TenantId,
         open_only: bool,
+        recipient_hash: Option<&str>,
     ) -> Result<Vec<ReviewView>, StoreError> {
         let rows = sqlx::query(
             "SELECT r.id, r.recipient_masked, r.recipient_hash, r.inbound_id, r.created_at_us, s.outcome, \
              s.resolved_by, s.consent_event FROM consent_reviews r \
              LEFT JOIN review_resolutions s ON s.review_id = r.id \
-             WHERE r.tenant = ? AND (? = 0 OR s.review_id IS NULL) ORDER BY r.seq DESC LIMIT 1000",
+             WHERE r.tenant = ? AND (? = 0 OR s.review_id IS NULL) \
+             AND (? IS NULL OR r.recipient_hash = ?) ORDER BY r.seq DESC LIMIT 1000",
         )
         .bind(tenant.as_str())
         .bind(open_only)
+        .bind(recipient_hash)
+        .bind(recipient_hash)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(review_from_row).collect()
