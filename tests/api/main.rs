@@ -7,6 +7,7 @@ mod authentication;
 mod cli;
 mod consents;
 mod console;
+mod docs;
 mod edge;
 mod fronts;
 mod helpers;
