@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod batch;
 pub mod consents;
 pub mod console;
 pub mod edge;
@@ -34,6 +35,7 @@ use std::sync::Arc;
 pub fn api_router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/messages", post(messages::send))
+        .route("/v1/messages/batch", post(batch::send))
         .route("/v1/messages/{id}", get(messages::show))
         .route("/v1/decisions", post(messages::dry_run))
         .route("/v1/consents", post(consents::record))

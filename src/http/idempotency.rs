@@ -65,27 +65,16 @@ pub async fn begin(
             .map(HeaderValue::as_bytes)
             .unwrap_or_default()
     };
-    let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
-    for part in [
+    let request_hash = request_hash(&[
         route.as_bytes(),
         value("content-type"),
         value("x-consentry-purpose"),
         value("x-consentry-brand"),
         value("x-consentry-campaign"),
         body,
-    ] {
-        hash.update(&(part.len() as u64).to_be_bytes());
-        hash.update(part);
-    }
-    let now_us = state.clock.now().as_microsecond();
-    let claim = KeyClaim {
-        tenant: tenant.id.as_str().to_owned(),
-        key: key.clone(),
-        request_hash: hash.finish().as_ref().to_vec(),
-        now_us,
-        expires_at_us: now_us.saturating_add(KEY_LIFETIME_US),
-    };
-    match state.idempotency_keys().claim_key(&claim).await? {
+    ]);
+    let (claim, claimed) = claim(state, tenant, key.clone(), request_hash).await?;
+    match claimed {
         Claimed::Fresh => Ok(Begun::Held(Held {
             tenant: claim.tenant,
             key,
@@ -109,6 +98,93 @@ pub async fn begin(
         )),
         Claimed::Answered(answer) => Ok(Begun::Answer(replay(state, &claim, &answer).await?)),
     }
+}
+
+/// What a request asks, for telling a retry from another request: SHA-256 over its parts,
+/// each prefixed with its length.
+pub(crate) fn request_hash(parts: &[&[u8]]) -> Vec<u8> {
+    let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in parts {
+        hash.update(&(part.len() as u64).to_be_bytes());
+        hash.update(part);
+    }
+    hash.finish().as_ref().to_vec()
+}
+
+/// Claims `key` in the tenant for a request of `request_hash`, durably.
+pub(crate) async fn claim(
+    state: &AppState,
+    tenant: &Tenant,
+    key: String,
+    request_hash: Vec<u8>,
+) -> Result<(KeyClaim, Claimed), ApiError> {
+    let now_us = state.clock.now().as_microsecond();
+    let claim = KeyClaim {
+        tenant: tenant.id.as_str().to_owned(),
+        key,
+        request_hash,
+        now_us,
+        expires_at_us: now_us.saturating_add(KEY_LIFETIME_US),
+    };
+    let claimed = state.idempotency_keys().claim_key(&claim).await?;
+    Ok((claim, claimed))
+}
+
+/// Keeps `bytes` (sealed) as the answer of a claimed key.
+pub(crate) async fn keep(
+    state: &AppState,
+    tenant: &str,
+    key: &str,
+    status: u16,
+    content_type: String,
+    bytes: &[u8],
+    recipient_hash: Option<String>,
+) -> Result<(), String> {
+    let now_us = state.clock.now().as_microsecond();
+    let sealed = state
+        .keys
+        .seal(&associated(tenant, key), bytes, now_us)
+        .await
+        .map_err(|error| error.to_string())?;
+    state
+        .idempotency_keys()
+        .answer_key(
+            tenant,
+            key,
+            &KeyAnswer {
+                status,
+                content_type,
+                key_id: sealed.key_id,
+                sealed: sealed.bytes,
+                recipient_hash,
+            },
+        )
+        .await
+        .map_err(|error| error.to_string())
+}
+
+/// The kept answer's bytes, opened.
+pub(crate) async fn open_answer(
+    state: &AppState,
+    claim: &KeyClaim,
+    answer: &KeyAnswer,
+) -> Result<Vec<u8>, ApiError> {
+    let sealed = crate::crypto::Sealed {
+        key_id: answer.key_id.clone(),
+        bytes: answer.sealed.clone(),
+    };
+    state
+        .keys
+        .open(&associated(&claim.tenant, &claim.key), &sealed)
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "a kept idempotent answer does not open");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the first answer to this Idempotency-Key cannot be read; nothing was sent again",
+            )
+        })
 }
 
 impl Held {
@@ -146,29 +222,15 @@ impl Held {
             .and_then(|value| value.to_str().ok())
             .unwrap_or("application/json")
             .to_owned();
-        let now_us = state.clock.now().as_microsecond();
-        let kept = async {
-            let sealed = state
-                .keys
-                .seal(&associated(&self.tenant, &self.key), &bytes, now_us)
-                .await
-                .map_err(|error| error.to_string())?;
-            state
-                .idempotency_keys()
-                .answer_key(
-                    &self.tenant,
-                    &self.key,
-                    &KeyAnswer {
-                        status: parts.status.as_u16(),
-                        content_type,
-                        key_id: sealed.key_id,
-                        sealed: sealed.bytes,
-                        recipient_hash,
-                    },
-                )
-                .await
-                .map_err(|error| error.to_string())
-        };
+        let kept = keep(
+            state,
+            &self.tenant,
+            &self.key,
+            parts.status.as_u16(),
+            content_type,
+            &bytes,
+            recipient_hash,
+        );
         if let Err(error) = kept.await {
             tracing::error!(%error, "an answer could not be kept for its idempotency key");
         }
@@ -182,22 +244,7 @@ async fn replay(
     claim: &KeyClaim,
     answer: &KeyAnswer,
 ) -> Result<Response, ApiError> {
-    let sealed = crate::crypto::Sealed {
-        key_id: answer.key_id.clone(),
-        bytes: answer.sealed.clone(),
-    };
-    let bytes = state
-        .keys
-        .open(&associated(&claim.tenant, &claim.key), &sealed)
-        .await
-        .map_err(|error| {
-            tracing::error!(%error, "a kept idempotent answer does not open");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                "the first answer to this Idempotency-Key cannot be read; nothing was sent again",
-            )
-        })?;
+    let bytes = open_answer(state, claim, answer).await?;
     let mut response = Response::new(Body::from(bytes));
     *response.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
     if let Ok(value) = HeaderValue::from_str(&answer.content_type) {
@@ -211,7 +258,7 @@ async fn replay(
 
 /// The key the request carries, if any; 400 `invalid_idempotency_key` when malformed or
 /// given twice.
-fn key_of(headers: &HeaderMap, also: &[&str]) -> Result<Option<String>, ApiError> {
+pub(crate) fn key_of(headers: &HeaderMap, also: &[&str]) -> Result<Option<String>, ApiError> {
     let invalid = |message: &str| {
         ApiError::bad_request("invalid_idempotency_key", message.to_owned())
             .with("field", "Idempotency-Key")

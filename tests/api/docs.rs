@@ -133,6 +133,23 @@ async fn the_json_examples_of_the_integrators_guide_hold() {
                 );
                 continue;
             }
+            ("request", "POST /v1/messages/batch") => {
+                let lines = batch(&app, &acme, &example.body).await;
+                assert!(
+                    lines[..lines.len() - 1]
+                        .iter()
+                        .all(|line| line["status"] == "sent"),
+                    "{where_}: {lines:?}"
+                );
+                continue;
+            }
+            ("answer", "POST /v1/messages/batch") => {
+                let request = json!({
+                    "from": ACME_SENDER, "purpose": "transactional", "body": "Your order has shipped",
+                    "recipients": [{ "to": "+14155550193" }]
+                });
+                batch(&app, &acme, &request).await.remove(0)
+            }
             ("request", "POST /v1/consents") => {
                 let response = app.consent(&shop, &example.body).await;
                 assert_eq!(
@@ -201,4 +218,24 @@ async fn the_json_examples_of_the_integrators_guide_hold() {
             panic!("{where_}: the example is not the real answer's shape: {why}\nreal: {real}");
         }
     }
+}
+
+/// A batch's answer, line by line.
+async fn batch(app: &TestApp, token: &str, request: &Value) -> Vec<Value> {
+    let response = app
+        .client
+        .post(app.url("/v1/messages/batch"))
+        .bearer_auth(token)
+        .json(request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
 }

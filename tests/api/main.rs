@@ -4,6 +4,7 @@
 
 mod audit;
 mod authentication;
+mod batch;
 mod cli;
 mod consents;
 mod console;
