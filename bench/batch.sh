@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Batch sends: BENCH_BATCHES requests of BENCH_BATCH_SIZE recipients each (default 10 x 10,000)
+# through POST /v1/messages/batch to the fake gateway, one after the other, on SQLite, every
+# recipient a distinct number. Reports recipients decided and recorded per second (lines
+# answered over the wall time of the batches), the statuses, and how many requests the gateway
+# itself counted (its answer ids count every POST).
+# Needs a release build (cargo build --release --bin consentry --example fake_gateway).
+# Usage: bench/batch.sh            (BENCH_KEEP_TMP=1 keeps the temp dir)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+batches="${BENCH_BATCHES:-10}"
+size="${BENCH_BATCH_SIZE:-10000}"
+gw_port="${BENCH_GW_PORT:-18091}"
+port="${BENCH_PORT:-18453}"
+admin_port="${BENCH_ADMIN_PORT:-19093}"
+consentry=target/release/consentry
+gateway=target/release/examples/fake_gateway
+[[ -x "$consentry" && -x "$gateway" ]] || {
+  echo "batch.sh: build first: cargo build --release --bin consentry --example fake_gateway" >&2
+  exit 2
+}
+
+tmp="$(mktemp -d "${TMPDIR:-/tmp}/consentry-batch.XXXXXX")"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [[ "${BENCH_KEEP_TMP:-0}" == 1 ]] || rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+export BENCH_GW_TOKEN="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+"$gateway" --listen "127.0.0.1:$gw_port" >"$tmp/gateway.log" 2>&1 &
+pids+=($!)
+cat >"$tmp/consentry.toml" <<TOML
+data_dir = "$tmp/data"
+
+[server]
+listen = "127.0.0.1:$port"
+admin_listen = "127.0.0.1:$admin_port"
+max_request_bytes = 65536
+
+[jwt]
+dev_issuer = true
+
+[[tenants]]
+id = "bench"
+senders = ["+12025550100"]
+upstream = "gw"
+purposes = ["transactional", "informational", "marketing"]
+default_region = "US"
+
+[[upstreams]]
+name = "gw"
+kind = "http-json"
+url = "http://127.0.0.1:$gw_port/messages"
+credential = { env = "BENCH_GW_TOKEN" }
+TOML
+"$consentry" serve --config "$tmp/consentry.toml" >"$tmp/consentry.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 300); do
+  curl -fs "http://127.0.0.1:$admin_port/readyz" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+curl -fs "http://127.0.0.1:$admin_port/readyz" >/dev/null || { cat "$tmp/consentry.log"; exit 1; }
+token="$("$consentry" token --data-dir "$tmp/data" --tenant bench --sub bench --scope messages:send)"
+
+python3 - "$port" "$tmp/data/tls/cert.pem" "$token" "$batches" "$size" "$gw_port" <<'PY'
+import json, ssl, sys, time, urllib.request
+port, cert, token, batches, size, gw_port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+context = ssl.create_default_context(cafile=cert)
+
+def gateway_count():
+    request = urllib.request.Request(f"http://127.0.0.1:{gw_port}/messages", data=b"{}", method="POST")
+    return int(json.load(urllib.request.urlopen(request))["id"].split("-")[1])
+
+before = gateway_count()
+statuses, started = {}, time.monotonic()
+for b in range(batches):
+    recipients = [{"to": f"+1415{200 + (b * size + i) // 10000:03d}{(b * size + i) % 10000:04d}"} for i in range(size)]
+    body = json.dumps({"from": "+12025550100", "purpose": "transactional",
+                       "body": "Your order has shipped", "recipients": recipients}).encode()
+    request = urllib.request.Request(f"https://localhost:{port}/v1/messages/batch", data=body, method="POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    t0 = time.monotonic()
+    with urllib.request.urlopen(request, context=context, timeout=600) as answer:
+        for line in answer:
+            value = json.loads(line)
+            if "summary" not in value:
+                statuses[value["status"]] = statuses.get(value["status"], 0) + 1
+    print(f"batch {b + 1}/{batches}: {size} recipients in {time.monotonic() - t0:.2f} s", flush=True)
+elapsed = time.monotonic() - started
+forwarded = gateway_count() - before - 1
+total = batches * size
+print(f"recipients: {total} in {elapsed:.2f} s: {total / elapsed:,.0f} decided and recorded per second")
+print(f"statuses: {statuses}; the gateway counted {forwarded} sends")
+PY
