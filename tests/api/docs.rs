@@ -239,3 +239,68 @@ async fn batch(app: &TestApp, token: &str, request: &Value) -> Vec<Value> {
         .map(|line| serde_json::from_str(line).unwrap())
         .collect()
 }
+
+/// docs/auditors.md's worked example of the log format is what consentry encodes and hashes,
+/// and its commands reproduce the hashes.
+#[test]
+fn the_auditors_worked_example_is_the_codes_encoding() {
+    use consentry::audit::leaf::{BodyAccess, body_access};
+    use consentry::audit::merkle::node_hash;
+    use consentry::crypto::hex;
+
+    let guide = include_str!("../../docs/auditors.md");
+    let start = guide
+        .find("<!-- worked example")
+        .expect("the worked example's marker");
+    let block = &guide[start..];
+    let block = &block[block.find("```text\n").unwrap() + 8..];
+    let block = &block[..block.find("```").unwrap()];
+    let value = |name: &str| -> String {
+        block
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("no {name:?} in the worked example"))
+            .trim()
+            .to_owned()
+    };
+    let leaf = |id: &str, at: i64| {
+        body_access(&BodyAccess {
+            id: id.into(),
+            tenant: "acme".into(),
+            subject: "auditor-1".into(),
+            message_id: "msg_01a24c7f0c3a7e6b9d2f4e8a1c5b7d93".into(),
+            accessed_at_us: at,
+        })
+    };
+    let leaves = [
+        leaf("acc_0001", 1_763_488_800_000_000),
+        leaf("acc_0002", 1_763_488_801_000_000),
+    ];
+    for (i, leaf) in leaves.iter().enumerate() {
+        assert_eq!(value(&format!("leaf {i}")), hex(&leaf.bytes), "leaf {i}");
+        assert_eq!(value(&format!("hash {i}")), hex(&leaf.hash()), "hash {i}");
+    }
+    let root = node_hash(&leaves[0].hash(), &leaves[1].hash());
+    assert_eq!(value("root 2"), hex(&root));
+
+    // The commands the guide gives, run as given.
+    let commands = &guide[start..];
+    let commands = &commands[commands.find("```sh\n").unwrap() + 6..];
+    let commands = &commands[..commands.find("```").unwrap()];
+    let Ok(output) = std::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", commands])
+        .env("LEAF0", value("leaf 0"))
+        .env("HASH0", value("hash 0"))
+        .env("HASH1", value("hash 1"))
+        .output()
+    else {
+        eprintln!("no bash: the commands were not run");
+        return;
+    };
+    assert!(output.status.success(), "{output:?}");
+    let printed = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(
+        printed.lines().collect::<Vec<_>>(),
+        [value("hash 0"), value("root 2")]
+    );
+}
