@@ -4,7 +4,8 @@
 //! flow as a single send (`flow::send::process`): one recipient's refusal or failure never
 //! stops the others. The answer streams back as NDJSON, one line per recipient in the order
 //! given (`sent`, `scheduled`, `denied`, `failed` or `invalid`), then a summary line; up to
-//! [`IN_FLIGHT`] recipients are decided at once.
+//! [`IN_FLIGHT`] recipients are decided at once, each in a task of its own that finishes even
+//! if the client goes away.
 //!
 //! Resumable: with an `Idempotency-Key` on the batch, recipient *i* is sent under the key
 //! `<batch key>#<i>` (or `<batch key>#<its idempotency_key>` when the line names one), claimed
@@ -139,7 +140,21 @@ pub async fn send(
                 bounds.clone(),
                 request.clone(),
             );
-            async move { line(&state, &tenant, &bounds, &request, index, recipient).await }
+            // Each line runs to its end in a task of its own: a client that goes away
+            // mid-batch stops the lines not yet begun, never one between its record and its
+            // forward (a retry with the batch's key finds those done, the rest not begun).
+            let task = tokio::spawn(async move {
+                line(&state, &tenant, &bounds, &request, index, recipient).await
+            });
+            async move {
+                task.await.unwrap_or_else(|error| {
+                    tracing::error!(%error, index, "a batch line's task failed");
+                    json!({
+                        "index": index, "status": "failed",
+                        "error": { "code": "internal_error", "message": "this line's task failed" },
+                    })
+                })
+            }
         },
     ))
     .buffered(IN_FLIGHT);
