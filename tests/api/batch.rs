@@ -154,3 +154,58 @@ async fn a_batch_out_of_bounds_is_refused_whole() {
         "only the one valid line was sent"
     );
 }
+
+/// A client that goes away mid-batch: the lines begun finish (each recorded one is forwarded
+/// and has its outcome), the rest are not begun, and the retry with the batch's key sends the
+/// rest, none twice.
+#[tokio::test]
+async fn a_batch_cut_short_leaves_no_line_half_done_and_resumes() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    let token = app.token("acme", "messages:send");
+    let recipients: Vec<Value> = (0..400)
+        .map(|i| json!({ "to": format!("+1415300{i:04}") }))
+        .collect();
+    let batch = json!({
+        "from": ACME_SENDER, "purpose": "transactional", "body": "Your order has shipped",
+        "recipients": recipients
+    });
+    let mut response = post_batch(&app, &token, Some("cut"), &batch).await;
+    assert_eq!(response.status(), 200);
+    // Read the first chunk, then go away.
+    let first = response.chunk().await.unwrap().unwrap();
+    let line: Value = serde_json::from_slice(first.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(line["index"], 0, "{line}");
+    drop(response);
+
+    // The lines begun finish: every record is forwarded, has its outcome and its line kept.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let records = app.count("SELECT COUNT(*) FROM messages").await;
+        let outcomes = app.count("SELECT COUNT(*) FROM message_outcomes").await;
+        let pending = app
+            .count("SELECT COUNT(*) FROM idempotency_keys WHERE state = 'pending'")
+            .await;
+        if records == outcomes && gateway.requests().len() as i64 == records && pending == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{records} records, {outcomes} outcomes"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // The retry sends the rest, none twice.
+    let again = lines(post_batch(&app, &token, Some("cut"), &batch).await).await;
+    assert_eq!(again.last().unwrap()["summary"]["sent"], 400);
+    assert_eq!(gateway.requests().len(), 400, "each recipient once");
+    let mut sent_to: Vec<String> = gateway
+        .requests()
+        .iter()
+        .map(|request| request.body["to"].as_str().unwrap().to_owned())
+        .collect();
+    sent_to.sort();
+    sent_to.dedup();
+    assert_eq!(sent_to.len(), 400);
+}
