@@ -83,6 +83,7 @@ fn decision(c: &mut Criterion) {
         scope,
         reply: None,
         status_callback: None,
+        send_at: None,
     };
     let location = policies.zones.locate(&message.to);
     c.bench_function("locate: a number's zones and regions", |b| {

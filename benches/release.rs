@@ -94,6 +94,7 @@ fn main() {
                 scope: Scope::tenant_wide(),
                 reply: None,
                 status_callback: None,
+                send_at: None,
             };
             let processed =
                 send::process(&state, &tenant, &SenderBounds::default(), message, Delivery::Upstream)

@@ -370,6 +370,9 @@ pub struct CanonicalMessage {
     /// Where the application wants this message's delivery statuses (a Twilio-front
     /// `StatusCallback`), with the account SID it used. Not part of any decision.
     pub status_callback: Option<StatusCallback>,
+    /// When the sender asked for it to leave (`send_at`, Twilio's `SendAt`): until then it is
+    /// held, and every rule that depends on the time is applied at its release.
+    pub send_at: Option<jiff::Timestamp>,
 }
 
 /// An application's own status-callback URL.

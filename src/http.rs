@@ -37,6 +37,7 @@ pub fn api_router(state: Arc<AppState>) -> Router {
         .route("/v1/messages", post(messages::send))
         .route("/v1/messages/batch", post(batch::send))
         .route("/v1/messages/{id}", get(messages::show))
+        .route("/v1/messages/{id}/cancel", post(messages::cancel))
         .route("/v1/decisions", post(messages::dry_run))
         .route("/v1/consents", post(consents::record))
         .route("/v1/consents/import", post(consents::import))
@@ -47,7 +48,7 @@ pub fn api_router(state: Arc<AppState>) -> Router {
         )
         .route(
             "/2010-04-01/Accounts/{account}/Messages/{sid}",
-            get(fronts::twilio_fetch),
+            get(fronts::twilio_fetch).post(fronts::twilio_update),
         )
         .route("/v2/messages", post(fronts::telnyx_send))
         .route("/sms/json", post(fronts::vonage_send))

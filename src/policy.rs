@@ -66,6 +66,8 @@ pub enum ReasonCode {
     NoAllowedWindow,
     /// Not a denial: why a message was deferred.
     OutsideWindow,
+    /// Not a denial: the sender asked for a later time (`send_at`).
+    Scheduled,
 }
 
 impl ReasonCode {
@@ -82,6 +84,7 @@ impl ReasonCode {
             ReasonCode::UnknownTimeZone => "unknown_time_zone",
             ReasonCode::NoAllowedWindow => "no_allowed_window",
             ReasonCode::OutsideWindow => "outside_window",
+            ReasonCode::Scheduled => "scheduled",
         }
     }
 }
@@ -254,28 +257,22 @@ pub fn decide(message: CanonicalMessage, facts: &Facts<'_>) -> Decision {
         Some(Reply::OptInConfirmation) => check_consent(&message, facts, &rules, &mut reasons),
         None => {
             check_consent(&message, facts, &rules, &mut reasons);
-            let (verdict, steps) =
-                jurisdictions::evaluate(&rules, facts.location, facts.now, facts.recent);
-            trace = steps;
-            match verdict {
-                TimeVerdict::Allow => {}
-                TimeVerdict::Deny(denials) => {
-                    for (code, rule, detail) in denials {
-                        let code = match code {
-                            "frequency_cap" => ReasonCode::FrequencyCap,
-                            "unknown_time_zone" => ReasonCode::UnknownTimeZone,
-                            "no_allowed_window" => ReasonCode::NoAllowedWindow,
-                            _ => ReasonCode::QuietHours,
-                        };
-                        reasons.push(Reason {
-                            code,
-                            detail,
-                            event: None,
-                            scope: Some(format!("rule:{rule}")),
-                        });
-                    }
-                }
-                TimeVerdict::Defer { until, rules } => deferral = Some((until, rules)),
+            // A message held for a later time: its windows, caps and zone are the release's
+            // to judge, when `decide` runs again at that time. Consent and the sender are
+            // checked now as well, so that what can never be sent is refused at once.
+            if let Some(send_at) = message.send_at.filter(|at| *at > facts.now) {
+                deferral = Some((
+                    send_at,
+                    vec![Reason::new(
+                        ReasonCode::Scheduled,
+                        format!("scheduled by the sender for {send_at}"),
+                    )],
+                ));
+            } else {
+                let (verdict, steps) =
+                    jurisdictions::evaluate(&rules, facts.location, facts.now, facts.recent);
+                trace = steps;
+                time_rules(verdict, &mut reasons, &mut deferral);
             }
         }
     }
@@ -287,16 +284,7 @@ pub fn decide(message: CanonicalMessage, facts: &Facts<'_>) -> Decision {
             trace,
         });
     }
-    if let Some((until, rules)) = deferral {
-        let reasons = rules
-            .into_iter()
-            .map(|rule| Reason {
-                code: ReasonCode::OutsideWindow,
-                detail: format!("outside the window of rule {rule}; deferred to {until}"),
-                event: None,
-                scope: Some(format!("rule:{rule}")),
-            })
-            .collect();
+    if let Some((until, reasons)) = deferral {
         return Decision::Defer(Deferral {
             message,
             until,
@@ -309,6 +297,46 @@ pub fn decide(message: CanonicalMessage, facts: &Facts<'_>) -> Decision {
         decided_at: facts.now,
         trace,
     })
+}
+
+/// What the windows, caps and zones said: denials become reasons; a deferral, the release
+/// time with a reason per rule that deferred.
+fn time_rules(
+    verdict: TimeVerdict,
+    reasons: &mut Vec<Reason>,
+    deferral: &mut Option<(Timestamp, Vec<Reason>)>,
+) {
+    match verdict {
+        TimeVerdict::Allow => {}
+        TimeVerdict::Deny(denials) => {
+            for (code, rule, detail) in denials {
+                let code = match code {
+                    "frequency_cap" => ReasonCode::FrequencyCap,
+                    "unknown_time_zone" => ReasonCode::UnknownTimeZone,
+                    "no_allowed_window" => ReasonCode::NoAllowedWindow,
+                    _ => ReasonCode::QuietHours,
+                };
+                reasons.push(Reason {
+                    code,
+                    detail,
+                    event: None,
+                    scope: Some(format!("rule:{rule}")),
+                });
+            }
+        }
+        TimeVerdict::Defer { until, rules } => {
+            let why = rules
+                .into_iter()
+                .map(|rule| Reason {
+                    code: ReasonCode::OutsideWindow,
+                    detail: format!("outside the window of rule {rule}; deferred to {until}"),
+                    event: None,
+                    scope: Some(format!("rule:{rule}")),
+                })
+                .collect();
+            *deferral = Some((until, why));
+        }
+    }
 }
 
 /// How long after an opt-out its confirmation may be sent: 47 CFR 64.1200(a)(12) presumes one
@@ -433,6 +461,7 @@ mod tests {
             scope: Scope::tenant_wide(),
             reply: None,
             status_callback: None,
+            send_at: None,
         }
     }
 
@@ -481,6 +510,51 @@ mod tests {
             }
             Decision::Deny(denial) => denial.reasons.iter().map(|r| r.code.as_str()).collect(),
             Decision::Defer(deferral) => vec![deferral.reasons[0].code.as_str()],
+        }
+    }
+
+    #[test]
+    fn a_later_send_at_defers_to_it_and_leaves_the_time_rules_to_the_release() {
+        let rules = rules();
+        let policies = PolicySet::load(&PoliciesConfig::default()).unwrap();
+        let bounds = SenderBounds::default();
+        let now: Timestamp = "2026-11-19T08:00:00Z".parse().unwrap(); // 00:00 in San Francisco
+        let facts = Facts {
+            tenant: &rules,
+            bounds: &bounds,
+            policies: &policies,
+            consent: &[],
+            confirmed_opt_outs: &[],
+            open_reviews: &[],
+            location: &policies
+                .zones
+                .locate(&PhoneNumber::parse("+14155550123", Region::US).unwrap()),
+            recent: &[],
+            now,
+        };
+        let later: Timestamp = "2026-11-19T20:00:00Z".parse().unwrap();
+        let held = |purpose, send_at| {
+            let mut message = message("+12025550100", purpose);
+            message.send_at = Some(send_at);
+            decide(message, &facts)
+        };
+        match held(Purpose::Transactional, later) {
+            Decision::Defer(deferral) => {
+                assert_eq!(deferral.until, later);
+                assert_eq!(deferral.reasons[0].code, ReasonCode::Scheduled);
+                assert!(deferral.trace.is_empty(), "no window was evaluated now");
+            }
+            other => panic!("deferred to send_at, not {other:?}"),
+        }
+        // Due (at its release): decided as any message of now.
+        assert!(matches!(
+            held(Purpose::Transactional, now),
+            Decision::Allow(_)
+        ));
+        // What consent forbids is denied at once, not held.
+        match held(Purpose::Marketing, later) {
+            Decision::Deny(denial) => assert_eq!(denial.reasons[0].code, ReasonCode::NoConsent),
+            other => panic!("denied now, not {other:?}"),
         }
     }
 

@@ -223,6 +223,7 @@ async fn rebuild(
         },
         reply: None,
         status_callback: None,
+        send_at: None,
     };
     let sealed = Sealed {
         key_id: item.key_id.clone(),

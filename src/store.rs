@@ -637,6 +637,16 @@ pub trait Messages: Send + Sync + 'static {
     /// Records the decision at a release (and re-arms a message deferred again).
     async fn record_release(&self, release: &ReleaseRecord) -> Result<(), StoreError>;
 
+    /// Calls off a tenant's deferred message that no release has claimed, in one transaction:
+    /// it leaves the queue and `release` (a denial) is appended to its releases. Whether it was
+    /// called off by this call: a message already released, being released, called off
+    /// before, not deferred or not the tenant's is left as it is.
+    async fn cancel_deferred(
+        &self,
+        tenant: &TenantId,
+        release: &ReleaseRecord,
+    ) -> Result<bool, StoreError>;
+
     /// A tenant's message, with its latest outcome; another tenant's message is `None`.
     async fn message(
         &self,

@@ -255,6 +255,11 @@ pub fn front_error(code: &str) -> (u16, u32) {
         "unsupported_parameter" => (400, 93101),
         "invalid_request" => (400, 93102),
         "message_not_found" => (404, 20404),
+        "missing_send_at" => (400, 35111),
+        "invalid_send_at" => (400, 35115),
+        "schedule_needs_messaging_service" => (400, 35118),
+        "unsupported_schedule_type" | "missing_schedule_type" => (400, 35126),
+        "not_cancellable" => (400, 30409),
         "payload_too_large" => (413, 93413),
         "upstream_unavailable"
         | "upstream_timeout"

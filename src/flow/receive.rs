@@ -227,6 +227,7 @@ pub async fn receive(
             scope: scope.clone(),
             reply: Some(reply),
             status_callback: None,
+            send_at: None,
         };
         match send::process(state, tenant, &SenderBounds::default(), answer, delivery).await? {
             Processed::Answered { text, .. } => received.answers.push(text),

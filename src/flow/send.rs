@@ -427,3 +427,30 @@ pub async fn message_content(
 pub fn message_associated_data(message: &CanonicalMessage) -> Vec<u8> {
     format!("consentry/message/v1\0{}\0{}", message.tenant, message.id).into_bytes()
 }
+
+/// Calls off a tenant's held message (scheduled by its sender, or deferred by a window) before
+/// its release: it will not be sent, and its releases end with a denial
+/// `cancelled_by_sender`. Returns the message as it now stands, `None` if the tenant has no
+/// such message; a message already released, being released or never held stands as it was,
+/// and the caller tells its sender so by its status.
+pub async fn cancel(
+    state: &AppState,
+    tenant: &crate::domain::TenantId,
+    id: &MessageId,
+) -> Result<Option<crate::store::MessageView>, FlowError> {
+    let release = crate::store::ReleaseRecord {
+        message_id: id.clone(),
+        decided_at_us: state.clock.now().as_microsecond(),
+        decision: DecisionKind::Denied,
+        reasons_json: json!([{
+            "code": "cancelled_by_sender",
+            "detail": "the sender called it off before its release",
+        }])
+        .to_string(),
+        release_again_at_us: None,
+    };
+    if state.messages().cancel_deferred(tenant, &release).await? {
+        tracing::info!(message_id = %id, %tenant, "held message cancelled by its sender");
+    }
+    Ok(state.messages().message(tenant, id).await?)
+}

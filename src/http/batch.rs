@@ -53,6 +53,8 @@ struct BatchRequest {
     body: Option<String>,
     brand: Option<String>,
     campaign: Option<String>,
+    /// When to send (RFC 3339); a recipient's own `send_at` replaces it.
+    send_at: Option<String>,
     recipients: Vec<Recipient>,
 }
 
@@ -64,6 +66,7 @@ struct Recipient {
     #[serde(default)]
     vars: BTreeMap<String, String>,
     idempotency_key: Option<String>,
+    send_at: Option<String>,
 }
 
 /// What one line became, for the summary.
@@ -112,8 +115,18 @@ pub async fn send(
         body,
         brand,
         campaign,
+        send_at,
         recipients,
     } = parse_json(&bytes)?;
+    // A batch's own time is checked once: wrong, it would make every line wrong.
+    if let Some(text) = &send_at {
+        super::messages::send_at(
+            text,
+            state.clock.now(),
+            jiff::SignedDuration::ZERO,
+            "send_at",
+        )?;
+    }
     let count = recipients.len();
     if count == 0 || count > MAX_RECIPIENTS {
         return Err(ApiError::bad_request(
@@ -130,6 +143,7 @@ pub async fn send(
         body,
         brand,
         campaign,
+        send_at,
         key: batch_key,
     });
     let lines = futures_util::stream::iter(recipients.into_iter().enumerate().map(
@@ -194,6 +208,7 @@ struct BatchFields {
     body: Option<String>,
     brand: Option<String>,
     campaign: Option<String>,
+    send_at: Option<String>,
     /// The batch's `Idempotency-Key`.
     key: Option<String>,
 }
@@ -262,6 +277,7 @@ async fn line(
         purpose: request.purpose.clone(),
         brand: request.brand.clone(),
         campaign: request.campaign.clone(),
+        send_at: recipient.send_at.or_else(|| request.send_at.clone()),
     };
     let fingerprint = idempotency::request_hash(&[
         b"POST /v1/messages/batch",
@@ -271,8 +287,9 @@ async fn line(
         send.brand.as_deref().unwrap_or_default().as_bytes(),
         send.campaign.as_deref().unwrap_or_default().as_bytes(),
         send.body.as_bytes(),
+        send.send_at.as_deref().unwrap_or_default().as_bytes(),
     ]);
-    let message = match canonical_message(send, tenant) {
+    let message = match canonical_message(send, tenant, state.clock.now()) {
         Ok(message) => message,
         Err(error) => return invalid(index, &error),
     };

@@ -102,6 +102,7 @@ async fn send(
     from: String,
     body: String,
     status_callback: Option<crate::domain::StatusCallback>,
+    send_at: Option<jiff::Timestamp>,
     recipient: &mut Option<String>,
 ) -> Outcome {
     let purpose = match header(headers, "x-consentry-purpose") {
@@ -115,12 +116,14 @@ async fn send(
         purpose,
         brand: header(headers, "x-consentry-brand").map(str::to_owned),
         campaign: header(headers, "x-consentry-campaign").map(str::to_owned),
+        send_at: None,
     };
-    let mut message = match canonical_message(request, tenant) {
+    let mut message = match canonical_message(request, tenant, state.clock.now()) {
         Ok(message) => message,
         Err(error) => return Outcome::Refused(error),
     };
     message.status_callback = status_callback;
+    message.send_at = send_at;
     *recipient = Some(state.numbers.hash(&message.to));
     let bounds = sender_bounds(principal, tenant);
     match flow::send::process(state, tenant, &bounds, message, Delivery::Upstream).await {
@@ -292,7 +295,8 @@ pub async fn twilio_create(
                 })
             }
         };
-        for unsupported in ["MediaUrl", "SendAt", "ScheduleType", "ContentSid"] {
+        let send_at = twilio_schedule(&mut fields, state.clock.now())?;
+        for unsupported in ["MediaUrl", "ContentSid"] {
             if fields.contains_key(unsupported) {
                 return Err(ApiError::bad_request(
                     "unsupported_parameter",
@@ -324,6 +328,13 @@ pub async fn twilio_create(
             .remove("Body")
             .filter(|body| !body.is_empty())
             .ok_or_else(|| ApiError::bad_request("missing_body", "Message body is required."))?;
+        if send_at.is_some() && !messaging_service {
+            return Err(ApiError::bad_request(
+                "schedule_needs_messaging_service",
+                "A scheduled message is sent through a MessagingServiceSid, as on Twilio.",
+            )
+            .with("field", "MessagingServiceSid"));
+        }
         Ok::<_, ApiError>(
             match send(
                 &state,
@@ -334,6 +345,7 @@ pub async fn twilio_create(
                 from.clone(),
                 text.clone(),
                 status_callback,
+                send_at,
                 &mut recipient,
             )
             .await
@@ -384,6 +396,42 @@ async fn finish(
     }
 }
 
+/// Twilio's scheduling fields: `ScheduleType=fixed` with `SendAt`, more than 300 s and at
+/// most 35 days ahead (Twilio's own window), or neither.
+fn twilio_schedule(
+    fields: &mut BTreeMap<String, String>,
+    now: jiff::Timestamp,
+) -> Result<Option<jiff::Timestamp>, ApiError> {
+    match (fields.remove("ScheduleType"), fields.remove("SendAt")) {
+        (None, None) => Ok(None),
+        (Some(kind), _) if kind != "fixed" => Err(ApiError::bad_request(
+            "unsupported_schedule_type",
+            format!("ScheduleType {kind} is not supported; the only one is 'fixed'"),
+        )
+        .with("field", "ScheduleType")),
+        (Some(_), None) => Err(ApiError::bad_request(
+            "missing_send_at",
+            "SendAt is required when ScheduleType is 'fixed'.",
+        )
+        .with("field", "SendAt")),
+        (None, Some(_)) => Err(ApiError::bad_request(
+            "missing_schedule_type",
+            "SendAt needs ScheduleType=fixed; without it the message would not be held.",
+        )
+        .with("field", "ScheduleType")),
+        (Some(_), Some(at)) => super::messages::send_at(
+            &at,
+            now,
+            jiff::SignedDuration::from_secs(TWILIO_MIN_LEAD_SECONDS),
+            "SendAt",
+        )
+        .map(Some),
+    }
+}
+
+/// How far ahead Twilio requires `SendAt` to be.
+const TWILIO_MIN_LEAD_SECONDS: i64 = 300;
+
 fn twilio_error(error: &ApiError) -> Response {
     let (status, body) = twilio::error_body(error.code, &error.message);
     error.mark(json_response(status, body))
@@ -398,61 +446,129 @@ pub async fn twilio_fetch(
         let (account_sid, file) = path.get()?;
         let principal = twilio_principal(&state, &headers, &account_sid)?;
         let (principal, tenant) = state.admit(principal, scope::READ_MESSAGES)?;
-        let not_found = || {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "message_not_found",
-                "The requested resource was not found",
-            )
-        };
-        let sid = file.strip_suffix(".json").ok_or_else(not_found)?;
-        let id = twilio::message_id_of_sid(sid).ok_or_else(not_found)?;
+        let id = twilio_message_id(&file)?;
         let view = state
             .messages()
             .message(&principal.tenant, &id)
             .await?
-            .ok_or_else(not_found)?;
-        // The body and the full numbers are sealed together; they are opened (and the read
-        // logged, before it happens) for a token that may decrypt bodies, or for any reader
-        // where the tenant chose Twilio's behaviour. Otherwise, and once the recipient was
-        // erased, the masked numbers and an empty body.
-        let sealed = || (view.recipient.clone(), view.sender.clone(), String::new());
-        let (to, from, body) =
-            if principal.has_scope(scope::AUDIT_DECRYPT) || tenant.twilio_fetch_body {
-                flow::send::message_content(&state, &principal.tenant, &id, &principal.subject)
-                    .await?
-                    .unwrap_or_else(sealed)
-            } else {
-                sealed()
-            };
-        let status = twilio::message_status(view.status);
-        let created = jiff::Timestamp::from_microsecond(view.created_at_us).unwrap_or_default();
-        // Twilio gives an error code with a failed or undelivered message only: for a denial
-        // the headline reason's, else the outcome's. A Twilio gateway's own numeric code is
-        // passed on as it is; consentry's codes (a failed forward) are translated.
-        let from_twilio = view
-            .upstream
-            .as_deref()
-            .and_then(|name| state.upstreams.get(name))
-            .is_some_and(|upstream| {
-                matches!(upstream, Upstream::Gateway(gateway) if gateway.kind == UpstreamKind::Twilio)
-            });
-        let error = match view.status {
-            MessageStatus::Denied => view.reasons[0]["code"].as_str(),
-            MessageStatus::Failed | MessageStatus::Undelivered => view.error_code.as_deref(),
-            _ => None,
-        }
-        .map(|code| match code.parse::<u32>() {
-            Ok(number) if from_twilio => (number, code),
-            _ => (twilio::front_error(code).1, code),
-        });
-        Ok::<_, ApiError>(json_response(
-            200,
-            twilio::message_resource(&account_sid, &id, &to, &from, &body, status, created, error),
-        ))
+            .ok_or_else(twilio_not_found)?;
+        twilio_resource(&state, &principal, tenant, &account_sid, &id, view).await
     }
     .await;
     rendered.unwrap_or_else(|error| twilio_error(&error))
+}
+
+/// Twilio's update of a message: `Status=canceled` calls off a scheduled message (scope
+/// `messages:send`) and answers the message resource, `canceled`; a message past `scheduled`
+/// is Twilio's 30409. Redacting a body (`Body=""`) is not supported: consentry keeps it sealed.
+pub async fn twilio_update(
+    State(state): State<Arc<AppState>>,
+    path: Path<(String, String)>,
+    headers: HeaderMap,
+    body: RequestBody,
+) -> Response {
+    let rendered = async {
+        let (account_sid, file) = path.get()?;
+        let principal = twilio_principal(&state, &headers, &account_sid)?;
+        let (principal, tenant) = state.admit(principal, scope::SEND)?;
+        let id = twilio_message_id(&file)?;
+        let bytes = read_body_any(&headers, body, state.max_request_bytes).await?;
+        let mut fields = form_fields(&bytes)?;
+        match fields.remove("Status").as_deref() {
+            Some("canceled") => {}
+            Some(other) => {
+                return Err(ApiError::bad_request(
+                    "unsupported_parameter",
+                    format!("Status {other}: the only update is Status=canceled"),
+                )
+                .with("field", "Status"));
+            }
+            None => {
+                return Err(ApiError::bad_request(
+                    "unsupported_parameter",
+                    "the only update is Status=canceled",
+                )
+                .with("field", "Status"));
+            }
+        }
+        if let Some(name) = fields.keys().next() {
+            return Err(ApiError::bad_request(
+                "unsupported_parameter",
+                format!("{name} is not supported in an update"),
+            )
+            .with("field", name.clone()));
+        }
+        let view = flow::send::cancel(&state, &principal.tenant, &id)
+            .await?
+            .ok_or_else(twilio_not_found)?;
+        let view = crate::http::messages::cancelled(view)?;
+        twilio_resource(&state, &principal, tenant, &account_sid, &id, view).await
+    }
+    .await;
+    rendered.unwrap_or_else(|error| twilio_error(&error))
+}
+
+fn twilio_not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "message_not_found",
+        "The requested resource was not found",
+    )
+}
+
+/// The message id of a Twilio message path's last segment (`<Sid>.json`).
+fn twilio_message_id(file: &str) -> Result<MessageId, ApiError> {
+    let sid = file.strip_suffix(".json").ok_or_else(twilio_not_found)?;
+    twilio::message_id_of_sid(sid).ok_or_else(twilio_not_found)
+}
+
+/// A message as Twilio's message resource.
+async fn twilio_resource(
+    state: &AppState,
+    principal: &Principal,
+    tenant: &Tenant,
+    account_sid: &str,
+    id: &MessageId,
+    view: crate::store::MessageView,
+) -> Result<Response, ApiError> {
+    // The body and the full numbers are sealed together; they are opened (and the read
+    // logged, before it happens) for a token that may decrypt bodies, or for any reader
+    // where the tenant chose Twilio's behaviour. Otherwise, and once the recipient was
+    // erased, the masked numbers and an empty body.
+    let sealed = || (view.recipient.clone(), view.sender.clone(), String::new());
+    let (to, from, body) = if principal.has_scope(scope::AUDIT_DECRYPT) || tenant.twilio_fetch_body
+    {
+        flow::send::message_content(state, &principal.tenant, id, &principal.subject)
+            .await?
+            .unwrap_or_else(sealed)
+    } else {
+        sealed()
+    };
+    let status = twilio::message_status(view.status);
+    let created = jiff::Timestamp::from_microsecond(view.created_at_us).unwrap_or_default();
+    // Twilio gives an error code with a failed or undelivered message only: for a denial
+    // the headline reason's, else the outcome's. A Twilio gateway's own numeric code is
+    // passed on as it is; consentry's codes (a failed forward) are translated.
+    let from_twilio = view
+        .upstream
+        .as_deref()
+        .and_then(|name| state.upstreams.get(name))
+        .is_some_and(|upstream| {
+            matches!(upstream, Upstream::Gateway(gateway) if gateway.kind == UpstreamKind::Twilio)
+        });
+    let error = match view.status {
+        MessageStatus::Denied => view.reasons[0]["code"].as_str(),
+        MessageStatus::Failed | MessageStatus::Undelivered => view.error_code.as_deref(),
+        _ => None,
+    }
+    .map(|code| match code.parse::<u32>() {
+        Ok(number) if from_twilio => (number, code),
+        _ => (twilio::front_error(code).1, code),
+    });
+    Ok(json_response(
+        200,
+        twilio::message_resource(account_sid, id, &to, &from, &body, status, created, error),
+    ))
 }
 
 /// The Telnyx send request: the fields consentry reads; a field given twice is refused.
@@ -524,6 +640,7 @@ pub async fn telnyx_send(
                 to.clone(),
                 from.clone(),
                 text.clone(),
+                None,
                 None,
                 &mut recipient,
             )
@@ -660,6 +777,7 @@ pub async fn vonage_send(
                 to.clone(),
                 from,
                 text,
+                None,
                 None,
                 &mut recipient_hash,
             )

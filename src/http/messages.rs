@@ -43,6 +43,41 @@ pub(crate) struct SendRequest {
     /// The brand and campaign the message is for: consent is checked at that scope.
     pub brand: Option<String>,
     pub campaign: Option<String>,
+    /// When to send it (RFC 3339), up to [`MAX_HOLD`] ahead; now if absent.
+    #[serde(default)]
+    pub send_at: Option<String>,
+}
+
+/// How far ahead a message may be scheduled: 35 days, as Twilio's scheduling allows.
+pub(crate) const MAX_HOLD: jiff::SignedDuration = jiff::SignedDuration::from_hours(35 * 24);
+
+/// Reads a requested send time: an RFC 3339 instant more than `lead` after `now` and at most
+/// [`MAX_HOLD`] after it. `field` names it in the error (`invalid_send_at`).
+pub(crate) fn send_at(
+    text: &str,
+    now: jiff::Timestamp,
+    lead: jiff::SignedDuration,
+    field: &'static str,
+) -> Result<jiff::Timestamp, ApiError> {
+    let invalid = |message: String| {
+        ApiError::bad_request("invalid_send_at", format!("{field}: {message}")).with("field", field)
+    };
+    let at = crate::rfc3339::parse(text)
+        .map_err(|error| invalid(format!("not an RFC 3339 time: {error}")))?;
+    let earliest = now + lead;
+    if at <= earliest {
+        return Err(invalid(if lead.is_zero() {
+            format!("{at} is not in the future (now is {now})")
+        } else {
+            format!("{at} is less than {} s after now ({now})", lead.as_secs())
+        }));
+    }
+    if at > now + MAX_HOLD {
+        return Err(invalid(format!(
+            "{at} is more than 35 days after now ({now})"
+        )));
+    }
+    Ok(at)
 }
 
 pub async fn send(
@@ -79,7 +114,7 @@ async fn send_parsed(
     recipient: &mut Option<String>,
 ) -> Result<Response, ApiError> {
     let request: SendRequest = parse_json(bytes)?;
-    let message = canonical_message(request, tenant)?;
+    let message = canonical_message(request, tenant, state.clock.now())?;
     *recipient = Some(state.numbers.hash(&message.to));
     let bounds = sender_bounds(principal, tenant);
     match flow::send::process(state, tenant, &bounds, message, Delivery::Upstream).await? {
@@ -156,8 +191,9 @@ pub async fn dry_run(
         purpose: request.purpose,
         brand: request.brand,
         campaign: request.campaign,
+        send_at: None,
     };
-    let message = canonical_message(send, tenant)?;
+    let message = canonical_message(send, tenant, at)?;
     let bounds = sender_bounds(&principal, tenant);
     let gathered = flow::send::gather(&state, tenant, &message, at, None).await?;
     let facts = gathered.facts(tenant, &bounds, &state.policies, at);
@@ -193,20 +229,58 @@ pub async fn show(
 ) -> Result<Json<crate::store::MessageView>, ApiError> {
     let (principal, _tenant) = state.authorize(&headers, scope::READ_MESSAGES)?;
     let id = id.get()?;
-    let not_found = || {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "message_not_found",
-            "no such message",
-        )
-    };
-    let id = MessageId::parse(&id).ok_or_else(not_found)?;
+    let id = MessageId::parse(&id).ok_or_else(message_not_found)?;
     let view = state
         .messages()
         .message(&principal.tenant, &id)
         .await?
-        .ok_or_else(not_found)?;
+        .ok_or_else(message_not_found)?;
     Ok(Json(view))
+}
+
+/// `POST /v1/messages/{id}/cancel` (scope `messages:send`): calls off a held message (scheduled
+/// with `send_at`, or deferred by a window) before its release. 200 with the message, now
+/// `cancelled` (again on a retry); 409 `not_cancellable` with its status once it was released;
+/// 404 for another tenant's or no message.
+pub async fn cancel(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    id: Path<String>,
+) -> Result<Json<crate::store::MessageView>, ApiError> {
+    let (principal, _tenant) = state.authorize(&headers, scope::SEND)?;
+    let id = id.get()?;
+    let id = MessageId::parse(&id).ok_or_else(message_not_found)?;
+    let view = flow::send::cancel(&state, &principal.tenant, &id)
+        .await?
+        .ok_or_else(message_not_found)?;
+    cancelled(view).map(Json)
+}
+
+/// A cancellation's answer: the message if it is cancelled, else 409 with where it stands.
+pub(crate) fn cancelled(
+    view: crate::store::MessageView,
+) -> Result<crate::store::MessageView, ApiError> {
+    if view.status == crate::store::MessageStatus::Cancelled {
+        return Ok(view);
+    }
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "not_cancellable",
+        format!(
+            "the message is {}: only a scheduled message can be cancelled",
+            view.status.as_str()
+        ),
+    )
+    .with("id", view.id.as_str())
+    .with("status", view.status.as_str()))
+}
+
+pub(crate) fn message_not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "message_not_found",
+        "no such message",
+    )
 }
 
 /// Reads the whole JSON body, refusing another content type with 415 and more than `limit`
@@ -265,11 +339,18 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result
     })
 }
 
-/// Parses the request's fields into the canonical message, each bad field with its own code.
+/// Parses the request's fields into the canonical message, each bad field with its own code;
+/// `now` bounds `send_at`.
 pub(crate) fn canonical_message(
     request: SendRequest,
     tenant: &Tenant,
+    now: jiff::Timestamp,
 ) -> Result<CanonicalMessage, ApiError> {
+    let send_at = request
+        .send_at
+        .as_deref()
+        .map(|text| send_at(text, now, jiff::SignedDuration::ZERO, "send_at"))
+        .transpose()?;
     let to = PhoneNumber::parse(&request.to, tenant.default_region).map_err(|error| {
         ApiError::bad_request("invalid_recipient", format!("to: {error}")).with("field", "to")
     })?;
@@ -316,6 +397,7 @@ pub(crate) fn canonical_message(
         scope,
         reply: None,
         status_callback: None,
+        send_at,
     })
 }
 

@@ -65,6 +65,7 @@ fn outcome(
         scope: Scope::tenant_wide(),
         reply: None,
         status_callback: None,
+        send_at: None,
     };
     let facts = Facts {
         tenant: &rules,

@@ -494,16 +494,7 @@ impl Messages for PgStore {
 
     async fn record_release(&self, release: &ReleaseRecord) -> Result<(), StoreError> {
         let mut transaction = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO message_releases (message_id, decided_at_us, decision, reasons) \
-             VALUES ($1, $2, $3, $4)",
-        )
-        .bind(release.message_id.as_str())
-        .bind(release.decided_at_us)
-        .bind(release.decision.as_str())
-        .bind(&release.reasons_json)
-        .execute(&mut *transaction)
-        .await?;
+        append_release(&mut transaction, release).await?;
         match release.release_again_at_us {
             Some(again) => {
                 sqlx::query(
@@ -524,6 +515,29 @@ impl Messages for PgStore {
         }
         transaction.commit().await?;
         Ok(())
+    }
+
+    async fn cancel_deferred(
+        &self,
+        tenant: &TenantId,
+        release: &ReleaseRecord,
+    ) -> Result<bool, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        let taken = sqlx::query(
+            "UPDATE deferred_messages SET done = TRUE WHERE message_id = $1 AND tenant = $2 \
+             AND NOT done AND (claimed_at_us IS NULL OR claimed_at_us < $3)",
+        )
+        .bind(release.message_id.as_str())
+        .bind(tenant.as_str())
+        .bind(release.decided_at_us - CLAIM_LEASE_US)
+        .execute(&mut *transaction)
+        .await?;
+        if taken.rows_affected() != 1 {
+            return Ok(false);
+        }
+        append_release(&mut transaction, release).await?;
+        transaction.commit().await?;
+        Ok(true)
     }
 
     async fn message_by_gateway_id(
@@ -1652,4 +1666,22 @@ async fn facts(
         open_reviews,
         recent_us,
     })
+}
+
+/// Appends a decision taken at (or instead of) a release to a message's releases.
+async fn append_release(
+    connection: &mut sqlx::PgConnection,
+    release: &ReleaseRecord,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO message_releases (message_id, decided_at_us, decision, reasons) \
+         VALUES ($1, $2, $3, $4)",
+    )
+    .bind(release.message_id.as_str())
+    .bind(release.decided_at_us)
+    .bind(release.decision.as_str())
+    .bind(&release.reasons_json)
+    .execute(connection)
+    .await?;
+    Ok(())
 }

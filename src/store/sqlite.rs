@@ -328,16 +328,7 @@ impl Messages for SqliteStore {
     async fn record_release(&self, release: &ReleaseRecord) -> Result<(), StoreError> {
         let _writer = self.writer.lock().await;
         let mut transaction = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO message_releases (message_id, decided_at_us, decision, reasons) \
-             VALUES (?, ?, ?, ?)",
-        )
-        .bind(release.message_id.as_str())
-        .bind(release.decided_at_us)
-        .bind(release.decision.as_str())
-        .bind(&release.reasons_json)
-        .execute(&mut *transaction)
-        .await?;
+        append_release(&mut transaction, release).await?;
         match release.release_again_at_us {
             Some(again) => {
                 sqlx::query(
@@ -358,6 +349,30 @@ impl Messages for SqliteStore {
         }
         transaction.commit().await?;
         Ok(())
+    }
+
+    async fn cancel_deferred(
+        &self,
+        tenant: &TenantId,
+        release: &ReleaseRecord,
+    ) -> Result<bool, StoreError> {
+        let _writer = self.writer.lock().await;
+        let mut transaction = self.pool.begin().await?;
+        let taken = sqlx::query(
+            "UPDATE deferred_messages SET done = 1 WHERE message_id = ? AND tenant = ? \
+             AND done = 0 AND (claimed_at_us IS NULL OR claimed_at_us < ?)",
+        )
+        .bind(release.message_id.as_str())
+        .bind(tenant.as_str())
+        .bind(release.decided_at_us - CLAIM_LEASE_US)
+        .execute(&mut *transaction)
+        .await?;
+        if taken.rows_affected() != 1 {
+            return Ok(false);
+        }
+        append_release(&mut transaction, release).await?;
+        transaction.commit().await?;
+        Ok(true)
     }
 
     async fn message_by_gateway_id(
@@ -1319,6 +1334,24 @@ async fn insert_outbox<'e>(
     .bind(delivery.url.as_deref())
     .bind(delivery.format.as_deref())
     .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// Appends a decision taken at (or instead of) a release to a message's releases.
+async fn append_release(
+    connection: &mut sqlx::SqliteConnection,
+    release: &ReleaseRecord,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO message_releases (message_id, decided_at_us, decision, reasons) \
+         VALUES (?, ?, ?, ?)",
+    )
+    .bind(release.message_id.as_str())
+    .bind(release.decided_at_us)
+    .bind(release.decision.as_str())
+    .bind(&release.reasons_json)
+    .execute(connection)
     .await?;
     Ok(())
 }

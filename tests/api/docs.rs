@@ -125,9 +125,11 @@ async fn the_json_examples_of_the_integrators_guide_hold() {
         let real = match (example.kind.as_str(), example.endpoint.as_str()) {
             ("request", "POST /v1/messages") => {
                 let response = app.send(&acme, &example.body).await;
+                // A scheduled send is held: 202.
+                let held = example.body.get("send_at").is_some();
                 assert_eq!(
                     response.status(),
-                    201,
+                    if held { 202 } else { 201 },
                     "{where_}: {:?}",
                     response.text().await
                 );
@@ -172,6 +174,21 @@ async fn the_json_examples_of_the_integrators_guide_hold() {
                     )
                     .await;
                 assert_eq!(response.status(), 403, "{where_}");
+                response.json::<Value>().await.unwrap()
+            }
+            ("answer", "POST /v1/messages/{id}/cancel") => {
+                let mut request = message("+14155550164", "See you tomorrow", "transactional");
+                request["send_at"] = json!("2026-11-19T15:00:00Z");
+                let held: Value = app.send(&acme, &request).await.json().await.unwrap();
+                let id = held["id"].as_str().unwrap();
+                let response = app
+                    .client
+                    .post(app.url(&format!("/v1/messages/{id}/cancel")))
+                    .bearer_auth(&acme)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200, "{where_}");
                 response.json::<Value>().await.unwrap()
             }
             ("answer", "POST /v1/decisions") => {

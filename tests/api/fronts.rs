@@ -9,7 +9,7 @@ use crate::helpers::*;
 const ACCOUNT: &str = "AC00000000000000000000000000000009";
 const OPTED_OUT: &str = "+14155550777";
 
-fn basic(token: &str) -> String {
+pub(crate) fn basic(token: &str) -> String {
     let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{ACCOUNT}:{token}"));
     format!("Basic {encoded}")
 }
@@ -48,7 +48,7 @@ async fn twilio_fetch(app: &TestApp, authorization: &str, sid: &str) -> (u16, Va
 }
 
 /// The message SID the Twilio front gives a consentry message id.
-fn sid_of(id: &str) -> String {
+pub(crate) fn sid_of(id: &str) -> String {
     format!("SM{}", id.trim_start_matches("msg_"))
 }
 
@@ -537,6 +537,12 @@ async fn the_official_python_sdks_work_against_consentry() {
         .env("CONSENTRY_VONAGE_TOKEN", &vonage_token)
         .env("CONSENTRY_FROM", ACME_SENDER)
         .env("CONSENTRY_OPTED_OUT", OPTED_OUT)
+        .env(
+            "CONSENTRY_SEND_AT",
+            (app.state.clock.now() + jiff::SignedDuration::from_hours(24))
+                .strftime("%Y-%m-%dT%H:%M:%SZ")
+                .to_string(),
+        )
         .env("SSL_CERT_FILE", app.data_dir().join("tls/cert.pem"))
         .env("REQUESTS_CA_BUNDLE", app.data_dir().join("tls/cert.pem"));
     let output = tokio::task::spawn_blocking(move || command.output().unwrap())
@@ -554,7 +560,7 @@ async fn the_official_python_sdks_work_against_consentry() {
     assert_eq!(
         gateway.requests().len(),
         3,
-        "one message per SDK reached the gateway"
+        "one message per SDK reached the gateway; the scheduled one, canceled, did not"
     );
 }
 

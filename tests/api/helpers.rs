@@ -842,3 +842,35 @@ impl TestApp {
         self.database.count(sql).await
     }
 }
+
+/// Written consent dated 2026-01-01, before any test clock.
+pub async fn opt_in(app: &TestApp, token: &str, number: &str) {
+    let mut event = written_opt_in(number);
+    event["occurred_at"] = json!("2026-01-01T00:00:00Z");
+    assert_eq!(app.consent(token, &event).await.status(), 201);
+}
+
+/// A message's record, as `GET /v1/messages/{id}` answers it.
+pub async fn status_of(app: &TestApp, token: &str, id: &str) -> Value {
+    app.get(token, &format!("/v1/messages/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Waits (briefly) for a message to reach a status: the background scheduler may release it
+/// before or after the test's own step.
+pub async fn wait_for_status(app: &TestApp, token: &str, id: &str, status: &str) -> Value {
+    for _ in 0..100 {
+        let record = status_of(app, token, id).await;
+        if record["status"] == status {
+            return record;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "{id} never became {status}: {}",
+        status_of(app, token, id).await
+    );
+}

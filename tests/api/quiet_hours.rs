@@ -1,43 +1,11 @@
 //! Quiet hours in the recipient's time zone: deferral, release, cancellation, the dry run.
 
-use std::time::Duration;
-
 use serde_json::{Value, json};
 
 use crate::helpers::*;
 
 const MIAMI: &str = "+13055550123";
 const SCOPES: &str = "messages:send messages:read consents:write consents:read";
-
-async fn opt_in(app: &TestApp, token: &str, number: &str) {
-    let mut event = written_opt_in(number);
-    event["occurred_at"] = json!("2026-01-01T00:00:00Z");
-    assert_eq!(app.consent(token, &event).await.status(), 201);
-}
-
-async fn status_of(app: &TestApp, token: &str, id: &str) -> Value {
-    app.get(token, &format!("/v1/messages/{id}"))
-        .await
-        .json()
-        .await
-        .unwrap()
-}
-
-/// Waits (briefly) for a message to reach a status: the background scheduler may release it
-/// before or after the test's own step.
-async fn wait_for_status(app: &TestApp, token: &str, id: &str, status: &str) -> Value {
-    for _ in 0..100 {
-        let record = status_of(app, token, id).await;
-        if record["status"] == status {
-            return record;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
-        "{id} never became {status}: {}",
-        status_of(app, token, id).await
-    );
-}
 
 #[tokio::test]
 async fn marketing_to_miami_at_2030_is_deferred_to_0800_and_released_then() {

@@ -3,7 +3,8 @@ base URL (Vonage: its REST host).
 
 Run by tests/api/fronts.rs with CONSENTRY_URL, CONSENTRY_TOKEN, CONSENTRY_VONAGE_TOKEN (a token
 whose purposes claim names one purpose: the Vonage SDK cannot add a header), CONSENTRY_FROM,
-CONSENTRY_OPTED_OUT and a CA bundle (SSL_CERT_FILE, REQUESTS_CA_BUNDLE) in the environment.
+CONSENTRY_OPTED_OUT, CONSENTRY_SEND_AT (a time a day after the server's clock, for a
+scheduled send) and a CA bundle (SSL_CERT_FILE, REQUESTS_CA_BUNDLE) in the environment.
 Prints "twilio: ok", "telnyx: ok" and "vonage: ok"; exits non-zero on the first failed
 expectation.
 """
@@ -16,6 +17,7 @@ TOKEN = os.environ["CONSENTRY_TOKEN"]
 VONAGE_TOKEN = os.environ["CONSENTRY_VONAGE_TOKEN"]
 FROM = os.environ["CONSENTRY_FROM"]
 OPTED_OUT = os.environ["CONSENTRY_OPTED_OUT"]
+SEND_AT = os.environ["CONSENTRY_SEND_AT"]
 ACCOUNT = "AC00000000000000000000000000000009"
 
 
@@ -46,6 +48,21 @@ def twilio_sdk():
     except TwilioRestException as error:
         check(error.code == 21610, f"error 21610, got {error.code}")
         check(error.status == 400, f"status 400, got {error.status}")
+    # Scheduled through a messaging service, then canceled, as Twilio's own guide does it.
+    from datetime import datetime
+
+    send_at = datetime.fromisoformat(SEND_AT.replace("Z", "+00:00"))
+    held = client.messages.create(
+        to="+14155550125",
+        messaging_service_sid="MG00000000000000000000000000000001",
+        body="Your appointment is tomorrow",
+        send_at=send_at,
+        schedule_type="fixed",
+    )
+    check(held.status == "scheduled", f"status scheduled, got {held.status}")
+    canceled = client.messages(held.sid).update(status="canceled")
+    check(canceled.status == "canceled", f"status canceled, got {canceled.status}")
+    check(client.messages(held.sid).fetch().status == "canceled", "canceled once fetched")
     print("twilio: ok")
 
 
