@@ -116,6 +116,7 @@ fn event(seq: i64, action: Action, level: Option<Level>, scope: Scope, at: &str)
         scope,
         purposes: Purposes::all(),
         occurred_at: at.parse().unwrap(),
+        number_reassigned: false,
     }
 }
 

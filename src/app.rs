@@ -333,6 +333,12 @@ fn live_state(shared: &Shared, config: &Config, version: u64) -> anyhow::Result<
         },
         numbers: shared.numbers.clone(),
         upstreams,
+        reassigned: config
+            .reassigned_numbers
+            .as_ref()
+            .map(crate::reassigned::Lookup::from_config)
+            .transpose()?
+            .map(Arc::new),
         policies,
         webhooks,
         max_request_bytes: config.server.max_request_bytes,

@@ -74,6 +74,43 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub logging: LoggingConfig,
+    /// An optional reassigned-numbers lookup before marketing and informational sends on an
+    /// old consent (`reassigned`).
+    #[serde(default)]
+    pub reassigned_numbers: Option<ReassignedNumbersConfig>,
+}
+
+/// Where to ask whether a number was disconnected since a date (the question of the FCC's
+/// Reassigned Numbers Database), and when to ask (`reassigned`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReassignedNumbersConfig {
+    /// The lookup's URL (https, or http to loopback): `POST {"number", "since"}`.
+    pub url: String,
+    /// Sent as `Authorization: Bearer <credential>`, if given.
+    pub credential: Option<SecretRef>,
+    /// A consent at least this old is checked before a marketing or informational send.
+    #[serde(default = "default_min_consent_age_days")]
+    pub min_consent_age_days: u32,
+    /// How long an answer is reused for the same number and date.
+    #[serde(default = "default_reassigned_cache_seconds")]
+    pub cache_seconds: u64,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_reassigned_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// A CA bundle to trust instead of the public roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_min_consent_age_days() -> u32 {
+    30
+}
+fn default_reassigned_cache_seconds() -> u64 {
+    24 * 3600
+}
+fn default_reassigned_timeout_ms() -> u64 {
+    2_000
 }
 
 /// The process's own logs (on stderr), not the verifiable log (`[log]`).
@@ -742,6 +779,12 @@ impl Config {
             }
             secrets.extend(upstream.credential.as_mut());
             secrets.extend(upstream.webhook_secret.as_mut());
+        }
+        if let Some(lookup) = &mut self.reassigned_numbers {
+            if let Some(path) = &mut lookup.ca_file {
+                join(path);
+            }
+            secrets.extend(lookup.credential.as_mut());
         }
         for secret in secrets {
             secret.rebase(base);

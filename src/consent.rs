@@ -103,6 +103,20 @@ pub struct ConsentEvent {
     pub scope: Scope,
     pub purposes: Purposes,
     pub occurred_at: Timestamp,
+    /// An opt-out recorded because the number left the person who consented (a carrier's
+    /// deactivation, a reassigned-numbers lookup), not because its owner asked: it ends every
+    /// consent before it like any opt-out, and a denial names it `number_reassigned`.
+    pub number_reassigned: bool,
+}
+
+/// The `method` of an opt-out recorded from a carrier's deactivation file.
+pub const NUMBER_DEACTIVATED: &str = "number_deactivated";
+/// The `method` of an opt-out recorded from a reassigned-numbers lookup that answered yes.
+pub const REASSIGNED_LOOKUP: &str = "reassigned_lookup";
+
+/// Whether an event's `method` says the number changed hands.
+pub fn is_number_change(method: &str) -> bool {
+    method == NUMBER_DEACTIVATED || method == REASSIGNED_LOOKUP
 }
 
 /// What a purpose needs before a message may be sent.
@@ -293,6 +307,7 @@ mod tests {
             scope: on,
             purposes: Purposes::all(),
             occurred_at: Timestamp::from_second(at).unwrap(),
+            number_reassigned: false,
         }
     }
 
@@ -518,6 +533,7 @@ mod tests {
                             .collect(),
                     ),
                     occurred_at: Timestamp::from_second(*at).unwrap(),
+                    number_reassigned: false,
                 })
                 .collect();
             let policy = policy(revoke_all);

@@ -43,4 +43,7 @@ pub enum FlowError {
     /// The reply is not one consentry can read (its sender is not a phone number, ...).
     #[error(transparent)]
     Reply(#[from] WebhookError),
+    /// The reassigned-numbers lookup a send needed did not answer: nothing was sent.
+    #[error(transparent)]
+    Lookup(#[from] crate::reassigned::LookupError),
 }

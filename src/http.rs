@@ -11,6 +11,7 @@ pub mod audit;
 pub mod batch;
 pub mod consents;
 pub mod console;
+pub mod deactivations;
 pub mod edge;
 pub mod error;
 pub mod extract;
@@ -41,6 +42,7 @@ pub fn api_router(state: Arc<AppState>) -> Router {
         .route("/v1/decisions", post(messages::dry_run))
         .route("/v1/consents", post(consents::record))
         .route("/v1/consents/import", post(consents::import))
+        .route("/v1/consents/deactivations", post(deactivations::import))
         .route("/v1/consents/{number}", get(consents::show))
         .route(
             "/2010-04-01/Accounts/{account}/Messages.json",

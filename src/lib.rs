@@ -24,6 +24,7 @@
 //! | `keyring`   | data keys (wrapped, rotated), recipient keys (erased): what seals what | yes |
 //! | `audit`     | the verifiable log: leaves, Merkle proofs, checkpoints, the sequencer  | yes |
 //! | `upstream`  | gateways: sandbox, http-json, twilio, telnyx, vonage; need a `Permit`  | yes |
+//! | `reassigned`| the reassigned-numbers lookup (yes / no / no data), cached             | yes |
 //! | `state`     | `AppState`: what handlers, flows and workers share; clock, turns       | yes |
 //! | `flow`      | the send, reply and consent flows: gather, decide, record, forward     | yes |
 //! | `scheduler` | releases deferred messages, deciding each again                        | yes |
@@ -57,6 +58,7 @@ pub mod metrics;
 pub mod numbering;
 pub mod outbox;
 pub mod policy;
+pub mod reassigned;
 pub mod rfc3339;
 pub mod scheduler;
 pub mod server;

@@ -126,6 +126,11 @@ enum ConsentsCommand {
         /// `csv` or `ndjson`, when the file's name does not say.
         #[arg(long)]
         format: Option<String>,
+        /// The file is a carrier's number deactivation file (`number`, `deactivated_at`,
+        /// optionally `carrier`), sent to POST /v1/consents/deactivations: each line voids the
+        /// consents given before it.
+        #[arg(long)]
+        deactivations: bool,
     },
 }
 
@@ -218,8 +223,23 @@ fn main() -> ExitCode {
                     token,
                     cacert,
                     format,
+                    deactivations,
                 },
-        } => import_consents(&file, &url, &token, cacert.as_deref(), format.as_deref()),
+        } => {
+            let path = if deactivations {
+                "/v1/consents/deactivations"
+            } else {
+                "/v1/consents/import"
+            };
+            import_consents(
+                &file,
+                &url,
+                path,
+                &token,
+                cacert.as_deref(),
+                format.as_deref(),
+            )
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -410,11 +430,13 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
     }
 }
 
-/// `consentry consents import`: the file streamed to the API as it is read, never whole in
+/// `consentry consents import`: the file (consent events, or a deactivation file: `path`
+/// says which endpoint) streamed to the API as it is read, never whole in
 /// memory, the bar moving with the bytes sent.
 fn import_consents(
     file: &Path,
     url: &str,
+    path: &str,
     token: &str,
     cacert: Option<&Path>,
     format: Option<&str>,
@@ -455,12 +477,11 @@ fn import_consents(
             buffer: vec![0; 256 * 1024],
             bar: bar.clone(),
         };
-        let request =
-            http::Request::post(format!("{}/v1/consents/import", url.trim_end_matches('/')))
-                .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-                .header(http::header::CONTENT_TYPE, content_type)
-                .header(http::header::CONTENT_LENGTH, size)
-                .body(body)?;
+        let request = http::Request::post(format!("{}{path}", url.trim_end_matches('/')))
+            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(http::header::CONTENT_TYPE, content_type)
+            .header(http::header::CONTENT_LENGTH, size)
+            .body(body)?;
         let response = client.request(request).await;
         bar.finish_and_clear();
         let response = response.with_context(|| format!("cannot reach {url}"))?;

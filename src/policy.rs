@@ -57,6 +57,9 @@ pub enum ReasonCode {
     SenderNotAllowed,
     PurposeNotAllowed,
     OptedOut,
+    /// The number changed hands after its consent (an opt-out from a deactivation file or a
+    /// reassigned-numbers lookup).
+    NumberReassigned,
     NoConsent,
     PendingReview,
     ReplyNotAllowed,
@@ -76,6 +79,7 @@ impl ReasonCode {
             ReasonCode::SenderNotAllowed => "sender_not_allowed",
             ReasonCode::PurposeNotAllowed => "purpose_not_allowed",
             ReasonCode::OptedOut => "opted_out",
+            ReasonCode::NumberReassigned => "number_reassigned",
             ReasonCode::NoConsent => "no_consent",
             ReasonCode::PendingReview => "pending_review",
             ReasonCode::ReplyNotAllowed => "reply_not_allowed",
@@ -400,6 +404,15 @@ fn check_consent(
         facts.now,
     ) {
         Ok(_) => {}
+        Err(ConsentProblem::OptedOut(event)) if event.number_reassigned => reasons.push(Reason {
+            code: ReasonCode::NumberReassigned,
+            detail: format!(
+                "the number changed hands on {}: consent given before then is not the current owner's",
+                event.occurred_at
+            ),
+            event: Some(event.id.clone()),
+            scope: Some(event.scope.label()),
+        }),
         Err(ConsentProblem::OptedOut(event)) => reasons.push(Reason {
             code: ReasonCode::OptedOut,
             detail: format!(
@@ -624,6 +637,7 @@ mod tests {
             scope: Scope::tenant_wide(),
             purposes: Purposes::all(),
             occurred_at: Timestamp::from_second(second).unwrap(),
+            number_reassigned: false,
         }
     }
 

@@ -132,7 +132,9 @@ async fn release(
     let recipient_hash = state.numbers.hash(&message.to);
     let decision = {
         let mut turn = state.recipient_turn(&recipient_hash).await?;
-        let gathered = send::gather(state, tenant, &message, now, Some(&mut turn.shared)).await?;
+        let mut gathered =
+            send::gather(state, tenant, &message, now, Some(&mut turn.shared)).await?;
+        send::check_number_history(state, tenant, &message, &mut gathered, now).await?;
         let bounds = SenderBounds::default();
         let facts = gathered.facts(tenant, &bounds, &state.policies, now);
         let decision = policy::decide(message, &facts);

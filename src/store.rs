@@ -301,6 +301,7 @@ impl StoredConsent {
             },
             purposes: Purposes(purposes),
             occurred_at,
+            number_reassigned: crate::consent::is_number_change(&record.method),
         })
     }
 }

@@ -192,6 +192,7 @@ pub fn front_error(code: &str) -> (u16, &'static str) {
         "purpose_not_allowed" => (400, "93005"),
         "unknown_time_zone" | "no_allowed_window" => (400, "93006"),
         "unknown_scope" => (400, "93007"),
+        "number_reassigned" => (400, "93008"),
         "invalid_purpose" => (400, "93009"),
         "duplicate_parameter" | "invalid_request" | "unsupported_parameter" => (400, "10015"),
         "payload_too_large" => (413, "93413"),
@@ -199,7 +200,9 @@ pub fn front_error(code: &str) -> (u16, &'static str) {
         | "upstream_timeout"
         | "upstream_rejected"
         | "upstream_bad_answer" => (502, "93500"),
-        "store_unavailable" | "encryption_unavailable" => (503, "93503"),
+        "store_unavailable" | "encryption_unavailable" | "reassigned_lookup_unavailable" => {
+            (503, "93503")
+        }
         code if super::twilio::is_authentication(code) => (401, "10009"),
         _ => (400, "93000"),
     }

@@ -250,6 +250,7 @@ pub fn front_error(code: &str) -> (u16, u32) {
         "purpose_not_allowed" => (400, 93005),
         "unknown_time_zone" | "no_allowed_window" => (400, 93006),
         "unknown_scope" => (400, 93007),
+        "number_reassigned" => (400, 93008),
         "invalid_purpose" => (400, 93009),
         "duplicate_parameter" => (400, 93100),
         "unsupported_parameter" => (400, 93101),
@@ -265,7 +266,9 @@ pub fn front_error(code: &str) -> (u16, u32) {
         | "upstream_timeout"
         | "upstream_rejected"
         | "upstream_bad_answer" => (502, 93500),
-        "store_unavailable" | "encryption_unavailable" => (503, 93503),
+        "store_unavailable" | "encryption_unavailable" | "reassigned_lookup_unavailable" => {
+            (503, 93503)
+        }
         code if is_authentication(code) => (401, 20003),
         // Any other refusal: a documented consentry code, never mistaken for an auth failure.
         _ => (400, 93000),

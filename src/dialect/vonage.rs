@@ -94,7 +94,8 @@ pub fn status_for(code: &str) -> &'static str {
         | "upstream_rejected"
         | "upstream_bad_answer"
         | "store_unavailable"
-        | "encryption_unavailable" => "5", // Internal Error
+        | "encryption_unavailable"
+        | "reassigned_lookup_unavailable" => "5", // Internal Error
         _ => "90",
     }
 }

@@ -135,6 +135,104 @@ pub async fn gather(
     })
 }
 
+/// Asks whether the number changed hands since the consent a send relies on, when that matters:
+/// a reassigned-numbers lookup is configured, the message is marketing or informational (not
+/// an answer to a reply, not held for later: a held one is asked at its release), the number
+/// is a US one (the FCC's database covers those), and its consent is at least
+/// `min_consent_age` old. A "yes" is recorded in the recipient's ledger as an opt-out
+/// (method `reassigned_lookup`, the question and the answer as its evidence, a leaf of the
+/// audit log) and added to the facts, so that `decide` denies this send `number_reassigned`,
+/// naming it, and every later one without asking again. "No" and "no data" change nothing. In
+/// the recipient's turn, between `gather` and `decide`; a lookup that fails stops the send
+/// ([`FlowError::Lookup`]: nothing recorded, nothing sent).
+pub async fn check_number_history(
+    state: &AppState,
+    tenant: &Tenant,
+    message: &CanonicalMessage,
+    gathered: &mut Gathered,
+    now: Timestamp,
+) -> Result<(), FlowError> {
+    use crate::consent::{Action, ConsentState};
+    use crate::domain::Purpose;
+    let Some(lookup) = &state.reassigned else {
+        return Ok(());
+    };
+    let relevant = matches!(message.purpose, Purpose::Marketing | Purpose::Informational)
+        && message.reply.is_none()
+        && message.send_at.is_none_or(|at| at <= now)
+        && gathered.location.country.as_deref() == Some("US");
+    if !relevant {
+        return Ok(());
+    }
+    let policy = state.policies.consent.at(now);
+    let consented_at = match crate::consent::state(
+        &gathered.consent,
+        &message.scope,
+        message.purpose,
+        &policy,
+        now,
+    ) {
+        ConsentState::OptedIn { event, .. } => event.occurred_at,
+        _ => return Ok(()),
+    };
+    if now.duration_since(consented_at) < lookup.min_consent_age {
+        return Ok(());
+    }
+    let since = consented_at.to_zoned(jiff::tz::TimeZone::UTC).date();
+    let recipient_hash = state.numbers.hash(&message.to);
+    let answer = lookup.ask(&message.to, &recipient_hash, since).await?;
+    if answer != crate::reassigned::Answer::Yes {
+        return Ok(());
+    }
+    let mut evidence = super::consent::Evidence::default();
+    evidence
+        .extra
+        .insert("source".into(), json!("reassigned_numbers_lookup"));
+    evidence.extra.insert(
+        "question".into(),
+        json!({ "disconnected_since": since.to_string(), "asked_at": now.to_string() }),
+    );
+    evidence
+        .extra
+        .insert("answer".into(), json!(answer.as_str()));
+    let event = super::consent::Validated {
+        number: message.to.clone(),
+        action: Action::OptOut,
+        level: None,
+        scope: crate::domain::Scope::tenant_wide(),
+        purposes: Default::default(),
+        method: crate::consent::REASSIGNED_LOOKUP.to_owned(),
+        occurred_at: now,
+        external_id: None,
+        evidence,
+    };
+    let record =
+        super::consent::consent_record(state, event, tenant, "reassigned-numbers-lookup", now)
+            .await?;
+    state
+        .ledger()
+        .record_consents(std::slice::from_ref(&record))
+        .await?;
+    tracing::info!(
+        event = %record.id,
+        tenant = %tenant.id,
+        recipient = %record.recipient_masked,
+        since = %since,
+        "the reassigned-numbers lookup says the number changed hands; its consent no longer counts"
+    );
+    gathered.consent.push(crate::consent::ConsentEvent {
+        id: record.id,
+        seq: i64::MAX,
+        action: Action::OptOut,
+        level: None,
+        scope: crate::domain::Scope::tenant_wide(),
+        purposes: crate::consent::Purposes::all(),
+        occurred_at: now,
+        number_reassigned: true,
+    });
+    Ok(())
+}
+
 /// The send flow after parsing: gather the recipient's facts, decide, record the decision
 /// durably, then forward an allowed message and record the outcome. Every message consentry
 /// sends, the API's and its own replies, goes through here.
@@ -152,7 +250,8 @@ pub async fn process(
         // share the database: caps and confirmations see every decision.
         let mut turn = state.recipient_turn(&recipient_hash).await?;
         let now = state.clock.now();
-        let gathered = gather(state, tenant, &message, now, Some(&mut turn.shared)).await?;
+        let mut gathered = gather(state, tenant, &message, now, Some(&mut turn.shared)).await?;
+        check_number_history(state, tenant, &message, &mut gathered, now).await?;
         state.metrics.phase(Phase::Gather, started.elapsed());
         let facts = gathered.facts(tenant, bounds, &state.policies, now);
         let decision = policy::decide(message, &facts);

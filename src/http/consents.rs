@@ -38,7 +38,7 @@ use crate::state::AppState;
 use crate::store::{ConsentRecord, Recorded, StoredConsent};
 
 /// How consent was collected.
-pub const METHODS: [&str; 9] = [
+pub const METHODS: [&str; 11] = [
     "web_form",
     "keyword",
     "verbal",
@@ -48,6 +48,8 @@ pub const METHODS: [&str; 9] = [
     "ivr",
     "email",
     "double_opt_in",
+    crate::consent::NUMBER_DEACTIVATED,
+    crate::consent::REASSIGNED_LOOKUP,
 ];
 /// How far in the future `occurred_at` may be (clock skew between systems).
 const FUTURE_LEEWAY_SECONDS: i64 = 300;
@@ -97,7 +99,11 @@ pub struct FieldError {
     pub message: String,
 }
 
-fn field_error(code: &'static str, field: &str, message: impl Into<String>) -> FieldError {
+pub(crate) fn field_error(
+    code: &'static str,
+    field: &str,
+    message: impl Into<String>,
+) -> FieldError {
     FieldError {
         code,
         field: field.to_owned(),
@@ -145,6 +151,13 @@ fn validate(
             format!("must be one of {}", METHODS.join(", ")),
         ));
     }
+    if action == Action::OptIn && crate::consent::is_number_change(&method) {
+        return Err(field_error(
+            "invalid_method",
+            "method",
+            format!("{method} records an opt-out: a number that changed hands"),
+        ));
+    }
     let level = match (action, input.level.as_deref()) {
         (Action::OptOut, None) => None,
         (Action::OptOut, Some(_)) => {
@@ -180,7 +193,9 @@ fn validate(
             )
         })?,
     };
-    if occurred_at.as_second() > now.as_second() + FUTURE_LEEWAY_SECONDS {
+    // A deactivation dated by its day (the end of it) may be later today: it takes effect now.
+    let deactivation = action == Action::OptOut && crate::consent::is_number_change(&method);
+    if occurred_at.as_second() > now.as_second() + FUTURE_LEEWAY_SECONDS && !deactivation {
         return Err(field_error(
             "invalid_occurred_at",
             "occurred_at",
@@ -410,7 +425,28 @@ pub async fn import(
     headers: HeaderMap,
     body: RequestBody,
 ) -> Result<Response, ApiError> {
-    let (principal, tenant) = state.authorize(&headers, scope::CONSENTS_WRITE)?;
+    import_file(&state, &headers, body, ImportKind::Consents).await
+}
+
+/// What each line of an imported file is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ImportKind {
+    /// A consent event (`ConsentInput`, or the CSV columns of [`CSV_COLUMNS`]).
+    Consents,
+    /// A line of a carrier's deactivation file (`http::deactivations`): an opt-out dated at
+    /// the deactivation.
+    Deactivations,
+}
+
+/// A file of consent events or deactivations, streamed: validated line by line, written in
+/// batches (`POST /v1/consents/import`, `POST /v1/consents/deactivations`).
+pub(crate) async fn import_file(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: RequestBody,
+    kind: ImportKind,
+) -> Result<Response, ApiError> {
+    let (principal, tenant) = state.authorize(headers, scope::CONSENTS_WRITE)?;
     let content_type = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
@@ -432,7 +468,8 @@ pub async fn import(
     };
 
     let mut importer = Importer {
-        state: &state,
+        state,
+        kind,
         tenant,
         principal: &principal,
         summary: ImportSummary::default(),
@@ -503,11 +540,12 @@ pub async fn import(
     }
     tracing::info!(
         tenant = %tenant.id,
+        kind = ?kind,
         lines = importer.summary.lines,
         recorded = importer.summary.recorded,
         duplicates = importer.summary.duplicates,
         failed = importer.summary.failed,
-        "consent import finished"
+        "import finished"
     );
     Ok((StatusCode::OK, Json(importer.summary)).into_response())
 }
@@ -519,6 +557,7 @@ fn import_error(error: ImportError) -> ApiError {
 /// The state of one import: lines are validated as they arrive and written in batches.
 struct Importer<'a> {
     state: &'a AppState,
+    kind: ImportKind,
     tenant: &'a Tenant,
     principal: &'a Principal,
     summary: ImportSummary,
@@ -527,7 +566,7 @@ struct Importer<'a> {
     /// The sealed evidence in `batch`, in bytes.
     batch_bytes: usize,
     /// The CSV header, once read.
-    header: Option<Vec<CsvColumn>>,
+    header: Option<Header>,
     /// Every line up to this one is recorded or refused.
     committed_through: u64,
     /// The batch being written, and its last line.
@@ -540,8 +579,12 @@ type BatchWrite = tokio::task::JoinHandle<Result<Vec<Recorded>, crate::store::St
 impl Importer<'_> {
     async fn ndjson_lines(&mut self, lines: Vec<(u64, String)>) -> Result<(), ApiError> {
         for (line, text) in lines {
-            let input = serde_json::from_str::<ConsentInput>(&text)
-                .map_err(|e| field_error("invalid_line", "", format!("not a consent event: {e}")));
+            let input = match self.kind {
+                ImportKind::Consents => serde_json::from_str::<ConsentInput>(&text).map_err(|e| {
+                    field_error("invalid_line", "", format!("not a consent event: {e}"))
+                }),
+                ImportKind::Deactivations => super::deactivations::ndjson_input(&text),
+            };
             self.line(line, input).await?;
         }
         Ok(())
@@ -549,11 +592,22 @@ impl Importer<'_> {
 
     async fn csv_records(&mut self, records: Vec<(u64, Vec<String>)>) -> Result<(), ApiError> {
         for (line, fields) in records {
-            let Some(header) = &self.header else {
-                self.header = Some(csv_header(&fields)?);
-                continue;
+            let input = match (&self.header, self.kind) {
+                (None, ImportKind::Consents) => {
+                    self.header = Some(Header::Consents(csv_header(&fields)?));
+                    continue;
+                }
+                (None, ImportKind::Deactivations) => {
+                    self.header = Some(Header::Deactivations(super::deactivations::csv_header(
+                        &fields,
+                    )?));
+                    continue;
+                }
+                (Some(Header::Consents(header)), _) => csv_input(header, fields),
+                (Some(Header::Deactivations(header)), _) => {
+                    super::deactivations::csv_input(header, fields)
+                }
             };
-            let input = csv_input(header, fields);
             self.line(line, input).await?;
         }
         Ok(())
@@ -645,6 +699,12 @@ impl Importer<'_> {
     }
 }
 
+/// A CSV file's header, as its kind reads it.
+enum Header {
+    Consents(Vec<CsvColumn>),
+    Deactivations(Vec<super::deactivations::Column>),
+}
+
 /// The columns a CSV import may have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CsvColumn {
@@ -693,6 +753,22 @@ const CSV_COLUMNS: [(&str, CsvColumn); 18] = [
 ];
 
 fn csv_header(fields: &[String]) -> Result<Vec<CsvColumn>, ApiError> {
+    read_header(
+        fields,
+        &CSV_COLUMNS,
+        &[CsvColumn::Number, CsvColumn::Action],
+        "number and action",
+    )
+}
+
+/// Reads a CSV header into `known` columns: names in any case (a byte-order mark dropped); an
+/// unknown name, or a missing `required` one, refuses the file (`invalid_csv_header`).
+pub(crate) fn read_header<C: Copy + PartialEq>(
+    fields: &[String],
+    known: &[(&str, C)],
+    required: &[C],
+    required_names: &str,
+) -> Result<Vec<C>, ApiError> {
     let columns = fields
         .iter()
         .map(|name| {
@@ -700,28 +776,27 @@ fn csv_header(fields: &[String]) -> Result<Vec<CsvColumn>, ApiError> {
                 .trim()
                 .trim_start_matches('\u{feff}')
                 .to_ascii_lowercase();
-            CSV_COLUMNS
+            known
                 .iter()
                 .find(|(known, _)| *known == name)
                 .map(|(_, column)| *column)
                 .ok_or_else(|| {
+                    let names: Vec<&str> = known.iter().map(|(known, _)| *known).collect();
                     ApiError::bad_request(
                         "invalid_csv_header",
                         format!(
                             "unknown column {name:?}; known columns: {}",
-                            CSV_COLUMNS.map(|(known, _)| known).join(", ")
+                            names.join(", ")
                         ),
                     )
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    for required in [CsvColumn::Number, CsvColumn::Action] {
-        if !columns.contains(&required) {
-            return Err(ApiError::bad_request(
-                "invalid_csv_header",
-                "the header must name the columns number and action",
-            ));
-        }
+    if required.iter().any(|column| !columns.contains(column)) {
+        return Err(ApiError::bad_request(
+            "invalid_csv_header",
+            format!("the header must name the columns {required_names}"),
+        ));
     }
     Ok(columns)
 }

@@ -131,6 +131,11 @@ impl From<FlowError> for ApiError {
                 message,
             ),
             FlowError::Reply(error) => ApiError::from(error),
+            FlowError::Lookup(error) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "reassigned_lookup_unavailable",
+                format!("{error}; nothing was sent"),
+            ),
         }
     }
 }

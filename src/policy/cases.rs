@@ -33,6 +33,7 @@ fn written_opt_in() -> Vec<ConsentEvent> {
         scope: Scope::tenant_wide(),
         purposes: Purposes::all(),
         occurred_at: "2020-01-01T00:00:00Z".parse().unwrap(),
+        number_reassigned: false,
     }]
 }
 
@@ -557,6 +558,7 @@ fn a_denial_beats_a_deferral_and_an_unknown_zone_is_never_allowed() {
             action: Action::OptOut,
             level: None,
             occurred_at: "2021-01-01T00:00:00Z".parse().unwrap(),
+            number_reassigned: false,
             ..written_opt_in()[0].clone()
         },
     ];

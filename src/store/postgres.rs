@@ -1610,7 +1610,7 @@ async fn facts(
 ) -> Result<RecipientFacts, StoreError> {
     // Only what the fold reads: the evidence stays in the table.
     let consent = sqlx::query(
-        "SELECT seq, id, action, level, brand, campaign, purposes, occurred_at_us \
+        "SELECT seq, id, action, level, brand, campaign, purposes, occurred_at_us, method \
      FROM consent_events WHERE tenant = $1 AND recipient_hash = $2 ORDER BY seq",
     )
     .bind(tenant.as_str())

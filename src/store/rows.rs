@@ -28,6 +28,7 @@ where
     let action: String = row.try_get("action")?;
     let level: Option<String> = row.try_get("level")?;
     let purposes: String = row.try_get("purposes")?;
+    let method: String = row.try_get("method")?;
     consent_event(
         row.try_get("seq")?,
         row.try_get("id")?,
@@ -37,6 +38,7 @@ where
         row.try_get("campaign")?,
         &purposes,
         row.try_get("occurred_at_us")?,
+        &method,
     )
 }
 
@@ -51,6 +53,7 @@ pub(crate) fn consent_event(
     campaign: Option<String>,
     purposes: &str,
     occurred_at_us: i64,
+    method: &str,
 ) -> Result<ConsentEvent, StoreError> {
     let corrupt = |what: &str| StoreError::Corrupt(format!("consent_events.{what}"));
     Ok(ConsentEvent {
@@ -71,6 +74,7 @@ pub(crate) fn consent_event(
         ),
         occurred_at: jiff::Timestamp::from_microsecond(occurred_at_us)
             .map_err(|_| corrupt("occurred_at_us"))?,
+        number_reassigned: crate::consent::is_number_change(method),
     })
 }
 

@@ -16,6 +16,7 @@ mod idempotency;
 mod inbound;
 mod instances;
 mod quiet_hours;
+mod reassigned;
 mod scheduling;
 mod sending;
 mod storage;

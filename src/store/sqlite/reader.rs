@@ -63,8 +63,8 @@ impl Readers {
             let transaction = connection.transaction()?;
             let consent = transaction
                 .prepare_cached(
-                    "SELECT seq, id, action, level, brand, campaign, purposes, occurred_at_us \
-                     FROM consent_events WHERE tenant = ? AND recipient_hash = ? ORDER BY seq",
+                    "SELECT seq, id, action, level, brand, campaign, purposes, occurred_at_us, \
+                     method FROM consent_events WHERE tenant = ? AND recipient_hash = ? ORDER BY seq",
                 )?
                 .query_map(params![tenant, recipient_hash], |row| {
                     Ok((
@@ -76,10 +76,12 @@ impl Readers {
                         row.get::<_, Option<String>>(5)?,
                         row.get::<_, String>(6)?,
                         row.get::<_, i64>(7)?,
+                        row.get::<_, String>(8)?,
                     ))
                 })?
                 .map(|row| {
-                    let (seq, id, action, level, brand, campaign, purposes, occurred_at_us) = row?;
+                    let (seq, id, action, level, brand, campaign, purposes, occurred_at_us, method) =
+                        row?;
                     consent_event(
                         seq,
                         id,
@@ -89,6 +91,7 @@ impl Readers {
                         campaign,
                         &purposes,
                         occurred_at_us,
+                        &method,
                     )
                 })
                 .collect::<Result<Vec<_>, StoreError>>()?;
