@@ -84,6 +84,7 @@ fn decision(c: &mut Criterion) {
         reply: None,
         status_callback: None,
         send_at: None,
+        media: Vec::new(),
     };
     let location = policies.zones.locate(&message.to);
     c.bench_function("locate: a number's zones and regions", |b| {

@@ -95,6 +95,7 @@ fn main() {
                 reply: None,
                 status_callback: None,
                 send_at: None,
+                media: Vec::new(),
             };
             let processed =
                 send::process(&state, &tenant, &SenderBounds::default(), message, Delivery::Upstream)

@@ -312,6 +312,65 @@ impl Body {
     }
 }
 
+impl Body {
+    /// The text of an MMS, which may be empty when it carries media (at most
+    /// [`MAX_BODY_CHARS`] characters all the same).
+    pub fn parse_caption(input: String) -> Result<Self, String> {
+        if input.is_empty() {
+            return Ok(Body(input));
+        }
+        Body::parse(input)
+    }
+}
+
+/// The most media one message carries (Twilio's limit).
+pub const MAX_MEDIA: usize = 10;
+/// The longest media URL accepted.
+pub const MAX_MEDIA_URL_BYTES: usize = 2048;
+
+/// A media URL of an MMS: an absolute `https://` or `http://` URL with a host, at most
+/// [`MAX_MEDIA_URL_BYTES`]. consentry forwards it and never fetches it. Sealed with the body.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MediaUrl(String);
+
+impl MediaUrl {
+    pub fn parse(input: &str) -> Result<Self, String> {
+        if input.len() > MAX_MEDIA_URL_BYTES {
+            return Err(format!(
+                "a media URL has at most {MAX_MEDIA_URL_BYTES} bytes"
+            ));
+        }
+        let uri: http::Uri = input
+            .parse()
+            .map_err(|_| format!("{input:?} is not a URL"))?;
+        if !matches!(uri.scheme_str(), Some("https" | "http")) || uri.host().is_none() {
+            return Err("a media URL is an absolute https:// or http:// URL".into());
+        }
+        Ok(MediaUrl(input.to_owned()))
+    }
+
+    /// A message's media, from the request's list: at most [`MAX_MEDIA`].
+    pub fn parse_all(inputs: &[String]) -> Result<Vec<MediaUrl>, String> {
+        if inputs.len() > MAX_MEDIA {
+            return Err(format!(
+                "{} media URLs; at most {MAX_MEDIA} are allowed",
+                inputs.len()
+            ));
+        }
+        inputs.iter().map(|input| MediaUrl::parse(input)).collect()
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for MediaUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MediaUrl(..)")
+    }
+}
+
 impl fmt::Debug for Body {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Body({} chars)", self.0.chars().count())
@@ -373,6 +432,8 @@ pub struct CanonicalMessage {
     /// When the sender asked for it to leave (`send_at`, Twilio's `SendAt`): until then it is
     /// held, and every rule that depends on the time is applied at its release.
     pub send_at: Option<jiff::Timestamp>,
+    /// An MMS's media, forwarded to gateways that take them; empty for an SMS.
+    pub media: Vec<MediaUrl>,
 }
 
 /// An application's own status-callback URL.

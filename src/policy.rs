@@ -475,6 +475,7 @@ mod tests {
             reply: None,
             status_callback: None,
             send_at: None,
+            media: Vec::new(),
         }
     }
 

@@ -226,6 +226,7 @@ async fn rebuild(
         reply: None,
         status_callback: None,
         send_at: None,
+        media: Vec::new(),
     };
     let sealed = Sealed {
         key_id: item.key_id.clone(),
@@ -246,6 +247,17 @@ async fn rebuild(
     };
     message.to = PhoneNumber::parse(&field("to")?, region).map_err(|_| unreadable("to"))?;
     message.from = Sender::parse(&field("from")?, region).map_err(|_| unreadable("from"))?;
-    message.body = Body::parse(field("body")?).map_err(|_| unreadable("body"))?;
+    let media: Vec<String> = match payload.get("media_urls") {
+        None => Vec::new(),
+        Some(list) => serde_json::from_value(list.clone()).map_err(|_| unreadable("media_urls"))?,
+    };
+    message.media =
+        crate::domain::MediaUrl::parse_all(&media).map_err(|_| unreadable("media_urls"))?;
+    message.body = if message.media.is_empty() {
+        Body::parse(field("body")?)
+    } else {
+        Body::parse_caption(field("body")?)
+    }
+    .map_err(|_| unreadable("body"))?;
     Ok(message)
 }

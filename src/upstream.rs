@@ -122,6 +122,16 @@ impl Upstreams {
         self.by_name.get(name)
     }
 
+    /// Whether the upstream forwards an MMS's media: every kind but `vonage` (its SMS API
+    /// sends text only).
+    pub fn takes_media(&self, name: &str) -> bool {
+        match self.get(name) {
+            Some(Upstream::Sandbox(_)) => true,
+            Some(Upstream::Gateway(gateway)) => gateway.kind != UpstreamKind::Vonage,
+            None => false,
+        }
+    }
+
     pub fn sandbox(&self) -> &Sandbox {
         &self.sandbox
     }
@@ -158,6 +168,8 @@ pub struct SandboxMessage {
     pub to: String,
     pub from: String,
     pub body: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub media_urls: Vec<String>,
     pub purpose: &'static str,
     pub received_at: Timestamp,
 }
@@ -180,6 +192,11 @@ impl Sandbox {
             to: message.to.e164().to_owned(),
             from: message.from.as_str().to_owned(),
             body: message.body.as_str().to_owned(),
+            media_urls: message
+                .media
+                .iter()
+                .map(|m| m.as_str().to_owned())
+                .collect(),
             purpose: message.purpose.as_str(),
             received_at: Timestamp::now(),
         };

@@ -59,6 +59,8 @@ struct Outbound<'a> {
     to: &'a str,
     from: &'a str,
     body: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    media_urls: Vec<&'a str>,
     purpose: &'a str,
 }
 
@@ -70,6 +72,7 @@ pub fn send_request(url: &str, credential: &str, permit: &Permit) -> GatewayRequ
         to: message.to.e164(),
         from: message.from.as_str(),
         body: message.body.as_str(),
+        media_urls: message.media.iter().map(|m| m.as_str()).collect(),
         purpose: message.purpose.as_str(),
     })
     .expect("a message serialises");

@@ -158,6 +158,10 @@ pub fn send_request(
         "to": message.to.e164(),
         "text": message.body.as_str(),
     });
+    if !message.media.is_empty() {
+        let media: Vec<&str> = message.media.iter().map(|m| m.as_str()).collect();
+        body["media_urls"] = json!(media);
+    }
     if let Some(url) = status_url {
         body["webhook_url"] = json!(url);
     }

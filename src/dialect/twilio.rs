@@ -205,6 +205,9 @@ pub fn send_request(
     form.append_pair("To", message.to.e164())
         .append_pair("From", message.from.as_str())
         .append_pair("Body", message.body.as_str());
+    for media in &message.media {
+        form.append_pair("MediaUrl", media.as_str());
+    }
     // With a public URL, Twilio reports delivery statuses to consentry's own webhook.
     if let Some(url) = status_url {
         form.append_pair("StatusCallback", url);

@@ -228,6 +228,7 @@ pub async fn receive(
             reply: Some(reply),
             status_callback: None,
             send_at: None,
+            media: Vec::new(),
         };
         match send::process(state, tenant, &SenderBounds::default(), answer, delivery).await? {
             Processed::Answered { text, .. } => received.answers.push(text),

@@ -422,11 +422,16 @@ async fn record_decision(
             Some(deferral.until.as_microsecond()),
         ),
     };
-    let plaintext = json!({
+    let mut plaintext = json!({
         "to": message.to.e164(),
         "from": message.from.as_str(),
         "body": message.body.as_str(),
     });
+    // An MMS's media are sealed with its body: a URL can name its recipient or its content.
+    if !message.media.is_empty() {
+        let media: Vec<&str> = message.media.iter().map(|m| m.as_str()).collect();
+        plaintext["media_urls"] = json!(media);
+    }
     // Sealed under the recipient's own key: erasing the number makes it unreadable.
     let recipient_hash = state.numbers.hash(&message.to);
     let (sealed, new_recipient_key) = state

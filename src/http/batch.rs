@@ -55,6 +55,9 @@ struct BatchRequest {
     campaign: Option<String>,
     /// When to send (RFC 3339); a recipient's own `send_at` replaces it.
     send_at: Option<String>,
+    /// An MMS's media, for every recipient.
+    #[serde(default)]
+    media_urls: Vec<String>,
     recipients: Vec<Recipient>,
 }
 
@@ -116,6 +119,7 @@ pub async fn send(
         brand,
         campaign,
         send_at,
+        media_urls,
         recipients,
     } = parse_json(&bytes)?;
     // A batch's own time is checked once: wrong, it would make every line wrong.
@@ -144,6 +148,7 @@ pub async fn send(
         brand,
         campaign,
         send_at,
+        media_urls,
         key: batch_key,
     });
     let lines = futures_util::stream::iter(recipients.into_iter().enumerate().map(
@@ -209,6 +214,7 @@ struct BatchFields {
     brand: Option<String>,
     campaign: Option<String>,
     send_at: Option<String>,
+    media_urls: Vec<String>,
     /// The batch's `Idempotency-Key`.
     key: Option<String>,
 }
@@ -278,6 +284,7 @@ async fn line(
         brand: request.brand.clone(),
         campaign: request.campaign.clone(),
         send_at: recipient.send_at.or_else(|| request.send_at.clone()),
+        media_urls: request.media_urls.clone(),
     };
     let fingerprint = idempotency::request_hash(&[
         b"POST /v1/messages/batch",
@@ -288,8 +295,9 @@ async fn line(
         send.campaign.as_deref().unwrap_or_default().as_bytes(),
         send.body.as_bytes(),
         send.send_at.as_deref().unwrap_or_default().as_bytes(),
+        send.media_urls.join("\n").as_bytes(),
     ]);
-    let message = match canonical_message(send, tenant, state.clock.now()) {
+    let message = match canonical_message(state, send, tenant, state.clock.now()) {
         Ok(message) => message,
         Err(error) => return invalid(index, &error),
     };

@@ -59,8 +59,22 @@ fn json_response(status: u16, body: Value) -> Response {
 
 /// Parses a form body, refusing a field given twice.
 fn form_fields(bytes: &[u8]) -> Result<BTreeMap<String, String>, ApiError> {
+    Ok(form_fields_with_list(bytes, "")?.0)
+}
+
+/// Parses a form body in which `list` may be given many times (Twilio's `MediaUrl`): its
+/// values in order, and every other field once.
+fn form_fields_with_list(
+    bytes: &[u8],
+    list: &str,
+) -> Result<(BTreeMap<String, String>, Vec<String>), ApiError> {
     let mut fields = BTreeMap::new();
+    let mut listed = Vec::new();
     for (name, value) in form_urlencoded::parse(bytes) {
+        if !list.is_empty() && name == list {
+            listed.push(value.into_owned());
+            continue;
+        }
         if fields
             .insert(name.to_string(), value.into_owned())
             .is_some()
@@ -72,7 +86,7 @@ fn form_fields(bytes: &[u8]) -> Result<BTreeMap<String, String>, ApiError> {
             .with("field", name.to_string()));
         }
     }
-    Ok(fields)
+    Ok((fields, listed))
 }
 
 /// A number field of a form: a leading space is a `+` that was not URL-encoded.
@@ -91,6 +105,15 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|value| value.to_str().ok())
 }
 
+/// What a front's request may add to the text: the Twilio front's status callback, scheduled
+/// time and media, Telnyx's media.
+#[derive(Default)]
+struct Extras {
+    status_callback: Option<crate::domain::StatusCallback>,
+    send_at: Option<jiff::Timestamp>,
+    media_urls: Vec<String>,
+}
+
 /// Builds the native request from a front's fields and runs the send flow.
 #[allow(clippy::too_many_arguments)]
 async fn send(
@@ -101,8 +124,7 @@ async fn send(
     to: String,
     from: String,
     body: String,
-    status_callback: Option<crate::domain::StatusCallback>,
-    send_at: Option<jiff::Timestamp>,
+    extras: Extras,
     recipient: &mut Option<String>,
 ) -> Outcome {
     let purpose = match header(headers, "x-consentry-purpose") {
@@ -117,13 +139,14 @@ async fn send(
         brand: header(headers, "x-consentry-brand").map(str::to_owned),
         campaign: header(headers, "x-consentry-campaign").map(str::to_owned),
         send_at: None,
+        media_urls: extras.media_urls,
     };
-    let mut message = match canonical_message(request, tenant, state.clock.now()) {
+    let mut message = match canonical_message(state, request, tenant, state.clock.now()) {
         Ok(message) => message,
         Err(error) => return Outcome::Refused(error),
     };
-    message.status_callback = status_callback;
-    message.send_at = send_at;
+    message.status_callback = extras.status_callback;
+    message.send_at = extras.send_at;
     *recipient = Some(state.numbers.hash(&message.to));
     let bounds = sender_bounds(principal, tenant);
     match flow::send::process(state, tenant, &bounds, message, Delivery::Upstream).await {
@@ -274,7 +297,7 @@ pub async fn twilio_create(
             Begun::Held(key) => held = Some(key),
             Begun::Unkeyed => {}
         }
-        let mut fields = form_fields(&bytes)?;
+        let (mut fields, media_urls) = form_fields_with_list(&bytes, "MediaUrl")?;
         let status_callback = match fields.remove("StatusCallback") {
             None => None,
             Some(url) => {
@@ -296,7 +319,7 @@ pub async fn twilio_create(
             }
         };
         let send_at = twilio_schedule(&mut fields, state.clock.now())?;
-        for unsupported in ["MediaUrl", "ContentSid"] {
+        for unsupported in ["ContentSid"] {
             if fields.contains_key(unsupported) {
                 return Err(ApiError::bad_request(
                     "unsupported_parameter",
@@ -324,10 +347,13 @@ pub async fn twilio_create(
                 ));
             }
         };
+        // Body, MediaUrl or both, as on Twilio.
         let text = fields
             .remove("Body")
-            .filter(|body| !body.is_empty())
+            .filter(|body| !body.is_empty() || !media_urls.is_empty())
+            .or_else(|| (!media_urls.is_empty()).then(String::new))
             .ok_or_else(|| ApiError::bad_request("missing_body", "Message body is required."))?;
+        let num_media = media_urls.len();
         if send_at.is_some() && !messaging_service {
             return Err(ApiError::bad_request(
                 "schedule_needs_messaging_service",
@@ -344,8 +370,11 @@ pub async fn twilio_create(
                 to.clone(),
                 from.clone(),
                 text.clone(),
-                status_callback,
-                send_at,
+                Extras {
+                    status_callback,
+                    send_at,
+                    media_urls,
+                },
                 &mut recipient,
             )
             .await
@@ -360,19 +389,18 @@ pub async fn twilio_create(
                         crate::domain::PhoneNumber::parse(&to, tenant.default_region)
                             .map(|n| n.e164().to_owned())
                             .unwrap_or(to);
-                    json_response(
-                        201,
-                        twilio::message_resource(
-                            &account_sid,
-                            &id,
-                            &canonical_to,
-                            &from,
-                            &text,
-                            status,
-                            state.clock.now(),
-                            None,
-                        ),
-                    )
+                    let mut resource = twilio::message_resource(
+                        &account_sid,
+                        &id,
+                        &canonical_to,
+                        &from,
+                        &text,
+                        status,
+                        state.clock.now(),
+                        None,
+                    );
+                    resource["num_media"] = num_media.to_string().into();
+                    json_response(201, resource)
                 }
                 Outcome::Refused(error) => twilio_error(&error),
             },
@@ -604,16 +632,7 @@ pub async fn telnyx_send(
             };
             ApiError::bad_request(code, format!("the request is not valid: {e}"))
         })?;
-        if request
-            .media_urls
-            .as_ref()
-            .is_some_and(|urls| !urls.is_empty())
-        {
-            return Err(ApiError::bad_request(
-                "unsupported_parameter",
-                "media_urls is not supported by consentry",
-            ));
-        }
+        let media_urls = request.media_urls.unwrap_or_default();
         let to = request
             .to
             .ok_or_else(|| ApiError::bad_request("missing_to", "to is required"))?;
@@ -627,9 +646,11 @@ pub async fn telnyx_send(
                 ));
             }
         };
+        // An MMS may have no text.
         let text = request
             .text
-            .filter(|text| !text.is_empty())
+            .filter(|text| !text.is_empty() || !media_urls.is_empty())
+            .or_else(|| (!media_urls.is_empty()).then(String::new))
             .ok_or_else(|| ApiError::bad_request("missing_body", "text is required"))?;
         Ok::<_, ApiError>(
             match send(
@@ -640,8 +661,10 @@ pub async fn telnyx_send(
                 to.clone(),
                 from.clone(),
                 text.clone(),
-                None,
-                None,
+                Extras {
+                    media_urls,
+                    ..Extras::default()
+                },
                 &mut recipient,
             )
             .await
@@ -777,8 +800,7 @@ pub async fn vonage_send(
                 to.clone(),
                 from,
                 text,
-                None,
-                None,
+                Extras::default(),
                 &mut recipient_hash,
             )
             .await

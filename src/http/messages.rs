@@ -46,6 +46,9 @@ pub(crate) struct SendRequest {
     /// When to send it (RFC 3339), up to [`MAX_HOLD`] ahead; now if absent.
     #[serde(default)]
     pub send_at: Option<String>,
+    /// An MMS's media: absolute URLs, at most 10; the body may then be empty.
+    #[serde(default)]
+    pub media_urls: Vec<String>,
 }
 
 /// How far ahead a message may be scheduled: 35 days, as Twilio's scheduling allows.
@@ -114,7 +117,7 @@ async fn send_parsed(
     recipient: &mut Option<String>,
 ) -> Result<Response, ApiError> {
     let request: SendRequest = parse_json(bytes)?;
-    let message = canonical_message(request, tenant, state.clock.now())?;
+    let message = canonical_message(state, request, tenant, state.clock.now())?;
     *recipient = Some(state.numbers.hash(&message.to));
     let bounds = sender_bounds(principal, tenant);
     match flow::send::process(state, tenant, &bounds, message, Delivery::Upstream).await? {
@@ -192,8 +195,9 @@ pub async fn dry_run(
         brand: request.brand,
         campaign: request.campaign,
         send_at: None,
+        media_urls: Vec::new(),
     };
-    let message = canonical_message(send, tenant, at)?;
+    let message = canonical_message(&state, send, tenant, at)?;
     let bounds = sender_bounds(&principal, tenant);
     let gathered = flow::send::gather(&state, tenant, &message, at, None).await?;
     let facts = gathered.facts(tenant, &bounds, &state.policies, at);
@@ -342,10 +346,25 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result
 /// Parses the request's fields into the canonical message, each bad field with its own code;
 /// `now` bounds `send_at`.
 pub(crate) fn canonical_message(
+    state: &AppState,
     request: SendRequest,
     tenant: &Tenant,
     now: jiff::Timestamp,
 ) -> Result<CanonicalMessage, ApiError> {
+    let media = crate::domain::MediaUrl::parse_all(&request.media_urls).map_err(|error| {
+        ApiError::bad_request("invalid_media_url", format!("media_urls: {error}"))
+            .with("field", "media_urls")
+    })?;
+    if !media.is_empty() && !state.upstreams.takes_media(&tenant.upstream) {
+        return Err(ApiError::bad_request(
+            "media_not_supported",
+            format!(
+                "the tenant's gateway ({}) sends text only; a message with media_urls cannot go through it",
+                tenant.upstream
+            ),
+        )
+        .with("field", "media_urls"));
+    }
     let send_at = request
         .send_at
         .as_deref()
@@ -361,7 +380,12 @@ pub(crate) fn canonical_message(
         ApiError::bad_request("invalid_purpose", format!("purpose: {error}"))
             .with("field", "purpose")
     })?;
-    let body = Body::parse(request.body).map_err(|error| {
+    let body = if media.is_empty() {
+        Body::parse(request.body)
+    } else {
+        Body::parse_caption(request.body)
+    }
+    .map_err(|error| {
         ApiError::bad_request("invalid_body", format!("body: {error}")).with("field", "body")
     })?;
     let scope = tenant
@@ -398,6 +422,7 @@ pub(crate) fn canonical_message(
         reply: None,
         status_callback: None,
         send_at,
+        media,
     })
 }
 

@@ -67,6 +67,7 @@ fn outcome(
         reply: None,
         status_callback: None,
         send_at: None,
+        media: Vec::new(),
     };
     let facts = Facts {
         tenant: &rules,

@@ -678,6 +678,27 @@ async fn consents_import_streams_a_file_to_a_running_instance() {
     assert_eq!(summary["recorded"], 2000, "{summary}");
     assert_eq!(String::from_utf8_lossy(&output.stderr), "");
 
+    // A carrier's deactivation file for some of them, with --deactivations.
+    let mut deactivations = String::from("number,deactivated_at,carrier\n");
+    for index in 0..300 {
+        deactivations.push_str(&format!("+1415555{index:04},2026-11-01,T-Mobile\n"));
+    }
+    let deactivation_file = folder.path().join("deactivations.csv");
+    std::fs::write(&deactivation_file, deactivations).unwrap();
+    let output = Command::new(BINARY)
+        .args(["consents", "import", "--deactivations"])
+        .arg(&deactivation_file)
+        .args(["--url", &format!("https://localhost:{port}"), "--cacert"])
+        .arg(folder.path().join("consentry-data/tls/cert.pem"))
+        .env("CONSENTRY_TOKEN", &token)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{said}");
+    let summary: serde_json::Value = serde_json::from_str(said.trim()).unwrap();
+    assert_eq!(summary["recorded"], 300, "{summary}");
+    assert_eq!(summary["failed"], 0, "{summary}");
+
     // A token without the scope: refused, with the API's reason.
     let refused = Command::new(BINARY)
         .args(["consents", "import"])

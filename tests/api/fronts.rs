@@ -140,7 +140,7 @@ async fn the_twilio_front_speaks_twilio() {
         ),
         ("To=%2B14155550123&From=%2B12025550100".into(), 400, 21602),
         (
-            "To=%2B14155550123&From=%2B12025550100&Body=hi&MediaUrl=https://x.example/a.png".into(),
+            "To=%2B14155550123&From=%2B12025550100&Body=hi&ContentSid=HX0000".into(),
             400,
             93101,
         ),
@@ -557,10 +557,19 @@ async fn the_official_python_sdks_work_against_consentry() {
     for sdk in ["twilio", "telnyx", "vonage"] {
         assert!(stdout.contains(&format!("{sdk}: ok")), "{sdk}: {stdout}");
     }
+    let requests = gateway.requests();
     assert_eq!(
-        gateway.requests().len(),
-        3,
-        "one message per SDK reached the gateway; the scheduled one, canceled, did not"
+        requests.len(),
+        4,
+        "one message per SDK and the Twilio SDK's MMS reached the gateway; the scheduled one, canceled, did not"
+    );
+    assert!(
+        requests.iter().any(|request| request.body["media_urls"]
+            == json!([
+                "https://media.example/cat.jpg",
+                "https://media.example/dog.png"
+            ])),
+        "the MMS's media reached the gateway"
     );
 }
 

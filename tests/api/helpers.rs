@@ -63,6 +63,8 @@ pub struct GatewayRequest {
     pub path: String,
     pub headers: http::HeaderMap,
     pub body: Value,
+    /// The body as received (a form's repeated fields are one key in `body`).
+    pub raw: axum::body::Bytes,
 }
 
 /// A real HTTP server on 127.0.0.1 that records what it receives.
@@ -89,6 +91,7 @@ impl FakeGateway {
                 let state = state.clone();
                 async move {
                     let mode = *state.mode.lock().unwrap();
+                    let raw = body.clone();
                     let body: Value = serde_json::from_slice(&body).unwrap_or_else(|_| {
                         // A form body: its fields as a JSON object, for the assertions.
                         let fields: serde_json::Map<String, Value> = form_urlencoded::parse(&body)
@@ -110,6 +113,7 @@ impl FakeGateway {
                         path: uri.path().to_owned(),
                         headers,
                         body,
+                        raw,
                     });
                     let count = state.requests.lock().unwrap().len();
                     match mode {

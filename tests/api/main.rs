@@ -15,6 +15,7 @@ mod helpers;
 mod idempotency;
 mod inbound;
 mod instances;
+mod media;
 mod quiet_hours;
 mod reassigned;
 mod scheduling;

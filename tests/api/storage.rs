@@ -38,13 +38,24 @@ async fn the_database_holds_no_plaintext_body_or_number() {
         .send(&token, &message("+1 415 555 0177", body, "marketing"))
         .await;
     assert_eq!(denied.status(), 403);
+    // An MMS's media URL is sealed with its body.
+    let mut mms = message("+1 415 555 0177", body, "transactional");
+    mms["media_urls"] = serde_json::json!(["https://media.example/XRAY55Q.jpg"]);
+    assert_eq!(app.send(&token, &mms).await.status(), 201);
     let database = app.database.clone();
     app.stop().await;
 
     if let TestDatabase::Postgres(_) = database {
         // PostgreSQL's files are not ours to read: every row of every table, as text (a
         // BYTEA column shows as hex, so look for the hex of each needle too).
-        for needle in [body, "9F3K7Q", "+14155550177", "14155550177", "4155550177"] {
+        for needle in [
+            body,
+            "9F3K7Q",
+            "XRAY55Q",
+            "+14155550177",
+            "14155550177",
+            "4155550177",
+        ] {
             assert_eq!(rows_containing(&database, needle).await, 0, "{needle:?}");
         }
         assert!(rows_containing(&database, "+1415555****").await > 0);
@@ -52,7 +63,14 @@ async fn the_database_holds_no_plaintext_body_or_number() {
     }
     // The database, its WAL and its shared-memory file: all of them, as they are on disk.
     assert!(data.join("consentry.db").exists());
-    for needle in [body, "9F3K7Q", "+14155550177", "14155550177", "4155550177"] {
+    for needle in [
+        body,
+        "9F3K7Q",
+        "XRAY55Q",
+        "+14155550177",
+        "14155550177",
+        "4155550177",
+    ] {
         let found = files_contain(&data, needle.as_bytes());
         assert!(found.is_empty(), "{needle:?} is readable in {found:?}");
     }

@@ -48,6 +48,14 @@ def twilio_sdk():
     except TwilioRestException as error:
         check(error.code == 21610, f"error 21610, got {error.code}")
         check(error.status == 400, f"status 400, got {error.status}")
+    # An MMS: media only, no body.
+    mms = client.messages.create(
+        to="+14155550126",
+        from_=FROM,
+        media_url=["https://media.example/cat.jpg", "https://media.example/dog.png"],
+    )
+    check(mms.status == "queued", f"an MMS queued, got {mms.status}")
+    check(mms.num_media == "2", f"two media, got {mms.num_media}")
     # Scheduled through a messaging service, then canceled, as Twilio's own guide does it.
     from datetime import datetime
 
