@@ -102,6 +102,7 @@ fn decision(c: &mut Criterion) {
                 location: &location,
                 recent: &[],
                 now,
+                paced_until: None,
             };
             black_box(decide(black_box(message.clone()), &facts))
         })

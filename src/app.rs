@@ -49,6 +49,7 @@ struct Shared {
     sandbox: Arc<crate::upstream::Sandbox>,
     metrics: Arc<crate::metrics::Metrics>,
     connections: Arc<server::limits::Limits>,
+    pacer: Arc<crate::pacing::Pacer>,
 }
 
 /// Applies a new configuration to a running application (`serve` does on SIGHUP): the
@@ -130,6 +131,7 @@ impl App {
             sandbox: Arc::new(crate::upstream::Sandbox::default()),
             metrics: Arc::new(crate::metrics::Metrics::default()),
             connections: api_settings.limits.clone(),
+            pacer: Arc::default(),
         };
         let state = Arc::new(live_state(&shared, &config, 1)?);
         let cert = Arc::new(server::CertSlot::new(
@@ -316,6 +318,14 @@ fn live_state(shared: &Shared, config: &Config, version: u64) -> anyhow::Result<
     let tenants = config.tenants()?;
     let policies = PolicySet::load(&config.policies)?;
     let webhooks = Webhooks::new(tenants.values(), &config.outbox)?;
+    let reassigned = config
+        .reassigned_numbers
+        .as_ref()
+        .map(crate::reassigned::Lookup::from_config)
+        .transpose()?
+        .map(Arc::new);
+    // Last: a configuration that does not build leaves the running pace as it was.
+    shared.pacer.configure(config);
     Ok(AppState {
         clock: shared.clock.clone(),
         recipient_locks: shared.recipient_locks.clone(),
@@ -333,12 +343,8 @@ fn live_state(shared: &Shared, config: &Config, version: u64) -> anyhow::Result<
         },
         numbers: shared.numbers.clone(),
         upstreams,
-        reassigned: config
-            .reassigned_numbers
-            .as_ref()
-            .map(crate::reassigned::Lookup::from_config)
-            .transpose()?
-            .map(Arc::new),
+        pacer: shared.pacer.clone(),
+        reassigned,
         policies,
         webhooks,
         max_request_bytes: config.server.max_request_bytes,

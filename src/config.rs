@@ -548,6 +548,35 @@ pub struct UpstreamConfig {
     pub request_timeout_ms: u64,
     /// Trust only this CA (PEM) for the gateway's certificate, instead of the public roots.
     pub ca_file: Option<PathBuf>,
+    /// The most this upstream may be sent, all senders together (`pacing`).
+    pub rate: Option<RateConfig>,
+    /// The most each sender may be sent through this upstream (a 10DLC campaign's or a
+    /// toll-free number's throughput).
+    pub sender_rate: Option<RateConfig>,
+}
+
+/// A throughput: `per_second` or `per_minute` (one of them), and how many may go at once.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateConfig {
+    pub per_second: Option<u32>,
+    pub per_minute: Option<u32>,
+    /// Default 1: messages leave evenly spaced.
+    pub burst: Option<u32>,
+}
+
+impl RateConfig {
+    fn check(&self) -> Result<(), String> {
+        match (self.per_second, self.per_minute) {
+            (Some(n), None) | (None, Some(n)) if n > 0 => {}
+            (Some(_), Some(_)) => return Err("give per_second or per_minute, not both".into()),
+            _ => return Err("per_second or per_minute must be given, above 0".into()),
+        }
+        if self.burst == Some(0) {
+            return Err("burst must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 fn default_webhook_tolerance() -> u64 {
@@ -920,6 +949,15 @@ impl Config {
             }
             if upstream.connect_timeout_ms == 0 || upstream.request_timeout_ms == 0 {
                 return Err(field_error(&field, "timeouts must be above zero"));
+            }
+            for (name, rate) in [
+                ("rate", &upstream.rate),
+                ("sender_rate", &upstream.sender_rate),
+            ] {
+                if let Some(rate) = rate {
+                    rate.check()
+                        .map_err(|message| field_error(format!("{field}.{name}"), message))?;
+                }
             }
             match upstream.kind {
                 UpstreamKind::Sandbox => {}

@@ -25,6 +25,7 @@
 //! | `audit`     | the verifiable log: leaves, Merkle proofs, checkpoints, the sequencer  | yes |
 //! | `upstream`  | gateways: sandbox, http-json, twilio, telnyx, vonage; need a `Permit`  | yes |
 //! | `reassigned`| the reassigned-numbers lookup (yes / no / no data), cached             | yes |
+//! | `pacing`    | each upstream's and sender's rate and a gateway's pauses: when to send | no  |
 //! | `state`     | `AppState`: what handlers, flows and workers share; clock, turns       | yes |
 //! | `flow`      | the send, reply and consent flows: gather, decide, record, forward     | yes |
 //! | `scheduler` | releases deferred messages, deciding each again                        | yes |
@@ -57,6 +58,7 @@ pub mod keywords;
 pub mod metrics;
 pub mod numbering;
 pub mod outbox;
+pub mod pacing;
 pub mod policy;
 pub mod reassigned;
 pub mod rfc3339;

@@ -214,6 +214,13 @@ pub struct Snapshot {
     pub store_up: bool,
     /// The live configuration's version (1 at start, one more at each reload).
     pub config_version: u64,
+    /// Each paced upstream: messages waiting for their instant, its rate, its pause.
+    pub paced: Vec<crate::pacing::PaceView>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PacedLabels {
+    upstream: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -289,6 +296,38 @@ impl Snapshot {
             "TLS handshakes that failed or timed out",
             ConstCounter::new(self.tls_handshake_failures),
         );
+        if !self.paced.is_empty() {
+            type FloatGauge =
+                prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>;
+            let waiting = Family::<PacedLabels, FloatGauge>::default();
+            let rate = Family::<PacedLabels, FloatGauge>::default();
+            let paused = Family::<PacedLabels, FloatGauge>::default();
+            for view in &self.paced {
+                let labels = PacedLabels {
+                    upstream: view.upstream.clone(),
+                };
+                waiting.get_or_create(&labels).set(view.waiting as f64);
+                if let Some(per_second) = view.rate_per_second {
+                    rate.get_or_create(&labels).set(per_second);
+                }
+                paused.get_or_create(&labels).set(view.paused_seconds);
+            }
+            registry.register(
+                "paced_waiting",
+                "Messages queued for their instant in an upstream's pace",
+                waiting,
+            );
+            registry.register(
+                "paced_rate_per_second",
+                "The configured rate of a paced upstream, messages a second",
+                rate,
+            );
+            registry.register(
+                "paced_paused_seconds",
+                "How long the pause a gateway asked for (429) still lasts",
+                paused,
+            );
+        }
         if !self.write_batches.is_empty() {
             let batches = Family::<SizeLabels, Counter>::default();
             for (size, count) in &self.write_batches {
@@ -325,8 +364,22 @@ mod tests {
             store_up: true,
             deferred: Some(3),
             write_batches: vec![("1".into(), 5), ("2-3".into(), 2)],
+            paced: vec![crate::pacing::PaceView {
+                upstream: "gw".into(),
+                waiting: 7,
+                rate_per_second: Some(50.0),
+                paused_seconds: 0.0,
+            }],
             ..Snapshot::default()
         });
+        assert!(
+            text.contains("consentry_paced_waiting{upstream=\"gw\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("consentry_paced_rate_per_second{upstream=\"gw\"} 50"),
+            "{text}"
+        );
         assert!(text.contains(
             "consentry_decisions_total{outcome=\"denied\",reason=\"opted_out\",purpose=\"marketing\",tenant=\"acme\"} 1"
         ), "{text}");

@@ -48,6 +48,9 @@ pub struct Facts<'a> {
     pub recent: &'a [Timestamp],
     /// The time the decision is made for; read from the clock by the caller, never here.
     pub now: Timestamp,
+    /// When the upstream's pace lets this message leave, if later than `now`
+    /// ([`crate::pacing`]): an allowed message is deferred to it.
+    pub paced_until: Option<Timestamp>,
 }
 
 /// A stable reason code. The string forms are part of the API and never change meaning.
@@ -71,6 +74,10 @@ pub enum ReasonCode {
     OutsideWindow,
     /// Not a denial: the sender asked for a later time (`send_at`).
     Scheduled,
+    /// Not a denial: the upstream's or the sender's throughput is used up until a later instant.
+    Paced,
+    /// Not a denial: the gateway answered 429 (too many requests); sent again after its pause.
+    GatewayThrottled,
 }
 
 impl ReasonCode {
@@ -89,6 +96,8 @@ impl ReasonCode {
             ReasonCode::NoAllowedWindow => "no_allowed_window",
             ReasonCode::OutsideWindow => "outside_window",
             ReasonCode::Scheduled => "scheduled",
+            ReasonCode::Paced => "paced",
+            ReasonCode::GatewayThrottled => "gateway_throttled",
         }
     }
 }
@@ -288,6 +297,18 @@ pub fn decide(message: CanonicalMessage, facts: &Facts<'_>) -> Decision {
             trace,
         });
     }
+    // Allowed, but the upstream's throughput is used up until then: it waits its turn.
+    let deferral = deferral.or_else(|| {
+        facts.paced_until.map(|until| {
+            (
+                until,
+                vec![Reason::new(
+                    ReasonCode::Paced,
+                    format!("the gateway's throughput is used up; it leaves at {until}"),
+                )],
+            )
+        })
+    });
     if let Some((until, reasons)) = deferral {
         return Decision::Defer(Deferral {
             message,
@@ -516,6 +537,7 @@ mod tests {
                 .locate(&PhoneNumber::parse("+14155550123", Region::US).unwrap()),
             recent: &[],
             now: Timestamp::UNIX_EPOCH,
+            paced_until: None,
         };
         match decide(message(from, purpose), &facts) {
             Decision::Allow(permit) => {
@@ -545,6 +567,7 @@ mod tests {
                 .locate(&PhoneNumber::parse("+14155550123", Region::US).unwrap()),
             recent: &[],
             now,
+            paced_until: None,
         };
         let later: Timestamp = "2026-11-19T20:00:00Z".parse().unwrap();
         let held = |purpose, send_at| {

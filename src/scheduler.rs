@@ -14,6 +14,8 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
+
 use jiff::Timestamp;
 use serde_json::Value;
 
@@ -27,8 +29,11 @@ use crate::store::{DecisionKind, DeferredMessage, ReleaseRecord};
 
 /// How many due messages one pass takes.
 const BATCH: i64 = 200;
-/// How often the worker looks for due messages.
-const POLL: Duration = Duration::from_millis(500);
+/// How often the worker looks for due messages: a paced queue's messages leave this close to
+/// their instants.
+const POLL: Duration = Duration::from_millis(100);
+/// How many due messages are released at once.
+const RELEASING: usize = 32;
 /// How often expired idempotency keys are deleted.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
 
@@ -79,14 +84,28 @@ pub async fn release_due(state: &AppState) -> Result<Released, FlowError> {
         if due.is_empty() {
             return Ok(released);
         }
-        for item in due {
-            let id = item.id.clone();
-            // One message that cannot be released must not hold back the others; its claim
-            // lapses and a later pass takes it again.
-            if let Err(error) = release(state, item, &mut released).await {
-                released.failed += 1;
-                tracing::error!(message_id = %id, %error, "a deferred message could not be released");
-            }
+        // Released side by side: a paced queue leaves at its rate, not at the pace of one
+        // release after another.
+        let outcomes: Vec<Released> = futures_util::stream::iter(due)
+            .map(|item| async move {
+                let id = item.id.clone();
+                let mut one = Released::default();
+                // One message that cannot be released must not hold back the others; its
+                // claim lapses and a later pass takes it again.
+                if let Err(error) = release(state, item, &mut one).await {
+                    one.failed += 1;
+                    tracing::error!(message_id = %id, %error, "a deferred message could not be released");
+                }
+                one
+            })
+            .buffer_unordered(RELEASING)
+            .collect()
+            .await;
+        for one in outcomes {
+            released.sent += one.sent;
+            released.cancelled += one.cancelled;
+            released.deferred_again += one.deferred_again;
+            released.failed += one.failed;
         }
     }
 }
@@ -135,9 +154,11 @@ async fn release(
         let mut gathered =
             send::gather(state, tenant, &message, now, Some(&mut turn.shared)).await?;
         send::check_number_history(state, tenant, &message, &mut gathered, now).await?;
+        let paced = send::take_slot(state, tenant, &message, &mut gathered, now);
         let bounds = SenderBounds::default();
         let facts = gathered.facts(tenant, &bounds, &state.policies, now);
         let decision = policy::decide(message, &facts);
+        send::keep_slot(state, tenant, &decision, paced);
         let record = match &decision {
             Decision::Allow(_) => {
                 release_record(&item, now, DecisionKind::Allowed, "[]".into(), None)
@@ -165,6 +186,7 @@ async fn release(
         Decision::Allow(permit) => {
             match send::deliver(state, tenant, permit, Delivery::Upstream).await {
                 Processed::Sent { .. } => released.sent += 1,
+                Processed::Requeued { .. } => released.deferred_again += 1,
                 _ => released.failed += 1,
             }
             tracing::info!(message_id = %item.id, tenant = %tenant.id, "deferred message released");

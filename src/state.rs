@@ -42,6 +42,8 @@ pub struct AppState {
     pub log_cadence: Cadence,
     pub numbers: Arc<NumberHasher>,
     pub upstreams: Upstreams,
+    /// Each upstream's pace (kept across reloads).
+    pub pacer: Arc<crate::pacing::Pacer>,
     /// The reassigned-numbers lookup, when one is configured.
     pub reassigned: Option<Arc<crate::reassigned::Lookup>>,
     pub policies: PolicySet,

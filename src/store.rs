@@ -638,6 +638,11 @@ pub trait Messages: Send + Sync + 'static {
     /// Records the decision at a release (and re-arms a message deferred again).
     async fn record_release(&self, release: &ReleaseRecord) -> Result<(), StoreError>;
 
+    /// Queues an allowed message again, in one transaction: it (re)enters the deferred queue at
+    /// `release.release_again_at_us` and `release` (a deferral: the gateway throttled it) is
+    /// appended to its releases. The scheduler decides it again then.
+    async fn requeue(&self, tenant: &TenantId, release: &ReleaseRecord) -> Result<(), StoreError>;
+
     /// Calls off a tenant's deferred message that no release has claimed, in one transaction:
     /// it leaves the queue and `release` (a denial) is appended to its releases. Whether it was
     /// called off by this call: a message already released, being released, called off
@@ -1008,8 +1013,10 @@ pub fn status_of(
 ) -> Result<MessageStatus, StoreError> {
     Ok(match (decision, latest_release, latest_outcome) {
         ("denied", _, _) => MessageStatus::Denied,
-        ("deferred", None | Some("deferred"), _) => MessageStatus::Scheduled,
-        ("deferred", Some("denied"), _) => MessageStatus::Cancelled,
+        ("deferred", None, _) => MessageStatus::Scheduled,
+        // Deferred at its last release, or queued again after the gateway throttled it.
+        (_, Some("deferred"), _) => MessageStatus::Scheduled,
+        (_, Some("denied"), _) => MessageStatus::Cancelled,
         (_, _, Some(status)) => OutcomeStatus::parse(status)
             .ok_or_else(|| StoreError::Corrupt(format!("an outcome of status {status:?}")))?
             .into(),
@@ -1024,7 +1031,9 @@ mod tests {
     #[test]
     fn a_messages_status_follows_its_decision_release_and_outcome() {
         use MessageStatus::*;
-        let cases: [(&str, Option<&str>, Option<&str>, MessageStatus); 10] = [
+        let cases: [(&str, Option<&str>, Option<&str>, MessageStatus); 12] = [
+            ("allowed", Some("deferred"), None, Scheduled),
+            ("allowed", Some("denied"), None, Cancelled),
             ("denied", None, None, Denied),
             ("deferred", None, None, Scheduled),
             ("deferred", Some("deferred"), None, Scheduled),

@@ -61,6 +61,13 @@ pub enum UpstreamError {
     BadAnswer(String),
     #[error("the gateway refused the message: status {status}, {text}")]
     Refused { status: String, text: String },
+    /// The gateway asked to be sent less (HTTP 429, Twilio's 20429, Vonage's status 1): the
+    /// message is not failed but queued again after the pause (`flow::send::deliver`).
+    #[error("the gateway is throttling: too many requests")]
+    Throttled {
+        /// From `Retry-After` (seconds), when the gateway said.
+        retry_after: Option<std::time::Duration>,
+    },
 }
 
 impl UpstreamError {
@@ -71,6 +78,7 @@ impl UpstreamError {
             UpstreamError::Rejected { .. } => "upstream_rejected",
             UpstreamError::BadAnswer(_) => "upstream_bad_answer",
             UpstreamError::Refused { .. } => "upstream_rejected",
+            UpstreamError::Throttled { .. } => "upstream_throttled",
         }
     }
 }
@@ -403,16 +411,26 @@ impl Gateway {
                 .await
                 .map_err(|e| UpstreamError::Unavailable(error_chain(&e)))?;
             let status = response.status();
+            // Retry-After in seconds (RFC 9110, 10.2.3); an HTTP date is not read.
+            let retry_after = response
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.trim().parse::<u64>().ok())
+                .map(|seconds| std::time::Duration::from_secs(seconds.min(3600)));
             let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
                 .collect()
                 .await
                 .map_err(|e| UpstreamError::BadAnswer(e.to_string()))?
                 .to_bytes();
-            Ok::<_, UpstreamError>((status, body))
+            Ok::<_, UpstreamError>((status, retry_after, body))
         };
-        let (status, body) = tokio::time::timeout(self.request_timeout, exchange)
+        let (status, retry_after, body) = tokio::time::timeout(self.request_timeout, exchange)
             .await
             .map_err(|_| UpstreamError::Timeout)??;
+        if status == http::StatusCode::TOO_MANY_REQUESTS {
+            return Err(UpstreamError::Throttled { retry_after });
+        }
         if !status.is_success() {
             let answer = serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default();
             return Err(UpstreamError::Rejected {
@@ -424,8 +442,16 @@ impl Gateway {
         let message_id = match self.kind {
             UpstreamKind::Twilio => dialect::twilio::message_id(&answer),
             UpstreamKind::Telnyx => dialect::telnyx::message_id(&answer),
-            UpstreamKind::Vonage => dialect::vonage::read_answer(&answer)
-                .map_err(|(status, text)| UpstreamError::Refused { status, text })?,
+            UpstreamKind::Vonage => {
+                dialect::vonage::read_answer(&answer).map_err(|(status, text)| {
+                    // Vonage's status 1: "Throttled".
+                    if status == "1" {
+                        UpstreamError::Throttled { retry_after: None }
+                    } else {
+                        UpstreamError::Refused { status, text }
+                    }
+                })?
+            }
             UpstreamKind::HttpJson | UpstreamKind::Sandbox => dialect::generic::message_id(&answer),
         };
         Ok(Receipt {

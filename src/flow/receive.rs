@@ -237,7 +237,10 @@ pub async fn receive(
                 code = denial.reasons[0].code.as_str(),
                 "reply not sent"
             ),
-            Processed::Sent { .. } | Processed::Failed { .. } | Processed::Scheduled(_) => {}
+            Processed::Sent { .. }
+            | Processed::Failed { .. }
+            | Processed::Scheduled(_)
+            | Processed::Requeued { .. } => {}
         }
     }
     Ok(received)

@@ -48,6 +48,11 @@ pub enum Processed {
     },
     /// Deferred: recorded, and released by the scheduler at `until`.
     Scheduled(policy::Deferral),
+    /// The gateway throttled it (429): queued again, and decided and sent again at `until`.
+    Requeued {
+        id: MessageId,
+        until: Timestamp,
+    },
 }
 
 /// What `decide` needs to know about a recipient, read from the store and the zone table.
@@ -59,6 +64,8 @@ pub struct Gathered {
     pub location: crate::zones::Location,
     /// The recipient's key in the tenant, read with the rest: its record is sealed under it.
     pub recipient_key: Option<crate::store::RecipientKeyRow>,
+    /// When the upstream's pace lets the message leave, if later than now ([`take_slot`]).
+    pub paced_until: Option<Timestamp>,
 }
 
 impl Gathered {
@@ -80,6 +87,7 @@ impl Gathered {
             location: &self.location,
             recent: &self.recent,
             now,
+            paced_until: self.paced_until,
         }
     }
 }
@@ -132,7 +140,52 @@ pub async fn gather(
         recent,
         location,
         recipient_key: recipient.recipient_key,
+        paced_until: None,
     })
+}
+
+/// Takes the message's instant from its upstream's pace ([`crate::pacing`]), before `decide`:
+/// now, or a later instant reserved for it, which `decide` defers an allowed message to
+/// (reason `paced`). Answers to replies are not paced (an opt-out's confirmation has minutes
+/// to leave), nor a message held for a later `send_at` (it is paced at its release). Returns
+/// whether an instant was taken, for [`keep_slot`].
+pub fn take_slot(
+    state: &AppState,
+    tenant: &Tenant,
+    message: &CanonicalMessage,
+    gathered: &mut Gathered,
+    now: Timestamp,
+) -> bool {
+    if message.reply.is_some() || message.send_at.is_some_and(|at| at > now) {
+        return false;
+    }
+    match state
+        .pacer
+        .slot(&message.id, &tenant.upstream, message.from.as_str(), now)
+    {
+        crate::pacing::Slot::Now => {}
+        crate::pacing::Slot::At(at) => gathered.paced_until = Some(at),
+    }
+    true
+}
+
+/// Keeps the instant [`take_slot`] took only for a message that uses it: one sent now, or one
+/// deferred to it; a denied message, or one deferred by another rule, gives it back.
+pub fn keep_slot(state: &AppState, tenant: &Tenant, decision: &Decision, taken: bool) {
+    let uses_it = match decision {
+        Decision::Allow(_) => true,
+        Decision::Defer(deferral) => deferral
+            .reasons
+            .first()
+            .is_some_and(|reason| reason.code == policy::ReasonCode::Paced),
+        Decision::Deny(_) => false,
+    };
+    if taken && !uses_it {
+        let message = decision.message();
+        state
+            .pacer
+            .give_back(&message.id, &tenant.upstream, message.from.as_str());
+    }
 }
 
 /// Asks whether the number changed hands since the consent a send relies on, when that matters:
@@ -252,9 +305,11 @@ pub async fn process(
         let now = state.clock.now();
         let mut gathered = gather(state, tenant, &message, now, Some(&mut turn.shared)).await?;
         check_number_history(state, tenant, &message, &mut gathered, now).await?;
+        let paced = take_slot(state, tenant, &message, &mut gathered, now);
         state.metrics.phase(Phase::Gather, started.elapsed());
         let facts = gathered.facts(tenant, bounds, &state.policies, now);
         let decision = policy::decide(message, &facts);
+        keep_slot(state, tenant, &decision, paced);
         let recording = std::time::Instant::now();
         record_decision(
             state,
@@ -352,6 +407,9 @@ pub async fn deliver(
             .as_ref()
             .map_or_else(|error| error.code(), |_| "sent"),
     );
+    if let Err(crate::upstream::UpstreamError::Throttled { retry_after }) = &result {
+        return requeue(state, tenant, id, *retry_after).await;
+    }
     let recording = std::time::Instant::now();
     record_outcome(state, &id, &result).await;
     state.metrics.phase(Phase::Outcome, recording.elapsed());
@@ -363,6 +421,55 @@ pub async fn deliver(
         Err(error) => {
             tracing::warn!(message_id = %id, tenant = %tenant.id, %error, "upstream failed");
             Processed::Failed { id, error }
+        }
+    }
+}
+
+/// How long an upstream that throttled without saying for how long is left alone.
+const DEFAULT_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The reasons of a message the gateway throttled, queued again until `until`.
+pub fn throttled_reasons(until: Timestamp) -> serde_json::Value {
+    json!([{
+        "code": policy::ReasonCode::GatewayThrottled.as_str(),
+        "detail": format!("the gateway answered 429 (too many requests); it is sent again at {until}"),
+    }])
+}
+
+/// The gateway throttled a message: its upstream is paused for the time it asked (the pace's
+/// next instants come after it), and the message is queued again for the pause's end, when it
+/// is decided again and takes its turn. Nothing is lost: if the queue cannot be written, the
+/// message is recorded as failed, as any forward that did not succeed.
+async fn requeue(
+    state: &AppState,
+    tenant: &Tenant,
+    id: MessageId,
+    retry_after: Option<std::time::Duration>,
+) -> Processed {
+    let now = state.clock.now();
+    let pause = retry_after.unwrap_or(DEFAULT_PAUSE);
+    let until = now + jiff::SignedDuration::try_from(pause).unwrap_or(jiff::SignedDuration::ZERO);
+    state.pacer.pause(&tenant.upstream, until);
+    let release = crate::store::ReleaseRecord {
+        message_id: id.clone(),
+        decided_at_us: now.as_microsecond(),
+        decision: DecisionKind::Deferred,
+        reasons_json: throttled_reasons(until).to_string(),
+        release_again_at_us: Some(until.as_microsecond()),
+    };
+    match state.messages().requeue(&tenant.id, &release).await {
+        Ok(()) => {
+            tracing::info!(message_id = %id, tenant = %tenant.id, upstream = %tenant.upstream, %until, "the gateway throttled; queued again");
+            Processed::Requeued { id, until }
+        }
+        Err(error) => {
+            tracing::error!(message_id = %id, %error, "a throttled message could not be queued again");
+            let failed = Err(crate::upstream::UpstreamError::Throttled { retry_after });
+            record_outcome(state, &id, &failed).await;
+            Processed::Failed {
+                id,
+                error: crate::upstream::UpstreamError::Throttled { retry_after },
+            }
         }
     }
 }

@@ -45,6 +45,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         tls_handshake_failures: limits.handshake_failures.load(Ordering::Relaxed),
         write_batches: state.database().write_batch_counts(),
         config_version: state.config_version,
+        paced: state.pacer.views(state.clock.now()),
         ..Snapshot::default()
     };
     let read = async {

@@ -373,6 +373,13 @@ async fn line(
             }),
             false,
         ),
+        Ok(Processed::Requeued { id, until }) => (
+            json!({
+                "index": index, "to": to, "status": "scheduled", "id": id,
+                "release_at": until.to_string(), "reasons": flow::send::throttled_reasons(until),
+            }),
+            false,
+        ),
         Ok(Processed::Denied(denial)) => (
             json!({
                 "index": index, "to": to, "status": "denied", "id": denial.message.id,

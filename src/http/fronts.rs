@@ -154,9 +154,18 @@ async fn send(
             id,
             status: "queued",
         },
+        // Waiting for the gateway's throughput is what a gateway calls queued; a message held
+        // for a time (its own, or a window's) is scheduled.
         Ok(Processed::Scheduled(deferral)) => Outcome::Accepted {
+            status: match deferral.reasons.first().map(|reason| reason.code) {
+                Some(crate::policy::ReasonCode::Paced) => "queued",
+                _ => "scheduled",
+            },
             id: deferral.message.id,
-            status: "scheduled",
+        },
+        Ok(Processed::Requeued { id, .. }) => Outcome::Accepted {
+            id,
+            status: "queued",
         },
         Ok(Processed::Denied(denial)) => {
             let headline = &denial.reasons[0];

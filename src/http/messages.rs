@@ -145,6 +145,16 @@ async fn send_parsed(
             Json(json!({ "id": id, "status": "sent" })),
         )
             .into_response()),
+        Processed::Requeued { id, until } => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "id": id,
+                "status": "scheduled",
+                "release_at": until.to_string(),
+                "reasons": flow::send::throttled_reasons(until),
+            })),
+        )
+            .into_response()),
         Processed::Scheduled(deferral) => Ok((
             StatusCode::ACCEPTED,
             Json(json!({

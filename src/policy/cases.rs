@@ -79,6 +79,7 @@ fn outcome(
         location: &location,
         recent: &recent,
         now,
+        paced_until: None,
     };
     match decide(message, &facts) {
         Decision::Allow(_) => "allow".into(),

@@ -351,6 +351,27 @@ impl Messages for SqliteStore {
         Ok(())
     }
 
+    async fn requeue(&self, tenant: &TenantId, release: &ReleaseRecord) -> Result<(), StoreError> {
+        let again = release
+            .release_again_at_us
+            .ok_or_else(|| StoreError::Unsafe("a message is queued again without a time".into()))?;
+        let _writer = self.writer.lock().await;
+        let mut transaction = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO deferred_messages (message_id, tenant, release_at_us) VALUES (?, ?, ?) \
+             ON CONFLICT (message_id) DO UPDATE SET release_at_us = excluded.release_at_us, \
+             claimed_at_us = NULL, done = 0",
+        )
+        .bind(release.message_id.as_str())
+        .bind(tenant.as_str())
+        .bind(again)
+        .execute(&mut *transaction)
+        .await?;
+        append_release(&mut transaction, release).await?;
+        transaction.commit().await?;
+        Ok(())
+    }
+
     async fn cancel_deferred(
         &self,
         tenant: &TenantId,

@@ -52,6 +52,8 @@ pub enum GatewayMode {
     GatewayError,
     Fail(u16),
     Stall(Duration),
+    /// Answers 429 (too many requests) with `Retry-After` in seconds.
+    Throttle(u64),
 }
 
 /// One request as the fake gateway saw it.
@@ -116,7 +118,8 @@ impl FakeGateway {
                         raw,
                     });
                     let count = state.requests.lock().unwrap().len();
-                    match mode {
+                    use axum::response::IntoResponse as _;
+                    let answer = match mode {
                         // Every gateway's id field: http-json's id, Twilio's sid, Telnyx's data.id.
                         GatewayMode::Accept => (
                             http::StatusCode::OK,
@@ -148,7 +151,18 @@ impl FakeGateway {
                             tokio::time::sleep(delay).await;
                             (http::StatusCode::OK, axum::Json(json!({ "id": "late" })))
                         }
+                        GatewayMode::Throttle(_) => (
+                            http::StatusCode::TOO_MANY_REQUESTS,
+                            axum::Json(json!({ "code": 20429, "message": "Too Many Requests" })),
+                        ),
+                    };
+                    let mut response = answer.into_response();
+                    if let GatewayMode::Throttle(seconds) = mode {
+                        response
+                            .headers_mut()
+                            .insert("retry-after", http::HeaderValue::from(seconds));
                     }
+                    response
                 }
             },
         );

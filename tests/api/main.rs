@@ -16,6 +16,7 @@ mod idempotency;
 mod inbound;
 mod instances;
 mod media;
+mod pacing;
 mod quiet_hours;
 mod reassigned;
 mod scheduling;
