@@ -4,6 +4,9 @@
 # recipient a distinct number. Reports recipients decided and recorded per second (lines
 # answered over the wall time of the batches), the statuses, and how many requests the gateway
 # itself counted (its answer ids count every POST).
+# With BENCH_RATE=N the gateway's upstream is paced at N a second (`rate = { per_second = N }`):
+# the recipients over it are queued (`paced`), and the script then samples the gateway's own
+# count every second until every recipient has reached it, and reports the rate it saw.
 # Needs a release build (cargo build --release --bin consentry --example fake_gateway).
 # Usage: bench/batch.sh            (BENCH_KEEP_TMP=1 keeps the temp dir)
 set -euo pipefail
@@ -57,6 +60,9 @@ kind = "http-json"
 url = "http://127.0.0.1:$gw_port/messages"
 credential = { env = "BENCH_GW_TOKEN" }
 TOML
+if [[ -n "${BENCH_RATE:-}" ]]; then
+  echo "rate = { per_second = ${BENCH_RATE} }" >>"$tmp/consentry.toml"
+fi
 "$consentry" serve --config "$tmp/consentry.toml" >"$tmp/consentry.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 300); do
@@ -95,4 +101,20 @@ forwarded = gateway_count() - before - 1
 total = batches * size
 print(f"recipients: {total} in {elapsed:.2f} s: {total / elapsed:,.0f} decided and recorded per second")
 print(f"statuses: {statuses}; the gateway counted {forwarded} sends")
+if statuses.get("scheduled"):
+    # Paced: the gateway's own count, second by second, until every recipient reached it.
+    # (Each sample is itself one request to the gateway: it is taken off.)
+    counts, last, samples = [], gateway_count(), 1
+    start = time.monotonic()
+    deadline = start + 3600
+    while last - before - 1 - samples < total and time.monotonic() < deadline:
+        time.sleep(max(0.0, start + samples - time.monotonic()))
+        now = gateway_count()
+        samples += 1
+        counts.append(now - last - 1)
+        last = now
+    full = [c for c in counts[1:-1]] or counts
+    print(f"forwarded per second, as the gateway counted: {counts}")
+    print(f"paced seconds (first and last left out): mean {sum(full) / len(full):,.1f}, "
+          f"min {min(full)}, max {max(full)}; all {last - before - 1 - samples + 1} forwarded")
 PY

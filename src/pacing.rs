@@ -23,6 +23,12 @@ use jiff::{SignedDuration, Timestamp};
 use crate::config::{Config, RateConfig};
 use crate::domain::MessageId;
 
+/// How early a forward may be on its theoretical time, to make up for the few milliseconds
+/// each release takes between its instant and its forward: without it every late forward
+/// would push all the next ones back, and the rate would sag by a few percent. It lets at most
+/// 20 ms' worth of messages more into any second.
+const FORWARD_SLACK: SignedDuration = SignedDuration::from_millis(20);
+
 /// One limit: an interval between messages, and how many may go at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
@@ -100,6 +106,40 @@ struct Inner {
     paused: HashMap<String, Timestamp>,
     /// Messages with a reserved instant, and their upstream.
     reserved: HashMap<MessageId, String>,
+    /// The same limits over what is actually forwarded ([`Pacer::wait_for_turn`]).
+    forward_upstream_tat: HashMap<String, Timestamp>,
+    forward_sender_tat: HashMap<(String, String), Timestamp>,
+}
+
+/// The earliest instant at or after `from` that the limits allow, with the theoretical times
+/// moved past it.
+/// `slack` widens each limit's tolerance: what a forward may be early by, to make up for one
+/// that was late.
+fn take(
+    limits: Limits,
+    upstream_tat: &mut HashMap<String, Timestamp>,
+    sender_tat: &mut HashMap<(String, String), Timestamp>,
+    (upstream, sender): (&str, &str),
+    from: Timestamp,
+    slack: SignedDuration,
+) -> Timestamp {
+    let sender_key = (upstream.to_owned(), sender.to_owned());
+    let mut at = from;
+    if let (Some(rate), Some(tat)) = (limits.upstream, upstream_tat.get(upstream)) {
+        at = at.max(*tat - rate.tolerance() - slack);
+    }
+    if let (Some(rate), Some(tat)) = (limits.sender, sender_tat.get(&sender_key)) {
+        at = at.max(*tat - rate.tolerance() - slack);
+    }
+    if let Some(rate) = limits.upstream {
+        let tat = upstream_tat.entry(upstream.to_owned()).or_insert(at);
+        *tat = (*tat).max(at) + rate.interval;
+    }
+    if let Some(rate) = limits.sender {
+        let tat = sender_tat.entry(sender_key).or_insert(at);
+        *tat = (*tat).max(at) + rate.interval;
+    }
+    at
 }
 
 /// The pacing state of a process.
@@ -146,28 +186,51 @@ impl Pacer {
         if limits.upstream.is_none() && limits.sender.is_none() && paused.is_none() {
             return Slot::Now;
         }
-        let sender_key = (upstream.to_owned(), sender.to_owned());
-        let mut at = paused.unwrap_or(now).max(now);
-        if let (Some(rate), Some(tat)) = (limits.upstream, inner.upstream_tat.get(upstream)) {
-            at = at.max(*tat - rate.tolerance());
-        }
-        if let (Some(rate), Some(tat)) = (limits.sender, inner.sender_tat.get(&sender_key)) {
-            at = at.max(*tat - rate.tolerance());
-        }
-        if let Some(rate) = limits.upstream {
-            let tat = inner.upstream_tat.entry(upstream.to_owned()).or_insert(at);
-            *tat = (*tat).max(at) + rate.interval;
-        }
-        if let Some(rate) = limits.sender {
-            let tat = inner.sender_tat.entry(sender_key).or_insert(at);
-            *tat = (*tat).max(at) + rate.interval;
-        }
+        let from = paused.unwrap_or(now).max(now);
+        let Inner {
+            upstream_tat,
+            sender_tat,
+            ..
+        } = &mut *inner;
+        let at = take(
+            limits,
+            upstream_tat,
+            sender_tat,
+            (upstream, sender),
+            from,
+            SignedDuration::ZERO,
+        );
         if at <= now {
             Slot::Now
         } else {
             inner.reserved.insert(message.clone(), upstream.to_owned());
             Slot::At(at)
         }
+    }
+
+    /// How long a message about to be forwarded waits so that forwards themselves keep the
+    /// rate: queued messages released late (the process was busy) leave one interval apart,
+    /// not in a bunch. Zero when nothing is behind.
+    pub fn wait_for_turn(&self, upstream: &str, sender: &str, now: Timestamp) -> SignedDuration {
+        let mut inner = self.inner.lock().expect("pacer lock");
+        let limits = inner.limits.get(upstream).copied().unwrap_or_default();
+        if limits.upstream.is_none() && limits.sender.is_none() {
+            return SignedDuration::ZERO;
+        }
+        let Inner {
+            forward_upstream_tat,
+            forward_sender_tat,
+            ..
+        } = &mut *inner;
+        let at = take(
+            limits,
+            forward_upstream_tat,
+            forward_sender_tat,
+            (upstream, sender),
+            now,
+            FORWARD_SLACK,
+        );
+        at.duration_since(now).max(SignedDuration::ZERO)
     }
 
     /// Gives back an instant taken for a message that is not sent after all (denied, or
@@ -298,6 +361,20 @@ mod tests {
         assert_eq!(
             pacer.slot(&MessageId::new(), "gw", "b", at(5.0)),
             Slot::At(at(6.01))
+        );
+    }
+
+    #[test]
+    fn messages_released_late_are_forwarded_one_interval_apart() {
+        let pacer = pacer(Some(rate(10, 1)), None);
+        let waits: Vec<i128> = (0..4)
+            .map(|_| pacer.wait_for_turn("gw", "s", at(50.0)).as_millis())
+            .collect();
+        // 20 ms of slack: each one that follows may be that much early.
+        assert_eq!(waits, vec![0, 80, 180, 280]);
+        assert_eq!(
+            pacer.wait_for_turn("gw", "s", at(60.0)),
+            SignedDuration::ZERO
         );
     }
 

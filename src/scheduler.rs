@@ -34,6 +34,8 @@ const BATCH: i64 = 200;
 const POLL: Duration = Duration::from_millis(100);
 /// How many due messages are released at once.
 const RELEASING: usize = 32;
+/// How far ahead due messages are claimed; each waits for its instant.
+const LOOKAHEAD: jiff::SignedDuration = jiff::SignedDuration::from_millis(200);
 /// How often expired idempotency keys are deleted.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
 
@@ -77,9 +79,11 @@ pub async fn release_due(state: &AppState) -> Result<Released, FlowError> {
     let mut released = Released::default();
     loop {
         let now = state.clock.now();
+        // Claimed a little ahead, and each released at its own instant: a paced queue leaves
+        // one interval apart, not in the bunches of the worker's polls.
         let due = state
             .messages()
-            .claim_due(now.as_microsecond(), BATCH)
+            .claim_due((now + LOOKAHEAD).as_microsecond(), BATCH)
             .await?;
         if due.is_empty() {
             return Ok(released);
@@ -89,6 +93,10 @@ pub async fn release_due(state: &AppState) -> Result<Released, FlowError> {
         let outcomes: Vec<Released> = futures_util::stream::iter(due)
             .map(|item| async move {
                 let id = item.id.clone();
+                let wait = item.release_at_us - state.clock.now().as_microsecond();
+                if wait > 0 {
+                    tokio::time::sleep(Duration::from_micros(wait.unsigned_abs())).await;
+                }
                 let mut one = Released::default();
                 // One message that cannot be released must not hold back the others; its
                 // claim lapses and a later pass takes it again.

@@ -103,6 +103,8 @@ pub struct DeferredMessage {
     pub campaign: Option<String>,
     pub key_id: String,
     pub payload: Vec<u8>,
+    /// When it is due.
+    pub release_at_us: i64,
 }
 
 /// What the decision at a release was.

@@ -398,6 +398,17 @@ pub async fn deliver(
         .upstreams
         .get(&tenant.upstream)
         .expect("tenant upstreams are checked at start-up");
+    // Forwards keep the pace too: queued messages released late wait their turn here.
+    if permit.message().reply.is_none() {
+        let wait = state.pacer.wait_for_turn(
+            &tenant.upstream,
+            permit.message().from.as_str(),
+            state.clock.now(),
+        );
+        if wait.is_positive() {
+            tokio::time::sleep(wait.unsigned_abs()).await;
+        }
+    }
     let forwarding = std::time::Instant::now();
     let result = upstream.forward(permit).await;
     state.metrics.phase(Phase::Forward, forwarding.elapsed());

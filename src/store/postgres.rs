@@ -448,7 +448,8 @@ impl Messages for PgStore {
         // Rows another transaction is claiming are skipped, not waited for: each due message
         // goes to one claimer, whichever instance it runs in.
         let rows = sqlx::query(
-            "SELECT m.id, m.tenant, m.purpose, m.brand, m.campaign, m.key_id, m.payload \
+            "SELECT m.id, m.tenant, m.purpose, m.brand, m.campaign, m.key_id, m.payload, \
+             d.release_at_us \
              FROM deferred_messages d JOIN messages m ON m.id = d.message_id \
              WHERE NOT d.done AND d.release_at_us <= $1 \
              AND (d.claimed_at_us IS NULL OR d.claimed_at_us < $2) \
@@ -486,6 +487,7 @@ impl Messages for PgStore {
                 campaign: row.try_get("campaign")?,
                 key_id: row.try_get("key_id")?,
                 payload: row.try_get("payload")?,
+                release_at_us: row.try_get("release_at_us")?,
             });
         }
         transaction.commit().await?;

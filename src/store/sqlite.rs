@@ -282,7 +282,8 @@ impl Messages for SqliteStore {
         let _writer = self.writer.lock().await;
         let mut transaction = self.pool.begin().await?;
         let rows = sqlx::query(
-            "SELECT m.id, m.tenant, m.purpose, m.brand, m.campaign, m.key_id, m.payload \
+            "SELECT m.id, m.tenant, m.purpose, m.brand, m.campaign, m.key_id, m.payload, \
+             d.release_at_us \
              FROM deferred_messages d JOIN messages m ON m.id = d.message_id \
              WHERE d.done = 0 AND d.release_at_us <= ? \
              AND (d.claimed_at_us IS NULL OR d.claimed_at_us < ?) \
@@ -319,6 +320,7 @@ impl Messages for SqliteStore {
                 campaign: row.try_get("campaign")?,
                 key_id: row.try_get("key_id")?,
                 payload: row.try_get("payload")?,
+                release_at_us: row.try_get("release_at_us")?,
             });
         }
         transaction.commit().await?;
@@ -326,49 +328,17 @@ impl Messages for SqliteStore {
     }
 
     async fn record_release(&self, release: &ReleaseRecord) -> Result<(), StoreError> {
-        let _writer = self.writer.lock().await;
-        let mut transaction = self.pool.begin().await?;
-        append_release(&mut transaction, release).await?;
-        match release.release_again_at_us {
-            Some(again) => {
-                sqlx::query(
-                    "UPDATE deferred_messages SET release_at_us = ?, claimed_at_us = NULL \
-                     WHERE message_id = ?",
-                )
-                .bind(again)
-                .bind(release.message_id.as_str())
-                .execute(&mut *transaction)
-                .await?;
-            }
-            None => {
-                sqlx::query("UPDATE deferred_messages SET done = 1 WHERE message_id = ?")
-                    .bind(release.message_id.as_str())
-                    .execute(&mut *transaction)
-                    .await?;
-            }
-        }
-        transaction.commit().await?;
+        self.batches.write(Write::Release(release.clone())).await?;
         Ok(())
     }
 
     async fn requeue(&self, tenant: &TenantId, release: &ReleaseRecord) -> Result<(), StoreError> {
-        let again = release
-            .release_again_at_us
-            .ok_or_else(|| StoreError::Unsafe("a message is queued again without a time".into()))?;
-        let _writer = self.writer.lock().await;
-        let mut transaction = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO deferred_messages (message_id, tenant, release_at_us) VALUES (?, ?, ?) \
-             ON CONFLICT (message_id) DO UPDATE SET release_at_us = excluded.release_at_us, \
-             claimed_at_us = NULL, done = 0",
-        )
-        .bind(release.message_id.as_str())
-        .bind(tenant.as_str())
-        .bind(again)
-        .execute(&mut *transaction)
-        .await?;
-        append_release(&mut transaction, release).await?;
-        transaction.commit().await?;
+        self.batches
+            .write(Write::Requeue {
+                tenant: tenant.as_str().to_owned(),
+                release: release.clone(),
+            })
+            .await?;
         Ok(())
     }
 

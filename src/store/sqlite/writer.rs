@@ -27,7 +27,7 @@ use crate::audit::merkle::{Frontier, Hash};
 use crate::store::rows::hash_from;
 use crate::store::{
     Claimed, ConsentRecord, KeyAnswer, KeyClaim, LogHead, MessageRecord, OutcomeRecord, Recorded,
-    STORED_KEY_COLUMNS, StoreError, StoredKey, classify,
+    ReleaseRecord, STORED_KEY_COLUMNS, StoreError, StoredKey, classify,
 };
 
 /// The writer's page cache, in KiB (negative: SQLite's unit for a size rather than pages).
@@ -63,6 +63,14 @@ pub(crate) enum Write {
     },
     /// Deletes the keys expired at this time.
     PurgeKeys(i64),
+    /// The decision at a deferred message's release, and its place in the queue: done, or
+    /// due again (the scheduler releases side by side; their writes share commits).
+    Release(ReleaseRecord),
+    /// An allowed message queued again (the gateway throttled it), with its release record.
+    Requeue {
+        tenant: String,
+        release: ReleaseRecord,
+    },
     /// A durable write of nothing of consequence, for readiness: can a write land on disk?
     Heartbeat(i64),
     /// Keeps a signed checkpoint. Here and not through sqlx: a commit by any other connection
@@ -336,6 +344,35 @@ fn apply(transaction: &Connection, write: &Write) -> Result<Written, StoreError>
                 .execute(params![count, id, count, limit])?
                 == 1,
         )),
+        Write::Release(release) => {
+            insert_release(transaction, release)?;
+            match release.release_again_at_us {
+                Some(again) => transaction
+                    .prepare_cached(
+                        "UPDATE deferred_messages SET release_at_us = ?, claimed_at_us = NULL \
+                         WHERE message_id = ?",
+                    )?
+                    .execute(params![again, release.message_id.as_str()])?,
+                None => transaction
+                    .prepare_cached("UPDATE deferred_messages SET done = 1 WHERE message_id = ?")?
+                    .execute(params![release.message_id.as_str()])?,
+            };
+            Ok(Written::Done)
+        }
+        Write::Requeue { tenant, release } => {
+            let again = release.release_again_at_us.ok_or_else(|| {
+                StoreError::Unsafe("a message is queued again without a time".into())
+            })?;
+            transaction
+                .prepare_cached(
+                    "INSERT INTO deferred_messages (message_id, tenant, release_at_us) \
+                     VALUES (?, ?, ?) ON CONFLICT (message_id) DO UPDATE SET \
+                     release_at_us = excluded.release_at_us, claimed_at_us = NULL, done = 0",
+                )?
+                .execute(params![release.message_id.as_str(), tenant, again])?;
+            insert_release(transaction, release)?;
+            Ok(Written::Done)
+        }
         Write::PurgeKeys(now_us) => Ok(Written::Purged(
             transaction
                 .prepare_cached("DELETE FROM idempotency_keys WHERE expires_at_us <= ?")?
@@ -430,6 +467,21 @@ fn sequence(transaction: &Connection, limit: i64) -> Result<LogHead, StoreError>
         size: frontier.size(),
         root: frontier.root(),
     })
+}
+
+fn insert_release(transaction: &Connection, release: &ReleaseRecord) -> Result<(), StoreError> {
+    transaction
+        .prepare_cached(
+            "INSERT INTO message_releases (message_id, decided_at_us, decision, reasons) \
+             VALUES (?, ?, ?, ?)",
+        )?
+        .execute(params![
+            release.message_id.as_str(),
+            release.decided_at_us,
+            release.decision.as_str(),
+            release.reasons_json,
+        ])?;
+    Ok(())
 }
 
 fn insert_message(transaction: &Connection, record: &MessageRecord) -> Result<(), StoreError> {
