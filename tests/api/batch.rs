@@ -209,3 +209,149 @@ async fn a_batch_cut_short_leaves_no_line_half_done_and_resumes() {
     sent_to.dedup();
     assert_eq!(sent_to.len(), 400);
 }
+
+/// A `consentry serve` process on a data folder, killed (SIGKILL) when dropped.
+struct Serving {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(folder: &std::path::Path) -> Serving {
+    use std::io::BufRead as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_consentry"))
+        .args([
+            "serve",
+            "--config",
+            "consentry.toml",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .current_dir(folder)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    for line in stdout.by_ref() {
+        let line = line.unwrap();
+        if let Some(address) = line.trim().strip_prefix("API (TLS):   https://") {
+            let port = address.rsplit(':').next().unwrap().parse().unwrap();
+            std::thread::spawn(move || stdout.for_each(drop));
+            return Serving { child, port };
+        }
+    }
+    panic!("consentry did not say where it listens");
+}
+
+/// The instance is killed (SIGKILL) in the middle of a batch and started again on its data:
+/// the retry with the batch's key sends the recipients not begun, and no recipient reaches the
+/// gateway twice; a line cut between its record and its gateway's answer stays in doubt
+/// (`idempotency_key_in_use`), never sent again.
+#[tokio::test]
+async fn a_batch_whose_instance_is_killed_sends_each_recipient_at_most_once_on_retry() {
+    let gateway = FakeGateway::start().await;
+    gateway.set_mode(GatewayMode::Stall(std::time::Duration::from_millis(40)));
+    let folder = tempfile::tempdir().unwrap();
+    std::fs::write(folder.path().join("gw.secret"), GATEWAY_SECRET).unwrap();
+    std::fs::write(
+        folder.path().join("consentry.toml"),
+        format!(
+            "data_dir = \"data\"\n[jwt]\ndev_issuer = true\n[[tenants]]\nid = \"shop\"\n\
+             senders = [\"{ACME_SENDER}\"]\nupstream = \"gw\"\npurposes = [\"transactional\"]\n\
+             [[upstreams]]\nname = \"gw\"\nkind = \"http-json\"\nurl = \"{}\"\n\
+             credential = {{ file = \"gw.secret\" }}\n",
+            gateway.url()
+        ),
+    )
+    .unwrap();
+    let first = serve(folder.path());
+    let token = std::process::Command::new(env!("CARGO_BIN_EXE_consentry"))
+        .args([
+            "token",
+            "--data-dir",
+            "data",
+            "--tenant",
+            "shop",
+            "--sub",
+            "crm",
+        ])
+        .args(["--scope", "messages:send"])
+        .current_dir(folder.path())
+        .output()
+        .unwrap();
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
+    let cert = std::fs::read(folder.path().join("data/tls/cert.pem")).unwrap();
+    let client = client(&cert, None);
+    let recipients: Vec<Value> = (0..300)
+        .map(|i| json!({ "to": format!("+1415301{i:04}") }))
+        .collect();
+    let batch = json!({
+        "from": ACME_SENDER, "purpose": "transactional", "body": "Your order has shipped",
+        "recipients": recipients
+    });
+    let post = |port: u16| {
+        client
+            .post(format!("https://localhost:{port}/v1/messages/batch"))
+            .bearer_auth(&token)
+            .header("idempotency-key", "campaign-7")
+            .json(&batch)
+            .send()
+    };
+
+    let mut response = post(first.port).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let chunk = response.chunk().await.unwrap().unwrap();
+    let line: Value = serde_json::from_slice(chunk.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(line["index"], 0, "{line}");
+    drop(first); // SIGKILL, mid-batch
+    drop(response);
+    let before_restart = gateway.requests().len();
+    assert!(
+        (1..300).contains(&before_restart),
+        "killed mid-batch: {before_restart} of 300 reached the gateway"
+    );
+
+    gateway.set_mode(GatewayMode::Accept);
+    let second = serve(folder.path());
+    let answer = post(second.port).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let text = answer.text().await.unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let summary = &lines.last().unwrap()["summary"];
+    assert_eq!(summary["recipients"], 300, "{summary}");
+
+    // No recipient twice; every one either sent (now or before the kill) or in doubt.
+    let mut count = std::collections::BTreeMap::new();
+    for request in gateway.requests() {
+        *count
+            .entry(request.body["to"].as_str().unwrap().to_owned())
+            .or_insert(0) += 1;
+    }
+    assert!(count.values().all(|n| *n == 1), "a recipient sent twice");
+    for line in &lines[..300] {
+        match line["status"].as_str().unwrap() {
+            "sent" => {}
+            "failed" => assert_eq!(line["error"]["code"], "idempotency_key_in_use", "{line}"),
+            other => panic!("{other}: {line}"),
+        }
+    }
+    assert!(summary["sent"].as_u64().unwrap() > 0, "{summary}");
+    let reached = count.len();
+    let in_doubt = summary["failed"].as_u64().unwrap() as usize;
+    assert!(
+        reached + in_doubt >= 300 && reached <= 300,
+        "{reached} reached, {in_doubt} in doubt: {summary}"
+    );
+}
