@@ -225,7 +225,7 @@ impl Drop for Serving {
 
 fn serve(folder: &std::path::Path) -> Serving {
     use std::io::BufRead as _;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_consentry"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_consentry"))
         .args([
             "serve",
             "--config",
@@ -240,13 +240,15 @@ fn serve(folder: &std::path::Path) -> Serving {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // Killed and waited for on drop, whatever happens next.
+    let mut serving = Serving { child, port: 0 };
+    let mut stdout = std::io::BufReader::new(serving.child.stdout.take().unwrap()).lines();
     for line in stdout.by_ref() {
         let line = line.unwrap();
         if let Some(address) = line.trim().strip_prefix("API (TLS):   https://") {
-            let port = address.rsplit(':').next().unwrap().parse().unwrap();
+            serving.port = address.rsplit(':').next().unwrap().parse().unwrap();
             std::thread::spawn(move || stdout.for_each(drop));
-            return Serving { child, port };
+            return serving;
         }
     }
     panic!("consentry did not say where it listens");
