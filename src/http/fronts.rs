@@ -616,6 +616,8 @@ struct TelnyxSend {
     text: Option<String>,
     media_urls: Option<Vec<String>>,
     messaging_profile_id: Option<String>,
+    /// Telnyx's scheduled send (ISO 8601): held until then, like the native `send_at`.
+    send_at: Option<String>,
 }
 
 pub async fn telnyx_send(
@@ -642,6 +644,19 @@ pub async fn telnyx_send(
             ApiError::bad_request(code, format!("the request is not valid: {e}"))
         })?;
         let media_urls = request.media_urls.unwrap_or_default();
+        // Never ignored: a send_at dropped would send the message early.
+        let send_at = request
+            .send_at
+            .as_deref()
+            .map(|text| {
+                super::messages::send_at(
+                    text,
+                    state.clock.now(),
+                    jiff::SignedDuration::ZERO,
+                    "send_at",
+                )
+            })
+            .transpose()?;
         let to = request
             .to
             .ok_or_else(|| ApiError::bad_request("missing_to", "to is required"))?;
@@ -672,6 +687,7 @@ pub async fn telnyx_send(
                 text.clone(),
                 Extras {
                     media_urls,
+                    send_at,
                     ..Extras::default()
                 },
                 &mut recipient,

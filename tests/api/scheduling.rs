@@ -310,3 +310,33 @@ async fn a_batch_schedules_its_recipients_each_at_its_time() {
     assert_eq!(response.status(), 400);
     assert_eq!(error_code(response).await, "invalid_send_at");
 }
+
+#[tokio::test]
+async fn telnyx_send_at_is_held_not_ignored() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    let token = app.token("acme", "messages:send messages:read");
+    let response = app
+        .client
+        .post(app.url("/v2/messages"))
+        .bearer_auth(&token)
+        .header("x-consentry-purpose", "transactional")
+        .json(
+            &json!({ "from": ACME_SENDER, "to": "+14155550140", "text": "See you at 9",
+                       "send_at": "2026-11-19T14:00:00Z" }),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    assert!(gateway.requests().is_empty(), "held, not sent at once");
+    release_at(&app, "2026-11-19T14:00:01Z").await;
+    for _ in 0..100 {
+        if !gateway.requests().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(gateway.requests().len(), 1);
+    assert_eq!(gateway.requests()[0].body["to"], "+14155550140");
+}
