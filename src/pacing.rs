@@ -248,6 +248,16 @@ impl Pacer {
         }
     }
 
+    /// Forgets the instant reserved for a message that will not be released (its sender called
+    /// it off): it no longer counts as waiting.
+    pub fn forget(&self, message: &MessageId) {
+        self.inner
+            .lock()
+            .expect("pacer lock")
+            .reserved
+            .remove(message);
+    }
+
     /// The gateway asked not to be sent to until `until` (a 429): no instant before it.
     pub fn pause(&self, upstream: &str, until: Timestamp) {
         let mut inner = self.inner.lock().expect("pacer lock");
@@ -343,6 +353,10 @@ mod tests {
         assert_eq!(pacer.slot(&second, "gw", "s", at(10.0)), Slot::At(at(11.0)));
         assert_eq!(pacer.slot(&third, "gw", "s", at(10.0)), Slot::At(at(12.0)));
         assert_eq!(pacer.views(at(10.0))[0].waiting, 2);
+        let called_off = MessageId::new();
+        assert_eq!(pacer.slot(&called_off, "gw", "s", at(10.0)), Slot::At(at(13.0)));
+        pacer.forget(&called_off);
+        assert_eq!(pacer.views(at(10.0))[0].waiting, 2, "a cancelled one no longer waits");
         // Released at its instant: it goes, without taking another.
         assert_eq!(pacer.slot(&second, "gw", "s", at(11.0)), Slot::Now);
         // A 429 asked for a pause until 20: the third waits past it.

@@ -672,6 +672,7 @@ pub async fn cancel(
         release_again_at_us: None,
     };
     if state.messages().cancel_deferred(tenant, &release).await? {
+        state.pacer.forget(id);
         tracing::info!(message_id = %id, %tenant, "held message cancelled by its sender");
     }
     Ok(state.messages().message(tenant, id).await?)
