@@ -354,9 +354,16 @@ mod tests {
         assert_eq!(pacer.slot(&third, "gw", "s", at(10.0)), Slot::At(at(12.0)));
         assert_eq!(pacer.views(at(10.0))[0].waiting, 2);
         let called_off = MessageId::new();
-        assert_eq!(pacer.slot(&called_off, "gw", "s", at(10.0)), Slot::At(at(13.0)));
+        assert_eq!(
+            pacer.slot(&called_off, "gw", "s", at(10.0)),
+            Slot::At(at(13.0))
+        );
         pacer.forget(&called_off);
-        assert_eq!(pacer.views(at(10.0))[0].waiting, 2, "a cancelled one no longer waits");
+        assert_eq!(
+            pacer.views(at(10.0))[0].waiting,
+            2,
+            "a cancelled one no longer waits"
+        );
         // Released at its instant: it goes, without taking another.
         assert_eq!(pacer.slot(&second, "gw", "s", at(11.0)), Slot::Now);
         // A 429 asked for a pause until 20: the third waits past it.

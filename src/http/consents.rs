@@ -425,26 +425,48 @@ pub async fn import(
     headers: HeaderMap,
     body: RequestBody,
 ) -> Result<Response, ApiError> {
-    import_file(&state, &headers, body, ImportKind::Consents).await
+    import_file::<ConsentLines>(&state, &headers, body).await
 }
 
-/// What each line of an imported file is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ImportKind {
-    /// A consent event (`ConsentInput`, or the CSV columns of [`CSV_COLUMNS`]).
-    Consents,
-    /// A line of a carrier's deactivation file (`http::deactivations`): an opt-out dated at
-    /// the deactivation.
-    Deactivations,
+/// How an import reads its lines into consent events: the consent import's own format
+/// ([`ConsentLines`]), or another one (`http::deactivations`: a carrier's deactivation file).
+pub(crate) trait LineFormat: Send + Sync + 'static {
+    /// A CSV column the format knows.
+    type Column: Copy + PartialEq + Send + Sync;
+    /// What the logs call the import.
+    const NAME: &'static str;
+    fn ndjson(text: &str) -> Result<ConsentInput, FieldError>;
+    fn csv_header(fields: &[String]) -> Result<Vec<Self::Column>, ApiError>;
+    fn csv_line(header: &[Self::Column], fields: Vec<String>) -> Result<ConsentInput, FieldError>;
+}
+
+/// Consent events: NDJSON lines of `POST /v1/consents`, or the CSV columns of [`CSV_COLUMNS`].
+pub(crate) struct ConsentLines;
+
+impl LineFormat for ConsentLines {
+    type Column = CsvColumn;
+    const NAME: &'static str = "consents";
+
+    fn ndjson(text: &str) -> Result<ConsentInput, FieldError> {
+        serde_json::from_str::<ConsentInput>(text)
+            .map_err(|e| field_error("invalid_line", "", format!("not a consent event: {e}")))
+    }
+
+    fn csv_header(fields: &[String]) -> Result<Vec<CsvColumn>, ApiError> {
+        csv_header(fields)
+    }
+
+    fn csv_line(header: &[CsvColumn], fields: Vec<String>) -> Result<ConsentInput, FieldError> {
+        csv_input(header, fields)
+    }
 }
 
 /// A file of consent events or deactivations, streamed: validated line by line, written in
 /// batches (`POST /v1/consents/import`, `POST /v1/consents/deactivations`).
-pub(crate) async fn import_file(
+pub(crate) async fn import_file<F: LineFormat>(
     state: &AppState,
     headers: &HeaderMap,
     body: RequestBody,
-    kind: ImportKind,
 ) -> Result<Response, ApiError> {
     let (principal, tenant) = state.authorize(headers, scope::CONSENTS_WRITE)?;
     let content_type = headers
@@ -467,9 +489,9 @@ pub(crate) async fn import_file(
         ));
     };
 
-    let mut importer = Importer {
+    let mut importer = Importer::<F> {
         state,
-        kind,
+        format: std::marker::PhantomData,
         tenant,
         principal: &principal,
         summary: ImportSummary::default(),
@@ -540,7 +562,7 @@ pub(crate) async fn import_file(
     }
     tracing::info!(
         tenant = %tenant.id,
-        kind = ?kind,
+        kind = F::NAME,
         lines = importer.summary.lines,
         recorded = importer.summary.recorded,
         duplicates = importer.summary.duplicates,
@@ -555,9 +577,9 @@ fn import_error(error: ImportError) -> ApiError {
 }
 
 /// The state of one import: lines are validated as they arrive and written in batches.
-struct Importer<'a> {
+struct Importer<'a, F: LineFormat> {
     state: &'a AppState,
-    kind: ImportKind,
+    format: std::marker::PhantomData<F>,
     tenant: &'a Tenant,
     principal: &'a Principal,
     summary: ImportSummary,
@@ -566,7 +588,7 @@ struct Importer<'a> {
     /// The sealed evidence in `batch`, in bytes.
     batch_bytes: usize,
     /// The CSV header, once read.
-    header: Option<Header>,
+    header: Option<Vec<F::Column>>,
     /// Every line up to this one is recorded or refused.
     committed_through: u64,
     /// The batch being written, and its last line.
@@ -576,15 +598,10 @@ struct Importer<'a> {
 /// An import batch's write, running while the next batch is read.
 type BatchWrite = tokio::task::JoinHandle<Result<Vec<Recorded>, crate::store::StoreError>>;
 
-impl Importer<'_> {
+impl<F: LineFormat> Importer<'_, F> {
     async fn ndjson_lines(&mut self, lines: Vec<(u64, String)>) -> Result<(), ApiError> {
         for (line, text) in lines {
-            let input = match self.kind {
-                ImportKind::Consents => serde_json::from_str::<ConsentInput>(&text).map_err(|e| {
-                    field_error("invalid_line", "", format!("not a consent event: {e}"))
-                }),
-                ImportKind::Deactivations => super::deactivations::ndjson_input(&text),
-            };
+            let input = F::ndjson(&text);
             self.line(line, input).await?;
         }
         Ok(())
@@ -592,22 +609,11 @@ impl Importer<'_> {
 
     async fn csv_records(&mut self, records: Vec<(u64, Vec<String>)>) -> Result<(), ApiError> {
         for (line, fields) in records {
-            let input = match (&self.header, self.kind) {
-                (None, ImportKind::Consents) => {
-                    self.header = Some(Header::Consents(csv_header(&fields)?));
-                    continue;
-                }
-                (None, ImportKind::Deactivations) => {
-                    self.header = Some(Header::Deactivations(super::deactivations::csv_header(
-                        &fields,
-                    )?));
-                    continue;
-                }
-                (Some(Header::Consents(header)), _) => csv_input(header, fields),
-                (Some(Header::Deactivations(header)), _) => {
-                    super::deactivations::csv_input(header, fields)
-                }
+            let Some(header) = &self.header else {
+                self.header = Some(F::csv_header(&fields)?);
+                continue;
             };
+            let input = F::csv_line(header, fields);
             self.line(line, input).await?;
         }
         Ok(())
@@ -699,15 +705,9 @@ impl Importer<'_> {
     }
 }
 
-/// A CSV file's header, as its kind reads it.
-enum Header {
-    Consents(Vec<CsvColumn>),
-    Deactivations(Vec<super::deactivations::Column>),
-}
-
 /// The columns a CSV import may have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CsvColumn {
+pub(crate) enum CsvColumn {
     Number,
     Action,
     Level,

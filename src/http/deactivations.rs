@@ -22,7 +22,7 @@ use http::HeaderMap;
 use serde::Deserialize;
 
 use super::consents::{
-    ConsentInput, FieldError, ImportKind, field_error, import_file, read_header,
+    ConsentInput, FieldError, LineFormat, field_error, import_file, read_header,
 };
 use crate::flow::consent::Evidence;
 use crate::http::error::ApiError;
@@ -33,7 +33,27 @@ pub async fn import(
     headers: HeaderMap,
     body: RequestBody,
 ) -> Result<Response, ApiError> {
-    import_file(&state, &headers, body, ImportKind::Deactivations).await
+    import_file::<DeactivationLines>(&state, &headers, body).await
+}
+
+/// A deactivation file's lines, each read into the opt-out it records.
+pub(crate) struct DeactivationLines;
+
+impl LineFormat for DeactivationLines {
+    type Column = Column;
+    const NAME: &'static str = "deactivations";
+
+    fn ndjson(text: &str) -> Result<ConsentInput, FieldError> {
+        ndjson_input(text)
+    }
+
+    fn csv_header(fields: &[String]) -> Result<Vec<Column>, ApiError> {
+        csv_header(fields)
+    }
+
+    fn csv_line(header: &[Column], fields: Vec<String>) -> Result<ConsentInput, FieldError> {
+        csv_input(header, fields)
+    }
 }
 
 /// The columns a deactivation file may have.
@@ -59,7 +79,7 @@ struct Line {
     carrier: Option<String>,
 }
 
-pub(crate) fn csv_header(fields: &[String]) -> Result<Vec<Column>, ApiError> {
+fn csv_header(fields: &[String]) -> Result<Vec<Column>, ApiError> {
     read_header(
         fields,
         &COLUMNS,
@@ -68,10 +88,7 @@ pub(crate) fn csv_header(fields: &[String]) -> Result<Vec<Column>, ApiError> {
     )
 }
 
-pub(crate) fn csv_input(
-    header: &[Column],
-    fields: Vec<String>,
-) -> Result<ConsentInput, FieldError> {
+fn csv_input(header: &[Column], fields: Vec<String>) -> Result<ConsentInput, FieldError> {
     if fields.len() != header.len() {
         return Err(field_error(
             "invalid_line",
@@ -95,7 +112,7 @@ pub(crate) fn csv_input(
     opt_out(line)
 }
 
-pub(crate) fn ndjson_input(text: &str) -> Result<ConsentInput, FieldError> {
+fn ndjson_input(text: &str) -> Result<ConsentInput, FieldError> {
     let line = serde_json::from_str::<Line>(text)
         .map_err(|e| field_error("invalid_line", "", format!("not a deactivation line: {e}")))?;
     opt_out(line)
