@@ -22,7 +22,7 @@ pub mod messages;
 pub mod sandbox;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use http::HeaderMap;
 
 use crate::auth::Principal;
@@ -53,6 +53,7 @@ pub fn api_router(state: Arc<AppState>) -> Router {
             get(fronts::twilio_fetch).post(fronts::twilio_update),
         )
         .route("/v2/messages", post(fronts::telnyx_send))
+        .route("/v2/messages/{id}", delete(fronts::telnyx_cancel))
         .route("/sms/json", post(fronts::vonage_send))
         .route("/v1/sandbox/messages", get(sandbox::list))
         .route("/v1/sandbox/replies", post(inbound::sandbox_reply))

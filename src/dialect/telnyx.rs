@@ -199,6 +199,7 @@ pub fn front_error(code: &str) -> (u16, &'static str) {
         "number_reassigned" => (400, "93008"),
         "invalid_purpose" => (400, "93009"),
         "duplicate_parameter" | "invalid_request" | "unsupported_parameter" => (400, "10015"),
+        "message_not_found" => (404, "10005"),
         "payload_too_large" => (413, "93413"),
         "upstream_unavailable"
         | "upstream_timeout"

@@ -7,7 +7,7 @@
 //! - Twilio: `POST /2010-04-01/Accounts/{AccountSid}/Messages.json` (form), and
 //!   `GET .../Messages/{Sid}.json`; the JWT is the Basic-auth password (the username must be the
 //!   account SID of the path) or a Bearer token.
-//! - Telnyx: `POST /v2/messages` (JSON), Bearer JWT.
+//! - Telnyx: `POST /v2/messages` (JSON), `DELETE /v2/messages/{id}` (cancel), Bearer JWT.
 //! - Vonage: `POST /sms/json` (form or JSON); the JWT as `api_secret`, as the Basic-auth
 //!   password (the current Vonage SDKs), or Bearer.
 //!
@@ -717,6 +717,46 @@ pub async fn telnyx_send(
     .await;
     let response = rendered.unwrap_or_else(|error| telnyx_error(&error));
     finish(&state, held, response, recipient).await
+}
+
+/// Telnyx's cancellation of a scheduled message, `DELETE /v2/messages/{id}` (scope
+/// `messages:send`): the native cancel, answered as Telnyx's message with the recipient's
+/// status `cancelled`; a message past `scheduled` is refused (`not_cancellable`).
+pub async fn telnyx_cancel(
+    State(state): State<Arc<AppState>>,
+    id: Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let rendered = async {
+        let (principal, _tenant) = state.authorize(&headers, scope::SEND)?;
+        let not_found = || {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "message_not_found",
+                "Resource not found",
+            )
+        };
+        let uuid = uuid::Uuid::try_parse(&id.get()?).map_err(|_| not_found())?;
+        let id = MessageId::parse(&format!("msg_{}", uuid.simple())).ok_or_else(not_found)?;
+        let view = flow::send::cancel(&state, &principal.tenant, &id)
+            .await?
+            .ok_or_else(not_found)?;
+        let view = crate::http::messages::cancelled(view)?;
+        let created = jiff::Timestamp::from_microsecond(view.created_at_us).unwrap_or_default();
+        Ok::<_, ApiError>(json_response(
+            200,
+            telnyx::message_resource(
+                &telnyx_id(&id),
+                &view.sender,
+                &view.recipient,
+                "",
+                "cancelled",
+                created,
+            ),
+        ))
+    }
+    .await;
+    rendered.unwrap_or_else(|error| telnyx_error(&error))
 }
 
 /// Telnyx ids are UUIDs: the same 128 bits as the consentry id.

@@ -312,7 +312,7 @@ async fn a_batch_schedules_its_recipients_each_at_its_time() {
 }
 
 #[tokio::test]
-async fn telnyx_send_at_is_held_not_ignored() {
+async fn telnyx_send_at_is_held_not_ignored_and_delete_calls_it_off() {
     let gateway = FakeGateway::start().await;
     let app = TestApp::spawn(&gateway.url()).await;
     let token = app.token("acme", "messages:send messages:read");
@@ -328,8 +328,42 @@ async fn telnyx_send_at_is_held_not_ignored() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    assert_eq!(response.status(), 200);
+    let held: Value = response.json().await.unwrap();
     assert!(gateway.requests().is_empty(), "held, not sent at once");
+
+    // Another, called off with Telnyx's DELETE /v2/messages/{id}.
+    let response = app
+        .client
+        .post(app.url("/v2/messages"))
+        .bearer_auth(&token)
+        .header("x-consentry-purpose", "transactional")
+        .json(
+            &json!({ "from": ACME_SENDER, "to": "+14155550141", "text": "Cancelled",
+                       "send_at": "2026-11-19T14:00:00Z" }),
+        )
+        .send()
+        .await
+        .unwrap();
+    let second: Value = response.json().await.unwrap();
+    let second_id = second["data"]["id"].as_str().unwrap();
+    let cancel = |id: String| {
+        app.client
+            .delete(app.url(&format!("/v2/messages/{id}")))
+            .bearer_auth(&token)
+            .send()
+    };
+    let response = cancel(second_id.to_owned()).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let cancelled: Value = response.json().await.unwrap();
+    assert_eq!(
+        cancelled["data"]["to"][0]["status"], "cancelled",
+        "{cancelled}"
+    );
+    assert_eq!(cancelled["data"]["id"], second_id);
+    let response = cancel("not-a-uuid".into()).await.unwrap();
+    assert_eq!(response.status(), 404);
+
     release_at(&app, "2026-11-19T14:00:01Z").await;
     for _ in 0..100 {
         if !gateway.requests().is_empty() {
@@ -337,6 +371,16 @@ async fn telnyx_send_at_is_held_not_ignored() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert_eq!(gateway.requests().len(), 1);
+    assert_eq!(
+        gateway.requests().len(),
+        1,
+        "the cancelled one never leaves"
+    );
     assert_eq!(gateway.requests()[0].body["to"], "+14155550140");
+    // Sent: Telnyx's cancel is refused.
+    let sent = held["data"]["id"].as_str().unwrap().to_owned();
+    let response = cancel(sent).await.unwrap();
+    assert_eq!(response.status(), 400);
+    let refused: Value = response.json().await.unwrap();
+    assert!(refused.to_string().contains("not_cancellable"), "{refused}");
 }
