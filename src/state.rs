@@ -110,8 +110,17 @@ impl AppState {
         &self,
         recipient_hash: &str,
     ) -> Result<RecipientTurn<'_>, crate::store::StoreError> {
-        let local = self.recipient_locks.lock(recipient_hash).await;
-        let shared = self.ledger().lock_recipient(recipient_hash).await?;
+        self.recipients_turn(&[recipient_hash]).await
+    }
+
+    /// Waits for the turn of every recipient of a group at once (in a fixed order, so that
+    /// two groups never wait for each other in a circle).
+    pub async fn recipients_turn(
+        &self,
+        recipient_hashes: &[&str],
+    ) -> Result<RecipientTurn<'_>, crate::store::StoreError> {
+        let local = self.recipient_locks.lock_all(recipient_hashes).await;
+        let shared = self.ledger().lock_recipients(recipient_hashes).await?;
         Ok(RecipientTurn {
             _local: local,
             shared,
@@ -161,35 +170,82 @@ impl Clock {
 
 /// Serialises the decisions about one recipient within this process, so that reading the
 /// facts (caps, confirmations) and recording the decision are one step: two concurrent sends
-/// to a number cannot both take the last place under a cap. Striped: 1024 locks.
-#[derive(Debug)]
+/// to a number cannot both take the last place under a cap. One lock per recipient held or
+/// awaited (keyed by the first 8 bytes of its keyed hash), made when first wanted and dropped
+/// when no one holds or waits for it: two recipients never wait for each other, so a group of
+/// recipients decided together (a batch) does not stall the sends beside it.
+#[derive(Debug, Default)]
 pub struct RecipientLocks {
-    stripes: Vec<tokio::sync::Mutex<()>>,
+    held: std::sync::Mutex<std::collections::HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-impl Default for RecipientLocks {
-    fn default() -> Self {
-        RecipientLocks {
-            stripes: (0..1024).map(|_| tokio::sync::Mutex::new(())).collect(),
+/// One recipient's lock, held; released when dropped.
+struct Held<'a> {
+    locks: &'a RecipientLocks,
+    key: i64,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut held = self.locks.table();
+        // Every holder and waiter took its clone under this table's lock: only the table's
+        // own is left when no one holds or waits.
+        if held
+            .get(&self.key)
+            .is_some_and(|lock| Arc::strong_count(lock) == 1)
+        {
+            held.remove(&self.key);
         }
     }
 }
 
 impl RecipientLocks {
-    pub async fn lock(&self, recipient_hash: &str) -> tokio::sync::MutexGuard<'_, ()> {
-        let stripe = recipient_hash.bytes().take(8).fold(0usize, |acc, byte| {
-            acc.wrapping_mul(31).wrapping_add(byte as usize)
-        });
-        self.stripes[stripe % self.stripes.len()].lock().await
+    fn table(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<i64, Arc<tokio::sync::Mutex<()>>>>
+    {
+        // The table is only ever changed whole under its lock: a panic cannot leave it half
+        // written, so a poisoned lock's table is still right.
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits for every one of `recipient_hashes`' locks, taken in the order of their keys
+    /// (so that two groups never wait for each other in a circle; a recipient named twice is
+    /// locked once).
+    async fn lock_all(&self, recipient_hashes: &[&str]) -> Vec<Held<'_>> {
+        let mut keys: Vec<i64> = recipient_hashes
+            .iter()
+            .map(|hash| crate::store::lock_key(hash))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut held = Vec::with_capacity(keys.len());
+        for key in keys {
+            let lock = self.table().entry(key).or_default().clone();
+            // Counted as a holder from here: a drop while waiting keeps the table right.
+            let mut entry = Held {
+                locks: self,
+                key,
+                guard: None,
+            };
+            entry.guard = Some(lock.lock_owned().await);
+            held.push(entry);
+        }
+        held
     }
 }
 
-/// A recipient's turn: its in-process lock and, on PostgreSQL, its lock across the processes
-/// sharing the database. Every write about a recipient that a decision reads (a send's record,
-/// a consent event, a reply) is made in its turn, so the log's order of a recipient's leaves
-/// is the order in which its decisions were made.
+/// A recipient's turn (or a group's: every one of its recipients'): the in-process locks and,
+/// on PostgreSQL, the lock across the processes sharing the database. Every write about a
+/// recipient that a decision reads (a send's record, a consent event, a reply) is made in its
+/// turn, so the log's order of a recipient's leaves is the order in which its decisions were
+/// made.
 pub struct RecipientTurn<'a> {
-    _local: tokio::sync::MutexGuard<'a, ()>,
+    _local: Vec<Held<'a>>,
     pub shared: crate::store::RecipientLock,
 }
 

@@ -321,6 +321,16 @@ pub struct RecipientFacts {
     pub recipient_key: Option<RecipientKeyRow>,
 }
 
+/// What a send asks about its recipient ([`Ledger::recipient_facts`]).
+#[derive(Debug, Clone, Copy)]
+pub struct FactsQuery<'a> {
+    pub recipient_hash: &'a str,
+    pub purpose: &'a str,
+    /// `(since_us, limit)`: the instants of the latest `limit` messages of `purpose` sent
+    /// since `since_us` (for frequency caps); `None` when no cap applies.
+    pub recent: Option<(i64, i64)>,
+}
+
 /// A verified inbound message as stored.
 #[derive(Debug, Clone)]
 pub struct InboundRecord {
@@ -588,8 +598,10 @@ pub trait Database: Send + Sync + 'static {
 /// orders one recipient's decisions (`AppState::recipient_turn`).
 #[async_trait]
 pub trait Ledger: Send + Sync + 'static {
-    /// Takes the lock on a recipient that all processes sharing the database respect.
-    async fn lock_recipient(&self, recipient_hash: &str) -> Result<RecipientLock, StoreError>;
+    /// Takes the lock on recipients (one, or a group decided together) that all processes
+    /// sharing the database respect, each recipient's in the order of its key.
+    async fn lock_recipients(&self, recipient_hashes: &[&str])
+    -> Result<RecipientLock, StoreError>;
 
     /// Appends consent events in one transaction; an event whose idempotency key is already
     /// in the tenant's ledger is not added again.
@@ -603,30 +615,29 @@ pub trait Ledger: Send + Sync + 'static {
         recipient_hash: &str,
     ) -> Result<Vec<StoredConsent>, StoreError>;
 
-    /// Everything the send path reads about a recipient in a tenant: the consent ledger,
-    /// confirmations, open reviews, and, with `recent = Some((since_us, limit))`, the instants
-    /// of the latest `limit` messages of `purpose` sent since `since_us` (for frequency caps).
-    /// Under the recipient's `lock`, where the backend reads in the lock's session.
+    /// Everything the send path reads about recipients in a tenant, one answer per query in
+    /// its order: the consent ledger, confirmations, open reviews, the recent sends a cap
+    /// counts, and the recipient's key. All read in one transaction (one state of the
+    /// database); under the recipients' `lock`, where the backend reads in the lock's session.
     async fn recipient_facts(
         &self,
         tenant: &TenantId,
-        recipient_hash: &str,
-        purpose: &str,
-        recent: Option<(i64, i64)>,
+        queries: &[FactsQuery<'_>],
         lock: Option<&mut RecipientLock>,
-    ) -> Result<RecipientFacts, StoreError>;
+    ) -> Result<Vec<RecipientFacts>, StoreError>;
 }
 
 /// Message records, their outcomes and release decisions, the deferred messages' claims, and
 /// reading a message back.
 #[async_trait]
 pub trait Messages: Send + Sync + 'static {
-    /// Durably appends a message record. Given the recipient's lock, the record is written in
-    /// the lock's own session: if that session ended (and the lock with it), the write fails
-    /// rather than land after another instance decided without seeing it.
-    async fn record_message(
+    /// Durably appends message records, all or none, in one transaction. Given the
+    /// recipients' lock, they are written in the lock's own session: if that session ended
+    /// (and the lock with it), the write fails rather than land after another instance
+    /// decided without seeing it.
+    async fn record_messages(
         &self,
-        record: &MessageRecord,
+        records: &[MessageRecord],
         lock: Option<&mut RecipientLock>,
     ) -> Result<(), StoreError>;
 

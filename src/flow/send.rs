@@ -9,6 +9,7 @@
 //! forwarding ([`FlowError`], nothing sent); a denial or deferral is recorded and returned as a
 //! normal [`Processed`]; a gateway failure is recorded and returned as [`Processed::Failed`].
 
+use futures_util::StreamExt as _;
 use jiff::Timestamp;
 use serde_json::json;
 
@@ -18,7 +19,7 @@ use crate::domain::{CanonicalMessage, MessageId};
 use crate::metrics::{DecisionLabels, Phase};
 use crate::policy::{self, Decision, Facts, SenderBounds};
 use crate::state::AppState;
-use crate::store::{DecisionKind, MessageRecord, OutcomeRecord, OutcomeStatus};
+use crate::store::{DecisionKind, FactsQuery, MessageRecord, OutcomeRecord, OutcomeStatus};
 
 /// How an allowed message leaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,48 +101,81 @@ pub async fn gather(
     now: Timestamp,
     lock: Option<&mut crate::store::RecipientLock>,
 ) -> Result<Gathered, FlowError> {
-    // Recent sends are read only as far as a cap that applies to this number and purpose
-    // needs: the latest `count` within its window.
-    let location = state.policies.zones.locate(&message.to);
-    let caps = state
-        .policies
-        .jurisdictions
-        .applicable(&location, message.purpose)
-        .into_iter()
-        .filter_map(|rule| rule.cap)
-        .fold(None, |widest: Option<(u32, u32)>, cap| {
-            let (hours, count) = widest.unwrap_or((0, 0));
-            Some((hours.max(cap.hours), count.max(cap.count)))
-        });
-    let recent_window = caps.map(|(hours, count)| {
-        let since = now - jiff::SignedDuration::from_hours(i64::from(hours));
-        (since.as_microsecond(), i64::from(count))
-    });
-    let recipient = state
-        .ledger()
-        .recipient_facts(
-            &tenant.id,
-            &state.numbers.hash(&message.to),
-            message.purpose.as_str(),
-            recent_window,
-            lock,
-        )
-        .await?;
-    let consent = recipient.consent;
-    let recent = recipient
-        .recent_us
+    let mut gathered = gather_all(state, tenant, &[message], now, lock).await?;
+    gathered
+        .pop()
+        .ok_or_else(|| FlowError::Unreadable("the store answered no facts".into()))
+}
+
+/// Reads the facts about messages' recipients, as of `now`, in one read of the store: one
+/// answer per message, in order.
+pub async fn gather_all(
+    state: &AppState,
+    tenant: &Tenant,
+    messages: &[&CanonicalMessage],
+    now: Timestamp,
+    lock: Option<&mut crate::store::RecipientLock>,
+) -> Result<Vec<Gathered>, FlowError> {
+    let mut locations = Vec::with_capacity(messages.len());
+    let mut hashes = Vec::with_capacity(messages.len());
+    let mut windows = Vec::with_capacity(messages.len());
+    for message in messages {
+        // Recent sends are read only as far as a cap that applies to this number and purpose
+        // needs: the latest `count` within its window.
+        let location = state.policies.zones.locate(&message.to);
+        let caps = state
+            .policies
+            .jurisdictions
+            .applicable(&location, message.purpose)
+            .into_iter()
+            .filter_map(|rule| rule.cap)
+            .fold(None, |widest: Option<(u32, u32)>, cap| {
+                let (hours, count) = widest.unwrap_or((0, 0));
+                Some((hours.max(cap.hours), count.max(cap.count)))
+            });
+        windows.push(caps.map(|(hours, count)| {
+            let since = now - jiff::SignedDuration::from_hours(i64::from(hours));
+            (since.as_microsecond(), i64::from(count))
+        }));
+        locations.push(location);
+        hashes.push(state.numbers.hash(&message.to));
+    }
+    let queries: Vec<FactsQuery<'_>> = messages
         .iter()
-        .filter_map(|us| Timestamp::from_microsecond(*us).ok())
+        .zip(&hashes)
+        .zip(&windows)
+        .map(|((message, hash), recent)| FactsQuery {
+            recipient_hash: hash,
+            purpose: message.purpose.as_str(),
+            recent: *recent,
+        })
         .collect();
-    Ok(Gathered {
-        consent,
-        confirmed_opt_outs: recipient.confirmed_opt_outs,
-        open_reviews: recipient.open_reviews,
-        recent,
-        location,
-        recipient_key: recipient.recipient_key,
-        paced_until: None,
-    })
+    let answers = state
+        .ledger()
+        .recipient_facts(&tenant.id, &queries, lock)
+        .await?;
+    if answers.len() != messages.len() {
+        return Err(FlowError::Unreadable(
+            "the store answered facts for another number of recipients".into(),
+        ));
+    }
+    Ok(answers
+        .into_iter()
+        .zip(locations)
+        .map(|(recipient, location)| Gathered {
+            consent: recipient.consent,
+            confirmed_opt_outs: recipient.confirmed_opt_outs,
+            open_reviews: recipient.open_reviews,
+            recent: recipient
+                .recent_us
+                .iter()
+                .filter_map(|us| Timestamp::from_microsecond(*us).ok())
+                .collect(),
+            location,
+            recipient_key: recipient.recipient_key,
+            paced_until: None,
+        })
+        .collect())
 }
 
 /// Takes the message's instant from its upstream's pace ([`crate::pacing`]), before `decide`:
@@ -288,7 +322,7 @@ pub async fn check_number_history(
 
 /// The send flow after parsing: gather the recipient's facts, decide, record the decision
 /// durably, then forward an allowed message and record the outcome. Every message consentry
-/// sends, the API's and its own replies, goes through here.
+/// sends, the API's and its own replies, goes through here (or through [`process_group`]).
 pub async fn process(
     state: &AppState,
     tenant: &Tenant,
@@ -296,60 +330,192 @@ pub async fn process(
     message: CanonicalMessage,
     delivery: Delivery,
 ) -> Result<Processed, FlowError> {
-    let recipient_hash = state.numbers.hash(&message.to);
+    process_group(state, tenant, bounds, vec![message], delivery)
+        .await
+        .pop()
+        .unwrap_or_else(|| Err(FlowError::Unreadable("the flow answered nothing".into())))
+}
+
+/// Forwards of one group in flight at once.
+const GROUP_FORWARDS: usize = 32;
+
+/// [`process`] for messages decided together (a batch's recipients): one answer per message,
+/// in order. The recipients take their turns together, their facts are read in one read of the
+/// store and their records written in one write (one transaction), then the allowed ones are
+/// forwarded, [`GROUP_FORWARDS`] at a time. A message whose recipient comes again in the group
+/// is decided in a later round, after the earlier one is recorded, as if sent after it. A
+/// store that fails fails the round it was reading or writing: nothing of it is sent.
+pub async fn process_group(
+    state: &AppState,
+    tenant: &Tenant,
+    bounds: &SenderBounds,
+    messages: Vec<CanonicalMessage>,
+    delivery: Delivery,
+) -> Vec<Result<Processed, FlowError>> {
     let started = std::time::Instant::now();
-    let decision = {
-        // Facts and record under one lock, in this process and across the processes that
-        // share the database: caps and confirmations see every decision.
-        let mut turn = state.recipient_turn(&recipient_hash).await?;
-        let now = state.clock.now();
-        let mut gathered = gather(state, tenant, &message, now, Some(&mut turn.shared)).await?;
-        check_number_history(state, tenant, &message, &mut gathered, now).await?;
+    let count = messages.len();
+    let mut answers: Vec<Option<Result<Processed, FlowError>>> =
+        std::iter::repeat_with(|| None).take(count).collect();
+    let mut permits = Vec::new();
+    for round in rounds(state, messages) {
+        for (index, decided) in decide_round(state, tenant, bounds, round).await {
+            let decision = match decided {
+                Ok(decision) => decision,
+                Err(error) => {
+                    answers[index] = Some(Err(error));
+                    continue;
+                }
+            };
+            state.metrics.decision(decision_labels(&decision, tenant));
+            answers[index] = match decision {
+                Decision::Deny(denial) => {
+                    tracing::debug!(
+                        message_id = %denial.message.id,
+                        tenant = %tenant.id,
+                        code = denial.reasons[0].code.as_str(),
+                        "message denied"
+                    );
+                    Some(Ok(Processed::Denied(denial)))
+                }
+                Decision::Defer(deferral) => {
+                    tracing::debug!(
+                        message_id = %deferral.message.id,
+                        tenant = %tenant.id,
+                        until = %deferral.until,
+                        "message deferred"
+                    );
+                    Some(Ok(Processed::Scheduled(deferral)))
+                }
+                Decision::Allow(permit) => {
+                    permits.push((index, permit));
+                    None
+                }
+            };
+        }
+    }
+    let delivered: Vec<(usize, Processed)> =
+        futures_util::stream::iter(permits)
+            .map(|(index, permit)| async move {
+                (index, deliver(state, tenant, permit, delivery).await)
+            })
+            .buffer_unordered(GROUP_FORWARDS)
+            .collect()
+            .await;
+    for (index, processed) in delivered {
+        answers[index] = Some(Ok(processed));
+        state.metrics.phase(Phase::Total, started.elapsed());
+    }
+    answers
+        .into_iter()
+        .map(|answer| {
+            answer.unwrap_or_else(|| Err(FlowError::Unreadable("a message was not decided".into())))
+        })
+        .collect()
+}
+
+/// Splits a group into rounds in which each recipient comes once, each message numbered by
+/// its place in the group: a recipient's second message is in the second round, and so on.
+fn rounds(
+    state: &AppState,
+    messages: Vec<CanonicalMessage>,
+) -> Vec<Vec<(usize, String, CanonicalMessage)>> {
+    let mut rounds: Vec<Vec<(usize, String, CanonicalMessage)>> = Vec::new();
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (index, message) in messages.into_iter().enumerate() {
+        let hash = state.numbers.hash(&message.to);
+        let times = seen.entry(hash.clone()).or_default();
+        if rounds.len() <= *times {
+            rounds.push(Vec::new());
+        }
+        rounds[*times].push((index, hash, message));
+        *times += 1;
+    }
+    rounds
+}
+
+/// One round of a group, in its recipients' turn: gather, decide and seal each message, then
+/// record every decision in one durable write. A message whose lookup or sealing failed is
+/// answered with its error and not recorded; a store that fails fails every message of the
+/// round.
+async fn decide_round(
+    state: &AppState,
+    tenant: &Tenant,
+    bounds: &SenderBounds,
+    round: Vec<(usize, String, CanonicalMessage)>,
+) -> Vec<(usize, Result<Decision, FlowError>)> {
+    let started = std::time::Instant::now();
+    let hashes: Vec<&str> = round.iter().map(|(_, hash, _)| hash.as_str()).collect();
+    // Facts and records under one lock, in this process and across the processes that
+    // share the database: caps and confirmations see every decision.
+    let mut turn = match state.recipients_turn(&hashes).await {
+        Ok(turn) => turn,
+        Err(error) => return fail_all(round.iter().map(|(index, ..)| *index), error.into()),
+    };
+    let now = state.clock.now();
+    let messages: Vec<&CanonicalMessage> = round.iter().map(|(_, _, message)| message).collect();
+    let gathered = match gather_all(state, tenant, &messages, now, Some(&mut turn.shared)).await {
+        Ok(gathered) => gathered,
+        Err(error) => return fail_all(round.iter().map(|(index, ..)| *index), error),
+    };
+    drop(messages);
+    let mut decided = Vec::with_capacity(round.len());
+    let mut records = Vec::with_capacity(round.len());
+    for ((index, hash, message), mut gathered) in round.into_iter().zip(gathered) {
+        if let Err(error) = check_number_history(state, tenant, &message, &mut gathered, now).await
+        {
+            decided.push((index, Err(error)));
+            continue;
+        }
         let paced = take_slot(state, tenant, &message, &mut gathered, now);
-        state.metrics.phase(Phase::Gather, started.elapsed());
         let facts = gathered.facts(tenant, bounds, &state.policies, now);
         let decision = policy::decide(message, &facts);
         keep_slot(state, tenant, &decision, paced);
-        let recording = std::time::Instant::now();
-        record_decision(
-            state,
-            &decision,
-            tenant,
-            now,
-            gathered.recipient_key,
-            &mut turn.shared,
-        )
-        .await?;
-        state.metrics.phase(Phase::Record, recording.elapsed());
-        turn.end().await;
-        decision
-    };
-    state.metrics.decision(decision_labels(&decision, tenant));
+        match sealed_record(state, &decision, tenant, now, hash, gathered.recipient_key).await {
+            Ok(record) => {
+                records.push(record);
+                decided.push((index, Ok(decision)));
+            }
+            Err(error) => decided.push((index, Err(error))),
+        }
+    }
+    state.metrics.phase(Phase::Gather, started.elapsed());
+    let recording = std::time::Instant::now();
+    if !records.is_empty()
+        && let Err(error) = state
+            .messages()
+            .record_messages(&records, Some(&mut turn.shared))
+            .await
+    {
+        // Nothing of the round is recorded: none of it may leave.
+        let text = error.to_string();
+        tracing::error!(%error, "a group's records could not be written; nothing of it was sent");
+        for (_, decision) in &mut decided {
+            if decision.is_ok() {
+                *decision = Err(store_failure(&text));
+            }
+        }
+        return decided;
+    }
+    state.metrics.phase(Phase::Record, recording.elapsed());
+    turn.end().await;
+    decided
+}
 
-    let permit = match decision {
-        Decision::Deny(denial) => {
-            tracing::debug!(
-                message_id = %denial.message.id,
-                tenant = %tenant.id,
-                code = denial.reasons[0].code.as_str(),
-                "message denied"
-            );
-            return Ok(Processed::Denied(denial));
-        }
-        Decision::Defer(deferral) => {
-            tracing::debug!(
-                message_id = %deferral.message.id,
-                tenant = %tenant.id,
-                until = %deferral.until,
-                "message deferred"
-            );
-            return Ok(Processed::Scheduled(deferral));
-        }
-        Decision::Allow(permit) => permit,
-    };
-    let delivered = deliver(state, tenant, permit, delivery).await;
-    state.metrics.phase(Phase::Total, started.elapsed());
-    Ok(delivered)
+/// The same store failure, answered for each of `indexes`.
+fn fail_all(
+    indexes: impl Iterator<Item = usize>,
+    error: FlowError,
+) -> Vec<(usize, Result<Decision, FlowError>)> {
+    let text = error.to_string();
+    tracing::error!(%error, "a group's facts could not be read; nothing of it was sent");
+    indexes
+        .map(|index| (index, Err(store_failure(&text))))
+        .collect()
+}
+
+/// A store failure shared by several messages (each answer holds its own copy).
+fn store_failure(text: &str) -> FlowError {
+    FlowError::Store(crate::store::StoreError::Unsafe(text.to_owned()))
 }
 
 /// A decision's labels in `consentry_decisions_total`.
@@ -516,16 +682,17 @@ async fn record_outcome(
     }
 }
 
-/// Seals the message and writes its record with the decision. Returns only once the record
-/// is durable, written in the session of the recipient's lock.
-async fn record_decision(
+/// Seals the message and builds its record with the decision, for [`Messages::record_messages`].
+///
+/// [`Messages::record_messages`]: crate::store::Messages::record_messages
+async fn sealed_record(
     state: &AppState,
     decision: &Decision,
     tenant: &Tenant,
     now: Timestamp,
+    recipient_hash: String,
     recipient_key: Option<crate::store::RecipientKeyRow>,
-    lock: &mut crate::store::RecipientLock,
-) -> Result<(), FlowError> {
+) -> Result<MessageRecord, FlowError> {
     let message = decision.message();
     let (kind, reasons, release_at_us) = match decision {
         Decision::Allow(_) => (DecisionKind::Allowed, serde_json::json!([]), None),
@@ -551,7 +718,6 @@ async fn record_decision(
         plaintext["media_urls"] = json!(media);
     }
     // Sealed under the recipient's own key: erasing the number makes it unreadable.
-    let recipient_hash = state.numbers.hash(&message.to);
     let (sealed, new_recipient_key) = state
         .keys
         .seal_for_record(
@@ -567,7 +733,7 @@ async fn record_decision(
             tracing::error!(%error, "sealing failed");
             FlowError::Encryption("the message could not be encrypted; nothing was sent")
         })?;
-    let record = MessageRecord {
+    Ok(MessageRecord {
         id: message.id.clone(),
         tenant: message.tenant.clone(),
         created_at_us: now.as_microsecond(),
@@ -598,9 +764,7 @@ async fn record_decision(
             .as_ref()
             .and_then(|callback| serde_json::to_string(callback).ok()),
         new_recipient_key,
-    };
-    state.messages().record_message(&record, Some(lock)).await?;
-    Ok(())
+    })
 }
 
 /// A tenant's message's recipient, sender and body, unsealed (for the Twilio front's

@@ -1,11 +1,14 @@
 //! `POST /v1/messages/batch` (scope `messages:send`): one message to up to 10,000 recipients.
 //!
-//! Every recipient is parsed, decided, recorded and forwarded on its own, through the same
-//! flow as a single send (`flow::send::process`): one recipient's refusal or failure never
-//! stops the others. The answer streams back as NDJSON, one line per recipient in the order
-//! given (`sent`, `scheduled`, `denied`, `failed` or `invalid`), then a summary line; up to
-//! [`IN_FLIGHT`] recipients are decided at once, each in a task of its own that finishes even
-//! if the client goes away.
+//! Every recipient is parsed, decided, recorded and forwarded on its own terms, through the
+//! same flow as a single send: one recipient's refusal or failure never stops the others.
+//! Recipients go through it in groups of [`GROUP`] (`flow::send::process_group`): a group's
+//! facts are read in one read of the store and its records written in one write, so that a
+//! batch is not [`GROUP`] times the cost of a send. The answer streams back as NDJSON, one line
+//! per recipient in the order given (`sent`, `scheduled`, `denied`, `failed` or `invalid`),
+//! then a summary line; [`GROUPS_IN_FLIGHT`] groups are under way at once (one decided while
+//! the other is written), each in a task of its own that finishes even if the client goes
+//! away.
 //!
 //! Resumable: with an `Idempotency-Key` on the batch, recipient *i* is sent under the key
 //! `<batch key>#<i>` (or `<batch key>#<its idempotency_key>` when the line names one), claimed
@@ -40,8 +43,10 @@ pub const MAX_RECIPIENTS: usize = 10_000;
 pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 /// The longest key of one recipient (its part of `<batch key>#<key>`).
 const MAX_LINE_KEY: usize = 200;
-/// Recipients decided at once.
-const IN_FLIGHT: usize = 32;
+/// Recipients decided together: their facts read in one read, their records in one write.
+const GROUP: usize = 256;
+/// Groups under way at once.
+const GROUPS_IN_FLIGHT: usize = 2;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -151,32 +156,41 @@ pub async fn send(
         media_urls,
         key: batch_key,
     });
-    let lines = futures_util::stream::iter(recipients.into_iter().enumerate().map(
-        move |(index, recipient)| {
-            let (state, tenant, bounds, request) = (
-                state.clone(),
-                tenant.clone(),
-                bounds.clone(),
-                request.clone(),
-            );
-            // Each line runs to its end in a task of its own: a client that goes away
-            // mid-batch stops the lines not yet begun, never one between its record and its
-            // forward (a retry with the batch's key finds those done, the rest not begun).
-            let task = tokio::spawn(async move {
-                line(&state, &tenant, &bounds, &request, index, recipient).await
-            });
-            async move {
-                task.await.unwrap_or_else(|error| {
-                    tracing::error!(%error, index, "a batch line's task failed");
-                    json!({
-                        "index": index, "status": "failed",
-                        "error": { "code": "internal_error", "message": "this line's task failed" },
+    let mut numbered = recipients.into_iter().enumerate();
+    let groups = std::iter::from_fn(move || {
+        let group: Vec<(usize, Recipient)> = numbered.by_ref().take(GROUP).collect();
+        (!group.is_empty()).then_some(group)
+    });
+    let lines = futures_util::stream::iter(groups.map(move |group| {
+        let (state, tenant, bounds, request) = (
+            state.clone(),
+            tenant.clone(),
+            bounds.clone(),
+            request.clone(),
+        );
+        let indexes: Vec<usize> = group.iter().map(|(index, _)| *index).collect();
+        // Each group runs to its end in a task of its own: a client that goes away
+        // mid-batch stops the groups not yet begun, never one between its records and its
+        // forwards (a retry with the batch's key finds those done, the rest not begun).
+        let task =
+            tokio::spawn(async move { lines(&state, &tenant, &bounds, &request, group).await });
+        async move {
+            task.await.unwrap_or_else(|error| {
+                tracing::error!(%error, "a batch group's task failed");
+                indexes
+                    .into_iter()
+                    .map(|index| {
+                        json!({
+                            "index": index, "status": "failed",
+                            "error": { "code": "internal_error", "message": "this line's task failed" },
+                        })
                     })
-                })
-            }
-        },
-    ))
-    .buffered(IN_FLIGHT);
+                    .collect()
+            })
+        }
+    }))
+    .buffered(GROUPS_IN_FLIGHT)
+    .flat_map(futures_util::stream::iter);
     let mut totals: BTreeMap<&'static str, u64> = BTreeMap::new();
     let stream = lines
         .map(move |value| {
@@ -252,28 +266,127 @@ fn invalid(index: usize, error: &ApiError) -> Value {
     line
 }
 
-/// One recipient: parse, claim its key, process, keep its line.
-async fn line(
+/// A recipient parsed and its key named, ready to be decided.
+struct Ready {
+    index: usize,
+    message: crate::domain::CanonicalMessage,
+    to: String,
+    recipient_hash: String,
+    /// The line's idempotency key, and the fingerprint of what it sends.
+    key: Option<(String, Vec<u8>)>,
+}
+
+/// A group of recipients: parse each, claim their keys, decide and send those still to do
+/// together, keep their lines. One line per recipient, in order.
+async fn lines(
     state: &AppState,
     tenant: &Tenant,
     bounds: &SenderBounds,
     request: &BatchFields,
+    group: Vec<(usize, Recipient)>,
+) -> Vec<Value> {
+    let mut done: Vec<(usize, Value)> = Vec::with_capacity(group.len());
+    let mut ready = Vec::with_capacity(group.len());
+    for (index, recipient) in group {
+        match prepare(state, tenant, request, index, recipient) {
+            Ok(line) => ready.push(line),
+            Err(line) => done.push((index, line)),
+        }
+    }
+    // The lines' keys, claimed before anything is decided (their writes share commits).
+    let claims = futures_util::future::join_all(ready.into_iter().map(|line| async move {
+        let Some((key, fingerprint)) = &line.key else {
+            return Ok(line);
+        };
+        match idempotency::claim(state, tenant, key.clone(), fingerprint.clone()).await {
+            Ok((_, Claimed::Fresh)) => Ok(line),
+            Ok((claim, Claimed::Answered(answer))) => Err((
+                line.index,
+                match idempotency::open_answer(state, &claim, &answer).await {
+                    Ok(bytes) => {
+                        let mut replayed: Value =
+                            serde_json::from_slice(&bytes).unwrap_or_default();
+                        replayed["index"] = json!(line.index);
+                        replayed["replayed"] = json!(true);
+                        replayed
+                    }
+                    Err(error) => failed(line.index, &line.to, None, &error),
+                },
+            )),
+            Ok((_, Claimed::Mismatch)) => {
+                let error = ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency_key_reused",
+                    "this line's key was used for another message",
+                );
+                Err((line.index, invalid(line.index, &error)))
+            }
+            Ok((_, Claimed::InUse { .. })) => {
+                let error = ApiError::new(
+                    StatusCode::CONFLICT,
+                    "idempotency_key_in_use",
+                    "this line is being sent by another request (or was interrupted)",
+                );
+                Err((line.index, failed(line.index, &line.to, None, &error)))
+            }
+            Err(error) => Err((line.index, failed(line.index, &line.to, None, &error))),
+        }
+    }))
+    .await;
+    let mut to_send = Vec::with_capacity(claims.len());
+    for claim in claims {
+        match claim {
+            Ok(line) => to_send.push(line),
+            Err(answered) => done.push(answered),
+        }
+    }
+    let (messages, sending): (Vec<_>, Vec<_>) = to_send
+        .into_iter()
+        .map(|line| {
+            let Ready {
+                index,
+                message,
+                to,
+                recipient_hash,
+                key,
+            } = line;
+            (message, (index, to, recipient_hash, key))
+        })
+        .unzip();
+    let processed =
+        flow::send::process_group(state, tenant, bounds, messages, Delivery::Upstream).await;
+    let kept = futures_util::future::join_all(sending.into_iter().zip(processed).map(
+        |((index, to, recipient_hash, key), processed)| async move {
+            let (line, nothing_sent) = answer(index, &to, processed);
+            if let Some((key, _)) = key {
+                keep(state, tenant, &key, &line, nothing_sent, recipient_hash).await;
+            }
+            (index, line)
+        },
+    ))
+    .await;
+    done.extend(kept);
+    done.sort_unstable_by_key(|(index, _)| *index);
+    done.into_iter().map(|(_, line)| line).collect()
+}
+
+/// Parses one recipient into its message and names its key; or its `invalid` line.
+fn prepare(
+    state: &AppState,
+    tenant: &Tenant,
+    request: &BatchFields,
     index: usize,
     recipient: Recipient,
-) -> Value {
+) -> Result<Ready, Value> {
     let text = match recipient.body.as_deref().or(request.body.as_deref()) {
-        Some(template) => match fill(template, &recipient.vars) {
-            Ok(text) => text,
-            Err(message) => {
-                let error =
-                    ApiError::bad_request("missing_variable", message).with("field", "vars");
-                return invalid(index, &error);
-            }
-        },
+        Some(template) => fill(template, &recipient.vars).map_err(|message| {
+            let error = ApiError::bad_request("missing_variable", message).with("field", "vars");
+            invalid(index, &error)
+        })?,
         None => {
             let error = ApiError::bad_request("invalid_body", "body: none for this recipient")
                 .with("field", "body");
-            return invalid(index, &error);
+            return Err(invalid(index, &error));
         }
     };
     let send = SendRequest {
@@ -297,14 +410,8 @@ async fn line(
         send.send_at.as_deref().unwrap_or_default().as_bytes(),
         send.media_urls.join("\n").as_bytes(),
     ]);
-    let message = match canonical_message(state, send, tenant, state.clock.now()) {
-        Ok(message) => message,
-        Err(error) => return invalid(index, &error),
-    };
-    let recipient_hash = state.numbers.hash(&message.to);
-    let to = message.to.masked();
-
-    // The line's key, claimed before anything is decided.
+    let message = canonical_message(state, send, tenant, state.clock.now())
+        .map_err(|error| invalid(index, &error))?;
     if let Some(own) = &recipient.idempotency_key
         && (own.is_empty()
             || own.len() > MAX_LINE_KEY
@@ -315,49 +422,26 @@ async fn line(
             format!("idempotency_key: 1 to {MAX_LINE_KEY} visible ASCII characters"),
         )
         .with("field", "idempotency_key");
-        return invalid(index, &error);
+        return Err(invalid(index, &error));
     }
     let key = match (&request.key, recipient.idempotency_key) {
         (Some(batch), Some(own)) => Some(format!("{batch}#{own}")),
         (Some(batch), None) => Some(format!("{batch}#{index}")),
         (None, _) => None,
     };
-    if let Some(key) = &key {
-        match idempotency::claim(state, tenant, key.clone(), fingerprint).await {
-            Ok((_, Claimed::Fresh)) => {}
-            Ok((claim, Claimed::Answered(answer))) => {
-                return match idempotency::open_answer(state, &claim, &answer).await {
-                    Ok(bytes) => {
-                        let mut line: Value = serde_json::from_slice(&bytes).unwrap_or_default();
-                        line["index"] = json!(index);
-                        line["replayed"] = json!(true);
-                        line
-                    }
-                    Err(error) => failed(index, &to, None, &error),
-                };
-            }
-            Ok((_, Claimed::Mismatch)) => {
-                let error = ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "idempotency_key_reused",
-                    "this line's key was used for another message",
-                );
-                return invalid(index, &error);
-            }
-            Ok((_, Claimed::InUse { .. })) => {
-                let error = ApiError::new(
-                    StatusCode::CONFLICT,
-                    "idempotency_key_in_use",
-                    "this line is being sent by another request (or was interrupted)",
-                );
-                return failed(index, &to, None, &error);
-            }
-            Err(error) => return failed(index, &to, None, &error),
-        }
-    }
+    Ok(Ready {
+        index,
+        recipient_hash: state.numbers.hash(&message.to),
+        to: message.to.masked(),
+        message,
+        key: key.map(|key| (key, fingerprint)),
+    })
+}
 
-    let processed = flow::send::process(state, tenant, bounds, message, Delivery::Upstream).await;
-    let (line, nothing_sent) = match processed {
+/// A recipient's line from what the flow made of it, and whether nothing was recorded or sent
+/// (its key is then given up, so that a retry runs it).
+fn answer(index: usize, to: &str, processed: Result<Processed, flow::FlowError>) -> (Value, bool) {
+    match processed {
         Ok(Processed::Sent { id, receipt }) => (
             json!({ "index": index, "to": to, "status": "sent", "id": id, "upstream": receipt }),
             false,
@@ -388,36 +472,44 @@ async fn line(
             false,
         ),
         Ok(Processed::Failed { id, error }) => (
-            failed(index, &to, Some(id.as_str()), &ApiError::from(error)),
+            failed(index, to, Some(id.as_str()), &ApiError::from(error)),
             false,
         ),
-        Err(error) => (failed(index, &to, None, &ApiError::from(error)), true),
-    };
-    if let Some(key) = key {
-        let kept = if nothing_sent {
-            // Nothing was recorded or sent: the retry may run this line.
-            state
-                .idempotency_keys()
-                .release_key(tenant.id.as_str(), &key)
-                .await
-                .map_err(|error| error.to_string())
-        } else {
-            idempotency::keep(
-                state,
-                tenant.id.as_str(),
-                &key,
-                200,
-                "application/json".into(),
-                line.to_string().as_bytes(),
-                Some(recipient_hash),
-            )
-            .await
-        };
-        if let Err(error) = kept {
-            tracing::error!(%error, "a batch line's idempotency key could not be kept");
-        }
+        Err(error) => (failed(index, to, None, &ApiError::from(error)), true),
     }
-    line
+}
+
+/// Keeps a line under its key, or gives the key up when nothing was recorded or sent.
+async fn keep(
+    state: &AppState,
+    tenant: &Tenant,
+    key: &str,
+    line: &Value,
+    nothing_sent: bool,
+    recipient_hash: String,
+) {
+    let kept = if nothing_sent {
+        // Nothing was recorded or sent: the retry may run this line.
+        state
+            .idempotency_keys()
+            .release_key(tenant.id.as_str(), key)
+            .await
+            .map_err(|error| error.to_string())
+    } else {
+        idempotency::keep(
+            state,
+            tenant.id.as_str(),
+            key,
+            200,
+            "application/json".into(),
+            line.to_string().as_bytes(),
+            Some(recipient_hash),
+        )
+        .await
+    };
+    if let Err(error) = kept {
+        tracing::error!(%error, "a batch line's idempotency key could not be kept");
+    }
 }
 
 fn failed(index: usize, to: &str, id: Option<&str>, error: &ApiError) -> Value {

@@ -284,23 +284,31 @@ impl Database for PgStore {
 
 #[async_trait]
 impl Ledger for PgStore {
-    async fn lock_recipient(
+    async fn lock_recipients(
         &self,
-        recipient_hash: &str,
+        recipient_hashes: &[&str],
     ) -> Result<super::RecipientLock, StoreError> {
-        let key = super::lock_key(recipient_hash);
+        // In the order of their keys, one statement after the other: two groups locked at
+        // once in two instances never wait for each other in a circle.
+        let mut keys: Vec<i64> = recipient_hashes
+            .iter()
+            .map(|hash| super::lock_key(hash))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut statement = String::from("BEGIN");
+        for key in keys {
+            statement.push_str(&format!("; SELECT pg_advisory_xact_lock({key})"));
+        }
         let permit = self
             .lockers
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| StoreError::Unsafe("the lock semaphore is closed".into()))?;
-        // One round trip: the transaction and its lock in one simple query. The key is an
-        // integer consentry computed, so it is written into the statement as a literal.
-        let transaction = self
-            .pool
-            .begin_with(format!("BEGIN; SELECT pg_advisory_xact_lock({key})"))
-            .await?;
+        // One round trip: the transaction and its locks in one simple query. The keys are
+        // integers consentry computed, so they are written into the statement as literals.
+        let transaction = self.pool.begin_with(statement).await?;
         Ok(super::RecipientLock::Postgres(AdvisoryLock {
             transaction: Some(transaction),
             _permit: permit,
@@ -323,23 +331,28 @@ impl Ledger for PgStore {
     async fn recipient_facts(
         &self,
         tenant: &TenantId,
-        recipient_hash: &str,
-        purpose: &str,
-        recent: Option<(i64, i64)>,
+        queries: &[super::FactsQuery<'_>],
         lock: Option<&mut super::RecipientLock>,
-    ) -> Result<RecipientFacts, StoreError> {
-        // In the lock's transaction: what it reads is what the record it writes was decided
-        // on, and no other instance decides about the recipient meanwhile.
-        match lock {
+    ) -> Result<Vec<RecipientFacts>, StoreError> {
+        // In the lock's transaction: what it reads is what the records it writes were decided
+        // on, and no other instance decides about the recipients meanwhile. Without a lock,
+        // in a transaction of its own, so that every answer reads one state.
+        let mut own;
+        let connection: &mut sqlx::PgConnection = match lock {
             Some(super::RecipientLock::Postgres(AdvisoryLock {
                 transaction: Some(transaction),
                 ..
-            })) => facts(transaction, tenant, recipient_hash, purpose, recent).await,
+            })) => transaction,
             _ => {
-                let mut connection = self.pool.acquire().await?;
-                facts(&mut connection, tenant, recipient_hash, purpose, recent).await
+                own = self.pool.begin().await?;
+                &mut own
             }
+        };
+        let mut answers = Vec::with_capacity(queries.len());
+        for query in queries {
+            answers.push(facts(connection, tenant, query).await?);
         }
+        Ok(answers)
     }
 
     async fn consent_events(
@@ -363,12 +376,12 @@ impl Ledger for PgStore {
 
 #[async_trait]
 impl Messages for PgStore {
-    async fn record_message(
+    async fn record_messages(
         &self,
-        record: &MessageRecord,
+        records: &[MessageRecord],
         lock: Option<&mut super::RecipientLock>,
     ) -> Result<(), StoreError> {
-        // In the lock's transaction when there is one: its commit makes the record durable
+        // In the lock's transaction when there is one: its commit makes the records durable
         // and releases the lock in one step.
         let mut transaction = match lock {
             Some(super::RecipientLock::Postgres(AdvisoryLock { transaction, .. })) => {
@@ -379,61 +392,63 @@ impl Messages for PgStore {
             }
             _ => self.pool.begin().await?,
         };
-        // The record, the recipient's new key (if it has one) and the log entry in one
-        // statement, one round trip: data-modifying CTEs run together, and fail together.
-        let key = record.new_recipient_key.as_ref();
-        let leaf = leaf::message(record);
-        sqlx::query(
-            "WITH message AS ( \
-               INSERT INTO messages (id, tenant, created_at_us, recipient_hash, \
-               recipient_masked, sender_masked, purpose, brand, campaign, decision, reply_kind, \
-               confirms_event, reasons, upstream, key_id, payload, status_callback) \
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-               $17)), \
-             recipient_key AS ( \
-               INSERT INTO recipient_keys (tenant, recipient_hash, id, data_key_id, wrapped, \
-               created_at_us) SELECT $18, $19, $20, $21, $22, $23 WHERE $20 IS NOT NULL) \
-             INSERT INTO log_leaves (kind, ref_id, tenant, leaf_hash) VALUES ($24, $25, $26, $27)",
-        )
-        .bind(record.id.as_str())
-        .bind(record.tenant.as_str())
-        .bind(record.created_at_us)
-        .bind(&record.recipient_hash)
-        .bind(&record.recipient_masked)
-        .bind(&record.sender_masked)
-        .bind(record.purpose)
-        .bind(record.brand.as_deref())
-        .bind(record.campaign.as_deref())
-        .bind(record.decision.as_str())
-        .bind(record.reply_kind)
-        .bind(record.confirms_event.as_deref())
-        .bind(&record.reasons_json)
-        .bind(record.upstream.as_deref())
-        .bind(&record.key_id)
-        .bind(&record.payload)
-        .bind(record.status_callback.as_deref())
-        .bind(key.map(|key| key.tenant.as_str()))
-        .bind(key.map(|key| key.recipient_hash.as_str()))
-        .bind(key.map(|key| key.id.as_str()))
-        .bind(key.map(|key| key.data_key_id.as_str()))
-        .bind(key.map(|key| key.wrapped.as_slice()))
-        .bind(key.map(|key| key.created_at_us))
-        .bind(leaf.kind.as_str())
-        .bind(&leaf.ref_id)
-        .bind(&leaf.tenant)
-        .bind(&leaf.hash()[..])
-        .execute(&mut *transaction)
-        .await?;
-        if let Some(release_at_us) = record.release_at_us {
+        for record in records {
+            // The record, the recipient's new key (if it has one) and the log entry in one
+            // statement, one round trip: data-modifying CTEs run together, and fail together.
+            let key = record.new_recipient_key.as_ref();
+            let leaf = leaf::message(record);
             sqlx::query(
-                "INSERT INTO deferred_messages (message_id, tenant, release_at_us) \
-                 VALUES ($1, $2, $3)",
+                "WITH message AS ( \
+                   INSERT INTO messages (id, tenant, created_at_us, recipient_hash, \
+                   recipient_masked, sender_masked, purpose, brand, campaign, decision, reply_kind, \
+                   confirms_event, reasons, upstream, key_id, payload, status_callback) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+                   $17)), \
+                 recipient_key AS ( \
+                   INSERT INTO recipient_keys (tenant, recipient_hash, id, data_key_id, wrapped, \
+                   created_at_us) SELECT $18, $19, $20, $21, $22, $23 WHERE $20 IS NOT NULL) \
+                 INSERT INTO log_leaves (kind, ref_id, tenant, leaf_hash) VALUES ($24, $25, $26, $27)",
             )
             .bind(record.id.as_str())
             .bind(record.tenant.as_str())
-            .bind(release_at_us)
+            .bind(record.created_at_us)
+            .bind(&record.recipient_hash)
+            .bind(&record.recipient_masked)
+            .bind(&record.sender_masked)
+            .bind(record.purpose)
+            .bind(record.brand.as_deref())
+            .bind(record.campaign.as_deref())
+            .bind(record.decision.as_str())
+            .bind(record.reply_kind)
+            .bind(record.confirms_event.as_deref())
+            .bind(&record.reasons_json)
+            .bind(record.upstream.as_deref())
+            .bind(&record.key_id)
+            .bind(&record.payload)
+            .bind(record.status_callback.as_deref())
+            .bind(key.map(|key| key.tenant.as_str()))
+            .bind(key.map(|key| key.recipient_hash.as_str()))
+            .bind(key.map(|key| key.id.as_str()))
+            .bind(key.map(|key| key.data_key_id.as_str()))
+            .bind(key.map(|key| key.wrapped.as_slice()))
+            .bind(key.map(|key| key.created_at_us))
+            .bind(leaf.kind.as_str())
+            .bind(&leaf.ref_id)
+            .bind(&leaf.tenant)
+            .bind(&leaf.hash()[..])
             .execute(&mut *transaction)
             .await?;
+            if let Some(release_at_us) = record.release_at_us {
+                sqlx::query(
+                    "INSERT INTO deferred_messages (message_id, tenant, release_at_us) \
+                     VALUES ($1, $2, $3)",
+                )
+                .bind(record.id.as_str())
+                .bind(record.tenant.as_str())
+                .bind(release_at_us)
+                .execute(&mut *transaction)
+                .await?;
+            }
         }
         transaction.commit().await?;
         Ok(())
@@ -1626,10 +1641,13 @@ async fn insert_outbox<'e>(
 async fn facts(
     connection: &mut sqlx::PgConnection,
     tenant: &TenantId,
-    recipient_hash: &str,
-    purpose: &str,
-    recent: Option<(i64, i64)>,
+    query: &super::FactsQuery<'_>,
 ) -> Result<RecipientFacts, StoreError> {
+    let super::FactsQuery {
+        recipient_hash,
+        purpose,
+        recent,
+    } = *query;
     // Only what the fold reads: the evidence stays in the table.
     let consent = sqlx::query(
         "SELECT seq, id, action, level, brand, campaign, purposes, occurred_at_us, method \

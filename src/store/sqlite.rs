@@ -207,7 +207,7 @@ impl Database for SqliteStore {
 
 #[async_trait]
 impl Ledger for SqliteStore {
-    async fn lock_recipient(&self, _: &str) -> Result<super::RecipientLock, StoreError> {
+    async fn lock_recipients(&self, _: &[&str]) -> Result<super::RecipientLock, StoreError> {
         // One process per SQLite file: the in-process lock is the whole lock.
         Ok(super::RecipientLock::Local)
     }
@@ -231,14 +231,11 @@ impl Ledger for SqliteStore {
     async fn recipient_facts(
         &self,
         tenant: &TenantId,
-        recipient_hash: &str,
-        purpose: &str,
-        recent: Option<(i64, i64)>,
+        queries: &[super::FactsQuery<'_>],
         _lock: Option<&mut super::RecipientLock>,
-    ) -> Result<RecipientFacts, StoreError> {
+    ) -> Result<Vec<RecipientFacts>, StoreError> {
         // Only what the fold reads: the evidence stays on disk.
-        self.readers
-            .recipient_facts(tenant.as_str(), recipient_hash, purpose, recent)
+        self.readers.recipient_facts(tenant.as_str(), queries)
     }
 
     async fn consent_events(
@@ -262,13 +259,13 @@ impl Ledger for SqliteStore {
 
 #[async_trait]
 impl Messages for SqliteStore {
-    async fn record_message(
+    async fn record_messages(
         &self,
-        record: &MessageRecord,
+        records: &[MessageRecord],
         _lock: Option<&mut super::RecipientLock>,
     ) -> Result<(), StoreError> {
         self.batches
-            .write(Write::Message(Box::new(record.clone())))
+            .write(Write::Messages(records.to_vec()))
             .await?;
         Ok(())
     }

@@ -260,6 +260,8 @@ fn serve(folder: &std::path::Path) -> Serving {
 /// (`idempotency_key_in_use`), never sent again.
 #[tokio::test]
 async fn a_batch_whose_instance_is_killed_sends_each_recipient_at_most_once_on_retry() {
+    // Four groups of the batch's 256: the kill comes while the first two are under way.
+    const RECIPIENTS: usize = 1000;
     let gateway = FakeGateway::start().await;
     gateway.set_mode(GatewayMode::Stall(std::time::Duration::from_millis(40)));
     let folder = tempfile::tempdir().unwrap();
@@ -293,7 +295,7 @@ async fn a_batch_whose_instance_is_killed_sends_each_recipient_at_most_once_on_r
     let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
     let cert = std::fs::read(folder.path().join("data/tls/cert.pem")).unwrap();
     let client = client(&cert, None);
-    let recipients: Vec<Value> = (0..300)
+    let recipients: Vec<Value> = (0..RECIPIENTS)
         .map(|i| json!({ "to": format!("+1415301{i:04}") }))
         .collect();
     let batch = json!({
@@ -318,8 +320,8 @@ async fn a_batch_whose_instance_is_killed_sends_each_recipient_at_most_once_on_r
     drop(response);
     let before_restart = gateway.requests().len();
     assert!(
-        (1..300).contains(&before_restart),
-        "killed mid-batch: {before_restart} of 300 reached the gateway"
+        (1..RECIPIENTS).contains(&before_restart),
+        "killed mid-batch: {before_restart} of {RECIPIENTS} reached the gateway"
     );
 
     gateway.set_mode(GatewayMode::Accept);
@@ -332,7 +334,7 @@ async fn a_batch_whose_instance_is_killed_sends_each_recipient_at_most_once_on_r
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let summary = &lines.last().unwrap()["summary"];
-    assert_eq!(summary["recipients"], 300, "{summary}");
+    assert_eq!(summary["recipients"], RECIPIENTS, "{summary}");
 
     // No recipient twice; every one either sent (now or before the kill) or in doubt.
     let mut count = std::collections::BTreeMap::new();
@@ -342,7 +344,7 @@ async fn a_batch_whose_instance_is_killed_sends_each_recipient_at_most_once_on_r
             .or_insert(0) += 1;
     }
     assert!(count.values().all(|n| *n == 1), "a recipient sent twice");
-    for line in &lines[..300] {
+    for line in &lines[..RECIPIENTS] {
         match line["status"].as_str().unwrap() {
             "sent" => {}
             "failed" => assert_eq!(line["error"]["code"], "idempotency_key_in_use", "{line}"),
@@ -353,7 +355,7 @@ async fn a_batch_whose_instance_is_killed_sends_each_recipient_at_most_once_on_r
     let reached = count.len();
     let in_doubt = summary["failed"].as_u64().unwrap() as usize;
     assert!(
-        reached + in_doubt >= 300 && reached <= 300,
+        reached + in_doubt >= RECIPIENTS && reached <= RECIPIENTS,
         "{reached} reached, {in_doubt} in doubt: {summary}"
     );
 }

@@ -259,6 +259,71 @@ async fn concurrent_sends_never_exceed_the_cap() {
     assert_eq!(gateway.requests().len(), 3);
 }
 
+/// A batch decides a recipient named several times one message after the other, each seeing
+/// the ones before it; and a batch and single sends to the same number at once share its cap.
+#[tokio::test]
+async fn a_batch_counts_its_own_sends_and_the_sends_beside_it_under_a_cap() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    let token = app.token("shop", SCOPES);
+    opt_in(&app, &token, MIAMI).await;
+    let batch = json!({
+        "from": SHOP_SENDER, "purpose": "marketing", "body": "Spring sale: 20% off",
+        "recipients": (0..6).map(|_| json!({ "to": MIAMI })).collect::<Vec<_>>(),
+    });
+    let post = || {
+        app.client
+            .post(app.url("/v1/messages/batch"))
+            .bearer_auth(&token)
+            .json(&batch)
+            .send()
+    };
+    let text = post().await.unwrap().text().await.unwrap();
+    let statuses: Vec<String> = text
+        .lines()
+        .filter_map(|line| {
+            let line: Value = serde_json::from_str(line).unwrap();
+            line["status"].as_str().map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        ["sent", "sent", "sent", "denied", "denied", "denied"],
+        "in order, each seeing the ones before: {text}"
+    );
+    assert_eq!(gateway.requests().len(), 3);
+
+    // Another number: a batch and six single sends at once, one cap of 3 between them.
+    const TAMPA: &str = "+18135550123";
+    opt_in(&app, &token, TAMPA).await;
+    let batch = json!({
+        "from": SHOP_SENDER, "purpose": "marketing", "body": "Spring sale: 20% off",
+        "recipients": (0..6).map(|_| json!({ "to": TAMPA })).collect::<Vec<_>>(),
+    });
+    let message = shop_message(TAMPA, "marketing", None, None);
+    let batch_sent = async {
+        let response = app
+            .client
+            .post(app.url("/v1/messages/batch"))
+            .bearer_auth(&token)
+            .json(&batch)
+            .send()
+            .await
+            .unwrap();
+        let text = response.text().await.unwrap();
+        text.matches(r#""status":"sent""#).count()
+    };
+    let singles = futures_util::future::join_all((0..6).map(|_| app.send(&token, &message)));
+    let (batch_sent, singles) = tokio::join!(batch_sent, singles);
+    let singles_sent = singles.iter().filter(|r| r.status() == 201).count();
+    assert_eq!(
+        batch_sent + singles_sent,
+        3,
+        "{batch_sent} + {singles_sent}"
+    );
+    assert_eq!(gateway.requests().len(), 6);
+}
+
 #[tokio::test]
 async fn a_claim_that_is_never_finished_is_taken_again_after_its_lease() {
     let gateway = FakeGateway::start().await;

@@ -11,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::connection;
 use crate::store::rows::consent_event;
-use crate::store::{RecipientFacts, RecipientKeyRow, StoreError};
+use crate::store::{FactsQuery, RecipientFacts, RecipientKeyRow, StoreError};
 
 /// Read-only connections, opened on demand and kept for reuse.
 #[derive(Debug)]
@@ -51,112 +51,129 @@ impl Readers {
         result
     }
 
-    /// The recipient's facts and key, in one read transaction.
+    /// The recipients' facts and keys, in one read transaction: one state of the database, and
+    /// the pages one recipient's reads bring into the cache kept for the next (a commit by
+    /// the writer empties a reader's cache between transactions, not within one).
     pub(crate) fn recipient_facts(
         &self,
         tenant: &str,
-        recipient_hash: &str,
-        purpose: &str,
-        recent: Option<(i64, i64)>,
-    ) -> Result<RecipientFacts, StoreError> {
+        queries: &[FactsQuery<'_>],
+    ) -> Result<Vec<RecipientFacts>, StoreError> {
         self.with(|connection| {
             let transaction = connection.transaction()?;
-            let consent = transaction
-                .prepare_cached(
-                    "SELECT seq, id, action, level, brand, campaign, purposes, occurred_at_us, \
-                     method FROM consent_events WHERE tenant = ? AND recipient_hash = ? ORDER BY seq",
-                )?
-                .query_map(params![tenant, recipient_hash], |row| {
-                    Ok((
-                        row.get::<_, i64>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, String>(2)?,
-                        row.get::<_, Option<String>>(3)?,
-                        row.get::<_, Option<String>>(4)?,
-                        row.get::<_, Option<String>>(5)?,
-                        row.get::<_, String>(6)?,
-                        row.get::<_, i64>(7)?,
-                        row.get::<_, String>(8)?,
-                    ))
-                })?
-                .map(|row| {
-                    let (seq, id, action, level, brand, campaign, purposes, occurred_at_us, method) =
-                        row?;
-                    consent_event(
-                        seq,
-                        id,
-                        &action,
-                        level.as_deref(),
-                        brand,
-                        campaign,
-                        &purposes,
-                        occurred_at_us,
-                        &method,
-                    )
-                })
-                .collect::<Result<Vec<_>, StoreError>>()?;
-            let confirmed_opt_outs = transaction
-                .prepare_cached(
-                    "SELECT confirms_event FROM messages WHERE tenant = ? AND recipient_hash = ? \
-                     AND confirms_event IS NOT NULL",
-                )?
-                .query_map(params![tenant, recipient_hash], |row| row.get(0))?
-                .collect::<Result<Vec<String>, _>>()?;
-            let open_reviews = transaction
-                .prepare_cached(
-                    "SELECT r.id FROM consent_reviews r LEFT JOIN review_resolutions s \
-                     ON s.review_id = r.id WHERE r.tenant = ? AND r.recipient_hash = ? \
-                     AND s.review_id IS NULL ORDER BY r.seq",
-                )?
-                .query_map(params![tenant, recipient_hash], |row| row.get(0))?
-                .collect::<Result<Vec<String>, _>>()?;
-            let recent_us = match recent {
-                None => Vec::new(),
-                Some((since_us, limit)) => transaction
-                    .prepare_cached(
-                        "SELECT at FROM ( \
-                         SELECT created_at_us AS at FROM messages WHERE tenant = ?1 \
-                         AND recipient_hash = ?2 AND purpose = ?3 AND decision = 'allowed' \
-                         AND created_at_us > ?4 \
-                         UNION ALL \
-                         SELECT r.decided_at_us AS at FROM message_releases r \
-                         JOIN messages m ON m.id = r.message_id \
-                         WHERE m.tenant = ?1 AND m.recipient_hash = ?2 AND m.purpose = ?3 \
-                         AND r.decision = 'allowed' AND r.decided_at_us > ?4) \
-                         ORDER BY at DESC LIMIT ?5",
-                    )?
-                    .query_map(
-                        params![tenant, recipient_hash, purpose, since_us, limit],
-                        |row| row.get(0),
-                    )?
-                    .collect::<Result<Vec<i64>, _>>()?,
-            };
-            let recipient_key = transaction
-                .prepare_cached(
-                    "SELECT tenant, recipient_hash, id, data_key_id, wrapped, created_at_us \
-                     FROM recipient_keys WHERE tenant = ? AND recipient_hash = ?",
-                )?
-                .query_row(params![tenant, recipient_hash], |row| {
-                    Ok(RecipientKeyRow {
-                        tenant: row.get(0)?,
-                        recipient_hash: row.get(1)?,
-                        id: row.get(2)?,
-                        data_key_id: row.get(3)?,
-                        wrapped: row.get(4)?,
-                        created_at_us: row.get(5)?,
-                    })
-                })
-                .optional()?;
+            let facts = queries
+                .iter()
+                .map(|query| facts(&transaction, tenant, query))
+                .collect::<Result<Vec<_>, _>>()?;
             transaction.finish()?;
-            Ok(RecipientFacts {
-                consent,
-                confirmed_opt_outs,
-                open_reviews,
-                recent_us,
-                recipient_key,
-            })
+            Ok(facts)
         })
     }
+}
+
+/// One recipient's facts, read in `transaction`.
+fn facts(
+    transaction: &Connection,
+    tenant: &str,
+    query: &FactsQuery<'_>,
+) -> Result<RecipientFacts, StoreError> {
+    let FactsQuery {
+        recipient_hash,
+        purpose,
+        recent,
+    } = *query;
+    let consent = transaction
+        .prepare_cached(
+            "SELECT seq, id, action, level, brand, campaign, purposes, occurred_at_us, \
+             method FROM consent_events WHERE tenant = ? AND recipient_hash = ? ORDER BY seq",
+        )?
+        .query_map(params![tenant, recipient_hash], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, Option<String>>(3)?,
+                row.get::<_, Option<String>>(4)?,
+                row.get::<_, Option<String>>(5)?,
+                row.get::<_, String>(6)?,
+                row.get::<_, i64>(7)?,
+                row.get::<_, String>(8)?,
+            ))
+        })?
+        .map(|row| {
+            let (seq, id, action, level, brand, campaign, purposes, occurred_at_us, method) = row?;
+            consent_event(
+                seq,
+                id,
+                &action,
+                level.as_deref(),
+                brand,
+                campaign,
+                &purposes,
+                occurred_at_us,
+                &method,
+            )
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let confirmed_opt_outs = transaction
+        .prepare_cached(
+            "SELECT confirms_event FROM messages WHERE tenant = ? AND recipient_hash = ? \
+             AND confirms_event IS NOT NULL",
+        )?
+        .query_map(params![tenant, recipient_hash], |row| row.get(0))?
+        .collect::<Result<Vec<String>, _>>()?;
+    let open_reviews = transaction
+        .prepare_cached(
+            "SELECT r.id FROM consent_reviews r LEFT JOIN review_resolutions s \
+             ON s.review_id = r.id WHERE r.tenant = ? AND r.recipient_hash = ? \
+             AND s.review_id IS NULL ORDER BY r.seq",
+        )?
+        .query_map(params![tenant, recipient_hash], |row| row.get(0))?
+        .collect::<Result<Vec<String>, _>>()?;
+    let recent_us = match recent {
+        None => Vec::new(),
+        Some((since_us, limit)) => transaction
+            .prepare_cached(
+                "SELECT at FROM ( \
+                 SELECT created_at_us AS at FROM messages WHERE tenant = ?1 \
+                 AND recipient_hash = ?2 AND purpose = ?3 AND decision = 'allowed' \
+                 AND created_at_us > ?4 \
+                 UNION ALL \
+                 SELECT r.decided_at_us AS at FROM message_releases r \
+                 JOIN messages m ON m.id = r.message_id \
+                 WHERE m.tenant = ?1 AND m.recipient_hash = ?2 AND m.purpose = ?3 \
+                 AND r.decision = 'allowed' AND r.decided_at_us > ?4) \
+                 ORDER BY at DESC LIMIT ?5",
+            )?
+            .query_map(
+                params![tenant, recipient_hash, purpose, since_us, limit],
+                |row| row.get(0),
+            )?
+            .collect::<Result<Vec<i64>, _>>()?,
+    };
+    let recipient_key = transaction
+        .prepare_cached(
+            "SELECT tenant, recipient_hash, id, data_key_id, wrapped, created_at_us \
+             FROM recipient_keys WHERE tenant = ? AND recipient_hash = ?",
+        )?
+        .query_row(params![tenant, recipient_hash], |row| {
+            Ok(RecipientKeyRow {
+                tenant: row.get(0)?,
+                recipient_hash: row.get(1)?,
+                id: row.get(2)?,
+                data_key_id: row.get(3)?,
+                wrapped: row.get(4)?,
+                created_at_us: row.get(5)?,
+            })
+        })
+        .optional()?;
+    Ok(RecipientFacts {
+        consent,
+        confirmed_opt_outs,
+        open_reviews,
+        recent_us,
+        recipient_key,
+    })
 }
 
 fn poisoned() -> StoreError {

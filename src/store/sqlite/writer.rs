@@ -43,7 +43,8 @@ const MAX_BATCH: usize = 512;
 
 /// One durable write of the send path.
 pub(crate) enum Write {
-    Message(Box<MessageRecord>),
+    /// Message records, all or none (a group of recipients decided together).
+    Messages(Vec<MessageRecord>),
     Outcome(OutcomeRecord),
     Consents(Vec<ConsentRecord>),
     /// Gives up to this many pending log entries their leaf indexes (the log's sequencer).
@@ -252,8 +253,10 @@ fn commit(
 
 fn apply(transaction: &Connection, write: &Write) -> Result<Written, StoreError> {
     match write {
-        Write::Message(record) => {
-            insert_message(transaction, record)?;
+        Write::Messages(records) => {
+            for record in records {
+                insert_message(transaction, record)?;
+            }
             Ok(Written::Done)
         }
         Write::Outcome(outcome) => {
@@ -715,10 +718,10 @@ mod tests {
         // The third write is a second confirmation of the same opt-out: the unique index
         // refuses it, and only it.
         let batch = vec![
-            job(Write::Message(Box::new(first))).0,
+            job(Write::Messages(vec![first])).0,
             job(Write::Outcome(outcome)).0,
-            job(Write::Message(Box::new(record(Some("evt_1"))))).0,
-            job(Write::Message(Box::new(record(None)))).0,
+            job(Write::Messages(vec![record(Some("evt_1"))])).0,
+            job(Write::Messages(vec![record(None)])).0,
         ];
         let results = commit(&mut connection, &batch).unwrap();
         let failed: Vec<bool> = results.iter().map(Result::is_err).collect();
@@ -741,7 +744,7 @@ mod tests {
             .await
             .unwrap();
         let writer = GroupWriter::start(&path, Default::default()).unwrap();
-        let writes = (0..50).map(|_| writer.write(Write::Message(Box::new(record(None)))));
+        let writes = (0..50).map(|_| writer.write(Write::Messages(vec![record(None)])));
         for result in futures_util::future::join_all(writes).await {
             assert!(result.is_ok());
         }
