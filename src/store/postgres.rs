@@ -348,11 +348,7 @@ impl Ledger for PgStore {
                 &mut own
             }
         };
-        let mut answers = Vec::with_capacity(queries.len());
-        for query in queries {
-            answers.push(facts(connection, tenant, query).await?);
-        }
-        Ok(answers)
+        facts(connection, tenant, queries).await
     }
 
     async fn consent_events(
@@ -392,64 +388,7 @@ impl Messages for PgStore {
             }
             _ => self.pool.begin().await?,
         };
-        for record in records {
-            // The record, the recipient's new key (if it has one) and the log entry in one
-            // statement, one round trip: data-modifying CTEs run together, and fail together.
-            let key = record.new_recipient_key.as_ref();
-            let leaf = leaf::message(record);
-            sqlx::query(
-                "WITH message AS ( \
-                   INSERT INTO messages (id, tenant, created_at_us, recipient_hash, \
-                   recipient_masked, sender_masked, purpose, brand, campaign, decision, reply_kind, \
-                   confirms_event, reasons, upstream, key_id, payload, status_callback) \
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-                   $17)), \
-                 recipient_key AS ( \
-                   INSERT INTO recipient_keys (tenant, recipient_hash, id, data_key_id, wrapped, \
-                   created_at_us) SELECT $18, $19, $20, $21, $22, $23 WHERE $20 IS NOT NULL) \
-                 INSERT INTO log_leaves (kind, ref_id, tenant, leaf_hash) VALUES ($24, $25, $26, $27)",
-            )
-            .bind(record.id.as_str())
-            .bind(record.tenant.as_str())
-            .bind(record.created_at_us)
-            .bind(&record.recipient_hash)
-            .bind(&record.recipient_masked)
-            .bind(&record.sender_masked)
-            .bind(record.purpose)
-            .bind(record.brand.as_deref())
-            .bind(record.campaign.as_deref())
-            .bind(record.decision.as_str())
-            .bind(record.reply_kind)
-            .bind(record.confirms_event.as_deref())
-            .bind(&record.reasons_json)
-            .bind(record.upstream.as_deref())
-            .bind(&record.key_id)
-            .bind(&record.payload)
-            .bind(record.status_callback.as_deref())
-            .bind(key.map(|key| key.tenant.as_str()))
-            .bind(key.map(|key| key.recipient_hash.as_str()))
-            .bind(key.map(|key| key.id.as_str()))
-            .bind(key.map(|key| key.data_key_id.as_str()))
-            .bind(key.map(|key| key.wrapped.as_slice()))
-            .bind(key.map(|key| key.created_at_us))
-            .bind(leaf.kind.as_str())
-            .bind(&leaf.ref_id)
-            .bind(&leaf.tenant)
-            .bind(&leaf.hash()[..])
-            .execute(&mut *transaction)
-            .await?;
-            if let Some(release_at_us) = record.release_at_us {
-                sqlx::query(
-                    "INSERT INTO deferred_messages (message_id, tenant, release_at_us) \
-                     VALUES ($1, $2, $3)",
-                )
-                .bind(record.id.as_str())
-                .bind(record.tenant.as_str())
-                .bind(release_at_us)
-                .execute(&mut *transaction)
-                .await?;
-            }
-        }
+        insert_messages(&mut transaction, records).await?;
         transaction.commit().await?;
         Ok(())
     }
@@ -1638,74 +1577,182 @@ async fn insert_outbox<'e>(
 }
 
 /// What the send path reads about a recipient, on one connection.
+/// The facts of a group of recipients in two round trips, whatever its size: their consent
+/// events in one query, and the rest (confirmations, open reviews, the recent sends a cap
+/// counts, the recipient's key) in another, one row per query in the group's order.
 async fn facts(
     connection: &mut sqlx::PgConnection,
     tenant: &TenantId,
-    query: &super::FactsQuery<'_>,
-) -> Result<RecipientFacts, StoreError> {
-    let super::FactsQuery {
-        recipient_hash,
-        purpose,
-        recent,
-    } = *query;
+    queries: &[super::FactsQuery<'_>],
+) -> Result<Vec<RecipientFacts>, StoreError> {
+    let hashes: Vec<&str> = queries.iter().map(|query| query.recipient_hash).collect();
     // Only what the fold reads: the evidence stays in the table.
-    let consent = sqlx::query(
-        "SELECT seq, id, action, level, brand, campaign, purposes, occurred_at_us, method \
-     FROM consent_events WHERE tenant = $1 AND recipient_hash = $2 ORDER BY seq",
+    let mut consent: std::collections::HashMap<String, Vec<crate::consent::ConsentEvent>> =
+        std::collections::HashMap::new();
+    for row in sqlx::query(
+        "SELECT recipient_hash, seq, id, action, level, brand, campaign, purposes, \
+         occurred_at_us, method FROM consent_events \
+         WHERE tenant = $1 AND recipient_hash = ANY($2) ORDER BY seq",
     )
     .bind(tenant.as_str())
-    .bind(recipient_hash)
+    .bind(&hashes)
     .fetch_all(&mut *connection)
     .await?
-    .iter()
-    .map(event_from_row)
-    .collect::<Result<Vec<_>, _>>()?;
-    // The rest in one round trip: confirmations, open reviews, the recent sends a cap counts
-    // (none when `recent` is None: `> NULL` holds for no row), and the recipient's key.
-    let (since_us, limit) = recent.unzip();
-    let row = sqlx::query(
+    {
+        let hash: String = row.try_get("recipient_hash")?;
+        consent.entry(hash).or_default().push(event_from_row(&row)?);
+    }
+    // The rest, one row per query: confirmations, open reviews, the recent sends a cap counts
+    // (none when a query's `recent` is None: `> NULL` holds for no row), and the key.
+    let purposes: Vec<&str> = queries.iter().map(|query| query.purpose).collect();
+    let since: Vec<Option<i64>> = queries.iter().map(|q| q.recent.map(|r| r.0)).collect();
+    let limits: Vec<Option<i64>> = queries.iter().map(|q| q.recent.map(|r| r.1)).collect();
+    let rows = sqlx::query(
         "SELECT \
-         ARRAY(SELECT confirms_event FROM messages WHERE tenant = $1 AND recipient_hash = $2 \
-               AND confirms_event IS NOT NULL) AS confirmed, \
+         ARRAY(SELECT confirms_event FROM messages WHERE tenant = $1 \
+               AND recipient_hash = q.hash AND confirms_event IS NOT NULL) AS confirmed, \
          ARRAY(SELECT r.id FROM consent_reviews r LEFT JOIN review_resolutions s \
-               ON s.review_id = r.id WHERE r.tenant = $1 AND r.recipient_hash = $2 \
+               ON s.review_id = r.id WHERE r.tenant = $1 AND r.recipient_hash = q.hash \
                AND s.review_id IS NULL ORDER BY r.seq) AS reviews, \
          ARRAY(SELECT at FROM ( \
                SELECT created_at_us AS at FROM messages WHERE tenant = $1 \
-               AND recipient_hash = $2 AND purpose = $3 AND decision = 'allowed' \
-               AND created_at_us > $4 \
+               AND recipient_hash = q.hash AND purpose = q.purpose AND decision = 'allowed' \
+               AND created_at_us > q.since \
                UNION ALL \
                SELECT r.decided_at_us AS at FROM message_releases r \
                JOIN messages m ON m.id = r.message_id \
-               WHERE m.tenant = $1 AND m.recipient_hash = $2 AND m.purpose = $3 \
-               AND r.decision = 'allowed' AND r.decided_at_us > $4) AS recent \
-               ORDER BY at DESC LIMIT $5) AS recent, \
+               WHERE m.tenant = $1 AND m.recipient_hash = q.hash AND m.purpose = q.purpose \
+               AND r.decision = 'allowed' AND r.decided_at_us > q.since) AS recent \
+               ORDER BY at DESC LIMIT q.lim) AS recent, \
          k.tenant, k.recipient_hash, k.id, k.data_key_id, k.wrapped, k.created_at_us \
-         FROM (SELECT 1) AS one \
-         LEFT JOIN recipient_keys k ON k.tenant = $1 AND k.recipient_hash = $2",
+         FROM unnest($2::text[], $3::text[], $4::bigint[], $5::bigint[]) \
+              WITH ORDINALITY AS q(hash, purpose, since, lim, place) \
+         LEFT JOIN recipient_keys k ON k.tenant = $1 AND k.recipient_hash = q.hash \
+         ORDER BY q.place",
     )
     .bind(tenant.as_str())
-    .bind(recipient_hash)
-    .bind(purpose)
-    .bind(since_us)
-    .bind(limit)
-    .fetch_one(&mut *connection)
+    .bind(&hashes)
+    .bind(&purposes)
+    .bind(&since)
+    .bind(&limits)
+    .fetch_all(&mut *connection)
     .await?;
-    let confirmed_opt_outs: Vec<String> = row.try_get("confirmed")?;
-    let open_reviews: Vec<String> = row.try_get("reviews")?;
-    let recent_us: Vec<i64> = row.try_get("recent")?;
-    let key_id: Option<String> = row.try_get("id")?;
-    let recipient_key = match key_id {
-        Some(_) => Some(recipient_key_from_row(&row)?),
-        None => None,
+    if rows.len() != queries.len() {
+        return Err(StoreError::Corrupt(format!(
+            "{} rows of facts for {} recipients",
+            rows.len(),
+            queries.len()
+        )));
+    }
+    queries
+        .iter()
+        .zip(rows)
+        .map(|(query, row)| {
+            let key_id: Option<String> = row.try_get("id")?;
+            Ok(RecipientFacts {
+                recipient_key: match key_id {
+                    Some(_) => Some(recipient_key_from_row(&row)?),
+                    None => None,
+                },
+                consent: consent.remove(query.recipient_hash).unwrap_or_default(),
+                confirmed_opt_outs: row.try_get("confirmed")?,
+                open_reviews: row.try_get("reviews")?,
+                recent_us: row.try_get("recent")?,
+            })
+        })
+        .collect()
+}
+
+/// Message records with their new recipient keys, log entries and places in the deferred
+/// queue, in one statement (and a second for the queue) whatever the group's size: each column
+/// an array, unnested. Data-modifying CTEs run together and fail together.
+async fn insert_messages(
+    connection: &mut sqlx::PgConnection,
+    records: &[MessageRecord],
+) -> Result<(), StoreError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let column = |f: fn(&MessageRecord) -> &str| -> Vec<&str> { records.iter().map(f).collect() };
+    let optional = |f: fn(&MessageRecord) -> Option<&str>| -> Vec<Option<&str>> {
+        records.iter().map(f).collect()
     };
-    Ok(RecipientFacts {
-        recipient_key,
-        consent,
-        confirmed_opt_outs,
-        open_reviews,
-        recent_us,
-    })
+    let created: Vec<i64> = records.iter().map(|r| r.created_at_us).collect();
+    let payloads: Vec<&[u8]> = records.iter().map(|r| r.payload.as_slice()).collect();
+    let keys: Vec<&super::RecipientKeyRow> = records
+        .iter()
+        .filter_map(|r| r.new_recipient_key.as_ref())
+        .collect();
+    let leaves: Vec<crate::audit::leaf::Leaf> = records.iter().map(leaf::message).collect();
+    let leaf_hashes: Vec<Vec<u8>> = leaves.iter().map(|l| l.hash().to_vec()).collect();
+    sqlx::query(
+        "WITH message AS ( \
+           INSERT INTO messages (id, tenant, created_at_us, recipient_hash, \
+           recipient_masked, sender_masked, purpose, brand, campaign, decision, reply_kind, \
+           confirms_event, reasons, upstream, key_id, payload, status_callback) \
+           SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], \
+           $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], \
+           $12::text[], $13::text[], $14::text[], $15::text[], $16::bytea[], $17::text[])), \
+         recipient_key AS ( \
+           INSERT INTO recipient_keys (tenant, recipient_hash, id, data_key_id, wrapped, \
+           created_at_us) SELECT * FROM unnest($18::text[], $19::text[], $20::text[], \
+           $21::text[], $22::bytea[], $23::bigint[])) \
+         INSERT INTO log_leaves (kind, ref_id, tenant, leaf_hash) \
+         SELECT kind, ref_id, tenant, leaf_hash FROM unnest($24::text[], $25::text[], \
+         $26::text[], $27::bytea[]) WITH ORDINALITY AS l(kind, ref_id, tenant, leaf_hash, place) \
+         ORDER BY place",
+    )
+    .bind(column(|r| r.id.as_str()))
+    .bind(column(|r| r.tenant.as_str()))
+    .bind(&created)
+    .bind(column(|r| &r.recipient_hash))
+    .bind(column(|r| &r.recipient_masked))
+    .bind(column(|r| &r.sender_masked))
+    .bind(column(|r| r.purpose))
+    .bind(optional(|r| r.brand.as_deref()))
+    .bind(optional(|r| r.campaign.as_deref()))
+    .bind(column(|r| r.decision.as_str()))
+    .bind(optional(|r| r.reply_kind))
+    .bind(optional(|r| r.confirms_event.as_deref()))
+    .bind(column(|r| &r.reasons_json))
+    .bind(optional(|r| r.upstream.as_deref()))
+    .bind(column(|r| &r.key_id))
+    .bind(&payloads)
+    .bind(optional(|r| r.status_callback.as_deref()))
+    .bind(keys.iter().map(|k| k.tenant.as_str()).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.recipient_hash.as_str()).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.data_key_id.as_str()).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.wrapped.as_slice()).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.created_at_us).collect::<Vec<_>>())
+    .bind(leaves.iter().map(|l| l.kind.as_str()).collect::<Vec<_>>())
+    .bind(leaves.iter().map(|l| l.ref_id.as_str()).collect::<Vec<_>>())
+    .bind(leaves.iter().map(|l| l.tenant.as_str()).collect::<Vec<_>>())
+    .bind(&leaf_hashes)
+    .execute(&mut *connection)
+    .await?;
+    let deferred: Vec<&MessageRecord> = records
+        .iter()
+        .filter(|r| r.release_at_us.is_some())
+        .collect();
+    if !deferred.is_empty() {
+        // After the records: the queue's rows refer to them.
+        sqlx::query(
+            "INSERT INTO deferred_messages (message_id, tenant, release_at_us) \
+             SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])",
+        )
+        .bind(deferred.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
+        .bind(deferred.iter().map(|r| r.tenant.as_str()).collect::<Vec<_>>())
+        .bind(
+            deferred
+                .iter()
+                .filter_map(|r| r.release_at_us)
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut *connection)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Appends a decision taken at (or instead of) a release to a message's releases.
