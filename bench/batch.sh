@@ -7,6 +7,8 @@
 # With BENCH_RATE=N the gateway's upstream is paced at N a second (`rate = { per_second = N }`):
 # the recipients over it are queued (`paced`), and the script then samples the gateway's own
 # count every second until every recipient has reached it, and reports the rate it saw.
+# With BENCH_DATABASE_URL=postgres://... the store is a fresh schema of that PostgreSQL database
+# (dropped at the end) instead of SQLite in the temp dir.
 # Needs a release build (cargo build --release --bin consentry --example fake_gateway).
 # Usage: bench/batch.sh            (BENCH_KEEP_TMP=1 keeps the temp dir)
 set -euo pipefail
@@ -26,9 +28,11 @@ gateway=target/release/examples/fake_gateway
 
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/consentry-batch.XXXXXX")"
 pids=()
+schema=""
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  [[ -z "$schema" ]] || psql -q "$BENCH_DATABASE_URL" -c "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1 || true
   [[ "${BENCH_KEEP_TMP:-0}" == 1 ]] || rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -62,6 +66,15 @@ credential = { env = "BENCH_GW_TOKEN" }
 TOML
 if [[ -n "${BENCH_RATE:-}" ]]; then
   echo "rate = { per_second = ${BENCH_RATE} }" >>"$tmp/consentry.toml"
+fi
+if [[ -n "${BENCH_DATABASE_URL:-}" ]]; then
+  schema="bench_$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
+  psql -q "$BENCH_DATABASE_URL" -c "CREATE SCHEMA $schema" >/dev/null
+  sep='?'
+  [[ "$BENCH_DATABASE_URL" != *'?'* ]] || sep='&'
+  # Last: the upstream's `rate` above belongs to its table.
+  printf '\n[database]\nurl = "%s%soptions=-c%%20search_path%%3D%s"\n' \
+    "$BENCH_DATABASE_URL" "$sep" "$schema" >>"$tmp/consentry.toml"
 fi
 "$consentry" serve --config "$tmp/consentry.toml" >"$tmp/consentry.log" 2>&1 &
 pids+=($!)
