@@ -1683,6 +1683,9 @@ async fn insert_messages(
         .iter()
         .filter_map(|r| r.new_recipient_key.as_ref())
         .collect();
+    let key_column = |f: fn(&super::RecipientKeyRow) -> &str| -> Vec<&str> {
+        keys.iter().map(|k| f(k)).collect()
+    };
     let leaves: Vec<crate::audit::leaf::Leaf> = records.iter().map(leaf::message).collect();
     let leaf_hashes: Vec<Vec<u8>> = leaves.iter().map(|l| l.hash().to_vec()).collect();
     sqlx::query(
@@ -1719,11 +1722,15 @@ async fn insert_messages(
     .bind(column(|r| &r.key_id))
     .bind(&payloads)
     .bind(optional(|r| r.status_callback.as_deref()))
-    .bind(keys.iter().map(|k| k.tenant.as_str()).collect::<Vec<_>>())
-    .bind(keys.iter().map(|k| k.recipient_hash.as_str()).collect::<Vec<_>>())
-    .bind(keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>())
-    .bind(keys.iter().map(|k| k.data_key_id.as_str()).collect::<Vec<_>>())
-    .bind(keys.iter().map(|k| k.wrapped.as_slice()).collect::<Vec<_>>())
+    .bind(key_column(|k| &k.tenant))
+    .bind(key_column(|k| &k.recipient_hash))
+    .bind(key_column(|k| &k.id))
+    .bind(key_column(|k| &k.data_key_id))
+    .bind(
+        keys.iter()
+            .map(|k| k.wrapped.as_slice())
+            .collect::<Vec<_>>(),
+    )
     .bind(keys.iter().map(|k| k.created_at_us).collect::<Vec<_>>())
     .bind(leaves.iter().map(|l| l.kind.as_str()).collect::<Vec<_>>())
     .bind(leaves.iter().map(|l| l.ref_id.as_str()).collect::<Vec<_>>())
@@ -1731,10 +1738,10 @@ async fn insert_messages(
     .bind(&leaf_hashes)
     .execute(&mut *connection)
     .await?;
-    let deferred: Vec<&MessageRecord> = records
+    let (deferred, release_at): (Vec<&MessageRecord>, Vec<i64>) = records
         .iter()
-        .filter(|r| r.release_at_us.is_some())
-        .collect();
+        .filter_map(|r| Some((r, r.release_at_us?)))
+        .unzip();
     if !deferred.is_empty() {
         // After the records: the queue's rows refer to them.
         sqlx::query(
@@ -1742,13 +1749,13 @@ async fn insert_messages(
              SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])",
         )
         .bind(deferred.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
-        .bind(deferred.iter().map(|r| r.tenant.as_str()).collect::<Vec<_>>())
         .bind(
             deferred
                 .iter()
-                .filter_map(|r| r.release_at_us)
+                .map(|r| r.tenant.as_str())
                 .collect::<Vec<_>>(),
         )
+        .bind(&release_at)
         .execute(&mut *connection)
         .await?;
     }
