@@ -50,6 +50,7 @@ struct Shared {
     metrics: Arc<crate::metrics::Metrics>,
     connections: Arc<server::limits::Limits>,
     pacer: Arc<crate::pacing::Pacer>,
+    witness_client: crate::upstream::HttpClient,
 }
 
 /// Applies a new configuration to a running application (`serve` does on SIGHUP): the
@@ -103,7 +104,7 @@ impl App {
                 );
             }
         }
-        let log_signer = log_signer(&data, config.log.signing_key.as_ref())?;
+        let log_signer = log_signer(&data, &config.log)?;
         // One log, one signing key: checkpoints signed by another key would not verify.
         let recorded = store.setting("log_key_id", log_signer.key_id()).await?;
         if recorded != log_signer.key_id() {
@@ -132,6 +133,8 @@ impl App {
             metrics: Arc::new(crate::metrics::Metrics::default()),
             connections: api_settings.limits.clone(),
             pacer: Arc::default(),
+            witness_client: crate::upstream::https_client(None, std::time::Duration::from_secs(2))
+                .map_err(|e| anyhow::anyhow!("cannot build the witnesses' client: {e}"))?,
         };
         let state = Arc::new(live_state(&shared, &config, 1)?);
         let cert = Arc::new(server::CertSlot::new(
@@ -213,6 +216,10 @@ impl App {
         let releases = tokio::spawn(scheduler::run(self.current.clone(), stopped_worker.clone()));
         let sequencer = tokio::spawn(crate::audit::sequencer::run(
             self.current.clone(),
+            stopped_worker.clone(),
+        ));
+        let witnessing = tokio::spawn(crate::audit::witnessing::run(
+            self.current.clone(),
             stopped_worker,
         ));
         tokio::spawn(async move {
@@ -223,6 +230,7 @@ impl App {
         let _ = worker.await;
         let _ = releases.await;
         let _ = sequencer.await;
+        let _ = witnessing.await;
         if let Some(summary) = self.state().database().write_batches() {
             tracing::info!(%summary, "group commit: the write batches of this run");
         }
@@ -292,6 +300,9 @@ fn needs_restart(running: &Config, new: &Config) -> Option<&'static str> {
     if !same(&running.log.signing_key, &new.log.signing_key) {
         return Some("log.signing_key");
     }
+    if running.log.origin != new.log.origin {
+        return Some("log.origin");
+    }
     if running.logging.format != new.logging.format {
         return Some("logging.format");
     }
@@ -334,6 +345,14 @@ fn live_state(shared: &Shared, config: &Config, version: u64) -> anyhow::Result<
         store: shared.store.clone(),
         keys: shared.keys.clone(),
         log_signer: shared.log_signer.clone(),
+        witnesses: config
+            .log
+            .witnesses
+            .iter()
+            .map(crate::audit::checkpoint::WitnessEndpoint::from_config)
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!("log.witnesses: {e}"))?,
+        witness_client: shared.witness_client.clone(),
         log_cadence: Cadence {
             enabled: config.log.sequencer,
             leaves: config.log.checkpoint_leaves.max(1),
@@ -365,10 +384,11 @@ pub fn payload_key(data: &DataDir, config: &Config) -> anyhow::Result<Vec<u8>> {
     )
 }
 
-/// The configured log signing key, or the data folder's (made on first start).
-pub fn log_signer(data: &DataDir, configured: Option<&SecretRef>) -> anyhow::Result<LogSigner> {
+/// The configured log signing key, or the data folder's (made on first start), naming the
+/// log by its configured origin.
+pub fn log_signer(data: &DataDir, log: &crate::config::LogConfig) -> anyhow::Result<LogSigner> {
     use base64::Engine as _;
-    let pkcs8 = match configured {
+    let pkcs8 = match log.signing_key.as_ref() {
         Some(reference) => {
             let secret = reference.resolve("log.signing_key")?;
             base64::engine::general_purpose::STANDARD
@@ -377,7 +397,14 @@ pub fn log_signer(data: &DataDir, configured: Option<&SecretRef>) -> anyhow::Res
         }
         None => data.log_signing_key()?.pkcs8,
     };
-    LogSigner::from_pkcs8(&pkcs8).map_err(|error| anyhow::anyhow!("log.signing_key: {error}"))
+    let signer = LogSigner::from_pkcs8(&pkcs8)
+        .map_err(|error| anyhow::anyhow!("log.signing_key: {error}"))?;
+    match &log.origin {
+        Some(origin) => signer
+            .with_origin(origin)
+            .map_err(|error| anyhow::anyhow!("log.origin: {error}")),
+        None => Ok(signer),
+    }
 }
 
 /// A configured key, or the data folder's (made on first start).

@@ -5,12 +5,49 @@
 pub mod checkpoint;
 pub mod leaf;
 pub mod merkle;
+pub mod note;
 pub mod sequencer;
 pub mod verify;
+pub mod witnessing;
 
 use std::path::Path;
 
-use crate::store::AuditLog;
+use std::collections::HashMap;
+
+use merkle::{Hash, NodeId};
+
+use crate::store::{AuditLog, StoreError};
+
+/// Runs a computation over the tree (a proof) on the stored subtrees it reads: once to learn
+/// which, then again with them fetched in one read.
+pub async fn with_nodes<T>(
+    store: &dyn AuditLog,
+    compute: impl Fn(&mut dyn FnMut(NodeId) -> Hash) -> T,
+) -> Result<T, StoreError> {
+    let ids = merkle::nodes_read(|get| compute(get));
+    let hashes = store.log_nodes(&ids).await?;
+    let nodes: HashMap<NodeId, Hash> = ids.into_iter().zip(hashes).collect();
+    Ok(compute(&mut |id| nodes[&id]))
+}
+
+/// Gives each checkpoint the cosignatures stored for it.
+pub async fn with_cosignatures(
+    store: &dyn AuditLog,
+    checkpoints: &mut [checkpoint::Checkpoint],
+) -> Result<(), StoreError> {
+    let sizes = checkpoints.iter().map(|c| c.tree_size);
+    let (Some(from), Some(to)) = (sizes.clone().min(), sizes.max()) else {
+        return Ok(());
+    };
+    let mut by_size: HashMap<u64, Vec<note::Cosignature>> = HashMap::new();
+    for (size, cosignature) in store.cosignatures(from as i64, to as i64).await? {
+        by_size.entry(size).or_default().push(cosignature);
+    }
+    for checkpoint in checkpoints {
+        checkpoint.cosignatures = by_size.remove(&checkpoint.tree_size).unwrap_or_default();
+    }
+    Ok(())
+}
 
 /// Writes every sequenced leaf, in order, as NDJSON (`leaf_index`, `kind`, `id`, `leaf` in
 /// base64) to `out`, and every checkpoint as a JSON list to `checkpoints`; returns how many
@@ -19,6 +56,7 @@ use crate::store::AuditLog;
 /// export, naming it: an export never holds a leaf it cannot show.
 pub async fn export(
     store: &dyn AuditLog,
+    origin: &str,
     out: &Path,
     checkpoints: &Path,
     progress: &(dyn Fn(u64) + Sync),
@@ -33,10 +71,11 @@ pub async fn export(
     let mut views = Vec::new();
     let mut after = 0i64;
     loop {
-        let page = store.checkpoints(after, 1000).await?;
+        let mut page = store.checkpoints(after, 1000).await?;
         let Some(last) = page.last() else { break };
         after = last.tree_size as i64;
-        views.extend(page.iter().map(|c| c.view()));
+        with_cosignatures(store, &mut page).await?;
+        views.extend(page.iter().map(|c| c.view(origin)));
     }
     let mut written = 0u64;
     let mut after = -1i64;

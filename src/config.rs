@@ -147,6 +147,22 @@ pub struct LogConfig {
     /// (one at a time); at least one must run it, or rows stay out of the audit lists.
     #[serde(default = "default_true")]
     pub sequencer: bool,
+    /// The log's name in its C2SP checkpoints, the ones witnesses cosign: a schema-less URL
+    /// such as `sms.example.com/consentry`. Default: `consentry/<the signing key's id>`.
+    pub origin: Option<String>,
+    /// The witnesses each new checkpoint is sent to for a cosignature (C2SP tlog-witness).
+    #[serde(default)]
+    pub witnesses: Vec<WitnessEndpoint>,
+}
+
+/// A witness the log asks to cosign its checkpoints.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessEndpoint {
+    /// Its submission prefix: `add-checkpoint` is posted under it.
+    pub url: String,
+    /// Its verifier key, `name+keyid+base64`, as `consentry witness vkey` prints it.
+    pub key: String,
 }
 
 fn default_true() -> bool {
@@ -160,6 +176,8 @@ impl Default for LogConfig {
             checkpoint_interval_ms: default_checkpoint_interval_ms(),
             signing_key: None,
             sequencer: true,
+            origin: None,
+            witnesses: Vec::new(),
         }
     }
 }
@@ -846,6 +864,17 @@ impl Config {
     /// `policies` names are checked by loading them (`policy::rules::PolicySet::load`), which
     /// `consentry` does right after reading this file.
     fn check(&self) -> Result<(), ConfigError> {
+        for (i, witness) in self.log.witnesses.iter().enumerate() {
+            let field = format!("log.witnesses[{i}]");
+            crate::audit::note::WitnessKey::from_vkey(&witness.key)
+                .map_err(|why| field_error(format!("{field}.key"), &why))?;
+            if !witness.url.starts_with("http://") && !witness.url.starts_with("https://") {
+                return Err(field_error(
+                    format!("{field}.url"),
+                    "must be an http:// or https:// URL",
+                ));
+            }
+        }
         if !(1..=300).contains(&self.server.header_timeout_seconds) {
             return Err(field_error(
                 "server.header_timeout_seconds",

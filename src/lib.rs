@@ -22,7 +22,8 @@
 //! | `datadir`   | the data folder: certificate and keys made once, reused                | yes |
 //! | `store`     | the store's traits by concern; its SQLite and PostgreSQL backends      | yes |
 //! | `keyring`   | data keys (wrapped, rotated), recipient keys (erased): what seals what | yes |
-//! | `audit`     | the verifiable log: leaves, Merkle proofs, checkpoints, the sequencer  | yes |
+//! | `audit`     | the verifiable log: leaves, Merkle proofs, checkpoints, the sequencer, | yes |
+//! |             | notes and cosignatures (C2SP), gathering witnesses' cosignatures       |     |
 //! | `upstream`  | gateways: sandbox, http-json, twilio, telnyx, vonage; need a `Permit`  | yes |
 //! | `reassigned`| the reassigned-numbers lookup (yes / no / no data), cached             | yes |
 //! | `pacing`    | each upstream's and sender's rate and a gateway's pauses: when to send | no  |
@@ -32,6 +33,7 @@
 //! | `outbox`    | delivers replies and statuses to tenants' webhooks and callbacks       | yes |
 //! | `http`      | routes, request parsing, the fronts, the one error-to-response mapping | yes |
 //! | `server`    | TLS accept loop, HTTP/1.1 + h2, graceful shutdown                      | yes |
+//! | `witness`   | `consentry witness`: a C2SP tlog-witness for another operator to run  | yes |
 //! | `app`       | wiring: config -> `AppState` -> listeners and workers                  | yes |
 //!
 //! Invariants (each has a test): fail closed; log before forward; the decision is pure; no
@@ -67,6 +69,7 @@ pub mod server;
 pub mod state;
 pub mod store;
 pub mod upstream;
+pub mod witness;
 pub mod zones;
 
 pub use app::App;

@@ -91,6 +91,30 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// A witness for consentry logs (C2SP tlog-witness), for another operator to run: it
+    /// cosigns a log's checkpoints only while each extends the last one it cosigned.
+    Witness {
+        #[command(subcommand)]
+        command: WitnessCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum WitnessCommand {
+    /// Run the witness (its key is made in its state folder on first start).
+    Serve {
+        /// The witness's configuration (TOML: name, listen, state_dir, [[logs]]).
+        #[arg(long)]
+        config: PathBuf,
+        /// The address to listen on, over the file's.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Print the witness's verifier key (`name+keyid+base64`): logs and auditors configure it.
+    Vkey {
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 /// Where the data is: the same options as `serve`.
@@ -173,6 +197,22 @@ enum AuditCommand {
         /// the configured signing key's.
         #[arg(long)]
         public_key: Option<PathBuf>,
+        /// A witness you rely on, by its verifier key (`name+keyid+base64`, as `consentry
+        /// witness vkey` prints it); repeat for each. With witnesses, the log verifies only if
+        /// its checkpoints are cosigned by --quorum of them.
+        #[arg(long = "witness")]
+        witnesses: Vec<String>,
+        /// How many of the witnesses must have cosigned a checkpoint (default: all).
+        #[arg(long)]
+        quorum: Option<usize>,
+        /// Seconds a checkpoint may wait for its cosignatures, counted back from the newest
+        /// checkpoint; an older one larger than every witnessed one fails.
+        #[arg(long, default_value_t = 60)]
+        witness_grace: u64,
+        /// The log's origin line, as its witnesses know it. Default: the checkpoint file's, or
+        /// online the configured one.
+        #[arg(long)]
+        origin: Option<String>,
     },
     /// Write the whole log (every leaf, in order) as NDJSON, and its checkpoints.
     Export {
@@ -187,6 +227,11 @@ enum AuditCommand {
     },
     /// Print the log's public key (base64), for auditors to pin.
     PublicKey {
+        #[command(flatten)]
+        place: Place,
+    },
+    /// Print the log's origin: its name in the checkpoints witnesses cosign.
+    Origin {
         #[command(flatten)]
         place: Place,
     },
@@ -215,6 +260,7 @@ fn main() -> ExitCode {
             command: KeysCommand::Rotate { place },
         } => rotate_keys(&place),
         Command::Audit { command } => audit(command),
+        Command::Witness { command } => witness(command),
         Command::Consents {
             command:
                 ConsentsCommand::Import {
@@ -295,11 +341,18 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
         AuditCommand::PublicKey { place } => {
             let config = place_config(&place)?;
             let data = DataDir::open(&config.data_dir)?;
-            let signer = consentry::app::log_signer(&data, config.log.signing_key.as_ref())?;
+            let signer = consentry::app::log_signer(&data, &config.log)?;
             say!(
                 "{}",
                 base64::engine::general_purpose::STANDARD.encode(signer.public_key())
             );
+            Ok(())
+        }
+        AuditCommand::Origin { place } => {
+            let config = place_config(&place)?;
+            let data = DataDir::open(&config.data_dir)?;
+            let signer = consentry::app::log_signer(&data, &config.log)?;
+            say!("{}", signer.origin());
             Ok(())
         }
         AuditCommand::Export {
@@ -310,10 +363,16 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
             let config = place_config(&place)?;
             runtime.block_on(async {
                 let store = consentry::store::open(&config.database_url()).await?;
+                let data = DataDir::open(&config.data_dir)?;
+                let signer = consentry::app::log_signer(&data, &config.log)?;
                 let bar = progress_bar(store.log_size().await.ok(), "exporting");
-                let written = consentry::audit::export(&*store, &out, &checkpoints, &|done| {
-                    bar.set_position(done)
-                })
+                let written = consentry::audit::export(
+                    &*store,
+                    signer.origin(),
+                    &out,
+                    &checkpoints,
+                    &|done| bar.set_position(done),
+                )
                 .await;
                 bar.finish_and_clear();
                 let written = written?;
@@ -329,7 +388,45 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
             public_key,
             consistency,
             old_checkpoint,
+            witnesses,
+            quorum,
+            witness_grace,
+            origin,
         } => {
+            // The witness policy, once the log's origin is known.
+            let policy = |origin: Option<String>| -> anyhow::Result<Option<verify::WitnessPolicy>> {
+                if witnesses.is_empty() {
+                    anyhow::ensure!(quorum.is_none(), "--quorum needs --witness");
+                    return Ok(None);
+                }
+                let keys = witnesses
+                    .iter()
+                    .map(|text| consentry::audit::note::WitnessKey::from_vkey(text))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| anyhow::anyhow!("--witness: {e}"))?;
+                Ok(Some(verify::WitnessPolicy {
+                    origin: origin.context(
+                        "--witness needs the log's origin: give --origin (`consentry audit \
+                         origin` prints it)",
+                    )?,
+                    quorum: quorum.unwrap_or(keys.len()),
+                    witnesses: keys,
+                    grace_us: i64::try_from(witness_grace)
+                        .unwrap_or(i64::MAX / 1_000_000)
+                        .saturating_mul(1_000_000),
+                }))
+            };
+            let file_origin = |path: Option<&Path>| -> anyhow::Result<Option<String>> {
+                match (&origin, path) {
+                    (Some(origin), _) => Ok(Some(origin.clone())),
+                    (None, Some(path)) => {
+                        let text = std::fs::read_to_string(path)
+                            .with_context(|| format!("cannot read {}", path.display()))?;
+                        verify::read_origin(&text).map_err(|e| anyhow::anyhow!("{e}"))
+                    }
+                    (None, None) => Ok(None),
+                }
+            };
             let read_checkpoints =
                 |path: &Path| -> anyhow::Result<Vec<consentry::audit::checkpoint::Checkpoint>> {
                     let text = std::fs::read_to_string(path)
@@ -372,11 +469,24 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
                     .with_context(|| format!("cannot read {}", bundle.display()))?;
                 let value: serde_json::Value = serde_json::from_str(&text)
                     .with_context(|| format!("{}: not JSON", bundle.display()))?;
-                verify::verify_bundle(&value, &offline_key()?)
-                    .map(|proven| format!("{proven} rows proven in the log"))
+                let policy = policy(match &origin {
+                    Some(origin) => Some(origin.clone()),
+                    None => value["checkpoint"]["origin"].as_str().map(str::to_owned),
+                })?;
+                verify::verify_bundle(&value, &offline_key()?, policy.as_ref()).map(|proven| {
+                    format!(
+                        "{proven} rows proven in the log{}",
+                        if policy.is_some() {
+                            ", its checkpoint witnessed"
+                        } else {
+                            ""
+                        }
+                    )
+                })
             } else if let Some(export) = export {
                 let checkpoint = checkpoint.context("--export needs --checkpoint")?;
                 let checkpoints = read_checkpoints(&checkpoint)?;
+                let policy = policy(file_origin(Some(&checkpoint))?)?;
                 let file = std::fs::File::open(&export)
                     .with_context(|| format!("cannot read {}", export.display()))?;
                 use std::io::BufRead as _;
@@ -385,6 +495,7 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
                     std::io::BufReader::new(file).lines(),
                     checkpoints,
                     &offline_key()?,
+                    policy.as_ref(),
                     &|done| bar.set_position(done),
                 )
                 .map(|report| describe(&report));
@@ -392,15 +503,15 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
                 outcome
             } else {
                 let config = place_config(&place)?;
+                let data = DataDir::open(&config.data_dir)?;
+                let signer = consentry::app::log_signer(&data, &config.log)?;
                 let key = match &public_key {
                     Some(path) => read_key(path)?,
-                    None => {
-                        let data = DataDir::open(&config.data_dir)?;
-                        consentry::app::log_signer(&data, config.log.signing_key.as_ref())?
-                            .public_key()
-                            .to_vec()
-                    }
+                    None => signer.public_key().to_vec(),
                 };
+                let policy = policy(Some(
+                    origin.clone().unwrap_or_else(|| signer.origin().to_owned()),
+                ))?;
                 let pinned = match &checkpoint {
                     Some(path) => read_checkpoints(path)?,
                     None => Vec::new(),
@@ -409,9 +520,11 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
                     let store = consentry::store::open(&config.database_url()).await?;
                     let bar = progress_bar(store.log_size().await.ok(), "verifying");
                     let outcome =
-                        verify::verify_store(&*store, &key, pinned, &|done| bar.set_position(done))
-                            .await
-                            .map(|report| describe(&report));
+                        verify::verify_store(&*store, &key, pinned, policy.as_ref(), &|done| {
+                            bar.set_position(done)
+                        })
+                        .await
+                        .map(|report| describe(&report));
                     bar.finish_and_clear();
                     anyhow::Ok(outcome)
                 })?
@@ -566,7 +679,7 @@ fn progress_bar(total: Option<u64>, what: &'static str) -> indicatif::ProgressBa
 fn describe(report: &consentry::audit::verify::Report) -> String {
     let unsigned = report.leaves - report.signed;
     format!(
-        "{} leaves, {} checkpoints match, root {}{}",
+        "{} leaves, {} checkpoints match, root {}{}{}",
         report.leaves,
         report.checkpoints,
         consentry::crypto::hex(&report.root),
@@ -574,8 +687,50 @@ fn describe(report: &consentry::audit::verify::Report) -> String {
             format!("; the last {unsigned} leaves are not covered by a checkpoint yet")
         } else {
             String::new()
+        },
+        match report.witnessed {
+            Some(size) => format!("; witnessed up to {size} leaves"),
+            None => String::new(),
         }
     )
+}
+
+/// `consentry witness`.
+fn witness(command: WitnessCommand) -> anyhow::Result<()> {
+    use consentry::witness::{self, WitnessConfig};
+    match command {
+        WitnessCommand::Vkey { config } => {
+            let config = WitnessConfig::load(&config)?;
+            let pair = witness::load_key(&config.state_dir)?;
+            say!("{}", witness::public_key(&config, &pair).vkey());
+            Ok(())
+        }
+        WitnessCommand::Serve { config, listen } => {
+            let mut config = WitnessConfig::load(&config)?;
+            if let Some(listen) = listen {
+                config.listen = listen;
+            }
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into());
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .init();
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async {
+                let listener = tokio::net::TcpListener::bind(config.listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {}", config.listen))?;
+                let pair = witness::load_key(&config.state_dir)?;
+                say!(
+                    "consentry witness {} on http://{}",
+                    witness::public_key(&config, &pair).vkey(),
+                    listener.local_addr()?
+                );
+                witness::serve(config, listener, shutdown_signal()).await
+            })
+        }
+    }
 }
 
 /// Reads the configuration and loads the policies it names, so that a bad policy file stops

@@ -38,6 +38,14 @@ struct UpstreamLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WitnessLabels {
+    witness: String,
+    /// `cosigned`, `moved` (the witness stood elsewhere: sent again), `ahead` (it cosigned
+    /// a larger tree than the log holds), `failed`.
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabels {
     code: &'static str,
 }
@@ -77,6 +85,7 @@ pub struct Metrics {
     decisions: Family<DecisionLabels, Counter>,
     phases: HistogramFamily<PhaseLabels>,
     upstream: Family<UpstreamLabels, Counter>,
+    witnesses: Family<WitnessLabels, Counter>,
     inbound: Family<CodeLabels, Counter>,
     webhook_refusals: Family<CodeLabels, Counter>,
     reloads: Family<CodeLabels, Counter>,
@@ -115,6 +124,12 @@ impl Default for Metrics {
             "Gateways' answers to forwarded messages, by upstream and result",
             upstream.clone(),
         );
+        let witnesses = Family::<WitnessLabels, Counter>::default();
+        registry.register(
+            "witness_submissions",
+            "Checkpoints sent to witnesses for a cosignature, by witness and outcome",
+            witnesses.clone(),
+        );
         let inbound = Family::<CodeLabels, Counter>::default();
         registry.register(
             "inbound_replies",
@@ -139,6 +154,7 @@ impl Default for Metrics {
             decisions,
             phases,
             upstream,
+            witnesses,
             inbound,
             webhook_refusals,
         }
@@ -163,6 +179,15 @@ impl Metrics {
             .get_or_create(&UpstreamLabels {
                 upstream: upstream.to_owned(),
                 result,
+            })
+            .inc();
+    }
+
+    pub fn witness_submission(&self, witness: &str, outcome: &'static str) {
+        self.witnesses
+            .get_or_create(&WitnessLabels {
+                witness: witness.to_owned(),
+                outcome,
             })
             .inc();
     }

@@ -40,6 +40,10 @@ pub struct AppState {
     /// Signs the verifiable log's checkpoints.
     pub log_signer: Arc<LogSigner>,
     pub log_cadence: Cadence,
+    /// The witnesses each new checkpoint goes to (`audit::witnessing`).
+    pub witnesses: Vec<crate::audit::checkpoint::WitnessEndpoint>,
+    /// The client that talks to them.
+    pub witness_client: crate::upstream::HttpClient,
     pub numbers: Arc<NumberHasher>,
     pub upstreams: Upstreams,
     /// Each upstream's pace (kept across reloads).

@@ -25,6 +25,7 @@ use jiff::Timestamp;
 use crate::audit::checkpoint::Checkpoint;
 use crate::audit::leaf::{BodyAccess, Erasure, Kind, Leaf};
 use crate::audit::merkle::{Hash, NodeId};
+use crate::audit::note::Cosignature;
 use crate::consent::{Action, ConsentEvent, Level, Purposes};
 use crate::domain::{MessageId, Purpose, Scope, TenantId};
 
@@ -800,6 +801,21 @@ pub trait AuditLog: Send + Sync + 'static {
 
     /// The checkpoint for a tree size.
     async fn checkpoint(&self, tree_size: i64) -> Result<Option<Checkpoint>, StoreError>;
+
+    /// Stores a witness's cosignature of the checkpoint of `tree_size` (a second one by the
+    /// same witness for the same size is ignored).
+    async fn record_cosignature(
+        &self,
+        tree_size: u64,
+        cosignature: &Cosignature,
+    ) -> Result<(), StoreError>;
+
+    /// The cosignatures of the checkpoints with `from <= tree_size <= to`, smallest first.
+    async fn cosignatures(&self, from: i64, to: i64)
+    -> Result<Vec<(u64, Cosignature)>, StoreError>;
+
+    /// The largest tree size `witness` cosigned.
+    async fn latest_cosigned(&self, witness: &str) -> Result<Option<u64>, StoreError>;
 
     /// A tenant's sequenced message records with `leaf_index > after`, in log order.
     /// How many of a tenant's messages made at `from_us` or later and before `to_us` got each

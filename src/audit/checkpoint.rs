@@ -9,12 +9,17 @@
 //! <signing time, microseconds since the Unix epoch, decimal>\n
 //! ```
 //!
+//! The same tree head is also a C2SP checkpoint (`audit::note`): `<origin>\n<size>\n<root in
+//! base64>\n`, the note that witnesses cosign. A checkpoint carries the cosignatures gathered
+//! for it.
+//!
 //! [`Cadence`] is the configured rhythm of checkpoints, which `audit::sequencer` follows.
 
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
 use serde::Serialize;
 
 use super::merkle::Hash;
+use super::note::{self, Cosignature, WitnessKey};
 use crate::crypto::{hex, key_id};
 
 /// The first line of every signed checkpoint.
@@ -29,6 +34,8 @@ pub struct Checkpoint {
     /// The id of the signing key: the first 8 bytes of SHA-256 of its public key, in hex.
     pub key_id: String,
     pub signature: Vec<u8>,
+    /// The witnesses' cosignatures of its note, as gathered (none when read from its row).
+    pub cosignatures: Vec<Cosignature>,
 }
 
 impl Checkpoint {
@@ -61,10 +68,26 @@ impl Checkpoint {
             })
     }
 
-    /// The checkpoint as the API shows it.
-    pub fn view(&self) -> CheckpointView {
+    /// The C2SP note body witnesses cosign, for the log named `origin`.
+    pub fn note_body(&self, origin: &str) -> String {
+        note::checkpoint_body(origin, self.tree_size, &self.root_hash)
+    }
+
+    /// The checkpoint as the API shows it, for the log named `origin`.
+    pub fn view(&self, origin: &str) -> CheckpointView {
         use base64::Engine as _;
         CheckpointView {
+            origin: origin.to_owned(),
+            note: self.note_body(origin),
+            cosignatures: self
+                .cosignatures
+                .iter()
+                .map(|c| CosignatureView {
+                    witness: c.witness.clone(),
+                    time: c.time(),
+                    cosignature: c.encoded(),
+                })
+                .collect(),
             tree_size: self.tree_size,
             root_hash: hex(&self.root_hash),
             signed_at: jiff::Timestamp::from_microsecond(self.signed_at_us)
@@ -88,14 +111,37 @@ impl Checkpoint {
         let signature = base64::engine::general_purpose::STANDARD
             .decode(&view.signature)
             .map_err(|_| "signature is not base64")?;
+        let cosignatures = view
+            .cosignatures
+            .iter()
+            .map(|c| {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(&c.cosignature)
+                    .map_err(|_| format!("the cosignature by {} is not base64", c.witness))?;
+                Cosignature::from_parts(c.witness.clone(), bytes)
+            })
+            .collect::<Result<_, String>>()?;
         Ok(Checkpoint {
             tree_size: view.tree_size,
             root_hash: root,
             signed_at_us: view.signed_at_us,
             key_id: view.key_id.clone(),
             signature,
+            cosignatures,
         })
     }
+}
+
+/// A witness's cosignature in JSON (`audit::note` has its format).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct CosignatureView {
+    /// The witness's name.
+    pub witness: String,
+    /// When it cosigned, in seconds since the Unix epoch.
+    pub time: u64,
+    /// `key id (4 bytes) || time (8, big-endian) || Ed25519 signature (64)`, base64: the
+    /// signature line's second field.
+    pub cosignature: String,
 }
 
 /// A checkpoint in JSON.
@@ -110,6 +156,15 @@ pub struct CheckpointView {
     /// Ed25519 over `signed_text`, base64.
     pub signature: String,
     pub signed_text: String,
+    /// The log's name in its C2SP checkpoints (older exports: empty).
+    #[serde(default)]
+    pub origin: String,
+    /// The C2SP checkpoint body the witnesses cosign.
+    #[serde(default)]
+    pub note: String,
+    /// The witnesses' cosignatures gathered so far.
+    #[serde(default)]
+    pub cosignatures: Vec<CosignatureView>,
 }
 
 /// A 32-byte hash from 64 hex digits.
@@ -128,23 +183,55 @@ pub fn unhex(text: &str) -> Option<Hash> {
 pub struct LogSigner {
     pair: Ed25519KeyPair,
     key_id: String,
+    origin: String,
 }
 
 impl std::fmt::Debug for LogSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LogSigner")
             .field("key_id", &self.key_id)
+            .field("origin", &self.origin)
             .finish()
     }
 }
 
 impl LogSigner {
-    /// From an Ed25519 key in PKCS#8.
+    /// From an Ed25519 key in PKCS#8; the log's origin is `consentry/<key id>` until
+    /// [`LogSigner::with_origin`] names it otherwise.
     pub fn from_pkcs8(pkcs8: &[u8]) -> Result<LogSigner, String> {
         let pair = Ed25519KeyPair::from_pkcs8(pkcs8)
             .map_err(|_| "not an Ed25519 key in PKCS#8 (v1 or v2)".to_string())?;
         let key_id = key_id(pair.public_key().as_ref());
-        Ok(LogSigner { pair, key_id })
+        let origin = format!("consentry/{key_id}");
+        Ok(LogSigner {
+            pair,
+            key_id,
+            origin,
+        })
+    }
+
+    /// Names the log in its C2SP checkpoints (one line, no spaces: a schema-less URL).
+    pub fn with_origin(mut self, origin: &str) -> Result<LogSigner, String> {
+        if origin.is_empty() || origin.contains(char::is_whitespace) || origin.contains('+') {
+            return Err(format!(
+                "the log's origin {origin:?} must be one word without `+`, such as \
+                 sms.example.com/consentry"
+            ));
+        }
+        self.origin = origin.to_owned();
+        Ok(self)
+    }
+
+    /// The log's name in its C2SP checkpoints.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The checkpoint as a C2SP signed note, signed by this key: what witnesses are sent.
+    pub fn note(&self, checkpoint: &Checkpoint) -> String {
+        let body = checkpoint.note_body(&self.origin);
+        let line = note::log_signature_line(&self.pair, &self.origin, &body);
+        format!("{body}\n{line}")
     }
 
     pub fn public_key(&self) -> &[u8] {
@@ -164,7 +251,26 @@ impl LogSigner {
             signed_at_us,
             key_id: self.key_id.clone(),
             signature: self.pair.sign(text.as_bytes()).as_ref().to_vec(),
+            cosignatures: Vec::new(),
         }
+    }
+}
+
+/// A witness the checkpoints are sent to (`audit::witnessing`), as configured and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WitnessEndpoint {
+    /// The `add-checkpoint` URL.
+    pub url: String,
+    pub key: WitnessKey,
+}
+
+impl WitnessEndpoint {
+    /// From the configuration (the keys were checked when it was read).
+    pub fn from_config(config: &crate::config::WitnessEndpoint) -> Result<WitnessEndpoint, String> {
+        Ok(WitnessEndpoint {
+            url: format!("{}/add-checkpoint", config.url.trim_end_matches('/')),
+            key: WitnessKey::from_vkey(&config.key)?,
+        })
     }
 }
 
@@ -191,7 +297,7 @@ mod tests {
         let signer = new_signer();
         let checkpoint = signer.sign(7, [9u8; 32], 1_700_000_000_000_000);
         assert_eq!(checkpoint.verify(signer.public_key()), Ok(()));
-        let view = checkpoint.view();
+        let view = checkpoint.view("consentry/test");
         assert_eq!(
             view.signed_text,
             format!(

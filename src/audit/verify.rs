@@ -9,6 +9,7 @@ use serde_json::Value;
 use super::checkpoint::{Checkpoint, CheckpointView, unhex};
 use super::leaf::{self, Field, Kind};
 use super::merkle::{self, Frontier, Hash};
+use super::note::WitnessKey;
 use crate::crypto::hex;
 use crate::store::{AuditLog, StoreError};
 
@@ -36,6 +37,104 @@ pub struct Report {
     pub root: Hash,
     /// The size of the largest checkpoint that matched: leaves past it are not signed yet.
     pub signed: u64,
+    /// With a witness policy: the largest checkpoint a quorum of witnesses cosigned.
+    pub witnessed: Option<u64>,
+}
+
+/// The witnesses an auditor relies on: a checkpoint counts as witnessed when `quorum` of them
+/// cosigned it (C2SP tlog-cosignature, over the log's note named `origin`).
+#[derive(Debug, Clone)]
+pub struct WitnessPolicy {
+    /// The log's origin line.
+    pub origin: String,
+    pub witnesses: Vec<WitnessKey>,
+    pub quorum: usize,
+    /// A checkpoint signed more than this long before the newest one must be witnessed:
+    /// newer ones may still be on their way to the witnesses.
+    pub grace_us: i64,
+}
+
+/// Checks the checkpoints against a witness policy; returns the largest tree size a quorum
+/// cosigned. Fails on a cosignature by a policy witness that does not verify (that witness
+/// saw another tree of that size), when no checkpoint has a quorum, and when a checkpoint
+/// older than the grace is larger than every witnessed one (the witnesses refused it, or
+/// never saw it). Cosignatures by other keys are ignored.
+pub fn check_witnesses(policy: &WitnessPolicy, checkpoints: &[Checkpoint]) -> Result<u64, Failure> {
+    if policy.quorum == 0 || policy.quorum > policy.witnesses.len() {
+        return Err(fail(
+            None,
+            format!(
+                "a quorum of {} among {} witnesses cannot be met",
+                policy.quorum,
+                policy.witnesses.len()
+            ),
+        ));
+    }
+    let mut cosigners: BTreeMap<u64, std::collections::BTreeSet<&str>> = BTreeMap::new();
+    for checkpoint in checkpoints {
+        let body = checkpoint.note_body(&policy.origin);
+        for cosignature in &checkpoint.cosignatures {
+            // Lines by other keys (another name, or another key id) are ignored.
+            let Some(key) = policy
+                .witnesses
+                .iter()
+                .find(|key| key.name == cosignature.witness && cosignature.bytes[..4] == key.id())
+            else {
+                continue;
+            };
+            cosignature.verify(key, &body).map_err(|why| {
+                fail(
+                    None,
+                    format!(
+                        "checkpoint at size {}: {why}: that witness cosigned another tree of \
+                         this size (or another origin than {})",
+                        checkpoint.tree_size, policy.origin
+                    ),
+                )
+            })?;
+            cosigners
+                .entry(checkpoint.tree_size)
+                .or_default()
+                .insert(key.name.as_str());
+        }
+    }
+    let witnessed = cosigners
+        .iter()
+        .rev()
+        .find(|(_, names)| names.len() >= policy.quorum)
+        .map(|(&size, _)| size);
+    let Some(witnessed) = witnessed else {
+        return Err(fail(
+            None,
+            format!(
+                "no checkpoint is cosigned by {} of the {} witnesses: nothing in this log is \
+                 witnessed, so a history rewritten with the log's key would look the same",
+                policy.quorum,
+                policy.witnesses.len()
+            ),
+        ));
+    };
+    let newest = checkpoints
+        .iter()
+        .map(|c| c.signed_at_us)
+        .max()
+        .unwrap_or(0);
+    if let Some(unwitnessed) = checkpoints
+        .iter()
+        .filter(|c| c.tree_size > witnessed && c.signed_at_us < newest - policy.grace_us)
+        .min_by_key(|c| c.tree_size)
+    {
+        return Err(fail(
+            witnessed,
+            format!(
+                "the checkpoint at size {} was never cosigned by {} witnesses, though newer \
+                 checkpoints came after it; the witnesses refused or never saw it (the largest \
+                 witnessed size is {witnessed})",
+                unwitnessed.tree_size, policy.quorum
+            ),
+        ));
+    }
+    Ok(witnessed)
 }
 
 /// Rebuilds the tree from leaves fed in order and checks it against every checkpoint.
@@ -131,6 +230,7 @@ impl LogVerifier {
             checkpoints: self.checked,
             root: self.frontier.root(),
             signed: self.last_good,
+            witnessed: None,
         })
     }
 }
@@ -142,6 +242,7 @@ pub async fn verify_store(
     store: &dyn AuditLog,
     public_key: &[u8],
     pinned: Vec<Checkpoint>,
+    witnesses: Option<&WitnessPolicy>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Report, Failure> {
     let database = |error: StoreError| fail(None, format!("the database cannot be read: {error}"));
@@ -149,11 +250,17 @@ pub async fn verify_store(
     let mut checkpoints = pinned;
     let mut after = 0i64;
     loop {
-        let page = store.checkpoints(after, 1000).await.map_err(database)?;
+        let mut page = store.checkpoints(after, 1000).await.map_err(database)?;
         let Some(last) = page.last() else { break };
         after = last.tree_size as i64;
+        super::with_cosignatures(store, &mut page)
+            .await
+            .map_err(database)?;
         checkpoints.extend(page);
     }
+    let witnessed = witnesses
+        .map(|policy| check_witnesses(policy, &checkpoints))
+        .transpose()?;
     let mut verifier = LogVerifier::new(public_key, checkpoints)?;
     let mut after = -1i64;
     loop {
@@ -219,7 +326,8 @@ pub async fn verify_store(
             after = index;
         }
     }
-    let report = verifier.finish()?;
+    let mut report = verifier.finish()?;
+    report.witnessed = witnessed;
     // Every logged row is written with its entry: in one snapshot the counts are equal.
     let counts = store.logged_row_counts().await.map_err(database)?;
     let unlogged: Vec<String> = counts
@@ -247,9 +355,13 @@ pub fn verify_export(
     lines: impl Iterator<Item = std::io::Result<String>>,
     checkpoints: Vec<Checkpoint>,
     public_key: &[u8],
+    witnesses: Option<&WitnessPolicy>,
     progress: &dyn Fn(u64),
 ) -> Result<Report, Failure> {
     use base64::Engine as _;
+    let witnessed = witnesses
+        .map(|policy| check_witnesses(policy, &checkpoints))
+        .transpose()?;
     let mut verifier = LogVerifier::new(public_key, checkpoints)?;
     for (number, line) in lines.enumerate() {
         let line = line.map_err(|e| fail(None, format!("export line {}: {e}", number + 1)))?;
@@ -269,7 +381,9 @@ pub fn verify_export(
         verifier.push(index, merkle::leaf_hash(&bytes))?;
         progress(index + 1);
     }
-    verifier.finish()
+    let mut report = verifier.finish()?;
+    report.witnessed = witnessed;
+    Ok(report)
 }
 
 /// A leaf must parse and be the row it claims to be.
@@ -342,12 +456,19 @@ fn shows(value: Option<&Value>, field: Option<&Field>) -> bool {
 /// bundle's number and tenant, that every field the row shows is the leaf's, and that its
 /// inclusion proof leads to the checkpoint's root (a row inside the checkpoint must have one).
 /// Returns how many rows were proven.
-pub fn verify_bundle(bundle: &Value, public_key: &[u8]) -> Result<usize, Failure> {
+pub fn verify_bundle(
+    bundle: &Value,
+    public_key: &[u8],
+    witnesses: Option<&WitnessPolicy>,
+) -> Result<usize, Failure> {
     use base64::Engine as _;
     let view: CheckpointView = serde_json::from_value(bundle["checkpoint"].clone())
         .map_err(|e| fail(None, format!("the bundle has no readable checkpoint: {e}")))?;
     let checkpoint = Checkpoint::from_view(&view).map_err(|e| fail(None, e))?;
     checkpoint.verify(public_key).map_err(|e| fail(None, e))?;
+    if let Some(policy) = witnesses {
+        check_witnesses(policy, std::slice::from_ref(&checkpoint))?;
+    }
     let signed = Checkpoint::signed_text(
         checkpoint.tree_size,
         &checkpoint.root_hash,
@@ -497,6 +618,21 @@ pub fn verify_consistency_proof(
 
 /// Reads checkpoints from a file: one checkpoint object, a list of them, or NDJSON.
 pub fn read_checkpoints(text: &str) -> Result<Vec<Checkpoint>, String> {
+    read_views(text)?
+        .iter()
+        .map(Checkpoint::from_view)
+        .collect()
+}
+
+/// The log's origin as checkpoints read from a file name it (`None` for older files).
+pub fn read_origin(text: &str) -> Result<Option<String>, String> {
+    Ok(read_views(text)?
+        .into_iter()
+        .map(|view| view.origin)
+        .find(|origin| !origin.is_empty()))
+}
+
+fn read_views(text: &str) -> Result<Vec<CheckpointView>, String> {
     let views: Vec<CheckpointView> = match serde_json::from_str::<Value>(text) {
         Ok(Value::Array(items)) => items
             .into_iter()
@@ -511,7 +647,7 @@ pub fn read_checkpoints(text: &str) -> Result<Vec<Checkpoint>, String> {
             .collect::<Result<_, _>>()
             .map_err(|e| e.to_string())?,
     };
-    views.iter().map(Checkpoint::from_view).collect()
+    Ok(views)
 }
 
 #[cfg(test)]
@@ -622,5 +758,91 @@ mod tests {
 
     fn signer_other() -> LogSigner {
         signer()
+    }
+
+    #[test]
+    fn a_witness_policy_needs_a_quorum_of_valid_cosignatures_on_every_older_checkpoint() {
+        use crate::audit::note::{WitnessKey, cosign};
+        use ring::signature::{Ed25519KeyPair, KeyPair as _};
+        let log = signer();
+        let witness = |name: &str| {
+            let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+            let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+            let key = WitnessKey {
+                name: name.into(),
+                public_key: pair.public_key().as_ref().to_vec(),
+            };
+            (pair, key)
+        };
+        let (one, one_key) = witness("w/1");
+        let (two, two_key) = witness("w/2");
+        let policy = WitnessPolicy {
+            origin: "log/o".into(),
+            witnesses: vec![one_key.clone(), two_key.clone()],
+            quorum: 2,
+            grace_us: 60_000_000,
+        };
+        let sign = |size: u64, at_s: i64, by: &[(&Ed25519KeyPair, &str)]| {
+            let mut checkpoint = log.sign(size, [size as u8; 32], at_s * 1_000_000);
+            let body = checkpoint.note_body("log/o");
+            checkpoint.cosignatures = by
+                .iter()
+                .map(|(pair, name)| cosign(pair, name, &body, 1))
+                .collect();
+            checkpoint
+        };
+        let both = [(&one, "w/1"), (&two, "w/2")];
+        let witnessed = sign(10, 0, &both);
+        assert_eq!(
+            check_witnesses(&policy, std::slice::from_ref(&witnessed)),
+            Ok(10)
+        );
+
+        // One of two is not a quorum of two: nothing is witnessed.
+        let half = sign(20, 30, &both[..1]);
+        let failure = check_witnesses(&policy, std::slice::from_ref(&half)).unwrap_err();
+        assert!(
+            failure.reason.contains("no checkpoint is cosigned by 2"),
+            "{failure}"
+        );
+        // A newer one still within the grace of the newest may wait for its cosignatures...
+        assert_eq!(
+            check_witnesses(&policy, &[witnessed.clone(), half.clone()]),
+            Ok(10)
+        );
+        // ...an older one may not.
+        let later = sign(30, 100, &both[..1]);
+        let failure =
+            check_witnesses(&policy, &[witnessed.clone(), half.clone(), later]).unwrap_err();
+        assert!(
+            failure
+                .reason
+                .contains("checkpoint at size 20 was never cosigned"),
+            "{failure}"
+        );
+
+        // A cosignature over another root for the same size (a fork the witness saw) fails.
+        let mut forked = witnessed.clone();
+        forked.root_hash = [99; 32];
+        let failure = check_witnesses(&policy, &[forked]).unwrap_err();
+        assert!(failure.reason.contains("does not verify"), "{failure}");
+        // Cosignatures by keys outside the policy count for nothing.
+        let (stranger, _) = witness("w/1");
+        let strangers = sign(10, 0, &[(&stranger, "w/1"), (&two, "w/2")]);
+        let failure = check_witnesses(&policy, &[strangers]).unwrap_err();
+        assert!(
+            failure.reason.contains("no checkpoint is cosigned by 2"),
+            "{failure}"
+        );
+        let single = WitnessPolicy {
+            quorum: 1,
+            ..policy.clone()
+        };
+        assert_eq!(check_witnesses(&single, &[half]), Ok(20));
+        let impossible = WitnessPolicy {
+            quorum: 3,
+            ..policy
+        };
+        assert!(check_witnesses(&impossible, &[witnessed]).is_err());
     }
 }

@@ -11,7 +11,6 @@
 //!
 //! [`Inbound`]: crate::store::Inbound
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -573,9 +572,20 @@ pub async fn latest_checkpoint(
                 "no checkpoint has been signed yet",
             )
         })?;
-    let mut view = serde_json::to_value(checkpoint.view()).unwrap_or_default();
+    let mut view =
+        serde_json::to_value(checkpoint_view(&state, checkpoint).await?).unwrap_or_default();
     view["public_key"] = Value::String(b64(state.log_signer.public_key()));
     Ok(Json(view))
+}
+
+/// A checkpoint as shown, with the cosignatures gathered for it.
+async fn checkpoint_view(
+    state: &AppState,
+    checkpoint: crate::audit::checkpoint::Checkpoint,
+) -> Result<crate::audit::checkpoint::CheckpointView, ApiError> {
+    let mut checkpoints = [checkpoint];
+    crate::audit::with_cosignatures(state.audit_log(), &mut checkpoints).await?;
+    Ok(checkpoints[0].view(state.log_signer.origin()))
 }
 
 /// Computes a proof from the stored subtrees it needs.
@@ -583,10 +593,7 @@ async fn with_nodes<T>(
     state: &AppState,
     compute: impl Fn(&mut dyn FnMut(NodeId) -> Hash) -> T,
 ) -> Result<T, ApiError> {
-    let ids = merkle::nodes_read(|get| compute(get));
-    let hashes = state.audit_log().log_nodes(&ids).await?;
-    let nodes: HashMap<NodeId, Hash> = ids.into_iter().zip(hashes).collect();
-    Ok(compute(&mut |id| nodes[&id]))
+    Ok(crate::audit::with_nodes(state.audit_log(), compute).await?)
 }
 
 /// The tree size a proof is asked against: given (in the query parameter `field`), or the
@@ -749,11 +756,15 @@ pub async fn bundle(
         row["inclusion_proof"] = proof(item.leaf_index).await?;
         message_rows.push(row);
     }
-    let checkpoint = checkpoint.map(|c| {
-        let mut view = serde_json::to_value(c.view()).unwrap_or_default();
-        view["public_key"] = Value::String(b64(state.log_signer.public_key()));
-        view
-    });
+    let checkpoint = match checkpoint {
+        Some(checkpoint) => {
+            let mut view = serde_json::to_value(checkpoint_view(&state, checkpoint).await?)
+                .unwrap_or_default();
+            view["public_key"] = Value::String(b64(state.log_signer.public_key()));
+            Some(view)
+        }
+        None => None,
+    };
     Ok(Json(json!({
         "number": number.e164(),
         "recipient_hash": filter.recipient_hash,

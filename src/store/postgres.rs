@@ -12,9 +12,9 @@ use sqlx::Row as _;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::rows::{
-    MESSAGE_COLUMNS, REPLY_COLUMNS, checkpoint_from_row, consent_from_row, data_key_from_row,
-    decision_count_from_row, event_from_row, hash_from, log_entry_from_row, message_from_row,
-    recipient_key_from_row, reply_from_row, review_from_row,
+    MESSAGE_COLUMNS, REPLY_COLUMNS, checkpoint_from_row, consent_from_row, cosignature_from_row,
+    data_key_from_row, decision_count_from_row, event_from_row, hash_from, log_entry_from_row,
+    message_from_row, recipient_key_from_row, reply_from_row, review_from_row,
 };
 use super::{
     AuditFilter, AuditLog, AuditedConsent, AuditedMessage, ConsentRecord, DataKeyRow, Database,
@@ -30,6 +30,7 @@ use super::{
 use crate::audit::checkpoint::Checkpoint;
 use crate::audit::leaf::{self, BodyAccess, Erasure, Kind, Leaf};
 use crate::audit::merkle::{Frontier, Hash, NodeId};
+use crate::audit::note::Cosignature;
 use crate::domain::{MessageId, TenantId};
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
@@ -1072,6 +1073,48 @@ impl AuditLog for PgStore {
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(checkpoint_from_row).transpose()
+    }
+
+    async fn record_cosignature(
+        &self,
+        tree_size: u64,
+        cosignature: &Cosignature,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO log_cosignatures (tree_size, witness, cosignature) VALUES ($1, $2, $3) \
+             ON CONFLICT (tree_size, witness) DO NOTHING",
+        )
+        .bind(tree_size as i64)
+        .bind(&cosignature.witness)
+        .bind(&cosignature.bytes)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn cosignatures(
+        &self,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(u64, Cosignature)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT tree_size, witness, cosignature FROM log_cosignatures \
+             WHERE tree_size >= $1 AND tree_size <= $2 ORDER BY tree_size, witness",
+        )
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(cosignature_from_row).collect()
+    }
+
+    async fn latest_cosigned(&self, witness: &str) -> Result<Option<u64>, StoreError> {
+        let size: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(tree_size) FROM log_cosignatures WHERE witness = $1")
+                .bind(witness)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(size.and_then(|size| u64::try_from(size).ok()))
     }
 
     async fn decision_counts(

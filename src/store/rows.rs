@@ -10,6 +10,7 @@ use super::{
 use crate::audit::checkpoint::Checkpoint;
 use crate::audit::leaf::Kind;
 use crate::audit::merkle::Hash;
+use crate::audit::note::Cosignature;
 use crate::consent::{Action, ConsentEvent, Level, Purposes};
 use crate::domain::{MessageId, Purpose, Scope, TenantId};
 
@@ -279,7 +280,28 @@ where
         signed_at_us: row.try_get("signed_at_us")?,
         key_id: row.try_get("key_id")?,
         signature: row.try_get("signature")?,
+        cosignatures: Vec::new(),
     })
+}
+
+/// A cosignature row (`tree_size, witness, cosignature`).
+pub(crate) fn cosignature_from_row<R>(row: &R) -> Result<(u64, Cosignature), StoreError>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database>,
+    String: Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database>,
+    i64: Type<R::Database>,
+    for<'r> Vec<u8>: Decode<'r, R::Database>,
+    Vec<u8>: Type<R::Database>,
+{
+    let size: i64 = row.try_get("tree_size")?;
+    let size = u64::try_from(size)
+        .map_err(|_| StoreError::Corrupt("log_cosignatures.tree_size".into()))?;
+    let cosignature = Cosignature::from_parts(row.try_get("witness")?, row.try_get("cosignature")?)
+        .map_err(|why| StoreError::Corrupt(format!("log_cosignatures: {why}")))?;
+    Ok((size, cosignature))
 }
 
 /// A log entry row (`leaf_index, kind, ref_id, tenant, leaf_hash`).

@@ -11,8 +11,8 @@ use sqlx::sqlite::{
 };
 
 use super::rows::{
-    MESSAGE_COLUMNS, REPLY_COLUMNS, checkpoint_from_row, consent_from_row, data_key_from_row,
-    decision_count_from_row, hash_from, log_entry_from_row, message_from_row,
+    MESSAGE_COLUMNS, REPLY_COLUMNS, checkpoint_from_row, consent_from_row, cosignature_from_row,
+    data_key_from_row, decision_count_from_row, hash_from, log_entry_from_row, message_from_row,
     recipient_key_from_row, reply_from_row, review_from_row,
 };
 use super::{
@@ -26,6 +26,7 @@ use super::{Claimed, DecisionCount, IdempotencyKeys, KeyAnswer, KeyClaim, QueueD
 use crate::audit::checkpoint::Checkpoint;
 use crate::audit::leaf::{self, BodyAccess, Erasure, Kind, Leaf};
 use crate::audit::merkle::{Hash, NodeId};
+use crate::audit::note::Cosignature;
 use crate::domain::{MessageId, TenantId};
 
 mod checkpointer;
@@ -856,6 +857,42 @@ impl AuditLog for SqliteStore {
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(checkpoint_from_row).transpose()
+    }
+
+    async fn record_cosignature(
+        &self,
+        tree_size: u64,
+        cosignature: &Cosignature,
+    ) -> Result<(), StoreError> {
+        self.batches
+            .write(Write::Cosignature(tree_size, cosignature.clone()))
+            .await?;
+        Ok(())
+    }
+
+    async fn cosignatures(
+        &self,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(u64, Cosignature)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT tree_size, witness, cosignature FROM log_cosignatures \
+             WHERE tree_size >= ? AND tree_size <= ? ORDER BY tree_size, witness",
+        )
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(cosignature_from_row).collect()
+    }
+
+    async fn latest_cosigned(&self, witness: &str) -> Result<Option<u64>, StoreError> {
+        let size: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(tree_size) FROM log_cosignatures WHERE witness = ?")
+                .bind(witness)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(size.and_then(|size| u64::try_from(size).ok()))
     }
 
     async fn decision_counts(

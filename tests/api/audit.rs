@@ -430,8 +430,14 @@ async fn proofs_verify_against_signed_checkpoints_and_forgeries_fail() {
         std::fs::write(&file, value.to_string()).unwrap();
         file
     };
-    let old_file = write("old.json", &serde_json::to_value(old.view()).unwrap());
-    let new_file = write("new.json", &serde_json::to_value(new.view()).unwrap());
+    let old_file = write(
+        "old.json",
+        &serde_json::to_value(old.view(app.state.log_signer.origin())).unwrap(),
+    );
+    let new_file = write(
+        "new.json",
+        &serde_json::to_value(new.view(app.state.log_signer.origin())).unwrap(),
+    );
     let consistent = |proof: &Value| {
         let proof_file = write("consistency.json", proof);
         let output = Command::new(BINARY)

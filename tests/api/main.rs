@@ -23,3 +23,4 @@ mod scheduling;
 mod sending;
 mod storage;
 mod transport;
+mod witnesses;

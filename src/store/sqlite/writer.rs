@@ -24,6 +24,7 @@ use super::connection;
 use crate::audit::checkpoint::Checkpoint;
 use crate::audit::leaf::{self, Leaf};
 use crate::audit::merkle::{Frontier, Hash};
+use crate::audit::note::Cosignature;
 use crate::store::rows::hash_from;
 use crate::store::{
     Claimed, ConsentRecord, KeyAnswer, KeyClaim, LogHead, MessageRecord, OutcomeRecord, Recorded,
@@ -78,6 +79,8 @@ pub(crate) enum Write {
     /// empties this connection's page cache, and checkpoints are signed several times a second
     /// under load.
     Checkpoint(Checkpoint),
+    /// Keeps a witness's cosignature of a checkpoint (as often as checkpoints).
+    Cosignature(u64, Cosignature),
     /// Reserves `count` more uses of a data key, unless that would pass `limit` or the key is
     /// retired (for the same reason: a key's reservations come every thousand new recipients).
     ReserveKeyUses {
@@ -335,6 +338,19 @@ fn apply(transaction: &Connection, write: &Write) -> Result<Written, StoreError>
                     checkpoint.signed_at_us,
                     checkpoint.key_id,
                     checkpoint.signature,
+                ])?;
+            Ok(Written::Done)
+        }
+        Write::Cosignature(tree_size, cosignature) => {
+            transaction
+                .prepare_cached(
+                    "INSERT INTO log_cosignatures (tree_size, witness, cosignature) \
+                     VALUES (?, ?, ?) ON CONFLICT (tree_size, witness) DO NOTHING",
+                )?
+                .execute(params![
+                    *tree_size as i64,
+                    cosignature.witness,
+                    cosignature.bytes
                 ])?;
             Ok(Written::Done)
         }
