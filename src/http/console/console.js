@@ -109,7 +109,10 @@ async function loadLog() {
   row("Signature", signed
     ? el("span", { class: "ok", id: "signature-state" }, "verified in this browser")
     : el("span", { class: "bad", id: "signature-state" }, "does not verify"));
-  row("Witnesses", el("span", { class: "muted" }, "none: consentry does not gather cosignatures yet"));
+  const cosigners = (checkpoint.cosignatures || []).map((c) => c.witness);
+  row("Witnesses", cosigners.length
+    ? el("span", {}, `cosigned by ${cosigners.join(", ")} (check them with audit verify --witness)`)
+    : el("span", { class: "muted" }, "not cosigned yet (log.witnesses in the configuration)"));
   row("Full check", el("span", { class: "muted" }, "consentry audit verify (docs/auditors.md)"));
 }
 
