@@ -292,6 +292,23 @@ pub fn erasure(erasure: &Erasure) -> Leaf {
     }
 }
 
+/// When the leaf's row was recorded, in microseconds since the Unix epoch: a message's
+/// `created_at_us`, a consent event's `recorded_at_us` (not `occurred_at_us`, which the
+/// client states), a body access's `accessed_at_us`, an erasure's `erased_at_us`. `None` if
+/// the fields are not those of `kind`.
+pub fn recorded_at_us(kind: Kind, fields: &[Field]) -> Option<i64> {
+    let position = match kind {
+        Kind::Message => 2,
+        Kind::ConsentEvent => 11,
+        Kind::BodyAccess => 4,
+        Kind::Erasure => 3,
+    };
+    match fields.get(position) {
+        Some(Field::Int(at)) => Some(*at),
+        _ => None,
+    }
+}
+
 /// Splits a leaf into its kind and fields; `None` if it is not a well-formed leaf.
 pub fn decode(bytes: &[u8]) -> Option<(Kind, Vec<Field>)> {
     let (&version, rest) = bytes.split_first()?;

@@ -137,6 +137,52 @@ pub fn check_witnesses(policy: &WitnessPolicy, checkpoints: &[Checkpoint]) -> Re
     Ok(witnessed)
 }
 
+/// How far a leaf's recording time may fall behind the latest one before it in the log: rows
+/// decided at one moment reach the log in the order their writes were queued, and instances
+/// sharing a PostgreSQL database have clocks of their own. Past it, the row was back-dated or
+/// slipped into the log out of its order.
+pub const ORDER_TOLERANCE_US: i64 = 60_000_000;
+
+/// Checks that the leaves' recording times never go back along the log by more than
+/// [`ORDER_TOLERANCE_US`].
+#[derive(Debug, Default)]
+pub struct OrderCheck {
+    /// The latest recording time seen, and at which leaf.
+    latest: Option<(i64, u64)>,
+}
+
+impl OrderCheck {
+    /// Takes the leaf at `index` (its bytes, already checked to be a well-formed leaf).
+    pub fn see(&mut self, index: u64, bytes: &[u8]) -> Result<(), Failure> {
+        let at = leaf::decode(bytes)
+            .and_then(|(kind, fields)| leaf::recorded_at_us(kind, &fields))
+            .ok_or_else(|| fail(index, "the leaf has no recording time"))?;
+        match self.latest {
+            Some((latest, latest_index)) if at < latest - ORDER_TOLERANCE_US => Err(fail(
+                index,
+                format!(
+                    "recorded at {}, {} s before leaf {latest_index} (recorded at {}) that comes \
+                     before it in the log: the row was back-dated or put in the log out of its \
+                     order (the tolerance is {} s)",
+                    show_time(at),
+                    (latest - at) / 1_000_000,
+                    show_time(latest),
+                    ORDER_TOLERANCE_US / 1_000_000
+                ),
+            )),
+            Some((latest, _)) if at <= latest => Ok(()),
+            _ => {
+                self.latest = Some((at, index));
+                Ok(())
+            }
+        }
+    }
+}
+
+fn show_time(us: i64) -> String {
+    jiff::Timestamp::from_microsecond(us).map_or_else(|_| format!("{us} us"), |t| t.to_string())
+}
+
 /// Rebuilds the tree from leaves fed in order and checks it against every checkpoint.
 pub struct LogVerifier {
     frontier: Frontier,
@@ -262,6 +308,7 @@ pub async fn verify_store(
         .map(|policy| check_witnesses(policy, &checkpoints))
         .transpose()?;
     let mut verifier = LogVerifier::new(public_key, checkpoints)?;
+    let mut order = OrderCheck::default();
     let mut after = -1i64;
     loop {
         let entries = store.log_entries(after, 1000).await.map_err(database)?;
@@ -321,6 +368,7 @@ pub async fn verify_store(
                     ),
                 ));
             }
+            order.see(position, &rebuilt.bytes)?;
             verifier.push(position, rebuilt.hash())?;
             progress(position + 1);
             after = index;
@@ -363,6 +411,7 @@ pub fn verify_export(
         .map(|policy| check_witnesses(policy, &checkpoints))
         .transpose()?;
     let mut verifier = LogVerifier::new(public_key, checkpoints)?;
+    let mut order = OrderCheck::default();
     for (number, line) in lines.enumerate() {
         let line = line.map_err(|e| fail(None, format!("export line {}: {e}", number + 1)))?;
         if line.trim().is_empty() {
@@ -378,6 +427,7 @@ pub fn verify_export(
             .and_then(|text| base64::engine::general_purpose::STANDARD.decode(text).ok())
             .ok_or_else(|| fail(index, "the leaf is not base64"))?;
         check_leaf(index, &row, &bytes)?;
+        order.see(index, &bytes)?;
         verifier.push(index, merkle::leaf_hash(&bytes))?;
         progress(index + 1);
     }

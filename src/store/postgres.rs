@@ -1634,8 +1634,11 @@ async fn facts(
         std::collections::HashMap::new();
     for row in sqlx::query(
         "SELECT recipient_hash, seq, id, action, level, brand, campaign, purposes, \
-         occurred_at_us, method FROM consent_events \
-         WHERE tenant = $1 AND recipient_hash = ANY($2) ORDER BY seq",
+         occurred_at_us, method FROM consent_events c \
+         WHERE tenant = $1 AND recipient_hash = ANY($2) \
+         AND EXISTS (SELECT 1 FROM log_leaves l \
+                     WHERE l.kind = 'consent_event' AND l.ref_id = c.id) \
+         ORDER BY seq",
     )
     .bind(tenant.as_str())
     .bind(&hashes)

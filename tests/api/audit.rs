@@ -1175,3 +1175,81 @@ fn which_script() -> Result<std::path::PathBuf, ()> {
         .find(|path| path.is_file())
         .ok_or(())
 }
+
+/// An insider's opt-in, written into the database by hand: without a log entry a send does not
+/// rely on it; with one, back-dated, the sequencer logs it and sends honour it, but `audit
+/// verify` fails at its leaf: its recording time goes back along the log.
+#[tokio::test]
+async fn a_hand_written_opt_in_is_ignored_unless_logged_and_back_dating_it_fails_verify() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    let shop = app.token("shop", WRITER);
+    let auditor = app.token("shop", "audit:read");
+    let genuine = "+14155550131";
+    let forged = "+14155550132";
+    opt_in(&app, &shop, genuine).await;
+    let marketing = shop_message(forged, "marketing", None, None);
+    let db = &app.database;
+    let template = db
+        .text("SELECT id FROM consent_events WHERE action = 'opt_in'")
+        .await;
+    let number =
+        consentry::domain::PhoneNumber::parse(forged, consentry::domain::Region::US).unwrap();
+    let hash = app.state.numbers.hash(&number);
+    // A copy of the genuine opt-in, for the other number, recorded a day before it.
+    db.execute(&format!(
+        "INSERT INTO consent_events (id, tenant, recipient_hash, recipient_masked, action, level, \
+         brand, campaign, purposes, method, occurred_at_us, recorded_at_us, recorded_by, \
+         external_id, idempotency_key, key_id, evidence) \
+         SELECT 'forged-opt-in', tenant, '{hash}', recipient_masked, action, level, brand, \
+         campaign, purposes, method, occurred_at_us - 86400000000, \
+         recorded_at_us - 86400000000, recorded_by, external_id, 'forged-key', key_id, evidence \
+         FROM consent_events WHERE id = '{template}'"
+    ))
+    .await
+    .unwrap();
+
+    // Unlogged, it is not consent: the send is refused.
+    let response = app.send(&shop, &marketing).await;
+    assert_eq!(response.status(), 403);
+    assert_eq!(error_code(response).await, "no_consent");
+
+    // Given a log entry with its true leaf hash, it is sequenced and honoured...
+    let leaf = app
+        .state
+        .audit_log()
+        .leaf_of(consentry::audit::leaf::Kind::ConsentEvent, "forged-opt-in")
+        .await
+        .unwrap()
+        .unwrap();
+    db.execute(&format!(
+        "INSERT INTO log_leaves (kind, ref_id, tenant, leaf_hash) VALUES \
+         ('consent_event', 'forged-opt-in', 'shop', {})",
+        hex_literal(db, &leaf.hash())
+    ))
+    .await
+    .unwrap();
+    assert_eq!(app.send(&shop, &marketing).await.status(), 201);
+    checkpoint_covering_all(&app, &auditor).await;
+    // ...but its time goes back a day along the log, and verify names its leaf.
+    let index = db
+        .count("SELECT leaf_index FROM log_leaves WHERE ref_id = 'forged-opt-in'")
+        .await;
+    let (ok, said) = verify(&app);
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains(&format!("FAILED: leaf {index}: recorded at")) && said.contains("back-dated"),
+        "{said}"
+    );
+    app.stop().await;
+}
+
+/// A blob literal in the test database's SQL dialect.
+fn hex_literal(db: &TestDatabase, bytes: &[u8]) -> String {
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    if db.is_postgres() {
+        format!("'\\x{hex}'::bytea")
+    } else {
+        format!("X'{hex}'")
+    }
+}

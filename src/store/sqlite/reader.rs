@@ -85,7 +85,10 @@ fn facts(
     let consent = transaction
         .prepare_cached(
             "SELECT seq, id, action, level, brand, campaign, purposes, occurred_at_us, \
-             method FROM consent_events WHERE tenant = ? AND recipient_hash = ? ORDER BY seq",
+             method FROM consent_events c WHERE tenant = ? AND recipient_hash = ? \
+             AND EXISTS (SELECT 1 FROM log_leaves l \
+                         WHERE l.kind = 'consent_event' AND l.ref_id = c.id) \
+             ORDER BY seq",
         )?
         .query_map(params![tenant, recipient_hash], |row| {
             Ok((
