@@ -109,6 +109,44 @@ pub struct ConsentEvent {
     pub number_reassigned: bool,
 }
 
+impl ConsentEvent {
+    /// An event from its stored columns (a ledger row, or a consent event's leaf); names the
+    /// column that does not read.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_columns(
+        seq: i64,
+        id: String,
+        action: &str,
+        level: Option<&str>,
+        brand: Option<String>,
+        campaign: Option<String>,
+        purposes: &str,
+        occurred_at_us: i64,
+        method: &str,
+    ) -> Result<ConsentEvent, &'static str> {
+        Ok(ConsentEvent {
+            id,
+            seq,
+            action: Action::parse(action).ok_or("action")?,
+            level: match level {
+                None => None,
+                Some(level) => Some(Level::parse(level).ok_or("level")?),
+            },
+            scope: Scope { brand, campaign },
+            purposes: Purposes(
+                purposes
+                    .split_whitespace()
+                    .map(|p| p.parse::<Purpose>())
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| "purposes")?,
+            ),
+            occurred_at: Timestamp::from_microsecond(occurred_at_us)
+                .map_err(|_| "occurred_at_us")?,
+            number_reassigned: is_number_change(method),
+        })
+    }
+}
+
 /// The `method` of an opt-out recorded from a carrier's deactivation file.
 pub const NUMBER_DEACTIVATED: &str = "number_deactivated";
 /// The `method` of an opt-out recorded from a reassigned-numbers lookup that answered yes.

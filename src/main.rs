@@ -679,10 +679,11 @@ fn progress_bar(total: Option<u64>, what: &'static str) -> indicatif::ProgressBa
 fn describe(report: &consentry::audit::verify::Report) -> String {
     let unsigned = report.leaves - report.signed;
     format!(
-        "{} leaves, {} checkpoints match, root {}{}{}",
+        "{} leaves, {} checkpoints match, root {}, {} decisions replayed{}{}",
         report.leaves,
         report.checkpoints,
         consentry::crypto::hex(&report.root),
+        report.replayed,
         if unsigned > 0 {
             format!("; the last {unsigned} leaves are not covered by a checkpoint yet")
         } else {

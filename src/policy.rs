@@ -180,9 +180,39 @@ pub struct Permit {
     message: CanonicalMessage,
     decided_at: Timestamp,
     trace: Vec<Step>,
+    basis: Option<Basis>,
+}
+
+/// What an allowed message's consent rested on, recorded in its leaf so that `audit verify`
+/// can replay the decision against the consent events before it in the log: the opt-in that
+/// allowed it (none when the purpose needs none and there is none), and the consent rules
+/// applied (the requirement for its purpose after the jurisdiction's rules, and whether an
+/// opt-out revokes everything).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Basis {
+    pub consent_event: Option<String>,
+    pub requirement: consent::Requirement,
+    pub revoke_all: bool,
+}
+
+impl Basis {
+    /// The consent rules it names, for replaying a message of `purpose`.
+    pub fn policy(&self) -> consent::ConsentPolicy {
+        consent::ConsentPolicy {
+            marketing: self.requirement,
+            informational: self.requirement,
+            transactional: self.requirement,
+            revoke_all: self.revoke_all,
+        }
+    }
 }
 
 impl Permit {
+    /// What its consent rested on; `None` for answers to replies, which consent does not gate.
+    pub fn basis(&self) -> Option<&Basis> {
+        self.basis.as_ref()
+    }
+
     pub fn message(&self) -> &CanonicalMessage {
         &self.message
     }
@@ -255,6 +285,7 @@ pub fn decide(message: CanonicalMessage, facts: &Facts<'_>) -> Decision {
         .applicable(facts.location, purpose);
     let mut trace = Vec::new();
     let mut deferral = None;
+    let mut basis = None;
     match &message.reply {
         Some(Reply::OptOutConfirmation { opt_out_event }) => {
             if let Some(problem) = opt_out_confirmation_problem(opt_out_event, purpose, facts) {
@@ -267,9 +298,11 @@ pub fn decide(message: CanonicalMessage, facts: &Facts<'_>) -> Decision {
             ReasonCode::ReplyNotAllowed,
             "a HELP answer is transactional".into(),
         )),
-        Some(Reply::OptInConfirmation) => check_consent(&message, facts, &rules, &mut reasons),
+        Some(Reply::OptInConfirmation) => {
+            basis = check_consent(&message, facts, &rules, &mut reasons);
+        }
         None => {
-            check_consent(&message, facts, &rules, &mut reasons);
+            basis = check_consent(&message, facts, &rules, &mut reasons);
             // A message held for a later time: its windows, caps and zone are the release's
             // to judge, when `decide` runs again at that time. Consent and the sender are
             // checked now as well, so that what can never be sent is refused at once.
@@ -321,6 +354,7 @@ pub fn decide(message: CanonicalMessage, facts: &Facts<'_>) -> Decision {
         message,
         decided_at: facts.now,
         trace,
+        basis,
     })
 }
 
@@ -398,13 +432,14 @@ fn opt_out_confirmation_problem(
 }
 
 /// The consent rules: the ledger, then uncertain opt-outs awaiting review. A jurisdiction rule
-/// may raise what the purpose needs; the strictest wins.
+/// may raise what the purpose needs; the strictest wins. Returns what consent rested on, when
+/// the ledger allows the message.
 fn check_consent(
     message: &CanonicalMessage,
     facts: &Facts<'_>,
     rules: &[&jurisdictions::Rule],
     reasons: &mut Vec<Reason>,
-) {
+) -> Option<Basis> {
     let purpose = message.purpose;
     let mut consent_policy = facts.policies.consent.at(facts.now);
     for rule in rules {
@@ -417,6 +452,7 @@ fn check_consent(
             *current = (*current).max(needed);
         }
     }
+    let mut basis = None;
     match consent::check(
         facts.consent,
         &message.scope,
@@ -424,7 +460,16 @@ fn check_consent(
         &consent_policy,
         facts.now,
     ) {
-        Ok(_) => {}
+        Ok(state) => {
+            basis = Some(Basis {
+                consent_event: match state {
+                    consent::ConsentState::OptedIn { event, .. } => Some(event.id.clone()),
+                    _ => None,
+                },
+                requirement: consent_policy.requirement(purpose),
+                revoke_all: consent_policy.revoke_all,
+            });
+        }
         Err(ConsentProblem::OptedOut(event)) if event.number_reassigned => reasons.push(Reason {
             code: ReasonCode::NumberReassigned,
             detail: format!(
@@ -475,6 +520,7 @@ fn check_consent(
             scope: Some("tenant".into()),
         });
     }
+    basis
 }
 
 #[cfg(test)]

@@ -89,6 +89,8 @@ pub struct MessageRecord {
     pub release_at_us: Option<i64>,
     /// The application's status callback, as JSON `{"url", "account_sid"}`.
     pub status_callback: Option<String>,
+    /// What an allowed message's consent rested on, as JSON (`policy::Basis`).
+    pub basis: Option<String>,
     /// A first-time recipient's new key, sealing `payload`: stored in the record's
     /// transaction, which fails if the recipient already has one.
     pub new_recipient_key: Option<RecipientKeyRow>,

@@ -14,8 +14,11 @@
 
 use super::merkle::{Hash, leaf_hash};
 
-/// The format version, the first byte of every leaf.
+/// The format version, the first byte of every leaf...
 pub const VERSION: u8 = 1;
+/// ...but a message record's with its decision basis as an 18th field: an older leaf keeps
+/// its bytes, and so its hash.
+pub const BASIS_VERSION: u8 = 2;
 
 /// What a leaf records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +100,10 @@ struct Encoder(Vec<u8>);
 
 impl Encoder {
     fn new(kind: Kind) -> Self {
-        Encoder(vec![VERSION, kind.code()])
+        Encoder::with_version(VERSION, kind)
+    }
+    fn with_version(version: u8, kind: Kind) -> Self {
+        Encoder(vec![version, kind.code()])
     }
     fn bytes(mut self, value: &[u8]) -> Self {
         self.0.push(0x01);
@@ -146,14 +152,22 @@ pub struct MessageColumns<'a> {
     pub status_callback: Option<&'a str>,
     pub key_id: &'a str,
     pub payload: &'a [u8],
+    /// What an allowed message's consent rested on (JSON), when recorded.
+    pub basis: Option<&'a str>,
 }
 
 /// A message record's leaf: every column of its `messages` row, in this order: id, tenant,
 /// created_at_us, recipient_hash, recipient_masked, sender_masked, purpose, brand, campaign,
-/// decision, reasons, upstream, reply_kind, confirms_event, status_callback, key_id, payload.
+/// decision, reasons, upstream, reply_kind, confirms_event, status_callback, key_id, payload;
+/// then, for a record with a decision basis, the basis (and the leaf's version is
+/// [`BASIS_VERSION`]).
 pub fn message<'a>(record: impl Into<MessageColumns<'a>>) -> Leaf {
     let record = record.into();
-    let bytes = Encoder::new(Kind::Message)
+    let encoder = match record.basis {
+        Some(_) => Encoder::with_version(BASIS_VERSION, Kind::Message),
+        None => Encoder::new(Kind::Message),
+    };
+    let mut encoder = encoder
         .text(record.id)
         .text(record.tenant)
         .int(record.created_at_us)
@@ -170,8 +184,11 @@ pub fn message<'a>(record: impl Into<MessageColumns<'a>>) -> Leaf {
         .optional(record.confirms_event)
         .optional(record.status_callback)
         .text(record.key_id)
-        .bytes(record.payload)
-        .0;
+        .bytes(record.payload);
+    if let Some(basis) = record.basis {
+        encoder = encoder.text(basis);
+    }
+    let bytes = encoder.0;
     Leaf {
         kind: Kind::Message,
         ref_id: record.id.to_owned(),
@@ -313,10 +330,10 @@ pub fn recorded_at_us(kind: Kind, fields: &[Field]) -> Option<i64> {
 pub fn decode(bytes: &[u8]) -> Option<(Kind, Vec<Field>)> {
     let (&version, rest) = bytes.split_first()?;
     let (&kind, mut rest) = rest.split_first()?;
-    if version != VERSION {
+    let kind = Kind::from_code(kind)?;
+    if version != VERSION && !(version == BASIS_VERSION && kind == Kind::Message) {
         return None;
     }
-    let kind = Kind::from_code(kind)?;
     let mut fields = Vec::new();
     while let Some((&tag, after)) = rest.split_first() {
         match tag {

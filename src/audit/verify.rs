@@ -39,6 +39,8 @@ pub struct Report {
     pub signed: u64,
     /// With a witness policy: the largest checkpoint a quorum of witnesses cosigned.
     pub witnessed: Option<u64>,
+    /// Allowed messages whose consent was replayed against the log.
+    pub replayed: u64,
 }
 
 /// The witnesses an auditor relies on: a checkpoint counts as witnessed when `quorum` of them
@@ -179,6 +181,141 @@ impl OrderCheck {
     }
 }
 
+/// Replays each allowed message's consent: the basis its leaf records (`policy::Basis`: the
+/// opt-in it rested on and the consent rules applied) must hold against the recipient's
+/// consent events that come before it in the log. A message whose opt-in is not in the log
+/// before it, or that an earlier opt-out forbids, fails. Messages recorded before bases were
+/// (leaf version 1) are not replayed.
+#[derive(Debug, Default)]
+pub struct Replay {
+    /// Each recipient's consent events so far, by tenant and recipient hash.
+    ledgers: std::collections::HashMap<(String, String), Vec<crate::consent::ConsentEvent>>,
+    /// How many messages were replayed.
+    pub replayed: u64,
+}
+
+impl Replay {
+    /// Takes the leaf at `index` (already checked to be well formed).
+    pub fn see(&mut self, index: u64, bytes: &[u8]) -> Result<(), Failure> {
+        let Some((kind, fields)) = leaf::decode(bytes) else {
+            return Err(fail(index, "the leaf is not in the documented format"));
+        };
+        let text = |position: usize| match fields.get(position) {
+            Some(Field::Bytes(bytes)) => Some(String::from_utf8_lossy(bytes).into_owned()),
+            _ => None,
+        };
+        let int = |position: usize| match fields.get(position) {
+            Some(Field::Int(value)) => Some(*value),
+            _ => None,
+        };
+        let unreadable = |what: &str| fail(index, format!("the leaf's {what} does not read"));
+        match kind {
+            Kind::ConsentEvent => {
+                let key = (
+                    text(1).ok_or_else(|| unreadable("tenant"))?,
+                    text(2).ok_or_else(|| unreadable("recipient_hash"))?,
+                );
+                let event = crate::consent::ConsentEvent::from_columns(
+                    index as i64,
+                    text(0).ok_or_else(|| unreadable("id"))?,
+                    &text(4).ok_or_else(|| unreadable("action"))?,
+                    text(5).as_deref(),
+                    text(6),
+                    text(7),
+                    &text(8).ok_or_else(|| unreadable("purposes"))?,
+                    int(10).ok_or_else(|| unreadable("occurred_at_us"))?,
+                    &text(9).ok_or_else(|| unreadable("method"))?,
+                )
+                .map_err(unreadable)?;
+                self.ledgers.entry(key).or_default().push(event);
+                Ok(())
+            }
+            Kind::Message => match text(17) {
+                Some(basis) if text(9).as_deref() == Some("allowed") => {
+                    let basis: crate::policy::Basis =
+                        serde_json::from_str(&basis).map_err(|_| unreadable("decision basis"))?;
+                    let key = (
+                        text(1).ok_or_else(|| unreadable("tenant"))?,
+                        text(3).ok_or_else(|| unreadable("recipient_hash"))?,
+                    );
+                    let purpose: crate::domain::Purpose = text(6)
+                        .and_then(|p| p.parse().ok())
+                        .ok_or_else(|| unreadable("purpose"))?;
+                    let scope = crate::domain::Scope {
+                        brand: text(7),
+                        campaign: text(8),
+                    };
+                    let decided_at = int(2)
+                        .and_then(|us| jiff::Timestamp::from_microsecond(us).ok())
+                        .ok_or_else(|| unreadable("created_at_us"))?;
+                    let events = self.ledgers.get(&key).map_or(&[][..], Vec::as_slice);
+                    self.replayed += 1;
+                    replay(index, &basis, events, &scope, purpose, decided_at)
+                }
+                _ => Ok(()),
+            },
+            Kind::BodyAccess | Kind::Erasure => Ok(()),
+        }
+    }
+}
+
+/// One allowed message's consent, decided again from the events before it.
+fn replay(
+    index: u64,
+    basis: &crate::policy::Basis,
+    events: &[crate::consent::ConsentEvent],
+    scope: &crate::domain::Scope,
+    purpose: crate::domain::Purpose,
+    decided_at: jiff::Timestamp,
+) -> Result<(), Failure> {
+    use crate::consent::{ConsentProblem, ConsentState};
+    if let Some(id) = &basis.consent_event
+        && !events.iter().any(|event| &event.id == id)
+    {
+        return Err(fail(
+            index,
+            format!(
+                "the message rests on consent event {id}, which is not in the log before it: \
+                 the opt-in was never logged, or logged after the send"
+            ),
+        ));
+    }
+    let replayed = crate::consent::check(events, scope, purpose, &basis.policy(), decided_at);
+    match (replayed, &basis.consent_event) {
+        (Ok(ConsentState::OptedIn { event, .. }), Some(id)) if &event.id == id => Ok(()),
+        (Ok(ConsentState::NoRecord), None) => Ok(()),
+        (Ok(ConsentState::OptedIn { event, .. }), _) => Err(fail(
+            index,
+            format!(
+                "replayed against the consent events before it, the message rests on opt-in \
+                 {}, not on the one it names ({})",
+                event.id,
+                basis.consent_event.as_deref().unwrap_or("none")
+            ),
+        )),
+        (Ok(_), _) => Err(fail(
+            index,
+            "replayed against the consent events before it, the message has no opt-in to rest on",
+        )),
+        (Err(ConsentProblem::OptedOut(event)), _) => Err(fail(
+            index,
+            format!(
+                "the message was allowed, yet opt-out {} comes before it in the log and \
+                 forbids it",
+                event.id
+            ),
+        )),
+        (Err(ConsentProblem::NoConsent { needed, .. }), _) => Err(fail(
+            index,
+            format!(
+                "the message was allowed, yet the consent events before it in the log hold no \
+                 {} opt-in for it",
+                needed.as_str()
+            ),
+        )),
+    }
+}
+
 fn show_time(us: i64) -> String {
     jiff::Timestamp::from_microsecond(us).map_or_else(|_| format!("{us} us"), |t| t.to_string())
 }
@@ -277,6 +414,7 @@ impl LogVerifier {
             root: self.frontier.root(),
             signed: self.last_good,
             witnessed: None,
+            replayed: 0,
         })
     }
 }
@@ -309,6 +447,7 @@ pub async fn verify_store(
         .transpose()?;
     let mut verifier = LogVerifier::new(public_key, checkpoints)?;
     let mut order = OrderCheck::default();
+    let mut replay = Replay::default();
     let mut after = -1i64;
     loop {
         let entries = store.log_entries(after, 1000).await.map_err(database)?;
@@ -369,6 +508,7 @@ pub async fn verify_store(
                 ));
             }
             order.see(position, &rebuilt.bytes)?;
+            replay.see(position, &rebuilt.bytes)?;
             verifier.push(position, rebuilt.hash())?;
             progress(position + 1);
             after = index;
@@ -376,6 +516,7 @@ pub async fn verify_store(
     }
     let mut report = verifier.finish()?;
     report.witnessed = witnessed;
+    report.replayed = replay.replayed;
     // Every logged row is written with its entry: in one snapshot the counts are equal.
     let counts = store.logged_row_counts().await.map_err(database)?;
     let unlogged: Vec<String> = counts
@@ -412,6 +553,7 @@ pub fn verify_export(
         .transpose()?;
     let mut verifier = LogVerifier::new(public_key, checkpoints)?;
     let mut order = OrderCheck::default();
+    let mut replay = Replay::default();
     for (number, line) in lines.enumerate() {
         let line = line.map_err(|e| fail(None, format!("export line {}: {e}", number + 1)))?;
         if line.trim().is_empty() {
@@ -428,11 +570,13 @@ pub fn verify_export(
             .ok_or_else(|| fail(index, "the leaf is not base64"))?;
         check_leaf(index, &row, &bytes)?;
         order.see(index, &bytes)?;
+        replay.see(index, &bytes)?;
         verifier.push(index, merkle::leaf_hash(&bytes))?;
         progress(index + 1);
     }
     let mut report = verifier.finish()?;
     report.witnessed = witnessed;
+    report.replayed = replay.replayed;
     Ok(report)
 }
 
@@ -459,7 +603,7 @@ fn check_leaf(index: u64, row: &Value, bytes: &[u8]) -> Result<(), Failure> {
 
 /// The fields a bundle row shows, and where each is in its leaf: what an auditor reads must be
 /// what was signed.
-const MESSAGE_FIELDS: [(&str, usize); 14] = [
+const MESSAGE_FIELDS: [(&str, usize); 15] = [
     ("id", 0),
     ("created_at_us", 2),
     ("recipient_hash", 3),
@@ -474,6 +618,7 @@ const MESSAGE_FIELDS: [(&str, usize); 14] = [
     ("confirms_event", 13),
     ("key_id", 15),
     ("tenant", 1),
+    ("basis", 17),
 ];
 const CONSENT_FIELDS: [(&str, usize); 11] = [
     ("id", 0),
@@ -494,7 +639,8 @@ const CONSENT_FIELDS: [(&str, usize); 11] = [
 fn shows(value: Option<&Value>, field: Option<&Field>) -> bool {
     match (value, field) {
         (None, _) => true,
-        (Some(Value::Null), Some(Field::Absent)) => true,
+        // A leaf of an older version ends before the field.
+        (Some(Value::Null), Some(Field::Absent) | None) => true,
         (Some(Value::String(text)), Some(Field::Bytes(bytes))) => text.as_bytes() == bytes,
         (Some(Value::Number(number)), Some(Field::Int(int))) => number.as_i64() == Some(*int),
         _ => false,
@@ -894,5 +1040,101 @@ mod tests {
             ..policy
         };
         assert!(check_witnesses(&impossible, &[witnessed]).is_err());
+    }
+
+    #[test]
+    fn replay_holds_an_allowed_message_to_the_consent_before_it_in_the_log() {
+        use crate::audit::leaf::{ConsentColumns, MessageColumns, consent_event, message};
+        let consent = |id: &'static str, action: &'static str, at: i64| {
+            consent_event(ConsentColumns {
+                id,
+                tenant: "t",
+                recipient_hash: "r",
+                recipient_masked: "+1415555****",
+                action,
+                level: (action == "opt_in").then_some("express_written"),
+                brand: None,
+                campaign: None,
+                purposes: "",
+                method: "web_form",
+                occurred_at_us: at,
+                recorded_at_us: at,
+                recorded_by: "s",
+                external_id: None,
+                idempotency_key: id,
+                key_id: "k",
+                evidence: b"e",
+            })
+            .bytes
+        };
+        let marketing = |basis: Option<&'static str>, at: i64| {
+            message(MessageColumns {
+                id: "msg",
+                tenant: "t",
+                created_at_us: at,
+                recipient_hash: "r",
+                recipient_masked: "+1415555****",
+                sender_masked: "+1202555****",
+                purpose: "marketing",
+                brand: None,
+                campaign: None,
+                decision: "allowed",
+                reasons_json: "[]",
+                upstream: Some("gw"),
+                reply_kind: None,
+                confirms_event: None,
+                status_callback: None,
+                key_id: "k",
+                payload: b"p",
+                basis,
+            })
+            .bytes
+        };
+        let basis =
+            Some(r#"{"consent_event":"in","requirement":"express_written","revoke_all":false}"#);
+        let run = |leaves: &[Vec<u8>]| {
+            let mut replay = Replay::default();
+            leaves
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, leaf)| replay.see(i as u64, leaf))
+                .map(|()| replay.replayed)
+        };
+        assert_eq!(
+            run(&[consent("in", "opt_in", 10), marketing(basis, 20)]),
+            Ok(1)
+        );
+        // Recorded before bases were: not replayed.
+        assert_eq!(run(&[marketing(None, 20)]), Ok(0));
+        // The opt-in it names is not in the log before it.
+        let failure = run(&[marketing(basis, 20), consent("in", "opt_in", 10)]).unwrap_err();
+        assert_eq!(failure.position, Some(0));
+        assert!(
+            failure.reason.contains("not in the log before it"),
+            "{failure}"
+        );
+        // An opt-out before it forbids it.
+        let failure = run(&[
+            consent("in", "opt_in", 10),
+            consent("out", "opt_out", 15),
+            marketing(basis, 20),
+        ])
+        .unwrap_err();
+        assert_eq!(failure.position, Some(2));
+        assert!(
+            failure.reason.contains("opt-out out comes before it"),
+            "{failure}"
+        );
+        // An opt-in that happened after the decision cannot have allowed it.
+        let failure = run(&[consent("in", "opt_in", 30), marketing(basis, 20)]).unwrap_err();
+        assert!(
+            failure.reason.contains("no express_written opt-in"),
+            "{failure}"
+        );
+        // A basis naming no opt-in where one was needed.
+        let none =
+            Some(r#"{"consent_event":null,"requirement":"express_written","revoke_all":false}"#);
+        assert!(run(&[marketing(none, 20)]).is_err());
+        assert!(run(&[marketing(basis, 20)]).is_err());
     }
 }

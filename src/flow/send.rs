@@ -763,6 +763,12 @@ async fn sealed_record(
             .status_callback
             .as_ref()
             .and_then(|callback| serde_json::to_string(callback).ok()),
+        basis: match decision {
+            Decision::Allow(permit) => permit
+                .basis()
+                .and_then(|basis| serde_json::to_string(basis).ok()),
+            _ => None,
+        },
         new_recipient_key,
     })
 }

@@ -178,6 +178,7 @@ fn message_json(item: &AuditedMessage) -> Value {
         "upstream": record.upstream,
         "outcome": item.outcome,
         "key_id": record.key_id,
+        "basis": record.basis,
         "leaf_hash": hex(&leaf.hash()),
         "leaf": b64(&leaf.bytes),
     })

@@ -24,6 +24,7 @@ impl<'a> From<&'a MessageRecord> for MessageColumns<'a> {
             status_callback: record.status_callback.as_deref(),
             key_id: &record.key_id,
             payload: &record.payload,
+            basis: record.basis.as_deref(),
         }
     }
 }

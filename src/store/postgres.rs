@@ -1738,10 +1738,11 @@ async fn insert_messages(
         "WITH message AS ( \
            INSERT INTO messages (id, tenant, created_at_us, recipient_hash, \
            recipient_masked, sender_masked, purpose, brand, campaign, decision, reply_kind, \
-           confirms_event, reasons, upstream, key_id, payload, status_callback) \
+           confirms_event, reasons, upstream, key_id, payload, status_callback, basis) \
            SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], \
            $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], \
-           $12::text[], $13::text[], $14::text[], $15::text[], $16::bytea[], $17::text[])), \
+           $12::text[], $13::text[], $14::text[], $15::text[], $16::bytea[], $17::text[], \
+           $28::text[])), \
          recipient_key AS ( \
            INSERT INTO recipient_keys (tenant, recipient_hash, id, data_key_id, wrapped, \
            created_at_us) SELECT * FROM unnest($18::text[], $19::text[], $20::text[], \
@@ -1782,6 +1783,7 @@ async fn insert_messages(
     .bind(leaves.iter().map(|l| l.ref_id.as_str()).collect::<Vec<_>>())
     .bind(leaves.iter().map(|l| l.tenant.as_str()).collect::<Vec<_>>())
     .bind(&leaf_hashes)
+    .bind(optional(|r| r.basis.as_deref()))
     .execute(&mut *connection)
     .await?;
     let (deferred, release_at): (Vec<&MessageRecord>, Vec<i64>) = records

@@ -11,8 +11,8 @@ use crate::audit::checkpoint::Checkpoint;
 use crate::audit::leaf::Kind;
 use crate::audit::merkle::Hash;
 use crate::audit::note::Cosignature;
-use crate::consent::{Action, ConsentEvent, Level, Purposes};
-use crate::domain::{MessageId, Purpose, Scope, TenantId};
+use crate::consent::{Action, ConsentEvent, Level};
+use crate::domain::{MessageId, Purpose, TenantId};
 
 /// A ledger row as the consent fold reads it.
 pub(crate) fn event_from_row<R>(row: &R) -> Result<ConsentEvent, StoreError>
@@ -56,27 +56,18 @@ pub(crate) fn consent_event(
     occurred_at_us: i64,
     method: &str,
 ) -> Result<ConsentEvent, StoreError> {
-    let corrupt = |what: &str| StoreError::Corrupt(format!("consent_events.{what}"));
-    Ok(ConsentEvent {
-        id,
+    ConsentEvent::from_columns(
         seq,
-        action: Action::parse(action).ok_or_else(|| corrupt("action"))?,
-        level: match level {
-            None => None,
-            Some(level) => Some(Level::parse(level).ok_or_else(|| corrupt("level"))?),
-        },
-        scope: Scope { brand, campaign },
-        purposes: Purposes(
-            purposes
-                .split_whitespace()
-                .map(|p| p.parse::<Purpose>())
-                .collect::<Result<_, _>>()
-                .map_err(|_| corrupt("purposes"))?,
-        ),
-        occurred_at: jiff::Timestamp::from_microsecond(occurred_at_us)
-            .map_err(|_| corrupt("occurred_at_us"))?,
-        number_reassigned: crate::consent::is_number_change(method),
-    })
+        id,
+        action,
+        level,
+        brand,
+        campaign,
+        purposes,
+        occurred_at_us,
+        method,
+    )
+    .map_err(|what| StoreError::Corrupt(format!("consent_events.{what}")))
 }
 
 /// A whole ledger row.
@@ -202,7 +193,7 @@ where
 pub(crate) const MESSAGE_COLUMNS: &str = "m.id, m.tenant, m.created_at_us, m.recipient_hash, \
      m.recipient_masked, m.sender_masked, m.purpose, m.brand, m.campaign, m.decision, \
      m.reply_kind, m.confirms_event, m.reasons, m.upstream, m.key_id, m.payload, \
-     m.status_callback";
+     m.status_callback, m.basis";
 
 /// A whole message row, as it was recorded (a row that does not parse is corrupt: the audit
 /// must not guess).
@@ -256,6 +247,7 @@ where
         payload: row.try_get("payload")?,
         release_at_us: None,
         status_callback: row.try_get("status_callback")?,
+        basis: row.try_get("basis")?,
         new_recipient_key: None,
     })
 }

@@ -1188,8 +1188,28 @@ async fn a_hand_written_opt_in_is_ignored_unless_logged_and_back_dating_it_fails
     let genuine = "+14155550131";
     let forged = "+14155550132";
     opt_in(&app, &shop, genuine).await;
-    let marketing = shop_message(forged, "marketing", None, None);
     let db = &app.database;
+    // A genuine send records what its consent rested on: the opt-in, and the rules applied.
+    let sent = sent_id(
+        app.send(&shop, &shop_message(genuine, "marketing", None, None))
+            .await,
+    )
+    .await;
+    let basis: Value = serde_json::from_str(
+        &db.text(&format!("SELECT basis FROM messages WHERE id = '{sent}'"))
+            .await,
+    )
+    .unwrap();
+    let genuine_opt_in = db
+        .text("SELECT id FROM consent_events WHERE action = 'opt_in'")
+        .await;
+    assert_eq!(basis["consent_event"], genuine_opt_in.as_str());
+    assert_eq!(basis["requirement"], "express_written");
+    checkpoint_covering_all(&app, &auditor).await;
+    let (ok, said) = verify(&app);
+    assert!(ok && said.contains("1 decisions replayed"), "{said}");
+
+    let marketing = shop_message(forged, "marketing", None, None);
     let template = db
         .text("SELECT id FROM consent_events WHERE action = 'opt_in'")
         .await;

@@ -508,8 +508,8 @@ fn insert_message(transaction: &Connection, record: &MessageRecord) -> Result<()
         .prepare_cached(
             "INSERT INTO messages (id, tenant, created_at_us, recipient_hash, recipient_masked, \
              sender_masked, purpose, brand, campaign, decision, reply_kind, confirms_event, \
-             reasons, upstream, key_id, payload, status_callback) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             reasons, upstream, key_id, payload, status_callback, basis) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )?
         .execute(params![
             record.id.as_str(),
@@ -529,6 +529,7 @@ fn insert_message(transaction: &Connection, record: &MessageRecord) -> Result<()
             record.key_id,
             record.payload,
             record.status_callback,
+            record.basis,
         ])?;
     if let Some(key) = &record.new_recipient_key {
         transaction
@@ -704,6 +705,7 @@ mod tests {
             payload: vec![1, 2, 3],
             release_at_us: None,
             status_callback: None,
+            basis: None,
             new_recipient_key: None,
         }
     }
