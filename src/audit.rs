@@ -50,7 +50,7 @@ pub async fn with_cosignatures(
 }
 
 /// Writes every sequenced leaf, in order, as NDJSON (`leaf_index`, `kind`, `id`, `leaf` in
-/// base64) to `out`, and every checkpoint as a JSON list to `checkpoints`; returns how many
+/// base64, `logged_hash` in hex) to `out`, and every checkpoint as a JSON list to `checkpoints`; returns how many
 /// leaves were written, and tells `progress` after each. Leaves are rebuilt from the rows as
 /// they are now: a verification of the export checks them. A leaf whose row is gone stops the
 /// export, naming it: an export never holds a leaf it cannot show.
@@ -100,6 +100,9 @@ pub async fn export(
                 "kind": entry.kind.as_str(),
                 "id": entry.ref_id,
                 "leaf": leaf,
+                // The hash logged when the row was written: a leaf rebuilt from a row changed
+                // since no longer has it, and the verifier names that leaf.
+                "logged_hash": crate::crypto::hex(&entry.leaf_hash),
             });
             writeln!(file, "{line}")?;
             written += 1;

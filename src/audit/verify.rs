@@ -569,6 +569,19 @@ pub fn verify_export(
             .and_then(|text| base64::engine::general_purpose::STANDARD.decode(text).ok())
             .ok_or_else(|| fail(index, "the leaf is not base64"))?;
         check_leaf(index, &row, &bytes)?;
+        if let Some(logged) = row["logged_hash"].as_str()
+            && logged != hex(&merkle::leaf_hash(&bytes))
+        {
+            return Err(fail(
+                index,
+                format!(
+                    "the {} {} was altered after it was logged: its leaf's hash is not the one \
+                     logged when it was written",
+                    row["kind"].as_str().unwrap_or("row"),
+                    row["id"].as_str().unwrap_or("?")
+                ),
+            ));
+        }
         order.see(index, &bytes)?;
         replay.see(index, &bytes)?;
         verifier.push(index, merkle::leaf_hash(&bytes))?;

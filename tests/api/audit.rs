@@ -519,6 +519,28 @@ async fn proofs_verify_against_signed_checkpoints_and_forgeries_fail() {
     let (ok, said) = offline_export(&cut);
     assert!(!ok);
     assert!(said.contains("leaf 5: truncated"), "{said}");
+    // One leaf's last byte changed: named by its logged hash, not a range of leaves.
+    let altered: String = text
+        .lines()
+        .enumerate()
+        .map(|(n, line)| {
+            let mut row: Value = serde_json::from_str(line).unwrap();
+            if n == 2 {
+                let standard = &base64::engine::general_purpose::STANDARD;
+                let mut bytes = standard.decode(row["leaf"].as_str().unwrap()).unwrap();
+                *bytes.last_mut().unwrap() ^= 1;
+                row["leaf"] = json!(standard.encode(bytes));
+            }
+            format!("{row}\n")
+        })
+        .collect();
+    std::fs::write(&cut, altered).unwrap();
+    let (ok, said) = offline_export(&cut);
+    assert!(!ok);
+    assert!(
+        said.contains("FAILED: leaf 2: the") && said.contains("was altered after it was logged"),
+        "{said}"
+    );
     let mut views: Value = serde_json::from_slice(&std::fs::read(&checkpoints).unwrap()).unwrap();
     let signature = views[0]["signature"].as_str().unwrap().to_owned();
     let flipped = if signature.starts_with('A') { "B" } else { "A" };
