@@ -985,8 +985,10 @@ fn check(config_path: Option<&Path>) -> anyhow::Result<()> {
     consentry::auth::Verifier::from_config(&config, dev_key.as_ref().map(|k| k.as_slice()))?;
     consentry::upstream::Upstreams::from_config(&config)?;
     let tenants = config.tenants()?;
+    let policies = PolicySet::load(&config.policies)?;
     println!(
-        "configuration is valid: {} tenant(s), {} upstream(s) besides sandbox, {} issuer(s){}",
+        "configuration is valid: {} tenant(s), {} upstream(s) besides sandbox, {} issuer(s){}; \
+         policies {}",
         tenants.len(),
         config.upstreams.len(),
         config.jwt.issuers.len(),
@@ -994,7 +996,8 @@ fn check(config_path: Option<&Path>) -> anyhow::Result<()> {
             " and the development issuer"
         } else {
             ""
-        }
+        },
+        policies.version
     );
     Ok(())
 }

@@ -193,6 +193,9 @@ pub struct Basis {
     pub consent_event: Option<String>,
     pub requirement: consent::Requirement,
     pub revoke_all: bool,
+    /// The policy set's version (`PolicySet::version`).
+    #[serde(default)]
+    pub policies: String,
 }
 
 impl Basis {
@@ -468,6 +471,7 @@ fn check_consent(
                 },
                 requirement: consent_policy.requirement(purpose),
                 revoke_all: consent_policy.revoke_all,
+                policies: facts.policies.version.clone(),
             });
         }
         Err(ConsentProblem::OptedOut(event)) if event.number_reassigned => reasons.push(Reason {

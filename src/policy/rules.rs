@@ -124,6 +124,10 @@ pub struct PolicySet {
     pub replies: Replies,
     pub jurisdictions: Jurisdictions,
     pub zones: ZoneTable,
+    /// Which rules these are: SHA-256 over the text of every file read and the
+    /// configuration's overrides, in the order read; its first 8 bytes in hex. A decision's
+    /// basis names it, so an auditor can tell which rules a send was decided under.
+    pub version: String,
 }
 
 /// `policies/replies.toml`: reply templates per language.
@@ -230,16 +234,19 @@ impl PolicySet {
     /// Loads the policy files, from `config.dir` where a file exists there, else the shipped
     /// copy; then applies the configuration's overrides.
     pub fn load(config: &PoliciesConfig) -> Result<PolicySet, ConfigError> {
+        let mut read = Sources::default();
         let mut consent: ConsentRules =
-            parse_file(config.dir.as_deref(), "consent.toml", EMBEDDED_CONSENT)?;
+            read.parse(config.dir.as_deref(), "consent.toml", EMBEDDED_CONSENT)?;
         if let Some(revoke_all) = config.revoke_all {
             consent.opt_out.revoke_all = revoke_all;
+            read.add(&format!("policies.revoke_all = {revoke_all}"));
         }
         let keyword_file: KeywordFile =
-            parse_file(config.dir.as_deref(), "keywords.toml", EMBEDDED_KEYWORDS)?;
+            read.parse(config.dir.as_deref(), "keywords.toml", EMBEDDED_KEYWORDS)?;
         let keywords =
             Keywords::new(&keyword_file).map_err(|e| ConfigError(format!("keywords.toml: {e}")))?;
-        let replies: Replies = parse_file(config.dir.as_deref(), "replies.toml", EMBEDDED_REPLIES)?;
+        let replies: Replies =
+            read.parse(config.dir.as_deref(), "replies.toml", EMBEDDED_REPLIES)?;
         if !replies.templates.contains_key("en") {
             return Err(ConfigError("replies.toml: templates.en is required".into()));
         }
@@ -277,8 +284,15 @@ impl PolicySet {
                     .map_err(|e| ConfigError(format!("policies.rules: {e}")))?,
             )
         };
+        let jurisdiction_files = jurisdiction_files(config.dir.as_deref())?;
+        for (_, text) in &jurisdiction_files {
+            read.add(text);
+        }
+        if let Some(text) = &overrides {
+            read.add(text);
+        }
         let jurisdictions = Jurisdictions::load_with_overrides(
-            &jurisdiction_files(config.dir.as_deref())?,
+            &jurisdiction_files,
             overrides
                 .as_deref()
                 .map(|text| ("the configuration's policies.rules", text)),
@@ -286,9 +300,9 @@ impl PolicySet {
         .map_err(ConfigError)?;
         let dir = config.dir.as_deref();
         let (map, regions, overrides) = (
-            read_file(dir, "zones/map_data.txt", crate::zones::EMBEDDED_MAP)?,
-            read_file(dir, "zones/regions.txt", crate::zones::EMBEDDED_REGIONS)?,
-            read_file(dir, "zones/overrides.txt", crate::zones::EMBEDDED_OVERRIDES)?,
+            read.file(dir, "zones/map_data.txt", crate::zones::EMBEDDED_MAP)?,
+            read.file(dir, "zones/regions.txt", crate::zones::EMBEDDED_REGIONS)?,
+            read.file(dir, "zones/overrides.txt", crate::zones::EMBEDDED_OVERRIDES)?,
         );
         fn file((origin, text): &(String, String)) -> DataFile<'_> {
             DataFile { origin, text }
@@ -301,7 +315,52 @@ impl PolicySet {
             replies,
             jurisdictions,
             zones,
+            version: read.version(),
         })
+    }
+}
+
+/// What the policy set was read from, digested as it is read, for its version.
+struct Sources(ring::digest::Context);
+
+impl Default for Sources {
+    fn default() -> Self {
+        Sources(ring::digest::Context::new(&ring::digest::SHA256))
+    }
+}
+
+impl Sources {
+    /// One more text, length first so that two texts never read as one.
+    fn add(&mut self, text: &str) {
+        self.0.update(&(text.len() as u64).to_be_bytes());
+        self.0.update(text.as_bytes());
+    }
+
+    /// [`read_file`], digested.
+    fn file(
+        &mut self,
+        dir: Option<&Path>,
+        name: &str,
+        embedded: &str,
+    ) -> Result<(String, String), ConfigError> {
+        let (origin, text) = read_file(dir, name, embedded)?;
+        self.add(&text);
+        Ok((origin, text))
+    }
+
+    /// A TOML file, read and digested.
+    fn parse<T: serde::de::DeserializeOwned>(
+        &mut self,
+        dir: Option<&Path>,
+        name: &str,
+        embedded: &str,
+    ) -> Result<T, ConfigError> {
+        let (origin, text) = self.file(dir, name, embedded)?;
+        toml::from_str(&text).map_err(|error| ConfigError(format!("{origin}: {error}")))
+    }
+
+    fn version(self) -> String {
+        crate::crypto::hex(&self.0.finish().as_ref()[..8])
     }
 }
 
@@ -345,15 +404,6 @@ fn jurisdiction_files(dir: Option<&Path>) -> Result<Vec<(String, String)>, Confi
     Ok(files.into_iter().collect())
 }
 
-fn parse_file<T: serde::de::DeserializeOwned>(
-    dir: Option<&Path>,
-    name: &str,
-    embedded: &str,
-) -> Result<T, ConfigError> {
-    let (origin, text) = read_file(dir, name, embedded)?;
-    toml::from_str(&text).map_err(|error| ConfigError(format!("{origin}: {error}")))
-}
-
 /// `dir/name` where it exists, else the shipped copy; with the name errors give it.
 fn read_file(
     dir: Option<&Path>,
@@ -373,6 +423,21 @@ fn read_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_version_names_the_rules_read() {
+        let shipped = PolicySet::load(&PoliciesConfig::default()).unwrap();
+        assert_eq!(shipped.version.len(), 16);
+        assert_eq!(
+            PolicySet::load(&PoliciesConfig::default()).unwrap().version,
+            shipped.version
+        );
+        let revoking = PoliciesConfig {
+            revoke_all: Some(!shipped.consent.opt_out.revoke_all),
+            ..PoliciesConfig::default()
+        };
+        assert_ne!(PolicySet::load(&revoking).unwrap().version, shipped.version);
+    }
 
     #[test]
     fn the_shipped_policies_load() {

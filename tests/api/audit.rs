@@ -1227,6 +1227,8 @@ async fn a_hand_written_opt_in_is_ignored_unless_logged_and_back_dating_it_fails
         .await;
     assert_eq!(basis["consent_event"], genuine_opt_in.as_str());
     assert_eq!(basis["requirement"], "express_written");
+    assert_eq!(basis["policies"], app.state.policies.version.as_str());
+    assert_eq!(app.state.policies.version.len(), 16);
     checkpoint_covering_all(&app, &auditor).await;
     let (ok, said) = verify(&app);
     assert!(ok && said.contains("1 decisions replayed"), "{said}");
