@@ -792,6 +792,10 @@ pub trait AuditLog: Send + Sync + 'static {
     /// counted in one snapshot.
     async fn logged_row_counts(&self) -> Result<Vec<(Kind, i64, i64)>, StoreError>;
 
+    /// The ids of up to `limit` rows of `kind` that have no log entry: rows added outside the
+    /// log, which `audit verify` names.
+    async fn unlogged_rows(&self, kind: Kind, limit: i64) -> Result<Vec<String>, StoreError>;
+
     /// Stores a signed checkpoint (a second one for the same size is ignored).
     async fn record_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError>;
 

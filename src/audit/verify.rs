@@ -519,13 +519,19 @@ pub async fn verify_store(
     report.replayed = replay.replayed;
     // Every logged row is written with its entry: in one snapshot the counts are equal.
     let counts = store.logged_row_counts().await.map_err(database)?;
-    let unlogged: Vec<String> = counts
-        .iter()
-        .filter(|(_, rows, entries)| rows != entries)
-        .map(|(kind, rows, entries)| {
-            format!("{}: {rows} rows, {entries} log entries", kind.as_str())
-        })
-        .collect();
+    let mut unlogged = Vec::new();
+    for (kind, rows, entries) in counts.iter().filter(|(_, rows, entries)| rows != entries) {
+        let ids = store.unlogged_rows(*kind, 5).await.map_err(database)?;
+        unlogged.push(format!(
+            "{}: {rows} rows, {entries} log entries{}",
+            kind.as_str(),
+            if ids.is_empty() {
+                String::new()
+            } else {
+                format!("; not in the log: {}", ids.join(", "))
+            }
+        ));
+    }
     if !unlogged.is_empty() {
         return Err(fail(
             None,

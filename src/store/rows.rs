@@ -195,6 +195,40 @@ pub(crate) const MESSAGE_COLUMNS: &str = "m.id, m.tenant, m.created_at_us, m.rec
      m.reply_kind, m.confirms_event, m.reasons, m.upstream, m.key_id, m.payload, \
      m.status_callback, m.basis";
 
+/// The logged tables, by the kind of leaf their rows are.
+pub(crate) const LOGGED_TABLES: [(Kind, &str); 4] = [
+    (Kind::Message, "messages"),
+    (Kind::ConsentEvent, "consent_events"),
+    (Kind::BodyAccess, "body_accesses"),
+    (Kind::Erasure, "erasures"),
+];
+
+/// Each logged table's rows and its log entries, counted in one statement.
+pub(crate) const LOGGED_COUNTS: &str = "SELECT \
+     (SELECT count(*) FROM messages), \
+     (SELECT count(*) FROM log_leaves WHERE kind = 'message'), \
+     (SELECT count(*) FROM consent_events), \
+     (SELECT count(*) FROM log_leaves WHERE kind = 'consent_event'), \
+     (SELECT count(*) FROM body_accesses), \
+     (SELECT count(*) FROM log_leaves WHERE kind = 'body_access'), \
+     (SELECT count(*) FROM erasures), \
+     (SELECT count(*) FROM log_leaves WHERE kind = 'erasure')";
+
+/// The ids of up to `limit` rows of `kind`'s table that have no log entry (the same SQL on
+/// both backends: the table and kind are constants).
+pub(crate) fn unlogged_rows_sql(kind: Kind, limit: i64) -> String {
+    let table = LOGGED_TABLES
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map_or("messages", |(_, table)| table);
+    format!(
+        "SELECT t.id FROM {table} t WHERE NOT EXISTS (SELECT 1 FROM log_leaves l \
+         WHERE l.kind = '{}' AND l.ref_id = t.id) ORDER BY t.id LIMIT {}",
+        kind.as_str(),
+        limit.max(0)
+    )
+}
+
 /// A whole message row, as it was recorded (a row that does not parse is corrupt: the audit
 /// must not guess).
 pub(crate) fn message_from_row<R>(row: &R) -> Result<MessageRecord, StoreError>

@@ -11,9 +11,10 @@ use sqlx::sqlite::{
 };
 
 use super::rows::{
-    MESSAGE_COLUMNS, REPLY_COLUMNS, checkpoint_from_row, consent_from_row, cosignature_from_row,
-    data_key_from_row, decision_count_from_row, hash_from, log_entry_from_row, message_from_row,
-    recipient_key_from_row, reply_from_row, review_from_row,
+    LOGGED_COUNTS, LOGGED_TABLES, MESSAGE_COLUMNS, REPLY_COLUMNS, checkpoint_from_row,
+    consent_from_row, cosignature_from_row, data_key_from_row, decision_count_from_row, hash_from,
+    log_entry_from_row, message_from_row, recipient_key_from_row, reply_from_row, review_from_row,
+    unlogged_rows_sql,
 };
 use super::{
     AuditFilter, AuditLog, AuditedConsent, AuditedMessage, ConsentRecord, DataKeyRow, Database,
@@ -819,6 +820,12 @@ impl AuditLog for SqliteStore {
             .collect()
     }
 
+    async fn unlogged_rows(&self, kind: Kind, limit: i64) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(&unlogged_rows_sql(kind, limit))
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
     async fn record_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
         self.batches
             .write(Write::Checkpoint(checkpoint.clone()))
@@ -1240,24 +1247,6 @@ impl Keys for SqliteStore {
 }
 
 /// The logged tables, by kind.
-const LOGGED_TABLES: [(Kind, &str); 4] = [
-    (Kind::Message, "messages"),
-    (Kind::ConsentEvent, "consent_events"),
-    (Kind::BodyAccess, "body_accesses"),
-    (Kind::Erasure, "erasures"),
-];
-
-/// Each logged table's rows and its log entries, counted in one statement.
-const LOGGED_COUNTS: &str = "SELECT \
-     (SELECT count(*) FROM messages), \
-     (SELECT count(*) FROM log_leaves WHERE kind = 'message'), \
-     (SELECT count(*) FROM consent_events), \
-     (SELECT count(*) FROM log_leaves WHERE kind = 'consent_event'), \
-     (SELECT count(*) FROM body_accesses), \
-     (SELECT count(*) FROM log_leaves WHERE kind = 'body_access'), \
-     (SELECT count(*) FROM erasures), \
-     (SELECT count(*) FROM log_leaves WHERE kind = 'erasure')";
-
 /// The columns of a consent event, for `consent_from_row`.
 const CONSENT_COLUMNS: &str = "c.seq, c.id, c.tenant, c.recipient_hash, c.recipient_masked, \
      c.action, c.level, c.brand, c.campaign, c.purposes, c.method, c.occurred_at_us, \

@@ -1257,6 +1257,13 @@ async fn a_hand_written_opt_in_is_ignored_unless_logged_and_back_dating_it_fails
     let response = app.send(&shop, &marketing).await;
     assert_eq!(response.status(), 403);
     assert_eq!(error_code(response).await, "no_consent");
+    // And verify names the row the log does not have.
+    let (ok, said) = verify(&app);
+    assert!(!ok);
+    assert!(
+        said.contains("consent_event: 2 rows, 1 log entries; not in the log: forged-opt-in"),
+        "{said}"
+    );
 
     // Given a log entry with its true leaf hash, it is sequenced and honoured...
     let leaf = app
