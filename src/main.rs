@@ -213,6 +213,11 @@ enum AuditCommand {
         /// online the configured one.
         #[arg(long)]
         origin: Option<String>,
+        /// Also ask this `consentry witness` (its URL) for the latest checkpoint it cosigned:
+        /// the log must hold that tree, or it was truncated or rewritten since. Repeat for
+        /// each; needs --witness. For the whole log (online or --export).
+        #[arg(long = "ask-witness", requires = "witnesses")]
+        ask_witnesses: Vec<String>,
     },
     /// Write the whole log (every leaf, in order) as NDJSON, and its checkpoints.
     Export {
@@ -392,6 +397,7 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
             quorum,
             witness_grace,
             origin,
+            ask_witnesses,
         } => {
             // The witness policy, once the log's origin is known.
             let policy = |origin: Option<String>| -> anyhow::Result<Option<verify::WitnessPolicy>> {
@@ -414,6 +420,7 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
                     grace_us: i64::try_from(witness_grace)
                         .unwrap_or(i64::MAX / 1_000_000)
                         .saturating_mul(1_000_000),
+                    heads: Vec::new(),
                 }))
             };
             let file_origin = |path: Option<&Path>| -> anyhow::Result<Option<String>> {
@@ -486,7 +493,10 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
             } else if let Some(export) = export {
                 let checkpoint = checkpoint.context("--export needs --checkpoint")?;
                 let checkpoints = read_checkpoints(&checkpoint)?;
-                let policy = policy(file_origin(Some(&checkpoint))?)?;
+                let mut policy = policy(file_origin(Some(&checkpoint))?)?;
+                if let Some(policy) = &mut policy {
+                    ask(&runtime, &ask_witnesses, policy, &offline_key()?)?;
+                }
                 let file = std::fs::File::open(&export)
                     .with_context(|| format!("cannot read {}", export.display()))?;
                 use std::io::BufRead as _;
@@ -509,9 +519,12 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
                     Some(path) => read_key(path)?,
                     None => signer.public_key().to_vec(),
                 };
-                let policy = policy(Some(
+                let mut policy = policy(Some(
                     origin.clone().unwrap_or_else(|| signer.origin().to_owned()),
                 ))?;
+                if let Some(policy) = &mut policy {
+                    ask(&runtime, &ask_witnesses, policy, &key)?;
+                }
                 let pinned = match &checkpoint {
                     Some(path) => read_checkpoints(path)?,
                     None => Vec::new(),
@@ -694,6 +707,60 @@ fn describe(report: &consentry::audit::verify::Report) -> String {
             None => String::new(),
         }
     )
+}
+
+/// Asks each witness at `urls` for the latest checkpoint of the policy's log it cosigned, and
+/// adds it to the policy's heads (`audit verify --ask-witness`).
+fn ask(
+    runtime: &tokio::runtime::Runtime,
+    urls: &[String],
+    policy: &mut consentry::audit::verify::WitnessPolicy,
+    log_key: &[u8],
+) -> anyhow::Result<()> {
+    use http_body_util::BodyExt as _;
+    if urls.is_empty() {
+        return Ok(());
+    }
+    let client = consentry::upstream::https_client(None, std::time::Duration::from_secs(5))
+        .map_err(anyhow::Error::msg)?;
+    // The origin in a query: letters, digits and `-._~/` as they are, the rest escaped.
+    let origin: String = policy
+        .origin
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    for url in urls {
+        let address = format!("{}/checkpoint?origin={origin}", url.trim_end_matches('/'));
+        let text = runtime.block_on(async {
+            let request = http::Request::get(&address)
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .with_context(|| format!("--ask-witness {url}"))?;
+            let response =
+                tokio::time::timeout(std::time::Duration::from_secs(10), client.request(request))
+                    .await
+                    .with_context(|| format!("{address}: no answer in 10 s"))?
+                    .with_context(|| format!("{address}: the witness cannot be reached"))?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .with_context(|| format!("{address}: the answer did not read"))?
+                .to_bytes();
+            let text = String::from_utf8_lossy(&body).into_owned();
+            anyhow::ensure!(status.is_success(), "{address}: {status}: {}", text.trim());
+            anyhow::Ok(text)
+        })?;
+        let head = consentry::audit::verify::witnessed_head(&text, log_key, policy)
+            .map_err(|why| anyhow::anyhow!("{address}: {why}"))?;
+        policy.heads.push(head);
+    }
+    Ok(())
 }
 
 /// `consentry witness`.

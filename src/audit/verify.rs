@@ -54,6 +54,54 @@ pub struct WitnessPolicy {
     /// A checkpoint signed more than this long before the newest one must be witnessed:
     /// newer ones may still be on their way to the witnesses.
     pub grace_us: i64,
+    /// The latest heads the witnesses themselves say they cosigned (`GET /checkpoint` of a
+    /// `consentry witness`), checked as [`witnessed_head`] read them: the log must hold each.
+    pub heads: Vec<WitnessedHead>,
+}
+
+/// A tree head a witness cosigned, as the witness shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WitnessedHead {
+    pub witness: String,
+    pub tree_size: u64,
+    pub root: Hash,
+}
+
+/// Reads a witness's latest cosigned checkpoint (a C2SP note with the log's signature and the
+/// witness's cosignature): both must verify, the log's under `log_key` and the witness's under
+/// one of the policy's keys.
+pub fn witnessed_head(
+    note_text: &str,
+    log_key: &[u8],
+    policy: &WitnessPolicy,
+) -> Result<WitnessedHead, String> {
+    let note = super::note::SignedCheckpoint::parse(note_text)?;
+    if note.origin != policy.origin {
+        return Err(format!(
+            "the witness shows a checkpoint of {}, not of {}",
+            note.origin, policy.origin
+        ));
+    }
+    if !note.signed_by_log(log_key) {
+        return Err("the witness shows a checkpoint the log's key did not sign".into());
+    }
+    for (name, bytes) in &note.signatures {
+        let Some(key) = policy.witnesses.iter().find(|key| &key.name == name) else {
+            continue;
+        };
+        let Ok(cosignature) = super::note::Cosignature::from_parts(name.clone(), bytes.clone())
+        else {
+            continue;
+        };
+        if cosignature.verify(key, &note.body).is_ok() {
+            return Ok(WitnessedHead {
+                witness: name.clone(),
+                tree_size: note.tree_size,
+                root: note.root,
+            });
+        }
+    }
+    Err("the checkpoint it shows carries no cosignature by a witness of the policy".into())
 }
 
 /// Checks the checkpoints against a witness policy; returns the largest tree size a quorum
@@ -324,6 +372,8 @@ fn show_time(us: i64) -> String {
 pub struct LogVerifier {
     frontier: Frontier,
     checkpoints: BTreeMap<u64, Checkpoint>,
+    /// Heads witnesses cosigned, by size: the tree must pass through each.
+    heads: BTreeMap<u64, WitnessedHead>,
     checked: usize,
     /// The size of the last checkpoint that matched.
     last_good: u64,
@@ -353,10 +403,17 @@ impl LogVerifier {
         }
         Ok(LogVerifier {
             frontier: Frontier::default(),
+            heads: BTreeMap::new(),
             checkpoints: by_size,
             checked: 0,
             last_good: 0,
         })
+    }
+
+    /// Also checks the tree against heads witnesses cosigned.
+    pub fn with_heads(mut self, heads: &[WitnessedHead]) -> LogVerifier {
+        self.heads = heads.iter().map(|h| (h.tree_size, h.clone())).collect();
+        self
     }
 
     /// Adds the leaf at `index` (which must be the next one).
@@ -388,6 +445,18 @@ impl LogVerifier {
             self.checked += 1;
             self.last_good = size;
         }
+        if let Some(head) = self.heads.get(&size)
+            && head.root != self.frontier.root()
+        {
+            return Err(fail(
+                None,
+                format!(
+                    "the tree of {size} leaves is not the one witness {} cosigned: the log was \
+                     rewritten after the witness saw it",
+                    head.witness
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -398,6 +467,15 @@ impl LogVerifier {
             return Err(fail(
                 None,
                 "no signed checkpoint: the leaves cannot be checked against anything",
+            ));
+        }
+        if let Some((&witnessed, head)) = self.heads.range(size + 1..).next_back() {
+            return Err(fail(
+                size,
+                format!(
+                    "truncated: witness {} cosigned a tree of {witnessed} leaves, the log has {size}",
+                    head.witness
+                ),
             ));
         }
         if let Some((&signed, _)) = self.checkpoints.range(size + 1..).next_back() {
@@ -445,7 +523,8 @@ pub async fn verify_store(
     let witnessed = witnesses
         .map(|policy| check_witnesses(policy, &checkpoints))
         .transpose()?;
-    let mut verifier = LogVerifier::new(public_key, checkpoints)?;
+    let mut verifier = LogVerifier::new(public_key, checkpoints)?
+        .with_heads(witnesses.map_or(&[][..], |policy| &policy.heads));
     let mut order = OrderCheck::default();
     let mut replay = Replay::default();
     let mut after = -1i64;
@@ -557,7 +636,8 @@ pub fn verify_export(
     let witnessed = witnesses
         .map(|policy| check_witnesses(policy, &checkpoints))
         .transpose()?;
-    let mut verifier = LogVerifier::new(public_key, checkpoints)?;
+    let mut verifier = LogVerifier::new(public_key, checkpoints)?
+        .with_heads(witnesses.map_or(&[][..], |policy| &policy.heads));
     let mut order = OrderCheck::default();
     let mut replay = Replay::default();
     for (number, line) in lines.enumerate() {
@@ -996,6 +1076,7 @@ mod tests {
             witnesses: vec![one_key.clone(), two_key.clone()],
             quorum: 2,
             grace_us: 60_000_000,
+            heads: Vec::new(),
         };
         let sign = |size: u64, at_s: i64, by: &[(&Ed25519KeyPair, &str)]| {
             let mut checkpoint = log.sign(size, [size as u8; 32], at_s * 1_000_000);
@@ -1155,5 +1236,78 @@ mod tests {
             Some(r#"{"consent_event":null,"requirement":"express_written","revoke_all":false}"#);
         assert!(run(&[marketing(none, 20)]).is_err());
         assert!(run(&[marketing(basis, 20)]).is_err());
+    }
+
+    #[test]
+    fn heads_the_witnesses_show_must_be_in_the_tree() {
+        use crate::audit::note::{WitnessKey, cosign};
+        use ring::signature::{Ed25519KeyPair, KeyPair as _};
+        let log = signer().with_origin("log/o").unwrap();
+        let witness_pkcs8 =
+            Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+        let witness = Ed25519KeyPair::from_pkcs8(witness_pkcs8.as_ref()).unwrap();
+        let key = WitnessKey {
+            name: "w/1".into(),
+            public_key: witness.public_key().as_ref().to_vec(),
+        };
+        let policy = WitnessPolicy {
+            origin: "log/o".into(),
+            witnesses: vec![key],
+            quorum: 1,
+            grace_us: 0,
+            heads: Vec::new(),
+        };
+        let all = leaves(6);
+        let mut frontier = Frontier::default();
+        let mut roots = Vec::new();
+        for leaf in &all {
+            frontier.push(*leaf);
+            roots.push(frontier.root());
+        }
+        // What the witness shows: the log's note with its cosignature.
+        let shown = |size: u64, root: Hash| {
+            let checkpoint = log.sign(size, root, 1);
+            let note = log.note(&checkpoint);
+            let body = checkpoint.note_body("log/o");
+            format!("{note}{}", cosign(&witness, "w/1", &body, 7).line())
+        };
+        let head = witnessed_head(&shown(4, roots[3]), log.public_key(), &policy).unwrap();
+        assert_eq!(head.tree_size, 4);
+        let walk = |leaves: &[Hash], head: &WitnessedHead| {
+            let checkpoint = log.sign(2, roots[1], 1);
+            let mut verifier = LogVerifier::new(log.public_key(), vec![checkpoint])
+                .unwrap()
+                .with_heads(std::slice::from_ref(head));
+            for (i, leaf) in leaves.iter().enumerate() {
+                verifier.push(i as u64, *leaf)?;
+            }
+            verifier.finish()
+        };
+        assert!(walk(&all, &head).is_ok());
+        let failure = walk(&all[..3], &head).unwrap_err();
+        assert!(
+            failure
+                .reason
+                .contains("truncated: witness w/1 cosigned a tree of 4"),
+            "{failure}"
+        );
+        let mut rewritten = all.clone();
+        rewritten[2] = merkle::leaf_hash(b"other");
+        let failure = walk(&rewritten, &head).unwrap_err();
+        assert!(
+            failure.reason.contains("not the one witness w/1 cosigned"),
+            "{failure}"
+        );
+
+        // What is shown must be the log's, of this origin, cosigned by a policy witness.
+        let stranger = signer().with_origin("log/o").unwrap();
+        assert!(witnessed_head(&shown(4, roots[3]), stranger.public_key(), &policy).is_err());
+        let other_origin = WitnessPolicy {
+            origin: "log/p".into(),
+            ..policy.clone()
+        };
+        assert!(witnessed_head(&shown(4, roots[3]), log.public_key(), &other_origin).is_err());
+        let unsigned = log.note(&log.sign(4, roots[3], 1));
+        assert!(witnessed_head(&unsigned, log.public_key(), &policy).is_err());
     }
 }

@@ -202,6 +202,21 @@ async fn witnesses_cosign_and_refuse_a_history_rewritten_with_the_logs_key() {
         said.contains(&format!("witnessed up to {size} leaves")),
         "{said}"
     );
+    // The witnesses' own latest heads, asked for, are in the log too.
+    let (ok, said) = verify(
+        folder,
+        &[
+            "--witness",
+            &first.vkey,
+            "--witness",
+            &second.vkey,
+            "--ask-witness",
+            &first.url,
+            "--ask-witness",
+            &second.url,
+        ],
+    );
+    assert!(ok, "{said}");
 
     // One witness stops; the other keeps cosigning, a checkpoint at a time.
     let second_vkey = second.vkey.clone();
@@ -217,6 +232,62 @@ async fn witnesses_cosign_and_refuse_a_history_rewritten_with_the_logs_key() {
     let (ok, said) = verify(folder, &[&both[..], &["--witness-grace", "0"]].concat());
     assert!(!ok);
     assert!(said.contains("was never cosigned by 2 witnesses"), "{said}");
+
+    // An export cut back to the first witnessed checkpoint agrees with itself and with the
+    // cosignatures it carries; only the witness's own latest head shows what is missing.
+    let leaves = folder.join("leaves.ndjson");
+    let checkpoints = folder.join("checkpoints.json");
+    let exported = Command::new(BINARY)
+        .args(["audit", "export", "--config"])
+        .arg(folder.join("consentry.toml"))
+        .arg("--out")
+        .arg(&leaves)
+        .arg("--checkpoints")
+        .arg(&checkpoints)
+        .output()
+        .unwrap();
+    assert!(exported.status.success());
+    let cut_leaves: String = std::fs::read_to_string(&leaves)
+        .unwrap()
+        .lines()
+        .take(size as usize)
+        .map(|line| format!("{line}\n"))
+        .collect();
+    std::fs::write(&leaves, cut_leaves).unwrap();
+    let views: Vec<Value> = serde_json::from_slice(&std::fs::read(&checkpoints).unwrap()).unwrap();
+    let kept: Vec<&Value> = views
+        .iter()
+        .filter(|view| view["tree_size"].as_u64().unwrap() <= size)
+        .collect();
+    std::fs::write(&checkpoints, serde_json::to_vec(&kept).unwrap()).unwrap();
+    std::fs::write(folder.join("log.pub"), &public_key).unwrap();
+    let offline = |extra: &[&str]| {
+        let output = Command::new(BINARY)
+            .args(["audit", "verify", "--export"])
+            .arg(&leaves)
+            .arg("--checkpoint")
+            .arg(&checkpoints)
+            .arg("--public-key")
+            .arg(folder.join("log.pub"))
+            .args(["--witness", &first.vkey])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let (ok, said) = offline(&[]);
+    assert!(ok, "the cut export agrees with itself: {said}");
+    let (ok, said) = offline(&["--ask-witness", &first.url]);
+    assert!(!ok);
+    assert!(
+        said.contains(&format!(
+            "FAILED: leaf {size}: truncated: witness witness.test/w1 cosigned"
+        )),
+        "{said}"
+    );
     app.stop().await;
 
     // The insider: with the database and the log's key, one opt-out is taken out of the
