@@ -114,6 +114,17 @@ impl App {
                 log_signer.key_id()
             );
         }
+        // One log, one name: cosignatures name the origin, and a renamed log's witnessed
+        // history would no longer verify.
+        let recorded = store.setting("log_origin", log_signer.origin()).await?;
+        if recorded != log_signer.origin() {
+            anyhow::bail!(
+                "the database's log is named {recorded}, this instance's log.origin is {}: \
+                 every instance needs the same log.origin, and a log keeps its name (its \
+                 witnesses know it by it)",
+                log_signer.origin()
+            );
+        }
         let keys = KeyRing::load(store.clone(), &payload_key, clock.now().as_microsecond())
             .await
             .context("cannot open the key ring (is crypto.payload_key the one the database's data keys were wrapped with?)")?;

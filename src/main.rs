@@ -513,15 +513,21 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
                 outcome
             } else {
                 let config = place_config(&place)?;
-                let data = DataDir::open(&config.data_dir)?;
-                let signer = consentry::app::log_signer(&data, &config.log)?;
+                // An auditor with --public-key needs no signing key (and must not get one made).
                 let key = match &public_key {
                     Some(path) => read_key(path)?,
-                    None => signer.public_key().to_vec(),
+                    None => {
+                        let data = DataDir::open(&config.data_dir)?;
+                        consentry::app::log_signer(&data, &config.log)?
+                            .public_key()
+                            .to_vec()
+                    }
                 };
-                let mut policy = policy(Some(
-                    origin.clone().unwrap_or_else(|| signer.origin().to_owned()),
-                ))?;
+                let log_origin = origin
+                    .clone()
+                    .or_else(|| config.log.origin.clone())
+                    .unwrap_or_else(|| consentry::audit::checkpoint::default_origin(&key));
+                let mut policy = policy(Some(log_origin))?;
                 if let Some(policy) = &mut policy {
                     ask(&runtime, &ask_witnesses, policy, &key)?;
                 }
@@ -746,11 +752,11 @@ fn ask(
                     .with_context(|| format!("{address}: no answer in 10 s"))?
                     .with_context(|| format!("{address}: the witness cannot be reached"))?;
             let status = response.status();
-            let body = response
-                .into_body()
+            // A checkpoint with its signatures is a few hundred bytes.
+            let body = http_body_util::Limited::new(response.into_body(), 64 * 1024)
                 .collect()
                 .await
-                .with_context(|| format!("{address}: the answer did not read"))?
+                .map_err(|e| anyhow::anyhow!("{address}: the answer did not read: {e}"))?
                 .to_bytes();
             let text = String::from_utf8_lossy(&body).into_owned();
             anyhow::ensure!(status.is_success(), "{address}: {status}: {}", text.trim());

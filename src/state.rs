@@ -130,7 +130,16 @@ impl AppState {
             shared,
         })
     }
+
+    /// The recipients' turn in this process only (a consent import's batch, too many
+    /// recipients for PostgreSQL's lock table): the sends of this instance wait for it.
+    pub async fn local_turn(&self, recipient_hashes: &[&str]) -> LocalTurn<'_> {
+        LocalTurn(self.recipient_locks.lock_all(recipient_hashes).await)
+    }
 }
+
+/// Recipients' in-process locks, held until dropped ([`AppState::local_turn`]).
+pub struct LocalTurn<'a>(#[allow(dead_code)] Vec<Held<'a>>);
 
 impl std::fmt::Debug for dyn Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

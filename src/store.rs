@@ -823,6 +823,9 @@ pub trait AuditLog: Send + Sync + 'static {
     /// The largest tree size `witness` cosigned.
     async fn latest_cosigned(&self, witness: &str) -> Result<Option<u64>, StoreError>;
 
+    /// The largest tree size cosigned by at least `witnesses` witnesses.
+    async fn latest_cosigned_by(&self, witnesses: i64) -> Result<Option<u64>, StoreError>;
+
     /// A tenant's sequenced message records with `leaf_index > after`, in log order.
     /// How many of a tenant's messages made at `from_us` or later and before `to_us` got each
     /// decision and headline reason, by span of `bucket_us` from `from_us`.

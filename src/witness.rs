@@ -211,6 +211,14 @@ fn answer(status: StatusCode, text: impl Into<String>) -> Response {
 
 /// `POST /add-checkpoint` (tlog-witness).
 async fn add_checkpoint(State(witness): State<Arc<Witness>>, body: String) -> Response {
+    // In a task of its own: a client that goes away must not stop it between storing the
+    // state and keeping it in memory.
+    tokio::spawn(add(witness, body))
+        .await
+        .unwrap_or_else(|_| answer(StatusCode::INTERNAL_SERVER_ERROR, "the request failed\n"))
+}
+
+async fn add(witness: Arc<Witness>, body: String) -> Response {
     let request = match AddCheckpoint::parse(&body) {
         Ok(request) => request,
         Err(why) => return answer(StatusCode::BAD_REQUEST, format!("{why}\n")),
@@ -255,7 +263,8 @@ async fn add_checkpoint(State(witness): State<Arc<Witness>>, body: String) -> Re
         refuse(
             &witness,
             &body,
-            "another root for a size already cosigned: a fork",
+            "fork",
+            "another root, signed by the log, for a size already cosigned",
         );
         return answer(
             StatusCode::CONFLICT,
@@ -274,7 +283,7 @@ async fn add_checkpoint(State(witness): State<Arc<Witness>>, body: String) -> Re
              is not an extension of the checkpoint cosigned before",
             checkpoint.tree_size
         );
-        refuse(&witness, &body, &why);
+        refuse(&witness, &body, "inconsistent_proof", &why);
         return answer(StatusCode::UNPROCESSABLE_ENTITY, format!("{why}\n"));
     }
     let now = jiff::Timestamp::now().as_second().max(0) as u64;
@@ -314,12 +323,17 @@ fn decode_root(text: &str) -> Option<Hash> {
     Hash::try_from(bytes.as_slice()).ok()
 }
 
-/// Keeps a refused request that shows the log misbehaving, with why.
-fn refuse(witness: &Witness, request: &str, why: &str) {
+/// Keeps a refused request that may show the log misbehaving, with why. `evidence` says how
+/// much it shows: `fork` (two roots the log signed for one size: conclusive by itself) or
+/// `inconsistent_proof` (a checkpoint the log signed with a proof that does not lead to it
+/// from the cosigned one: anyone holding the checkpoint can send a bad proof, so ask the log
+/// for the consistency proof between the two sizes to settle it).
+fn refuse(witness: &Witness, request: &str, evidence: &str, why: &str) {
     use std::io::Write as _;
     tracing::warn!(%why, "refused a checkpoint");
     let line = serde_json::json!({
         "refused_at": jiff::Timestamp::now().to_string(),
+        "evidence": evidence,
         "why": why,
         "request": request,
     });

@@ -179,6 +179,11 @@ pub fn unhex(text: &str) -> Option<Hash> {
     Some(out)
 }
 
+/// A log's origin when `log.origin` does not name it: `consentry/<key id>`.
+pub fn default_origin(public_key: &[u8]) -> String {
+    format!("consentry/{}", key_id(public_key))
+}
+
 /// The log's signing key.
 pub struct LogSigner {
     pair: Ed25519KeyPair,
@@ -202,7 +207,7 @@ impl LogSigner {
         let pair = Ed25519KeyPair::from_pkcs8(pkcs8)
             .map_err(|_| "not an Ed25519 key in PKCS#8 (v1 or v2)".to_string())?;
         let key_id = key_id(pair.public_key().as_ref());
-        let origin = format!("consentry/{key_id}");
+        let origin = default_origin(pair.public_key().as_ref());
         Ok(LogSigner {
             pair,
             key_id,

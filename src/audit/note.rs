@@ -78,6 +78,9 @@ impl SignedCheckpoint {
     /// Parses a signed note holding a checkpoint (extension lines are refused: consentry's
     /// log makes none, and a witness should not vouch for text it does not understand).
     pub fn parse(text: &str) -> Result<SignedCheckpoint, String> {
+        if text.contains('\r') {
+            return Err("lines end in a newline alone, not a carriage return".into());
+        }
         let (body, signatures) = text
             .split_once("\n\n")
             .ok_or("the note has no empty line between its body and its signatures")?;
@@ -273,6 +276,9 @@ impl WitnessKey {
                 "the witness key is not an Ed25519 cosignature key (type 0x04, 32 bytes)".into(),
             );
         }
+        if name.is_empty() || name.contains(char::is_whitespace) {
+            return Err("the witness key's name is empty or has spaces".into());
+        }
         let key = WitnessKey {
             name: name.to_owned(),
             public_key: material[1..].to_vec(),
@@ -312,6 +318,9 @@ impl AddCheckpoint {
 
     /// Parses a request body.
     pub fn parse(text: &str) -> Result<AddCheckpoint, String> {
+        if text.contains('\r') {
+            return Err("lines end in a newline alone, not a carriage return".into());
+        }
         let (head, checkpoint) = text
             .split_once("\n\n")
             .ok_or("no empty line before the checkpoint")?;
@@ -323,17 +332,17 @@ impl AddCheckpoint {
             .ok_or("the first line is not `old <size>`")?;
         let mut proof = Vec::new();
         for line in lines {
+            if proof.len() == MAX_PROOF_LINES {
+                return Err(format!(
+                    "more than {MAX_PROOF_LINES} consistency proof lines"
+                ));
+            }
             let hash = b64()
                 .decode(line)
                 .ok()
                 .and_then(|bytes| Hash::try_from(bytes.as_slice()).ok())
                 .ok_or("a consistency proof line is not a 32-byte hash in base64")?;
             proof.push(hash);
-        }
-        if proof.len() > MAX_PROOF_LINES {
-            return Err(format!(
-                "more than {MAX_PROOF_LINES} consistency proof lines"
-            ));
         }
         Ok(AddCheckpoint {
             old_size,

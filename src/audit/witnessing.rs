@@ -42,8 +42,12 @@ enum Submitted {
 /// Where the log stands with one witness.
 #[derive(Default)]
 struct Progress {
-    /// The size the witness last cosigned, as far as this instance knows.
+    /// The size the witness last cosigned, as far as this instance knows: the next request's
+    /// old size.
     known: Option<u64>,
+    /// The largest size whose cosignature by this witness is stored. Apart from `known`: a
+    /// witness may have cosigned a size whose answer was lost (a timeout); it is asked again.
+    stored: Option<u64>,
     failures: u32,
     not_before: Option<tokio::time::Instant>,
     running: Option<tokio::task::JoinHandle<Result<Submitted, String>>>,
@@ -94,16 +98,19 @@ async fn step(state: &std::sync::Arc<AppState>, progress: &mut HashMap<String, P
         if entry.running.is_some() || entry.not_before.is_some_and(|t| t > now) {
             continue;
         }
-        if entry.known.is_some_and(|known| known >= latest.tree_size) {
+        if entry
+            .stored
+            .is_some_and(|stored| stored >= latest.tree_size)
+        {
             continue;
         }
         let state = state.clone();
         let endpoint = endpoint.clone();
         let latest = latest.clone();
-        let known = entry.known;
+        let (known, stored) = (entry.known, entry.stored);
         entry.running = Some(tokio::spawn(async move {
-            let known = match known {
-                Some(known) => known,
+            let stored = match stored {
+                Some(stored) => stored,
                 None => state
                     .audit_log()
                     .latest_cosigned(&endpoint.key.name)
@@ -111,7 +118,10 @@ async fn step(state: &std::sync::Arc<AppState>, progress: &mut HashMap<String, P
                     .map_err(|e| e.to_string())?
                     .unwrap_or(0),
             };
-            submit(&state, &endpoint, known, &latest).await
+            if stored >= latest.tree_size {
+                return Ok(Submitted::Cosigned(stored));
+            }
+            submit(&state, &endpoint, known.unwrap_or(stored), &latest).await
         }));
     }
 }
@@ -130,6 +140,7 @@ fn settle(
         Ok(Submitted::Cosigned(size)) => {
             state.metrics.witness_submission(name, "cosigned");
             entry.known = Some(size);
+            entry.stored = Some(size);
             entry.failures = 0;
             entry.not_before = None;
         }

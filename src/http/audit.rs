@@ -579,6 +579,22 @@ pub async fn latest_checkpoint(
     Ok(Json(view))
 }
 
+/// The checkpoint a bundle is proven under: with witnesses configured, the newest one every
+/// one of them cosigned (so that it verifies under a witness policy; rows after it are marked
+/// as not covered yet), else, or before any is, the latest.
+async fn bundle_checkpoint(
+    state: &AppState,
+) -> Result<Option<crate::audit::checkpoint::Checkpoint>, ApiError> {
+    let log = state.audit_log();
+    if !state.witnesses.is_empty()
+        && let Some(size) = log.latest_cosigned_by(state.witnesses.len() as i64).await?
+        && let Some(checkpoint) = log.checkpoint(size as i64).await?
+    {
+        return Ok(Some(checkpoint));
+    }
+    Ok(log.latest_checkpoint().await?)
+}
+
 /// A checkpoint as shown, with the cosignatures gathered for it.
 async fn checkpoint_view(
     state: &AppState,
@@ -718,7 +734,7 @@ pub async fn bundle(
         recipient_hash: Some(state.numbers.hash(&number)),
         ..AuditFilter::default()
     };
-    let checkpoint = state.audit_log().latest_checkpoint().await?;
+    let checkpoint = bundle_checkpoint(&state).await?;
     let size = checkpoint.as_ref().map_or(0, |c| c.tree_size);
     let consents = state
         .audit_log()

@@ -501,6 +501,7 @@ pub(crate) async fn import_file<F: LineFormat>(
         header: None,
         committed_through: 0,
         in_flight: None,
+        in_flight_turn: None,
     };
     let mut ndjson = NdjsonLines::default();
     let mut csv = CsvRecords::default();
@@ -593,6 +594,10 @@ struct Importer<'a, F: LineFormat> {
     committed_through: u64,
     /// The batch being written, and its last line.
     in_flight: Option<(BatchWrite, u64)>,
+    /// Its recipients' turn, held until it is written: a send to one of them in this process
+    /// decides before the batch or after it, never across it, so that the log's order of a
+    /// recipient's leaves is the order its decisions saw.
+    in_flight_turn: Option<crate::state::LocalTurn<'a>>,
 }
 
 /// An import batch's write, running while the next batch is read.
@@ -660,10 +665,18 @@ impl<F: LineFormat> Importer<'_, F> {
         if self.batch.is_empty() {
             return Ok(());
         }
-        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(IMPORT_BATCH));
+        let mut batch = std::mem::replace(&mut self.batch, Vec::with_capacity(IMPORT_BATCH));
+        // Recorded when written, not when read: a slow upload's lines wait in the batch, and
+        // the log's times must not go back (`audit verify` checks it).
+        let now = self.state.clock.now().as_microsecond();
+        for record in &mut batch {
+            record.recorded_at_us = now;
+        }
         let last_line = self.batch_lines.last().copied().unwrap_or_default();
         self.batch_lines.clear();
         self.batch_bytes = 0;
+        let hashes: Vec<&str> = batch.iter().map(|r| r.recipient_hash.as_str()).collect();
+        self.in_flight_turn = Some(self.state.local_turn(&hashes).await);
         let ledger: std::sync::Arc<dyn crate::store::Ledger> = self.state.store.clone();
         self.in_flight = Some((
             tokio::spawn(async move { ledger.record_consents(&batch).await }),
@@ -677,7 +690,9 @@ impl<F: LineFormat> Importer<'_, F> {
         let Some((write, last_line)) = self.in_flight.take() else {
             return Ok(());
         };
-        let results = write.await.map_err(|error| {
+        let written = write.await;
+        self.in_flight_turn = None;
+        let results = written.map_err(|error| {
             crate::store::StoreError::Unsafe(format!("the import's write stopped: {error}"))
         })??;
         for result in results {

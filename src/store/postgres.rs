@@ -1115,6 +1115,17 @@ impl AuditLog for PgStore {
         rows.iter().map(cosignature_from_row).collect()
     }
 
+    async fn latest_cosigned_by(&self, witnesses: i64) -> Result<Option<u64>, StoreError> {
+        let size: Option<i64> = sqlx::query_scalar(
+            "SELECT tree_size FROM log_cosignatures GROUP BY tree_size \
+             HAVING count(*) >= $1 ORDER BY tree_size DESC LIMIT 1",
+        )
+        .bind(witnesses)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(size.and_then(|size| u64::try_from(size).ok()))
+    }
+
     async fn latest_cosigned(&self, witness: &str) -> Result<Option<u64>, StoreError> {
         let size: Option<i64> =
             sqlx::query_scalar("SELECT MAX(tree_size) FROM log_cosignatures WHERE witness = $1")
@@ -1502,7 +1513,6 @@ impl Keys for PgStore {
     }
 }
 
-/// The logged tables, by kind.
 /// The columns of a consent event, for `consent_from_row`.
 const CONSENT_COLUMNS: &str = "c.seq, c.id, c.tenant, c.recipient_hash, c.recipient_masked, \
      c.action, c.level, c.brand, c.campaign, c.purposes, c.method, c.occurred_at_us, \
@@ -1625,8 +1635,8 @@ async fn facts(
         "SELECT recipient_hash, seq, id, action, level, brand, campaign, purposes, \
          occurred_at_us, method FROM consent_events c \
          WHERE tenant = $1 AND recipient_hash = ANY($2) \
-         AND EXISTS (SELECT 1 FROM log_leaves l \
-                     WHERE l.kind = 'consent_event' AND l.ref_id = c.id) \
+         AND (action = 'opt_out' OR EXISTS (SELECT 1 FROM log_leaves l \
+                     WHERE l.kind = 'consent_event' AND l.ref_id = c.id)) \
          ORDER BY seq",
     )
     .bind(tenant.as_str())

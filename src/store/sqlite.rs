@@ -893,6 +893,17 @@ impl AuditLog for SqliteStore {
         rows.iter().map(cosignature_from_row).collect()
     }
 
+    async fn latest_cosigned_by(&self, witnesses: i64) -> Result<Option<u64>, StoreError> {
+        let size: Option<i64> = sqlx::query_scalar(
+            "SELECT tree_size FROM log_cosignatures GROUP BY tree_size \
+             HAVING count(*) >= ? ORDER BY tree_size DESC LIMIT 1",
+        )
+        .bind(witnesses)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(size.and_then(|size| u64::try_from(size).ok()))
+    }
+
     async fn latest_cosigned(&self, witness: &str) -> Result<Option<u64>, StoreError> {
         let size: Option<i64> =
             sqlx::query_scalar("SELECT MAX(tree_size) FROM log_cosignatures WHERE witness = ?")
@@ -1246,7 +1257,6 @@ impl Keys for SqliteStore {
     }
 }
 
-/// The logged tables, by kind.
 /// The columns of a consent event, for `consent_from_row`.
 const CONSENT_COLUMNS: &str = "c.seq, c.id, c.tenant, c.recipient_hash, c.recipient_masked, \
      c.action, c.level, c.brand, c.campaign, c.purposes, c.method, c.occurred_at_us, \

@@ -202,6 +202,24 @@ async fn witnesses_cosign_and_refuse_a_history_rewritten_with_the_logs_key() {
         said.contains(&format!("witnessed up to {size} leaves")),
         "{said}"
     );
+    // A number's bundle is proven under a checkpoint both witnesses cosigned.
+    std::fs::write(folder.join("log.pub"), &public_key).unwrap();
+    let bundle = app
+        .get(&auditor, &format!("/v1/audit/numbers/{number}/bundle"))
+        .await;
+    assert_eq!(bundle.status(), 200);
+    std::fs::write(folder.join("bundle.json"), bundle.bytes().await.unwrap()).unwrap();
+    let output = Command::new(BINARY)
+        .args(["audit", "verify", "--bundle"])
+        .arg(folder.join("bundle.json"))
+        .arg("--public-key")
+        .arg(folder.join("log.pub"))
+        .args(["--witness", &first.vkey, "--witness", &second.vkey])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{said}");
+    assert!(said.contains("its checkpoint witnessed"), "{said}");
     // The witnesses' own latest heads, asked for, are in the log too.
     let (ok, said) = verify(
         folder,
@@ -260,7 +278,6 @@ async fn witnesses_cosign_and_refuse_a_history_rewritten_with_the_logs_key() {
         .filter(|view| view["tree_size"].as_u64().unwrap() <= size)
         .collect();
     std::fs::write(&checkpoints, serde_json::to_vec(&kept).unwrap()).unwrap();
-    std::fs::write(folder.join("log.pub"), &public_key).unwrap();
     let offline = |extra: &[&str]| {
         let output = Command::new(BINARY)
             .args(["audit", "verify", "--export"])

@@ -86,8 +86,8 @@ fn facts(
         .prepare_cached(
             "SELECT seq, id, action, level, brand, campaign, purposes, occurred_at_us, \
              method FROM consent_events c WHERE tenant = ? AND recipient_hash = ? \
-             AND EXISTS (SELECT 1 FROM log_leaves l \
-                         WHERE l.kind = 'consent_event' AND l.ref_id = c.id) \
+             AND (action = 'opt_out' OR EXISTS (SELECT 1 FROM log_leaves l \
+                         WHERE l.kind = 'consent_event' AND l.ref_id = c.id)) \
              ORDER BY seq",
         )?
         .query_map(params![tenant, recipient_hash], |row| {
