@@ -823,6 +823,16 @@ pub trait AuditLog: Send + Sync + 'static {
     /// The largest tree size `witness` cosigned.
     async fn latest_cosigned(&self, witness: &str) -> Result<Option<u64>, StoreError>;
 
+    /// A number's sequenced leaves other than its consent events and message records, in log
+    /// order: its erasures, and the reads of its messages' bodies (`kind`, `ref_id`,
+    /// `leaf_index`), at most `limit`.
+    async fn number_other_leaves(
+        &self,
+        tenant: &TenantId,
+        recipient_hash: &str,
+        limit: i64,
+    ) -> Result<Vec<(Kind, String, i64)>, StoreError>;
+
     /// The largest tree size cosigned by at least `witnesses` witnesses.
     async fn latest_cosigned_by(&self, witnesses: i64) -> Result<Option<u64>, StoreError>;
 

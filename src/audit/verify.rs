@@ -770,6 +770,7 @@ pub fn verify_bundle(
     let number_hash = bundle["recipient_hash"].as_str();
     let tenant = bundle["tenant"].as_str();
     let mut proven = 0;
+    let mut message_ids = std::collections::HashSet::new();
     for (section, kind, fields) in [
         ("consent_events", Kind::ConsentEvent, &CONSENT_FIELDS[..]),
         ("messages", Kind::Message, &MESSAGE_FIELDS[..]),
@@ -826,36 +827,81 @@ pub fn verify_bundle(
             if !about(hash_at, number_hash) || !about(1, tenant) {
                 return Err(fail(index, "the leaf is about another number or tenant"));
             }
-            let hash = merkle::leaf_hash(&bytes);
-            if row["leaf_hash"]
-                .as_str()
-                .is_some_and(|claimed| claimed != hex(&hash))
-            {
-                return Err(fail(index, "leaf_hash is not the hash of the leaf"));
+            if kind == Kind::Message {
+                message_ids.insert(text(0));
             }
-            if index >= checkpoint.tree_size {
-                // Logged after the checkpoint: provable at the next one.
-                continue;
-            }
-            let proof: Vec<Hash> = row["inclusion_proof"]
-                .as_array()
-                .ok_or_else(|| fail(index, "no inclusion proof for a leaf inside the checkpoint"))?
-                .iter()
-                .map(|h| h.as_str().and_then(unhex))
-                .collect::<Option<_>>()
-                .ok_or_else(|| fail(index, "inclusion_proof holds a malformed hash"))?;
-            merkle::verify_inclusion(
-                index,
-                checkpoint.tree_size,
-                &hash,
-                &proof,
-                &checkpoint.root_hash,
-            )
-            .map_err(|e| fail(index, format!("inclusion proof: {e}")))?;
-            proven += 1;
+            proven += usize::from(in_the_tree(index, &bytes, row, &checkpoint)?);
         }
     }
+    // The number's other leaves: its erasures, and the reads of its messages' bodies.
+    for row in bundle["other_leaves"].as_array().into_iter().flatten() {
+        let index = row["leaf_index"]
+            .as_u64()
+            .ok_or_else(|| fail(None, "a row of other_leaves has no leaf_index"))?;
+        let bytes = row["leaf"]
+            .as_str()
+            .and_then(|text| base64::engine::general_purpose::STANDARD.decode(text).ok())
+            .ok_or_else(|| fail(index, "the leaf is not base64"))?;
+        let (kind, values) = leaf::decode(&bytes)
+            .ok_or_else(|| fail(index, "the leaf is not in the documented format"))?;
+        let field = |at: usize| match values.get(at) {
+            Some(Field::Bytes(bytes)) => Some(String::from_utf8_lossy(bytes).into_owned()),
+            _ => None,
+        };
+        let about_number = match kind {
+            Kind::Erasure => field(2).as_deref() == number_hash,
+            Kind::BodyAccess => field(3).is_some_and(|id| message_ids.contains(&id)),
+            _ => false,
+        };
+        if row["kind"].as_str() != Some(kind.as_str())
+            || field(1).as_deref() != tenant
+            || !about_number
+        {
+            return Err(fail(
+                index,
+                "the leaf is not an erasure of this number or a read of one of its messages",
+            ));
+        }
+        proven += usize::from(in_the_tree(index, &bytes, row, &checkpoint)?);
+    }
     Ok(proven)
+}
+
+/// A bundle row's leaf: its shown hash is its hash, and, inside the checkpoint, its inclusion
+/// proof leads to the root. Whether it was proven (a row logged after the checkpoint is not
+/// yet provable).
+fn in_the_tree(
+    index: u64,
+    bytes: &[u8],
+    row: &Value,
+    checkpoint: &Checkpoint,
+) -> Result<bool, Failure> {
+    let hash = merkle::leaf_hash(bytes);
+    if row["leaf_hash"]
+        .as_str()
+        .is_some_and(|claimed| claimed != hex(&hash))
+    {
+        return Err(fail(index, "leaf_hash is not the hash of the leaf"));
+    }
+    if index >= checkpoint.tree_size {
+        return Ok(false);
+    }
+    let proof: Vec<Hash> = row["inclusion_proof"]
+        .as_array()
+        .ok_or_else(|| fail(index, "no inclusion proof for a leaf inside the checkpoint"))?
+        .iter()
+        .map(|h| h.as_str().and_then(unhex))
+        .collect::<Option<_>>()
+        .ok_or_else(|| fail(index, "inclusion_proof holds a malformed hash"))?;
+    merkle::verify_inclusion(
+        index,
+        checkpoint.tree_size,
+        &hash,
+        &proof,
+        &checkpoint.root_hash,
+    )
+    .map_err(|e| fail(index, format!("inclusion proof: {e}")))?;
+    Ok(true)
 }
 
 /// Verifies a consistency proof (as `GET /v1/audit/proofs/consistency` answers it) between two

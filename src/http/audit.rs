@@ -42,6 +42,14 @@ const PAGE: i64 = 500;
 /// Rows a bundle holds at most per kind.
 const BUNDLE_LIMIT: i64 = 10_000;
 
+/// What a bundle cannot prove about a number: kept, but not leaves of the log.
+const NOT_IN_THE_LOG: [&str; 4] = [
+    "outcomes: each message's `outcome` (what the gateway answered) is shown, not logged",
+    "replies: the number's inbound messages (GET /v1/audit/numbers/{number}/replies); a reply's effect is logged as the consent event it recorded",
+    "releases: a deferred message's decision at its release (its logged record is the decision to defer)",
+    "reviews: the resolution of a reply held for review",
+];
+
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
@@ -773,6 +781,28 @@ pub async fn bundle(
         row["inclusion_proof"] = proof(item.leaf_index).await?;
         message_rows.push(row);
     }
+    let recipient_hash = filter.recipient_hash.as_deref().unwrap_or_default();
+    let others = state
+        .audit_log()
+        .number_other_leaves(&tenant.id, recipient_hash, BUNDLE_LIMIT)
+        .await?;
+    let mut other_rows = Vec::with_capacity(others.len());
+    for (kind, id, index) in &others {
+        let leaf = state.audit_log().leaf_of(*kind, id).await?.ok_or_else(|| {
+            crate::store::StoreError::Corrupt(format!(
+                "the {} {id} of leaf {index} is gone",
+                kind.as_str()
+            ))
+        })?;
+        other_rows.push(json!({
+            "leaf_index": index,
+            "kind": kind.as_str(),
+            "id": id,
+            "leaf_hash": hex(&leaf.hash()),
+            "leaf": b64(&leaf.bytes),
+            "inclusion_proof": proof(*index).await?,
+        }));
+    }
     let checkpoint = match checkpoint {
         Some(checkpoint) => {
             let mut view = serde_json::to_value(checkpoint_view(&state, checkpoint).await?)
@@ -787,10 +817,15 @@ pub async fn bundle(
         "recipient_hash": filter.recipient_hash,
         "tenant": tenant.id,
         // More rows than a bundle holds: the lists, filtered by number, page through the rest.
-        "truncated": consents.len() as i64 == BUNDLE_LIMIT || messages.len() as i64 == BUNDLE_LIMIT,
+        "truncated": consents.len() as i64 == BUNDLE_LIMIT
+            || messages.len() as i64 == BUNDLE_LIMIT
+            || others.len() as i64 == BUNDLE_LIMIT,
         "checkpoint": checkpoint,
         "consent_events": consent_rows,
         "messages": message_rows,
+        "other_leaves": other_rows,
+        // Shown or kept about the number, but not leaves of the log: nothing proves them.
+        "not_in_the_log": NOT_IN_THE_LOG,
     })))
 }
 

@@ -14,8 +14,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use super::rows::{
     LOGGED_COUNTS, LOGGED_TABLES, MESSAGE_COLUMNS, REPLY_COLUMNS, checkpoint_from_row,
     consent_from_row, cosignature_from_row, data_key_from_row, decision_count_from_row,
-    event_from_row, hash_from, log_entry_from_row, message_from_row, recipient_key_from_row,
-    reply_from_row, review_from_row, unlogged_rows_sql,
+    event_from_row, hash_from, log_entry_from_row, message_from_row, number_other_leaves_sql,
+    recipient_key_from_row, reply_from_row, review_from_row, unlogged_rows_sql,
 };
 use super::{
     AuditFilter, AuditLog, AuditedConsent, AuditedMessage, ConsentRecord, DataKeyRow, Database,
@@ -1113,6 +1113,28 @@ impl AuditLog for PgStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(cosignature_from_row).collect()
+    }
+
+    async fn number_other_leaves(
+        &self,
+        tenant: &TenantId,
+        recipient_hash: &str,
+        limit: i64,
+    ) -> Result<Vec<(Kind, String, i64)>, StoreError> {
+        let rows = sqlx::query(&number_other_leaves_sql(["$1", "$2", "$3"]))
+            .bind(tenant.as_str())
+            .bind(recipient_hash)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let kind: String = row.try_get("kind")?;
+                let kind = Kind::parse(&kind)
+                    .ok_or_else(|| StoreError::Corrupt("log_leaves.kind".into()))?;
+                Ok((kind, row.try_get("ref_id")?, row.try_get("leaf_index")?))
+            })
+            .collect()
     }
 
     async fn latest_cosigned_by(&self, witnesses: i64) -> Result<Option<u64>, StoreError> {

@@ -214,6 +214,26 @@ pub(crate) const LOGGED_COUNTS: &str = "SELECT \
      (SELECT count(*) FROM erasures), \
      (SELECT count(*) FROM log_leaves WHERE kind = 'erasure')";
 
+/// A number's erasures and body reads with their leaf indexes, in log order (`tenant` and
+/// `recipient_hash` are the statement's first two parameters, given in each dialect's
+/// placeholders, and `limit` its third).
+pub(crate) fn number_other_leaves_sql(placeholders: [&str; 3]) -> String {
+    let [tenant, hash, limit] = placeholders;
+    format!(
+        "SELECT kind, ref_id, leaf_index FROM ( \
+           SELECT l.kind, l.ref_id, l.leaf_index FROM log_leaves l \
+           JOIN erasures e ON e.id = l.ref_id \
+           WHERE l.kind = 'erasure' AND e.tenant = {tenant} AND e.recipient_hash = {hash} \
+           AND l.leaf_index IS NOT NULL \
+           UNION ALL \
+           SELECT l.kind, l.ref_id, l.leaf_index FROM log_leaves l \
+           JOIN body_accesses b ON b.id = l.ref_id JOIN messages m ON m.id = b.message_id \
+           WHERE l.kind = 'body_access' AND m.tenant = {tenant} AND m.recipient_hash = {hash} \
+           AND l.leaf_index IS NOT NULL \
+         ) AS other ORDER BY leaf_index LIMIT {limit}"
+    )
+}
+
 /// The ids of up to `limit` rows of `kind`'s table that have no log entry (the same SQL on
 /// both backends: the table and kind are constants).
 pub(crate) fn unlogged_rows_sql(kind: Kind, limit: i64) -> String {

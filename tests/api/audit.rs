@@ -886,6 +886,54 @@ async fn erasure_shreds_bodies_yet_the_log_verifies_and_opt_outs_hold() {
     );
     let (ok, said) = verify(&app);
     assert!(ok, "{said}");
+
+    // The number's bundle holds its erasure and the read of its body, proven like the rest,
+    // and says what it cannot prove.
+    let auditor = app.token("shop", "audit:read");
+    let bundle: Value = app
+        .get(&auditor, &format!("/v1/audit/numbers/{erased}/bundle"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = bundle["other_leaves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["kind"].as_str().unwrap())
+        .collect();
+    // The read before the erasure, the erasure, and the attempt after it (logged before it
+    // was refused).
+    assert_eq!(kinds, ["body_access", "erasure", "body_access"], "{bundle}");
+    assert!(bundle["not_in_the_log"].as_array().unwrap().len() >= 3);
+    let key_file = app.folder.join("log.pub");
+    std::fs::write(&key_file, b64_standard(&public_key(&app))).unwrap();
+    let bundle_file = app.folder.join("bundle.json");
+    let check = |bundle: &Value| {
+        std::fs::write(&bundle_file, bundle.to_string()).unwrap();
+        let output = Command::new(BINARY)
+            .args(["audit", "verify", "--bundle"])
+            .arg(&bundle_file)
+            .arg("--public-key")
+            .arg(&key_file)
+            .output()
+            .unwrap();
+        (output.status.success(), stdout(&output))
+    };
+    let (ok, said) = check(&bundle);
+    assert!(ok, "{said}");
+    // An erasure of another number slipped in is refused.
+    let mut forged = bundle.clone();
+    forged["recipient_hash"] = json!("00".repeat(32));
+    forged["consent_events"] = json!([]);
+    forged["messages"] = json!([]);
+    let (ok, said) = check(&forged);
+    assert!(!ok);
+    assert!(said.contains("not an erasure of this number"), "{said}");
+}
+
+fn b64_standard(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 #[tokio::test]
