@@ -611,7 +611,8 @@ pub trait Ledger: Send + Sync + 'static {
     async fn record_consents(&self, records: &[ConsentRecord])
     -> Result<Vec<Recorded>, StoreError>;
 
-    /// A recipient's consent events in a tenant, in ledger order.
+    /// A recipient's consent events in a tenant, in ledger order, as decisions read them: an
+    /// opt-in without a log entry (written outside consentry) is left out.
     async fn consent_events(
         &self,
         tenant: &TenantId,

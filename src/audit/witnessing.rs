@@ -58,7 +58,8 @@ pub async fn run(current: Current, mut stop: tokio::sync::watch::Receiver<bool>)
     let mut progress: HashMap<String, Progress> = HashMap::new();
     loop {
         let state = current.borrow().clone();
-        if !state.witnesses.is_empty() {
+        // The instances that sign checkpoints send them; the others would only race them.
+        if !state.witnesses.is_empty() && state.log_cadence.enabled {
             step(&state, &mut progress).await;
         }
         tokio::select! {

@@ -361,8 +361,11 @@ impl Ledger for PgStore {
         let rows = sqlx::query(
             "SELECT seq, id, tenant, recipient_hash, recipient_masked, action, level, brand, \
              campaign, purposes, method, occurred_at_us, recorded_at_us, recorded_by, \
-             external_id, idempotency_key, key_id, evidence FROM consent_events \
-             WHERE tenant = $1 AND recipient_hash = $2 ORDER BY seq",
+             external_id, idempotency_key, key_id, evidence FROM consent_events c \
+             WHERE tenant = $1 AND recipient_hash = $2 \
+             AND (action = 'opt_out' OR EXISTS (SELECT 1 FROM log_leaves l \
+                  WHERE l.kind = 'consent_event' AND l.ref_id = c.id)) \
+             ORDER BY seq",
         )
         .bind(tenant.as_str())
         .bind(recipient_hash)

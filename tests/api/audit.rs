@@ -1305,6 +1305,18 @@ async fn a_hand_written_opt_in_is_ignored_unless_logged_and_back_dating_it_fails
     let response = app.send(&shop, &marketing).await;
     assert_eq!(response.status(), 403);
     assert_eq!(error_code(response).await, "no_consent");
+    // Nor does the number's consent state show it.
+    let shown: Value = app
+        .get(&shop, &format!("/v1/consents/{forged}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        shown["history"].as_array().map(Vec::len),
+        Some(0),
+        "{shown}"
+    );
     // And verify names the row the log does not have.
     let (ok, said) = verify(&app);
     assert!(!ok);
