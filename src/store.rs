@@ -13,6 +13,7 @@
 //! full phone number is written readable.
 
 mod leaves;
+pub use leaves::row_id;
 pub mod postgres;
 mod rows;
 pub mod sqlite;
@@ -499,6 +500,8 @@ pub struct AuditFilter {
 pub struct AuditedMessage {
     pub leaf_index: i64,
     pub record: MessageRecord,
+    /// Its leaf's link to the previous leaf about the recipient.
+    pub link: crate::audit::leaf::Link,
     /// The latest upstream outcome, if any.
     pub outcome: Option<String>,
 }
@@ -508,6 +511,8 @@ pub struct AuditedMessage {
 pub struct AuditedConsent {
     pub leaf_index: i64,
     pub record: ConsentRecord,
+    /// Its leaf's link to the previous leaf about the recipient.
+    pub link: crate::audit::leaf::Link,
 }
 
 /// A data key as stored: wrapped by the key-encryption key.

@@ -7,10 +7,16 @@
 //!        | 0x01 || length (u32, big-endian) || bytes   text (UTF-8) or bytes
 //!        | 0x02 || value (i64, big-endian)             integer
 //! kind   = 0x01 message | 0x02 consent event | 0x03 body access | 0x04 erasure
+//!        | 0x05 outcome | 0x06 release | 0x07 inbound | 0x08 review resolution
 //! ```
 //!
 //! Message records and consent events are logged with their sealed payloads (ciphertext, not
 //! plaintext), so erasing a recipient's key leaves every leaf, and every proof, intact.
+//!
+//! Every leaf about a recipient written since version 3 (all kinds but body accesses) ends with
+//! one more field, its *link*: the 32-byte hash of the previous leaf about the same tenant and
+//! recipient hash, or absent for the first. A number's leaves are then a hash chain, so a
+//! bundle of them shows that none is missing (see [`Link`]).
 
 use super::merkle::{Hash, leaf_hash};
 
@@ -19,6 +25,20 @@ pub const VERSION: u8 = 1;
 /// ...but a message record's with its decision basis as an 18th field: an older leaf keeps
 /// its bytes, and so its hash.
 pub const BASIS_VERSION: u8 = 2;
+/// ...and every leaf about a recipient written since with its [`Link`] as its last field (a
+/// message's basis is then always a field, absent or not).
+pub const CHAIN_VERSION: u8 = 3;
+
+/// Where a leaf stands in its recipient's chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// Logged before chains (version 1 or 2): the leaf has no link field.
+    Unchained,
+    /// The first leaf about its recipient: the link field is absent.
+    First,
+    /// The hash of the previous leaf about the same recipient.
+    After(Hash),
+}
 
 /// What a leaf records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +47,23 @@ pub enum Kind {
     ConsentEvent,
     BodyAccess,
     Erasure,
+    Outcome,
+    Release,
+    Inbound,
+    ReviewResolution,
 }
+
+/// Every kind, in code order.
+pub const KINDS: [Kind; 8] = [
+    Kind::Message,
+    Kind::ConsentEvent,
+    Kind::BodyAccess,
+    Kind::Erasure,
+    Kind::Outcome,
+    Kind::Release,
+    Kind::Inbound,
+    Kind::ReviewResolution,
+];
 
 impl Kind {
     pub fn code(self) -> u8 {
@@ -36,6 +72,10 @@ impl Kind {
             Kind::ConsentEvent => 2,
             Kind::BodyAccess => 3,
             Kind::Erasure => 4,
+            Kind::Outcome => 5,
+            Kind::Release => 6,
+            Kind::Inbound => 7,
+            Kind::ReviewResolution => 8,
         }
     }
 
@@ -46,29 +86,31 @@ impl Kind {
             Kind::ConsentEvent => "consent_event",
             Kind::BodyAccess => "body_access",
             Kind::Erasure => "erasure",
+            Kind::Outcome => "outcome",
+            Kind::Release => "release",
+            Kind::Inbound => "inbound",
+            Kind::ReviewResolution => "review_resolution",
         }
     }
 
     pub fn parse(text: &str) -> Option<Kind> {
-        [
-            Kind::Message,
-            Kind::ConsentEvent,
-            Kind::BodyAccess,
-            Kind::Erasure,
-        ]
-        .into_iter()
-        .find(|kind| kind.as_str() == text)
+        KINDS.into_iter().find(|kind| kind.as_str() == text)
     }
 
     fn from_code(code: u8) -> Option<Kind> {
-        [
-            Kind::Message,
-            Kind::ConsentEvent,
-            Kind::BodyAccess,
-            Kind::Erasure,
-        ]
-        .into_iter()
-        .find(|kind| kind.code() == code)
+        KINDS.into_iter().find(|kind| kind.code() == code)
+    }
+
+    /// Where a leaf of this kind holds its tenant and the recipient hash it is about (`None`
+    /// for body accesses, which name a message, not a recipient).
+    pub fn about_fields(self) -> Option<(usize, usize)> {
+        match self {
+            Kind::Message | Kind::Outcome | Kind::Release => Some((1, 3)),
+            Kind::ConsentEvent | Kind::Erasure | Kind::Inbound | Kind::ReviewResolution => {
+                Some((1, 2))
+            }
+            Kind::BodyAccess => None,
+        }
     }
 }
 
@@ -87,6 +129,8 @@ pub struct Leaf {
     /// The id of the row it records.
     pub ref_id: String,
     pub tenant: String,
+    /// The recipient hash it is about, whose chain it extends (`None` for body accesses).
+    pub recipient_hash: Option<String>,
     pub bytes: Vec<u8>,
 }
 
@@ -129,6 +173,30 @@ impl Encoder {
         self.0.extend_from_slice(&value.to_be_bytes());
         self
     }
+    /// Ends a leaf about a recipient: a chained leaf is of version 3 and ends with its link.
+    fn link(mut self, link: Link) -> Self {
+        match link {
+            Link::Unchained => self,
+            Link::First => {
+                self.0[0] = CHAIN_VERSION;
+                self.0.push(0x00);
+                self
+            }
+            Link::After(hash) => {
+                self.0[0] = CHAIN_VERSION;
+                self.bytes(&hash)
+            }
+        }
+    }
+    fn leaf(self, kind: Kind, ref_id: &str, tenant: &str, recipient_hash: Option<&str>) -> Leaf {
+        Leaf {
+            kind,
+            ref_id: ref_id.to_owned(),
+            tenant: tenant.to_owned(),
+            recipient_hash: recipient_hash.map(str::to_owned),
+            bytes: self.0,
+        }
+    }
 }
 
 /// The columns of a `messages` row that its leaf covers, as plain values: the store maps its
@@ -160,12 +228,14 @@ pub struct MessageColumns<'a> {
 /// created_at_us, recipient_hash, recipient_masked, sender_masked, purpose, brand, campaign,
 /// decision, reasons, upstream, reply_kind, confirms_event, status_callback, key_id, payload;
 /// then, for a record with a decision basis, the basis (and the leaf's version is
-/// [`BASIS_VERSION`]).
-pub fn message<'a>(record: impl Into<MessageColumns<'a>>) -> Leaf {
+/// [`BASIS_VERSION`]); a chained leaf (version 3) has the basis field, absent or not, then its
+/// link.
+pub fn message<'a>(record: impl Into<MessageColumns<'a>>, link: Link) -> Leaf {
     let record = record.into();
-    let encoder = match record.basis {
-        Some(_) => Encoder::with_version(BASIS_VERSION, Kind::Message),
-        None => Encoder::new(Kind::Message),
+    let encoder = match (record.basis, link) {
+        (_, Link::First | Link::After(_)) => Encoder::new(Kind::Message),
+        (Some(_), Link::Unchained) => Encoder::with_version(BASIS_VERSION, Kind::Message),
+        (None, Link::Unchained) => Encoder::new(Kind::Message),
     };
     let mut encoder = encoder
         .text(record.id)
@@ -185,16 +255,17 @@ pub fn message<'a>(record: impl Into<MessageColumns<'a>>) -> Leaf {
         .optional(record.status_callback)
         .text(record.key_id)
         .bytes(record.payload);
-    if let Some(basis) = record.basis {
-        encoder = encoder.text(basis);
-    }
-    let bytes = encoder.0;
-    Leaf {
-        kind: Kind::Message,
-        ref_id: record.id.to_owned(),
-        tenant: record.tenant.to_owned(),
-        bytes,
-    }
+    encoder = match (record.basis, link) {
+        (basis, Link::First | Link::After(_)) => encoder.optional(basis).link(link),
+        (Some(basis), Link::Unchained) => encoder.text(basis),
+        (None, Link::Unchained) => encoder,
+    };
+    encoder.leaf(
+        Kind::Message,
+        record.id,
+        record.tenant,
+        Some(record.recipient_hash),
+    )
 }
 
 /// The columns of a `consent_events` row that its leaf covers, as plain values (mapped from
@@ -222,10 +293,10 @@ pub struct ConsentColumns<'a> {
 
 /// A consent event's leaf: id, tenant, recipient_hash, recipient_masked, action, level, brand,
 /// campaign, purposes, method, occurred_at_us, recorded_at_us, recorded_by, external_id,
-/// idempotency_key, key_id, evidence.
-pub fn consent_event<'a>(record: impl Into<ConsentColumns<'a>>) -> Leaf {
+/// idempotency_key, key_id, evidence; then, chained, its link.
+pub fn consent_event<'a>(record: impl Into<ConsentColumns<'a>>, link: Link) -> Leaf {
     let record = record.into();
-    let bytes = Encoder::new(Kind::ConsentEvent)
+    Encoder::new(Kind::ConsentEvent)
         .text(record.id)
         .text(record.tenant)
         .text(record.recipient_hash)
@@ -243,13 +314,13 @@ pub fn consent_event<'a>(record: impl Into<ConsentColumns<'a>>) -> Leaf {
         .text(record.idempotency_key)
         .text(record.key_id)
         .bytes(record.evidence)
-        .0;
-    Leaf {
-        kind: Kind::ConsentEvent,
-        ref_id: record.id.to_owned(),
-        tenant: record.tenant.to_owned(),
-        bytes,
-    }
+        .link(link)
+        .leaf(
+            Kind::ConsentEvent,
+            record.id,
+            record.tenant,
+            Some(record.recipient_hash),
+        )
 }
 
 /// A read of a message body.
@@ -265,19 +336,13 @@ pub struct BodyAccess {
 
 /// A body access's leaf: id, tenant, subject, message_id, accessed_at_us.
 pub fn body_access(access: &BodyAccess) -> Leaf {
-    let bytes = Encoder::new(Kind::BodyAccess)
+    Encoder::new(Kind::BodyAccess)
         .text(&access.id)
         .text(&access.tenant)
         .text(&access.subject)
         .text(&access.message_id)
         .int(access.accessed_at_us)
-        .0;
-    Leaf {
-        kind: Kind::BodyAccess,
-        ref_id: access.id.clone(),
-        tenant: access.tenant.clone(),
-        bytes,
-    }
+        .leaf(Kind::BodyAccess, &access.id, &access.tenant, None)
 }
 
 /// An erasure of a recipient's keys.
@@ -291,34 +356,193 @@ pub struct Erasure {
     pub keys_destroyed: i64,
 }
 
-/// An erasure's leaf: id, tenant, recipient_hash, erased_at_us, erased_by, keys_destroyed.
-pub fn erasure(erasure: &Erasure) -> Leaf {
-    let bytes = Encoder::new(Kind::Erasure)
+/// An erasure's leaf: id, tenant, recipient_hash, erased_at_us, erased_by, keys_destroyed;
+/// then, chained, its link.
+pub fn erasure(erasure: &Erasure, link: Link) -> Leaf {
+    Encoder::new(Kind::Erasure)
         .text(&erasure.id)
         .text(&erasure.tenant)
         .text(&erasure.recipient_hash)
         .int(erasure.erased_at_us)
         .text(&erasure.erased_by)
         .int(erasure.keys_destroyed)
-        .0;
-    Leaf {
-        kind: Kind::Erasure,
-        ref_id: erasure.id.clone(),
-        tenant: erasure.tenant.clone(),
-        bytes,
-    }
+        .link(link)
+        .leaf(
+            Kind::Erasure,
+            &erasure.id,
+            &erasure.tenant,
+            Some(&erasure.recipient_hash),
+        )
+}
+
+/// What the upstream answered about a message (a row of `message_outcomes`: the forward's
+/// `sent` or `failed`, a receipt's `delivered` or `undelivered`), with the message's tenant
+/// and recipient hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub id: String,
+    pub tenant: String,
+    pub message_id: String,
+    pub recipient_hash: String,
+    pub recorded_at_us: i64,
+    pub status: String,
+    pub upstream_message_id: Option<String>,
+    pub error_code: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// An outcome's leaf: id, tenant, message_id, recipient_hash, recorded_at_us, status,
+/// upstream_message_id, error_code, detail, link.
+pub fn outcome(outcome: &Outcome, link: Link) -> Leaf {
+    Encoder::with_version(CHAIN_VERSION, Kind::Outcome)
+        .text(&outcome.id)
+        .text(&outcome.tenant)
+        .text(&outcome.message_id)
+        .text(&outcome.recipient_hash)
+        .int(outcome.recorded_at_us)
+        .text(&outcome.status)
+        .optional(outcome.upstream_message_id.as_deref())
+        .optional(outcome.error_code.as_deref())
+        .optional(outcome.detail.as_deref())
+        .link(link)
+        .leaf(
+            Kind::Outcome,
+            &outcome.id,
+            &outcome.tenant,
+            Some(&outcome.recipient_hash),
+        )
+}
+
+/// The decision taken when a deferred message came due (a row of `message_releases`), with the
+/// message's tenant and recipient hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Release {
+    pub id: String,
+    pub tenant: String,
+    pub message_id: String,
+    pub recipient_hash: String,
+    pub decided_at_us: i64,
+    pub decision: String,
+    pub reasons_json: String,
+}
+
+/// A release's leaf: id, tenant, message_id, recipient_hash, decided_at_us, decision, reasons,
+/// link.
+pub fn release(release: &Release, link: Link) -> Leaf {
+    Encoder::with_version(CHAIN_VERSION, Kind::Release)
+        .text(&release.id)
+        .text(&release.tenant)
+        .text(&release.message_id)
+        .text(&release.recipient_hash)
+        .int(release.decided_at_us)
+        .text(&release.decision)
+        .text(&release.reasons_json)
+        .link(link)
+        .leaf(
+            Kind::Release,
+            &release.id,
+            &release.tenant,
+            Some(&release.recipient_hash),
+        )
+}
+
+/// The columns of an `inbound_messages` row that its leaf covers.
+#[derive(Debug, Clone, Copy)]
+pub struct InboundColumns<'a> {
+    pub id: &'a str,
+    pub tenant: &'a str,
+    pub recipient_hash: &'a str,
+    pub recipient_masked: &'a str,
+    pub to_masked: &'a str,
+    pub upstream: &'a str,
+    pub gateway_id: &'a str,
+    pub class: &'a str,
+    pub certain: bool,
+    pub consent_event: Option<&'a str>,
+    pub received_at_us: i64,
+    pub key_id: &'a str,
+    pub payload: &'a [u8],
+}
+
+/// An inbound message's leaf: id, tenant, recipient_hash, recipient_masked, to_masked,
+/// upstream, gateway_id, class, certain (1 or 0), consent_event, received_at_us, key_id,
+/// payload (sealed), link.
+pub fn inbound<'a>(record: impl Into<InboundColumns<'a>>, link: Link) -> Leaf {
+    let record = record.into();
+    Encoder::with_version(CHAIN_VERSION, Kind::Inbound)
+        .text(record.id)
+        .text(record.tenant)
+        .text(record.recipient_hash)
+        .text(record.recipient_masked)
+        .text(record.to_masked)
+        .text(record.upstream)
+        .text(record.gateway_id)
+        .text(record.class)
+        .int(i64::from(record.certain))
+        .optional(record.consent_event)
+        .int(record.received_at_us)
+        .text(record.key_id)
+        .bytes(record.payload)
+        .link(link)
+        .leaf(
+            Kind::Inbound,
+            record.id,
+            record.tenant,
+            Some(record.recipient_hash),
+        )
+}
+
+/// How a person resolved a review of an unclear reply (a row of `review_resolutions`), with
+/// the review's tenant, recipient hash and inbound message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolution {
+    /// The review's id.
+    pub id: String,
+    pub tenant: String,
+    pub recipient_hash: String,
+    pub inbound_id: String,
+    pub outcome: String,
+    pub resolved_by: String,
+    pub resolved_at_us: i64,
+    pub consent_event: Option<String>,
+}
+
+/// A review resolution's leaf: id (the review's), tenant, recipient_hash, inbound_id, outcome,
+/// resolved_by, resolved_at_us, consent_event, link.
+pub fn review_resolution(resolution: &Resolution, link: Link) -> Leaf {
+    Encoder::with_version(CHAIN_VERSION, Kind::ReviewResolution)
+        .text(&resolution.id)
+        .text(&resolution.tenant)
+        .text(&resolution.recipient_hash)
+        .text(&resolution.inbound_id)
+        .text(&resolution.outcome)
+        .text(&resolution.resolved_by)
+        .int(resolution.resolved_at_us)
+        .optional(resolution.consent_event.as_deref())
+        .link(link)
+        .leaf(
+            Kind::ReviewResolution,
+            &resolution.id,
+            &resolution.tenant,
+            Some(&resolution.recipient_hash),
+        )
 }
 
 /// When the leaf's row was recorded, in microseconds since the Unix epoch: a message's
 /// `created_at_us`, a consent event's `recorded_at_us` (not `occurred_at_us`, which the
-/// client states), a body access's `accessed_at_us`, an erasure's `erased_at_us`. `None` if
-/// the fields are not those of `kind`.
+/// client states), a body access's `accessed_at_us`, an erasure's `erased_at_us`, an
+/// outcome's `recorded_at_us`, a release's `decided_at_us`, an inbound message's
+/// `received_at_us`, a resolution's `resolved_at_us`. `None` if the fields are not those of
+/// `kind`.
 pub fn recorded_at_us(kind: Kind, fields: &[Field]) -> Option<i64> {
     let position = match kind {
         Kind::Message => 2,
         Kind::ConsentEvent => 11,
         Kind::BodyAccess => 4,
         Kind::Erasure => 3,
+        Kind::Outcome | Kind::Release => 4,
+        Kind::Inbound => 10,
+        Kind::ReviewResolution => 6,
     };
     match fields.get(position) {
         Some(Field::Int(at)) => Some(*at),
@@ -331,7 +555,13 @@ pub fn decode(bytes: &[u8]) -> Option<(Kind, Vec<Field>)> {
     let (&version, rest) = bytes.split_first()?;
     let (&kind, mut rest) = rest.split_first()?;
     let kind = Kind::from_code(kind)?;
-    if version != VERSION && !(version == BASIS_VERSION && kind == Kind::Message) {
+    let known = match version {
+        VERSION => kind.code() <= Kind::Erasure.code(),
+        BASIS_VERSION => kind == Kind::Message,
+        CHAIN_VERSION => kind != Kind::BodyAccess,
+        _ => false,
+    };
+    if !known {
         return None;
     }
     let mut fields = Vec::new();
@@ -357,6 +587,45 @@ pub fn decode(bytes: &[u8]) -> Option<(Kind, Vec<Field>)> {
         }
     }
     Some((kind, fields))
+}
+
+/// Links a leaf built as the first of its chain ([`Link::First`]) to the previous leaf about
+/// its recipient. Leaves are built unlinked where their rows are made; the store links each
+/// one as it writes it, since only the store knows the newest leaf about the recipient then.
+/// A leaf that is not chained is returned as it is.
+pub fn relink(mut leaf: Leaf, link: Link) -> Leaf {
+    if leaf.bytes.first() != Some(&CHAIN_VERSION) || leaf.bytes.last() != Some(&0x00) {
+        return leaf;
+    }
+    if let Link::After(hash) = link {
+        leaf.bytes.pop();
+        leaf.bytes.push(0x01);
+        leaf.bytes.extend_from_slice(&32u32.to_be_bytes());
+        leaf.bytes.extend_from_slice(&hash);
+    }
+    leaf
+}
+
+/// A decoded leaf's link: `Unchained` for a leaf of version 1 or 2, else its last field.
+/// `None` if the leaf is not well formed or its last field is not a link.
+pub fn link_of(bytes: &[u8], fields: &[Field]) -> Option<Link> {
+    if bytes.first() != Some(&CHAIN_VERSION) {
+        return Some(Link::Unchained);
+    }
+    match fields.last()? {
+        Field::Absent => Some(Link::First),
+        Field::Bytes(hash) => Some(Link::After(hash.as_slice().try_into().ok()?)),
+        Field::Int(_) => None,
+    }
+}
+
+/// The tenant and recipient hash a decoded leaf is about (`None` for a body access).
+pub fn about(kind: Kind, fields: &[Field]) -> Option<(&[u8], &[u8])> {
+    let (tenant, recipient) = kind.about_fields()?;
+    match (fields.get(tenant)?, fields.get(recipient)?) {
+        (Field::Bytes(tenant), Field::Bytes(recipient)) => Some((tenant, recipient)),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -388,5 +657,54 @@ mod tests {
         assert_eq!(fields[0], Field::Bytes(b"ax".to_vec()));
         assert_eq!(fields[4], Field::Int(258));
         assert!(decode(&leaf.bytes[..leaf.bytes.len() - 1]).is_none());
+    }
+
+    #[test]
+    fn a_chained_leaf_ends_with_its_link_and_is_relinked_in_place() {
+        let erased = Erasure {
+            id: "e".into(),
+            tenant: "t".into(),
+            recipient_hash: "r".into(),
+            erased_at_us: 1,
+            erased_by: "s".into(),
+            keys_destroyed: 0,
+        };
+        let unchained = erasure(&erased, Link::Unchained);
+        let first = erasure(&erased, Link::First);
+        assert_eq!(unchained.bytes[0], VERSION);
+        assert_eq!(first.bytes[0], CHAIN_VERSION);
+        assert_eq!(first.bytes[1..first.bytes.len() - 1], unchained.bytes[1..]);
+        assert_eq!(first.bytes.last(), Some(&0x00));
+        let previous = [7u8; 32];
+        let after = relink(first.clone(), Link::After(previous));
+        assert_eq!(after, erasure(&erased, Link::After(previous)));
+        let tail: Vec<u8> = [&[1u8, 0, 0, 0, 32][..], &previous].concat();
+        assert!(after.bytes.ends_with(&tail));
+        for (leaf, link) in [
+            (&unchained, Link::Unchained),
+            (&first, Link::First),
+            (&after, Link::After(previous)),
+        ] {
+            let (kind, fields) = decode(&leaf.bytes).unwrap();
+            assert_eq!(kind, Kind::Erasure);
+            assert_eq!(link_of(&leaf.bytes, &fields), Some(link));
+            assert_eq!(
+                about(kind, &fields),
+                Some((&b"t"[..], &b"r"[..])),
+                "tenant and number"
+            );
+        }
+        // A body access is never chained; a version-3 one does not decode.
+        let access = body_access(&BodyAccess {
+            id: "a".into(),
+            tenant: "t".into(),
+            subject: "s".into(),
+            message_id: "m".into(),
+            accessed_at_us: 1,
+        });
+        assert_eq!(relink(access.clone(), Link::After(previous)), access);
+        let mut forged = access.bytes.clone();
+        forged[0] = CHAIN_VERSION;
+        assert!(decode(&forged).is_none());
     }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::checkpoint::{Checkpoint, CheckpointView, unhex};
-use super::leaf::{self, Field, Kind};
+use super::leaf::{self, Field, Kind, Link};
 use super::merkle::{self, Frontier, Hash};
 use super::note::WitnessKey;
 use crate::crypto::hex;
@@ -301,8 +301,56 @@ impl Replay {
                 }
                 _ => Ok(()),
             },
-            Kind::BodyAccess | Kind::Erasure => Ok(()),
+            _ => Ok(()),
         }
+    }
+}
+
+/// Checks each recipient's chain: every leaf about a recipient written since chains
+/// (`leaf::Link`) names the hash of the leaf about the same tenant and recipient hash that
+/// comes just before it in the log, or none if none does. A leaf of a number deleted, or one
+/// put in its place, breaks the link of the next.
+#[derive(Debug, Default)]
+pub struct ChainCheck {
+    /// The newest leaf about each recipient so far (its hash and index), by tenant and
+    /// recipient hash.
+    heads: std::collections::HashMap<(Vec<u8>, Vec<u8>), (Hash, u64)>,
+}
+
+impl ChainCheck {
+    /// Takes the leaf at `index` (already checked to be well formed).
+    pub fn see(&mut self, index: u64, bytes: &[u8]) -> Result<(), Failure> {
+        let (kind, fields) = leaf::decode(bytes)
+            .ok_or_else(|| fail(index, "the leaf is not in the documented format"))?;
+        let Some((tenant, recipient)) = leaf::about(kind, &fields) else {
+            return Ok(());
+        };
+        let link = leaf::link_of(bytes, &fields)
+            .ok_or_else(|| fail(index, "the leaf's link to the previous leaf does not read"))?;
+        let key = (tenant.to_vec(), recipient.to_vec());
+        let previous = self.heads.get(&key).copied();
+        let broken = match (link, previous) {
+            (Link::Unchained | Link::First, None) | (Link::Unchained, Some(_)) => None,
+            (Link::After(hash), Some((previous, _))) if hash == previous => None,
+            (Link::First, Some((_, at))) => Some(format!(
+                "the leaf says it is the first about its number, but leaf {at} before it is \
+                 about the same number"
+            )),
+            (Link::After(_), Some((_, at))) => Some(format!(
+                "the leaf links to a previous leaf about its number that is not leaf {at}, the \
+                 one before it: a leaf of the number is missing or was replaced"
+            )),
+            (Link::After(_), None) => Some(
+                "the leaf links to a previous leaf about its number that is not there: a leaf \
+                 of the number is missing"
+                    .to_owned(),
+            ),
+        };
+        if let Some(why) = broken {
+            return Err(fail(index, why));
+        }
+        self.heads.insert(key, (merkle::leaf_hash(bytes), index));
+        Ok(())
     }
 }
 
@@ -519,6 +567,7 @@ pub async fn verify_store(
         .with_heads(witnesses.map_or(&[][..], |policy| &policy.heads));
     let mut order = OrderCheck::default();
     let mut replay = Replay::default();
+    let mut chains = ChainCheck::default();
     let mut after = -1i64;
     loop {
         let entries = store.log_entries(after, 1000).await.map_err(database)?;
@@ -581,6 +630,7 @@ pub async fn verify_store(
             order.see(position, &rebuilt.bytes)?;
             replay.see(position, &rebuilt.bytes)?;
             verifier.push(position, rebuilt.hash())?;
+            chains.see(position, &rebuilt.bytes)?;
             progress(position + 1);
             after = index;
         }
@@ -632,6 +682,7 @@ pub fn verify_export(
         .with_heads(witnesses.map_or(&[][..], |policy| &policy.heads));
     let mut order = OrderCheck::default();
     let mut replay = Replay::default();
+    let mut chains = ChainCheck::default();
     for (number, line) in lines.enumerate() {
         let line = line.map_err(|e| fail(None, format!("export line {}: {e}", number + 1)))?;
         if line.trim().is_empty() {
@@ -662,7 +713,9 @@ pub fn verify_export(
         }
         order.see(index, &bytes)?;
         replay.see(index, &bytes)?;
+        // The tree first: a line taken out is named as missing, not as its successor's link.
         verifier.push(index, merkle::leaf_hash(&bytes))?;
+        chains.see(index, &bytes)?;
         progress(index + 1);
     }
     let mut report = verifier.finish()?;
@@ -771,6 +824,8 @@ pub fn verify_bundle(
     let tenant = bundle["tenant"].as_str();
     let mut proven = 0;
     let mut message_ids = std::collections::HashSet::new();
+    // Every leaf of the bundle, by index, for the chain.
+    let mut leaves = BTreeMap::new();
     for (section, kind, fields) in [
         ("consent_events", Kind::ConsentEvent, &CONSENT_FIELDS[..]),
         ("messages", Kind::Message, &MESSAGE_FIELDS[..]),
@@ -831,9 +886,11 @@ pub fn verify_bundle(
                 message_ids.insert(text(0));
             }
             proven += usize::from(in_the_tree(index, &bytes, row, &checkpoint)?);
+            leaves.insert(index, bytes);
         }
     }
-    // The number's other leaves: its erasures, and the reads of its messages' bodies.
+    // The number's other leaves: its erasures, the reads of its messages' bodies, their
+    // outcomes and releases, its replies and the resolutions of their reviews.
     for row in bundle["other_leaves"].as_array().into_iter().flatten() {
         let index = row["leaf_index"]
             .as_u64()
@@ -849,9 +906,12 @@ pub fn verify_bundle(
             _ => None,
         };
         let about_number = match kind {
-            Kind::Erasure => field(2).as_deref() == number_hash,
             Kind::BodyAccess => field(3).is_some_and(|id| message_ids.contains(&id)),
-            _ => false,
+            Kind::Message | Kind::ConsentEvent => false,
+            _ => leaf::about(kind, &values).is_some_and(|(leaf_tenant, hash)| {
+                Some(leaf_tenant) == tenant.map(str::as_bytes)
+                    && Some(hash) == number_hash.map(str::as_bytes)
+            }),
         };
         if row["kind"].as_str() != Some(kind.as_str())
             || field(1).as_deref() != tenant
@@ -859,10 +919,21 @@ pub fn verify_bundle(
         {
             return Err(fail(
                 index,
-                "the leaf is not an erasure of this number or a read of one of its messages",
+                "the leaf is not about this number (nor a read of one of its messages)",
             ));
         }
         proven += usize::from(in_the_tree(index, &bytes, row, &checkpoint)?);
+        leaves.insert(index, bytes);
+    }
+    // Every leaf about the number, in log order, links to the one before it: a bundle that
+    // holds them all from the first shows that none is missing. (A truncated bundle holds the
+    // first leaves of each list, not all the first leaves of the number: its chain is not
+    // checked; the lists, filtered by number, page through the rest.)
+    if bundle["truncated"] != Value::Bool(true) {
+        let mut chain = ChainCheck::default();
+        for (index, bytes) in &leaves {
+            chain.see(*index, bytes)?;
+        }
     }
     Ok(proven)
 }
@@ -1185,51 +1256,120 @@ mod tests {
     }
 
     #[test]
+    fn a_chain_shows_a_missing_or_replaced_leaf_of_a_number() {
+        use crate::audit::leaf::{Erasure, Outcome, erasure, outcome, relink};
+        let erased = |id: &str, number: &str| {
+            erasure(
+                &Erasure {
+                    id: id.into(),
+                    tenant: "t".into(),
+                    recipient_hash: number.into(),
+                    erased_at_us: 1,
+                    erased_by: "s".into(),
+                    keys_destroyed: 0,
+                },
+                Link::First,
+            )
+        };
+        let answered = |id: &str, number: &str| {
+            outcome(
+                &Outcome {
+                    id: id.into(),
+                    tenant: "t".into(),
+                    message_id: "msg_1".into(),
+                    recipient_hash: number.into(),
+                    recorded_at_us: 2,
+                    status: "sent".into(),
+                    upstream_message_id: None,
+                    error_code: None,
+                    detail: None,
+                },
+                Link::First,
+            )
+        };
+        // Two numbers, interleaved, each linked as the store links them.
+        let a1 = erased("e1", "a");
+        let b1 = erased("e2", "b");
+        let a2 = relink(answered("o1", "a"), Link::After(a1.hash()));
+        let a3 = relink(erased("e3", "a"), Link::After(a2.hash()));
+        let run = |leaves: &[&crate::audit::leaf::Leaf]| {
+            let mut chains = ChainCheck::default();
+            leaves
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, leaf)| chains.see(i as u64, &leaf.bytes))
+        };
+        assert_eq!(run(&[&a1, &b1, &a2, &a3]), Ok(()));
+        // The middle leaf of "a" deleted: the next one links to a leaf that is not there.
+        let failure = run(&[&a1, &b1, &a3]).unwrap_err();
+        assert_eq!(failure.position, Some(2));
+        assert!(
+            failure.reason.contains("missing or was replaced"),
+            "{failure}"
+        );
+        // Its first deleted.
+        let failure = run(&[&b1, &a2, &a3]).unwrap_err();
+        assert_eq!(failure.position, Some(1));
+        // Two swapped.
+        assert!(run(&[&a1, &a3, &a2]).is_err());
+        // A leaf claiming to be the first of a number that has one before it.
+        assert!(run(&[&a1, &erased("e4", "a")]).is_err());
+        // The link is in the leaf's bytes, so in its hash.
+        assert_ne!(a2.hash(), answered("o1", "a").hash());
+    }
+
+    #[test]
     fn replay_holds_an_allowed_message_to_the_consent_before_it_in_the_log() {
         use crate::audit::leaf::{ConsentColumns, MessageColumns, consent_event, message};
         let consent = |id: &'static str, action: &'static str, at: i64| {
-            consent_event(ConsentColumns {
-                id,
-                tenant: "t",
-                recipient_hash: "r",
-                recipient_masked: "+1415555****",
-                action,
-                level: (action == "opt_in").then_some("express_written"),
-                brand: None,
-                campaign: None,
-                purposes: "",
-                method: "web_form",
-                occurred_at_us: at,
-                recorded_at_us: at,
-                recorded_by: "s",
-                external_id: None,
-                idempotency_key: id,
-                key_id: "k",
-                evidence: b"e",
-            })
+            consent_event(
+                ConsentColumns {
+                    id,
+                    tenant: "t",
+                    recipient_hash: "r",
+                    recipient_masked: "+1415555****",
+                    action,
+                    level: (action == "opt_in").then_some("express_written"),
+                    brand: None,
+                    campaign: None,
+                    purposes: "",
+                    method: "web_form",
+                    occurred_at_us: at,
+                    recorded_at_us: at,
+                    recorded_by: "s",
+                    external_id: None,
+                    idempotency_key: id,
+                    key_id: "k",
+                    evidence: b"e",
+                },
+                Link::Unchained,
+            )
             .bytes
         };
         let marketing = |basis: Option<&'static str>, at: i64| {
-            message(MessageColumns {
-                id: "msg",
-                tenant: "t",
-                created_at_us: at,
-                recipient_hash: "r",
-                recipient_masked: "+1415555****",
-                sender_masked: "+1202555****",
-                purpose: "marketing",
-                brand: None,
-                campaign: None,
-                decision: "allowed",
-                reasons_json: "[]",
-                upstream: Some("gw"),
-                reply_kind: None,
-                confirms_event: None,
-                status_callback: None,
-                key_id: "k",
-                payload: b"p",
-                basis,
-            })
+            message(
+                MessageColumns {
+                    id: "msg",
+                    tenant: "t",
+                    created_at_us: at,
+                    recipient_hash: "r",
+                    recipient_masked: "+1415555****",
+                    sender_masked: "+1202555****",
+                    purpose: "marketing",
+                    brand: None,
+                    campaign: None,
+                    decision: "allowed",
+                    reasons_json: "[]",
+                    upstream: Some("gw"),
+                    reply_kind: None,
+                    confirms_event: None,
+                    status_callback: None,
+                    key_id: "k",
+                    payload: b"p",
+                    basis,
+                },
+                Link::Unchained,
+            )
             .bytes
         };
         let basis =

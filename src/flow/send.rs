@@ -658,7 +658,7 @@ async fn record_outcome(
     id: &MessageId,
     result: &Result<crate::upstream::Receipt, crate::upstream::UpstreamError>,
 ) {
-    let now = Timestamp::now().as_microsecond();
+    let now = state.clock.now().as_microsecond();
     let outcome = match result {
         Ok(receipt) => OutcomeRecord {
             message_id: id.clone(),

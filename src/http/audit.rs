@@ -44,10 +44,10 @@ const BUNDLE_LIMIT: i64 = 10_000;
 
 /// What a bundle cannot prove about a number: kept, but not leaves of the log.
 const NOT_IN_THE_LOG: [&str; 4] = [
-    "outcomes: each message's `outcome` (what the gateway answered) is shown, not logged",
-    "replies: the number's inbound messages (GET /v1/audit/numbers/{number}/replies); a reply's effect is logged as the consent event it recorded",
-    "releases: a deferred message's decision at its release (its logged record is the decision to defer)",
-    "reviews: the resolution of a reply held for review",
+    "pending: leaves not yet given an index by the sequencer (a second or so after they are written) are in a later bundle",
+    "before chains: outcomes, releases, replies and review resolutions recorded before consentry 0.14 (migration 0014) are not leaves; leaves logged before it carry no link, so only the newest of them is proven to be there (the first linked leaf names it)",
+    "reviews: that a reply was held for review (the reply is a leaf, and so is the review's resolution)",
+    "a message's `outcome` field: a copy of the status of its newest outcome, which is a leaf of its own among other_leaves",
 ];
 
 fn b64(bytes: &[u8]) -> String {
@@ -167,7 +167,7 @@ impl ListQuery {
 /// A message record as auditors read it: its fields, its leaf and where it is in the log.
 fn message_json(item: &AuditedMessage) -> Value {
     let record = &item.record;
-    let leaf = leaf::message(record);
+    let leaf = leaf::message(record, item.link);
     json!({
         "leaf_index": item.leaf_index,
         "id": record.id.as_str(),
@@ -194,7 +194,7 @@ fn message_json(item: &AuditedMessage) -> Value {
 
 fn consent_json(item: &AuditedConsent) -> Value {
     let record = &item.record;
-    let leaf = leaf::consent_event(record);
+    let leaf = leaf::consent_event(record, item.link);
     json!({
         "leaf_index": item.leaf_index,
         "id": record.id,
@@ -254,7 +254,7 @@ fn message_csv(item: &AuditedMessage) -> Vec<String> {
         codes.join(" "),
         item.outcome.clone().unwrap_or_default(),
         record.reply_kind.unwrap_or_default().to_owned(),
-        hex(&leaf::message(record).hash()),
+        hex(&leaf::message(record, item.link).hash()),
     ]
 }
 
@@ -293,7 +293,7 @@ fn consent_csv(item: &AuditedConsent) -> Vec<String> {
         record.campaign.clone().unwrap_or_default(),
         record.purposes.clone(),
         record.method.clone(),
-        hex(&leaf::consent_event(record).hash()),
+        hex(&leaf::consent_event(record, item.link).hash()),
     ]
 }
 

@@ -1,8 +1,85 @@
 //! Which field of each logged record is which column of its leaf: the records as the plain
 //! values `audit::leaf` encodes, so that the leaf format needs no store type.
 
-use super::{ConsentRecord, MessageRecord};
-use crate::audit::leaf::{ConsentColumns, MessageColumns};
+use super::{
+    ConsentRecord, InboundRecord, MessageRecord, OutcomeRecord, ReleaseRecord, ResolutionRecord,
+};
+use crate::audit::leaf::{
+    ConsentColumns, InboundColumns, MessageColumns, Outcome, Release, Resolution,
+};
+
+/// A new id for a logged row that has none of its own (outcomes, releases): its leaf's ref_id.
+pub fn row_id(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
+}
+
+impl OutcomeRecord {
+    /// Its leaf's fields, with the row's id and its message's tenant and recipient hash.
+    pub fn leaf(&self, id: String, tenant: String, recipient_hash: String) -> Outcome {
+        Outcome {
+            id,
+            tenant,
+            message_id: self.message_id.as_str().to_owned(),
+            recipient_hash,
+            recorded_at_us: self.recorded_at_us,
+            status: self.status.as_str().to_owned(),
+            upstream_message_id: self.upstream_message_id.clone(),
+            error_code: self.error_code.clone(),
+            detail: self.detail.clone(),
+        }
+    }
+}
+
+impl ReleaseRecord {
+    /// Its leaf's fields, with the row's id and its message's tenant and recipient hash.
+    pub fn leaf(&self, id: String, tenant: String, recipient_hash: String) -> Release {
+        Release {
+            id,
+            tenant,
+            message_id: self.message_id.as_str().to_owned(),
+            recipient_hash,
+            decided_at_us: self.decided_at_us,
+            decision: self.decision.as_str().to_owned(),
+            reasons_json: self.reasons_json.clone(),
+        }
+    }
+}
+
+impl ResolutionRecord {
+    /// Its leaf's fields, with its review's tenant, recipient hash and inbound message.
+    pub fn leaf(&self, tenant: &str, recipient_hash: String, inbound_id: String) -> Resolution {
+        Resolution {
+            id: self.review_id.clone(),
+            tenant: tenant.to_owned(),
+            recipient_hash,
+            inbound_id,
+            outcome: self.outcome.to_owned(),
+            resolved_by: self.resolved_by.clone(),
+            resolved_at_us: self.resolved_at_us,
+            consent_event: self.consent_event.clone(),
+        }
+    }
+}
+
+impl<'a> From<&'a InboundRecord> for InboundColumns<'a> {
+    fn from(record: &'a InboundRecord) -> Self {
+        InboundColumns {
+            id: &record.id,
+            tenant: &record.tenant,
+            recipient_hash: &record.recipient_hash,
+            recipient_masked: &record.recipient_masked,
+            to_masked: &record.to_masked,
+            upstream: &record.upstream,
+            gateway_id: &record.gateway_id,
+            class: record.class,
+            certain: record.certain,
+            consent_event: record.consent_event.as_deref(),
+            received_at_us: record.received_at_us,
+            key_id: &record.key_id,
+            payload: &record.payload,
+        }
+    }
+}
 
 impl<'a> From<&'a MessageRecord> for MessageColumns<'a> {
     fn from(record: &'a MessageRecord) -> Self {

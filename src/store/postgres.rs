@@ -12,9 +12,10 @@ use sqlx::Row as _;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::rows::{
-    LOGGED_COUNTS, LOGGED_TABLES, MESSAGE_COLUMNS, REPLY_COLUMNS, checkpoint_from_row,
-    consent_from_row, cosignature_from_row, data_key_from_row, decision_count_from_row,
-    event_from_row, hash_from, log_entry_from_row, message_from_row, number_other_leaves_sql,
+    CONSENT_COLUMNS, LINK_COLUMNS, LOGGED_TABLES, MESSAGE_COLUMNS, REPLY_COLUMNS,
+    checkpoint_from_row, consent_from_row, cosignature_from_row, data_key_from_row,
+    decision_count_from_row, event_from_row, hash_from, leaf_from_row, leaf_sql, link_from_row,
+    log_entry_from_row, logged_counts_sql, message_from_row, number_other_leaves_sql,
     recipient_key_from_row, reply_from_row, review_from_row, unlogged_rows_sql,
 };
 use super::{
@@ -29,7 +30,7 @@ use super::{
     STORED_KEY_COLUMNS, StoredKey, classify,
 };
 use crate::audit::checkpoint::Checkpoint;
-use crate::audit::leaf::{self, BodyAccess, Erasure, Kind, Leaf};
+use crate::audit::leaf::{self, BodyAccess, Erasure, Kind, Leaf, Link};
 use crate::audit::merkle::{Frontier, Hash, NodeId};
 use crate::audit::note::Cosignature;
 use crate::domain::{MessageId, TenantId};
@@ -136,18 +137,37 @@ impl OutcomeWriter {
 }
 
 async fn insert_outcomes(pool: &PgPool, outcomes: &[&OutcomeRecord]) -> Result<(), StoreError> {
+    let mut transaction = pool.begin().await?;
+    let message_ids: Vec<&str> = outcomes.iter().map(|o| o.message_id.as_str()).collect();
+    let recipients: std::collections::HashMap<String, (String, String)> =
+        sqlx::query_as("SELECT id, tenant, recipient_hash FROM messages WHERE id = ANY($1)")
+            .bind(&message_ids)
+            .fetch_all(&mut *transaction)
+            .await?
+            .into_iter()
+            .map(|(id, tenant, hash): (String, String, String)| (id, (tenant, hash)))
+            .collect();
+    let mut ids = Vec::with_capacity(outcomes.len());
+    let mut leaves = Vec::with_capacity(outcomes.len());
+    for outcome in outcomes {
+        let (tenant, hash) = recipients.get(outcome.message_id.as_str()).ok_or_else(|| {
+            StoreError::Corrupt(format!("no message {} to record about", outcome.message_id))
+        })?;
+        let id = super::row_id("out");
+        leaves.push(leaf::outcome(
+            &outcome.leaf(id.clone(), tenant.clone(), hash.clone()),
+            Link::First,
+        ));
+        ids.push(id);
+    }
     sqlx::query(
-        "INSERT INTO message_outcomes (message_id, recorded_at_us, status, \
+        "INSERT INTO message_outcomes (id, message_id, recorded_at_us, status, \
          upstream_message_id, error_code, detail) \
-         SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], \
-         $6::text[])",
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], \
+         $6::text[], $7::text[])",
     )
-    .bind(
-        outcomes
-            .iter()
-            .map(|o| o.message_id.as_str())
-            .collect::<Vec<_>>(),
-    )
+    .bind(&ids)
+    .bind(&message_ids)
     .bind(
         outcomes
             .iter()
@@ -178,8 +198,10 @@ async fn insert_outcomes(pool: &PgPool, outcomes: &[&OutcomeRecord]) -> Result<(
             .map(|o| o.detail.as_deref())
             .collect::<Vec<_>>(),
     )
-    .execute(pool)
+    .execute(&mut *transaction)
     .await?;
+    insert_log_entries(&mut transaction, leaves).await?;
+    transaction.commit().await?;
     Ok(())
 }
 
@@ -626,8 +648,8 @@ impl Inbound for PgStore {
         let inserted = sqlx::query(
             "INSERT INTO inbound_messages (id, upstream, gateway_id, tenant, recipient_hash, \
              recipient_masked, to_masked, class, certain, consent_event, received_at_us, key_id, \
-             payload) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-             ON CONFLICT (upstream, gateway_id, tenant) DO NOTHING",
+             payload, logged) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+             TRUE) ON CONFLICT (upstream, gateway_id, tenant) DO NOTHING",
         )
         .bind(&inbound.id)
         .bind(&inbound.upstream)
@@ -647,6 +669,7 @@ impl Inbound for PgStore {
         if inserted.rows_affected() == 0 {
             return Ok(InboundRecorded::Duplicate);
         }
+        insert_log_entries(&mut transaction, vec![leaf::inbound(inbound, Link::First)]).await?;
         if let Some(consent) = consent {
             insert_consent(&mut transaction, consent).await?;
         }
@@ -731,18 +754,20 @@ impl Inbound for PgStore {
         consent: Option<&ConsentRecord>,
     ) -> Result<Resolved, StoreError> {
         let mut transaction = self.pool.begin().await?;
-        let exists: Option<String> =
-            sqlx::query_scalar("SELECT id FROM consent_reviews WHERE id = $1 AND tenant = $2")
-                .bind(&resolution.review_id)
-                .bind(tenant.as_str())
-                .fetch_optional(&mut *transaction)
-                .await?;
-        if exists.is_none() {
+        let review: Option<(String, String)> = sqlx::query_as(
+            "SELECT recipient_hash, inbound_id FROM consent_reviews WHERE id = $1 AND tenant = $2",
+        )
+        .bind(&resolution.review_id)
+        .bind(tenant.as_str())
+        .fetch_optional(&mut *transaction)
+        .await?;
+        let Some((recipient_hash, inbound_id)) = review else {
             return Ok(Resolved::NotFound);
-        }
+        };
         let inserted = sqlx::query(
             "INSERT INTO review_resolutions (review_id, outcome, resolved_by, resolved_at_us, \
-             consent_event) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (review_id) DO NOTHING",
+             consent_event, logged) VALUES ($1, $2, $3, $4, $5, TRUE) \
+             ON CONFLICT (review_id) DO NOTHING",
         )
         .bind(&resolution.review_id)
         .bind(resolution.outcome)
@@ -754,6 +779,11 @@ impl Inbound for PgStore {
         if inserted.rows_affected() == 0 {
             return Ok(Resolved::AlreadyResolved);
         }
+        let leaf = leaf::review_resolution(
+            &resolution.leaf(tenant.as_str(), recipient_hash, inbound_id),
+            Link::First,
+        );
+        insert_log_entries(&mut transaction, vec![leaf]).await?;
         if let Some(consent) = consent {
             insert_consent(&mut transaction, consent).await?;
         }
@@ -966,68 +996,23 @@ impl AuditLog for PgStore {
     }
 
     async fn leaf_of(&self, kind: Kind, ref_id: &str) -> Result<Option<Leaf>, StoreError> {
-        Ok(match kind {
-            Kind::Message => sqlx::query(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.id = $1"
-            ))
+        sqlx::query(&leaf_sql(kind, "$1"))
             .bind(ref_id)
             .fetch_optional(&self.pool)
             .await?
-            .map(|row| message_from_row(&row).map(|record| leaf::message(&record)))
-            .transpose()?,
-            Kind::ConsentEvent => sqlx::query(&format!(
-                "SELECT {CONSENT_COLUMNS} FROM consent_events c WHERE c.id = $1"
-            ))
-            .bind(ref_id)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|row| consent_from_row(&row).map(|stored| leaf::consent_event(&stored.record)))
-            .transpose()?,
-            Kind::BodyAccess => sqlx::query(
-                "SELECT id, tenant, subject, message_id, accessed_at_us FROM body_accesses \
-                 WHERE id = $1",
-            )
-            .bind(ref_id)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|row| -> Result<Leaf, StoreError> {
-                Ok(leaf::body_access(&BodyAccess {
-                    id: row.try_get("id")?,
-                    tenant: row.try_get("tenant")?,
-                    subject: row.try_get("subject")?,
-                    message_id: row.try_get("message_id")?,
-                    accessed_at_us: row.try_get("accessed_at_us")?,
-                }))
-            })
-            .transpose()?,
-            Kind::Erasure => sqlx::query(
-                "SELECT id, tenant, recipient_hash, erased_at_us, erased_by, keys_destroyed \
-                 FROM erasures WHERE id = $1",
-            )
-            .bind(ref_id)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|row| -> Result<Leaf, StoreError> {
-                Ok(leaf::erasure(&Erasure {
-                    id: row.try_get("id")?,
-                    tenant: row.try_get("tenant")?,
-                    recipient_hash: row.try_get("recipient_hash")?,
-                    erased_at_us: row.try_get("erased_at_us")?,
-                    erased_by: row.try_get("erased_by")?,
-                    keys_destroyed: row.try_get("keys_destroyed")?,
-                }))
-            })
-            .transpose()?,
-        })
+            .map(|row| leaf_from_row(kind, &row))
+            .transpose()
     }
 
     async fn logged_row_counts(&self) -> Result<Vec<(Kind, i64, i64)>, StoreError> {
         // One statement, so one snapshot on both backends.
-        let row = sqlx::query(LOGGED_COUNTS).fetch_one(&self.pool).await?;
+        let row = sqlx::query(&logged_counts_sql())
+            .fetch_one(&self.pool)
+            .await?;
         LOGGED_TABLES
             .iter()
             .enumerate()
-            .map(|(i, (kind, _))| Ok((*kind, row.try_get(2 * i)?, row.try_get(2 * i + 1)?)))
+            .map(|(i, (kind, ..))| Ok((*kind, row.try_get(2 * i)?, row.try_get(2 * i + 1)?)))
             .collect()
     }
 
@@ -1192,7 +1177,7 @@ impl AuditLog for PgStore {
         limit: i64,
     ) -> Result<Vec<AuditedMessage>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT l.leaf_index, {MESSAGE_COLUMNS}, \
+            "SELECT l.leaf_index, {MESSAGE_COLUMNS}, {LINK_COLUMNS}, \
              (SELECT status FROM message_outcomes o WHERE o.message_id = m.id \
               ORDER BY o.seq DESC LIMIT 1) AS outcome \
              FROM log_leaves l JOIN messages m ON m.id = l.ref_id \
@@ -1220,6 +1205,7 @@ impl AuditLog for PgStore {
                 Ok(AuditedMessage {
                     leaf_index: row.try_get("leaf_index")?,
                     record: message_from_row(row)?,
+                    link: link_from_row(row)?,
                     outcome: row.try_get("outcome")?,
                 })
             })
@@ -1234,7 +1220,7 @@ impl AuditLog for PgStore {
         limit: i64,
     ) -> Result<Vec<AuditedConsent>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT l.leaf_index, {CONSENT_COLUMNS} \
+            "SELECT l.leaf_index, {CONSENT_COLUMNS}, {LINK_COLUMNS} \
              FROM log_leaves l JOIN consent_events c ON c.id = l.ref_id \
              WHERE l.tenant = $1 AND l.kind = 'consent_event' AND l.leaf_index > $2 \
              AND ($3::TEXT IS NULL OR c.recipient_hash = $4) \
@@ -1260,6 +1246,7 @@ impl AuditLog for PgStore {
                 Ok(AuditedConsent {
                     leaf_index: row.try_get("leaf_index")?,
                     record: consent_from_row(row)?.record,
+                    link: link_from_row(row)?,
                 })
             })
             .collect()
@@ -1293,7 +1280,7 @@ impl AuditLog for PgStore {
         .bind(access.accessed_at_us)
         .execute(&mut *transaction)
         .await?;
-        insert_log_entry(&mut *transaction, &leaf::body_access(access)).await?;
+        insert_log_entries(&mut transaction, vec![leaf::body_access(access)]).await?;
         transaction.commit().await?;
         Ok(())
     }
@@ -1329,7 +1316,7 @@ impl AuditLog for PgStore {
         .bind(erasure.keys_destroyed)
         .execute(&mut *transaction)
         .await?;
-        insert_log_entry(&mut *transaction, &leaf::erasure(&erasure)).await?;
+        insert_log_entries(&mut transaction, vec![leaf::erasure(&erasure, Link::First)]).await?;
         transaction.commit().await?;
         Ok(destroyed)
     }
@@ -1538,22 +1525,36 @@ impl Keys for PgStore {
     }
 }
 
-/// The columns of a consent event, for `consent_from_row`.
-const CONSENT_COLUMNS: &str = "c.seq, c.id, c.tenant, c.recipient_hash, c.recipient_masked, \
-     c.action, c.level, c.brand, c.campaign, c.purposes, c.method, c.occurred_at_us, \
-     c.recorded_at_us, c.recorded_by, c.external_id, c.idempotency_key, c.key_id, c.evidence";
-
-/// Adds a row's entry to the log, pending its index.
-async fn insert_log_entry<'e>(
-    executor: impl sqlx::Executor<'e, Database = sqlx::Postgres>,
-    leaf: &Leaf,
+/// Adds rows' entries to the log, pending their indexes, in one round trip: the function
+/// `consentry_append_leaves` (migration 0014) links each leaf about a recipient to the newest
+/// leaf about it, under the lock of the recipient's head row. Sorted by recipient first, so
+/// that every transaction locks heads in one order and two cannot wait for each other; leaves
+/// about one recipient keep their order.
+async fn insert_log_entries(
+    connection: &mut sqlx::PgConnection,
+    mut leaves: Vec<Leaf>,
 ) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO log_leaves (kind, ref_id, tenant, leaf_hash) VALUES ($1, $2, $3, $4)")
-        .bind(leaf.kind.as_str())
-        .bind(&leaf.ref_id)
-        .bind(&leaf.tenant)
-        .bind(&leaf.hash()[..])
-        .execute(executor)
+    if leaves.is_empty() {
+        return Ok(());
+    }
+    leaves.sort_by(|a, b| (&a.tenant, &a.recipient_hash).cmp(&(&b.tenant, &b.recipient_hash)));
+    sqlx::query("SELECT consentry_append_leaves($1, $2, $3, $4, $5)")
+        .bind(leaves.iter().map(|l| l.kind.as_str()).collect::<Vec<_>>())
+        .bind(leaves.iter().map(|l| l.ref_id.as_str()).collect::<Vec<_>>())
+        .bind(leaves.iter().map(|l| l.tenant.as_str()).collect::<Vec<_>>())
+        .bind(
+            leaves
+                .iter()
+                .map(|l| l.recipient_hash.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            leaves
+                .iter()
+                .map(|l| l.bytes.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .execute(connection)
         .await?;
     Ok(())
 }
@@ -1608,7 +1609,7 @@ async fn insert_consent(
     .execute(&mut **transaction)
     .await?;
     if inserted.rows_affected() == 1 {
-        insert_log_entry(&mut **transaction, &leaf::consent_event(record)).await?;
+        insert_log_entries(transaction, vec![leaf::consent_event(record, Link::First)]).await?;
         return Ok(Recorded::New);
     }
     let existing: String = sqlx::query_scalar(
@@ -1756,8 +1757,12 @@ async fn insert_messages(
     let key_column = |f: fn(&super::RecipientKeyRow) -> &str| -> Vec<&str> {
         keys.iter().map(|k| f(k)).collect()
     };
-    let leaves: Vec<crate::audit::leaf::Leaf> = records.iter().map(leaf::message).collect();
-    let leaf_hashes: Vec<Vec<u8>> = leaves.iter().map(|l| l.hash().to_vec()).collect();
+    let mut leaves: Vec<Leaf> = records
+        .iter()
+        .map(|record| leaf::message(record, Link::First))
+        .collect();
+    // In the order `insert_log_entries` locks the recipients' heads in.
+    leaves.sort_by(|a, b| (&a.tenant, &a.recipient_hash).cmp(&(&b.tenant, &b.recipient_hash)));
     sqlx::query(
         "WITH message AS ( \
            INSERT INTO messages (id, tenant, created_at_us, recipient_hash, \
@@ -1771,10 +1776,7 @@ async fn insert_messages(
            INSERT INTO recipient_keys (tenant, recipient_hash, id, data_key_id, wrapped, \
            created_at_us) SELECT * FROM unnest($18::text[], $19::text[], $20::text[], \
            $21::text[], $22::bytea[], $23::bigint[])) \
-         INSERT INTO log_leaves (kind, ref_id, tenant, leaf_hash) \
-         SELECT kind, ref_id, tenant, leaf_hash FROM unnest($24::text[], $25::text[], \
-         $26::text[], $27::bytea[]) WITH ORDINALITY AS l(kind, ref_id, tenant, leaf_hash, place) \
-         ORDER BY place",
+         SELECT consentry_append_leaves($24, $25, $26, $29, $27)",
     )
     .bind(column(|r| r.id.as_str()))
     .bind(column(|r| r.tenant.as_str()))
@@ -1806,8 +1808,19 @@ async fn insert_messages(
     .bind(leaves.iter().map(|l| l.kind.as_str()).collect::<Vec<_>>())
     .bind(leaves.iter().map(|l| l.ref_id.as_str()).collect::<Vec<_>>())
     .bind(leaves.iter().map(|l| l.tenant.as_str()).collect::<Vec<_>>())
-    .bind(&leaf_hashes)
+    .bind(
+        leaves
+            .iter()
+            .map(|l| l.bytes.as_slice())
+            .collect::<Vec<_>>(),
+    )
     .bind(optional(|r| r.basis.as_deref()))
+    .bind(
+        leaves
+            .iter()
+            .map(|l| l.recipient_hash.as_deref())
+            .collect::<Vec<_>>(),
+    )
     .execute(&mut *connection)
     .await?;
     let (deferred, release_at): (Vec<&MessageRecord>, Vec<i64>) = records
@@ -1834,20 +1847,25 @@ async fn insert_messages(
     Ok(())
 }
 
-/// Appends a decision taken at (or instead of) a release to a message's releases.
+/// Appends a decision taken at (or instead of) a release to a message's releases, and its leaf.
 async fn append_release(
     connection: &mut sqlx::PgConnection,
     release: &ReleaseRecord,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO message_releases (message_id, decided_at_us, decision, reasons) \
-         VALUES ($1, $2, $3, $4)",
+    let id = super::row_id("rel");
+    let (tenant, recipient_hash): (String, String) = sqlx::query_as(
+        "INSERT INTO message_releases (id, message_id, decided_at_us, decision, reasons) \
+         SELECT $1, $2, $3, $4, $5 RETURNING \
+         (SELECT tenant FROM messages WHERE id = $2), \
+         (SELECT recipient_hash FROM messages WHERE id = $2)",
     )
+    .bind(&id)
     .bind(release.message_id.as_str())
     .bind(release.decided_at_us)
     .bind(release.decision.as_str())
     .bind(&release.reasons_json)
-    .execute(connection)
+    .fetch_one(&mut *connection)
     .await?;
-    Ok(())
+    let leaf = leaf::release(&release.leaf(id, tenant, recipient_hash), Link::First);
+    insert_log_entries(connection, vec![leaf]).await
 }

@@ -8,7 +8,7 @@ use super::{
     RecipientKeyRow, ReplyView, ReviewView, StoreError, StoredConsent,
 };
 use crate::audit::checkpoint::Checkpoint;
-use crate::audit::leaf::Kind;
+use crate::audit::leaf::{self, Kind, Leaf, Link};
 use crate::audit::merkle::Hash;
 use crate::audit::note::Cosignature;
 use crate::consent::{Action, ConsentEvent, Level};
@@ -196,54 +196,308 @@ pub(crate) const MESSAGE_COLUMNS: &str = "m.id, m.tenant, m.created_at_us, m.rec
      m.status_callback, m.basis";
 
 /// The logged tables, by the kind of leaf their rows are.
-pub(crate) const LOGGED_TABLES: [(Kind, &str); 4] = [
-    (Kind::Message, "messages"),
-    (Kind::ConsentEvent, "consent_events"),
-    (Kind::BodyAccess, "body_accesses"),
-    (Kind::Erasure, "erasures"),
+/// Each logged kind's table, its id column and which of its rows are logged (rows of outcomes,
+/// releases, inbound messages and resolutions written before they became leaves are not).
+pub(crate) const LOGGED_TABLES: [(Kind, &str, &str, &str); 8] = [
+    (Kind::Message, "messages", "id", "1 = 1"),
+    (Kind::ConsentEvent, "consent_events", "id", "1 = 1"),
+    (Kind::BodyAccess, "body_accesses", "id", "1 = 1"),
+    (Kind::Erasure, "erasures", "id", "1 = 1"),
+    (Kind::Outcome, "message_outcomes", "id", "id IS NOT NULL"),
+    (Kind::Release, "message_releases", "id", "id IS NOT NULL"),
+    (Kind::Inbound, "inbound_messages", "id", "logged"),
+    (
+        Kind::ReviewResolution,
+        "review_resolutions",
+        "review_id",
+        "logged",
+    ),
 ];
 
-/// Each logged table's rows and its log entries, counted in one statement.
-pub(crate) const LOGGED_COUNTS: &str = "SELECT \
-     (SELECT count(*) FROM messages), \
-     (SELECT count(*) FROM log_leaves WHERE kind = 'message'), \
-     (SELECT count(*) FROM consent_events), \
-     (SELECT count(*) FROM log_leaves WHERE kind = 'consent_event'), \
-     (SELECT count(*) FROM body_accesses), \
-     (SELECT count(*) FROM log_leaves WHERE kind = 'body_access'), \
-     (SELECT count(*) FROM erasures), \
-     (SELECT count(*) FROM log_leaves WHERE kind = 'erasure')";
+/// Each logged table's rows and its log entries, counted in one statement (so in one
+/// snapshot, on both backends): two columns per entry of [`LOGGED_TABLES`].
+pub(crate) fn logged_counts_sql() -> String {
+    let counts: Vec<String> = LOGGED_TABLES
+        .iter()
+        .map(|(kind, table, _, logged)| {
+            format!(
+                "(SELECT count(*) FROM {table} WHERE {logged}), \
+                 (SELECT count(*) FROM log_leaves WHERE kind = '{}')",
+                kind.as_str()
+            )
+        })
+        .collect();
+    format!("SELECT {}", counts.join(", "))
+}
 
-/// A number's erasures and body reads with their leaf indexes, in log order (`tenant` and
-/// `recipient_hash` are the statement's first two parameters, given in each dialect's
-/// placeholders, and `limit` its third).
+/// The columns of a consent event, for [`consent_from_row`].
+pub(crate) const CONSENT_COLUMNS: &str = "c.seq, c.id, c.tenant, c.recipient_hash, \
+     c.recipient_masked, c.action, c.level, c.brand, c.campaign, c.purposes, c.method, \
+     c.occurred_at_us, c.recorded_at_us, c.recorded_by, c.external_id, c.idempotency_key, \
+     c.key_id, c.evidence";
+
+/// A log entry's (`l`) link, for [`link_from_row`].
+pub(crate) const LINK_COLUMNS: &str =
+    "CAST(CASE WHEN l.chained THEN 1 ELSE 0 END AS BIGINT) AS chained, l.prev_hash";
+
+/// A leaf's link, as its log entry stores it.
+pub(crate) fn link_from_row<R>(row: &R) -> Result<Link, StoreError>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> i64: Decode<'r, R::Database>,
+    i64: Type<R::Database>,
+    for<'r> Vec<u8>: Decode<'r, R::Database>,
+    Vec<u8>: Type<R::Database>,
+{
+    let chained: Option<i64> = row.try_get("chained")?;
+    let prev_hash: Option<Vec<u8>> = row.try_get("prev_hash")?;
+    match (chained, prev_hash) {
+        (None | Some(0), _) => Ok(Link::Unchained),
+        (_, None) => Ok(Link::First),
+        (_, Some(hash)) => Ok(Link::After(hash_from(hash, "log_leaves.prev_hash")?)),
+    }
+}
+
+/// The statement that reads the row a leaf of `kind` records, with its link, by the row's id
+/// (`placeholder` in the backend's syntax), for [`leaf_from_row`].
+pub(crate) fn leaf_sql(kind: Kind, placeholder: &str) -> String {
+    let (columns, from, id) = match kind {
+        Kind::Message => (MESSAGE_COLUMNS, "messages m", "m.id"),
+        Kind::ConsentEvent => (CONSENT_COLUMNS, "consent_events c", "c.id"),
+        Kind::BodyAccess => (
+            "b.id, b.tenant, b.subject, b.message_id, b.accessed_at_us",
+            "body_accesses b",
+            "b.id",
+        ),
+        Kind::Erasure => (
+            "e.id, e.tenant, e.recipient_hash, e.erased_at_us, e.erased_by, e.keys_destroyed",
+            "erasures e",
+            "e.id",
+        ),
+        Kind::Outcome => (
+            "o.id, m.tenant, o.message_id, m.recipient_hash, o.recorded_at_us, o.status, \
+             o.upstream_message_id, o.error_code, o.detail",
+            "message_outcomes o JOIN messages m ON m.id = o.message_id",
+            "o.id",
+        ),
+        Kind::Release => (
+            "r.id, m.tenant, r.message_id, m.recipient_hash, r.decided_at_us, r.decision, \
+             r.reasons",
+            "message_releases r JOIN messages m ON m.id = r.message_id",
+            "r.id",
+        ),
+        Kind::Inbound => (
+            "i.id, i.tenant, i.recipient_hash, i.recipient_masked, i.to_masked, i.upstream, \
+             i.gateway_id, i.class, CAST(CASE WHEN i.certain THEN 1 ELSE 0 END AS BIGINT) \
+             AS certain, \
+             i.consent_event, i.received_at_us, i.key_id, i.payload",
+            "inbound_messages i",
+            "i.id",
+        ),
+        Kind::ReviewResolution => (
+            "r.review_id AS id, v.tenant, v.recipient_hash, v.inbound_id, r.outcome, \
+             r.resolved_by, r.resolved_at_us, r.consent_event",
+            "review_resolutions r JOIN consent_reviews v ON v.id = r.review_id",
+            "r.review_id",
+        ),
+    };
+    format!(
+        "SELECT {columns}, {LINK_COLUMNS} FROM {from} \
+         LEFT JOIN log_leaves l ON l.kind = '{}' AND l.ref_id = {id} \
+         WHERE {id} = {placeholder}",
+        kind.as_str()
+    )
+}
+
+/// The leaf of a row read by [`leaf_sql`].
+pub(crate) fn leaf_from_row<R>(kind: Kind, row: &R) -> Result<Leaf, StoreError>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database>,
+    String: Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database>,
+    i64: Type<R::Database>,
+    for<'r> Vec<u8>: Decode<'r, R::Database>,
+    Vec<u8>: Type<R::Database>,
+{
+    let link = link_from_row(row)?;
+    Ok(match kind {
+        Kind::Message => leaf::message(&message_from_row(row)?, link),
+        Kind::ConsentEvent => leaf::consent_event(&consent_from_row(row)?.record, link),
+        Kind::BodyAccess => leaf::body_access(&leaf::BodyAccess {
+            id: row.try_get("id")?,
+            tenant: row.try_get("tenant")?,
+            subject: row.try_get("subject")?,
+            message_id: row.try_get("message_id")?,
+            accessed_at_us: row.try_get("accessed_at_us")?,
+        }),
+        Kind::Erasure => leaf::erasure(
+            &leaf::Erasure {
+                id: row.try_get("id")?,
+                tenant: row.try_get("tenant")?,
+                recipient_hash: row.try_get("recipient_hash")?,
+                erased_at_us: row.try_get("erased_at_us")?,
+                erased_by: row.try_get("erased_by")?,
+                keys_destroyed: row.try_get("keys_destroyed")?,
+            },
+            link,
+        ),
+        Kind::Outcome => leaf::outcome(
+            &leaf::Outcome {
+                id: row.try_get("id")?,
+                tenant: row.try_get("tenant")?,
+                message_id: row.try_get("message_id")?,
+                recipient_hash: row.try_get("recipient_hash")?,
+                recorded_at_us: row.try_get("recorded_at_us")?,
+                status: row.try_get("status")?,
+                upstream_message_id: row.try_get("upstream_message_id")?,
+                error_code: row.try_get("error_code")?,
+                detail: row.try_get("detail")?,
+            },
+            link,
+        ),
+        Kind::Release => leaf::release(
+            &leaf::Release {
+                id: row.try_get("id")?,
+                tenant: row.try_get("tenant")?,
+                message_id: row.try_get("message_id")?,
+                recipient_hash: row.try_get("recipient_hash")?,
+                decided_at_us: row.try_get("decided_at_us")?,
+                decision: row.try_get("decision")?,
+                reasons_json: row.try_get("reasons")?,
+            },
+            link,
+        ),
+        Kind::Inbound => {
+            let (id, tenant, recipient_hash): (String, String, String) = (
+                row.try_get("id")?,
+                row.try_get("tenant")?,
+                row.try_get("recipient_hash")?,
+            );
+            let (recipient_masked, to_masked, upstream, gateway_id, class): (
+                String,
+                String,
+                String,
+                String,
+                String,
+            ) = (
+                row.try_get("recipient_masked")?,
+                row.try_get("to_masked")?,
+                row.try_get("upstream")?,
+                row.try_get("gateway_id")?,
+                row.try_get("class")?,
+            );
+            let consent_event: Option<String> = row.try_get("consent_event")?;
+            let key_id: String = row.try_get("key_id")?;
+            let payload: Vec<u8> = row.try_get("payload")?;
+            let certain: i64 = row.try_get("certain")?;
+            leaf::inbound(
+                leaf::InboundColumns {
+                    id: &id,
+                    tenant: &tenant,
+                    recipient_hash: &recipient_hash,
+                    recipient_masked: &recipient_masked,
+                    to_masked: &to_masked,
+                    upstream: &upstream,
+                    gateway_id: &gateway_id,
+                    class: &class,
+                    certain: certain != 0,
+                    consent_event: consent_event.as_deref(),
+                    received_at_us: row.try_get("received_at_us")?,
+                    key_id: &key_id,
+                    payload: &payload,
+                },
+                link,
+            )
+        }
+        Kind::ReviewResolution => leaf::review_resolution(
+            &leaf::Resolution {
+                id: row.try_get("id")?,
+                tenant: row.try_get("tenant")?,
+                recipient_hash: row.try_get("recipient_hash")?,
+                inbound_id: row.try_get("inbound_id")?,
+                outcome: row.try_get("outcome")?,
+                resolved_by: row.try_get("resolved_by")?,
+                resolved_at_us: row.try_get("resolved_at_us")?,
+                consent_event: row.try_get("consent_event")?,
+            },
+            link,
+        ),
+    })
+}
+
+/// The newest leaf about a recipient, to link the next one to (`tenant` and `recipient_hash`
+/// as the first two parameters, in each dialect's placeholders).
+pub(crate) fn head_sql(placeholders: [&str; 2]) -> String {
+    let [tenant, hash] = placeholders;
+    format!("SELECT last_hash FROM log_heads WHERE tenant = {tenant} AND recipient_hash = {hash}")
+}
+
+/// Makes a leaf the newest about its recipient (`tenant`, `recipient_hash`, `last_hash`, in
+/// each dialect's placeholders).
+pub(crate) fn set_head_sql(placeholders: [&str; 3]) -> String {
+    let [tenant, hash, leaf_hash] = placeholders;
+    format!(
+        "INSERT INTO log_heads (tenant, recipient_hash, last_hash) \
+         VALUES ({tenant}, {hash}, {leaf_hash}) ON CONFLICT (tenant, recipient_hash) \
+         DO UPDATE SET last_hash = excluded.last_hash"
+    )
+}
+
+/// A number's leaves other than its messages and consent events (its erasures, the reads of
+/// its messages' bodies, their outcomes and releases, its replies and the resolutions of their
+/// reviews) with their leaf indexes, in log order (`tenant` and `recipient_hash` are the
+/// statement's first two parameters, given in each dialect's placeholders, and `limit` its
+/// third).
 pub(crate) fn number_other_leaves_sql(placeholders: [&str; 3]) -> String {
     let [tenant, hash, limit] = placeholders;
+    let of_messages = |kind: &str, table: &str, alias: &str| {
+        format!(
+            "SELECT l.kind, l.ref_id, l.leaf_index FROM log_leaves l \
+             JOIN {table} {alias} ON {alias}.id = l.ref_id \
+             JOIN messages m ON m.id = {alias}.message_id \
+             WHERE l.kind = '{kind}' AND m.tenant = {tenant} AND m.recipient_hash = {hash} \
+             AND l.leaf_index IS NOT NULL"
+        )
+    };
     format!(
         "SELECT kind, ref_id, leaf_index FROM ( \
            SELECT l.kind, l.ref_id, l.leaf_index FROM log_leaves l \
            JOIN erasures e ON e.id = l.ref_id \
            WHERE l.kind = 'erasure' AND e.tenant = {tenant} AND e.recipient_hash = {hash} \
            AND l.leaf_index IS NOT NULL \
+           UNION ALL {} UNION ALL {} UNION ALL {} \
            UNION ALL \
            SELECT l.kind, l.ref_id, l.leaf_index FROM log_leaves l \
-           JOIN body_accesses b ON b.id = l.ref_id JOIN messages m ON m.id = b.message_id \
-           WHERE l.kind = 'body_access' AND m.tenant = {tenant} AND m.recipient_hash = {hash} \
+           JOIN inbound_messages i ON i.id = l.ref_id \
+           WHERE l.kind = 'inbound' AND i.tenant = {tenant} AND i.recipient_hash = {hash} \
            AND l.leaf_index IS NOT NULL \
-         ) AS other ORDER BY leaf_index LIMIT {limit}"
+           UNION ALL \
+           SELECT l.kind, l.ref_id, l.leaf_index FROM log_leaves l \
+           JOIN consent_reviews v ON v.id = l.ref_id \
+           WHERE l.kind = 'review_resolution' AND v.tenant = {tenant} \
+           AND v.recipient_hash = {hash} AND l.leaf_index IS NOT NULL \
+         ) AS other ORDER BY leaf_index LIMIT {limit}",
+        of_messages("body_access", "body_accesses", "b"),
+        of_messages("outcome", "message_outcomes", "o"),
+        of_messages("release", "message_releases", "r"),
     )
 }
 
 /// The ids of up to `limit` rows of `kind`'s table that have no log entry (the same SQL on
 /// both backends: the table and kind are constants).
 pub(crate) fn unlogged_rows_sql(kind: Kind, limit: i64) -> String {
-    let table = LOGGED_TABLES
+    let (table, id, logged) = LOGGED_TABLES
         .iter()
-        .find(|(k, _)| *k == kind)
-        .map_or("messages", |(_, table)| table);
+        .find(|(k, ..)| *k == kind)
+        .map_or(("messages", "id", "1 = 1"), |(_, table, id, logged)| {
+            (table, id, logged)
+        });
     format!(
-        "SELECT t.id FROM {table} t WHERE NOT EXISTS (SELECT 1 FROM log_leaves l \
-         WHERE l.kind = '{}' AND l.ref_id = t.id) ORDER BY t.id LIMIT {}",
+        "SELECT t.{id} FROM {table} t WHERE {logged} AND NOT EXISTS (SELECT 1 FROM log_leaves l \
+         WHERE l.kind = '{}' AND l.ref_id = t.{id}) ORDER BY t.{id} LIMIT {}",
         kind.as_str(),
         limit.max(0)
     )

@@ -11,10 +11,11 @@ use sqlx::sqlite::{
 };
 
 use super::rows::{
-    LOGGED_COUNTS, LOGGED_TABLES, MESSAGE_COLUMNS, REPLY_COLUMNS, checkpoint_from_row,
-    consent_from_row, cosignature_from_row, data_key_from_row, decision_count_from_row, hash_from,
-    log_entry_from_row, message_from_row, number_other_leaves_sql, recipient_key_from_row,
-    reply_from_row, review_from_row, unlogged_rows_sql,
+    CONSENT_COLUMNS, LINK_COLUMNS, LOGGED_TABLES, MESSAGE_COLUMNS, REPLY_COLUMNS,
+    checkpoint_from_row, consent_from_row, cosignature_from_row, data_key_from_row,
+    decision_count_from_row, hash_from, head_sql, leaf_from_row, leaf_sql, link_from_row,
+    log_entry_from_row, logged_counts_sql, message_from_row, number_other_leaves_sql,
+    recipient_key_from_row, reply_from_row, review_from_row, set_head_sql, unlogged_rows_sql,
 };
 use super::{
     AuditFilter, AuditLog, AuditedConsent, AuditedMessage, ConsentRecord, DataKeyRow, Database,
@@ -25,7 +26,7 @@ use super::{
 };
 use super::{Claimed, DecisionCount, IdempotencyKeys, KeyAnswer, KeyClaim, QueueDepths, ReplyView};
 use crate::audit::checkpoint::Checkpoint;
-use crate::audit::leaf::{self, BodyAccess, Erasure, Kind, Leaf};
+use crate::audit::leaf::{self, BodyAccess, Erasure, Kind, Leaf, Link};
 use crate::audit::merkle::{Hash, NodeId};
 use crate::audit::note::Cosignature;
 use crate::domain::{MessageId, TenantId};
@@ -474,7 +475,7 @@ impl Inbound for SqliteStore {
         let inserted = sqlx::query(
             "INSERT INTO inbound_messages (id, upstream, gateway_id, tenant, recipient_hash, \
              recipient_masked, to_masked, class, certain, consent_event, received_at_us, key_id, \
-             payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             payload, logged) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1) \
              ON CONFLICT (upstream, gateway_id, tenant) DO NOTHING",
         )
         .bind(&inbound.id)
@@ -495,6 +496,7 @@ impl Inbound for SqliteStore {
         if inserted.rows_affected() == 0 {
             return Ok(InboundRecorded::Duplicate);
         }
+        insert_log_entry(&mut transaction, leaf::inbound(inbound, Link::First)).await?;
         if let Some(consent) = consent {
             insert_consent(&mut transaction, consent).await?;
         }
@@ -581,18 +583,19 @@ impl Inbound for SqliteStore {
     ) -> Result<Resolved, StoreError> {
         let _writer = self.writer.lock().await;
         let mut transaction = self.pool.begin().await?;
-        let exists: Option<String> =
-            sqlx::query_scalar("SELECT id FROM consent_reviews WHERE id = ? AND tenant = ?")
-                .bind(&resolution.review_id)
-                .bind(tenant.as_str())
-                .fetch_optional(&mut *transaction)
-                .await?;
-        if exists.is_none() {
+        let review: Option<(String, String)> = sqlx::query_as(
+            "SELECT recipient_hash, inbound_id FROM consent_reviews WHERE id = ? AND tenant = ?",
+        )
+        .bind(&resolution.review_id)
+        .bind(tenant.as_str())
+        .fetch_optional(&mut *transaction)
+        .await?;
+        let Some((recipient_hash, inbound_id)) = review else {
             return Ok(Resolved::NotFound);
-        }
+        };
         let inserted = sqlx::query(
             "INSERT INTO review_resolutions (review_id, outcome, resolved_by, resolved_at_us, \
-             consent_event) VALUES (?, ?, ?, ?, ?) ON CONFLICT (review_id) DO NOTHING",
+             consent_event, logged) VALUES (?, ?, ?, ?, ?, 1) ON CONFLICT (review_id) DO NOTHING",
         )
         .bind(&resolution.review_id)
         .bind(resolution.outcome)
@@ -604,6 +607,11 @@ impl Inbound for SqliteStore {
         if inserted.rows_affected() == 0 {
             return Ok(Resolved::AlreadyResolved);
         }
+        let leaf = leaf::review_resolution(
+            &resolution.leaf(tenant.as_str(), recipient_hash, inbound_id),
+            Link::First,
+        );
+        insert_log_entry(&mut transaction, leaf).await?;
         if let Some(consent) = consent {
             insert_consent(&mut transaction, consent).await?;
         }
@@ -758,68 +766,23 @@ impl AuditLog for SqliteStore {
     }
 
     async fn leaf_of(&self, kind: Kind, ref_id: &str) -> Result<Option<Leaf>, StoreError> {
-        Ok(match kind {
-            Kind::Message => sqlx::query(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.id = ?"
-            ))
+        sqlx::query(&leaf_sql(kind, "?"))
             .bind(ref_id)
             .fetch_optional(&self.pool)
             .await?
-            .map(|row| message_from_row(&row).map(|record| leaf::message(&record)))
-            .transpose()?,
-            Kind::ConsentEvent => sqlx::query(&format!(
-                "SELECT {CONSENT_COLUMNS} FROM consent_events c WHERE c.id = ?"
-            ))
-            .bind(ref_id)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|row| consent_from_row(&row).map(|stored| leaf::consent_event(&stored.record)))
-            .transpose()?,
-            Kind::BodyAccess => sqlx::query(
-                "SELECT id, tenant, subject, message_id, accessed_at_us FROM body_accesses \
-                 WHERE id = ?",
-            )
-            .bind(ref_id)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|row| -> Result<Leaf, StoreError> {
-                Ok(leaf::body_access(&BodyAccess {
-                    id: row.try_get("id")?,
-                    tenant: row.try_get("tenant")?,
-                    subject: row.try_get("subject")?,
-                    message_id: row.try_get("message_id")?,
-                    accessed_at_us: row.try_get("accessed_at_us")?,
-                }))
-            })
-            .transpose()?,
-            Kind::Erasure => sqlx::query(
-                "SELECT id, tenant, recipient_hash, erased_at_us, erased_by, keys_destroyed \
-                 FROM erasures WHERE id = ?",
-            )
-            .bind(ref_id)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|row| -> Result<Leaf, StoreError> {
-                Ok(leaf::erasure(&Erasure {
-                    id: row.try_get("id")?,
-                    tenant: row.try_get("tenant")?,
-                    recipient_hash: row.try_get("recipient_hash")?,
-                    erased_at_us: row.try_get("erased_at_us")?,
-                    erased_by: row.try_get("erased_by")?,
-                    keys_destroyed: row.try_get("keys_destroyed")?,
-                }))
-            })
-            .transpose()?,
-        })
+            .map(|row| leaf_from_row(kind, &row))
+            .transpose()
     }
 
     async fn logged_row_counts(&self) -> Result<Vec<(Kind, i64, i64)>, StoreError> {
         // One statement, so one snapshot on both backends.
-        let row = sqlx::query(LOGGED_COUNTS).fetch_one(&self.pool).await?;
+        let row = sqlx::query(&logged_counts_sql())
+            .fetch_one(&self.pool)
+            .await?;
         LOGGED_TABLES
             .iter()
             .enumerate()
-            .map(|(i, (kind, _))| Ok((*kind, row.try_get(2 * i)?, row.try_get(2 * i + 1)?)))
+            .map(|(i, (kind, ..))| Ok((*kind, row.try_get(2 * i)?, row.try_get(2 * i + 1)?)))
             .collect()
     }
 
@@ -970,7 +933,7 @@ impl AuditLog for SqliteStore {
         limit: i64,
     ) -> Result<Vec<AuditedMessage>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT l.leaf_index, {MESSAGE_COLUMNS}, \
+            "SELECT l.leaf_index, {MESSAGE_COLUMNS}, {LINK_COLUMNS}, \
              (SELECT status FROM message_outcomes o WHERE o.message_id = m.id \
               ORDER BY o.seq DESC LIMIT 1) AS outcome \
              FROM log_leaves l JOIN messages m ON m.id = l.ref_id \
@@ -998,6 +961,7 @@ impl AuditLog for SqliteStore {
                 Ok(AuditedMessage {
                     leaf_index: row.try_get("leaf_index")?,
                     record: message_from_row(row)?,
+                    link: link_from_row(row)?,
                     outcome: row.try_get("outcome")?,
                 })
             })
@@ -1012,7 +976,7 @@ impl AuditLog for SqliteStore {
         limit: i64,
     ) -> Result<Vec<AuditedConsent>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT l.leaf_index, {CONSENT_COLUMNS} \
+            "SELECT l.leaf_index, {CONSENT_COLUMNS}, {LINK_COLUMNS} \
              FROM log_leaves l JOIN consent_events c ON c.id = l.ref_id \
              WHERE l.tenant = ? AND l.kind = 'consent_event' AND l.leaf_index > ? \
              AND (? IS NULL OR c.recipient_hash = ?) \
@@ -1038,6 +1002,7 @@ impl AuditLog for SqliteStore {
                 Ok(AuditedConsent {
                     leaf_index: row.try_get("leaf_index")?,
                     record: consent_from_row(row)?.record,
+                    link: link_from_row(row)?,
                 })
             })
             .collect()
@@ -1072,7 +1037,7 @@ impl AuditLog for SqliteStore {
         .bind(access.accessed_at_us)
         .execute(&mut *transaction)
         .await?;
-        insert_log_entry(&mut *transaction, &leaf::body_access(access)).await?;
+        insert_log_entry(&mut transaction, leaf::body_access(access)).await?;
         transaction.commit().await?;
         Ok(())
     }
@@ -1109,7 +1074,7 @@ impl AuditLog for SqliteStore {
         .bind(erasure.keys_destroyed)
         .execute(&mut *transaction)
         .await?;
-        insert_log_entry(&mut *transaction, &leaf::erasure(&erasure)).await?;
+        insert_log_entry(&mut transaction, leaf::erasure(&erasure, Link::First)).await?;
         transaction.commit().await?;
         // The deleted key's page is overwritten in the database (secure_delete); move the WAL's
         // copies into it and empty the WAL, so no earlier page image keeps the key.
@@ -1282,22 +1247,53 @@ impl Keys for SqliteStore {
     }
 }
 
-/// The columns of a consent event, for `consent_from_row`.
-const CONSENT_COLUMNS: &str = "c.seq, c.id, c.tenant, c.recipient_hash, c.recipient_masked, \
-     c.action, c.level, c.brand, c.campaign, c.purposes, c.method, c.occurred_at_us, \
-     c.recorded_at_us, c.recorded_by, c.external_id, c.idempotency_key, c.key_id, c.evidence";
-
-/// Adds a row's entry to the log, pending its index.
-async fn insert_log_entry<'e>(
-    executor: impl sqlx::Executor<'e, Database = sqlx::Sqlite>,
-    leaf: &Leaf,
+/// Adds a row's entry to the log, pending its index; a leaf about a recipient is linked to the
+/// newest leaf about it first, and becomes the newest (the group writer's twin is
+/// `writer::insert_log_entry`; both run under the store's writer lock).
+async fn insert_log_entry(
+    connection: &mut sqlx::SqliteConnection,
+    leaf: Leaf,
 ) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO log_leaves (kind, ref_id, tenant, leaf_hash) VALUES (?, ?, ?, ?)")
-        .bind(leaf.kind.as_str())
-        .bind(&leaf.ref_id)
+    let Some(recipient_hash) = leaf.recipient_hash.clone() else {
+        sqlx::query("INSERT INTO log_leaves (kind, ref_id, tenant, leaf_hash) VALUES (?, ?, ?, ?)")
+            .bind(leaf.kind.as_str())
+            .bind(&leaf.ref_id)
+            .bind(&leaf.tenant)
+            .bind(&leaf.hash()[..])
+            .execute(&mut *connection)
+            .await?;
+        return Ok(());
+    };
+    let previous: Option<Vec<u8>> = sqlx::query_scalar(&head_sql(["?1", "?2"]))
         .bind(&leaf.tenant)
-        .bind(&leaf.hash()[..])
-        .execute(executor)
+        .bind(&recipient_hash)
+        .fetch_optional(&mut *connection)
+        .await?;
+    let link = match previous {
+        Some(hash) => Link::After(hash_from(hash, "log_heads.last_hash")?),
+        None => Link::First,
+    };
+    let leaf = leaf::relink(leaf, link);
+    let hash = leaf.hash();
+    sqlx::query(
+        "INSERT INTO log_leaves (kind, ref_id, tenant, leaf_hash, chained, prev_hash) \
+         VALUES (?, ?, ?, ?, 1, ?)",
+    )
+    .bind(leaf.kind.as_str())
+    .bind(&leaf.ref_id)
+    .bind(&leaf.tenant)
+    .bind(&hash[..])
+    .bind(match &link {
+        Link::After(previous) => Some(&previous[..]),
+        _ => None,
+    })
+    .execute(&mut *connection)
+    .await?;
+    sqlx::query(&set_head_sql(["?1", "?2", "?3"]))
+        .bind(&leaf.tenant)
+        .bind(&recipient_hash)
+        .bind(&hash[..])
+        .execute(&mut *connection)
         .await?;
     Ok(())
 }
@@ -1352,7 +1348,7 @@ async fn insert_consent(
     .execute(&mut **transaction)
     .await?;
     if inserted.rows_affected() == 1 {
-        insert_log_entry(&mut **transaction, &leaf::consent_event(record)).await?;
+        insert_log_entry(transaction, leaf::consent_event(record, Link::First)).await?;
         return Ok(Recorded::New);
     }
     let existing: String = sqlx::query_scalar(
@@ -1392,15 +1388,23 @@ async fn append_release(
     connection: &mut sqlx::SqliteConnection,
     release: &ReleaseRecord,
 ) -> Result<(), StoreError> {
+    let (tenant, recipient_hash): (String, String) =
+        sqlx::query_as("SELECT tenant, recipient_hash FROM messages WHERE id = ?")
+            .bind(release.message_id.as_str())
+            .fetch_one(&mut *connection)
+            .await?;
+    let id = super::row_id("rel");
     sqlx::query(
-        "INSERT INTO message_releases (message_id, decided_at_us, decision, reasons) \
-         VALUES (?, ?, ?, ?)",
+        "INSERT INTO message_releases (id, message_id, decided_at_us, decision, reasons) \
+         VALUES (?, ?, ?, ?, ?)",
     )
+    .bind(&id)
     .bind(release.message_id.as_str())
     .bind(release.decided_at_us)
     .bind(release.decision.as_str())
     .bind(&release.reasons_json)
-    .execute(connection)
+    .execute(&mut *connection)
     .await?;
-    Ok(())
+    let leaf = leaf::release(&release.leaf(id, tenant, recipient_hash), Link::First);
+    insert_log_entry(connection, leaf).await
 }

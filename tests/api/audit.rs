@@ -359,7 +359,7 @@ async fn proofs_verify_against_signed_checkpoints_and_forgeries_fail() {
     };
     let (ok, said) = offline(&bundle);
     assert!(ok, "{said}");
-    assert!(said.contains("8 rows proven"), "{said}");
+    assert!(said.contains("15 rows proven"), "{said}");
     let index = bundle["messages"][2]["leaf_index"].as_u64().unwrap();
     let mut forged = bundle.clone();
     let hash = forged["messages"][2]["inclusion_proof"][0]
@@ -575,7 +575,7 @@ async fn tampering_with_the_database_is_caught_naming_the_position() {
     checkpoint_covering_all(&app, &auditor).await;
     let (ok, said) = verify(&app);
     assert!(ok, "an untouched log verifies: {said}");
-    assert!(said.contains("ok: 6 leaves"), "{said}");
+    assert!(said.contains("ok: 11 leaves"), "{said}");
     let db = &app.database;
     let index_of = |kind: &str, id: &str| {
         format!("SELECT leaf_index FROM log_leaves WHERE kind = '{kind}' AND ref_id = '{id}'")
@@ -904,22 +904,13 @@ async fn erasure_shreds_bodies_yet_the_log_verifies_and_opt_outs_hold() {
         .collect();
     // The read before the erasure, the erasure, and the attempt after it (logged before it
     // was refused).
-    assert_eq!(kinds, ["body_access", "erasure", "body_access"], "{bundle}");
+    assert_eq!(
+        kinds,
+        ["outcome", "body_access", "erasure", "body_access"],
+        "{bundle}"
+    );
     assert!(bundle["not_in_the_log"].as_array().unwrap().len() >= 3);
-    let key_file = app.folder.join("log.pub");
-    std::fs::write(&key_file, b64_standard(&public_key(&app))).unwrap();
-    let bundle_file = app.folder.join("bundle.json");
-    let check = |bundle: &Value| {
-        std::fs::write(&bundle_file, bundle.to_string()).unwrap();
-        let output = Command::new(BINARY)
-            .args(["audit", "verify", "--bundle"])
-            .arg(&bundle_file)
-            .arg("--public-key")
-            .arg(&key_file)
-            .output()
-            .unwrap();
-        (output.status.success(), stdout(&output))
-    };
+    let check = |bundle: &Value| verify_bundle_offline(&app, bundle);
     let (ok, said) = check(&bundle);
     assert!(ok, "{said}");
     // An erasure of another number slipped in is refused.
@@ -929,7 +920,23 @@ async fn erasure_shreds_bodies_yet_the_log_verifies_and_opt_outs_hold() {
     forged["messages"] = json!([]);
     let (ok, said) = check(&forged);
     assert!(!ok);
-    assert!(said.contains("not an erasure of this number"), "{said}");
+    assert!(said.contains("not about this number"), "{said}");
+}
+
+/// `consentry audit verify --bundle` on a bundle, with nothing but the log's public key.
+fn verify_bundle_offline(app: &TestApp, bundle: &Value) -> (bool, String) {
+    let key_file = app.folder.join("log.pub");
+    std::fs::write(&key_file, b64_standard(&public_key(app))).unwrap();
+    let bundle_file = app.folder.join("bundle.json");
+    std::fs::write(&bundle_file, bundle.to_string()).unwrap();
+    let output = Command::new(BINARY)
+        .args(["audit", "verify", "--bundle"])
+        .arg(&bundle_file)
+        .arg("--public-key")
+        .arg(&key_file)
+        .output()
+        .unwrap();
+    (output.status.success(), stdout(&output))
 }
 
 fn b64_standard(bytes: &[u8]) -> String {
@@ -1363,4 +1370,104 @@ fn hex_literal(db: &TestDatabase, bytes: &[u8]) -> String {
     } else {
         format!("X'{hex}'")
     }
+}
+
+#[tokio::test]
+async fn a_numbers_leaves_are_one_chain_and_a_deleted_leaf_fails_its_bundle() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    let beta = app.token("beta", "messages:send consents:read consents:write");
+    let auditor = app.token("beta", "audit:read");
+    let number = "+14155550177";
+    let send =
+        json!({ "to": number, "from": BETA_SENDER, "body": "hi", "purpose": "transactional" });
+    assert_eq!(app.send(&beta, &send).await.status(), 201);
+    // An unclear reply, held for review and resolved; then a STOP.
+    app.sandbox_reply(number, "Can you stop by tomorrow?").await;
+    let reviews: Value = app.get(&beta, "/v1/reviews").await.json().await.unwrap();
+    let review = reviews["reviews"][0]["id"].as_str().unwrap().to_owned();
+    let resolved = app
+        .client
+        .post(app.url(&format!("/v1/reviews/{review}/resolve")))
+        .bearer_auth(&beta)
+        .json(&json!({ "outcome": "not_opt_out" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resolved.status(), 200);
+    assert_eq!(app.send(&beta, &send).await.status(), 201);
+    assert_eq!(app.sandbox_reply(number, "STOP").await.status(), 200);
+    checkpoint_covering_all(&app, &auditor).await;
+
+    // Every kind of leaf about the number is in its bundle, each linked to the one before.
+    let bundle = || async {
+        let bundle: Value = app
+            .get(&auditor, "/v1/audit/numbers/%2B14155550177/bundle")
+            .await
+            .json()
+            .await
+            .unwrap();
+        bundle
+    };
+    let full = bundle().await;
+    let mut kinds: Vec<&str> = full["other_leaves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["kind"].as_str().unwrap())
+        .collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    assert_eq!(kinds, ["inbound", "outcome", "review_resolution"], "{full}");
+    assert_eq!(full["truncated"], false);
+    let check = |bundle: &Value| verify_bundle_offline(&app, bundle);
+    let (ok, said) = check(&full);
+    assert!(ok, "{said}");
+    let (ok, said) = verify(&app);
+    assert!(ok, "{said}");
+
+    // An insider deletes one leaf of the number: its first outcome, row and log entry. Every
+    // other leaf still verifies on its own; the bundle's chain does not.
+    let db = &app.database;
+    let outcome = db
+        .text(
+            "SELECT o.id FROM message_outcomes o JOIN messages m ON m.id = o.message_id \
+             ORDER BY o.seq LIMIT 1",
+        )
+        .await;
+    let index = db
+        .count(&format!(
+            "SELECT leaf_index FROM log_leaves WHERE kind = 'outcome' AND ref_id = '{outcome}'"
+        ))
+        .await;
+    db.drop_trigger(
+        "message_outcomes_are_append_only_delete",
+        "message_outcomes",
+    )
+    .await;
+    db.drop_trigger("log_leaves_are_append_only_delete", "log_leaves")
+        .await;
+    db.execute(&format!(
+        "DELETE FROM message_outcomes WHERE id = '{outcome}'"
+    ))
+    .await
+    .unwrap();
+    db.execute(&format!(
+        "DELETE FROM log_leaves WHERE kind = 'outcome' AND ref_id = '{outcome}'"
+    ))
+    .await
+    .unwrap();
+    let cut = bundle().await;
+    assert_eq!(
+        cut["other_leaves"].as_array().unwrap().len() + 1,
+        full["other_leaves"].as_array().unwrap().len()
+    );
+    let (ok, said) = check(&cut);
+    assert!(!ok, "{said}");
+    assert!(said.contains("FAILED: leaf "), "{said}");
+    assert!(said.contains("is missing or was replaced"), "{said}");
+    assert!(!said.contains(&format!("FAILED: leaf {index}:")), "{said}");
+    // The whole log fails too: the tree still holds the deleted leaf.
+    let (ok, said) = verify(&app);
+    assert!(!ok, "{said}");
 }

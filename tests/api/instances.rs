@@ -872,7 +872,8 @@ async fn one_log_across_instances_survives_the_loss_of_its_sequencer() {
             .database
             .count("SELECT COALESCE(max(tree_size), 0) FROM log_checkpoints")
             .await;
-        if leaves == 180 && covered == 180 {
+        // Each send's record and its outcome.
+        if leaves == 360 && covered == 360 {
             break;
         }
         assert!(
@@ -884,10 +885,10 @@ async fn one_log_across_instances_survives_the_loss_of_its_sequencer() {
     let distinct = cluster
         .database
         .count(
-            "SELECT count(DISTINCT leaf_index) FROM log_leaves WHERE leaf_index BETWEEN 0 AND 179",
+            "SELECT count(DISTINCT leaf_index) FROM log_leaves WHERE leaf_index BETWEEN 0 AND 359",
         )
         .await;
-    assert_eq!(distinct, 180, "indexes 0..180, each once");
+    assert_eq!(distinct, 360, "indexes 0..360, each once");
     let output = Command::new(BINARY)
         .args(["audit", "verify", "--config"])
         .arg(&cluster.config)
@@ -901,7 +902,7 @@ async fn one_log_across_instances_survives_the_loss_of_its_sequencer() {
         "{said}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(said.contains("ok: 180 leaves"), "{said}");
+    assert!(said.contains("ok: 360 leaves"), "{said}");
 }
 
 /// A gateway that delivers one reply to both instances at once (a retry landing elsewhere), and

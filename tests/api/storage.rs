@@ -213,7 +213,10 @@ async fn postgres_with_synchronous_commit_off_is_refused_at_start() {
     );
 }
 
-/// The names a migration defines: tables, columns added, indexes and triggers.
+/// The names a migration defines: tables, columns added, indexes and triggers. A table SQLite
+/// rebuilds (created under another name, then renamed: SQLite's way to change a constraint,
+/// which PostgreSQL alters in place) counts as neither a new table nor new indexes and
+/// triggers on it.
 fn defined_names(sql: &str) -> std::collections::BTreeSet<String> {
     let words: Vec<String> = sql
         .lines()
@@ -238,6 +241,32 @@ fn defined_names(sql: &str) -> std::collections::BTreeSet<String> {
             (Some("add"), "column") => names.insert(format!("column {}", after(1))),
             _ => false,
         };
+    }
+    for (index, word) in words.iter().enumerate() {
+        let after = |n: usize| words.get(index + n).cloned().unwrap_or_default();
+        if word == "alter" && after(1) == "table" && after(3) == "rename" && after(4) == "to" {
+            let (built, rebuilt) = (after(2), after(5));
+            names.remove(&format!("table {built}"));
+            // Every index and trigger made on the rebuilt table in the same file.
+            for (at, word) in words.iter().enumerate() {
+                let made = match word.as_str() {
+                    "index" | "trigger" if at > 0 => words.get(at + 1),
+                    _ => None,
+                };
+                let on_rebuilt = words
+                    .iter()
+                    .skip(at + 2)
+                    .take(6)
+                    .collect::<Vec<_>>()
+                    .windows(2)
+                    .any(|pair| pair[0] == "on" && *pair[1] == rebuilt);
+                if let Some(name) = made
+                    && on_rebuilt
+                {
+                    names.retain(|defined| !defined.ends_with(&format!(" {name}")));
+                }
+            }
+        }
     }
     names
 }

@@ -22,10 +22,10 @@ use tokio::sync::oneshot;
 
 use super::connection;
 use crate::audit::checkpoint::Checkpoint;
-use crate::audit::leaf::{self, Leaf};
+use crate::audit::leaf::{self, Leaf, Link};
 use crate::audit::merkle::{Frontier, Hash};
 use crate::audit::note::Cosignature;
-use crate::store::rows::hash_from;
+use crate::store::rows::{self, hash_from};
 use crate::store::{
     Claimed, ConsentRecord, KeyAnswer, KeyClaim, LogHead, MessageRecord, OutcomeRecord, Recorded,
     ReleaseRecord, STORED_KEY_COLUMNS, StoreError, StoredKey, classify,
@@ -263,12 +263,15 @@ fn apply(transaction: &Connection, write: &Write) -> Result<Written, StoreError>
             Ok(Written::Done)
         }
         Write::Outcome(outcome) => {
+            let (tenant, recipient_hash) = message_recipient(transaction, &outcome.message_id)?;
+            let id = crate::store::row_id("out");
             transaction
                 .prepare_cached(
-                    "INSERT INTO message_outcomes (message_id, recorded_at_us, status, \
-                     upstream_message_id, error_code, detail) VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO message_outcomes (id, message_id, recorded_at_us, status, \
+                     upstream_message_id, error_code, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 )?
                 .execute(params![
+                    id,
                     outcome.message_id.as_str(),
                     outcome.recorded_at_us,
                     outcome.status.as_str(),
@@ -276,6 +279,10 @@ fn apply(transaction: &Connection, write: &Write) -> Result<Written, StoreError>
                     outcome.error_code,
                     outcome.detail,
                 ])?;
+            insert_log_entry(
+                transaction,
+                leaf::outcome(&outcome.leaf(id, tenant, recipient_hash), Link::First),
+            )?;
             Ok(Written::Done)
         }
         Write::Consents(records) => Ok(Written::Consents(
@@ -489,18 +496,36 @@ fn sequence(transaction: &Connection, limit: i64) -> Result<LogHead, StoreError>
 }
 
 fn insert_release(transaction: &Connection, release: &ReleaseRecord) -> Result<(), StoreError> {
+    let (tenant, recipient_hash) = message_recipient(transaction, &release.message_id)?;
+    let id = crate::store::row_id("rel");
     transaction
         .prepare_cached(
-            "INSERT INTO message_releases (message_id, decided_at_us, decision, reasons) \
-             VALUES (?, ?, ?, ?)",
+            "INSERT INTO message_releases (id, message_id, decided_at_us, decision, reasons) \
+             VALUES (?, ?, ?, ?, ?)",
         )?
         .execute(params![
+            id,
             release.message_id.as_str(),
             release.decided_at_us,
             release.decision.as_str(),
             release.reasons_json,
         ])?;
-    Ok(())
+    insert_log_entry(
+        transaction,
+        leaf::release(&release.leaf(id, tenant, recipient_hash), Link::First),
+    )
+}
+
+/// The tenant and recipient hash of a message, whose chain its outcomes and releases extend.
+fn message_recipient(
+    transaction: &Connection,
+    id: &crate::domain::MessageId,
+) -> Result<(String, String), StoreError> {
+    transaction
+        .prepare_cached("SELECT tenant, recipient_hash FROM messages WHERE id = ?")?
+        .query_row(params![id.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?
+        .ok_or_else(|| StoreError::Corrupt(format!("no message {id} to record about")))
 }
 
 fn insert_message(transaction: &Connection, record: &MessageRecord) -> Result<(), StoreError> {
@@ -546,7 +571,7 @@ fn insert_message(transaction: &Connection, record: &MessageRecord) -> Result<()
                 key.created_at_us,
             ])?;
     }
-    insert_log_entry(transaction, &leaf::message(record))?;
+    insert_log_entry(transaction, leaf::message(record, Link::First))?;
     if let Some(release_at_us) = record.release_at_us {
         transaction
             .prepare_cached(
@@ -593,7 +618,7 @@ fn insert_consent(
             record.evidence,
         ])?;
     if inserted == 1 {
-        insert_log_entry(transaction, &leaf::consent_event(record))?;
+        insert_log_entry(transaction, leaf::consent_event(record, Link::First))?;
         return Ok(Recorded::New);
     }
     let existing: Option<String> = transaction
@@ -608,17 +633,51 @@ fn insert_consent(
         .ok_or_else(|| StoreError::Corrupt("consent_events: a conflict without a row".into()))
 }
 
-fn insert_log_entry(transaction: &Connection, leaf: &Leaf) -> Result<(), StoreError> {
+/// Adds a row's entry to the log, pending its index; a leaf about a recipient is linked to the
+/// newest leaf about it first, and becomes the newest (see `rows::head_sql`).
+fn insert_log_entry(transaction: &Connection, leaf: Leaf) -> Result<(), StoreError> {
+    let Some(recipient_hash) = leaf.recipient_hash.clone() else {
+        transaction
+            .prepare_cached(
+                "INSERT INTO log_leaves (kind, ref_id, tenant, leaf_hash) VALUES (?, ?, ?, ?)",
+            )?
+            .execute(params![
+                leaf.kind.as_str(),
+                leaf.ref_id,
+                leaf.tenant,
+                &leaf.hash()[..]
+            ])?;
+        return Ok(());
+    };
+    let previous: Option<Vec<u8>> = transaction
+        .prepare_cached(&rows::head_sql(["?1", "?2"]))?
+        .query_row(params![leaf.tenant, recipient_hash], |row| row.get(0))
+        .optional()?;
+    let link = match previous {
+        Some(hash) => Link::After(hash_from(hash, "log_heads.last_hash")?),
+        None => Link::First,
+    };
+    let leaf = leaf::relink(leaf, link);
+    let hash = leaf.hash();
+    let previous = match &link {
+        Link::After(previous) => Some(&previous[..]),
+        _ => None,
+    };
     transaction
         .prepare_cached(
-            "INSERT INTO log_leaves (kind, ref_id, tenant, leaf_hash) VALUES (?, ?, ?, ?)",
+            "INSERT INTO log_leaves (kind, ref_id, tenant, leaf_hash, chained, prev_hash) \
+             VALUES (?, ?, ?, ?, 1, ?)",
         )?
         .execute(params![
             leaf.kind.as_str(),
             leaf.ref_id,
             leaf.tenant,
-            &leaf.hash()[..]
+            &hash[..],
+            previous
         ])?;
+    transaction
+        .prepare_cached(&rows::set_head_sql(["?1", "?2", "?3"]))?
+        .execute(params![leaf.tenant, recipient_hash, &hash[..]])?;
     Ok(())
 }
 
@@ -749,8 +808,16 @@ mod tests {
         assert_eq!(count("SELECT count(*) FROM message_outcomes"), 1);
         assert_eq!(
             count("SELECT count(*) FROM log_leaves"),
-            2,
-            "each record has its entry"
+            3,
+            "each record and the outcome has its entry"
+        );
+        // The outcome links to its message's leaf: one chain per recipient, none broken.
+        assert_eq!(
+            count(
+                "SELECT count(*) FROM log_leaves o JOIN log_leaves m ON m.leaf_hash = o.prev_hash \
+                 WHERE o.kind = 'outcome' AND m.kind = 'message' AND o.chained = 1"
+            ),
+            1
         );
     }
 
