@@ -1471,3 +1471,95 @@ async fn a_numbers_leaves_are_one_chain_and_a_deleted_leaf_fails_its_bundle() {
     let (ok, said) = verify(&app);
     assert!(!ok, "{said}");
 }
+
+/// A data folder written by consentry before chains (commit b51f207, migrations up to 0013):
+/// an opt-in and two marketing messages to +14155550188 of tenant `shop`, with a checkpoint.
+const PRE_CHAIN_FIXTURE: &str = "tests/api/fixtures/pre-chain";
+
+#[tokio::test]
+async fn a_log_from_before_chains_upgrades_and_its_first_link_names_the_newest_old_leaf() {
+    // The fixture is a SQLite file; PostgreSQL's upgrade runs the same migration's twin, and is
+    // covered by every other test starting from an empty schema.
+    if postgres_base_url().is_some() {
+        return;
+    }
+    let temp = tempfile::tempdir().unwrap();
+    let folder = temp.path();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join(PRE_CHAIN_FIXTURE);
+    std::fs::create_dir_all(folder.join("data/keys")).unwrap();
+    std::fs::copy(
+        fixture.join("consentry.db"),
+        folder.join("data/consentry.db"),
+    )
+    .unwrap();
+    for entry in std::fs::read_dir(fixture.join("keys")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(
+            entry.path(),
+            folder.join("data/keys").join(entry.file_name()),
+        )
+        .unwrap();
+    }
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn_with(folder, &test_config(folder, &gateway.url())).await;
+    let shop = app.token("shop", WRITER);
+    let auditor = app.token("shop", "audit:read");
+    let number = "+14155550188";
+    // A new send (transactional: the two marketing messages already sent today reach the
+    // tenant's cap) is linked to the old leaves.
+    let sent = app
+        .send(&shop, &shop_message(number, "transactional", None, None))
+        .await;
+    assert_eq!(sent.status(), 201);
+    checkpoint_covering_all(&app, &auditor).await;
+    let (ok, said) = verify(&app);
+    assert!(ok, "{said}");
+    assert!(said.contains("ok: 5 leaves"), "{said}");
+    let bundle: Value = app
+        .get(&auditor, "/v1/audit/numbers/%2B14155550188/bundle")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let versions: Vec<u8> = bundle["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            base64::engine::general_purpose::STANDARD
+                .decode(row["leaf"].as_str().unwrap())
+                .unwrap()[0]
+        })
+        .collect();
+    assert_eq!(versions, [2, 2, 3], "{bundle}");
+    let (ok, said) = verify_bundle_offline(&app, &bundle);
+    assert!(ok, "{said}");
+
+    // The newest old leaf is what the first link names: deleted, the bundle fails.
+    let db = &app.database;
+    let newest_old = bundle["messages"][1]["id"].as_str().unwrap().to_owned();
+    db.drop_trigger("messages_are_append_only_delete", "messages")
+        .await;
+    db.drop_trigger(
+        "message_outcomes_are_append_only_delete",
+        "message_outcomes",
+    )
+    .await;
+    db.execute(&format!(
+        "DELETE FROM message_outcomes WHERE message_id = '{newest_old}'"
+    ))
+    .await
+    .unwrap();
+    db.execute(&format!("DELETE FROM messages WHERE id = '{newest_old}'"))
+        .await
+        .unwrap();
+    let cut: Value = app
+        .get(&auditor, "/v1/audit/numbers/%2B14155550188/bundle")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let (ok, said) = verify_bundle_offline(&app, &cut);
+    assert!(!ok, "{said}");
+    assert!(said.contains("is missing or was replaced"), "{said}");
+}
