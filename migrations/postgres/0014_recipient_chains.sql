@@ -29,7 +29,10 @@ $$;
 -- The newest leaf about each recipient: where the next one links to. Locked and rewritten with
 -- every leaf about the recipient, in the leaf's transaction, so that two instances writing about
 -- one number link one after the other (a row without a leaf yet is a placeholder, made first so
--- that there is a row to lock). Seeded here with the newest leaf logged before chains.
+-- that there is a row to lock). Seeded here with the newest leaf logged before chains, in the
+-- log's order (by leaf index; a leaf not yet given one comes after every indexed leaf, and such
+-- leaves in `seq` order, as the sequencer will index them): on PostgreSQL a leaf's `seq` and its
+-- index need not be in the same order.
 CREATE TABLE log_heads (
     tenant         TEXT    NOT NULL,
     recipient_hash TEXT    NOT NULL,
@@ -37,8 +40,12 @@ CREATE TABLE log_heads (
     PRIMARY KEY (tenant, recipient_hash)
 );
 INSERT INTO log_heads (tenant, recipient_hash, last_hash)
-SELECT h.tenant, h.recipient_hash, l.leaf_hash FROM (
-    SELECT tenant, recipient_hash, max(seq) AS seq FROM (
+SELECT tenant, recipient_hash, leaf_hash FROM (
+    SELECT about.tenant, about.recipient_hash, l.leaf_hash,
+        row_number() OVER (PARTITION BY about.tenant, about.recipient_hash
+            ORDER BY CASE WHEN l.leaf_index IS NULL THEN 1 ELSE 0 END DESC,
+                COALESCE(l.leaf_index, l.seq) DESC) AS newest
+    FROM (
         SELECT m.tenant, m.recipient_hash, l.seq FROM log_leaves l
         JOIN messages m ON l.kind = 'message' AND m.id = l.ref_id
         UNION ALL
@@ -47,8 +54,8 @@ SELECT h.tenant, h.recipient_hash, l.leaf_hash FROM (
         UNION ALL
         SELECT e.tenant, e.recipient_hash, l.seq FROM log_leaves l
         JOIN erasures e ON l.kind = 'erasure' AND e.id = l.ref_id
-    ) AS leaves GROUP BY tenant, recipient_hash
-) AS h JOIN log_leaves l ON l.seq = h.seq;
+    ) AS about JOIN log_leaves l ON l.seq = about.seq
+) AS ranked WHERE newest = 1;
 
 -- Rows that are leaves from now on. Outcomes and releases get ids (their leaves' ref_id); an
 -- inbound message or a resolution written from now on is marked `logged`. Rows from before
