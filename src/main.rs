@@ -480,13 +480,20 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
                     Some(origin) => Some(origin.clone()),
                     None => value["checkpoint"]["origin"].as_str().map(str::to_owned),
                 })?;
-                verify::verify_bundle(&value, &offline_key()?, policy.as_ref()).map(|proven| {
+                verify::verify_bundle(&value, &offline_key()?, policy.as_ref()).map(|report| {
                     format!(
-                        "{proven} rows proven in the log{}",
+                        "{} rows proven in the log{}{}",
+                        report.proven,
                         if policy.is_some() {
                             ", its checkpoint witnessed"
                         } else {
                             ""
+                        },
+                        if report.chained {
+                            ", every leaf linked to the one before it"
+                        } else {
+                            "; links not checked: a list is as long as a bundle's lists may be \
+                             (page through the number's rows)"
                         }
                     )
                 })

@@ -85,7 +85,7 @@ BEGIN
     FOR i IN 1 .. coalesce(array_length(kinds, 1), 0) LOOP
         IF recipients[i] IS NULL THEN
             INSERT INTO log_leaves (kind, ref_id, tenant, leaf_hash)
-            VALUES (kinds[i], ref_ids[i], tenants[i], sha256('\x00'::bytea || leaves[i]));
+            VALUES (kinds[i], ref_ids[i], tenants[i], sha256(decode('00', 'hex') || leaves[i]));
             CONTINUE;
         END IF;
         INSERT INTO log_heads (tenant, recipient_hash) VALUES (tenants[i], recipients[i])
@@ -94,10 +94,10 @@ BEGIN
         WHERE tenant = tenants[i] AND recipient_hash = recipients[i] FOR UPDATE;
         bytes := leaves[i];
         IF previous IS NOT NULL THEN
-            bytes := substring(bytes FROM 1 FOR length(bytes) - 1) || '\x0100000020'::bytea
+            bytes := substring(bytes FROM 1 FOR length(bytes) - 1) || decode('0100000020', 'hex')
                 || previous;
         END IF;
-        hash := sha256('\x00'::bytea || bytes);
+        hash := sha256(decode('00', 'hex') || bytes);
         INSERT INTO log_leaves (kind, ref_id, tenant, leaf_hash, chained, prev_hash)
         VALUES (kinds[i], ref_ids[i], tenants[i], hash, true, previous);
         UPDATE log_heads SET last_hash = hash

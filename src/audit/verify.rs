@@ -791,6 +791,19 @@ fn shows(value: Option<&Value>, field: Option<&Field>) -> bool {
     }
 }
 
+/// The most rows a bundle's list holds (`GET /v1/audit/numbers/{number}/bundle`): a list this
+/// long may have been cut, and the bundle's links are then not checked.
+pub const BUNDLE_LIMIT: usize = 10_000;
+
+/// What a bundle's verification proved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BundleReport {
+    /// How many rows were proven in the log under the checkpoint.
+    pub proven: usize,
+    /// Whether every leaf's link was checked (not when a list is at [`BUNDLE_LIMIT`]).
+    pub chained: bool,
+}
+
 /// Verifies one number's bundle (`GET /v1/audit/numbers/{number}/bundle`): the checkpoint's
 /// signature; for each row, that its leaf is well formed, of its section's kind, about the
 /// bundle's number and tenant, that every field the row shows is the leaf's, and that its
@@ -800,7 +813,7 @@ pub fn verify_bundle(
     bundle: &Value,
     public_key: &[u8],
     witnesses: Option<&WitnessPolicy>,
-) -> Result<usize, Failure> {
+) -> Result<BundleReport, Failure> {
     use base64::Engine as _;
     let view: CheckpointView = serde_json::from_value(bundle["checkpoint"].clone())
         .map_err(|e| fail(None, format!("the bundle has no readable checkpoint: {e}")))?;
@@ -926,16 +939,23 @@ pub fn verify_bundle(
         leaves.insert(index, bytes);
     }
     // Every leaf about the number, in log order, links to the one before it: a bundle that
-    // holds them all from the first shows that none is missing. (A truncated bundle holds the
-    // first leaves of each list, not all the first leaves of the number: its chain is not
-    // checked; the lists, filtered by number, page through the rest.)
-    if bundle["truncated"] != Value::Bool(true) {
+    // holds them all from the first shows that none is missing. (A list as long as a bundle's
+    // lists may be holds the first leaves of its kind, not all the first leaves of the number:
+    // its chain is not checked; the lists, filtered by number, page through the rest. Judged
+    // here from the lists, not from the bundle's own `truncated`, which a forger could set.)
+    let cut = ["consent_events", "messages", "other_leaves"]
+        .iter()
+        .any(|section| bundle[section].as_array().map_or(0, Vec::len) >= BUNDLE_LIMIT);
+    if !cut {
         let mut chain = ChainCheck::default();
         for (index, bytes) in &leaves {
             chain.see(*index, bytes)?;
         }
     }
-    Ok(proven)
+    Ok(BundleReport {
+        proven,
+        chained: !cut,
+    })
 }
 
 /// A bundle row's leaf: its shown hash is its hash, and, inside the checkpoint, its inclusion

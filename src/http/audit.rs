@@ -40,7 +40,7 @@ use crate::store::{AuditFilter, AuditLog, AuditedConsent, AuditedMessage};
 /// Rows read per query while streaming.
 const PAGE: i64 = 500;
 /// Rows a bundle holds at most per kind.
-const BUNDLE_LIMIT: i64 = 10_000;
+const BUNDLE_LIMIT: i64 = crate::audit::verify::BUNDLE_LIMIT as i64;
 
 /// What a bundle cannot prove about a number: kept, but not leaves of the log.
 const NOT_IN_THE_LOG: [&str; 4] = [
@@ -744,14 +744,31 @@ pub async fn bundle(
     };
     let checkpoint = bundle_checkpoint(&state).await?;
     let size = checkpoint.as_ref().map_or(0, |c| c.tree_size);
-    let consents = state
+    // The lists are read one after the other while the sequencer goes on: each holds only
+    // leaves indexed before this size, read first, so that together they are the number's
+    // leaves of one prefix of the log (a leaf indexed between two reads would otherwise be in
+    // one list and its predecessor missing from another, and the chain would break).
+    let ceiling = state.audit_log().log_size().await? as i64;
+    let mut consents = state
         .audit_log()
         .audit_consents(&tenant.id, &filter, -1, BUNDLE_LIMIT)
         .await?;
-    let messages = state
+    let mut messages = state
         .audit_log()
         .audit_messages(&tenant.id, &filter, -1, BUNDLE_LIMIT)
         .await?;
+    let recipient_hash = filter.recipient_hash.as_deref().unwrap_or_default();
+    let mut others = state
+        .audit_log()
+        .number_other_leaves(&tenant.id, recipient_hash, BUNDLE_LIMIT)
+        .await?;
+    // More rows than a bundle holds: the lists, filtered by number, page through the rest.
+    let truncated = [consents.len(), messages.len(), others.len()]
+        .iter()
+        .any(|&rows| rows as i64 == BUNDLE_LIMIT);
+    consents.retain(|item| item.leaf_index < ceiling);
+    messages.retain(|item| item.leaf_index < ceiling);
+    others.retain(|(_, _, index)| *index < ceiling);
     let proof = |index: i64| {
         let index = index as u64;
         let state = state.clone();
@@ -781,11 +798,6 @@ pub async fn bundle(
         row["inclusion_proof"] = proof(item.leaf_index).await?;
         message_rows.push(row);
     }
-    let recipient_hash = filter.recipient_hash.as_deref().unwrap_or_default();
-    let others = state
-        .audit_log()
-        .number_other_leaves(&tenant.id, recipient_hash, BUNDLE_LIMIT)
-        .await?;
     let mut other_rows = Vec::with_capacity(others.len());
     for (kind, id, index) in &others {
         let leaf = state.audit_log().leaf_of(*kind, id).await?.ok_or_else(|| {
@@ -817,9 +829,7 @@ pub async fn bundle(
         "recipient_hash": filter.recipient_hash,
         "tenant": tenant.id,
         // More rows than a bundle holds: the lists, filtered by number, page through the rest.
-        "truncated": consents.len() as i64 == BUNDLE_LIMIT
-            || messages.len() as i64 == BUNDLE_LIMIT
-            || others.len() as i64 == BUNDLE_LIMIT,
+        "truncated": truncated,
         "checkpoint": checkpoint,
         "consent_events": consent_rows,
         "messages": message_rows,

@@ -343,13 +343,21 @@ impl Ledger for PgStore {
         &self,
         records: &[ConsentRecord],
     ) -> Result<Vec<Recorded>, StoreError> {
+        // Written in the order of their recipients (each recipient's in its own order): each
+        // event locks its recipient's head until the commit, and every transaction that holds
+        // several heads takes them in this order, so two never wait for each other.
+        let mut order: Vec<usize> = (0..records.len()).collect();
+        order.sort_by(|a, b| {
+            let key = |at: usize| (records[at].tenant.as_str(), &records[at].recipient_hash);
+            key(*a).cmp(&key(*b))
+        });
         let mut transaction = self.pool.begin().await?;
-        let mut results = Vec::with_capacity(records.len());
-        for record in records {
-            results.push(insert_consent(&mut transaction, record).await?);
+        let mut results: Vec<Option<Recorded>> = vec![None; records.len()];
+        for at in order {
+            results[at] = Some(insert_consent(&mut transaction, &records[at]).await?);
         }
         transaction.commit().await?;
-        Ok(results)
+        Ok(results.into_iter().flatten().collect())
     }
 
     async fn recipient_facts(

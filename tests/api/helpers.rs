@@ -609,6 +609,14 @@ impl TestApp {
         }
     }
 
+    /// Stops the server and keeps its folder (its configuration and data) for the caller,
+    /// for checks that must not race its background workers.
+    pub async fn stop_keeping_folder(mut self) -> Option<Arc<tempfile::TempDir>> {
+        let temp = self._temp.take();
+        self.stop().await;
+        temp
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.folder.join("data")
     }
