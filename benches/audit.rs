@@ -341,7 +341,12 @@ upstream = "sandbox"
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = api.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(app.run(api, admin, async {
+        let listeners = consentry::Listeners {
+            api,
+            admin,
+            smpp: None,
+        };
+        let server = tokio::spawn(app.run(listeners, async {
             let _ = stopped.await;
         }));
         let now = jiff::Timestamp::now().as_second();

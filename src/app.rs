@@ -34,6 +34,17 @@ pub struct App {
     data_dir: PathBuf,
     api_settings: server::Settings,
     admin_settings: server::Settings,
+    smpp: Option<crate::config::SmppConfig>,
+}
+
+/// The sockets [`App::run`] serves, bound by the caller (`serve`, or a test on port 0).
+pub struct Listeners {
+    /// The TLS API (`server.listen`).
+    pub api: TcpListener,
+    /// The plain admin endpoints (`server.admin_listen`).
+    pub admin: TcpListener,
+    /// The SMPP front (`smpp.listen`), when `[smpp]` is configured.
+    pub smpp: Option<TcpListener>,
 }
 
 /// What a reload keeps: the store, the keys, the locks, the counts; and the configuration
@@ -170,6 +181,7 @@ impl App {
             data_dir: data.root().to_path_buf(),
             api_settings,
             admin_settings: server::Settings::admin(&config.server),
+            smpp: config.smpp.clone(),
         })
     }
 
@@ -197,11 +209,11 @@ impl App {
         &self.data_dir
     }
 
-    /// Serves the API over TLS on `api` and the admin endpoints on `admin` until `shutdown`.
+    /// Serves the API over TLS on `api`, the admin endpoints on `admin` and, with `[smpp]`,
+    /// the SMPP front on `smpp`, until `shutdown`.
     pub async fn run(
         self,
-        api: TcpListener,
-        admin: TcpListener,
+        Listeners { api, admin, smpp }: Listeners,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) {
         let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -223,6 +235,16 @@ impl App {
             self.admin_settings.clone(),
             wait(stopped),
         );
+        let smpp_front = match (smpp, &self.smpp) {
+            (Some(listener), Some(config)) => Some(tokio::spawn(crate::smpp::session::serve(
+                listener,
+                config.tls.then(|| TlsAcceptor::from(self.tls.clone())),
+                self.current.clone(),
+                crate::smpp::session::Settings::from_config(config),
+                stopped_worker.clone(),
+            ))),
+            _ => None,
+        };
         let worker = tokio::spawn(outbox::run(self.current.clone(), stopped_worker.clone()));
         let releases = tokio::spawn(scheduler::run(self.current.clone(), stopped_worker.clone()));
         let sequencer = tokio::spawn(crate::audit::sequencer::run(
@@ -238,6 +260,9 @@ impl App {
             let _ = stop.send(true);
         });
         tokio::join!(api_server, admin_server);
+        if let Some(smpp_front) = smpp_front {
+            let _ = smpp_front.await;
+        }
         let _ = worker.await;
         let _ = releases.await;
         let _ = sequencer.await;
@@ -317,6 +342,20 @@ fn needs_restart(running: &Config, new: &Config) -> Option<&'static str> {
     if running.logging.format != new.logging.format {
         return Some("logging.format");
     }
+    let front = |config: &Config| {
+        config.smpp.as_ref().map(|smpp| {
+            (
+                smpp.listen,
+                smpp.tls,
+                smpp.window,
+                smpp.idle_timeout_seconds,
+                smpp.reassembly_timeout_seconds,
+            )
+        })
+    };
+    if front(running) != front(new) {
+        return Some("[smpp] (its listener and session settings; its accounts may change)");
+    }
     None
 }
 
@@ -382,6 +421,12 @@ fn live_state(shared: &Shared, config: &Config, version: u64) -> anyhow::Result<
         metrics: shared.metrics.clone(),
         config_version: version,
         connections: shared.connections.clone(),
+        smpp_accounts: Arc::new(
+            crate::smpp::accounts::Accounts::from_config(
+                config.smpp.as_ref().map_or(&[][..], |smpp| &smpp.accounts),
+            )
+            .map_err(|why| anyhow::anyhow!(why))?,
+        ),
     })
 }
 

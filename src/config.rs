@@ -78,6 +78,105 @@ pub struct Config {
     /// old consent (`reassigned`).
     #[serde(default)]
     pub reassigned_numbers: Option<ReassignedNumbersConfig>,
+    /// An optional SMPP 3.4 front for applications that submit over SMPP (`smpp`).
+    #[serde(default)]
+    pub smpp: Option<SmppConfig>,
+}
+
+/// The SMPP front: where it listens and who may bind (docs/operators.md, "SMPP").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmppConfig {
+    /// The SMPP listener.
+    #[serde(default = "default_smpp_listen")]
+    pub listen: SocketAddr,
+    /// TLS with the API's certificate (default); plain SMPP only on a loopback address,
+    /// since a bind carries its password in the clear.
+    #[serde(default = "default_true")]
+    pub tls: bool,
+    /// The most `submit_sm` of one session being decided at once; more get `ESME_RTHROTTLED`.
+    #[serde(default = "default_smpp_window")]
+    pub window: usize,
+    /// A session on which no PDU arrives for this long is unbound and closed.
+    #[serde(default = "default_smpp_idle")]
+    pub idle_timeout_seconds: u64,
+    /// How long the parts of a concatenated message wait for the rest before they are refused.
+    #[serde(default = "default_smpp_reassembly")]
+    pub reassembly_timeout_seconds: u64,
+    /// Who may bind: one entry per `system_id`.
+    #[serde(default)]
+    pub accounts: Vec<SmppAccountConfig>,
+}
+
+/// One SMPP `system_id`, the tenant it sends for, and what narrows it (as a token's claims do).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmppAccountConfig {
+    pub system_id: String,
+    pub tenant: String,
+    /// The password's hash, as `consentry smpp-password` prints it (`pbkdf2-sha256$...`).
+    pub password_hash: String,
+    /// The purpose of its messages (SMPP has no field for it); default: the tenant's.
+    pub purpose: Option<String>,
+    /// Senders it may use; default: all of the tenant's.
+    pub senders: Option<Vec<String>>,
+}
+
+fn default_smpp_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 2775))
+}
+fn default_smpp_window() -> usize {
+    64
+}
+fn default_smpp_idle() -> u64 {
+    120
+}
+fn default_smpp_reassembly() -> u64 {
+    60
+}
+
+impl SmppConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        if !self.tls && !self.listen.ip().is_loopback() {
+            return Err(field_error(
+                "smpp.tls",
+                "plain SMPP (tls = false) is only allowed on a loopback address: a bind carries its password in the clear",
+            ));
+        }
+        if !(1..=10_000).contains(&self.window) {
+            return Err(field_error("smpp.window", "must be between 1 and 10000"));
+        }
+        if !(1..=86_400).contains(&self.idle_timeout_seconds) {
+            return Err(field_error(
+                "smpp.idle_timeout_seconds",
+                "must be between 1 and 86400",
+            ));
+        }
+        if !(1..=3_600).contains(&self.reassembly_timeout_seconds) {
+            return Err(field_error(
+                "smpp.reassembly_timeout_seconds",
+                "must be between 1 and 3600",
+            ));
+        }
+        let mut ids = BTreeSet::new();
+        for (index, account) in self.accounts.iter().enumerate() {
+            let field = format!("smpp.accounts[{index}]");
+            // SMPP 3.4 carries system_id in at most 15 characters.
+            if account.system_id.is_empty()
+                || account.system_id.len() > 15
+                || !account.system_id.is_ascii()
+                || !ids.insert(account.system_id.as_str())
+            {
+                return Err(field_error(
+                    format!("{field}.system_id"),
+                    "must be 1-15 ASCII characters and unique",
+                ));
+            }
+            TenantId::parse(&account.tenant)
+                .map_err(|e| field_error(format!("{field}.tenant"), e))?;
+        }
+        Ok(())
+    }
 }
 
 /// Where to ask whether a number was disconnected since a date (the question of the FCC's
@@ -917,6 +1016,9 @@ impl Config {
                 "database.url",
                 "must be a sqlite:, postgres: or postgresql: URL",
             ));
+        }
+        if let Some(smpp) = &self.smpp {
+            smpp.check()?;
         }
         if self.jwt.leeway_seconds > 60 {
             return Err(field_error("jwt.leeway_seconds", "must be at most 60"));

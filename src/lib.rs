@@ -66,11 +66,12 @@ pub mod reassigned;
 pub mod rfc3339;
 pub mod scheduler;
 pub mod server;
+pub mod smpp;
 pub mod state;
 pub mod store;
 pub mod upstream;
 pub mod witness;
 pub mod zones;
 
-pub use app::App;
+pub use app::{App, Listeners};
 pub use config::Config;

@@ -97,6 +97,23 @@ enum Command {
         #[command(subcommand)]
         command: WitnessCommand,
     },
+    /// Hash an SMPP account's password for `[[smpp.accounts]].password_hash`. Reads the
+    /// password (at most 8 characters, as SMPP 3.4 carries) from the first line of stdin.
+    SmppPassword,
+}
+
+fn smpp_password() -> anyhow::Result<()> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() || password.len() > 8 || !password.is_ascii() {
+        anyhow::bail!("an SMPP 3.4 password is 1 to 8 ASCII characters");
+    }
+    let hash =
+        consentry::smpp::accounts::hash_password(password, consentry::smpp::accounts::ITERATIONS)
+            .map_err(|why| anyhow::anyhow!(why))?;
+    println!("{hash}");
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -261,6 +278,7 @@ fn main() -> ExitCode {
             config,
         } => token(&tenant, &sub, &scope, &ttl, data_dir, config.as_deref()),
         Command::Check { config } => check(config.as_deref()),
+        Command::SmppPassword => smpp_password(),
         Command::Keys {
             command: KeysCommand::Rotate { place },
         } => rotate_keys(&place),
@@ -876,12 +894,24 @@ fn serve(
         let admin = tokio::net::TcpListener::bind(config.server.admin_listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.admin_listen))?;
+        let smpp = match &config.smpp {
+            Some(smpp) => Some(
+                tokio::net::TcpListener::bind(smpp.listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {} (smpp.listen)", smpp.listen))?,
+            ),
+            None => None,
+        };
         let api_address = api.local_addr()?;
         let admin_address = admin.local_addr()?;
 
         say!("consentry {} is running", env!("CARGO_PKG_VERSION"));
         say!("  API (TLS):   https://{api_address}");
         say!("  admin:       http://{admin_address}  (/healthz, /readyz, /metrics)");
+        if let (Some(listener), Some(smpp)) = (&smpp, &config.smpp) {
+            let security = if smpp.tls { "TLS" } else { "plain, loopback" };
+            say!("  SMPP:        {} ({security})", listener.local_addr()?);
+        }
         say!("  certificate: {}", app.cert_path().display());
         say!("  SHA-256:     {}", app.fingerprint());
         if let (true, Some(tenant)) = (dev_issuer, tenant_example) {
@@ -897,7 +927,8 @@ fn serve(
                 file.map(|path| load_config(Some(&path)).map(&overrides)),
             )
         }));
-        app.run(api, admin, shutdown_signal()).await;
+        app.run(consentry::Listeners { api, admin, smpp }, shutdown_signal())
+            .await;
         tracing::info!("stopped");
         Ok(())
     })

@@ -61,6 +61,8 @@ pub struct AppState {
     pub config_version: u64,
     /// The API listener's connection table, read by `/metrics`.
     pub connections: Arc<crate::server::limits::Limits>,
+    /// Who may bind to the SMPP front (`[[smpp.accounts]]`); empty without `[smpp]`.
+    pub smpp_accounts: Arc<crate::smpp::accounts::Accounts>,
 }
 
 /// The parts of the store (`store`'s traits): each flow and worker names the one it uses, and

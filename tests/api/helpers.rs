@@ -395,6 +395,8 @@ pub async fn closed_port_url() -> String {
 pub struct TestApp {
     pub api: SocketAddr,
     pub admin: SocketAddr,
+    /// The SMPP front's address, when the configuration has `[smpp]`.
+    pub smpp: Option<SocketAddr>,
     pub folder: PathBuf,
     pub fingerprint: String,
     pub client: reqwest::Client,
@@ -578,14 +580,21 @@ impl TestApp {
         let cert = std::fs::read(app.cert_path()).unwrap();
         let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let smpp = match config_text.contains("[smpp]") {
+            true => Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            false => None,
+        };
         let (api_address, admin_address) = (api.local_addr().unwrap(), admin.local_addr().unwrap());
+        let smpp_address = smpp.as_ref().map(|smpp| smpp.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
-        let done = tokio::spawn(app.run(api, admin, async {
+        let listeners = consentry::Listeners { api, admin, smpp };
+        let done = tokio::spawn(app.run(listeners, async {
             let _ = stopped.await;
         }));
         TestApp {
             api: api_address,
             admin: admin_address,
+            smpp: smpp_address,
             folder: folder.to_path_buf(),
             fingerprint,
             client: client(&cert, None),

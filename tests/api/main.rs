@@ -21,6 +21,7 @@ mod quiet_hours;
 mod reassigned;
 mod scheduling;
 mod sending;
+mod smpp;
 mod storage;
 mod transport;
 mod witnesses;

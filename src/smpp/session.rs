@@ -1,0 +1,659 @@
+//! The SMPP listener and its sessions: the IO edge of the front. A session reads PDUs,
+//! answers binds, `enquire_link` and `unbind` itself, and hands each whole message (a
+//! concatenated one once all its parts are in) to the one send flow, many at once up to the
+//! session's window; answers go back as they are ready, in any order, as SMPP allows.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut as _, BytesMut};
+use rusmpp::decode::DecodeWithLength as _;
+use rusmpp::encode::{Encode as _, Length as _};
+use rusmpp::pdus::{
+    BindReceiverResp, BindTransceiverResp, BindTransmitterResp, SubmitSm, SubmitSmResp,
+};
+use rusmpp::types::COctetString;
+use rusmpp::values::{InterfaceVersion, Ton};
+use rusmpp::{Command, CommandId, CommandStatus, Pdu};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+
+use super::status;
+use super::text::{self, Added, Concat, Reassembly};
+use crate::auth::Principal;
+use crate::config::SmppConfig;
+use crate::flow::send::{self, Delivery, Processed};
+use crate::http::messages::{SendRequest, canonical_message, sender_bounds};
+use crate::state::{AppState, Current};
+
+/// The largest PDU read: a `message_payload` of 64 KiB and the rest of a `submit_sm`.
+const MAX_PDU: usize = 70 * 1024;
+/// Concatenated messages one session may have waiting for parts at once.
+const MAX_WAITING: usize = 256;
+/// How long a TLS handshake may take.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+/// The `system_id` consentry answers binds with.
+const SYSTEM_ID: &[u8] = b"consentry\0";
+
+/// The session settings of `[smpp]`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    window: usize,
+    idle: Duration,
+    reassembly: Duration,
+}
+
+impl Settings {
+    pub fn from_config(config: &SmppConfig) -> Settings {
+        Settings {
+            window: config.window,
+            idle: Duration::from_secs(config.idle_timeout_seconds),
+            reassembly: Duration::from_secs(config.reassembly_timeout_seconds),
+        }
+    }
+}
+
+/// Accepts SMPP sessions on `listener` (over TLS when `tls` is given) until `stop` turns true;
+/// then each session ends once its outstanding messages are answered.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    current: Current,
+    settings: Settings,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut sessions = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (socket, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of file descriptors, usually: wait rather than spin.
+                        tracing::warn!(%error, "SMPP accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let _ = socket.set_nodelay(true);
+                let (tls, current, settings, stop) =
+                    (tls.clone(), current.clone(), settings.clone(), stop.clone());
+                sessions.spawn(async move {
+                    match tls {
+                        None => run(socket, peer, current, settings, stop).await,
+                        Some(acceptor) => {
+                            match tokio::time::timeout(HANDSHAKE, acceptor.accept(socket)).await {
+                                Ok(Ok(stream)) => run(stream, peer, current, settings, stop).await,
+                                Ok(Err(error)) => {
+                                    tracing::debug!(%peer, %error, "SMPP TLS handshake failed");
+                                }
+                                Err(_) => tracing::debug!(%peer, "SMPP TLS handshake timed out"),
+                            }
+                        }
+                    }
+                });
+            }
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            () = stopped(&mut stop) => break,
+        }
+    }
+    while sessions.join_next().await.is_some() {}
+}
+
+/// Resolves when `stop` turns true (or its sender is gone), holding no borrow of it after.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// What a bind allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Transmitter,
+    Receiver,
+    Transceiver,
+}
+
+impl Mode {
+    fn submits(self) -> bool {
+        self != Mode::Receiver
+    }
+}
+
+/// The parts of one concatenated message: who sent it to whom, and its reference.
+type PartKey = (String, String, u8, u16);
+
+/// A whole message's octets, and the sequence numbers of its parts.
+type Whole = (Vec<u8>, Vec<u32>);
+
+/// One session's state, owned by its reading loop.
+struct Session {
+    peer: SocketAddr,
+    current: Current,
+    settings: Settings,
+    out: mpsc::Sender<Command>,
+    bound: Option<(String, Mode)>,
+    window: Arc<Semaphore>,
+    parts: Reassembly<PartKey>,
+    /// The sequence numbers of the parts [`Session::parts`] holds, answered together.
+    held: HashMap<PartKey, Vec<u32>>,
+    started: Instant,
+}
+
+/// Whether the session goes on after a PDU.
+#[derive(PartialEq, Eq)]
+enum Next {
+    Continue,
+    Close,
+}
+
+async fn run<S>(
+    stream: S,
+    peer: SocketAddr,
+    current: Current,
+    settings: Settings,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut reader, writer) = tokio::io::split(stream);
+    let (out, outgoing) = mpsc::channel::<Command>(settings.window * 2 + 16);
+    let writing = tokio::spawn(write_all(writer, outgoing));
+    // Reading in a task of its own: a frame half read is never dropped by the select below.
+    let (frames, mut incoming) = mpsc::channel::<std::io::Result<Option<BytesMut>>>(1);
+    let reading = tokio::spawn(async move {
+        loop {
+            let frame = read_frame(&mut reader).await;
+            let last = !matches!(frame, Ok(Some(_)));
+            if frames.send(frame).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    let mut session = Session {
+        peer,
+        window: Arc::new(Semaphore::new(settings.window)),
+        parts: Reassembly::new(MAX_WAITING),
+        held: HashMap::new(),
+        started: Instant::now(),
+        current,
+        settings,
+        out,
+        bound: None,
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut idle_since = Instant::now();
+    loop {
+        let frame = tokio::select! {
+            frame = incoming.recv() => frame,
+            _ = tick.tick() => {
+                session.expire_parts().await;
+                if idle_since.elapsed() >= session.settings.idle {
+                    tracing::info!(%peer, "SMPP session idle: closed");
+                    break;
+                }
+                continue;
+            }
+            () = stopped(&mut stop) => break,
+        };
+        idle_since = Instant::now();
+        match frame {
+            None | Some(Ok(None)) => break,
+            Some(Err(error)) => {
+                tracing::debug!(%peer, %error, "SMPP session ended");
+                break;
+            }
+            Some(Ok(Some(frame))) => {
+                if session.handle(frame).await == Next::Close {
+                    break;
+                }
+            }
+        }
+    }
+    reading.abort();
+    session.expire_all().await;
+    if let Some((system_id, _)) = &session.bound {
+        tracing::info!(%peer, %system_id, "SMPP session closed");
+    }
+    // Messages being decided hold clones of the sender: the writer ends after their answers.
+    drop(session);
+    let _ = writing.await;
+}
+
+impl Session {
+    async fn handle(&mut self, frame: BytesMut) -> Next {
+        let (id, sequence) = header(&frame);
+        let command = match decode(frame) {
+            Ok(command) => command,
+            Err(()) => {
+                let status = match CommandId::from(id) {
+                    CommandId::Other(_) => 0x0000_0003, // ESME_RINVCMDID
+                    _ => status::INVALID_MESSAGE,
+                };
+                self.answer(Command::new(
+                    CommandStatus::from(status),
+                    sequence,
+                    Pdu::GenericNack,
+                ))
+                .await;
+                return Next::Continue;
+            }
+        };
+        match command.pdu() {
+            Some(Pdu::BindTransmitter(bind)) => {
+                let (system_id, password) = (bind.system_id.clone(), bind.password.clone());
+                self.bind(sequence, Mode::Transmitter, system_id, password)
+                    .await
+            }
+            Some(Pdu::BindReceiver(bind)) => {
+                let (system_id, password) = (bind.system_id.clone(), bind.password.clone());
+                self.bind(sequence, Mode::Receiver, system_id, password)
+                    .await
+            }
+            Some(Pdu::BindTransceiver(bind)) => {
+                let (system_id, password) = (bind.system_id.clone(), bind.password.clone());
+                self.bind(sequence, Mode::Transceiver, system_id, password)
+                    .await
+            }
+            Some(Pdu::EnquireLink) => {
+                self.answer(Command::new(ROK, sequence, Pdu::EnquireLinkResp))
+                    .await;
+                Next::Continue
+            }
+            Some(Pdu::Unbind) => {
+                self.answer(Command::new(ROK, sequence, Pdu::UnbindResp))
+                    .await;
+                Next::Close
+            }
+            Some(Pdu::SubmitSm(submit)) => {
+                self.submit(sequence, submit).await;
+                Next::Continue
+            }
+            // Answers to what consentry sent, and a client's negative acknowledgements.
+            Some(
+                Pdu::EnquireLinkResp
+                | Pdu::UnbindResp
+                | Pdu::GenericNack
+                | Pdu::DeliverSmResp(_)
+                | Pdu::DataSmResp(_),
+            ) => Next::Continue,
+            _ => {
+                // query_sm, cancel_sm, replace_sm, submit_multi, data_sm...: not offered.
+                self.answer(Command::new(
+                    CommandStatus::EsmeRinvcmdid,
+                    sequence,
+                    Pdu::GenericNack,
+                ))
+                .await;
+                Next::Continue
+            }
+        }
+    }
+
+    async fn bind(
+        &mut self,
+        sequence: u32,
+        mode: Mode,
+        system_id: COctetString<1, 16>,
+        password: COctetString<1, 9>,
+    ) -> Next {
+        let answer = |status: u32| {
+            let system_id = COctetString::from_static_slice(SYSTEM_ID).unwrap_or_default();
+            let version = Some(InterfaceVersion::Smpp3_4);
+            let status = CommandStatus::from(status);
+            match mode {
+                Mode::Transmitter => Command::new(
+                    status,
+                    sequence,
+                    BindTransmitterResp::new(system_id, version),
+                ),
+                Mode::Receiver => {
+                    Command::new(status, sequence, BindReceiverResp::new(system_id, version))
+                }
+                Mode::Transceiver => Command::new(
+                    status,
+                    sequence,
+                    BindTransceiverResp::new(system_id, version),
+                ),
+            }
+        };
+        if self.bound.is_some() {
+            self.answer(answer(status::ALREADY_BOUND)).await;
+            return Next::Continue;
+        }
+        let accounts = self.current.borrow().smpp_accounts.clone();
+        let (id, secret) = (system_id.as_str().to_owned(), password.as_str().to_owned());
+        // PBKDF2 takes a good part of a second the first time: not on the async threads.
+        let checked = tokio::task::spawn_blocking(move || {
+            accounts.authenticate(&id, &secret).is_some().then_some(id)
+        })
+        .await
+        .ok()
+        .flatten();
+        let Some(system_id) = checked else {
+            tracing::warn!(peer = %self.peer, system_id = %system_id.as_str(), "SMPP bind refused");
+            self.answer(answer(status::BIND_FAILED)).await;
+            return Next::Close;
+        };
+        tracing::info!(peer = %self.peer, %system_id, ?mode, "SMPP session bound");
+        self.bound = Some((system_id, mode));
+        self.answer(answer(status::OK)).await;
+        Next::Continue
+    }
+
+    /// Reads a `submit_sm`; a whole message goes to the flow, a part waits for the others.
+    async fn submit(&mut self, sequence: u32, submit: &SubmitSm) {
+        let Some((system_id, mode)) = self.bound.clone() else {
+            return self.refuse(sequence, status::INVALID_BIND_STATE).await;
+        };
+        if !mode.submits() {
+            return self.refuse(sequence, status::INVALID_BIND_STATE).await;
+        }
+        let read = match read_submit(submit) {
+            Ok(read) => read,
+            Err(code) => return self.refuse(sequence, code).await,
+        };
+        let (octets, sequences) = match read.concat {
+            None => (read.octets, vec![sequence]),
+            Some(concat) => {
+                let key: PartKey = (
+                    read.from.clone(),
+                    read.to.clone(),
+                    read.data_coding,
+                    concat.reference,
+                );
+                match self.add_part(key, concat, read.octets, sequence) {
+                    Ok(Some(whole)) => whole,
+                    Ok(None) => return,
+                    Err(code) => return self.refuse(sequence, code).await,
+                }
+            }
+        };
+        let body =
+            match text::coding(read.data_coding).and_then(|coding| text::decode(coding, &octets)) {
+                Ok(body) => body,
+                Err(error) => {
+                    tracing::debug!(peer = %self.peer, %error, "SMPP text refused");
+                    let code = match error {
+                        text::TextError::UnsupportedCoding(_) => status::INVALID_DATA_CODING,
+                        _ => status::INVALID_MESSAGE,
+                    };
+                    for sequence in sequences {
+                        self.refuse(sequence, code).await;
+                    }
+                    return;
+                }
+            };
+        let Ok(permit) = self.window.clone().try_acquire_owned() else {
+            for sequence in sequences {
+                self.refuse(sequence, status::THROTTLED).await;
+            }
+            return;
+        };
+        let state = self.current.borrow().clone();
+        let Some(principal) = state.smpp_accounts.principal(&system_id) else {
+            // The account was removed by a reload: its sessions send no more.
+            for sequence in sequences {
+                self.refuse(sequence, status::INVALID_BIND_STATE).await;
+            }
+            return;
+        };
+        let out = self.out.clone();
+        tokio::spawn(async move {
+            let (code, id) = decide(&state, &principal, read.to, read.from, body).await;
+            drop(permit);
+            for sequence in sequences {
+                let _ = out.send(submit_resp(sequence, code, &id)).await;
+            }
+        });
+    }
+
+    /// Holds a part; when it completes its message, the whole octets and the sequence
+    /// numbers of all its parts (answered together, with the message's one answer).
+    fn add_part(
+        &mut self,
+        key: PartKey,
+        concat: Concat,
+        octets: Vec<u8>,
+        sequence: u32,
+    ) -> Result<Option<Whole>, u32> {
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        match self.parts.add(key.clone(), concat, octets, now_ms) {
+            Added::Waiting | Added::Duplicate => {
+                self.held.entry(key).or_default().push(sequence);
+                Ok(None)
+            }
+            Added::Complete(whole) => {
+                let mut sequences = self.held.remove(&key).unwrap_or_default();
+                sequences.push(sequence);
+                Ok(Some((whole, sequences)))
+            }
+            Added::Mismatch => {
+                // The held parts are dropped with it; they are answered by the caller's refusal
+                // of this one and the expiry below.
+                if let Some(held) = self.held.remove(&key) {
+                    let out = self.out.clone();
+                    tokio::spawn(async move {
+                        for sequence in held {
+                            let _ = out
+                                .send(submit_resp(sequence, status::INCOMPLETE_MESSAGE, ""))
+                                .await;
+                        }
+                    });
+                }
+                Err(status::INCOMPLETE_MESSAGE)
+            }
+            Added::Full => Err(status::TOO_MANY_PARTS_WAITING),
+            Added::Invalid => Err(status::INVALID_ESM_CLASS),
+        }
+    }
+
+    /// Refuses the held parts of messages whose other parts did not come in time.
+    async fn expire_parts(&mut self) {
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        let max_age_ms = self.settings.reassembly.as_millis() as u64;
+        for key in self.parts.expire(now_ms, max_age_ms) {
+            for sequence in self.held.remove(&key).unwrap_or_default() {
+                self.refuse(sequence, status::INCOMPLETE_MESSAGE).await;
+            }
+        }
+    }
+
+    /// At the session's end: every held part gets its answer (the client may still read it).
+    async fn expire_all(&mut self) {
+        self.parts.expire(u64::MAX, 0);
+        let held: Vec<u32> = self.held.drain().flat_map(|(_, held)| held).collect();
+        for sequence in held {
+            self.refuse(sequence, status::INCOMPLETE_MESSAGE).await;
+        }
+    }
+
+    async fn refuse(&self, sequence: u32, code: u32) {
+        self.answer(submit_resp(sequence, code, "")).await;
+    }
+
+    async fn answer(&self, command: Command) {
+        let _ = self.out.send(command).await;
+    }
+}
+
+const ROK: CommandStatus = CommandStatus::EsmeRok;
+
+/// A `submit_sm` as the flow needs it.
+struct ReadSubmit {
+    to: String,
+    from: String,
+    data_coding: u8,
+    concat: Option<Concat>,
+    octets: Vec<u8>,
+}
+
+/// Reads addresses, coding and text octets (`short_message`, or `message_payload` when the
+/// short message is empty), and the concatenation header if `esm_class` says there is one.
+fn read_submit(submit: &SubmitSm) -> Result<ReadSubmit, u32> {
+    let mut octets: &[u8] = submit.short_message().as_ref();
+    if octets.is_empty() {
+        for tlv in submit.tlvs() {
+            if let Some(rusmpp::tlvs::TlvValue::MessagePayload(payload)) = tlv.value() {
+                octets = payload.value.as_ref();
+            }
+        }
+    }
+    let udhi = u8::from(submit.esm_class) & 0x40 != 0;
+    let (concat, octets) = if udhi {
+        let (udh, rest) = text::split_udh(octets).map_err(|_| status::INVALID_ESM_CLASS)?;
+        (udh.concat, rest)
+    } else {
+        (None, octets)
+    };
+    Ok(ReadSubmit {
+        to: address(submit.dest_addr_ton, submit.destination_addr.as_str()),
+        from: address(submit.source_addr_ton, submit.source_addr.as_str()),
+        data_coding: u8::from(submit.data_coding),
+        concat,
+        octets: octets.to_vec(),
+    })
+}
+
+/// An SMPP address as the API would take it: an international number gets its `+`.
+fn address(ton: Ton, address: &str) -> String {
+    if ton == Ton::International && !address.starts_with('+') {
+        format!("+{address}")
+    } else {
+        address.to_owned()
+    }
+}
+
+/// Runs one message through the send flow; its status and (if accepted) consentry's id.
+async fn decide(
+    state: &AppState,
+    principal: &Principal,
+    to: String,
+    from: String,
+    body: String,
+) -> (u32, String) {
+    let Some(tenant) = state.tenants.get(&principal.tenant) else {
+        return (status::SUBMIT_FAILED, String::new());
+    };
+    let purpose = match principal
+        .purposes
+        .as_ref()
+        .map(|set| set.iter().collect::<Vec<_>>())
+    {
+        Some(only) if only.len() == 1 => *only[0],
+        _ => tenant.default_purpose,
+    };
+    let request = SendRequest {
+        to,
+        from,
+        body,
+        purpose: purpose.as_str().to_owned(),
+        brand: None,
+        campaign: None,
+        send_at: None,
+        media_urls: Vec::new(),
+    };
+    let message = match canonical_message(state, request, tenant, state.clock.now()) {
+        Ok(message) => message,
+        Err(error) => return (status::of_error(error.code), String::new()),
+    };
+    let bounds = sender_bounds(principal, tenant);
+    match send::process(state, tenant, &bounds, message, Delivery::Upstream).await {
+        Ok(
+            Processed::Sent { id, .. }
+            | Processed::Requeued { id, .. }
+            | Processed::Answered { id, .. },
+        ) => (status::OK, id.to_string()),
+        Ok(Processed::Scheduled(deferral)) => (status::OK, deferral.message.id.to_string()),
+        Ok(Processed::Denied(denial)) => (
+            status::of_denial(denial.reasons[0].code).unwrap_or(status::SUBMIT_FAILED),
+            String::new(),
+        ),
+        Ok(Processed::Failed { .. }) => (status::SUBMIT_FAILED, String::new()),
+        Err(error) => (
+            status::of_error(crate::http::error::ApiError::from(error).code),
+            String::new(),
+        ),
+    }
+}
+
+fn submit_resp(sequence: u32, code: u32, id: &str) -> Command {
+    let mut message_id = Vec::with_capacity(id.len() + 1);
+    message_id.extend_from_slice(id.as_bytes());
+    message_id.push(0);
+    let message_id = COctetString::from_vec(message_id).unwrap_or_default();
+    Command::new(
+        CommandStatus::from(code),
+        sequence,
+        SubmitSmResp::new(message_id, Vec::new()),
+    )
+}
+
+/// The command id and sequence number of a frame (after its length), read before decoding so
+/// that a PDU that does not decode can still be answered.
+fn header(frame: &[u8]) -> (u32, u32) {
+    let word = |at: usize| {
+        frame
+            .get(at..at + 4)
+            .and_then(|bytes| <[u8; 4]>::try_from(bytes).ok())
+            .map_or(0, u32::from_be_bytes)
+    };
+    (word(0), word(8))
+}
+
+fn decode(mut frame: BytesMut) -> Result<Command, ()> {
+    let length = frame.len();
+    Command::decode(&mut frame, length)
+        .map(|(command, _)| command)
+        .map_err(|_| ())
+}
+
+/// Reads one PDU: its length, then the rest. `None` when the peer closed between PDUs.
+async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> std::io::Result<Option<BytesMut>> {
+    let mut length = [0u8; 4];
+    match reader.read_exact(&mut length).await {
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(error) => return Err(error),
+    }
+    let length = u32::from_be_bytes(length) as usize;
+    if !(16..=MAX_PDU).contains(&length) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("a PDU of {length} bytes (16 to {MAX_PDU} are read)"),
+        ));
+    }
+    let mut frame = BytesMut::zeroed(length - 4);
+    reader.read_exact(&mut frame).await?;
+    Ok(Some(frame))
+}
+
+/// Writes answers as they come, several at once when several are ready.
+async fn write_all<W: AsyncWrite + Unpin>(mut writer: W, mut outgoing: mpsc::Receiver<Command>) {
+    let mut buffer = BytesMut::with_capacity(4096);
+    while let Some(command) = outgoing.recv().await {
+        encode_into(&command, &mut buffer);
+        while buffer.len() < 64 * 1024 {
+            match outgoing.try_recv() {
+                Ok(command) => encode_into(&command, &mut buffer),
+                Err(_) => break,
+            }
+        }
+        if writer.write_all(&buffer).await.is_err() || writer.flush().await.is_err() {
+            return;
+        }
+        buffer.clear();
+    }
+    let _ = writer.shutdown().await;
+}
+
+fn encode_into(command: &Command, buffer: &mut BytesMut) {
+    let length = command.length();
+    buffer.put_u32((4 + length) as u32);
+    let start = buffer.len();
+    buffer.resize(start + length, 0);
+    command.encode(&mut buffer[start..]);
+}
