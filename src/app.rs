@@ -62,6 +62,7 @@ struct Shared {
     connections: Arc<server::limits::Limits>,
     pacer: Arc<crate::pacing::Pacer>,
     witness_client: crate::upstream::HttpClient,
+    smpp_receivers: Arc<crate::smpp::deliver::Receivers>,
 }
 
 /// Applies a new configuration to a running application (`serve` does on SIGHUP): the
@@ -157,6 +158,7 @@ impl App {
             pacer: Arc::default(),
             witness_client: crate::upstream::https_client(None, std::time::Duration::from_secs(2))
                 .map_err(|e| anyhow::anyhow!("cannot build the witnesses' client: {e}"))?,
+            smpp_receivers: Arc::default(),
         };
         let state = Arc::new(live_state(&shared, &config, 1)?);
         let cert = Arc::new(server::CertSlot::new(
@@ -427,6 +429,7 @@ fn live_state(shared: &Shared, config: &Config, version: u64) -> anyhow::Result<
             )
             .map_err(|why| anyhow::anyhow!(why))?,
         ),
+        smpp_receivers: shared.smpp_receivers.clone(),
     })
 }
 

@@ -109,6 +109,9 @@ async fn deliver(state: &AppState, item: &OutboxItem) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let request = match (&record.url, record.format.as_deref()) {
+        (url, Some(crate::flow::receive::SMPP_FORMAT)) => {
+            return smpp_delivery(state, record, url.as_deref(), &body).await;
+        }
         (Some(url), Some("twilio")) => twilio_callback(state, record, url, &body)?,
         (Some(_), format) => return Err(format!("unknown delivery format {format:?}")),
         (None, _) => tenant_webhook(state, record, body)?,
@@ -136,6 +139,59 @@ async fn deliver(state: &AppState, item: &OutboxItem) -> Result<(), String> {
     } else {
         Err(format!("answered HTTP {}", status.as_u16()))
     }
+}
+
+/// A reply or receipt to the tenant's SMPP sessions (`smpp::deliver`): a receipt goes to the
+/// account that asked for it (`url` = `smpp:<system_id>`), a reply to any session of the tenant
+/// bound to receive.
+async fn smpp_delivery(
+    state: &AppState,
+    record: &crate::store::OutboxRecord,
+    url: Option<&str>,
+    body: &[u8],
+) -> Result<(), String> {
+    use crate::smpp::deliver::{self, Final};
+    let event: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let field = |name: &str| event[name].as_str().unwrap_or_default();
+    let system_id = url.and_then(|url| url.strip_prefix("smpp:"));
+    let pdu = match field("type") {
+        "inbound_message" => deliver::mo(field("from"), field("to"), field("body"))?,
+        "delivery_status" => {
+            let id = crate::domain::MessageId::parse(field("message_id"))
+                .ok_or("the receipt's message_id is not a message id")?;
+            // The numbers as the record shows them (masked): the receipt names the message by
+            // its id, and consentry does not open a sealed record to address a receipt.
+            let message = state
+                .messages()
+                .message(&record.tenant, &id)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("the receipt's message is not the tenant's")?;
+            let (recipient, sender) = (message.recipient, message.sender);
+            let state_word = match field("state") {
+                "delivered" => Final::Delivered,
+                "undelivered" => Final::Undelivered,
+                _ => Final::Failed,
+            };
+            let done = field("received_at")
+                .parse::<Timestamp>()
+                .map(|at| at.strftime("%y%m%d%H%M").to_string())
+                .map_err(|e| format!("received_at: {e}"))?;
+            deliver::receipt(
+                id.as_str(),
+                &recipient,
+                &sender,
+                state_word,
+                event["error_code"].as_str(),
+                &done,
+            )?
+        }
+        other => return Err(format!("an SMPP delivery of an unknown type {other:?}")),
+    };
+    state
+        .smpp_receivers
+        .deliver(&record.tenant, system_id, pdu)
+        .await
 }
 
 /// A status callback to an application's own URL, as Twilio would send it: a form, signed

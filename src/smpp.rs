@@ -8,9 +8,11 @@
 //!   (pure);
 //! - [`status`]: the command status of each answer of the flow (pure);
 //! - [`accounts`]: who may bind, with hashed passwords;
+//! - [`deliver`]: replies and receipts to the sessions bound to receive;
 //! - [`session`]: the listener and its sessions (the IO edge).
 
 pub mod accounts;
+pub mod deliver;
 pub mod session;
 pub mod status;
 pub mod text;

@@ -63,6 +63,8 @@ pub struct AppState {
     pub connections: Arc<crate::server::limits::Limits>,
     /// Who may bind to the SMPP front (`[[smpp.accounts]]`); empty without `[smpp]`.
     pub smpp_accounts: Arc<crate::smpp::accounts::Accounts>,
+    /// The SMPP sessions bound to receive replies and receipts (kept across reloads).
+    pub smpp_receivers: Arc<crate::smpp::deliver::Receivers>,
 }
 
 /// The parts of the store (`store`'s traits): each flow and worker names the one it uses, and

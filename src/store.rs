@@ -707,7 +707,7 @@ pub trait Inbound: Send + Sync + 'static {
         inbound: &InboundRecord,
         consent: Option<&ConsentRecord>,
         review: Option<&ReviewRecord>,
-        outbox: Option<&OutboxRecord>,
+        outbox: &[OutboxRecord],
     ) -> Result<InboundRecorded, StoreError>;
 
     /// The sealed payload of a tenant's inbound message.

@@ -81,7 +81,7 @@ pub async fn receive(
         tracing::warn!(upstream, to = %written_to.masked(), "a reply to a number no tenant owns");
         if state
             .inbound()
-            .record_inbound(&record, None, None, None)
+            .record_inbound(&record, None, None, &[])
             .await?
             == InboundRecorded::Duplicate
         {
@@ -149,8 +149,18 @@ pub async fn receive(
             inbound_id: record.id.clone(),
             created_at_us: now.as_microsecond(),
         });
-        let outbox = match &tenant.webhook {
-            Some(_) => Some(
+        // The tenant hears of it at its webhook and, with SMPP accounts, as a deliver_sm to
+        // a session bound to receive: each a durable delivery of its own.
+        let mut formats = Vec::new();
+        if tenant.webhook.is_some() {
+            formats.push(None);
+        }
+        if state.smpp_accounts.serves(&tenant.id) {
+            formats.push(Some(SMPP_FORMAT));
+        }
+        let mut outbox = Vec::with_capacity(formats.len());
+        for format in formats {
+            outbox.push(
                 outbox_record(
                     state,
                     tenant,
@@ -159,18 +169,18 @@ pub async fn receive(
                     &record,
                     &classification,
                     review.as_ref().map(|r| r.id.as_str()),
+                    format,
                     now,
                 )
                 .await?,
-            ),
-            None => None,
-        };
+            );
+        }
         // In the recipient's turn, as sends are decided: an opt-out is logged before or
         // after a send's record, never beside a decision that did not see it.
         let turn = state.recipient_turn(&record.recipient_hash).await?;
         let recorded = state
             .inbound()
-            .record_inbound(&record, consent.as_ref(), review.as_ref(), outbox.as_ref())
+            .record_inbound(&record, consent.as_ref(), review.as_ref(), &outbox)
             .await;
         turn.end().await;
         let recorded = recorded?;
@@ -335,6 +345,7 @@ async fn outbox_record(
     inbound: &InboundRecord,
     classification: &Classification,
     review: Option<&str>,
+    format: Option<&'static str>,
     now: Timestamp,
 ) -> Result<OutboxRecord, FlowError> {
     let id = format!("dlv_{}", uuid::Uuid::now_v7().simple());
@@ -368,8 +379,22 @@ async fn outbox_record(
         payload: sealed.bytes,
         next_attempt_at_us: now.as_microsecond(),
         url: None,
-        format: None,
+        format: format.map(str::to_owned),
     })
+}
+
+/// The outbox format of a delivery to the tenant's SMPP sessions (`smpp::deliver`): a reply
+/// for any session of the tenant bound to receive, or, with `url` = `smpp:<system_id>`, a
+/// delivery receipt for that account's sessions.
+pub const SMPP_FORMAT: &str = "smpp";
+
+/// The `status_callback` of a message submitted over SMPP with a delivery receipt asked for:
+/// its statuses go back to that account's sessions as receipts.
+pub fn smpp_receipts_to(system_id: &str) -> crate::domain::StatusCallback {
+    crate::domain::StatusCallback {
+        url: format!("smpp:{system_id}"),
+        account_sid: String::new(),
+    }
 }
 
 /// Seals under the data key, or under a recipient's key (`(tenant, recipient hash)`) for
@@ -482,11 +507,52 @@ pub async fn delivery_status(
             })
             .await?;
     }
-    // The application's own StatusCallback hears it as it would have from Twilio.
-    if let Some(callback) = callback
+    let callback = callback
         .as_deref()
-        .and_then(|text| serde_json::from_str::<crate::domain::StatusCallback>(text).ok())
+        .and_then(|text| serde_json::from_str::<crate::domain::StatusCallback>(text).ok());
+    // An SMPP account that asked for receipts hears the final status as one.
+    if let Some(callback) = &callback
+        && callback.url.starts_with("smpp:")
     {
+        if recorded.is_some() {
+            let delivery_id = format!("dlv_{}", uuid::Uuid::now_v7().simple());
+            let payload = json!({
+                "type": "delivery_status",
+                "message_id": id,
+                "state": match status.state {
+                    DeliveryState::Delivered => "delivered",
+                    DeliveryState::Undelivered => "undelivered",
+                    DeliveryState::Failed | DeliveryState::InProgress => "failed",
+                },
+                "error_code": status.error_code,
+                "received_at": now.to_string(),
+            });
+            let sealed = seal(
+                state,
+                None,
+                &outbox_associated_data(&tenant_id, &delivery_id),
+                payload.to_string().as_bytes(),
+                now,
+            )
+            .await?;
+            state
+                .outbox()
+                .enqueue_delivery(&OutboxRecord {
+                    id: delivery_id,
+                    tenant: tenant_id,
+                    created_at_us: now.as_microsecond(),
+                    key_id: sealed.key_id,
+                    payload: sealed.bytes,
+                    next_attempt_at_us: now.as_microsecond(),
+                    url: Some(callback.url.clone()),
+                    format: Some(SMPP_FORMAT.into()),
+                })
+                .await?;
+        }
+        return Ok(());
+    }
+    // The application's own StatusCallback hears it as it would have from Twilio.
+    if let Some(callback) = callback {
         let delivery_id = format!("dlv_{}", uuid::Uuid::now_v7().simple());
         let status_word = match status.state {
             DeliveryState::Delivered => "delivered",

@@ -124,6 +124,11 @@ impl Accounts {
         self.by_id.get(system_id).map(Account::principal)
     }
 
+    /// Whether any account sends for `tenant` (its replies then go to SMPP sessions too).
+    pub fn serves(&self, tenant: &TenantId) -> bool {
+        self.by_id.values().any(|account| &account.tenant == tenant)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
     }

@@ -22,10 +22,12 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
+use super::deliver::Handoff;
 use super::status;
 use super::text::{self, Added, Concat, Reassembly};
 use crate::auth::Principal;
 use crate::config::SmppConfig;
+use crate::domain::TenantId;
 use crate::flow::send::{self, Delivery, Processed};
 use crate::http::messages::{SendRequest, canonical_message, sender_bounds};
 use crate::state::{AppState, Current};
@@ -141,6 +143,14 @@ struct Session {
     /// The sequence numbers of the parts [`Session::parts`] holds, answered together.
     held: HashMap<PartKey, Vec<u32>>,
     started: Instant,
+    /// Where replies and receipts for this session queue, once it is bound to receive.
+    deliveries: mpsc::Sender<Handoff>,
+    /// Its place in the table of sessions that receive.
+    receiving: Option<(TenantId, u64)>,
+    /// `deliver_sm` sent and not yet answered, by sequence number.
+    awaiting: HashMap<u32, tokio::sync::oneshot::Sender<u32>>,
+    /// The sequence number of the last PDU consentry sent first.
+    sequence: u32,
 }
 
 /// Whether the session goes on after a PDU.
@@ -173,8 +183,13 @@ async fn run<S>(
             }
         }
     });
+    let (deliveries, mut to_deliver) = mpsc::channel::<Handoff>(settings.window);
     let mut session = Session {
         peer,
+        deliveries,
+        receiving: None,
+        awaiting: HashMap::new(),
+        sequence: 0,
         window: Arc::new(Semaphore::new(settings.window)),
         parts: Reassembly::new(MAX_WAITING),
         held: HashMap::new(),
@@ -189,6 +204,10 @@ async fn run<S>(
     loop {
         let frame = tokio::select! {
             frame = incoming.recv() => frame,
+            Some(delivery) = to_deliver.recv() => {
+                session.send_delivery(delivery).await;
+                continue;
+            }
             _ = tick.tick() => {
                 session.expire_parts().await;
                 if idle_since.elapsed() >= session.settings.idle {
@@ -215,6 +234,13 @@ async fn run<S>(
     }
     reading.abort();
     session.expire_all().await;
+    if let Some((tenant, id)) = session.receiving.take() {
+        session
+            .current
+            .borrow()
+            .smpp_receivers
+            .unregister(&tenant, id);
+    }
     if let Some((system_id, _)) = &session.bound {
         tracing::info!(%peer, %system_id, "SMPP session closed");
     }
@@ -272,14 +298,21 @@ impl Session {
                 self.submit(sequence, submit).await;
                 Next::Continue
             }
-            // Answers to what consentry sent, and a client's negative acknowledgements.
-            Some(
-                Pdu::EnquireLinkResp
-                | Pdu::UnbindResp
-                | Pdu::GenericNack
-                | Pdu::DeliverSmResp(_)
-                | Pdu::DataSmResp(_),
-            ) => Next::Continue,
+            Some(Pdu::DeliverSmResp(_)) => {
+                if let Some(answered) = self.awaiting.remove(&sequence) {
+                    let _ = answered.send(u32::from(command.status()));
+                }
+                Next::Continue
+            }
+            Some(Pdu::GenericNack) => {
+                // A client that could not read a deliver_sm: it is retried later.
+                if let Some(answered) = self.awaiting.remove(&sequence) {
+                    let _ = answered.send(u32::from(command.status()).max(1));
+                }
+                Next::Continue
+            }
+            // Answers to what consentry sent.
+            Some(Pdu::EnquireLinkResp | Pdu::UnbindResp | Pdu::DataSmResp(_)) => Next::Continue,
             _ => {
                 // query_sm, cancel_sm, replace_sm, submit_multi, data_sm...: not offered.
                 self.answer(Command::new(
@@ -328,17 +361,24 @@ impl Session {
         let (id, secret) = (system_id.as_str().to_owned(), password.as_str().to_owned());
         // PBKDF2 takes a good part of a second the first time: not on the async threads.
         let checked = tokio::task::spawn_blocking(move || {
-            accounts.authenticate(&id, &secret).is_some().then_some(id)
+            accounts
+                .authenticate(&id, &secret)
+                .map(|account| (id, account.tenant.clone()))
         })
         .await
         .ok()
         .flatten();
-        let Some(system_id) = checked else {
+        let Some((system_id, tenant)) = checked else {
             tracing::warn!(peer = %self.peer, system_id = %system_id.as_str(), "SMPP bind refused");
             self.answer(answer(status::BIND_FAILED)).await;
             return Next::Close;
         };
         tracing::info!(peer = %self.peer, %system_id, ?mode, "SMPP session bound");
+        if mode != Mode::Transmitter {
+            let receivers = self.current.borrow().smpp_receivers.clone();
+            let id = receivers.register(&tenant, &system_id, self.deliveries.clone());
+            self.receiving = Some((tenant, id));
+        }
         self.bound = Some((system_id, mode));
         self.answer(answer(status::OK)).await;
         Next::Continue
@@ -402,8 +442,11 @@ impl Session {
             return;
         };
         let out = self.out.clone();
+        let receipts = read
+            .receipts
+            .then(|| crate::flow::receive::smpp_receipts_to(&system_id));
         tokio::spawn(async move {
-            let (code, id) = decide(&state, &principal, read.to, read.from, body).await;
+            let (code, id) = decide(&state, &principal, read.to, read.from, body, receipts).await;
             drop(permit);
             for sequence in sequences {
                 let _ = out.send(submit_resp(sequence, code, &id)).await;
@@ -471,6 +514,16 @@ impl Session {
         }
     }
 
+    /// Sends a reply or receipt; its answer goes back to the outbox that asked.
+    async fn send_delivery(&mut self, delivery: Handoff) {
+        self.sequence = self.sequence % 0x7FFF_FFFF + 1;
+        self.awaiting.insert(self.sequence, delivery.answered);
+        // Answers that never come (a client that drops them) are not kept for ever.
+        self.awaiting.retain(|_, answered| !answered.is_closed());
+        self.answer(Command::new(ROK, self.sequence, delivery.pdu))
+            .await;
+    }
+
     async fn refuse(&self, sequence: u32, code: u32) {
         self.answer(submit_resp(sequence, code, "")).await;
     }
@@ -489,6 +542,8 @@ struct ReadSubmit {
     data_coding: u8,
     concat: Option<Concat>,
     octets: Vec<u8>,
+    /// `registered_delivery` asks for a receipt of the final status.
+    receipts: bool,
 }
 
 /// Reads addresses, coding and text octets (`short_message`, or `message_payload` when the
@@ -515,6 +570,7 @@ fn read_submit(submit: &SubmitSm) -> Result<ReadSubmit, u32> {
         data_coding: u8::from(submit.data_coding),
         concat,
         octets: octets.to_vec(),
+        receipts: u8::from(submit.registered_delivery) & 0x03 != 0,
     })
 }
 
@@ -534,6 +590,7 @@ async fn decide(
     to: String,
     from: String,
     body: String,
+    receipts: Option<crate::domain::StatusCallback>,
 ) -> (u32, String) {
     let Some(tenant) = state.tenants.get(&principal.tenant) else {
         return (status::SUBMIT_FAILED, String::new());
@@ -556,10 +613,11 @@ async fn decide(
         send_at: None,
         media_urls: Vec::new(),
     };
-    let message = match canonical_message(state, request, tenant, state.clock.now()) {
+    let mut message = match canonical_message(state, request, tenant, state.clock.now()) {
         Ok(message) => message,
         Err(error) => return (status::of_error(error.code), String::new()),
     };
+    message.status_callback = receipts;
     let bounds = sender_bounds(principal, tenant);
     match send::process(state, tenant, &bounds, message, Delivery::Upstream).await {
         Ok(

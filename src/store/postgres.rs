@@ -650,7 +650,7 @@ impl Inbound for PgStore {
         inbound: &InboundRecord,
         consent: Option<&ConsentRecord>,
         review: Option<&ReviewRecord>,
-        outbox: Option<&OutboxRecord>,
+        outbox: &[OutboxRecord],
     ) -> Result<InboundRecorded, StoreError> {
         let mut transaction = self.pool.begin().await?;
         let inserted = sqlx::query(
@@ -695,7 +695,7 @@ impl Inbound for PgStore {
             .execute(&mut *transaction)
             .await?;
         }
-        if let Some(outbox) = outbox {
+        for outbox in outbox {
             insert_outbox(&mut *transaction, outbox).await?;
         }
         transaction.commit().await?;

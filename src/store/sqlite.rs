@@ -468,7 +468,7 @@ impl Inbound for SqliteStore {
         inbound: &InboundRecord,
         consent: Option<&ConsentRecord>,
         review: Option<&ReviewRecord>,
-        outbox: Option<&OutboxRecord>,
+        outbox: &[OutboxRecord],
     ) -> Result<InboundRecorded, StoreError> {
         let _writer = self.writer.lock().await;
         let mut transaction = self.pool.begin().await?;
@@ -514,7 +514,7 @@ impl Inbound for SqliteStore {
             .execute(&mut *transaction)
             .await?;
         }
-        if let Some(outbox) = outbox {
+        for outbox in outbox {
             insert_outbox(&mut *transaction, outbox).await?;
         }
         transaction.commit().await?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rusmpp::decode::DecodeWithLength as _;
 use rusmpp::encode::{Encode as _, Length as _};
-use rusmpp::pdus::{BindTransceiver, SubmitSm};
+use rusmpp::pdus::{BindTransceiver, DeliverSm, DeliverSmResp, SubmitSm};
 use rusmpp::types::{COctetString, OctetString};
 use rusmpp::values::{DataCoding, EsmClass, InterfaceVersion, Npi, Ton};
 use rusmpp::{Command, CommandStatus, Pdu};
@@ -19,6 +19,8 @@ use crate::helpers::*;
 const SYSTEM_ID: &str = "acme-app";
 const PASSWORD: &str = "s3cret";
 const OPTED_OUT: &str = "+14155550777";
+/// An account of tw-shop, whose gateway (Twilio) reports delivery statuses.
+const TW_SYSTEM_ID: &str = "tw-app";
 
 /// The test configuration with an SMPP front for acme (`tls` as given), its account's
 /// password hashed as `consentry smpp-password` would.
@@ -27,6 +29,8 @@ fn smpp_config(folder: &Path, gateway_url: &str, tls: bool) -> String {
     format!(
         "{}\n[smpp]\nlisten = \"127.0.0.1:0\"\ntls = {tls}\nreassembly_timeout_seconds = 2\n\
          [[smpp.accounts]]\nsystem_id = \"{SYSTEM_ID}\"\ntenant = \"acme\"\n\
+         password_hash = \"{hash}\"\npurpose = \"transactional\"\n\
+         [[smpp.accounts]]\nsystem_id = \"{TW_SYSTEM_ID}\"\ntenant = \"tw-shop\"\n\
          password_hash = \"{hash}\"\npurpose = \"transactional\"\n",
         test_config(folder, gateway_url)
     )
@@ -79,6 +83,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         Some(Command::decode(&mut frame, size).unwrap().0)
     }
 
+    /// Answers the front's PDU number `sequence`.
+    async fn answer(&mut self, sequence: u32, pdu: impl Into<Pdu>) {
+        let command = Command::new(CommandStatus::EsmeRok, sequence, pdu);
+        let mut bytes = vec![0u8; 4 + command.length()];
+        bytes[..4].copy_from_slice(&(4 + command.length() as u32).to_be_bytes());
+        command.encode(&mut bytes[4..]);
+        self.stream.write_all(&bytes).await.unwrap();
+    }
+
+    /// Reads until the front delivers a `deliver_sm`, answers it, and returns it.
+    async fn delivered(&mut self) -> DeliverSm {
+        loop {
+            let command = self
+                .read()
+                .await
+                .expect("a deliver_sm before the session closed");
+            if let Some(Pdu::DeliverSm(pdu)) = command.pdu() {
+                let pdu = pdu.clone();
+                self.answer(command.sequence_number(), DeliverSmResp::default())
+                    .await;
+                return pdu;
+            }
+        }
+    }
+
     /// Sends `pdu` and reads until its answer.
     async fn call(&mut self, pdu: impl Into<Pdu>) -> Command {
         let sequence = self.send(pdu).await;
@@ -94,9 +123,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     }
 
     async fn bind(&mut self, password: &str) -> Command {
+        self.bind_as(SYSTEM_ID, password).await
+    }
+
+    async fn bind_as(&mut self, system_id: &str, password: &str) -> Command {
         self.call(
             BindTransceiver::builder()
-                .system_id(c_string(SYSTEM_ID))
+                .system_id(c_string(system_id))
                 .password(c_string(password))
                 .system_type(c_string(""))
                 .interface_version(InterfaceVersion::Smpp3_4)
@@ -367,4 +400,125 @@ fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls_pki_types::CertificateDer<'sta
     rustls_pki_types::CertificateDer::pem_slice_iter(pem)
         .collect::<Result<_, _>>()
         .unwrap()
+}
+
+/// A reply comes back to the application over SMPP: a STOP (through the gateway's webhook)
+/// while no session is bound waits in the outbox, reaches the session that binds next as a
+/// `deliver_sm`, and has already opted the number out: the next submit to it is refused.
+#[tokio::test]
+async fn a_stop_reaches_the_bound_application_as_a_deliver_sm_and_opts_out() {
+    let folder = tempfile::tempdir().unwrap();
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn_with(
+        folder.path(),
+        &smpp_config(folder.path(), &gateway.url(), false),
+    )
+    .await;
+    let recipient = "+14155550188";
+    let reply =
+        json!({ "id": "g-77", "from": recipient, "to": ACME_SENDER, "body": "STOP" }).to_string();
+    let response = app
+        .client
+        .post(app.url("/v1/inbound/gw"))
+        .header(
+            "x-webhook-signature",
+            consentry::dialect::generic::sign(GW_WEBHOOK_SECRET.as_bytes(), reply.as_bytes()),
+        )
+        .body(reply)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // Nobody is bound yet: the delivery waits (and is retried) in the outbox.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut client = Client::new(
+        tokio::net::TcpStream::connect(app.smpp.unwrap())
+            .await
+            .unwrap(),
+    );
+    assert_eq!(code_of(&client.bind(PASSWORD).await), 0);
+    let mo = client.delivered().await;
+    assert_eq!(mo.short_message().as_ref(), b"STOP");
+    assert_eq!(mo.source_addr.as_str(), recipient.trim_start_matches('+'));
+    assert_eq!(
+        mo.destination_addr.as_str(),
+        ACME_SENDER.trim_start_matches('+')
+    );
+    assert_eq!(u8::from(mo.esm_class), 0x00, "a message, not a receipt");
+
+    let refused = client
+        .call(submit(recipient, 0x00, None, b"one more offer"))
+        .await;
+    assert_eq!(code_of(&refused), 0x0401, "opted out by the STOP");
+    // What reached the recipient is consentry's own confirmation of the STOP, not the offer.
+    assert!(
+        gateway
+            .requests()
+            .iter()
+            .all(|request| request.body["body"] != "one more offer")
+    );
+    // Answered: the outbox does not deliver it again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while app
+        .count(
+            "SELECT COUNT(*) FROM webhook_outbox WHERE format = 'smpp' AND delivered_at_us IS NULL",
+        )
+        .await
+        > 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the delivery was never marked done"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.stop().await;
+}
+
+/// `registered_delivery` asks for a receipt: when the gateway (Twilio) reports the message
+/// delivered, the account's session gets a `deliver_sm` receipt naming consentry's id.
+#[tokio::test]
+async fn a_delivery_receipt_reaches_the_account_that_asked_for_it() {
+    let folder = tempfile::tempdir().unwrap();
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn_with(
+        folder.path(),
+        &smpp_config(folder.path(), &gateway.url(), false),
+    )
+    .await;
+    let mut client = Client::new(
+        tokio::net::TcpStream::connect(app.smpp.unwrap())
+            .await
+            .unwrap(),
+    );
+    assert_eq!(code_of(&client.bind_as(TW_SYSTEM_ID, PASSWORD).await), 0);
+    let mut asked = submit("+14155550123", 0x00, None, b"your parcel is on its way");
+    asked.source_addr = c_string(TW_SENDER.trim_start_matches('+'));
+    asked.registered_delivery = rusmpp::values::RegisteredDelivery::from(0x01);
+    let sent = client.call(asked).await;
+    assert_eq!(code_of(&sent), 0);
+    let id = message_id(&sent);
+    let token = app.token("tw-shop", "messages:read");
+    let record = status_of(&app, &token, &id).await;
+    let gateway_id = record["upstream_message_id"].as_str().unwrap().to_owned();
+    let report = [
+        ("MessageSid", gateway_id.as_str()),
+        ("MessageStatus", "delivered"),
+        ("AccountSid", "AC00000000000000000000000000000001"),
+    ];
+    assert_eq!(app.twilio_webhook(&report, None).await.status(), 200);
+    let receipt = client.delivered().await;
+    assert_eq!(
+        u8::from(receipt.esm_class),
+        0x04,
+        "an SMSC delivery receipt"
+    );
+    let text = String::from_utf8(receipt.short_message().as_ref().to_vec()).unwrap();
+    assert!(
+        text.starts_with(&format!("id:{id} sub:001 dlvrd:001 ")),
+        "{text}"
+    );
+    assert!(text.contains(" stat:DELIVRD err:000"), "{text}");
+    app.stop().await;
 }
