@@ -6,6 +6,7 @@
 //!
 //! - [`text`]: data codings, user data headers and the reassembly of concatenated messages
 //!   (pure);
+//! - [`pdu`]: framing, what a `submit_sm` asks, the answers (pure);
 //! - [`status`]: the command status of each answer of the flow (pure);
 //! - [`accounts`]: who may bind, with hashed passwords;
 //! - [`deliver`]: replies and receipts to the sessions bound to receive;
@@ -13,6 +14,7 @@
 
 pub mod accounts;
 pub mod deliver;
+pub mod pdu;
 pub mod session;
 pub mod status;
 pub mod text;

@@ -268,4 +268,32 @@ write("small_parsers", "bundle", b"\x02" + json.dumps({
     "messages": [{"leaf_index": 1, "leaf": base64.b64encode(leaf).decode(), "inclusion_proof": ["cd" * 32]}],
     "consent_events": []}).encode())
 write("small_parsers", "merkle", b"\x03" + (5).to_bytes(8, "little") + (8).to_bytes(8, "little") + bytes(range(96)))
+
+# smpp_pdus: one PDU after its command_length (command_id, status, sequence, body), as the
+# front decodes it; and text (the same bytes are also read as text to encode and decode back).
+def pdu(command_id: int, sequence: int, body: bytes) -> bytes:
+    return command_id.to_bytes(4, "big") + bytes(4) + sequence.to_bytes(4, "big") + body
+
+
+def cstr(text: str) -> bytes:
+    return text.encode() + b"\x00"
+
+
+def submit_sm(to: str, data_coding: int, esm_class: int, octets: bytes) -> bytes:
+    return (cstr("") + bytes([1, 1]) + cstr("12025550100") + bytes([1, 1]) + cstr(to)
+            + bytes([esm_class, 0, 0]) + cstr("") + cstr("") + bytes([1, 0, data_coding, 0])
+            + bytes([len(octets)]) + octets)
+
+
+write("smpp_pdus", "bind-transceiver", pdu(0x09, 1, cstr("acme-app") + cstr("s3cret") + cstr("")
+                                            + bytes([0x34, 1, 1]) + cstr("")))
+write("smpp_pdus", "enquire-link", pdu(0x15, 2, b""))
+write("smpp_pdus", "submit-gsm", pdu(0x04, 3, submit_sm("14155550123", 0, 0, b"Hello \x1b\x65")))
+ucs2 = "Привет 🎉".encode("utf-16-be")
+write("smpp_pdus", "submit-ucs2-part", pdu(0x04, 4, submit_sm("14155550123", 8, 0x40,
+                                                               bytes([5, 0, 3, 42, 2, 1]) + ucs2)))
+write("smpp_pdus", "submit-udh16", pdu(0x04, 5, submit_sm("14155550123", 0, 0x40,
+                                                           bytes([6, 8, 4, 1, 2, 3, 1]) + b"part")))
+write("smpp_pdus", "deliver-sm-resp", pdu(0x80000005, 6, cstr("")))
+write("smpp_pdus", "text", "Your code is 1234 €{}".encode())
 print("seeds written under", HERE)

@@ -8,14 +8,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut as _, BytesMut};
-use rusmpp::decode::DecodeWithLength as _;
-use rusmpp::encode::{Encode as _, Length as _};
-use rusmpp::pdus::{
-    BindReceiverResp, BindTransceiverResp, BindTransmitterResp, SubmitSm, SubmitSmResp,
-};
+use bytes::BytesMut;
+use rusmpp::pdus::{BindReceiverResp, BindTransceiverResp, BindTransmitterResp, SubmitSm};
 use rusmpp::types::COctetString;
-use rusmpp::values::{InterfaceVersion, Ton};
+use rusmpp::values::InterfaceVersion;
 use rusmpp::{Command, CommandId, CommandStatus, Pdu};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpListener;
@@ -23,6 +19,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 use super::deliver::Handoff;
+use super::pdu::{self, MAX_PDU, read_submit, submit_resp};
 use super::status;
 use super::text::{self, Added, Concat, Reassembly};
 use crate::auth::Principal;
@@ -32,8 +29,6 @@ use crate::flow::send::{self, Delivery, Processed};
 use crate::http::messages::{SendRequest, canonical_message, sender_bounds};
 use crate::state::{AppState, Current};
 
-/// The largest PDU read: a `message_payload` of 64 KiB and the rest of a `submit_sm`.
-const MAX_PDU: usize = 70 * 1024;
 /// Concatenated messages one session may have waiting for parts at once.
 const MAX_WAITING: usize = 256;
 /// How long a TLS handshake may take.
@@ -251,10 +246,10 @@ async fn run<S>(
 
 impl Session {
     async fn handle(&mut self, frame: BytesMut) -> Next {
-        let (id, sequence) = header(&frame);
-        let command = match decode(frame) {
-            Ok(command) => command,
-            Err(()) => {
+        let (id, sequence) = pdu::header(&frame);
+        let command = match pdu::decode(frame) {
+            Some(command) => command,
+            None => {
                 let status = match CommandId::from(id) {
                     CommandId::Other(_) => 0x0000_0003, // ESME_RINVCMDID
                     _ => status::INVALID_MESSAGE,
@@ -535,54 +530,6 @@ impl Session {
 
 const ROK: CommandStatus = CommandStatus::EsmeRok;
 
-/// A `submit_sm` as the flow needs it.
-struct ReadSubmit {
-    to: String,
-    from: String,
-    data_coding: u8,
-    concat: Option<Concat>,
-    octets: Vec<u8>,
-    /// `registered_delivery` asks for a receipt of the final status.
-    receipts: bool,
-}
-
-/// Reads addresses, coding and text octets (`short_message`, or `message_payload` when the
-/// short message is empty), and the concatenation header if `esm_class` says there is one.
-fn read_submit(submit: &SubmitSm) -> Result<ReadSubmit, u32> {
-    let mut octets: &[u8] = submit.short_message().as_ref();
-    if octets.is_empty() {
-        for tlv in submit.tlvs() {
-            if let Some(rusmpp::tlvs::TlvValue::MessagePayload(payload)) = tlv.value() {
-                octets = payload.value.as_ref();
-            }
-        }
-    }
-    let udhi = u8::from(submit.esm_class) & 0x40 != 0;
-    let (concat, octets) = if udhi {
-        let (udh, rest) = text::split_udh(octets).map_err(|_| status::INVALID_ESM_CLASS)?;
-        (udh.concat, rest)
-    } else {
-        (None, octets)
-    };
-    Ok(ReadSubmit {
-        to: address(submit.dest_addr_ton, submit.destination_addr.as_str()),
-        from: address(submit.source_addr_ton, submit.source_addr.as_str()),
-        data_coding: u8::from(submit.data_coding),
-        concat,
-        octets: octets.to_vec(),
-        receipts: u8::from(submit.registered_delivery) & 0x03 != 0,
-    })
-}
-
-/// An SMPP address as the API would take it: an international number gets its `+`.
-fn address(ton: Ton, address: &str) -> String {
-    if ton == Ton::International && !address.starts_with('+') {
-        format!("+{address}")
-    } else {
-        address.to_owned()
-    }
-}
-
 /// Runs one message through the send flow; its status and (if accepted) consentry's id.
 async fn decide(
     state: &AppState,
@@ -638,37 +585,6 @@ async fn decide(
     }
 }
 
-fn submit_resp(sequence: u32, code: u32, id: &str) -> Command {
-    let mut message_id = Vec::with_capacity(id.len() + 1);
-    message_id.extend_from_slice(id.as_bytes());
-    message_id.push(0);
-    let message_id = COctetString::from_vec(message_id).unwrap_or_default();
-    Command::new(
-        CommandStatus::from(code),
-        sequence,
-        SubmitSmResp::new(message_id, Vec::new()),
-    )
-}
-
-/// The command id and sequence number of a frame (after its length), read before decoding so
-/// that a PDU that does not decode can still be answered.
-fn header(frame: &[u8]) -> (u32, u32) {
-    let word = |at: usize| {
-        frame
-            .get(at..at + 4)
-            .and_then(|bytes| <[u8; 4]>::try_from(bytes).ok())
-            .map_or(0, u32::from_be_bytes)
-    };
-    (word(0), word(8))
-}
-
-fn decode(mut frame: BytesMut) -> Result<Command, ()> {
-    let length = frame.len();
-    Command::decode(&mut frame, length)
-        .map(|(command, _)| command)
-        .map_err(|_| ())
-}
-
 /// Reads one PDU: its length, then the rest. `None` when the peer closed between PDUs.
 async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> std::io::Result<Option<BytesMut>> {
     let mut length = [0u8; 4];
@@ -693,10 +609,10 @@ async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> std::io::Result<Opt
 async fn write_all<W: AsyncWrite + Unpin>(mut writer: W, mut outgoing: mpsc::Receiver<Command>) {
     let mut buffer = BytesMut::with_capacity(4096);
     while let Some(command) = outgoing.recv().await {
-        encode_into(&command, &mut buffer);
+        pdu::encode_into(&command, &mut buffer);
         while buffer.len() < 64 * 1024 {
             match outgoing.try_recv() {
-                Ok(command) => encode_into(&command, &mut buffer),
+                Ok(command) => pdu::encode_into(&command, &mut buffer),
                 Err(_) => break,
             }
         }
@@ -706,12 +622,4 @@ async fn write_all<W: AsyncWrite + Unpin>(mut writer: W, mut outgoing: mpsc::Rec
         buffer.clear();
     }
     let _ = writer.shutdown().await;
-}
-
-fn encode_into(command: &Command, buffer: &mut BytesMut) {
-    let length = command.length();
-    buffer.put_u32((4 + length) as u32);
-    let start = buffer.len();
-    buffer.resize(start + length, 0);
-    command.encode(&mut buffer[start..]);
 }
