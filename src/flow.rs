@@ -21,6 +21,7 @@
 
 pub mod consent;
 pub mod receive;
+pub mod request;
 pub mod send;
 
 use crate::dialect::WebhookError;

@@ -29,9 +29,10 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::idempotency;
-use super::messages::{SendRequest, canonical_message, parse_json, read_body, sender_bounds};
+use super::messages::{parse_json, read_body};
 use crate::auth::scope;
 use crate::config::Tenant;
+use crate::flow::request::{SendRequest, canonical_message, sender_bounds};
 use crate::flow::{self, send::Delivery, send::Processed};
 use crate::policy::SenderBounds;
 use crate::state::AppState;
@@ -129,7 +130,7 @@ pub async fn send(
     } = parse_json(&bytes)?;
     // A batch's own time is checked once: wrong, it would make every line wrong.
     if let Some(text) = &send_at {
-        super::messages::send_at(
+        crate::flow::request::send_at(
             text,
             state.clock.now(),
             jiff::SignedDuration::ZERO,
@@ -411,7 +412,7 @@ fn prepare(
         send.media_urls.join("\n").as_bytes(),
     ]);
     let message = canonical_message(state, send, tenant, state.clock.now())
-        .map_err(|error| invalid(index, &error))?;
+        .map_err(|error| invalid(index, &error.into()))?;
     if let Some(own) = &recipient.idempotency_key
         && (own.is_empty()
             || own.len() > MAX_LINE_KEY

@@ -116,6 +116,16 @@ impl From<WebhookError> for ApiError {
     }
 }
 
+impl From<crate::flow::request::RequestError> for ApiError {
+    fn from(error: crate::flow::request::RequestError) -> Self {
+        let answer = ApiError::bad_request(error.code, error.message);
+        match error.field {
+            Some(field) => answer.with("field", field),
+            None => answer,
+        }
+    }
+}
+
 impl From<FlowError> for ApiError {
     fn from(error: FlowError) -> Self {
         match error {

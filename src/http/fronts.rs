@@ -31,6 +31,7 @@ use crate::config::Tenant;
 use crate::config::UpstreamKind;
 use crate::dialect::{telnyx, twilio, vonage};
 use crate::domain::MessageId;
+use crate::flow::request::{SendRequest, canonical_message, sender_bounds};
 use crate::flow::{
     self,
     send::{Delivery, Processed},
@@ -38,7 +39,7 @@ use crate::flow::{
 use crate::http::error::ApiError;
 use crate::http::extract::Path;
 use crate::http::idempotency::{self, Begun};
-use crate::http::messages::{SendRequest, canonical_message, read_body_any, sender_bounds};
+use crate::http::messages::read_body_any;
 use crate::state::AppState;
 use crate::store::MessageStatus;
 use crate::upstream::Upstream;
@@ -143,7 +144,7 @@ async fn send(
     };
     let mut message = match canonical_message(state, request, tenant, state.clock.now()) {
         Ok(message) => message,
-        Err(error) => return Outcome::Refused(error),
+        Err(error) => return Outcome::Refused(error.into()),
     };
     message.status_callback = extras.status_callback;
     message.send_at = extras.send_at;
@@ -456,13 +457,14 @@ fn twilio_schedule(
             "SendAt needs ScheduleType=fixed; without it the message would not be held.",
         )
         .with("field", "ScheduleType")),
-        (Some(_), Some(at)) => super::messages::send_at(
+        (Some(_), Some(at)) => crate::flow::request::send_at(
             &at,
             now,
             jiff::SignedDuration::from_secs(TWILIO_MIN_LEAD_SECONDS),
             "SendAt",
         )
-        .map(Some),
+        .map(Some)
+        .map_err(ApiError::from),
     }
 }
 
@@ -649,7 +651,7 @@ pub async fn telnyx_send(
             .send_at
             .as_deref()
             .map(|text| {
-                super::messages::send_at(
+                crate::flow::request::send_at(
                     text,
                     state.clock.now(),
                     jiff::SignedDuration::ZERO,

@@ -24,64 +24,14 @@ use serde_json::json;
 
 use crate::auth::{Principal, scope};
 use crate::config::Tenant;
-use crate::domain::{Body, CanonicalMessage, MessageId, PhoneNumber, Purpose, Sender};
+use crate::domain::MessageId;
+use crate::flow::request::{SendRequest, canonical_message, sender_bounds};
 use crate::flow::{self, send::Delivery, send::Processed};
 use crate::http::error::ApiError;
 use crate::http::extract::Path;
 use crate::http::idempotency::{self, Begun};
-use crate::policy::{self, Decision, SenderBounds};
+use crate::policy::{self, Decision};
 use crate::state::AppState;
-
-/// The native send request; the gateway-compatible fronts fill the same fields.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct SendRequest {
-    pub to: String,
-    pub from: String,
-    pub body: String,
-    pub purpose: String,
-    /// The brand and campaign the message is for: consent is checked at that scope.
-    pub brand: Option<String>,
-    pub campaign: Option<String>,
-    /// When to send it (RFC 3339), up to [`MAX_HOLD`] ahead; now if absent.
-    #[serde(default)]
-    pub send_at: Option<String>,
-    /// An MMS's media: absolute URLs, at most 10; the body may then be empty.
-    #[serde(default)]
-    pub media_urls: Vec<String>,
-}
-
-/// How far ahead a message may be scheduled: 35 days, as Twilio's scheduling allows.
-pub(crate) const MAX_HOLD: jiff::SignedDuration = jiff::SignedDuration::from_hours(35 * 24);
-
-/// Reads a requested send time: an RFC 3339 instant more than `lead` after `now` and at most
-/// [`MAX_HOLD`] after it. `field` names it in the error (`invalid_send_at`).
-pub(crate) fn send_at(
-    text: &str,
-    now: jiff::Timestamp,
-    lead: jiff::SignedDuration,
-    field: &'static str,
-) -> Result<jiff::Timestamp, ApiError> {
-    let invalid = |message: String| {
-        ApiError::bad_request("invalid_send_at", format!("{field}: {message}")).with("field", field)
-    };
-    let at = crate::rfc3339::parse(text)
-        .map_err(|error| invalid(format!("not an RFC 3339 time: {error}")))?;
-    let earliest = now + lead;
-    if at <= earliest {
-        return Err(invalid(if lead.is_zero() {
-            format!("{at} is not in the future (now is {now})")
-        } else {
-            format!("{at} is less than {} s after now ({now})", lead.as_secs())
-        }));
-    }
-    if at > now + MAX_HOLD {
-        return Err(invalid(format!(
-            "{at} is more than 35 days after now ({now})"
-        )));
-    }
-    Ok(at)
-}
 
 pub async fn send(
     State(state): State<Arc<AppState>>,
@@ -351,101 +301,4 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result
             format!("the request is not valid: {error}"),
         )
     })
-}
-
-/// Parses the request's fields into the canonical message, each bad field with its own code;
-/// `now` bounds `send_at`.
-pub(crate) fn canonical_message(
-    state: &AppState,
-    request: SendRequest,
-    tenant: &Tenant,
-    now: jiff::Timestamp,
-) -> Result<CanonicalMessage, ApiError> {
-    let media = crate::domain::MediaUrl::parse_all(&request.media_urls).map_err(|error| {
-        ApiError::bad_request("invalid_media_url", format!("media_urls: {error}"))
-            .with("field", "media_urls")
-    })?;
-    if !media.is_empty() && !state.upstreams.takes_media(&tenant.upstream) {
-        return Err(ApiError::bad_request(
-            "media_not_supported",
-            format!(
-                "the tenant's gateway ({}) sends text only; a message with media_urls cannot go through it",
-                tenant.upstream
-            ),
-        )
-        .with("field", "media_urls"));
-    }
-    let send_at = request
-        .send_at
-        .as_deref()
-        .map(|text| send_at(text, now, jiff::SignedDuration::ZERO, "send_at"))
-        .transpose()?;
-    let to = PhoneNumber::parse(&request.to, tenant.default_region).map_err(|error| {
-        ApiError::bad_request("invalid_recipient", format!("to: {error}")).with("field", "to")
-    })?;
-    let from = Sender::parse(&request.from, tenant.default_region).map_err(|error| {
-        ApiError::bad_request("invalid_sender", format!("from: {error}")).with("field", "from")
-    })?;
-    let purpose: Purpose = request.purpose.parse().map_err(|error: String| {
-        ApiError::bad_request("invalid_purpose", format!("purpose: {error}"))
-            .with("field", "purpose")
-    })?;
-    let body = if media.is_empty() {
-        Body::parse(request.body)
-    } else {
-        Body::parse_caption(request.body)
-    }
-    .map_err(|error| {
-        ApiError::bad_request("invalid_body", format!("body: {error}")).with("field", "body")
-    })?;
-    let scope = tenant
-        .scope(request.brand.as_deref(), request.campaign.as_deref())
-        .map_err(|error| {
-            ApiError::bad_request(
-                "unknown_scope",
-                format!("{}: {}", error.field, error.message),
-            )
-            .with("field", error.field)
-        })?;
-    // A sender that sends for one brand only sends at that brand's scope: a STOP to it (an
-    // opt-out of the brand) must block what it sends, whether or not the request names it.
-    let sender_scope = tenant.scope_of_sender(&from);
-    let scope = match (&sender_scope.brand, &scope.brand) {
-        (Some(_), None) => sender_scope,
-        (Some(own), Some(named)) if own != named => {
-            return Err(ApiError::bad_request(
-                "unknown_scope",
-                format!("from: this sender sends for brand {own} only, not {named}"),
-            )
-            .with("field", "brand"));
-        }
-        _ => scope,
-    };
-    Ok(CanonicalMessage {
-        id: MessageId::new(),
-        tenant: tenant.id.clone(),
-        to,
-        from,
-        body,
-        purpose,
-        scope,
-        reply: None,
-        status_callback: None,
-        send_at,
-        media,
-    })
-}
-
-/// The token's narrowing of the tenant's senders and purposes. A sender in the token that does
-/// not parse matches nothing, so it can only narrow.
-pub(crate) fn sender_bounds(principal: &Principal, tenant: &Tenant) -> SenderBounds {
-    SenderBounds {
-        senders: principal.senders.as_ref().map(|senders| {
-            senders
-                .iter()
-                .filter_map(|sender| Sender::parse(sender, tenant.default_region).ok())
-                .collect()
-        }),
-        purposes: principal.purposes.clone(),
-    }
 }

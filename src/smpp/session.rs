@@ -25,8 +25,8 @@ use super::text::{self, Added, Concat, Reassembly};
 use crate::auth::Principal;
 use crate::config::SmppConfig;
 use crate::domain::TenantId;
+use crate::flow::request::{SendRequest, canonical_message, sender_bounds};
 use crate::flow::send::{self, Delivery, Processed};
-use crate::http::messages::{SendRequest, canonical_message, sender_bounds};
 use crate::state::{AppState, Current};
 
 /// Concatenated messages one session may have waiting for parts at once.
@@ -578,10 +578,7 @@ async fn decide(
             String::new(),
         ),
         Ok(Processed::Failed { .. }) => (status::SUBMIT_FAILED, String::new()),
-        Err(error) => (
-            status::of_error(crate::http::error::ApiError::from(error).code),
-            String::new(),
-        ),
+        Err(error) => (status::of_failure(&error), String::new()),
     }
 }
 

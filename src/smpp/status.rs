@@ -6,6 +6,7 @@
 //! reason, stable across versions. Request errors use the specification's own codes where one
 //! fits, and `ESME_RSUBMITFAIL` otherwise.
 
+use crate::flow::FlowError;
 use crate::policy::ReasonCode;
 
 /// `ESME_ROK`.
@@ -52,21 +53,32 @@ pub fn of_denial(reason: ReasonCode) -> Option<u32> {
         ReasonCode::ReplyNotAllowed => 0x0409,
         ReasonCode::UnknownTimeZone => 0x040A,
         ReasonCode::NoAllowedWindow => 0x040B,
-        ReasonCode::OutsideWindow => 0x040C,
-        ReasonCode::Scheduled | ReasonCode::Paced | ReasonCode::GatewayThrottled => return None,
+        ReasonCode::OutsideWindow
+        | ReasonCode::Scheduled
+        | ReasonCode::Paced
+        | ReasonCode::GatewayThrottled => return None,
     })
 }
 
-/// The status of a request error or a failure, by its stable code (the HTTP API's `code`).
+/// The status of a request error, by its stable code (the HTTP API's `code`).
 pub fn of_error(code: &str) -> u32 {
     match code {
         "invalid_recipient" => INVALID_DESTINATION,
         "invalid_sender" => INVALID_SOURCE,
         "invalid_body" | "missing_body" => INVALID_MESSAGE,
-        "store_unavailable" | "encryption_unavailable" | "reassigned_lookup_unavailable" => {
-            SYSTEM_ERROR
-        }
         _ => SUBMIT_FAILED,
+    }
+}
+
+/// The status of a flow that could not run: nothing was sent, and a retry may succeed, except
+/// for a reply that does not read (which a submit never is).
+pub fn of_failure(error: &FlowError) -> u32 {
+    match error {
+        FlowError::Store(_)
+        | FlowError::Encryption(_)
+        | FlowError::Unreadable(_)
+        | FlowError::Lookup(_) => SYSTEM_ERROR,
+        FlowError::Reply(_) => SUBMIT_FAILED,
     }
 }
 
@@ -88,7 +100,6 @@ mod tests {
             ReasonCode::ReplyNotAllowed,
             ReasonCode::UnknownTimeZone,
             ReasonCode::NoAllowedWindow,
-            ReasonCode::OutsideWindow,
         ];
         let codes: std::collections::BTreeSet<u32> = denials
             .iter()
@@ -97,12 +108,16 @@ mod tests {
         assert_eq!(codes.len(), denials.len());
         assert!(codes.iter().all(|code| (0x0400..=0x04FF).contains(code)));
         assert_eq!(of_denial(ReasonCode::Paced), None);
+        assert_eq!(of_denial(ReasonCode::OutsideWindow), None, "a deferral");
     }
 
     #[test]
     fn request_errors_use_the_specifications_codes_where_one_fits() {
         assert_eq!(of_error("invalid_recipient"), INVALID_DESTINATION);
-        assert_eq!(of_error("store_unavailable"), SYSTEM_ERROR);
+        assert_eq!(
+            of_failure(&FlowError::Unreadable("gone".into())),
+            SYSTEM_ERROR
+        );
         assert_eq!(of_error("unknown_scope"), SUBMIT_FAILED);
     }
 }
