@@ -1097,6 +1097,10 @@ fn check(config_path: Option<&Path>) -> anyhow::Result<()> {
     consentry::upstream::Upstreams::from_config(&config)?;
     let tenants = config.tenants()?;
     let policies = PolicySet::load(&config.policies)?;
+    if let Some(smpp) = &config.smpp {
+        consentry::smpp::accounts::Accounts::from_config(&smpp.accounts)
+            .map_err(|why| anyhow::anyhow!(why))?;
+    }
     println!(
         "configuration is valid: {} tenant(s), {} upstream(s) besides sandbox, {} issuer(s){}; \
          policies {}",

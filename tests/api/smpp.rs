@@ -522,3 +522,172 @@ async fn a_delivery_receipt_reaches_the_account_that_asked_for_it() {
     assert!(text.contains(" stat:DELIVRD err:000"), "{text}");
     app.stop().await;
 }
+
+/// Processes a test started, killed when it ends (passed or not).
+struct Processes(Vec<std::process::Child>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in self.0.iter_mut().rev() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kannel (Debian's `kannel`: bearerbox and smsbox), software nobody here wrote, binds to the
+/// SMPP front as its SMSC (`tests/smpp/kannel.conf.template`) and sends through it: a short
+/// message, a long one it splits into parts (reassembled and sent once), and one to an
+/// opted-out number, which Kannel takes as a final rejection. Skipped where `bearerbox` is not
+/// installed (`.ci/run` installs it).
+#[tokio::test]
+async fn kannel_binds_to_the_smpp_front_and_sends_through_it() {
+    if std::process::Command::new("bearerbox")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("bearerbox is not installed: the Kannel test did not run (.ci/run installs it)");
+        return;
+    }
+    let folder = tempfile::tempdir().unwrap();
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn_with(
+        folder.path(),
+        &smpp_config(folder.path(), &gateway.url(), false),
+    )
+    .await;
+    opt_out(&app, OPTED_OUT).await;
+    let kannel_dir = folder.path().join("kannel");
+    std::fs::create_dir_all(&kannel_dir).unwrap();
+    let (admin, sendsms) = (free_port(), free_port());
+    let template = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/smpp/kannel.conf.template"
+    ))
+    .unwrap();
+    let config = template
+        .replace("{SMPP_PORT}", &app.smpp.unwrap().port().to_string())
+        .replace("{ADMIN_PORT}", &admin.to_string())
+        .replace("{SMSBOX_PORT}", &free_port().to_string())
+        .replace("{SENDSMS_PORT}", &sendsms.to_string())
+        .replace("{DIR}", kannel_dir.to_str().unwrap())
+        .replace("{SYSTEM_ID}", SYSTEM_ID)
+        .replace("{PASSWORD}", PASSWORD);
+    let config_path = kannel_dir.join("kannel.conf");
+    std::fs::write(&config_path, config).unwrap();
+    let start = |program: &str| {
+        std::process::Command::new(program)
+            .args(["-v", "1"])
+            .arg(&config_path)
+            .stdout(std::fs::File::create(kannel_dir.join(format!("{program}.out"))).unwrap())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut processes = Processes(vec![start("bearerbox")]);
+    let http = reqwest::Client::new();
+    let status_url = format!("http://127.0.0.1:{admin}/status.txt?password=admin-secret");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = match http.get(&status_url).send().await {
+            Ok(answer) => answer.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if status
+            .lines()
+            .any(|line| line.contains("consentry") && line.contains("online"))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Kannel never bound to the SMPP front: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    processes.0.push(start("smsbox"));
+    let send = |to: &'static str, text: String| {
+        let http = http.clone();
+        async move {
+            let url = format!("http://127.0.0.1:{sendsms}/cgi-bin/sendsms");
+            let query = [
+                ("username", "app"),
+                ("password", "app-secret"),
+                ("from", ACME_SENDER),
+                ("to", to),
+                ("text", text.as_str()),
+            ];
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                // Refused until smsbox listens; any answer is final (no second send).
+                match http.get(&url).query(&query).send().await {
+                    Ok(answer) => return answer.text().await.unwrap(),
+                    Err(error) => {
+                        assert!(std::time::Instant::now() < deadline, "smsbox: {error}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+    };
+    let long = "This long message goes through Kannel to consentry, longer than one SMS of 160 \
+                GSM characters, so Kannel splits it into parts with a concatenation header: €{} ok."
+        .to_owned();
+    assert!(long.chars().count() > 160);
+    for (to, text) in [
+        ("+14155550123", "Hello from Kannel".to_owned()),
+        ("+14155550123", long.clone()),
+        (OPTED_OUT, "An offer".to_owned()),
+    ] {
+        let answer = send(to, text).await;
+        assert!(answer.contains("Accepted for delivery"), "smsbox: {answer}");
+    }
+    let access_log = kannel_dir.join("access.log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while gateway.requests().len() < 2
+        || !std::fs::read_to_string(&access_log)
+            .unwrap_or_default()
+            .contains("REJECTED Send SMS")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Kannel's messages did not all come through: {:?}\n{}",
+            gateway
+                .requests()
+                .iter()
+                .map(|r| r.body.clone())
+                .collect::<Vec<_>>(),
+            std::fs::read_to_string(&access_log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut bodies: Vec<String> = gateway
+        .requests()
+        .iter()
+        .map(|request| request.body["body"].as_str().unwrap().to_owned())
+        .collect();
+    bodies.sort();
+    assert_eq!(
+        bodies,
+        vec!["Hello from Kannel".to_owned(), long],
+        "each once, whole"
+    );
+    assert!(
+        gateway
+            .requests()
+            .iter()
+            .all(|request| request.body["to"] == "+14155550123"),
+        "the opted-out number was refused (0x0401), not forwarded"
+    );
+    drop(processes);
+    app.stop().await;
+}
