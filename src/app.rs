@@ -35,6 +35,8 @@ pub struct App {
     api_settings: server::Settings,
     admin_settings: server::Settings,
     smpp: Option<crate::config::SmppConfig>,
+    /// What SMPP upstreams' SMSCs deliver, for [`from_smscs`].
+    smpp_inbox: tokio::sync::mpsc::UnboundedReceiver<crate::smpp::client::Incoming>,
 }
 
 /// The sockets [`App::run`] serves, bound by the caller (`serve`, or a test on port 0).
@@ -63,6 +65,7 @@ struct Shared {
     pacer: Arc<crate::pacing::Pacer>,
     witness_client: crate::upstream::HttpClient,
     smpp_receivers: Arc<crate::smpp::deliver::Receivers>,
+    smpp_events: crate::smpp::client::Events,
 }
 
 /// Applies a new configuration to a running application (`serve` does on SIGHUP): the
@@ -144,6 +147,7 @@ impl App {
         crate::numbering::database();
 
         let api_settings = server::Settings::api(&config.server);
+        let (smpp_events, smpp_inbox) = tokio::sync::mpsc::unbounded_channel();
         let shared = Shared {
             clock,
             data: data.clone(),
@@ -159,6 +163,7 @@ impl App {
             witness_client: crate::upstream::https_client(None, std::time::Duration::from_secs(2))
                 .map_err(|e| anyhow::anyhow!("cannot build the witnesses' client: {e}"))?,
             smpp_receivers: Arc::default(),
+            smpp_events,
         };
         let state = Arc::new(live_state(&shared, &config, 1)?);
         let cert = Arc::new(server::CertSlot::new(
@@ -184,6 +189,7 @@ impl App {
             api_settings,
             admin_settings: server::Settings::admin(&config.server),
             smpp: config.smpp.clone(),
+            smpp_inbox,
         })
     }
 
@@ -214,7 +220,7 @@ impl App {
     /// Serves the API over TLS on `api`, the admin endpoints on `admin` and, with `[smpp]`,
     /// the SMPP front on `smpp`, until `shutdown`.
     pub async fn run(
-        self,
+        mut self,
         Listeners { api, admin, smpp }: Listeners,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) {
@@ -247,6 +253,11 @@ impl App {
             ))),
             _ => None,
         };
+        let inbox = std::mem::replace(
+            &mut self.smpp_inbox,
+            tokio::sync::mpsc::unbounded_channel().1,
+        );
+        let smscs = tokio::spawn(from_smscs(self.current.clone(), inbox));
         let worker = tokio::spawn(outbox::run(self.current.clone(), stopped_worker.clone()));
         let releases = tokio::spawn(scheduler::run(self.current.clone(), stopped_worker.clone()));
         let sequencer = tokio::spawn(crate::audit::sequencer::run(
@@ -269,6 +280,7 @@ impl App {
         let _ = releases.await;
         let _ = sequencer.await;
         let _ = witnessing.await;
+        smscs.abort();
         if let Some(summary) = self.state().database().write_batches() {
             tracing::info!(%summary, "group commit: the write batches of this run");
         }
@@ -316,6 +328,46 @@ impl Reloader {
         self.state.send_replace(state);
         *running = config;
         Ok(version)
+    }
+}
+
+/// Passes what SMPP upstreams' SMSCs deliver to the flows, one after the other, with the
+/// state live at the time: replies to `flow::receive::receive`, receipts to
+/// `flow::receive::delivery_status`; each SMSC is answered once it is recorded.
+async fn from_smscs(
+    current: crate::state::Current,
+    mut inbox: tokio::sync::mpsc::UnboundedReceiver<crate::smpp::client::Incoming>,
+) {
+    use crate::smpp::client::{Event, Handled};
+    while let Some(incoming) = inbox.recv().await {
+        let state = current.borrow().clone();
+        let upstream = incoming.upstream.as_str();
+        let done = match incoming.event {
+            Event::Message(message) => crate::flow::receive::receive(
+                &state,
+                upstream,
+                message,
+                crate::flow::send::Delivery::Upstream,
+                None,
+            )
+            .await
+            .map(|_| ()),
+            Event::Status(status) => {
+                crate::flow::receive::delivery_status(&state, upstream, &status).await
+            }
+        };
+        let handled = match done {
+            Ok(()) => Handled::Recorded,
+            Err(crate::flow::FlowError::Reply(error)) => {
+                tracing::warn!(upstream, %error, "an SMSC's delivery that is not a reply consentry reads");
+                Handled::Refused
+            }
+            Err(error) => {
+                tracing::error!(upstream, %error, "an SMSC's delivery was not recorded; the SMSC will deliver it again");
+                Handled::Failed
+            }
+        };
+        let _ = incoming.handled.send(handled);
     }
 }
 
@@ -377,7 +429,7 @@ fn live_state(shared: &Shared, config: &Config, version: u64) -> anyhow::Result<
         None
     };
     let verifier = Verifier::from_config(config, dev_key.as_ref().map(|k| k.public.as_slice()))?;
-    let upstreams = Upstreams::from_config_with_sandbox(config, shared.sandbox.clone())?;
+    let upstreams = Upstreams::start(config, shared.sandbox.clone(), &shared.smpp_events)?;
     let tenants = config.tenants()?;
     let policies = PolicySet::load(&config.policies)?;
     let webhooks = Webhooks::new(tenants.values(), &config.outbox)?;

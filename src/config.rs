@@ -632,6 +632,9 @@ pub enum UpstreamKind {
     Vonage,
     /// The built-in simulated gateway.
     Sandbox,
+    /// An SMSC, over SMPP 3.4: consentry binds to it as a transceiver (`smpp://` or
+    /// `smpps://host:port`, `system_id`, the password in `credential`).
+    Smpp,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -670,6 +673,10 @@ pub struct UpstreamConfig {
     /// The most each sender may be sent through this upstream (a 10DLC campaign's or a
     /// toll-free number's throughput).
     pub sender_rate: Option<RateConfig>,
+    /// `smpp`: the `system_id` consentry binds with.
+    pub system_id: Option<String>,
+    /// `smpp`: the most `submit_sm` outstanding at once (default 10).
+    pub window: Option<usize>,
 }
 
 /// A throughput: `per_second` or `per_minute` (one of them), and how many may go at once.
@@ -1092,6 +1099,31 @@ impl Config {
             }
             match upstream.kind {
                 UpstreamKind::Sandbox => {}
+                UpstreamKind::Smpp => {
+                    let url = upstream.url.as_deref().ok_or_else(|| {
+                        field_error(format!("{field}.url"), "is required (smpps://host:port)")
+                    })?;
+                    smpp_address(url)
+                        .map_err(|message| field_error(format!("{field}.url"), message))?;
+                    match upstream.system_id.as_deref() {
+                        Some(id) if !id.is_empty() && id.len() <= 15 && id.is_ascii() => {}
+                        _ => {
+                            return Err(field_error(
+                                format!("{field}.system_id"),
+                                "is required for smpp: 1-15 ASCII characters",
+                            ));
+                        }
+                    }
+                    if upstream.credential.is_none() {
+                        return Err(field_error(
+                            format!("{field}.credential"),
+                            "is required for smpp (the bind's password)",
+                        ));
+                    }
+                    if !(1..=1000).contains(&upstream.window.unwrap_or(10)) {
+                        return Err(field_error(format!("{field}.window"), "must be 1 to 1000"));
+                    }
+                }
                 UpstreamKind::HttpJson
                 | UpstreamKind::Twilio
                 | UpstreamKind::Telnyx
@@ -1293,6 +1325,38 @@ fn check_scope_id(id: &str) -> Result<(), String> {
             "{id:?} must be 1 to 64 characters of A-Z, a-z, 0-9, '-', '_', '.'"
         ))
     }
+}
+
+/// An SMSC's address from `smpps://host:port` (TLS) or `smpp://host:port` (plain, to a
+/// loopback address only: a bind carries its password in clear text): host, port, and
+/// whether it is TLS.
+pub fn smpp_address(url: &str) -> Result<(String, u16, bool), String> {
+    let (tls, rest) = if let Some(rest) = url.strip_prefix("smpps://") {
+        (true, rest)
+    } else if let Some(rest) = url.strip_prefix("smpp://") {
+        (false, rest)
+    } else {
+        return Err("must be smpps://host:port (or smpp:// to a loopback address)".into());
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or("needs a port: smpps://host:port")?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{port:?} is not a port"))?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err("has no host".into());
+    }
+    let loopback = bare == "localhost"
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !tls && !loopback {
+        return Err("smpp:// (plain) is allowed only to a loopback address; use smpps://".into());
+    }
+    Ok((bare.to_owned(), port, tls))
 }
 
 /// An upstream URL must be `https://`, or `http://` to a loopback address: a gateway credential

@@ -10,11 +10,15 @@
 //! - [`status`]: the command status of each answer of the flow (pure);
 //! - [`accounts`]: who may bind, with hashed passwords;
 //! - [`deliver`]: replies and receipts to the sessions bound to receive;
-//! - [`session`]: the listener and its sessions (the IO edge).
+//! - [`session`]: the listener and its sessions (the IO edge);
+//! - [`client`]: consentry as an ESME, the SMPP upstream (`kind = "smpp"`);
+//! - [`wire`]: reading PDUs off a stream, for both.
 
 pub mod accounts;
+pub mod client;
 pub mod deliver;
 pub mod pdu;
 pub mod session;
 pub mod status;
 pub mod text;
+pub mod wire;

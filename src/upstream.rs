@@ -31,6 +31,7 @@ use crate::config::{Config, ConfigError, SANDBOX, Secret, UpstreamConfig, Upstre
 use crate::dialect::{self, GatewayRequest};
 use crate::domain::TenantId;
 use crate::policy::Permit;
+use crate::smpp::client::{Refusal, SmppGateway};
 
 /// How many messages the sandbox keeps.
 pub const SANDBOX_CAPACITY: usize = 1000;
@@ -101,6 +102,24 @@ impl Upstreams {
         config: &Config,
         sandbox: Arc<Sandbox>,
     ) -> Result<Self, ConfigError> {
+        Upstreams::build(config, sandbox, None)
+    }
+
+    /// The upstreams of `config` as the running server has them: SMPP upstreams connect, and
+    /// hand what their SMSCs deliver to `events`.
+    pub fn start(
+        config: &Config,
+        sandbox: Arc<Sandbox>,
+        events: &crate::smpp::client::Events,
+    ) -> Result<Self, ConfigError> {
+        Upstreams::build(config, sandbox, Some(events))
+    }
+
+    fn build(
+        config: &Config,
+        sandbox: Arc<Sandbox>,
+        events: Option<&crate::smpp::client::Events>,
+    ) -> Result<Self, ConfigError> {
         let public_url = config
             .server
             .public_url
@@ -112,6 +131,10 @@ impl Upstreams {
             let field = format!("upstreams[{index}]");
             let built = match upstream.kind {
                 UpstreamKind::Sandbox => Upstream::Sandbox(sandbox.clone()),
+                UpstreamKind::Smpp => Upstream::Smpp(Arc::new(SmppGateway::start(
+                    smpp_settings(upstream, &field)?,
+                    events,
+                ))),
                 UpstreamKind::HttpJson
                 | UpstreamKind::Twilio
                 | UpstreamKind::Telnyx
@@ -136,7 +159,8 @@ impl Upstreams {
         match self.get(name) {
             Some(Upstream::Sandbox(_)) => true,
             Some(Upstream::Gateway(gateway)) => gateway.kind != UpstreamKind::Vonage,
-            None => false,
+            // SMPP carries text only.
+            Some(Upstream::Smpp(_)) | None => false,
         }
     }
 
@@ -149,6 +173,7 @@ impl Upstreams {
 pub enum Upstream {
     Sandbox(Arc<Sandbox>),
     Gateway(Box<Gateway>),
+    Smpp(Arc<SmppGateway>),
 }
 
 impl Upstream {
@@ -157,6 +182,7 @@ impl Upstream {
         match self {
             Upstream::Sandbox(sandbox) => Ok(sandbox.accept(&permit)),
             Upstream::Gateway(gateway) => gateway.send(&permit).await,
+            Upstream::Smpp(gateway) => smpp_send(gateway, &permit).await,
         }
     }
 
@@ -382,7 +408,8 @@ impl Gateway {
             UpstreamKind::Vonage => {
                 dialect::vonage::send_request(&self.url, &self.account_sid, credential, permit)
             }
-            UpstreamKind::HttpJson | UpstreamKind::Sandbox => {
+            // An HTTP gateway is never of the other kinds (`Upstreams::build`).
+            UpstreamKind::HttpJson | UpstreamKind::Sandbox | UpstreamKind::Smpp => {
                 dialect::generic::send_request(&self.url, credential, permit)
             }
         }
@@ -452,12 +479,84 @@ impl Gateway {
                     }
                 })?
             }
-            UpstreamKind::HttpJson | UpstreamKind::Sandbox => dialect::generic::message_id(&answer),
+            UpstreamKind::HttpJson | UpstreamKind::Sandbox | UpstreamKind::Smpp => {
+                dialect::generic::message_id(&answer)
+            }
         };
         Ok(Receipt {
             name: self.name.clone(),
             message_id,
         })
+    }
+}
+
+/// The connection settings of an SMPP upstream (its configuration was checked by `Config`).
+fn smpp_settings(
+    config: &UpstreamConfig,
+    field: &str,
+) -> Result<crate::smpp::client::Settings, ConfigError> {
+    let error = |message: String| ConfigError(format!("{field}: {message}"));
+    let url = config.url.as_deref().unwrap_or_default();
+    let (host, port, tls) =
+        crate::config::smpp_address(url).map_err(|e| error(format!("url: {e}")))?;
+    let password = config
+        .credential
+        .as_ref()
+        .ok_or_else(|| error("credential is required".into()))?
+        .resolve(&format!("{field}.credential"))?;
+    if password.expose().len() > 8 || !password.expose().is_ascii() {
+        return Err(error(
+            "credential: an SMPP 3.4 password is at most 8 ASCII characters".into(),
+        ));
+    }
+    let tls = if tls {
+        let name = rustls_pki_types::ServerName::try_from(host.clone())
+            .map_err(|e| error(format!("url: {e}")))?;
+        let client = client_tls_config(config.ca_file.as_deref()).map_err(error)?;
+        Some((name, Arc::new(client)))
+    } else {
+        None
+    };
+    let address = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    Ok(crate::smpp::client::Settings {
+        name: config.name.clone(),
+        address,
+        tls,
+        system_id: config.system_id.clone().unwrap_or_default(),
+        password,
+        window: config.window.unwrap_or(10),
+        connect_timeout: Duration::from_millis(config.connect_timeout_ms),
+        request_timeout: Duration::from_millis(config.request_timeout_ms),
+    })
+}
+
+/// Sends a permitted message to an SMSC: its `submit_sm_resp`'s message id is the receipt.
+/// `ESME_RTHROTTLED` and `ESME_RMSGQFUL` say "later" (the message is queued again); any other
+/// status refuses it.
+async fn smpp_send(gateway: &SmppGateway, permit: &Permit) -> Result<Receipt, UpstreamError> {
+    let message = permit.message();
+    let submit = crate::smpp::pdu::submit_for(
+        message.to.e164(),
+        message.from.as_str(),
+        message.body.as_str(),
+    )
+    .map_err(UpstreamError::BadAnswer)?;
+    match gateway.submit(submit).await {
+        Ok(id) => Ok(Receipt {
+            name: gateway.name().to_owned(),
+            message_id: Some(id),
+        }),
+        Err(Refusal::Unavailable(why)) => Err(UpstreamError::Unavailable(why)),
+        Err(Refusal::Timeout) => Err(UpstreamError::Timeout),
+        Err(Refusal::Status(0x58 | 0x14)) => Err(UpstreamError::Throttled { retry_after: None }),
+        Err(Refusal::Status(status)) => Err(UpstreamError::Refused {
+            status: format!("0x{status:08x}"),
+            text: "the SMSC's submit_sm_resp".into(),
+        }),
     }
 }
 

@@ -13,15 +13,16 @@ use rusmpp::pdus::{BindReceiverResp, BindTransceiverResp, BindTransmitterResp, S
 use rusmpp::types::COctetString;
 use rusmpp::values::InterfaceVersion;
 use rusmpp::{Command, CommandId, CommandStatus, Pdu};
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 use super::deliver::Handoff;
-use super::pdu::{self, MAX_PDU, read_submit, submit_resp};
+use super::pdu::{self, read_submit, submit_resp};
 use super::status;
 use super::text::{self, Added, Concat, Reassembly};
+use super::wire::read_frame;
 use crate::auth::Principal;
 use crate::config::SmppConfig;
 use crate::domain::TenantId;
@@ -530,6 +531,19 @@ impl Session {
 
 const ROK: CommandStatus = CommandStatus::EsmeRok;
 
+/// The status of a flow that could not run: nothing was sent, and a retry may succeed, except
+/// for a reply that does not read (which a submit never is).
+fn of_failure(error: &crate::flow::FlowError) -> u32 {
+    use crate::flow::FlowError;
+    match error {
+        FlowError::Store(_)
+        | FlowError::Encryption(_)
+        | FlowError::Unreadable(_)
+        | FlowError::Lookup(_) => status::SYSTEM_ERROR,
+        FlowError::Reply(_) => status::SUBMIT_FAILED,
+    }
+}
+
 /// Runs one message through the send flow; its status and (if accepted) consentry's id.
 async fn decide(
     state: &AppState,
@@ -578,28 +592,8 @@ async fn decide(
             String::new(),
         ),
         Ok(Processed::Failed { .. }) => (status::SUBMIT_FAILED, String::new()),
-        Err(error) => (status::of_failure(&error), String::new()),
+        Err(error) => (of_failure(&error), String::new()),
     }
-}
-
-/// Reads one PDU: its length, then the rest. `None` when the peer closed between PDUs.
-async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> std::io::Result<Option<BytesMut>> {
-    let mut length = [0u8; 4];
-    match reader.read_exact(&mut length).await {
-        Ok(_) => {}
-        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(error) => return Err(error),
-    }
-    let length = u32::from_be_bytes(length) as usize;
-    if !(16..=MAX_PDU).contains(&length) {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("a PDU of {length} bytes (16 to {MAX_PDU} are read)"),
-        ));
-    }
-    let mut frame = BytesMut::zeroed(length - 4);
-    reader.read_exact(&mut frame).await?;
-    Ok(Some(frame))
 }
 
 /// Writes answers as they come, several at once when several are ready.

@@ -6,7 +6,6 @@
 //! reason, stable across versions. Request errors use the specification's own codes where one
 //! fits, and `ESME_RSUBMITFAIL` otherwise.
 
-use crate::flow::FlowError;
 use crate::policy::ReasonCode;
 
 /// `ESME_ROK`.
@@ -70,18 +69,6 @@ pub fn of_error(code: &str) -> u32 {
     }
 }
 
-/// The status of a flow that could not run: nothing was sent, and a retry may succeed, except
-/// for a reply that does not read (which a submit never is).
-pub fn of_failure(error: &FlowError) -> u32 {
-    match error {
-        FlowError::Store(_)
-        | FlowError::Encryption(_)
-        | FlowError::Unreadable(_)
-        | FlowError::Lookup(_) => SYSTEM_ERROR,
-        FlowError::Reply(_) => SUBMIT_FAILED,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,10 +101,6 @@ mod tests {
     #[test]
     fn request_errors_use_the_specifications_codes_where_one_fits() {
         assert_eq!(of_error("invalid_recipient"), INVALID_DESTINATION);
-        assert_eq!(
-            of_failure(&FlowError::Unreadable("gone".into())),
-            SYSTEM_ERROR
-        );
         assert_eq!(of_error("unknown_scope"), SUBMIT_FAILED);
     }
 }

@@ -691,3 +691,213 @@ async fn kannel_binds_to_the_smpp_front_and_sends_through_it() {
     drop(processes);
     app.stop().await;
 }
+
+/// A fake SMSC on a local port (a real SMPP server): takes one bind at a time (of
+/// `consentry` / `smsc-pw`), answers each `submit_sm` with `smsc-N` and a delivery receipt for
+/// it, delivers the recipients' messages the test gives it, and keeps what it saw.
+struct FakeSmsc {
+    address: std::net::SocketAddr,
+    submits: std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>,
+    /// The statuses of consentry's `deliver_sm_resp`, in order.
+    acknowledged: std::sync::Arc<std::sync::Mutex<Vec<u32>>>,
+    binds: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    replies: tokio::sync::mpsc::UnboundedSender<(String, String, String)>,
+    /// Ends the session being served (the next bind is served again).
+    drop_session: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl FakeSmsc {
+    async fn start() -> FakeSmsc {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let submits = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let binds = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let drop_session = std::sync::Arc::new(tokio::sync::Notify::new());
+        let (replies, mut to_reply) =
+            tokio::sync::mpsc::unbounded_channel::<(String, String, String)>();
+        let (seen, acks, bound, dropping) = (
+            submits.clone(),
+            acknowledged.clone(),
+            binds.clone(),
+            drop_session.clone(),
+        );
+        tokio::spawn(async move {
+            let mut counter = 0u32;
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let mut smsc = Client::new(stream);
+                let Some(bind) = smsc.read().await else {
+                    continue;
+                };
+                let ok = matches!(bind.pdu(), Some(Pdu::BindTransceiver(b))
+                    if b.system_id.as_str() == "consentry" && b.password.as_str() == "smsc-pw");
+                let status = if ok {
+                    CommandStatus::EsmeRok
+                } else {
+                    CommandStatus::EsmeRbindfail
+                };
+                let answer = Command::new(
+                    status,
+                    bind.sequence_number(),
+                    rusmpp::pdus::BindTransceiverResp::new(c_string("fake-smsc"), None),
+                );
+                smsc.write(&answer).await;
+                if !ok {
+                    continue;
+                }
+                bound.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                loop {
+                    tokio::select! {
+                        command = smsc.read() => {
+                            let Some(command) = command else { break };
+                            match command.pdu() {
+                                Some(Pdu::SubmitSm(submit)) => {
+                                    counter += 1;
+                                    let id = format!("smsc-{counter}");
+                                    let text = String::from_utf8_lossy(submit.short_message().as_ref()).into_owned();
+                                    seen.lock().unwrap().push((
+                                        submit.destination_addr.as_str().to_owned(),
+                                        submit.source_addr.as_str().to_owned(),
+                                        text,
+                                    ));
+                                    smsc.answer(command.sequence_number(), rusmpp::pdus::SubmitSmResp::new(c_string(&id), Vec::new())).await;
+                                    let receipt = consentry::smpp::deliver::receipt(
+                                        &id,
+                                        &format!("+{}", submit.destination_addr.as_str()),
+                                        &format!("+{}", submit.source_addr.as_str()),
+                                        consentry::smpp::deliver::Final::Delivered,
+                                        None,
+                                        "2611181800",
+                                    )
+                                    .unwrap();
+                                    smsc.send(receipt).await;
+                                }
+                                Some(Pdu::DeliverSmResp(_)) => {
+                                    acks.lock().unwrap().push(u32::from(command.status()));
+                                }
+                                Some(Pdu::EnquireLink) => {
+                                    smsc.answer(command.sequence_number(), Pdu::EnquireLinkResp).await;
+                                }
+                                Some(Pdu::Unbind) => {
+                                    smsc.answer(command.sequence_number(), Pdu::UnbindResp).await;
+                                    break;
+                                }
+                                _ => {}
+                            }
+                        }
+                        Some((from, to, text)) = to_reply.recv() => {
+                            smsc.send(consentry::smpp::deliver::mo(&from, &to, &text).unwrap()).await;
+                        }
+                        () = dropping.notified() => break,
+                    }
+                }
+            }
+        });
+        FakeSmsc {
+            address,
+            submits,
+            acknowledged,
+            binds,
+            replies,
+            drop_session,
+        }
+    }
+
+    fn binds(&self) -> usize {
+        self.binds.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    async fn write(&mut self, command: &Command) {
+        let mut bytes = vec![0u8; 4 + command.length()];
+        bytes[..4].copy_from_slice(&(4 + command.length() as u32).to_be_bytes());
+        command.encode(&mut bytes[4..]);
+        let _ = self.stream.write_all(&bytes).await;
+    }
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// consentry as an ESME: an `smpp` upstream binds to the SMSC, a permitted message goes out
+/// as `submit_sm` and keeps the SMSC's id, the receipt marks it delivered, a recipient's STOP
+/// delivered by the SMSC opts the number out (and is acknowledged once recorded), and a lost
+/// connection is bound again.
+#[tokio::test]
+async fn an_smpp_upstream_sends_through_an_smsc_and_hears_its_receipts_and_replies() {
+    let folder = tempfile::tempdir().unwrap();
+    let gateway = FakeGateway::start().await;
+    let smsc = FakeSmsc::start().await;
+    std::fs::write(folder.path().join("smsc.secret"), "smsc-pw").unwrap();
+    let sender = "+12025550188";
+    let config = format!(
+        "{}\n[[upstreams]]\nname = \"smsc\"\nkind = \"smpp\"\nurl = \"smpp://{}\"\n\
+         system_id = \"consentry\"\ncredential = {{ file = \"smsc.secret\" }}\nwindow = 20\n\
+         connect_timeout_ms = 2000\nrequest_timeout_ms = 5000\n\n\
+         [[tenants]]\nid = \"sm-shop\"\nsenders = [\"{sender}\"]\nupstream = \"smsc\"\n",
+        test_config(folder.path(), &gateway.url()),
+        smsc.address
+    );
+    let app = TestApp::spawn_with(folder.path(), &config).await;
+    eventually("consentry bound to the SMSC", || smsc.binds() == 1).await;
+    let token = app.token("sm-shop", "messages:send messages:read");
+    let recipient = "+14155550123";
+    let message = json!({ "to": recipient, "from": sender, "body": "Votre code : 1234 €", "purpose": "transactional" });
+    let response = app.send(&token, &message).await;
+    assert_eq!(response.status(), 201);
+    let sent: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        sent["upstream"]["message_id"], "smsc-1",
+        "the SMSC's id is kept"
+    );
+    assert_eq!(
+        smsc.submits.lock().unwrap()[0],
+        (
+            "14155550123".to_owned(),
+            "12025550188".to_owned(),
+            // GSM 7-bit: the euro sign is escape 0x1B 0x65.
+            String::from_utf8_lossy(b"Votre code : 1234 \x1b\x65").into_owned()
+        )
+    );
+    let id = sent["id"].as_str().unwrap().to_owned();
+    wait_for_status(&app, &token, &id, "delivered").await;
+
+    // A STOP through the SMSC: recorded, acknowledged, confirmed, and it blocks the next send.
+    smsc.replies
+        .send((recipient.to_owned(), sender.to_owned(), "STOP".to_owned()))
+        .unwrap();
+    eventually("the STOP acknowledged", || {
+        smsc.acknowledged.lock().unwrap().len() >= 2
+    })
+    .await;
+    eventually("the confirmation went out through the SMSC", || {
+        smsc.submits.lock().unwrap().len() == 2
+    })
+    .await;
+    assert_eq!(
+        smsc.acknowledged.lock().unwrap()[..2],
+        [0, 0],
+        "receipt and STOP, ESME_ROK"
+    );
+    let denied = app.send(&token, &message).await;
+    assert_eq!(error_code(denied).await, "opted_out");
+
+    // The SMSC drops the session: consentry binds again and sends on.
+    smsc.drop_session.notify_one();
+    eventually("bound again", || smsc.binds() == 2).await;
+    let other = json!({ "to": "+14155550124", "from": sender, "body": "again", "purpose": "transactional" });
+    assert_eq!(app.send(&token, &other).await.status(), 201);
+    assert_eq!(
+        gateway.requests().len(),
+        0,
+        "nothing went through the HTTP gateway"
+    );
+    app.stop().await;
+}
