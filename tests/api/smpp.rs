@@ -901,3 +901,101 @@ async fn an_smpp_upstream_sends_through_an_smsc_and_hears_its_receipts_and_repli
     );
     app.stop().await;
 }
+
+/// consentry's SMPP upstream against an SMSC whose SMPP side nobody here wrote: the npm
+/// package `smpp` (node-smpp) under `tests/smpp/smsc_sim.js`, which only decides its answers
+/// (ids, receipts, recipients' messages on request). A message goes out and keeps the SMSC's
+/// id, its receipt marks it delivered, a STOP from the SMSC opts the number out. Skipped
+/// where `npm ci --prefix tests/smpp` has not run (`.ci/run` runs it).
+#[tokio::test]
+async fn the_smpp_upstream_works_with_an_smsc_built_on_node_smpp() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/smpp");
+    if !Path::new(dir).join("node_modules/smpp").exists() {
+        eprintln!(
+            "tests/smpp/node_modules is missing: the node-smpp SMSC test did not run (.ci/run installs it)"
+        );
+        return;
+    }
+    let mut simulator = std::process::Command::new("node")
+        .arg(format!("{dir}/smsc_sim.js"))
+        .args([
+            "--port",
+            "0",
+            "--http-port",
+            "0",
+            "--system-id",
+            "upstream",
+            "--password",
+            "s3cret",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("node runs");
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(simulator.stdout.take().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    let _simulator = Processes(vec![simulator]);
+    let port_of = |name: &str| -> u16 {
+        ready
+            .split_whitespace()
+            .find_map(|part| part.strip_prefix(name))
+            .and_then(|address| address.rsplit(':').next())
+            .and_then(|port| port.parse().ok())
+            .unwrap_or_else(|| panic!("not ready: {ready}"))
+    };
+    let (smpp_port, control) = (port_of("smpp="), port_of("http="));
+    let control = format!("http://127.0.0.1:{control}");
+
+    let folder = tempfile::tempdir().unwrap();
+    let gateway = FakeGateway::start().await;
+    std::fs::write(folder.path().join("smsc.secret"), "s3cret").unwrap();
+    let sender = "+12025550188";
+    let config = format!(
+        "{}\n[[upstreams]]\nname = \"smsc\"\nkind = \"smpp\"\nurl = \"smpp://127.0.0.1:{smpp_port}\"\n\
+         system_id = \"upstream\"\ncredential = {{ file = \"smsc.secret\" }}\n\
+         connect_timeout_ms = 5000\nrequest_timeout_ms = 5000\n\n\
+         [[tenants]]\nid = \"sm-shop\"\nsenders = [\"{sender}\"]\nupstream = \"smsc\"\n",
+        test_config(folder.path(), &gateway.url()),
+    );
+    let app = TestApp::spawn_with(folder.path(), &config).await;
+    let token = app.token("sm-shop", "messages:send messages:read");
+    let recipient = "+14155550123";
+    let message = json!({ "to": recipient, "from": sender, "body": "Привет, ваш код 1234", "purpose": "transactional" });
+    let response = app.send(&token, &message).await;
+    assert_eq!(response.status(), 201);
+    let sent: serde_json::Value = response.json().await.unwrap();
+    let smsc_id = sent["upstream"]["message_id"].as_str().unwrap().to_owned();
+    assert_eq!(smsc_id.len(), 16, "the SMSC's hex id: {smsc_id}");
+    let http = reqwest::Client::new();
+    let submitted: serde_json::Value = http
+        .get(format!("{control}/messages"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let first = &submitted.as_array().unwrap()[0];
+    assert_eq!(first["text"], "Привет, ваш код 1234", "{first}");
+    assert_eq!(first["data_coding"], 8, "UCS-2: {first}");
+    let id = sent["id"].as_str().unwrap().to_owned();
+    wait_for_status(&app, &token, &id, "delivered").await;
+
+    let mo: serde_json::Value = http
+        .post(format!("{control}/mo"))
+        .json(&json!({ "source_addr": "14155550123", "destination_addr": "12025550188", "text": "STOP" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(mo["statuses"], json!([0]), "recorded, then ESME_ROK: {mo}");
+    let denied = app.send(&token, &message).await;
+    assert_eq!(error_code(denied).await, "opted_out");
+    app.stop().await;
+}
