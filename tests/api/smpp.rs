@@ -359,6 +359,22 @@ async fn smpplib_submits_through_the_smpp_front() {
     )
     .await;
     opt_out(&app, OPTED_OUT).await;
+    // A recipient's STOP through the gateway, before smpplib binds: it waits in the outbox.
+    let stop =
+        json!({ "id": "g-smpplib", "from": "+14155550199", "to": ACME_SENDER, "body": "STOP" })
+            .to_string();
+    let response = app
+        .client
+        .post(app.url("/v1/inbound/gw"))
+        .header(
+            "x-webhook-signature",
+            consentry::dialect::generic::sign(GW_WEBHOOK_SECRET.as_bytes(), stop.as_bytes()),
+        )
+        .body(stop)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
     let address = app.smpp.unwrap();
     let long = "Ваш заказ отправлен. Спасибо, что выбрали нас! Отслеживание: ".repeat(2);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/smpp/check_smpplib.py");
@@ -384,14 +400,18 @@ async fn smpplib_submits_through_the_smpp_front() {
     assert!(stdout.contains("short: 0x0 msg_"), "{stdout}");
     assert!(stdout.contains("long: 0x0 msg_"), "{stdout}");
     assert!(stdout.contains("opted out: 0x401"), "{stdout}");
-    let requests = gateway.requests();
+    assert!(stdout.contains("mo: STOP from 14155550199"), "{stdout}");
+    let bodies: Vec<serde_json::Value> = gateway
+        .requests()
+        .iter()
+        .filter(|request| request.body["to"] == "+14155550123")
+        .map(|request| request.body["body"].clone())
+        .collect();
     assert_eq!(
-        requests.len(),
-        2,
+        bodies,
+        vec![json!("Hello from smpplib"), json!(long)],
         "the short and the long message, each once"
     );
-    assert_eq!(requests[0].body["body"], "Hello from smpplib");
-    assert_eq!(requests[1].body["body"], long.as_str());
     app.stop().await;
 }
 

@@ -2,7 +2,8 @@
 
 Binds as a transceiver, submits a short GSM message, a long UCS-2 message split by smpplib
 itself (concatenated with a user data header), and a message to an opted-out number, then
-prints one line per message: its name, the submit_sm_resp status and message id. The Rust
+prints one line per message: its name, the submit_sm_resp status and message id; and waits for
+the STOP a recipient sent (a deliver_sm), printing "mo: <text> from <number>". The Rust
 test (tests/api/smpp.rs) starts consentry, reads these lines and checks the gateway.
 Settings come from the environment: SMPP_PORT, SMPP_SYSTEM_ID, SMPP_PASSWORD, SMPP_FROM,
 SMPP_TO, SMPP_OPTED_OUT, SMPP_LONG.
@@ -10,6 +11,7 @@ SMPP_TO, SMPP_OPTED_OUT, SMPP_LONG.
 
 import os
 import sys
+import time
 
 import smpplib.client
 import smpplib.consts
@@ -18,7 +20,7 @@ import smpplib.gsm
 
 def main():
     env = os.environ
-    client = smpplib.client.Client("127.0.0.1", int(env["SMPP_PORT"]), timeout=20)
+    client = smpplib.client.Client("127.0.0.1", int(env["SMPP_PORT"]), timeout=5)
     answers = {}
 
     def sent(pdu):
@@ -26,6 +28,12 @@ def main():
         answers[pdu.sequence] = (pdu.status, message_id)
 
     client.set_message_sent_handler(sent)
+    received = []
+
+    def delivered(pdu):
+        received.append((pdu.source_addr.decode(), pdu.short_message.decode()))
+
+    client.set_message_received_handler(delivered)
     # Denials are answers to check, not failures of the client.
     client.set_error_pdu_handler(lambda pdu: None)
     client.connect()
@@ -58,7 +66,12 @@ def main():
             sequences[name].append(pdu.sequence)
 
     wanted = sum(len(numbers) for numbers in sequences.values())
-    while len(answers) < wanted:
+    # The answers, and a recipient's STOP, which consentry delivers to a transceiver session
+    # (the test sent it through the gateway's webhook before this session bound).
+    deadline = time.monotonic() + 30
+    while len(answers) < wanted or not received:
+        if time.monotonic() > deadline:
+            sys.exit(f"gave up waiting: {len(answers)} of {wanted} answers, replies {received}")
         client.read_once()
 
     for name, numbers in sequences.items():
@@ -68,6 +81,8 @@ def main():
         status, message_id = results.pop()
         print(f"{name}: {hex(status)} {message_id}".rstrip())
 
+    for source, text in received:
+        print(f"mo: {text} from {source}")
     client.unbind()
     client.disconnect()
 
