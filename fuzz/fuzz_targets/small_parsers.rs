@@ -65,7 +65,7 @@ fuzz_target!(|data: &[u8]| {
             if let Ok(checkpoints) = verify::read_checkpoints(&text) {
                 for checkpoint in &checkpoints {
                     let _ = checkpoint.verify(&[7u8; 32]);
-                    let view = checkpoint.view();
+                    let view = checkpoint.view("fuzz.example/log");
                     assert!(
                         checkpoint::Checkpoint::from_view(&view).is_ok(),
                         "a checkpoint's own view does not read back"
@@ -73,7 +73,7 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             if let Ok(bundle) = serde_json::from_slice::<serde_json::Value>(rest) {
-                let _ = verify::verify_bundle(&bundle, &[7u8; 32]);
+                let _ = verify::verify_bundle(&bundle, &[7u8; 32], None);
             }
         }
         _ => {
