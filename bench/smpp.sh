@@ -6,10 +6,12 @@
 # over TLS (bench/send.lua). Both send transactional messages to random numbers of the same
 # million, for BENCH_DURATION seconds after BENCH_WARMUP. Reports each one's rate, p50 / p99
 # and consentry's CPU a message.
+# With BENCH_UPSTREAM=smpp both go on through an SMPP upstream to a fast fake SMSC
+# (examples/fake_smsc.rs: every submit_sm answered at once) instead of the HTTP fake gateway.
 # Needs a release build: cargo build --release --bin consentry --example fake_gateway
-#   --example smpp_load; and wrk (Debian package).
+#   --example smpp_load --example fake_smsc; and wrk (Debian package).
 # Settings: BENCH_SESSIONS (1), BENCH_WINDOW (50), BENCH_DURATION (15), BENCH_WARMUP (3),
-#           BENCH_KEEP_TMP=1 keeps the temp dir.
+#           BENCH_UPSTREAM (http or smpp), BENCH_KEEP_TMP=1 keeps the temp dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,12 +23,15 @@ gw_port="${BENCH_GW_PORT:-18095}"
 port="${BENCH_PORT:-18455}"
 admin_port="${BENCH_ADMIN_PORT:-19095}"
 smpp_port="${BENCH_SMPP_PORT:-12795}"
+smsc_port="${BENCH_SMSC_PORT:-12796}"
+upstream="${BENCH_UPSTREAM:-http}"
 consentry=target/release/consentry
 gateway=target/release/examples/fake_gateway
 load=target/release/examples/smpp_load
-for binary in "$consentry" "$gateway" "$load"; do
+smsc=target/release/examples/fake_smsc
+for binary in "$consentry" "$gateway" "$load" "$smsc"; do
   [[ -x "$binary" ]] || {
-    echo "smpp.sh: build first: cargo build --release --bin consentry --example fake_gateway --example smpp_load" >&2
+    echo "smpp.sh: build first: cargo build --release --bin consentry --example fake_gateway --example smpp_load --example fake_smsc" >&2
     exit 2
   }
 done
@@ -42,7 +47,21 @@ cleanup() {
 trap cleanup EXIT
 
 export BENCH_GW_TOKEN="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
-"$gateway" --listen "127.0.0.1:$gw_port" >"$tmp/gateway.log" 2>&1 &
+if [[ "$upstream" == smpp ]]; then
+  # The SMSC's count is read over plain HTTP on the port the HTTP gateway would have.
+  "$smsc" "127.0.0.1:$smsc_port" "127.0.0.1:$gw_port" >"$tmp/smsc.log" 2>&1 &
+  upstream_config="kind = \"smpp\"
+url = \"smpp://127.0.0.1:$smsc_port\"
+system_id = \"consentry\"
+credential = { env = \"BENCH_GW_TOKEN\" }
+window = 100"
+  export BENCH_GW_TOKEN="smscpw"
+else
+  "$gateway" --listen "127.0.0.1:$gw_port" >"$tmp/gateway.log" 2>&1 &
+  upstream_config="kind = \"http-json\"
+url = \"http://127.0.0.1:$gw_port/messages\"
+credential = { env = \"BENCH_GW_TOKEN\" }"
+fi
 pids+=($!)
 password="bench1"
 hash="$(echo "$password" | "$consentry" smpp-password)"
@@ -65,9 +84,7 @@ default_region = "US"
 
 [[upstreams]]
 name = "gw"
-kind = "http-json"
-url = "http://127.0.0.1:$gw_port/messages"
-credential = { env = "BENCH_GW_TOKEN" }
+$upstream_config
 
 [smpp]
 listen = "127.0.0.1:$smpp_port"
@@ -96,10 +113,16 @@ ticks_per_second="$(getconf CLK_TCK)"
 
 # Both run for warm-up + duration; the CPU is taken over the whole run and divided by the
 # messages of the whole run (warm-up included), from the gateway's own count.
+# (The HTTP gateway counts the request that asks; the fake SMSC does not.)
 gateway_count() {
-  curl -fs -X POST -d '{}' "http://127.0.0.1:$gw_port/messages" | sed 's/.*"gw-\([0-9]*\)".*/\1/'
+  if [[ "$upstream" == smpp ]]; then
+    echo $(($(curl -fs "http://127.0.0.1:$gw_port/") + 1))
+  else
+    curl -fs -X POST -d '{}' "http://127.0.0.1:$gw_port/messages" | sed 's/.*"gw-\([0-9]*\)".*/\1/'
+  fi
 }
 
+echo "==> upstream: $upstream"
 echo "==> SMPP: $sessions session(s), window $window, ${warmup}s warm-up + ${duration}s"
 before_count="$(gateway_count)"
 before_cpu="$(cpu_ticks)"

@@ -353,7 +353,16 @@ async fn from_smscs(
             .await
             .map(|_| ()),
             Event::Status(status) => {
-                crate::flow::receive::delivery_status(&state, upstream, &status).await
+                match crate::flow::receive::delivery_status(&state, upstream, &status).await {
+                    // A receipt can outrun the outcome that names the SMSC's id: it is tried
+                    // again beside the others for a few seconds before it is given up.
+                    Ok(crate::flow::receive::Status::UnknownMessage) => {
+                        let (upstream, handled) = (incoming.upstream, incoming.handled);
+                        tokio::spawn(retry_receipt(current.clone(), upstream, status, handled));
+                        continue;
+                    }
+                    done => done.map(|_| ()),
+                }
             }
         };
         let handled = match done {
@@ -369,6 +378,32 @@ async fn from_smscs(
         };
         let _ = incoming.handled.send(handled);
     }
+}
+
+/// Tries an SMSC's receipt for a message not yet known again, for up to about 6 s; the SMSC
+/// is answered when it is recorded, or when it is given up (acknowledged, as for a webhook's).
+async fn retry_receipt(
+    current: crate::state::Current,
+    upstream: String,
+    status: crate::dialect::DeliveryStatus,
+    handled: tokio::sync::oneshot::Sender<crate::smpp::client::Handled>,
+) {
+    use crate::smpp::client::Handled;
+    let mut answer = Handled::Recorded;
+    for attempt in 0..6u32 {
+        tokio::time::sleep(std::time::Duration::from_millis(100 << attempt.min(4))).await;
+        let state = current.borrow().clone();
+        match crate::flow::receive::delivery_status(&state, &upstream, &status).await {
+            Ok(crate::flow::receive::Status::UnknownMessage) => continue,
+            Ok(crate::flow::receive::Status::Recorded) => break,
+            Err(error) => {
+                tracing::error!(upstream, %error, "an SMSC's receipt was not recorded; the SMSC will deliver it again");
+                answer = Handled::Failed;
+                break;
+            }
+        }
+    }
+    let _ = handled.send(answer);
 }
 
 /// What a reload may not change, named; `None` when it changes none of it.

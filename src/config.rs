@@ -103,9 +103,24 @@ pub struct SmppConfig {
     /// How long the parts of a concatenated message wait for the rest before they are refused.
     #[serde(default = "default_smpp_reassembly")]
     pub reassembly_timeout_seconds: u64,
+    /// A submit over the upstream's or the sender's pace: `queue` (default: accepted, recorded
+    /// and released at the rate, as the HTTP API does) or `throttle` (answered
+    /// `ESME_RTHROTTLED`, nothing recorded: the ESME sends it again later, as an SMSC's limit
+    /// asks).
+    #[serde(default)]
+    pub when_paced: WhenPaced,
     /// Who may bind: one entry per `system_id`.
     #[serde(default)]
     pub accounts: Vec<SmppAccountConfig>,
+}
+
+/// What the SMPP front does with a submit over its pace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenPaced {
+    #[default]
+    Queue,
+    Throttle,
 }
 
 /// One SMPP `system_id`, the tenant it sends for, and what narrows it (as a token's claims do).

@@ -124,13 +124,7 @@ fn take(
     slack: SignedDuration,
 ) -> Timestamp {
     let sender_key = (upstream.to_owned(), sender.to_owned());
-    let mut at = from;
-    if let (Some(rate), Some(tat)) = (limits.upstream, upstream_tat.get(upstream)) {
-        at = at.max(*tat - rate.tolerance() - slack);
-    }
-    if let (Some(rate), Some(tat)) = (limits.sender, sender_tat.get(&sender_key)) {
-        at = at.max(*tat - rate.tolerance() - slack);
-    }
+    let at = earliest(limits, upstream_tat, sender_tat, &sender_key, from, slack);
     if let Some(rate) = limits.upstream {
         let tat = upstream_tat.entry(upstream.to_owned()).or_insert(at);
         *tat = (*tat).max(at) + rate.interval;
@@ -138,6 +132,25 @@ fn take(
     if let Some(rate) = limits.sender {
         let tat = sender_tat.entry(sender_key).or_insert(at);
         *tat = (*tat).max(at) + rate.interval;
+    }
+    at
+}
+
+/// The earliest instant from `from` that every limit allows, taking nothing.
+fn earliest(
+    limits: Limits,
+    upstream_tat: &HashMap<String, Timestamp>,
+    sender_tat: &HashMap<(String, String), Timestamp>,
+    sender_key: &(String, String),
+    from: Timestamp,
+    slack: SignedDuration,
+) -> Timestamp {
+    let mut at = from;
+    if let (Some(rate), Some(tat)) = (limits.upstream, upstream_tat.get(&sender_key.0)) {
+        at = at.max(*tat - rate.tolerance() - slack);
+    }
+    if let (Some(rate), Some(tat)) = (limits.sender, sender_tat.get(sender_key)) {
+        at = at.max(*tat - rate.tolerance() - slack);
     }
     at
 }
@@ -206,6 +219,27 @@ impl Pacer {
             inner.reserved.insert(message.clone(), upstream.to_owned());
             Slot::At(at)
         }
+    }
+
+    /// Whether a message from `sender` through `upstream` would wait at `now` (its pace is
+    /// used up, or the gateway asked for a pause), without taking an instant: the SMPP front
+    /// answers `ESME_RTHROTTLED` then, when configured to (`smpp.when_paced`).
+    pub fn would_wait(&self, upstream: &str, sender: &str, now: Timestamp) -> bool {
+        let inner = self.inner.lock().expect("pacer lock");
+        if inner.paused.get(upstream).is_some_and(|until| *until > now) {
+            return true;
+        }
+        let limits = inner.limits.get(upstream).copied().unwrap_or_default();
+        let key = (upstream.to_owned(), sender.to_owned());
+        let at = earliest(
+            limits,
+            &inner.upstream_tat,
+            &inner.sender_tat,
+            &key,
+            now,
+            SignedDuration::ZERO,
+        );
+        at > now
     }
 
     /// How long a message about to be forwarded waits so that forwards themselves keep the

@@ -432,6 +432,16 @@ async fn seal(
     })
 }
 
+/// What became of a delivery status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Recorded on its message (a final one) and passed on.
+    Recorded,
+    /// No message has the gateway's id (yet: an SMSC's receipt can come before the outcome
+    /// that names the id is written); acknowledged and logged.
+    UnknownMessage,
+}
+
 /// Records a gateway's final delivery status on its message and passes every status on to
 /// the tenant's webhook. A status for a message consentry does not know is acknowledged and
 /// logged.
@@ -439,7 +449,7 @@ pub async fn delivery_status(
     state: &AppState,
     upstream: &str,
     status: &crate::dialect::DeliveryStatus,
-) -> Result<(), FlowError> {
+) -> Result<Status, FlowError> {
     use crate::dialect::DeliveryState;
     use crate::store::{OutcomeRecord, OutcomeStatus};
     let Some((id, tenant_id, callback)) = state
@@ -448,7 +458,7 @@ pub async fn delivery_status(
         .await?
     else {
         tracing::warn!(upstream, status = %status.raw, "a delivery status for an unknown message");
-        return Ok(());
+        return Ok(Status::UnknownMessage);
     };
     let now = state.clock.now();
     let recorded = match status.state {
@@ -549,7 +559,7 @@ pub async fn delivery_status(
                 })
                 .await?;
         }
-        return Ok(());
+        return Ok(Status::Recorded);
     }
     // The application's own StatusCallback hears it as it would have from Twilio.
     if let Some(callback) = callback {
@@ -597,7 +607,7 @@ pub async fn delivery_status(
             })
             .await?;
     }
-    Ok(())
+    Ok(Status::Recorded)
 }
 
 /// The associated data of an outbox payload: its identity.

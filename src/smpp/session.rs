@@ -43,6 +43,7 @@ pub struct Settings {
     window: usize,
     idle: Duration,
     reassembly: Duration,
+    throttle_when_paced: bool,
 }
 
 impl Settings {
@@ -51,6 +52,7 @@ impl Settings {
             window: config.window,
             idle: Duration::from_secs(config.idle_timeout_seconds),
             reassembly: Duration::from_secs(config.reassembly_timeout_seconds),
+            throttle_when_paced: config.when_paced == crate::config::WhenPaced::Throttle,
         }
     }
 }
@@ -441,8 +443,16 @@ impl Session {
         let receipts = read
             .receipts
             .then(|| crate::flow::receive::smpp_receipts_to(&system_id));
+        let throttle = self.settings.throttle_when_paced;
         tokio::spawn(async move {
-            let (code, id) = decide(&state, &principal, read.to, read.from, body, receipts).await;
+            let message = Submitted {
+                to: read.to,
+                from: read.from,
+                body,
+                receipts,
+                throttle,
+            };
+            let (code, id) = decide(&state, &principal, message).await;
             drop(permit);
             for sequence in sequences {
                 let _ = out.send(submit_resp(sequence, code, &id)).await;
@@ -544,15 +554,26 @@ fn of_failure(error: &crate::flow::FlowError) -> u32 {
     }
 }
 
-/// Runs one message through the send flow; its status and (if accepted) consentry's id.
-async fn decide(
-    state: &AppState,
-    principal: &Principal,
+/// A whole message, as the session read it.
+struct Submitted {
     to: String,
     from: String,
     body: String,
+    /// Where its statuses go, when a receipt was asked for.
     receipts: Option<crate::domain::StatusCallback>,
-) -> (u32, String) {
+    /// Answer `ESME_RTHROTTLED` rather than queue it, when its pace is used up.
+    throttle: bool,
+}
+
+/// Runs one message through the send flow; its status and (if accepted) consentry's id.
+async fn decide(state: &AppState, principal: &Principal, submitted: Submitted) -> (u32, String) {
+    let Submitted {
+        to,
+        from,
+        body,
+        receipts,
+        throttle,
+    } = submitted;
     let Some(tenant) = state.tenants.get(&principal.tenant) else {
         return (status::SUBMIT_FAILED, String::new());
     };
@@ -579,6 +600,13 @@ async fn decide(
         Err(error) => return (status::of_error(error.code), String::new()),
     };
     message.status_callback = receipts;
+    if throttle
+        && state
+            .pacer
+            .would_wait(&tenant.upstream, message.from.as_str(), state.clock.now())
+    {
+        return (status::THROTTLED, String::new());
+    }
     let bounds = sender_bounds(principal, tenant);
     match send::process(state, tenant, &bounds, message, Delivery::Upstream).await {
         Ok(

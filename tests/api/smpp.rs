@@ -1019,3 +1019,49 @@ async fn the_smpp_upstream_works_with_an_smsc_built_on_node_smpp() {
     assert_eq!(error_code(denied).await, "opted_out");
     app.stop().await;
 }
+
+/// With `when_paced = "throttle"`, a submit over its upstream's pace is answered
+/// `ESME_RTHROTTLED` and nothing is recorded or sent: the ESME sends it again later, as an
+/// SMSC's own limit would ask. (By default it is accepted and queued, as the HTTP API does.)
+#[tokio::test]
+async fn a_submit_over_its_pace_is_throttled_when_so_configured() {
+    let folder = tempfile::tempdir().unwrap();
+    let gateway = FakeGateway::start().await;
+    let hash = consentry::smpp::accounts::hash_password(PASSWORD, 100_000).unwrap();
+    let sender = "+12025550199";
+    let config = format!(
+        "{}\n[[upstreams]]\nname = \"slow\"\nkind = \"http-json\"\nurl = \"{}\"\n\
+         credential = {{ file = \"gateway.secret\" }}\nrate = {{ per_minute = 1 }}\n\n\
+         [[tenants]]\nid = \"slow-shop\"\nsenders = [\"{sender}\"]\nupstream = \"slow\"\n\n\
+         [smpp]\nlisten = \"127.0.0.1:0\"\ntls = false\nwhen_paced = \"throttle\"\n\
+         [[smpp.accounts]]\nsystem_id = \"{SYSTEM_ID}\"\ntenant = \"slow-shop\"\n\
+         password_hash = \"{hash}\"\npurpose = \"transactional\"\n",
+        test_config(folder.path(), &gateway.url()),
+        gateway.url()
+    );
+    let app = TestApp::spawn_with(folder.path(), &config).await;
+    let mut client = Client::new(
+        tokio::net::TcpStream::connect(app.smpp.unwrap())
+            .await
+            .unwrap(),
+    );
+    assert_eq!(code_of(&client.bind(PASSWORD).await), 0);
+    let mut first = submit("+14155550123", 0x00, None, b"first");
+    first.source_addr = c_string(sender.trim_start_matches('+'));
+    assert_eq!(code_of(&client.call(first).await), 0, "within the pace");
+    let mut second = submit("+14155550124", 0x00, None, b"second");
+    second.source_addr = c_string(sender.trim_start_matches('+'));
+    assert_eq!(
+        code_of(&client.call(second).await),
+        0x58,
+        "ESME_RTHROTTLED over the pace"
+    );
+    assert_eq!(gateway.requests().len(), 1);
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM messages WHERE tenant = 'slow-shop'")
+            .await,
+        1,
+        "the throttled submit left no record"
+    );
+    app.stop().await;
+}
