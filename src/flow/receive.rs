@@ -484,7 +484,6 @@ pub async fn delivery_status(
     if let Some(tenant) = state.tenants.get(&tenant_id)
         && tenant.webhook.is_some()
     {
-        let delivery_id = format!("dlv_{}", uuid::Uuid::now_v7().simple());
         let payload = json!({
             "type": "delivery_status",
             "message_id": id,
@@ -495,27 +494,7 @@ pub async fn delivery_status(
             "error_code": status.error_code,
             "received_at": now.to_string(),
         });
-        let sealed = seal(
-            state,
-            None,
-            &outbox_associated_data(&tenant_id, &delivery_id),
-            payload.to_string().as_bytes(),
-            now,
-        )
-        .await?;
-        state
-            .outbox()
-            .enqueue_delivery(&OutboxRecord {
-                id: delivery_id,
-                tenant: tenant_id.clone(),
-                created_at_us: now.as_microsecond(),
-                key_id: sealed.key_id,
-                payload: sealed.bytes,
-                next_attempt_at_us: now.as_microsecond(),
-                url: None,
-                format: None,
-            })
-            .await?;
+        enqueue(state, &tenant_id, &payload, None, now).await?;
     }
     let callback = callback
         .as_deref()
@@ -525,7 +504,6 @@ pub async fn delivery_status(
         && callback.url.starts_with("smpp:")
     {
         if recorded.is_some() {
-            let delivery_id = format!("dlv_{}", uuid::Uuid::now_v7().simple());
             let payload = json!({
                 "type": "delivery_status",
                 "message_id": id,
@@ -537,33 +515,13 @@ pub async fn delivery_status(
                 "error_code": status.error_code,
                 "received_at": now.to_string(),
             });
-            let sealed = seal(
-                state,
-                None,
-                &outbox_associated_data(&tenant_id, &delivery_id),
-                payload.to_string().as_bytes(),
-                now,
-            )
-            .await?;
-            state
-                .outbox()
-                .enqueue_delivery(&OutboxRecord {
-                    id: delivery_id,
-                    tenant: tenant_id,
-                    created_at_us: now.as_microsecond(),
-                    key_id: sealed.key_id,
-                    payload: sealed.bytes,
-                    next_attempt_at_us: now.as_microsecond(),
-                    url: Some(callback.url.clone()),
-                    format: Some(SMPP_FORMAT.into()),
-                })
-                .await?;
+            let to = (callback.url.clone(), SMPP_FORMAT);
+            enqueue(state, &tenant_id, &payload, Some(to), now).await?;
         }
         return Ok(Status::Recorded);
     }
     // The application's own StatusCallback hears it as it would have from Twilio.
     if let Some(callback) = callback {
-        let delivery_id = format!("dlv_{}", uuid::Uuid::now_v7().simple());
         let status_word = match status.state {
             DeliveryState::Delivered => "delivered",
             DeliveryState::Undelivered => "undelivered",
@@ -585,29 +543,48 @@ pub async fn delivery_status(
         if let Some(code) = &status.error_code {
             params.insert("ErrorCode".into(), Value::String(code.clone()));
         }
-        let sealed = seal(
-            state,
-            None,
-            &outbox_associated_data(&tenant_id, &delivery_id),
-            Value::Object(params).to_string().as_bytes(),
-            now,
-        )
-        .await?;
-        state
-            .outbox()
-            .enqueue_delivery(&OutboxRecord {
-                id: delivery_id,
-                tenant: tenant_id,
-                created_at_us: now.as_microsecond(),
-                key_id: sealed.key_id,
-                payload: sealed.bytes,
-                next_attempt_at_us: now.as_microsecond(),
-                url: Some(callback.url),
-                format: Some("twilio".into()),
-            })
-            .await?;
+        let to = (callback.url, "twilio");
+        enqueue(state, &tenant_id, &Value::Object(params), Some(to), now).await?;
     }
     Ok(Status::Recorded)
+}
+
+/// Seals `payload` and queues it in the outbox for the tenant: to its webhook, or with `to`
+/// to a URL or account in a format (`twilio`, [`SMPP_FORMAT`]).
+async fn enqueue(
+    state: &AppState,
+    tenant: &crate::domain::TenantId,
+    payload: &Value,
+    to: Option<(String, &str)>,
+    now: Timestamp,
+) -> Result<(), FlowError> {
+    let id = format!("dlv_{}", uuid::Uuid::now_v7().simple());
+    let sealed = seal(
+        state,
+        None,
+        &outbox_associated_data(tenant, &id),
+        payload.to_string().as_bytes(),
+        now,
+    )
+    .await?;
+    let (url, format) = match to {
+        Some((url, format)) => (Some(url), Some(format.to_owned())),
+        None => (None, None),
+    };
+    state
+        .outbox()
+        .enqueue_delivery(&OutboxRecord {
+            id,
+            tenant: tenant.clone(),
+            created_at_us: now.as_microsecond(),
+            key_id: sealed.key_id,
+            payload: sealed.bytes,
+            next_attempt_at_us: now.as_microsecond(),
+            url,
+            format,
+        })
+        .await?;
+    Ok(())
 }
 
 /// The associated data of an outbox payload: its identity.

@@ -860,6 +860,22 @@ impl TestApp {
             .unwrap()
     }
 
+    /// A recipient's message through the `gw` upstream's webhook (an `http-json` gateway),
+    /// signed with its secret.
+    pub async fn gw_reply(&self, id: &str, from: &str, to: &str, body: &str) -> reqwest::Response {
+        let reply = json!({ "id": id, "from": from, "to": to, "body": body }).to_string();
+        self.client
+            .post(self.url("/v1/inbound/gw"))
+            .header(
+                "x-webhook-signature",
+                consentry::dialect::generic::sign(GW_WEBHOOK_SECRET.as_bytes(), reply.as_bytes()),
+            )
+            .body(reply)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Simulates a recipient's reply through the sandbox.
     pub async fn sandbox_reply(&self, from: &str, body: &str) -> reqwest::Response {
         let token = self.token("beta", "admin");

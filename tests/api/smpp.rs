@@ -36,6 +36,39 @@ fn smpp_config(folder: &Path, gateway_url: &str, tls: bool) -> String {
     )
 }
 
+/// consentry with the SMPP front of [`smpp_config`] (its folder, kept by the caller), in front
+/// of a fake gateway.
+async fn front(tls: bool) -> (tempfile::TempDir, FakeGateway, TestApp) {
+    let folder = tempfile::tempdir().unwrap();
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn_with(
+        folder.path(),
+        &smpp_config(folder.path(), &gateway.url(), tls),
+    )
+    .await;
+    (folder, gateway, app)
+}
+
+/// The test configuration with an `smpp` upstream named `smsc` at `address` (binding as
+/// `system_id` with `password`) and a tenant `sm-shop` sending through it from `sender`.
+fn smsc_config(
+    folder: &Path,
+    gateway_url: &str,
+    address: &str,
+    system_id: &str,
+    password: &str,
+    sender: &str,
+) -> String {
+    std::fs::write(folder.join("smsc.secret"), password).unwrap();
+    format!(
+        "{}\n[[upstreams]]\nname = \"smsc\"\nkind = \"smpp\"\nurl = \"smpp://{address}\"\n\
+         system_id = \"{system_id}\"\ncredential = {{ file = \"smsc.secret\" }}\nwindow = 20\n\
+         connect_timeout_ms = 5000\nrequest_timeout_ms = 5000\n\n\
+         [[tenants]]\nid = \"sm-shop\"\nsenders = [\"{sender}\"]\nupstream = \"smsc\"\n",
+        test_config(folder, gateway_url),
+    )
+}
+
 async fn opt_out(app: &TestApp, number: &str) {
     let token = app.token("acme", "consents:write");
     let event = json!({ "number": number, "action": "opt_out", "method": "keyword" });
@@ -180,13 +213,7 @@ fn message_id(command: &Command) -> String {
 
 #[tokio::test]
 async fn an_smpp_application_binds_and_each_submit_is_decided_by_the_send_flow() {
-    let folder = tempfile::tempdir().unwrap();
-    let gateway = FakeGateway::start().await;
-    let app = TestApp::spawn_with(
-        folder.path(),
-        &smpp_config(folder.path(), &gateway.url(), false),
-    )
-    .await;
+    let (_folder, gateway, app) = front(false).await;
     opt_out(&app, OPTED_OUT).await;
     let address = app.smpp.expect("the SMPP front listens");
 
@@ -291,13 +318,7 @@ async fn an_smpp_application_binds_and_each_submit_is_decided_by_the_send_flow()
 
 #[tokio::test]
 async fn the_smpp_front_speaks_tls_with_the_apis_certificate() {
-    let folder = tempfile::tempdir().unwrap();
-    let gateway = FakeGateway::start().await;
-    let app = TestApp::spawn_with(
-        folder.path(),
-        &smpp_config(folder.path(), &gateway.url(), true),
-    )
-    .await;
+    let (_folder, gateway, app) = front(true).await;
     let address = app.smpp.expect("the SMPP front listens");
     let pem = std::fs::read(app.data_dir().join("tls/cert.pem")).unwrap();
     let mut roots = rustls::RootCertStore::empty();
@@ -351,29 +372,12 @@ async fn smpplib_submits_through_the_smpp_front() {
         );
         return;
     };
-    let folder = tempfile::tempdir().unwrap();
-    let gateway = FakeGateway::start().await;
-    let app = TestApp::spawn_with(
-        folder.path(),
-        &smpp_config(folder.path(), &gateway.url(), false),
-    )
-    .await;
+    let (_folder, gateway, app) = front(false).await;
     opt_out(&app, OPTED_OUT).await;
     // A recipient's STOP through the gateway, before smpplib binds: it waits in the outbox.
-    let stop =
-        json!({ "id": "g-smpplib", "from": "+14155550199", "to": ACME_SENDER, "body": "STOP" })
-            .to_string();
     let response = app
-        .client
-        .post(app.url("/v1/inbound/gw"))
-        .header(
-            "x-webhook-signature",
-            consentry::dialect::generic::sign(GW_WEBHOOK_SECRET.as_bytes(), stop.as_bytes()),
-        )
-        .body(stop)
-        .send()
-        .await
-        .unwrap();
+        .gw_reply("g-smpplib", "+14155550199", ACME_SENDER, "STOP")
+        .await;
     assert_eq!(response.status(), 200);
     let address = app.smpp.unwrap();
     let long = "Ваш заказ отправлен. Спасибо, что выбрали нас! Отслеживание: ".repeat(2);
@@ -427,27 +431,9 @@ fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls_pki_types::CertificateDer<'sta
 /// `deliver_sm`, and has already opted the number out: the next submit to it is refused.
 #[tokio::test]
 async fn a_stop_reaches_the_bound_application_as_a_deliver_sm_and_opts_out() {
-    let folder = tempfile::tempdir().unwrap();
-    let gateway = FakeGateway::start().await;
-    let app = TestApp::spawn_with(
-        folder.path(),
-        &smpp_config(folder.path(), &gateway.url(), false),
-    )
-    .await;
+    let (_folder, gateway, app) = front(false).await;
     let recipient = "+14155550188";
-    let reply =
-        json!({ "id": "g-77", "from": recipient, "to": ACME_SENDER, "body": "STOP" }).to_string();
-    let response = app
-        .client
-        .post(app.url("/v1/inbound/gw"))
-        .header(
-            "x-webhook-signature",
-            consentry::dialect::generic::sign(GW_WEBHOOK_SECRET.as_bytes(), reply.as_bytes()),
-        )
-        .body(reply)
-        .send()
-        .await
-        .unwrap();
+    let response = app.gw_reply("g-77", recipient, ACME_SENDER, "STOP").await;
     assert_eq!(response.status(), 200);
     // Nobody is bound yet: the delivery waits (and is retried) in the outbox.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -500,13 +486,7 @@ async fn a_stop_reaches_the_bound_application_as_a_deliver_sm_and_opts_out() {
 /// delivered, the account's session gets a `deliver_sm` receipt naming consentry's id.
 #[tokio::test]
 async fn a_delivery_receipt_reaches_the_account_that_asked_for_it() {
-    let folder = tempfile::tempdir().unwrap();
-    let gateway = FakeGateway::start().await;
-    let app = TestApp::spawn_with(
-        folder.path(),
-        &smpp_config(folder.path(), &gateway.url(), false),
-    )
-    .await;
+    let (_folder, _gateway, app) = front(false).await;
     let mut client = Client::new(
         tokio::net::TcpStream::connect(app.smpp.unwrap())
             .await
@@ -578,13 +558,7 @@ async fn kannel_binds_to_the_smpp_front_and_sends_through_it() {
         eprintln!("bearerbox is not installed: the Kannel test did not run (.ci/run installs it)");
         return;
     }
-    let folder = tempfile::tempdir().unwrap();
-    let gateway = FakeGateway::start().await;
-    let app = TestApp::spawn_with(
-        folder.path(),
-        &smpp_config(folder.path(), &gateway.url(), false),
-    )
-    .await;
+    let (folder, gateway, app) = front(false).await;
     opt_out(&app, OPTED_OUT).await;
     let kannel_dir = folder.path().join("kannel");
     std::fs::create_dir_all(&kannel_dir).unwrap();
@@ -855,15 +829,15 @@ async fn an_smpp_upstream_sends_through_an_smsc_and_hears_its_receipts_and_repli
     let folder = tempfile::tempdir().unwrap();
     let gateway = FakeGateway::start().await;
     let smsc = FakeSmsc::start().await;
-    std::fs::write(folder.path().join("smsc.secret"), "smsc-pw").unwrap();
     let sender = "+12025550188";
-    let config = format!(
-        "{}\n[[upstreams]]\nname = \"smsc\"\nkind = \"smpp\"\nurl = \"smpp://{}\"\n\
-         system_id = \"consentry\"\ncredential = {{ file = \"smsc.secret\" }}\nwindow = 20\n\
-         connect_timeout_ms = 2000\nrequest_timeout_ms = 5000\n\n\
-         [[tenants]]\nid = \"sm-shop\"\nsenders = [\"{sender}\"]\nupstream = \"smsc\"\n",
-        test_config(folder.path(), &gateway.url()),
-        smsc.address
+    let address = smsc.address.to_string();
+    let config = smsc_config(
+        folder.path(),
+        &gateway.url(),
+        &address,
+        "consentry",
+        "smsc-pw",
+        sender,
     );
     let app = TestApp::spawn_with(folder.path(), &config).await;
     eventually("consentry bound to the SMSC", || smsc.binds() == 1).await;
@@ -972,14 +946,15 @@ async fn the_smpp_upstream_works_with_an_smsc_built_on_node_smpp() {
 
     let folder = tempfile::tempdir().unwrap();
     let gateway = FakeGateway::start().await;
-    std::fs::write(folder.path().join("smsc.secret"), "s3cret").unwrap();
     let sender = "+12025550188";
-    let config = format!(
-        "{}\n[[upstreams]]\nname = \"smsc\"\nkind = \"smpp\"\nurl = \"smpp://127.0.0.1:{smpp_port}\"\n\
-         system_id = \"upstream\"\ncredential = {{ file = \"smsc.secret\" }}\n\
-         connect_timeout_ms = 5000\nrequest_timeout_ms = 5000\n\n\
-         [[tenants]]\nid = \"sm-shop\"\nsenders = [\"{sender}\"]\nupstream = \"smsc\"\n",
-        test_config(folder.path(), &gateway.url()),
+    let address = format!("127.0.0.1:{smpp_port}");
+    let config = smsc_config(
+        folder.path(),
+        &gateway.url(),
+        &address,
+        "upstream",
+        "s3cret",
+        sender,
     );
     let app = TestApp::spawn_with(folder.path(), &config).await;
     let token = app.token("sm-shop", "messages:send messages:read");
