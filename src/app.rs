@@ -439,6 +439,7 @@ fn needs_restart(running: &Config, new: &Config) -> Option<&'static str> {
                 smpp.window,
                 smpp.idle_timeout_seconds,
                 smpp.reassembly_timeout_seconds,
+                smpp.when_paced,
             )
         })
     };
@@ -567,5 +568,43 @@ fn symmetric_key(
                 .with_context(|| format!("{field}: not a 32-byte key in base64"))
         }
         None => data.symmetric_key(file_name),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{SmppAccountConfig, SmppConfig, WhenPaced};
+
+    fn with_smpp(when_paced: WhenPaced, accounts: Vec<SmppAccountConfig>) -> Config {
+        let mut config = Config::embedded();
+        config.smpp = Some(SmppConfig {
+            listen: "127.0.0.1:2775".parse().unwrap(),
+            tls: true,
+            window: 64,
+            idle_timeout_seconds: 120,
+            reassembly_timeout_seconds: 60,
+            when_paced,
+            accounts,
+        });
+        config
+    }
+
+    #[test]
+    fn the_smpp_fronts_settings_need_a_restart_and_its_accounts_do_not() {
+        let running = with_smpp(WhenPaced::Queue, Vec::new());
+        let account = SmppAccountConfig {
+            system_id: "app".into(),
+            tenant: "demo".into(),
+            password_hash: "pbkdf2-sha256$…".into(),
+            purpose: None,
+            senders: None,
+        };
+        assert_eq!(
+            needs_restart(&running, &with_smpp(WhenPaced::Queue, vec![account])),
+            None
+        );
+        assert!(needs_restart(&running, &with_smpp(WhenPaced::Throttle, Vec::new())).is_some());
+        assert!(needs_restart(&running, &Config::embedded()).is_some());
     }
 }
