@@ -1043,6 +1043,9 @@ impl AuditLog for SqliteStore {
     }
 
     async fn erase_recipient(&self, erasure: &Erasure) -> Result<i64, StoreError> {
+        // The answers of sends made before the erasure are kept by writes queued without
+        // waiting; they land first, so that the erasure finds and deletes them.
+        self.batches.write(Write::Barrier).await?;
         let _writer = self.writer.lock().await;
         let mut transaction = self.pool.begin().await?;
         let destroyed =
@@ -1407,4 +1410,52 @@ async fn append_release(
     .await?;
     let leaf = leaf::release(&release.leaf(id, tenant, recipient_hash), Link::First);
     insert_log_entry(connection, leaf).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A send's kept answer is written without waiting (`answer_key` queues it); an erasure
+    /// that comes after the answer must still find it and delete it.
+    #[tokio::test]
+    async fn an_erasure_deletes_the_kept_answer_queued_just_before_it() {
+        let folder = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", folder.path().join("erase.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        let hash = "cd".repeat(32);
+        for round in 0..20 {
+            let key = format!("key-{round}");
+            let claim = KeyClaim {
+                tenant: "acme".into(),
+                key: key.clone(),
+                request_hash: vec![1; 32],
+                now_us: 1,
+                expires_at_us: i64::MAX,
+            };
+            assert_eq!(store.claim_key(&claim).await.unwrap(), Claimed::Fresh);
+            let answer = KeyAnswer {
+                status: 201,
+                content_type: "application/json".into(),
+                key_id: "dk_1".into(),
+                sealed: vec![2; 48],
+                recipient_hash: Some(hash.clone()),
+            };
+            store.answer_key("acme", &key, &answer).await.unwrap();
+            let erasure = Erasure {
+                id: crate::store::row_id("era"),
+                tenant: "acme".into(),
+                recipient_hash: hash.clone(),
+                erased_at_us: 2,
+                erased_by: "test".into(),
+                keys_destroyed: 0,
+            };
+            store.erase_recipient(&erasure).await.unwrap();
+            let kept: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM idempotency_keys")
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
+            assert_eq!(kept, 0, "round {round}: the answer outlived the erasure");
+        }
+    }
 }

@@ -75,6 +75,9 @@ pub(crate) enum Write {
     },
     /// A durable write of nothing of consequence, for readiness: can a write land on disk?
     Heartbeat(i64),
+    /// Nothing: answered once every write queued before it is committed (an erasure waits
+    /// for the kept answers of sends before it, which name the number it erases).
+    Barrier,
     /// Keeps a signed checkpoint. Here and not through sqlx: a commit by any other connection
     /// empties this connection's page cache, and checkpoints are signed several times a second
     /// under load.
@@ -324,6 +327,7 @@ fn apply(transaction: &Connection, write: &Write) -> Result<Written, StoreError>
                 .execute(params![tenant, key])?;
             Ok(Written::Done)
         }
+        Write::Barrier => Ok(Written::Done),
         Write::Heartbeat(now_us) => {
             transaction
                 .prepare_cached(
