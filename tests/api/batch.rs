@@ -260,8 +260,8 @@ fn serve(folder: &std::path::Path) -> Serving {
 /// (`idempotency_key_in_use`), never sent again.
 #[tokio::test]
 async fn a_batch_whose_instance_is_killed_sends_each_recipient_at_most_once_on_retry() {
-    // Four groups of the batch's 256: the kill comes while the first two are under way.
-    const RECIPIENTS: usize = 1000;
+    // Eight groups of the batch's 256: the kill comes while the first four are under way.
+    const RECIPIENTS: usize = 2000;
     let gateway = FakeGateway::start().await;
     gateway.set_mode(GatewayMode::Stall(std::time::Duration::from_millis(40)));
     let folder = tempfile::tempdir().unwrap();
