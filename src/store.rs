@@ -476,11 +476,14 @@ pub struct LogEntry {
     pub leaf_hash: Hash,
 }
 
-/// The tree as it stands: its size and root hash.
+/// The tree as it stands: its size and root hash; and how many pending entries the call that
+/// answered it gave indexes to (entries written with their index, as the SQLite writer's
+/// are, are not counted: they were never pending).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogHead {
     pub size: u64,
     pub root: Hash,
+    pub indexed: u64,
 }
 
 /// What the audit lists may be filtered by.

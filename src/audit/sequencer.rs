@@ -1,6 +1,8 @@
 //! The sequencer: gives pending log entries their leaf indexes and signs checkpoints every
-//! `checkpoint_leaves` leaves or `checkpoint_interval_ms`, in the background, so sends only ever
-//! add a pending entry in their own transaction.
+//! `checkpoint_leaves` leaves or `checkpoint_interval_ms`, in the background. On PostgreSQL
+//! every entry is written pending (several instances write at once) and indexed here; on SQLite
+//! the group writer indexes the entries it writes as it writes them, and what is left pending
+//! here is the few written through sqlx (erasures, body accesses, replies).
 //!
 //! Several instances may run it against one PostgreSQL database: each batch takes a
 //! transaction-scoped advisory lock, so one sequences at a time and another takes over as soon
@@ -53,7 +55,7 @@ pub async fn run(current: crate::state::Current, mut stop: tokio::sync::watch::R
 }
 
 /// Sequences what is pending (batch by batch until a batch is not full: under steady load new
-/// entries keep arriving, and the sequencer must still get to sign), signing a checkpoint
+/// pending entries keep arriving, and the sequencer must still get to sign), signing a checkpoint
 /// whenever one is due, stamped with the time it is signed (`now_us` is read at each); returns
 /// the last one signed.
 pub async fn step(
@@ -62,19 +64,16 @@ pub async fn step(
     cadence: Cadence,
     now_us: &(dyn Fn() -> i64 + Sync),
 ) -> Result<Option<Checkpoint>, StoreError> {
-    let mut size = store.log_size().await?;
     let mut signed = None;
     loop {
         let Some(head) = store.sequence_log(BATCH).await? else {
             // Another instance is sequencing; it signs too.
             return Ok(signed);
         };
-        let sequenced = head.size.saturating_sub(size);
-        size = head.size;
         if let Some(checkpoint) = sign_if_due(store, signer, cadence, head, now_us()).await? {
             signed = Some(checkpoint);
         }
-        if sequenced < BATCH as u64 {
+        if head.indexed < BATCH as u64 {
             return Ok(signed);
         }
     }

@@ -958,6 +958,7 @@ impl AuditLog for PgStore {
         Ok(Some(LogHead {
             size: frontier.size(),
             root: frontier.root(),
+            indexed: leaves.len() as u64,
         }))
     }
 

@@ -197,9 +197,7 @@ fn run(
             }
             Err(error) => {
                 tracing::error!(%error, writes = batch.len(), "a write batch failed");
-                stats
-                    .last_failure_us
-                    .store(jiff::Timestamp::now().as_microsecond(), Ordering::Relaxed);
+                stats.failed();
                 let message = error.to_string();
                 for job in batch.drain(..) {
                     let _ = job.answer.send(Err(StoreError::Unsafe(format!(
@@ -223,9 +221,10 @@ fn commit(
     {
         let transaction =
             connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut tree = Tree::begin(&transaction)?;
         let mut results = Vec::with_capacity(batch.len());
         for job in batch {
-            match apply(&transaction, &job.write) {
+            match apply(&transaction, &mut tree, &job.write) {
                 Ok(written) => results.push(Ok(written)),
                 Err(_) => break,
             }
@@ -238,17 +237,21 @@ fn commit(
     }
     let mut transaction =
         connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut tree = Tree::begin(&transaction)?;
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
         let savepoint = transaction.savepoint()?;
-        match apply(&savepoint, &job.write) {
+        let before = tree.clone();
+        match apply(&savepoint, &mut tree, &job.write) {
             Ok(written) => {
                 savepoint.commit()?;
                 results.push(Ok(written));
             }
             Err(error) => {
-                // Dropping the savepoint rolls it back; the batch goes on.
+                // Dropping the savepoint rolls it back, and the tree goes back with it; the
+                // batch goes on.
                 drop(savepoint);
+                tree = before;
                 results.push(Err(error));
             }
         }
@@ -257,11 +260,11 @@ fn commit(
     Ok(results)
 }
 
-fn apply(transaction: &Connection, write: &Write) -> Result<Written, StoreError> {
+fn apply(transaction: &Connection, tree: &mut Tree, write: &Write) -> Result<Written, StoreError> {
     match write {
         Write::Messages(records) => {
             for record in records {
-                insert_message(transaction, record)?;
+                insert_message(transaction, tree, record)?;
             }
             Ok(Written::Done)
         }
@@ -284,6 +287,7 @@ fn apply(transaction: &Connection, write: &Write) -> Result<Written, StoreError>
                 ])?;
             insert_log_entry(
                 transaction,
+                tree,
                 leaf::outcome(&outcome.leaf(id, tenant, recipient_hash), Link::First),
             )?;
             Ok(Written::Done)
@@ -291,10 +295,13 @@ fn apply(transaction: &Connection, write: &Write) -> Result<Written, StoreError>
         Write::Consents(records) => Ok(Written::Consents(
             records
                 .iter()
-                .map(|record| insert_consent(transaction, record))
+                .map(|record| insert_consent(transaction, tree, record))
                 .collect::<Result<_, _>>()?,
         )),
-        Write::Sequence(limit) => Ok(Written::Sequenced(sequence(transaction, *limit)?)),
+        Write::Sequence(limit) => {
+            let indexed = tree.index_pending(transaction, *limit)?;
+            Ok(Written::Sequenced(tree.head(transaction, indexed)?))
+        }
         Write::ClaimKey(claim) => Ok(Written::Claimed(claim_key(transaction, claim)?)),
         Write::AnswerKey {
             tenant,
@@ -375,7 +382,7 @@ fn apply(transaction: &Connection, write: &Write) -> Result<Written, StoreError>
                 == 1,
         )),
         Write::Release(release) => {
-            insert_release(transaction, release)?;
+            insert_release(transaction, tree, release)?;
             match release.release_again_at_us {
                 Some(again) => transaction
                     .prepare_cached(
@@ -400,7 +407,7 @@ fn apply(transaction: &Connection, write: &Write) -> Result<Written, StoreError>
                      release_at_us = excluded.release_at_us, claimed_at_us = NULL, done = 0",
                 )?
                 .execute(params![release.message_id.as_str(), tenant, again])?;
-            insert_release(transaction, release)?;
+            insert_release(transaction, tree, release)?;
             Ok(Written::Done)
         }
         Write::PurgeKeys(now_us) => Ok(Written::Purged(
@@ -450,10 +457,104 @@ fn claim_key(transaction: &Connection, claim: &KeyClaim) -> Result<Claimed, Stor
     Ok(claimed)
 }
 
-/// Gives the oldest pending log entries (up to `limit`) the next leaf indexes, in `seq` order,
-/// and stores the tree's new nodes. Done here, in a batch of the send path's writes, it costs
-/// no commit of its own, and sees the entries of the writes before it in the batch.
-fn sequence(transaction: &Connection, limit: i64) -> Result<LogHead, StoreError> {
+/// Pending entries indexed at the start of a batch, at most; past it, the batch's own entries
+/// are left pending too, behind them, for the sequencer.
+const PENDING_AT_START: i64 = 10_000;
+
+/// The log's tree as one transaction of the writer extends it. Every entry the writer adds
+/// gets its leaf index as it is inserted, so that a send's two leaves cost two inserts and not,
+/// as when the sequencer indexed them later, two inserts and two updates of three indexes each.
+/// Entries still pending (written through sqlx: erasures, body accesses, replies) are indexed
+/// first, when the batch begins, so the log keeps the order in which entries were written.
+/// The tree's edge is read at the first entry of the batch and lives as long as the
+/// transaction: a rolled-back write takes its copy back with it.
+#[derive(Clone)]
+struct Tree {
+    /// Whether this transaction indexes its entries as it adds them (nothing older is pending).
+    inline: bool,
+    frontier: Option<Frontier>,
+}
+
+impl Tree {
+    /// The tree of a transaction that has just begun: what is pending is indexed first.
+    fn begin(transaction: &Connection) -> Result<Tree, StoreError> {
+        let mut tree = Tree {
+            inline: false,
+            frontier: None,
+        };
+        let indexed = tree.index_pending(transaction, PENDING_AT_START)?;
+        tree.inline = indexed < PENDING_AT_START as u64;
+        Ok(tree)
+    }
+
+    /// The edge of the tree, read from the stored subtrees the first time.
+    fn frontier(&mut self, transaction: &Connection) -> Result<&mut Frontier, StoreError> {
+        if self.frontier.is_none() {
+            self.frontier = Some(read_frontier(transaction)?);
+        }
+        Ok(self.frontier.as_mut().expect("just read"))
+    }
+
+    /// Appends a leaf: stores the subtrees it completes and returns its index.
+    fn append(&mut self, transaction: &Connection, hash: Hash) -> Result<i64, StoreError> {
+        let frontier = self.frontier(transaction)?;
+        let index = frontier.size() as i64;
+        let completed = frontier.push(hash);
+        let mut insert_node = transaction
+            .prepare_cached("INSERT INTO log_nodes (level, idx, hash) VALUES (?, ?, ?)")?;
+        for ((level, idx), node) in completed {
+            insert_node.execute(params![level as i64, idx as i64, &node[..]])?;
+        }
+        Ok(index)
+    }
+
+    /// The index a new entry gets now, or `None` when it is left pending.
+    fn index_for(
+        &mut self,
+        transaction: &Connection,
+        hash: Hash,
+    ) -> Result<Option<i64>, StoreError> {
+        if !self.inline {
+            return Ok(None);
+        }
+        self.append(transaction, hash).map(Some)
+    }
+
+    /// Gives the oldest pending entries (up to `limit`) the next leaf indexes, in `seq` order;
+    /// returns how many it indexed.
+    fn index_pending(&mut self, transaction: &Connection, limit: i64) -> Result<u64, StoreError> {
+        let pending: Vec<(i64, Vec<u8>)> = transaction
+            .prepare_cached(
+                "SELECT seq, leaf_hash FROM log_leaves WHERE leaf_index IS NULL \
+                 ORDER BY seq LIMIT ?",
+            )?
+            .query_map([limit], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (seq, hash) in &pending {
+            let index = self.append(
+                transaction,
+                hash_from(hash.clone(), "log_leaves.leaf_hash")?,
+            )?;
+            transaction
+                .prepare_cached("UPDATE log_leaves SET leaf_index = ? WHERE seq = ?")?
+                .execute(params![index, seq])?;
+        }
+        Ok(pending.len() as u64)
+    }
+
+    /// The tree as it stands in this transaction.
+    fn head(&mut self, transaction: &Connection, indexed: u64) -> Result<LogHead, StoreError> {
+        let frontier = self.frontier(transaction)?;
+        Ok(LogHead {
+            size: frontier.size(),
+            root: frontier.root(),
+            indexed,
+        })
+    }
+}
+
+/// The right edge of the tree of every indexed entry, from its stored subtrees.
+fn read_frontier(transaction: &Connection) -> Result<Frontier, StoreError> {
     let size: i64 = transaction
         .prepare_cached(
             "SELECT COALESCE(MAX(leaf_index) + 1, 0) FROM log_leaves WHERE leaf_index IS NOT NULL",
@@ -461,45 +562,26 @@ fn sequence(transaction: &Connection, limit: i64) -> Result<LogHead, StoreError>
         .query_row([], |row| row.get(0))?;
     let size = size as u64;
     let mut edge = Vec::new();
-    {
-        let mut node =
-            transaction.prepare_cached("SELECT hash FROM log_nodes WHERE level = ? AND idx = ?")?;
-        for (level, idx) in Frontier::nodes_of(size) {
-            let hash: Option<Vec<u8>> = node
-                .query_row(params![level as i64, idx as i64], |row| row.get(0))
-                .optional()?;
-            let hash = hash.ok_or_else(|| {
-                StoreError::Corrupt(format!("log_nodes: subtree ({level}, {idx}) is missing"))
-            })?;
-            edge.push(hash_from(hash, "log_nodes.hash")?);
-        }
+    let mut node =
+        transaction.prepare_cached("SELECT hash FROM log_nodes WHERE level = ? AND idx = ?")?;
+    for (level, idx) in Frontier::nodes_of(size) {
+        let hash: Option<Vec<u8>> = node
+            .query_row(params![level as i64, idx as i64], |row| row.get(0))
+            .optional()?;
+        let hash = hash.ok_or_else(|| {
+            StoreError::Corrupt(format!("log_nodes: subtree ({level}, {idx}) is missing"))
+        })?;
+        edge.push(hash_from(hash, "log_nodes.hash")?);
     }
-    let mut frontier = Frontier::from_parts(size, edge)
-        .ok_or_else(|| StoreError::Corrupt("log_nodes: the tree's edge".into()))?;
-    let mut pending = transaction.prepare_cached(
-        "SELECT seq, leaf_hash FROM log_leaves WHERE leaf_index IS NULL ORDER BY seq LIMIT ?",
-    )?;
-    let pending: Vec<(i64, Vec<u8>)> = pending
-        .query_map([limit], |row| Ok((row.get(0)?, row.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    let mut insert_node =
-        transaction.prepare_cached("INSERT INTO log_nodes (level, idx, hash) VALUES (?, ?, ?)")?;
-    let mut index_leaf =
-        transaction.prepare_cached("UPDATE log_leaves SET leaf_index = ? WHERE seq = ?")?;
-    for (seq, hash) in pending {
-        let hash: Hash = hash_from(hash, "log_leaves.leaf_hash")?;
-        index_leaf.execute(params![frontier.size() as i64, seq])?;
-        for ((level, idx), node) in frontier.push(hash) {
-            insert_node.execute(params![level as i64, idx as i64, &node[..]])?;
-        }
-    }
-    Ok(LogHead {
-        size: frontier.size(),
-        root: frontier.root(),
-    })
+    Frontier::from_parts(size, edge)
+        .ok_or_else(|| StoreError::Corrupt("log_nodes: the tree's edge".into()))
 }
 
-fn insert_release(transaction: &Connection, release: &ReleaseRecord) -> Result<(), StoreError> {
+fn insert_release(
+    transaction: &Connection,
+    tree: &mut Tree,
+    release: &ReleaseRecord,
+) -> Result<(), StoreError> {
     let (tenant, recipient_hash) = message_recipient(transaction, &release.message_id)?;
     let id = crate::store::row_id("rel");
     transaction
@@ -516,6 +598,7 @@ fn insert_release(transaction: &Connection, release: &ReleaseRecord) -> Result<(
         ])?;
     insert_log_entry(
         transaction,
+        tree,
         leaf::release(&release.leaf(id, tenant, recipient_hash), Link::First),
     )
 }
@@ -532,7 +615,11 @@ fn message_recipient(
         .ok_or_else(|| StoreError::Corrupt(format!("no message {id} to record about")))
 }
 
-fn insert_message(transaction: &Connection, record: &MessageRecord) -> Result<(), StoreError> {
+fn insert_message(
+    transaction: &Connection,
+    tree: &mut Tree,
+    record: &MessageRecord,
+) -> Result<(), StoreError> {
     transaction
         .prepare_cached(
             "INSERT INTO messages (id, tenant, created_at_us, recipient_hash, recipient_masked, \
@@ -575,7 +662,7 @@ fn insert_message(transaction: &Connection, record: &MessageRecord) -> Result<()
                 key.created_at_us,
             ])?;
     }
-    insert_log_entry(transaction, leaf::message(record, Link::First))?;
+    insert_log_entry(transaction, tree, leaf::message(record, Link::First))?;
     if let Some(release_at_us) = record.release_at_us {
         transaction
             .prepare_cached(
@@ -592,6 +679,7 @@ fn insert_message(transaction: &Connection, record: &MessageRecord) -> Result<()
 
 fn insert_consent(
     transaction: &Connection,
+    tree: &mut Tree,
     record: &ConsentRecord,
 ) -> Result<Recorded, StoreError> {
     let inserted = transaction
@@ -622,7 +710,7 @@ fn insert_consent(
             record.evidence,
         ])?;
     if inserted == 1 {
-        insert_log_entry(transaction, leaf::consent_event(record, Link::First))?;
+        insert_log_entry(transaction, tree, leaf::consent_event(record, Link::First))?;
         return Ok(Recorded::New);
     }
     let existing: Option<String> = transaction
@@ -637,19 +725,28 @@ fn insert_consent(
         .ok_or_else(|| StoreError::Corrupt("consent_events: a conflict without a row".into()))
 }
 
-/// Adds a row's entry to the log, pending its index; a leaf about a recipient is linked to the
-/// newest leaf about it first, and becomes the newest (see `rows::head_sql`).
-fn insert_log_entry(transaction: &Connection, leaf: Leaf) -> Result<(), StoreError> {
+/// Adds a row's entry to the log, with its leaf index (pending one, if the batch left older
+/// entries pending); a leaf about a recipient is linked to the newest leaf about it first, and
+/// becomes the newest (see `rows::head_sql`).
+fn insert_log_entry(
+    transaction: &Connection,
+    tree: &mut Tree,
+    leaf: Leaf,
+) -> Result<(), StoreError> {
     let Some(recipient_hash) = leaf.recipient_hash.clone() else {
+        let hash = leaf.hash();
+        let index = tree.index_for(transaction, hash)?;
         transaction
             .prepare_cached(
-                "INSERT INTO log_leaves (kind, ref_id, tenant, leaf_hash) VALUES (?, ?, ?, ?)",
+                "INSERT INTO log_leaves (kind, ref_id, tenant, leaf_hash, leaf_index) \
+                 VALUES (?, ?, ?, ?, ?)",
             )?
             .execute(params![
                 leaf.kind.as_str(),
                 leaf.ref_id,
                 leaf.tenant,
-                &leaf.hash()[..]
+                &hash[..],
+                index
             ])?;
         return Ok(());
     };
@@ -667,17 +764,19 @@ fn insert_log_entry(transaction: &Connection, leaf: Leaf) -> Result<(), StoreErr
         Link::After(previous) => Some(&previous[..]),
         _ => None,
     };
+    let index = tree.index_for(transaction, hash)?;
     transaction
         .prepare_cached(
-            "INSERT INTO log_leaves (kind, ref_id, tenant, leaf_hash, chained, prev_hash) \
-             VALUES (?, ?, ?, ?, 1, ?)",
+            "INSERT INTO log_leaves (kind, ref_id, tenant, leaf_hash, chained, prev_hash, \
+             leaf_index) VALUES (?, ?, ?, ?, 1, ?, ?)",
         )?
         .execute(params![
             leaf.kind.as_str(),
             leaf.ref_id,
             leaf.tenant,
             &hash[..],
-            previous
+            previous,
+            index
         ])?;
     transaction
         .prepare_cached(&rows::set_head_sql(["?1", "?2", "?3"]))?
@@ -696,6 +795,11 @@ pub struct BatchStats {
 }
 
 impl BatchStats {
+    fn failed(&self) {
+        self.last_failure_us
+            .store(jiff::Timestamp::now().as_microsecond(), Ordering::Relaxed);
+    }
+
     fn record(&self, size: usize) {
         let bucket = (usize::BITS - size.leading_zeros()).saturating_sub(1) as usize;
         self.buckets[bucket.min(9)].fetch_add(1, Ordering::Relaxed);
@@ -846,6 +950,62 @@ mod tests {
             writer.stats.summary().contains("writes=50"),
             "{}",
             writer.stats.summary()
+        );
+    }
+
+    /// The log's leaf indexes stay the order entries were written in: one left pending by
+    /// another connection is indexed before the batch's own, a write rolled back gives its
+    /// indexes back, and the stored tree matches the leaves.
+    #[tokio::test]
+    async fn a_batch_indexes_what_is_pending_first_and_a_failed_write_gives_its_indexes_back() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("tree.db");
+        crate::store::open(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        let mut connection = connection::open(&path, false).unwrap();
+        // An entry written through another connection (as an erasure's is): pending.
+        connection
+            .execute(
+                "INSERT INTO log_leaves (kind, ref_id, tenant, leaf_hash) VALUES \
+                 ('body_access', 'acc_1', 't', ?)",
+                params![&[7u8; 32][..]],
+            )
+            .unwrap();
+        let first = record(None);
+        let confirmation = record(Some("evt_1"));
+        let batch = vec![
+            job(Write::Messages(vec![first.clone()])).0,
+            job(Write::Messages(vec![confirmation])).0,
+            // Its first record is logged (a leaf appended), then its second refused: the
+            // whole write is rolled back, its leaf and index with it.
+            job(Write::Messages(vec![record(None), record(Some("evt_1"))])).0,
+            job(Write::Messages(vec![record(None)])).0,
+        ];
+        let results = commit(&mut connection, &batch).unwrap();
+        let failed: Vec<bool> = results.iter().map(Result::is_err).collect();
+        assert_eq!(failed, [false, false, true, false]);
+        let leaves: Vec<(i64, String, Vec<u8>)> = connection
+            .prepare("SELECT leaf_index, ref_id, leaf_hash FROM log_leaves ORDER BY leaf_index")
+            .unwrap()
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let indexes: Vec<i64> = leaves.iter().map(|(index, ..)| *index).collect();
+        assert_eq!(indexes, [0, 1, 2, 3], "one index each, none skipped");
+        assert_eq!(leaves[0].1, "acc_1", "the pending entry comes first");
+        assert_eq!(leaves[1].1, first.id.as_str());
+        let mut tree = Frontier::default();
+        for (_, _, hash) in &leaves {
+            tree.push(hash_from(hash.clone(), "leaf").unwrap());
+        }
+        let stored = read_frontier(&connection).unwrap();
+        assert_eq!(stored.size(), 4);
+        assert_eq!(
+            stored.root(),
+            tree.root(),
+            "the stored subtrees are the leaves'"
         );
     }
 }
