@@ -216,6 +216,13 @@ impl Permit {
         self.basis.as_ref()
     }
 
+    /// Its basis as its record and leaf keep it (JSON).
+    pub fn basis_json(&self) -> Option<String> {
+        self.basis
+            .as_ref()
+            .and_then(|basis| serde_json::to_string(basis).ok())
+    }
+
     pub fn message(&self) -> &CanonicalMessage {
         &self.message
     }

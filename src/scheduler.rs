@@ -168,9 +168,10 @@ async fn release(
         let decision = policy::decide(message, &facts);
         send::keep_slot(state, tenant, &decision, paced);
         let record = match &decision {
-            Decision::Allow(_) => {
-                release_record(&item, now, DecisionKind::Allowed, "[]".into(), None)
-            }
+            Decision::Allow(permit) => ReleaseRecord {
+                basis: permit.basis_json(),
+                ..release_record(&item, now, DecisionKind::Allowed, "[]".into(), None)
+            },
             Decision::Deny(denial) => release_record(
                 &item,
                 now,
@@ -223,6 +224,7 @@ fn release_record(
         decided_at_us: now.as_microsecond(),
         decision,
         reasons_json,
+        basis: None,
         release_again_at_us,
     }
 }

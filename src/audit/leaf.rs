@@ -28,6 +28,14 @@ pub const BASIS_VERSION: u8 = 2;
 /// ...and every leaf about a recipient written since with its [`Link`] as its last field (a
 /// message's basis is then always a field, absent or not).
 pub const CHAIN_VERSION: u8 = 3;
+/// ...and a release that allowed its message with that decision's basis as a field before its
+/// link (a release that did not keeps version 3).
+pub const RELEASE_BASIS_VERSION: u8 = 4;
+
+/// Whether a leaf of this version ends with a link.
+fn chained(version: Option<&u8>) -> bool {
+    matches!(version, Some(&CHAIN_VERSION | &RELEASE_BASIS_VERSION))
+}
 
 /// Where a leaf stands in its recipient's chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,19 +181,19 @@ impl Encoder {
         self.0.extend_from_slice(&value.to_be_bytes());
         self
     }
-    /// Ends a leaf about a recipient: a chained leaf is of version 3 and ends with its link.
+    /// Ends a leaf about a recipient: a chained leaf is of version 3 (or later) and ends with
+    /// its link.
     fn link(mut self, link: Link) -> Self {
+        if link != Link::Unchained {
+            self.0[0] = self.0[0].max(CHAIN_VERSION);
+        }
         match link {
             Link::Unchained => self,
             Link::First => {
-                self.0[0] = CHAIN_VERSION;
                 self.0.push(0x00);
                 self
             }
-            Link::After(hash) => {
-                self.0[0] = CHAIN_VERSION;
-                self.bytes(&hash)
-            }
+            Link::After(hash) => self.bytes(&hash),
         }
     }
     fn leaf(self, kind: Kind, ref_id: &str, tenant: &str, recipient_hash: Option<&str>) -> Leaf {
@@ -424,26 +432,37 @@ pub struct Release {
     pub decided_at_us: i64,
     pub decision: String,
     pub reasons_json: String,
+    /// What an allowed release's consent rested on (JSON, as a message's basis).
+    pub basis: Option<String>,
 }
 
-/// A release's leaf: id, tenant, message_id, recipient_hash, decided_at_us, decision, reasons,
-/// link.
+/// A release's leaf: id, tenant, message_id, recipient_hash, decided_at_us, decision, reasons;
+/// for a release with a decision basis, the basis (and the leaf's version is
+/// [`RELEASE_BASIS_VERSION`]); then its link.
 pub fn release(release: &Release, link: Link) -> Leaf {
-    Encoder::with_version(CHAIN_VERSION, Kind::Release)
+    let version = match release.basis {
+        Some(_) => RELEASE_BASIS_VERSION,
+        None => CHAIN_VERSION,
+    };
+    let encoder = Encoder::with_version(version, Kind::Release)
         .text(&release.id)
         .text(&release.tenant)
         .text(&release.message_id)
         .text(&release.recipient_hash)
         .int(release.decided_at_us)
         .text(&release.decision)
-        .text(&release.reasons_json)
-        .link(link)
-        .leaf(
-            Kind::Release,
-            &release.id,
-            &release.tenant,
-            Some(&release.recipient_hash),
-        )
+        .text(&release.reasons_json);
+    match &release.basis {
+        Some(basis) => encoder.text(basis),
+        None => encoder,
+    }
+    .link(link)
+    .leaf(
+        Kind::Release,
+        &release.id,
+        &release.tenant,
+        Some(&release.recipient_hash),
+    )
 }
 
 /// The columns of an `inbound_messages` row that its leaf covers.
@@ -559,6 +578,7 @@ pub fn decode(bytes: &[u8]) -> Option<(Kind, Vec<Field>)> {
         VERSION => kind.code() <= Kind::Erasure.code(),
         BASIS_VERSION => kind == Kind::Message,
         CHAIN_VERSION => kind != Kind::BodyAccess,
+        RELEASE_BASIS_VERSION => kind == Kind::Release,
         _ => false,
     };
     if !known {
@@ -594,7 +614,7 @@ pub fn decode(bytes: &[u8]) -> Option<(Kind, Vec<Field>)> {
 /// one as it writes it, since only the store knows the newest leaf about the recipient then.
 /// A leaf that is not chained is returned as it is.
 pub fn relink(mut leaf: Leaf, link: Link) -> Leaf {
-    if leaf.bytes.first() != Some(&CHAIN_VERSION) || leaf.bytes.last() != Some(&0x00) {
+    if !chained(leaf.bytes.first()) || leaf.bytes.last() != Some(&0x00) {
         return leaf;
     }
     if let Link::After(hash) = link {
@@ -609,7 +629,7 @@ pub fn relink(mut leaf: Leaf, link: Link) -> Leaf {
 /// A decoded leaf's link: `Unchained` for a leaf of version 1 or 2, else its last field.
 /// `None` if the leaf is not well formed or its last field is not a link.
 pub fn link_of(bytes: &[u8], fields: &[Field]) -> Option<Link> {
-    if bytes.first() != Some(&CHAIN_VERSION) {
+    if !chained(bytes.first()) {
         return Some(Link::Unchained);
     }
     match fields.last()? {
@@ -705,6 +725,38 @@ mod tests {
         assert_eq!(relink(access.clone(), Link::After(previous)), access);
         let mut forged = access.bytes.clone();
         forged[0] = CHAIN_VERSION;
+        assert!(decode(&forged).is_none());
+    }
+
+    #[test]
+    fn an_allowed_release_carries_its_basis_before_its_link() {
+        let mut released = Release {
+            id: "rel".into(),
+            tenant: "t".into(),
+            message_id: "m".into(),
+            recipient_hash: "r".into(),
+            decided_at_us: 9,
+            decision: "denied".into(),
+            reasons_json: "[]".into(),
+            basis: None,
+        };
+        let without = release(&released, Link::First);
+        assert_eq!(without.bytes[0], CHAIN_VERSION);
+        released.decision = "allowed".into();
+        released.basis = Some("{}".into());
+        let previous = [3u8; 32];
+        let with = relink(release(&released, Link::First), Link::After(previous));
+        assert_eq!(with, release(&released, Link::After(previous)));
+        assert_eq!(with.bytes[0], RELEASE_BASIS_VERSION);
+        let (kind, fields) = decode(&with.bytes).unwrap();
+        assert_eq!(kind, Kind::Release);
+        assert_eq!(fields.len(), 9, "seven columns, the basis, the link");
+        assert_eq!(fields[7], Field::Bytes(b"{}".to_vec()));
+        assert_eq!(link_of(&with.bytes, &fields), Some(Link::After(previous)));
+        // Version 4 is a release's only.
+        let mut forged = without.bytes.clone();
+        forged[1] = Kind::Outcome.code();
+        forged[0] = RELEASE_BASIS_VERSION;
         assert!(decode(&forged).is_none());
     }
 }

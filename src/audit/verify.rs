@@ -231,14 +231,30 @@ impl OrderCheck {
 /// Replays each allowed message's consent: the basis its leaf records (`policy::Basis`: the
 /// opt-in it rested on and the consent rules applied) must hold against the recipient's
 /// consent events that come before it in the log. A message whose opt-in is not in the log
-/// before it, or that an earlier opt-out forbids, fails. Messages recorded before bases were
-/// (leaf version 1) are not replayed.
+/// before it, or that an earlier opt-out forbids, fails. A held message (deferred, scheduled,
+/// paced or throttled) is replayed when a release allows it, at that release's place and time,
+/// against the basis the release records. Messages recorded before bases were (leaf version 1)
+/// and releases before they had one (leaf version 3) are not replayed.
 #[derive(Debug, Default)]
 pub struct Replay {
     /// Each recipient's consent events so far, by tenant and recipient hash.
     ledgers: std::collections::HashMap<(String, String), Vec<crate::consent::ConsentEvent>>,
-    /// How many messages were replayed.
+    /// The purpose and scope of each message not denied so far, which a release may allow
+    /// later: by the 128 bits of its id, as an index into `scopes` (a log has few distinct
+    /// ones), so that a log of millions of messages costs tens of bytes each.
+    messages: std::collections::HashMap<u128, u32>,
+    scopes: Vec<(crate::domain::Purpose, crate::domain::Scope)>,
+    scope_index: std::collections::HashMap<(crate::domain::Purpose, crate::domain::Scope), u32>,
+    /// How many decisions were replayed.
     pub replayed: u64,
+}
+
+/// The 128 bits of a message id (`msg_` and 32 hex digits).
+fn message_bits(id: &str) -> Option<u128> {
+    let hex = id.strip_prefix("msg_")?;
+    (hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| u128::from_str_radix(hex, 16).ok())
+        .flatten()
 }
 
 impl Replay {
@@ -256,6 +272,14 @@ impl Replay {
             _ => None,
         };
         let unreadable = |what: &str| fail(index, format!("the leaf's {what} does not read"));
+        let at = |us: Option<i64>, what: &str| {
+            us.and_then(|us| jiff::Timestamp::from_microsecond(us).ok())
+                .ok_or_else(|| unreadable(what))
+        };
+        let basis = |json: &str| {
+            serde_json::from_str::<crate::policy::Basis>(json)
+                .map_err(|_| unreadable("decision basis"))
+        };
         match kind {
             Kind::ConsentEvent => {
                 let key = (
@@ -277,32 +301,83 @@ impl Replay {
                 self.ledgers.entry(key).or_default().push(event);
                 Ok(())
             }
-            Kind::Message => match text(17) {
-                Some(basis) if text(9).as_deref() == Some("allowed") => {
-                    let basis: crate::policy::Basis =
-                        serde_json::from_str(&basis).map_err(|_| unreadable("decision basis"))?;
-                    let key = (
-                        text(1).ok_or_else(|| unreadable("tenant"))?,
-                        text(3).ok_or_else(|| unreadable("recipient_hash"))?,
-                    );
-                    let purpose: crate::domain::Purpose = text(6)
-                        .and_then(|p| p.parse().ok())
-                        .ok_or_else(|| unreadable("purpose"))?;
-                    let scope = crate::domain::Scope {
-                        brand: text(7),
-                        campaign: text(8),
-                    };
-                    let decided_at = int(2)
-                        .and_then(|us| jiff::Timestamp::from_microsecond(us).ok())
-                        .ok_or_else(|| unreadable("created_at_us"))?;
-                    let events = self.ledgers.get(&key).map_or(&[][..], Vec::as_slice);
-                    self.replayed += 1;
-                    replay(index, &basis, events, &scope, purpose, decided_at)
+            Kind::Message => {
+                let decision = text(9);
+                if decision.as_deref() == Some("denied") {
+                    return Ok(());
                 }
-                _ => Ok(()),
-            },
+                let purpose: crate::domain::Purpose = text(6)
+                    .and_then(|p| p.parse().ok())
+                    .ok_or_else(|| unreadable("purpose"))?;
+                let scope = crate::domain::Scope {
+                    brand: text(7),
+                    campaign: text(8),
+                };
+                if let Some(bits) = text(0).as_deref().and_then(message_bits) {
+                    let next = u32::try_from(self.scopes.len()).unwrap_or(u32::MAX);
+                    let slot = *self
+                        .scope_index
+                        .entry((purpose, scope.clone()))
+                        .or_insert(next);
+                    if slot == next {
+                        self.scopes.push((purpose, scope.clone()));
+                    }
+                    self.messages.insert(bits, slot);
+                }
+                match text(17) {
+                    Some(json) if decision.as_deref() == Some("allowed") => {
+                        let key = (
+                            text(1).ok_or_else(|| unreadable("tenant"))?,
+                            text(3).ok_or_else(|| unreadable("recipient_hash"))?,
+                        );
+                        let decided_at = at(int(2), "created_at_us")?;
+                        self.replay(index, &basis(&json)?, &key, &scope, purpose, decided_at)
+                    }
+                    _ => Ok(()),
+                }
+            }
+            Kind::Release
+                if bytes.first() == Some(&leaf::RELEASE_BASIS_VERSION)
+                    && text(5).as_deref() == Some("allowed") =>
+            {
+                let message = text(2).ok_or_else(|| unreadable("message_id"))?;
+                let Some((purpose, scope)) = message_bits(&message)
+                    .and_then(|bits| self.messages.get(&bits))
+                    .and_then(|&slot| self.scopes.get(slot as usize))
+                    .cloned()
+                else {
+                    return Err(fail(
+                        index,
+                        format!(
+                            "the release allows message {message}, which is not in the log \
+                             before it (or was denied there)"
+                        ),
+                    ));
+                };
+                let key = (
+                    text(1).ok_or_else(|| unreadable("tenant"))?,
+                    text(3).ok_or_else(|| unreadable("recipient_hash"))?,
+                );
+                let json = text(7).ok_or_else(|| unreadable("decision basis"))?;
+                let decided_at = at(int(4), "decided_at_us")?;
+                self.replay(index, &basis(&json)?, &key, &scope, purpose, decided_at)
+            }
             _ => Ok(()),
         }
+    }
+
+    fn replay(
+        &mut self,
+        index: u64,
+        basis: &crate::policy::Basis,
+        key: &(String, String),
+        scope: &crate::domain::Scope,
+        purpose: crate::domain::Purpose,
+        decided_at: jiff::Timestamp,
+    ) -> Result<(), Failure> {
+        let events = self.ledgers.get(key).map_or(&[][..], Vec::as_slice);
+        self.replayed += 1;
+        replay(index, basis, events, scope, purpose, decided_at)
     }
 }
 
@@ -1338,70 +1413,86 @@ mod tests {
         assert_ne!(a2.hash(), answered("o1", "a").hash());
     }
 
+    fn consent(id: &'static str, action: &'static str, at: i64) -> Vec<u8> {
+        use crate::audit::leaf::{ConsentColumns, consent_event};
+        consent_event(
+            ConsentColumns {
+                id,
+                tenant: "t",
+                recipient_hash: "r",
+                recipient_masked: "+1415555****",
+                action,
+                level: (action == "opt_in").then_some("express_written"),
+                brand: None,
+                campaign: None,
+                purposes: "",
+                method: "web_form",
+                occurred_at_us: at,
+                recorded_at_us: at,
+                recorded_by: "s",
+                external_id: None,
+                idempotency_key: id,
+                key_id: "k",
+                evidence: b"e",
+            },
+            Link::Unchained,
+        )
+        .bytes
+    }
+
+    /// A marketing message's leaf, of id `id`, decided `decision`.
+    fn marketing_to(
+        id: &'static str,
+        decision: &'static str,
+        basis: Option<&'static str>,
+        at: i64,
+    ) -> Vec<u8> {
+        use crate::audit::leaf::{MessageColumns, message};
+        message(
+            MessageColumns {
+                id,
+                tenant: "t",
+                created_at_us: at,
+                recipient_hash: "r",
+                recipient_masked: "+1415555****",
+                sender_masked: "+1202555****",
+                purpose: "marketing",
+                brand: None,
+                campaign: None,
+                decision,
+                reasons_json: "[]",
+                upstream: Some("gw"),
+                reply_kind: None,
+                confirms_event: None,
+                status_callback: None,
+                key_id: "k",
+                payload: b"p",
+                basis,
+            },
+            Link::Unchained,
+        )
+        .bytes
+    }
+
+    fn marketing(basis: Option<&'static str>, at: i64) -> Vec<u8> {
+        marketing_to("msg", "allowed", basis, at)
+    }
+
+    /// Replays `leaves` in order: how many decisions were replayed, or the first failure.
+    fn run_replay(leaves: &[Vec<u8>]) -> Result<u64, Failure> {
+        let mut replay = Replay::default();
+        leaves
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, leaf)| replay.see(i as u64, leaf))
+            .map(|()| replay.replayed)
+    }
+
     #[test]
     fn replay_holds_an_allowed_message_to_the_consent_before_it_in_the_log() {
-        use crate::audit::leaf::{ConsentColumns, MessageColumns, consent_event, message};
-        let consent = |id: &'static str, action: &'static str, at: i64| {
-            consent_event(
-                ConsentColumns {
-                    id,
-                    tenant: "t",
-                    recipient_hash: "r",
-                    recipient_masked: "+1415555****",
-                    action,
-                    level: (action == "opt_in").then_some("express_written"),
-                    brand: None,
-                    campaign: None,
-                    purposes: "",
-                    method: "web_form",
-                    occurred_at_us: at,
-                    recorded_at_us: at,
-                    recorded_by: "s",
-                    external_id: None,
-                    idempotency_key: id,
-                    key_id: "k",
-                    evidence: b"e",
-                },
-                Link::Unchained,
-            )
-            .bytes
-        };
-        let marketing = |basis: Option<&'static str>, at: i64| {
-            message(
-                MessageColumns {
-                    id: "msg",
-                    tenant: "t",
-                    created_at_us: at,
-                    recipient_hash: "r",
-                    recipient_masked: "+1415555****",
-                    sender_masked: "+1202555****",
-                    purpose: "marketing",
-                    brand: None,
-                    campaign: None,
-                    decision: "allowed",
-                    reasons_json: "[]",
-                    upstream: Some("gw"),
-                    reply_kind: None,
-                    confirms_event: None,
-                    status_callback: None,
-                    key_id: "k",
-                    payload: b"p",
-                    basis,
-                },
-                Link::Unchained,
-            )
-            .bytes
-        };
         let basis =
             Some(r#"{"consent_event":"in","requirement":"express_written","revoke_all":false}"#);
-        let run = |leaves: &[Vec<u8>]| {
-            let mut replay = Replay::default();
-            leaves
-                .iter()
-                .enumerate()
-                .try_for_each(|(i, leaf)| replay.see(i as u64, leaf))
-                .map(|()| replay.replayed)
-        };
+        let run = run_replay;
         assert_eq!(
             run(&[consent("in", "opt_in", 10), marketing(basis, 20)]),
             Ok(1)
@@ -1438,6 +1529,69 @@ mod tests {
             Some(r#"{"consent_event":null,"requirement":"express_written","revoke_all":false}"#);
         assert!(run(&[marketing(none, 20)]).is_err());
         assert!(run(&[marketing(basis, 20)]).is_err());
+    }
+
+    #[test]
+    fn a_held_message_is_replayed_when_a_release_allows_it() {
+        use crate::audit::leaf::{Release, release};
+        const HELD: &str = "msg_0192f1d4a3b07c4e8a6b2d9e5f1c3a70";
+        let basis =
+            Some(r#"{"consent_event":"in","requirement":"express_written","revoke_all":false}"#);
+        let released = |message: &str, basis: Option<&str>, at: i64| {
+            release(
+                &Release {
+                    id: "rel".into(),
+                    tenant: "t".into(),
+                    message_id: message.into(),
+                    recipient_hash: "r".into(),
+                    decided_at_us: at,
+                    decision: "allowed".into(),
+                    reasons_json: "[]".into(),
+                    basis: basis.map(str::to_owned),
+                },
+                crate::audit::leaf::Link::First,
+            )
+            .bytes
+        };
+        let held = marketing_to(HELD, "deferred", None, 20);
+        assert_eq!(
+            run_replay(&[
+                consent("in", "opt_in", 10),
+                held.clone(),
+                released(HELD, basis, 30)
+            ]),
+            Ok(1)
+        );
+        // A release from before releases had bases: not replayed.
+        assert_eq!(
+            run_replay(&[
+                consent("in", "opt_in", 10),
+                held.clone(),
+                released(HELD, None, 30)
+            ]),
+            Ok(0)
+        );
+        // Opted out while it was held: the release at night's end may not send it.
+        let failure = run_replay(&[
+            consent("in", "opt_in", 10),
+            held.clone(),
+            consent("out", "opt_out", 25),
+            released(HELD, basis, 30),
+        ])
+        .unwrap_err();
+        assert_eq!(failure.position, Some(3));
+        assert!(failure.reason.contains("opt-out out"), "{failure}");
+        // A release of a message the log does not hold before it.
+        let failure =
+            run_replay(&[consent("in", "opt_in", 10), released(HELD, basis, 30)]).unwrap_err();
+        assert_eq!(failure.position, Some(1));
+        assert!(
+            failure.reason.contains("not in the log before it"),
+            "{failure}"
+        );
+        // A release of a message that was denied.
+        let denied = marketing_to(HELD, "denied", None, 20);
+        assert!(run_replay(&[denied, released(HELD, basis, 30)]).is_err());
     }
 
     #[test]

@@ -632,6 +632,7 @@ async fn requeue(
         decided_at_us: now.as_microsecond(),
         decision: DecisionKind::Deferred,
         reasons_json: throttled_reasons(until).to_string(),
+        basis: None,
         release_again_at_us: Some(until.as_microsecond()),
     };
     match state.messages().requeue(&tenant.id, &release).await {
@@ -764,9 +765,7 @@ async fn sealed_record(
             .as_ref()
             .and_then(|callback| serde_json::to_string(callback).ok()),
         basis: match decision {
-            Decision::Allow(permit) => permit
-                .basis()
-                .and_then(|basis| serde_json::to_string(basis).ok()),
+            Decision::Allow(permit) => permit.basis_json(),
             _ => None,
         },
         new_recipient_key,
@@ -839,6 +838,7 @@ pub async fn cancel(
             "detail": "the sender called it off before its release",
         }])
         .to_string(),
+        basis: None,
         release_again_at_us: None,
     };
     if state.messages().cancel_deferred(tenant, &release).await? {

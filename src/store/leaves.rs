@@ -41,6 +41,7 @@ impl ReleaseRecord {
             decided_at_us: self.decided_at_us,
             decision: self.decision.as_str().to_owned(),
             reasons_json: self.reasons_json.clone(),
+            basis: self.basis.clone(),
         }
     }
 }

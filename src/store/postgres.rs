@@ -1863,8 +1863,8 @@ async fn append_release(
 ) -> Result<(), StoreError> {
     let id = super::row_id("rel");
     let (tenant, recipient_hash): (String, String) = sqlx::query_as(
-        "INSERT INTO message_releases (id, message_id, decided_at_us, decision, reasons) \
-         SELECT $1, $2, $3, $4, $5 RETURNING \
+        "INSERT INTO message_releases (id, message_id, decided_at_us, decision, reasons, basis) \
+         SELECT $1, $2, $3, $4, $5, $6 RETURNING \
          (SELECT tenant FROM messages WHERE id = $2), \
          (SELECT recipient_hash FROM messages WHERE id = $2)",
     )
@@ -1873,6 +1873,7 @@ async fn append_release(
     .bind(release.decided_at_us)
     .bind(release.decision.as_str())
     .bind(&release.reasons_json)
+    .bind(&release.basis)
     .fetch_one(&mut *connection)
     .await?;
     let leaf = leaf::release(&release.leaf(id, tenant, recipient_hash), Link::First);

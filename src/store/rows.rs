@@ -283,7 +283,7 @@ pub(crate) fn leaf_sql(kind: Kind, placeholder: &str) -> String {
         ),
         Kind::Release => (
             "r.id, m.tenant, r.message_id, m.recipient_hash, r.decided_at_us, r.decision, \
-             r.reasons",
+             r.reasons, r.basis",
             "message_releases r JOIN messages m ON m.id = r.message_id",
             "r.id",
         ),
@@ -367,6 +367,7 @@ where
                 decided_at_us: row.try_get("decided_at_us")?,
                 decision: row.try_get("decision")?,
                 reasons_json: row.try_get("reasons")?,
+                basis: row.try_get("basis")?,
             },
             link,
         ),

@@ -1398,14 +1398,15 @@ async fn append_release(
             .await?;
     let id = super::row_id("rel");
     sqlx::query(
-        "INSERT INTO message_releases (id, message_id, decided_at_us, decision, reasons) \
-         VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO message_releases (id, message_id, decided_at_us, decision, reasons, basis) \
+         VALUES (?, ?, ?, ?, ?, ?)",
     )
     .bind(&id)
     .bind(release.message_id.as_str())
     .bind(release.decided_at_us)
     .bind(release.decision.as_str())
     .bind(&release.reasons_json)
+    .bind(&release.basis)
     .execute(&mut *connection)
     .await?;
     let leaf = leaf::release(&release.leaf(id, tenant, recipient_hash), Link::First);

@@ -31,7 +31,7 @@ fn stdout(output: &Output) -> String {
 }
 
 /// `consentry audit verify` online; returns (success, what it printed).
-fn verify(app: &TestApp) -> (bool, String) {
+pub(crate) fn verify(app: &TestApp) -> (bool, String) {
     let output = cli(app, &["audit", "verify"]);
     (
         output.status.success(),
@@ -44,7 +44,7 @@ fn verify(app: &TestApp) -> (bool, String) {
 }
 
 /// Waits until a checkpoint covers every leaf written so far; returns it.
-async fn checkpoint_covering_all(app: &TestApp, token: &str) -> Value {
+pub(crate) async fn checkpoint_covering_all(app: &TestApp, token: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let leaves = app.count("SELECT count(*) FROM log_leaves").await;

@@ -42,6 +42,19 @@ async fn marketing_to_miami_at_2030_is_deferred_to_0800_and_released_then() {
     // Another pass releases nothing more.
     consentry::scheduler::release_due(&app.state).await.unwrap();
     assert_eq!(gateway.requests().len(), 1);
+
+    // The release is a decision of its own: its leaf names the opt-in it rested on, and
+    // `audit verify` replays it against the consent before it in the log.
+    let named = app
+        .count(
+            "SELECT count(*) FROM message_releases WHERE basis LIKE '%\"consent_event\":\"evt_%'",
+        )
+        .await;
+    assert_eq!(named, 1);
+    let auditor = app.token("shop", "audit:read");
+    crate::audit::checkpoint_covering_all(&app, &auditor).await;
+    let (ok, said) = crate::audit::verify(&app);
+    assert!(ok && said.contains("1 decisions replayed"), "{said}");
 }
 
 #[tokio::test]

@@ -586,8 +586,8 @@ fn insert_release(
     let id = crate::store::row_id("rel");
     transaction
         .prepare_cached(
-            "INSERT INTO message_releases (id, message_id, decided_at_us, decision, reasons) \
-             VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO message_releases (id, message_id, decided_at_us, decision, reasons, basis) \
+             VALUES (?, ?, ?, ?, ?, ?)",
         )?
         .execute(params![
             id,
@@ -595,6 +595,7 @@ fn insert_release(
             release.decided_at_us,
             release.decision.as_str(),
             release.reasons_json,
+            release.basis,
         ])?;
     insert_log_entry(
         transaction,
