@@ -53,8 +53,35 @@ pub async fn with_cosignatures(
 /// base64, `logged_hash` in hex) to `out`, and every checkpoint as a JSON list to `checkpoints`; returns how many
 /// leaves were written, and tells `progress` after each. Leaves are rebuilt from the rows as
 /// they are now: a verification of the export checks them. A leaf whose row is gone stops the
-/// export, naming it: an export never holds a leaf it cannot show.
+/// export, naming it: an export never holds a leaf it cannot show. The leaves are written
+/// beside `out` and put in its place, synced, only once all are: a failed export leaves no
+/// partial file.
 pub async fn export(
+    store: &dyn AuditLog,
+    origin: &str,
+    out: &Path,
+    checkpoints: &Path,
+    progress: &(dyn Fn(u64) + Sync),
+) -> anyhow::Result<u64> {
+    use anyhow::Context as _;
+    let mut partial = out.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = std::path::PathBuf::from(partial);
+    let written = write_export(store, origin, &partial, checkpoints, progress).await;
+    match written {
+        Ok(written) => {
+            std::fs::rename(&partial, out)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            Ok(written)
+        }
+        Err(error) => {
+            let _ = std::fs::remove_file(&partial);
+            Err(error)
+        }
+    }
+}
+
+async fn write_export(
     store: &dyn AuditLog,
     origin: &str,
     out: &Path,
@@ -111,6 +138,7 @@ pub async fn export(
         }
     }
     file.flush()?;
+    file.get_ref().sync_all()?;
     std::fs::write(checkpoints, serde_json::to_vec_pretty(&views)?)
         .with_context(|| format!("cannot write {}", checkpoints.display()))?;
     Ok(written)

@@ -767,29 +767,42 @@ fn ask(
         .collect();
     for url in urls {
         let address = format!("{}/checkpoint?origin={origin}", url.trim_end_matches('/'));
-        let text = runtime.block_on(async {
-            let request = http::Request::get(&address)
-                .body(http_body_util::Full::new(bytes::Bytes::new()))
-                .with_context(|| format!("--ask-witness {url}"))?;
-            let response =
-                tokio::time::timeout(std::time::Duration::from_secs(10), client.request(request))
-                    .await
-                    .with_context(|| format!("{address}: no answer in 10 s"))?
-                    .with_context(|| format!("{address}: the witness cannot be reached"))?;
-            let status = response.status();
-            // A checkpoint with its signatures is a few hundred bytes.
-            let body = http_body_util::Limited::new(response.into_body(), 64 * 1024)
-                .collect()
+        let asked = runtime
+            .block_on(async {
+                let request = http::Request::get(&address)
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .context("not a URL")?;
+                let response = tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    client.request(request),
+                )
                 .await
-                .map_err(|e| anyhow::anyhow!("{address}: the answer did not read: {e}"))?
-                .to_bytes();
-            let text = String::from_utf8_lossy(&body).into_owned();
-            anyhow::ensure!(status.is_success(), "{address}: {status}: {}", text.trim());
-            anyhow::Ok(text)
-        })?;
-        let head = consentry::audit::verify::witnessed_head(&text, log_key, policy)
-            .map_err(|why| anyhow::anyhow!("{address}: {why}"))?;
-        policy.heads.push(head);
+                .with_context(|| format!("{address}: no answer in 10 s"))?
+                .with_context(|| format!("{address}: the witness cannot be reached"))?;
+                let status = response.status();
+                // A checkpoint with its signatures is a few hundred bytes.
+                let body = http_body_util::Limited::new(response.into_body(), 64 * 1024)
+                    .collect()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{address}: the answer did not read: {e}"))?
+                    .to_bytes();
+                let text = String::from_utf8_lossy(&body).into_owned();
+                anyhow::ensure!(status.is_success(), "{address}: {status}: {}", text.trim());
+                anyhow::Ok(text)
+            })
+            .and_then(|text| {
+                consentry::audit::verify::witnessed_head(&text, log_key, policy)
+                    .map_err(anyhow::Error::msg)
+            });
+        match asked {
+            Ok(head) => policy.heads.push(head),
+            // What the witness shows, or that it cannot be asked, is the verification's
+            // answer: printed as every other failure is.
+            Err(error) => {
+                say!("FAILED: witness {url}: {error:#}");
+                anyhow::bail!("the log does not verify");
+            }
+        }
     }
     Ok(())
 }

@@ -153,11 +153,15 @@ pub fn check_witnesses(policy: &WitnessPolicy, checkpoints: &[Checkpoint]) -> Re
     // The largest size that `quorum` witnesses cosigned or extended.
     let witnessed = sizes.get(policy.quorum - 1).copied();
     let Some(witnessed) = witnessed else {
+        let newest = checkpoints.iter().map(|c| c.tree_size).max();
         return Err(fail(
             None,
             format!(
-                "no checkpoint is cosigned by {} of the {} witnesses: nothing in this log is \
+                "{}no checkpoint is cosigned by {} of the {} witnesses: nothing in this log is \
                  witnessed, so a history rewritten with the log's key would look the same",
+                newest.map_or(String::new(), |size| format!(
+                    "checkpoint at size {size} (the newest): "
+                )),
                 policy.quorum,
                 policy.witnesses.len()
             ),
@@ -500,9 +504,12 @@ impl LogVerifier {
     pub fn new(public_key: &[u8], checkpoints: Vec<Checkpoint>) -> Result<LogVerifier, Failure> {
         let mut by_size: BTreeMap<u64, Checkpoint> = BTreeMap::new();
         for checkpoint in checkpoints {
-            checkpoint
-                .verify(public_key)
-                .map_err(|reason| fail(None, reason))?;
+            checkpoint.verify(public_key).map_err(|reason| {
+                fail(
+                    None,
+                    format!("checkpoint at size {}: {reason}", checkpoint.tree_size),
+                )
+            })?;
             if let Some(other) = by_size.get(&checkpoint.tree_size)
                 && other.root_hash != checkpoint.root_hash
             {
@@ -566,8 +573,8 @@ impl LogVerifier {
             return Err(fail(
                 None,
                 format!(
-                    "the tree of {size} leaves is not the one witness {} cosigned: the log was \
-                     rewritten after the witness saw it",
+                    "checkpoint at size {size}, cosigned by witness {}: the log's tree of that \
+                     size is another one; the log was rewritten after the witness saw it",
                     head.witness
                 ),
             ));
@@ -658,7 +665,16 @@ pub async fn verify_store(
         let stored = store.log_nodes(&stored).await.map_err(database)?;
         for (entry, stored) in entries.into_iter().zip(stored) {
             let index = entry.leaf_index.unwrap_or_default();
-            let position = u64::try_from(index).map_err(|_| fail(None, "a negative leaf index"))?;
+            let position = u64::try_from(index).map_err(|_| {
+                fail(
+                    None,
+                    format!(
+                        "the log entry of the {} {} has a negative leaf index",
+                        entry.kind.as_str(),
+                        entry.ref_id
+                    ),
+                )
+            })?;
             let rebuilt = match store.leaf_of(entry.kind, &entry.ref_id).await {
                 Ok(Some(leaf)) => leaf,
                 Ok(None) => {
@@ -1651,7 +1667,9 @@ mod tests {
         rewritten[2] = merkle::leaf_hash(b"other");
         let failure = walk(&rewritten, &head).unwrap_err();
         assert!(
-            failure.reason.contains("not the one witness w/1 cosigned"),
+            failure
+                .reason
+                .contains("cosigned by witness w/1: the log's tree of that size is another one"),
             "{failure}"
         );
 

@@ -684,6 +684,26 @@ async fn tampering_with_the_database_is_caught_naming_the_position() {
         )),
         "{said}"
     );
+    // An export cannot show that leaf: it stops, names it, and leaves no partial file behind.
+    let out = app.folder.join("tampered.ndjson");
+    let export = cli(
+        &app,
+        &[
+            "audit",
+            "export",
+            "--out",
+            out.to_str().unwrap(),
+            "--checkpoints",
+            app.folder.join("tampered.json").to_str().unwrap(),
+        ],
+    );
+    assert!(!export.status.success());
+    let said = String::from_utf8_lossy(&export.stderr);
+    assert!(
+        said.contains(&format!("leaf {event_index}: the consent_event {event}")),
+        "{said}"
+    );
+    assert!(!out.exists(), "no partial export");
     db.execute("INSERT INTO consent_events SELECT * FROM saved_event")
         .await
         .unwrap();

@@ -237,7 +237,7 @@ async fn witnesses_cosign_and_refuse_a_history_rewritten_with_the_logs_key() {
     assert!(ok, "{said}");
 
     // One witness stops; the other keeps cosigning, a checkpoint at a time.
-    let second_vkey = second.vkey.clone();
+    let (second_vkey, second_url) = (second.vkey.clone(), second.url.clone());
     drop(second);
     for _ in 0..2 {
         send(&app, &shop, number).await;
@@ -250,6 +250,16 @@ async fn witnesses_cosign_and_refuse_a_history_rewritten_with_the_logs_key() {
     let (ok, said) = verify(folder, &[&both[..], &["--witness-grace", "0"]].concat());
     assert!(!ok);
     assert!(said.contains("was never cosigned by 2 witnesses"), "{said}");
+    // A witness that cannot be asked fails the verification that asks it, as any failure does.
+    let (ok, said) = verify(
+        folder,
+        &[&both[..], &["--quorum", "1", "--ask-witness", &second_url]].concat(),
+    );
+    assert!(!ok);
+    assert!(
+        said.contains(&format!("FAILED: witness {second_url}: ")),
+        "{said}"
+    );
 
     // An export cut back to the first witnessed checkpoint agrees with itself and with the
     // cosignatures it carries; only the witness's own latest head shows what is missing.
@@ -384,6 +394,9 @@ async fn witnesses_cosign_and_refuse_a_history_rewritten_with_the_logs_key() {
         "{refusal}"
     );
     assert!(refusal["request"].as_str().unwrap().contains(ORIGIN));
+    // A proof anyone could send is not proof of a fork by itself: the witness says how
+    // conclusive its refusal is.
+    assert_eq!(refusal["evidence"], "inconsistent_proof", "{refusal}");
 
     // The database alone agrees with itself: every leaf and checkpoint were signed anew.
     let auditor = app.token("shop", "audit:read");
@@ -406,7 +419,8 @@ async fn witnesses_cosign_and_refuse_a_history_rewritten_with_the_logs_key() {
     let (ok, said) = verify(folder, &["--witness", &first.vkey]);
     assert!(!ok);
     assert!(
-        said.contains("FAILED: no checkpoint is cosigned by 1"),
+        said.contains("FAILED: checkpoint at size ")
+            && said.contains("(the newest): no checkpoint is cosigned by 1"),
         "{said}"
     );
     app.stop().await;
