@@ -144,6 +144,20 @@ impl Decision {
         }
     }
 
+    /// What its record and leaf keep of its grounds (JSON): an allowed message's [`Basis`]
+    /// (none for answers to replies, which consent does not gate); for a denial or a deferral,
+    /// `{"policies": version}`, the policy set it was decided under (its reasons are kept
+    /// beside).
+    pub fn basis_json(&self) -> Option<String> {
+        match self {
+            Decision::Allow(permit) => permit.basis_json(),
+            Decision::Deny(Denial { policies, .. })
+            | Decision::Defer(Deferral { policies, .. }) => {
+                Some(serde_json::json!({ "policies": policies }).to_string())
+            }
+        }
+    }
+
     /// How the decision was reached: each rule that applied, in each zone, with local times.
     pub fn trace(&self) -> &[Step] {
         match self {
@@ -160,6 +174,8 @@ pub struct Denial {
     pub message: CanonicalMessage,
     pub reasons: Vec<Reason>,
     pub trace: Vec<Step>,
+    /// The version of the policy set it was decided under (`PolicySet::version`).
+    pub policies: String,
 }
 
 /// A message to send later, at `until`, when every rule allows it in every candidate zone. It
@@ -170,6 +186,8 @@ pub struct Deferral {
     pub until: Timestamp,
     pub reasons: Vec<Reason>,
     pub trace: Vec<Step>,
+    /// The version of the policy set it was decided under (`PolicySet::version`).
+    pub policies: String,
 }
 
 /// Permission to forward exactly one message. It can only be made by [`decide`], it is not
@@ -338,6 +356,7 @@ pub fn decide(message: CanonicalMessage, facts: &Facts<'_>) -> Decision {
             message,
             reasons,
             trace,
+            policies: facts.policies.version.clone(),
         });
     }
     // Allowed, but the upstream's throughput is used up until then: it waits its turn.
@@ -358,6 +377,7 @@ pub fn decide(message: CanonicalMessage, facts: &Facts<'_>) -> Decision {
             until,
             reasons,
             trace,
+            policies: facts.policies.version.clone(),
         });
     }
     Decision::Allow(Permit {

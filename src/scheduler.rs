@@ -167,25 +167,22 @@ async fn release(
         let facts = gathered.facts(tenant, &bounds, &state.policies, now);
         let decision = policy::decide(message, &facts);
         send::keep_slot(state, tenant, &decision, paced);
-        let record = match &decision {
-            Decision::Allow(permit) => ReleaseRecord {
-                basis: permit.basis_json(),
-                ..release_record(&item, now, DecisionKind::Allowed, "[]".into(), None)
-            },
-            Decision::Deny(denial) => release_record(
-                &item,
-                now,
+        let (kind, reasons, again) = match &decision {
+            Decision::Allow(_) => (DecisionKind::Allowed, "[]".into(), None),
+            Decision::Deny(denial) => (
                 DecisionKind::Denied,
                 serde_json::to_string(&denial.reasons).unwrap_or_default(),
                 None,
             ),
-            Decision::Defer(deferral) => release_record(
-                &item,
-                now,
+            Decision::Defer(deferral) => (
                 DecisionKind::Deferred,
                 serde_json::to_string(&deferral.reasons).unwrap_or_default(),
                 Some(deferral.until.as_microsecond()),
             ),
+        };
+        let record = ReleaseRecord {
+            basis: decision.basis_json(),
+            ..release_record(&item, now, kind, reasons, again)
         };
         state.messages().record_release(&record).await?;
         turn.end().await;

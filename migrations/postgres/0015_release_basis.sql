@@ -1,5 +1,7 @@
--- What a release that allowed its held message rested on (the same JSON as `messages.basis`),
--- in its leaf (format version 4) so that `audit verify` replays a deferred, scheduled, paced
--- or throttled message's consent at the time it was finally sent. NULL for releases written
--- before, and for releases that denied, deferred again or cancelled.
+-- The grounds of a decision taken when a held message came due (the same JSON as
+-- `messages.basis`): for a release that allowed it, what its consent rested on, replayed by
+-- `audit verify` at the time the deferred, scheduled, paced or throttled message was finally
+-- sent; for one that denied it or deferred it again, the policy set's version. In the release's
+-- leaf (format version 4). NULL for releases written before, and for cancellations and
+-- requeues, which no policy decided.
 ALTER TABLE message_releases ADD COLUMN basis TEXT;

@@ -764,10 +764,7 @@ async fn sealed_record(
             .status_callback
             .as_ref()
             .and_then(|callback| serde_json::to_string(callback).ok()),
-        basis: match decision {
-            Decision::Allow(permit) => permit.basis_json(),
-            _ => None,
-        },
+        basis: decision.basis_json(),
         new_recipient_key,
     })
 }

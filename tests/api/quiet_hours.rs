@@ -81,6 +81,19 @@ async fn an_opt_out_before_the_release_cancels_the_message() {
     let record = wait_for_status(&app, &token, id, "cancelled").await;
     assert_eq!(record["reasons"][0]["code"], "opted_out");
     assert!(gateway.requests().is_empty());
+    // The deferral and the denial at release each name the policy set they were decided under.
+    let versioned = "LIKE '{\"policies\":\"________________\"}'";
+    let deferred = app
+        .count(&format!(
+            "SELECT count(*) FROM messages WHERE decision = 'deferred' AND basis {versioned}"
+        ))
+        .await;
+    let denied = app
+        .count(&format!(
+            "SELECT count(*) FROM message_releases WHERE decision = 'denied' AND basis {versioned}"
+        ))
+        .await;
+    assert_eq!((deferred, denied), (1, 1));
 }
 
 #[tokio::test]
