@@ -118,8 +118,8 @@ pub struct ReleaseRecord {
     pub decided_at_us: i64,
     pub decision: DecisionKind,
     pub reasons_json: String,
-    /// Allowed: what its consent rested on (JSON, `policy::Basis`), logged with it and
-    /// replayed by `audit verify`.
+    /// Decided by the policies: its grounds (`Decision::basis_json`), logged with it; an
+    /// allowed one's is replayed by `audit verify`.
     pub basis: Option<String>,
     /// Deferred again: the new release time.
     pub release_again_at_us: Option<i64>,

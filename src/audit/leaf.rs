@@ -28,8 +28,8 @@ pub const BASIS_VERSION: u8 = 2;
 /// ...and every leaf about a recipient written since with its [`Link`] as its last field (a
 /// message's basis is then always a field, absent or not).
 pub const CHAIN_VERSION: u8 = 3;
-/// ...and a release that allowed its message with that decision's basis as a field before its
-/// link (a release that did not keeps version 3).
+/// ...and a release a policy decided with that decision's basis as a field before its link (a
+/// release no policy decided, such as a cancellation, keeps version 3).
 pub const RELEASE_BASIS_VERSION: u8 = 4;
 
 /// Whether a leaf of this version ends with a link.
@@ -432,7 +432,8 @@ pub struct Release {
     pub decided_at_us: i64,
     pub decision: String,
     pub reasons_json: String,
-    /// What an allowed release's consent rested on (JSON, as a message's basis).
+    /// The grounds of a release a policy decided (JSON, as a message's basis: what an allowed
+    /// one's consent rested on, the policy version of a denial or a deferral).
     pub basis: Option<String>,
 }
 
@@ -440,6 +441,10 @@ pub struct Release {
 /// for a release with a decision basis, the basis (and the leaf's version is
 /// [`RELEASE_BASIS_VERSION`]); then its link.
 pub fn release(release: &Release, link: Link) -> Leaf {
+    debug_assert!(
+        link != Link::Unchained,
+        "releases are leaves only since chains"
+    );
     let version = match release.basis {
         Some(_) => RELEASE_BASIS_VERSION,
         None => CHAIN_VERSION,

@@ -246,19 +246,21 @@ pub struct Replay {
     /// The purpose and scope of each message not denied so far, which a release may allow
     /// later: by the 128 bits of its id, as an index into `scopes` (a log has few distinct
     /// ones), so that a log of millions of messages costs tens of bytes each.
-    messages: std::collections::HashMap<u128, u32>,
+    messages: std::collections::HashMap<[u8; 16], u32>,
     scopes: Vec<(crate::domain::Purpose, crate::domain::Scope)>,
     scope_index: std::collections::HashMap<(crate::domain::Purpose, crate::domain::Scope), u32>,
     /// How many decisions were replayed.
     pub replayed: u64,
 }
 
-/// The 128 bits of a message id (`msg_` and 32 hex digits).
-fn message_bits(id: &str) -> Option<u128> {
+/// The 128 bits of a message id (`msg_` and 32 hex digits), as bytes (which a map packs
+/// tighter than a `u128`).
+fn message_bits(id: &str) -> Option<[u8; 16]> {
     let hex = id.strip_prefix("msg_")?;
     (hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
         .then(|| u128::from_str_radix(hex, 16).ok())
         .flatten()
+        .map(u128::to_be_bytes)
 }
 
 impl Replay {
@@ -340,6 +342,13 @@ impl Replay {
                     _ => Ok(()),
                 }
             }
+            // Denied when it came due (or cancelled): no later release may send it.
+            Kind::Release if text(5).as_deref() == Some("denied") => {
+                if let Some(bits) = text(2).as_deref().and_then(message_bits) {
+                    self.messages.remove(&bits);
+                }
+                Ok(())
+            }
             Kind::Release
                 if bytes.first() == Some(&leaf::RELEASE_BASIS_VERSION)
                     && text(5).as_deref() == Some("allowed") =>
@@ -354,7 +363,7 @@ impl Replay {
                         index,
                         format!(
                             "the release allows message {message}, which is not in the log \
-                             before it (or was denied there)"
+                             before it (or was denied there, or by a release before)"
                         ),
                     ));
                 };
@@ -516,7 +525,8 @@ impl LogVerifier {
                 return Err(fail(
                     None,
                     format!(
-                        "two signed checkpoints of size {} have different roots: the log forked",
+                        "checkpoint at size {}: two signed checkpoints of this size have \
+                         different roots: the log forked",
                         checkpoint.tree_size
                     ),
                 ));
@@ -909,7 +919,12 @@ pub fn verify_bundle(
     let view: CheckpointView = serde_json::from_value(bundle["checkpoint"].clone())
         .map_err(|e| fail(None, format!("the bundle has no readable checkpoint: {e}")))?;
     let checkpoint = Checkpoint::from_view(&view).map_err(|e| fail(None, e))?;
-    checkpoint.verify(public_key).map_err(|e| fail(None, e))?;
+    checkpoint.verify(public_key).map_err(|e| {
+        fail(
+            None,
+            format!("checkpoint at size {}: {e}", checkpoint.tree_size),
+        )
+    })?;
     if let Some(policy) = witnesses {
         check_witnesses(policy, std::slice::from_ref(&checkpoint))?;
     }
@@ -1608,6 +1623,29 @@ mod tests {
         // A release of a message that was denied.
         let denied = marketing_to(HELD, "denied", None, 20);
         assert!(run_replay(&[denied, released(HELD, basis, 30)]).is_err());
+        // A release after the sender cancelled it.
+        let cancelled = release(
+            &Release {
+                id: "rel0".into(),
+                tenant: "t".into(),
+                message_id: HELD.into(),
+                recipient_hash: "r".into(),
+                decided_at_us: 25,
+                decision: "denied".into(),
+                reasons_json: r#"[{"code":"cancelled_by_sender"}]"#.into(),
+                basis: None,
+            },
+            crate::audit::leaf::Link::First,
+        )
+        .bytes;
+        let failure = run_replay(&[
+            consent("in", "opt_in", 10),
+            held,
+            cancelled,
+            released(HELD, basis, 30),
+        ])
+        .unwrap_err();
+        assert_eq!(failure.position, Some(3));
     }
 
     #[test]
