@@ -330,8 +330,55 @@ async fn witnesses_cosign_and_refuse_a_history_rewritten_with_the_logs_key() {
             "log_cosignatures",
         ),
         ("consent_events_are_append_only_delete", "consent_events"),
+        ("messages_are_append_only_delete", "messages"),
+        (
+            "message_outcomes_are_append_only_delete",
+            "message_outcomes",
+        ),
     ] {
         db.drop_trigger(trigger, table).await;
+    }
+    // First the tail cut off in the database: the newest leaves (the last sends, their rows
+    // and outcomes), with the checkpoints and cosignatures that cover them. What is left
+    // agrees with itself and with the cosignatures it keeps; the witness's latest cosigned
+    // tree shows what is missing.
+    let tail = format!("SELECT ref_id FROM log_leaves WHERE leaf_index >= {size}");
+    for statement in [
+        format!("CREATE TABLE saved_tail AS SELECT * FROM log_leaves WHERE leaf_index >= {size}"),
+        format!(
+            "CREATE TABLE saved_outcomes AS SELECT * FROM message_outcomes WHERE id IN ({tail}) OR message_id IN ({tail})"
+        ),
+        format!("CREATE TABLE saved_messages AS SELECT * FROM messages WHERE id IN ({tail})"),
+        "DELETE FROM message_outcomes WHERE id IN (SELECT id FROM saved_outcomes)".into(),
+        "DELETE FROM messages WHERE id IN (SELECT id FROM saved_messages)".into(),
+        format!("DELETE FROM log_leaves WHERE leaf_index >= {size}"),
+        format!("DELETE FROM log_checkpoints WHERE tree_size > {size}"),
+        format!("DELETE FROM log_cosignatures WHERE tree_size > {size}"),
+    ] {
+        db.execute(&statement).await.unwrap();
+    }
+    let (ok, said) = verify(folder, &["--witness", &first.vkey]);
+    assert!(ok, "the cut log agrees with itself: {said}");
+    let (ok, said) = verify(
+        folder,
+        &["--witness", &first.vkey, "--ask-witness", &first.url],
+    );
+    assert!(!ok);
+    assert!(
+        said.contains(&format!(
+            "FAILED: leaf {size}: truncated: witness witness.test/w1 cosigned"
+        )),
+        "{said}"
+    );
+    for table in ["messages", "message_outcomes", "log_leaves"] {
+        let saved = match table {
+            "messages" => "saved_messages",
+            "message_outcomes" => "saved_outcomes",
+            _ => "saved_tail",
+        };
+        db.execute(&format!("INSERT INTO {table} SELECT * FROM {saved}"))
+            .await
+            .unwrap();
     }
     let opt_out_id = db
         .text("SELECT id FROM consent_events WHERE action = 'opt_out'")
