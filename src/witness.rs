@@ -369,3 +369,73 @@ async fn latest(State(witness): State<Arc<Witness>>, Query(query): Query<OriginQ
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::checkpoint::LogSigner;
+    use crate::audit::note::AddCheckpoint;
+
+    fn log() -> LogSigner {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+        LogSigner::from_pkcs8(pkcs8.as_ref())
+            .unwrap()
+            .with_origin("log.test/o")
+            .unwrap()
+    }
+
+    fn witness(state_dir: &Path, log: &LogSigner) -> Arc<Witness> {
+        Arc::new(Witness {
+            name: "witness.test/w".into(),
+            pair: load_key(state_dir).unwrap(),
+            logs: HashMap::from([(log.origin().to_owned(), log.public_key().to_vec())]),
+            state_dir: state_dir.to_owned(),
+            cosigned: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// An `add-checkpoint` body for the log's checkpoint of `size` leaves with `root`.
+    fn request(log: &LogSigner, old_size: u64, size: u64, root: Hash) -> String {
+        AddCheckpoint {
+            old_size,
+            proof: Vec::new(),
+            checkpoint: log.note(&log.sign(size, root, 1)),
+        }
+        .encode()
+    }
+
+    #[tokio::test]
+    async fn another_root_signed_for_a_cosigned_size_is_refused_as_a_fork_and_kept() {
+        let folder = tempfile::tempdir().unwrap();
+        let log = log();
+        let witness = witness(folder.path(), &log);
+        let first = add(witness.clone(), request(&log, 0, 2, [1; 32])).await;
+        assert_eq!(first.status(), StatusCode::OK);
+        // The same root again is cosigned again (a lost answer asked for once more).
+        let again = add(witness.clone(), request(&log, 2, 2, [1; 32])).await;
+        assert_eq!(again.status(), StatusCode::OK);
+        assert!(!folder.path().join("refusals.ndjson").exists());
+
+        let fork = add(witness.clone(), request(&log, 2, 2, [2; 32])).await;
+        assert_eq!(fork.status(), StatusCode::CONFLICT);
+        let kept = std::fs::read_to_string(folder.path().join("refusals.ndjson")).unwrap();
+        let refusal: serde_json::Value =
+            serde_json::from_str(kept.lines().next().unwrap()).unwrap();
+        assert_eq!(refusal["evidence"], "fork", "{refusal}");
+        // The request is kept whole: it carries the log's own signature over the other root.
+        let refused = AddCheckpoint::parse(refusal["request"].as_str().unwrap()).unwrap();
+        assert!(
+            crate::audit::note::SignedCheckpoint::parse(&refused.checkpoint)
+                .unwrap()
+                .signed_by_log(log.public_key())
+        );
+        // The state still holds the first root: a fork does not replace what was cosigned.
+        let cosigned = witness.cosigned.lock().await;
+        assert_eq!(
+            decode_root(&cosigned[log.origin()].root),
+            Some([1; 32]),
+            "{:?}",
+            cosigned[log.origin()].root
+        );
+    }
+}
