@@ -54,7 +54,7 @@ pub async fn run(current: crate::state::Current, mut stop: tokio::sync::watch::R
     loop {
         // The configuration live now: a reload reaches the next pass.
         let state = current.borrow().clone();
-        if let Err(error) = release_due(&state).await {
+        if let Err(error) = release_while(&state, || !*stop.borrow()).await {
             tracing::warn!(%error, "releasing deferred messages failed; retrying");
         }
         // Expired idempotency keys and their kept answers go, once a minute.
@@ -76,8 +76,20 @@ pub async fn run(current: crate::state::Current, mut stop: tokio::sync::watch::R
 
 /// One pass: releases every message due now (by the application's clock).
 pub async fn release_due(state: &AppState) -> Result<Released, FlowError> {
+    release_while(state, || true).await
+}
+
+/// Releases what is due, a claim of up to [`BATCH`] messages at a time, while `go_on` says
+/// so. A paced queue keeps messages coming due without end (each one interval after the
+/// last), so a pass over a backlog never runs out of them: a stopping instance checks before
+/// each claim, finishes what it claimed, and leaves the rest to its restart or to another
+/// instance, instead of waiting for the backlog to drain.
+async fn release_while(state: &AppState, go_on: impl Fn() -> bool) -> Result<Released, FlowError> {
     let mut released = Released::default();
     loop {
+        if !go_on() {
+            return Ok(released);
+        }
         let now = state.clock.now();
         // Claimed a little ahead, and each released at its own instant: a paced queue leaves
         // one interval apart, not in the bunches of the worker's polls.
@@ -91,13 +103,19 @@ pub async fn release_due(state: &AppState) -> Result<Released, FlowError> {
         // Released side by side: a paced queue leaves at its rate, not at the pace of one
         // release after another.
         let outcomes: Vec<Released> = futures_util::stream::iter(due)
-            .map(|item| async move {
+            .map(|item| async {
                 let id = item.id.clone();
                 let wait = item.release_at_us - state.clock.now().as_microsecond();
                 if wait > 0 {
                     tokio::time::sleep(Duration::from_micros(wait.unsigned_abs())).await;
                 }
                 let mut one = Released::default();
+                // Stopping: what has not begun is left claimed, and its claim lapses for the
+                // restart. (A release that has begun finishes: its decision is recorded, and
+                // its forward keeps the pace, up to `RELEASING` intervals.)
+                if !go_on() {
+                    return one;
+                }
                 // One message that cannot be released must not hold back the others; its
                 // claim lapses and a later pass takes it again.
                 if let Err(error) = release(state, item, &mut one).await {

@@ -129,6 +129,64 @@ async fn sends_over_the_rate_wait_in_the_queue_and_leave_one_interval_apart() {
 }
 
 #[tokio::test]
+async fn a_stopping_instance_does_not_wait_for_a_paced_backlog_to_drain() {
+    let gateway = FakeGateway::start().await;
+    let folder = tempfile::tempdir().unwrap();
+    let app = paced_app(&gateway, folder.path(), "{ per_second = 20 }").await;
+    let token = app.token("acme", SCOPES);
+    // A campaign far over the rate: all but the first wait in the queue, each one interval
+    // after the last.
+    const RECIPIENTS: usize = 3000;
+    let recipients: Vec<Value> = (0..RECIPIENTS)
+        .map(|i| serde_json::json!({ "to": format!("+1415{:07}", 2_000_000 + i) }))
+        .collect();
+    let batch = serde_json::json!({
+        "from": ACME_SENDER, "body": "Your order has shipped", "purpose": "transactional",
+        "recipients": recipients,
+    });
+    let answer = app
+        .client
+        .post(app.url("/v1/messages/batch"))
+        .bearer_auth(&token)
+        .json(&batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let text = answer.text().await.unwrap();
+    assert!(
+        text.matches("\"status\":\"scheduled\"").count() >= RECIPIENTS - 1,
+        "{text:.300}"
+    );
+
+    // The whole backlog comes due at once (as after a long restart): its forwards keep the
+    // pace, a minute and more of them. The instance is stopped once they have begun.
+    app.state
+        .clock
+        .set(app.state.clock.now() + jiff::SignedDuration::from_hours(2));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while gateway.requests().len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "nothing was released");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let stopping = std::time::Instant::now();
+    tokio::time::timeout(std::time::Duration::from_secs(30), app.stop())
+        .await
+        .expect("the instance stopped");
+    assert!(
+        stopping.elapsed() < std::time::Duration::from_secs(15),
+        "stopping took {:?}",
+        stopping.elapsed()
+    );
+    // It finished what it had claimed and left the rest queued, for its restart.
+    let sent = gateway.requests().len();
+    assert!(
+        sent < RECIPIENTS / 2,
+        "{sent} of {RECIPIENTS} were released before the instance stopped"
+    );
+}
+
+#[tokio::test]
 async fn a_429_storm_slows_the_upstream_and_loses_no_message() {
     let gateway = FakeGateway::start().await;
     let app = TestApp::spawn(&gateway.url()).await;
