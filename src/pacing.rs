@@ -267,6 +267,25 @@ impl Pacer {
         at.duration_since(now).max(SignedDuration::ZERO)
     }
 
+    /// Gives back a forward's turn taken with [`Pacer::wait_for_turn`] for a message that is
+    /// not forwarded after all (decided otherwise, or its instance stopped while it waited).
+    pub fn give_back_turn(&self, upstream: &str, sender: &str) {
+        let mut inner = self.inner.lock().expect("pacer lock");
+        let limits = inner.limits.get(upstream).copied().unwrap_or_default();
+        if let (Some(rate), Some(tat)) = (
+            limits.upstream,
+            inner.forward_upstream_tat.get_mut(upstream),
+        ) {
+            *tat -= rate.interval;
+        }
+        let sender_key = (upstream.to_owned(), sender.to_owned());
+        if let (Some(rate), Some(tat)) =
+            (limits.sender, inner.forward_sender_tat.get_mut(&sender_key))
+        {
+            *tat -= rate.interval;
+        }
+    }
+
     /// Gives back an instant taken for a message that is not sent after all (denied, or
     /// deferred by another rule): the next message may have it.
     pub fn give_back(&self, message: &MessageId, upstream: &str, sender: &str) {

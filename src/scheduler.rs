@@ -54,7 +54,7 @@ pub async fn run(current: crate::state::Current, mut stop: tokio::sync::watch::R
     loop {
         // The configuration live now: a reload reaches the next pass.
         let state = current.borrow().clone();
-        if let Err(error) = release_while(&state, || !*stop.borrow()).await {
+        if let Err(error) = release_while(&state, &stop).await {
             tracing::warn!(%error, "releasing deferred messages failed; retrying");
         }
         // Expired idempotency keys and their kept answers go, once a minute.
@@ -76,15 +76,20 @@ pub async fn run(current: crate::state::Current, mut stop: tokio::sync::watch::R
 
 /// One pass: releases every message due now (by the application's clock).
 pub async fn release_due(state: &AppState) -> Result<Released, FlowError> {
-    release_while(state, || true).await
+    let (_never, stop) = tokio::sync::watch::channel(false);
+    release_while(state, &stop).await
 }
 
-/// Releases what is due, a claim of up to [`BATCH`] messages at a time, while `go_on` says
-/// so. A paced queue keeps messages coming due without end (each one interval after the
+/// Releases what is due, a claim of up to [`BATCH`] messages at a time, until `stop` turns
+/// true. A paced queue keeps messages coming due without end (each one interval after the
 /// last), so a pass over a backlog never runs out of them: a stopping instance checks before
 /// each claim, finishes what it claimed, and leaves the rest to its restart or to another
 /// instance, instead of waiting for the backlog to drain.
-async fn release_while(state: &AppState, go_on: impl Fn() -> bool) -> Result<Released, FlowError> {
+async fn release_while(
+    state: &AppState,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Result<Released, FlowError> {
+    let go_on = || !*stop.borrow();
     let mut released = Released::default();
     loop {
         if !go_on() {
@@ -118,7 +123,7 @@ async fn release_while(state: &AppState, go_on: impl Fn() -> bool) -> Result<Rel
                 }
                 // One message that cannot be released must not hold back the others; its
                 // claim lapses and a later pass takes it again.
-                if let Err(error) = release(state, item, &mut one).await {
+                if let Err(error) = release(state, item, stop, &mut one).await {
                     one.failed += 1;
                     tracing::error!(message_id = %id, %error, "a deferred message could not be released");
                 }
@@ -139,6 +144,7 @@ async fn release_while(state: &AppState, go_on: impl Fn() -> bool) -> Result<Rel
 async fn release(
     state: &AppState,
     item: DeferredMessage,
+    stop: &tokio::sync::watch::Receiver<bool>,
     released: &mut Released,
 ) -> Result<(), FlowError> {
     let now = state.clock.now();
@@ -174,6 +180,27 @@ async fn release(
         return Ok(());
     }
     let message = rebuild(state, &item, tenant.default_region).await?;
+    // The forward's turn in the pace first, while nothing is recorded: messages released late
+    // leave one interval apart, so one may wait here a while, and a stop (or a crash) in that
+    // wait must leave it queued, not recorded as released and never forwarded.
+    let sender = message.from.as_str().to_owned();
+    let paced_forward = message.reply.is_none();
+    if paced_forward {
+        let wait = state
+            .pacer
+            .wait_for_turn(&tenant.upstream, &sender, state.clock.now());
+        if wait.is_positive() {
+            let mut stop = stop.clone();
+            tokio::select! {
+                () = tokio::time::sleep(wait.unsigned_abs()) => {}
+                Ok(_) = stop.wait_for(|stop| *stop) => {
+                    state.pacer.give_back_turn(&tenant.upstream, &sender);
+                    return Ok(());
+                }
+            }
+        }
+    }
+    let now = state.clock.now();
     let recipient_hash = state.numbers.hash(&message.to);
     let decision = {
         let mut turn = state.recipient_turn(&recipient_hash).await?;
@@ -206,9 +233,17 @@ async fn release(
         turn.end().await;
         decision
     };
+    if paced_forward && !matches!(decision, Decision::Allow(_)) {
+        state.pacer.give_back_turn(&tenant.upstream, &sender);
+    }
     match decision {
         Decision::Allow(permit) => {
-            match send::deliver(state, tenant, permit, Delivery::Upstream).await {
+            let delivery = if paced_forward {
+                Delivery::UpstreamInTurn
+            } else {
+                Delivery::Upstream
+            };
+            match send::deliver(state, tenant, permit, delivery).await {
                 Processed::Sent { .. } => released.sent += 1,
                 Processed::Requeued { .. } => released.deferred_again += 1,
                 _ => released.failed += 1,

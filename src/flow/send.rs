@@ -26,6 +26,9 @@ use crate::store::{DecisionKind, FactsQuery, MessageRecord, OutcomeRecord, Outco
 pub enum Delivery {
     /// Through the tenant's upstream's send API.
     Upstream,
+    /// The same, its forward's turn in the pace already taken and waited for (the scheduler
+    /// waits before it decides a release, so that nothing is recorded while it waits).
+    UpstreamInTurn,
     /// In the answer to the gateway's webhook (TwiML); the caller sends it.
     InWebhookAnswer,
 }
@@ -565,7 +568,7 @@ pub async fn deliver(
         .get(&tenant.upstream)
         .expect("tenant upstreams are checked at start-up");
     // Forwards keep the pace too: queued messages released late wait their turn here.
-    if permit.message().reply.is_none() {
+    if permit.message().reply.is_none() && delivery == Delivery::Upstream {
         let wait = state.pacer.wait_for_turn(
             &tenant.upstream,
             permit.message().from.as_str(),
