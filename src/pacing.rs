@@ -267,8 +267,19 @@ impl Pacer {
         at.duration_since(now).max(SignedDuration::ZERO)
     }
 
-    /// Gives back a forward's turn taken with [`Pacer::wait_for_turn`] for a message that is
-    /// not forwarded after all (decided otherwise, or its instance stopped while it waited).
+    /// Whether `message` holds an instant reserved when it was paced (by this process).
+    pub fn holds(&self, message: &MessageId) -> bool {
+        self.inner
+            .lock()
+            .expect("pacer lock")
+            .reserved
+            .contains_key(message)
+    }
+
+    /// Gives back a forward's turn taken with [`Pacer::wait_for_turn`] by a message whose
+    /// instance stopped while it waited. (Only then: with other turns taken since, the instant
+    /// given back is one another message already holds, and two would leave at once; a
+    /// stopping instance forwards nothing more.)
     pub fn give_back_turn(&self, upstream: &str, sender: &str) {
         let mut inner = self.inner.lock().expect("pacer lock");
         let limits = inner.limits.get(upstream).copied().unwrap_or_default();

@@ -180,11 +180,13 @@ async fn release(
         return Ok(());
     }
     let message = rebuild(state, &item, tenant.default_region).await?;
-    // The forward's turn in the pace first, while nothing is recorded: messages released late
-    // leave one interval apart, so one may wait here a while, and a stop (or a crash) in that
-    // wait must leave it queued, not recorded as released and never forwarded.
+    // A message that holds its paced instant is let through by the decision at once, and its
+    // forward keeps the pace: released late (the scheduler fell behind), it may wait a while
+    // for its turn. It waits first, while nothing is recorded, so that a stop (or a crash) in
+    // the wait leaves it queued, not recorded as released and never forwarded. (Any other
+    // message is decided first: the decision paces it, and its forward waits little.)
     let sender = message.from.as_str().to_owned();
-    let paced_forward = message.reply.is_none();
+    let paced_forward = message.reply.is_none() && state.pacer.holds(&item.id);
     if paced_forward {
         let wait = state
             .pacer
@@ -233,9 +235,6 @@ async fn release(
         turn.end().await;
         decision
     };
-    if paced_forward && !matches!(decision, Decision::Allow(_)) {
-        state.pacer.give_back_turn(&tenant.upstream, &sender);
-    }
     match decision {
         Decision::Allow(permit) => {
             let delivery = if paced_forward {
