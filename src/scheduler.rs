@@ -36,6 +36,11 @@ const POLL: Duration = Duration::from_millis(100);
 const RELEASING: usize = 32;
 /// How far ahead due messages are claimed; each waits for its instant.
 const LOOKAHEAD: jiff::SignedDuration = jiff::SignedDuration::from_millis(200);
+/// The longest a release waits for its forward's turn before it is decided. Its claim lasts
+/// five minutes (the store's lease), after which another instance may claim it: a longer
+/// wait (a pace of a few a minute, with many releases behind) happens after the decision is
+/// recorded instead, as the release is then no longer due anywhere.
+const WAIT_FIRST_AT_MOST: Duration = Duration::from_secs(60);
 /// How often expired idempotency keys are deleted.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
 
@@ -187,11 +192,14 @@ async fn release(
     // message is decided first: the decision paces it, and its forward waits little.)
     let sender = message.from.as_str().to_owned();
     let paced_forward = message.reply.is_none() && state.pacer.holds(&item.id);
+    let mut wait_after = Duration::ZERO;
     if paced_forward {
         let wait = state
             .pacer
             .wait_for_turn(&tenant.upstream, &sender, state.clock.now());
-        if wait.is_positive() {
+        if wait.unsigned_abs() > WAIT_FIRST_AT_MOST {
+            wait_after = wait.unsigned_abs();
+        } else if wait.is_positive() {
             let mut stop = stop.clone();
             tokio::select! {
                 () = tokio::time::sleep(wait.unsigned_abs()) => {}
@@ -238,6 +246,8 @@ async fn release(
     match decision {
         Decision::Allow(permit) => {
             let delivery = if paced_forward {
+                // Recorded as released: the claim may lapse now without harm.
+                tokio::time::sleep(wait_after).await;
                 Delivery::UpstreamInTurn
             } else {
                 Delivery::Upstream
