@@ -20,7 +20,7 @@ use jiff::Timestamp;
 use serde_json::Value;
 
 use crate::crypto::Sealed;
-use crate::domain::{Body, CanonicalMessage, PhoneNumber, Region, Scope, Sender};
+use crate::domain::{Body, CanonicalMessage, MessageId, PhoneNumber, Region, Scope, Sender};
 use crate::flow::FlowError;
 use crate::flow::send::{self, Delivery, Processed, message_associated_data};
 use crate::policy::{self, Decision, SenderBounds};
@@ -103,13 +103,12 @@ async fn release_while(
         let now = state.clock.now();
         // Claimed a little ahead, and each released at its own instant: a paced queue leaves
         // one interval apart, not in the bunches of the worker's polls.
-        let due = state
-            .messages()
-            .claim_due((now + LOOKAHEAD).as_microsecond(), BATCH)
-            .await?;
+        let claimed_at_us = (now + LOOKAHEAD).as_microsecond();
+        let due = state.messages().claim_due(claimed_at_us, BATCH).await?;
         if due.is_empty() {
             return Ok(released);
         }
+        let claimed: Vec<MessageId> = due.iter().map(|item| item.id.clone()).collect();
         // Released side by side: a paced queue leaves at its rate, not at the pace of one
         // release after another.
         let outcomes: Vec<Released> = futures_util::stream::iter(due)
@@ -120,9 +119,8 @@ async fn release_while(
                     tokio::time::sleep(Duration::from_micros(wait.unsigned_abs())).await;
                 }
                 let mut one = Released::default();
-                // Stopping: what has not begun is left claimed, and its claim lapses for the
-                // restart. (A release that has begun finishes: its decision is recorded, and
-                // its forward keeps the pace, up to `RELEASING` intervals.)
+                // Stopping: what has not begun is given back below. (A release that has
+                // begun finishes, or, waiting for its turn, leaves nothing recorded.)
                 if !go_on() {
                     return one;
                 }
@@ -142,6 +140,14 @@ async fn release_while(
             released.cancelled += one.cancelled;
             released.deferred_again += one.deferred_again;
             released.failed += one.failed;
+        }
+        if !go_on() {
+            // Every release of this claim has ended: what none recorded goes back to the
+            // queue now, for the restart or another instance, rather than when the claim's
+            // lease lapses (five minutes, in which a paced campaign would stand still).
+            let given = state.messages().give_back(&claimed, claimed_at_us).await?;
+            tracing::info!(given, "stopping: unreleased claims given back");
+            return Ok(released);
         }
     }
 }

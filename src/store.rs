@@ -663,6 +663,12 @@ pub trait Messages: Send + Sync + 'static {
     /// by one call only.
     async fn claim_due(&self, now_us: i64, limit: i64) -> Result<Vec<DeferredMessage>, StoreError>;
 
+    /// Gives back what a `claim_due(claimed_at_us, …)` claimed and no release took up (a
+    /// stopping instance's), so that its restart or another instance releases it at once
+    /// instead of after the claim's lease. A message since released, re-armed or claimed again
+    /// is left as it is. How many were given back.
+    async fn give_back(&self, ids: &[MessageId], claimed_at_us: i64) -> Result<u64, StoreError>;
+
     /// Records the decision at a release (and re-arms a message deferred again).
     async fn record_release(&self, release: &ReleaseRecord) -> Result<(), StoreError>;
 

@@ -483,6 +483,19 @@ impl Messages for PgStore {
         Ok(claimed)
     }
 
+    async fn give_back(&self, ids: &[MessageId], claimed_at_us: i64) -> Result<u64, StoreError> {
+        let ids: Vec<&str> = ids.iter().map(MessageId::as_str).collect();
+        let given = sqlx::query(
+            "UPDATE deferred_messages SET claimed_at_us = NULL WHERE message_id = ANY($1) \
+             AND NOT done AND claimed_at_us = $2",
+        )
+        .bind(&ids)
+        .bind(claimed_at_us)
+        .execute(&self.pool)
+        .await?;
+        Ok(given.rows_affected())
+    }
+
     async fn record_release(&self, release: &ReleaseRecord) -> Result<(), StoreError> {
         let mut transaction = self.pool.begin().await?;
         append_release(&mut transaction, release).await?;

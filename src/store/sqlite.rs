@@ -330,6 +330,25 @@ impl Messages for SqliteStore {
         Ok(claimed)
     }
 
+    async fn give_back(&self, ids: &[MessageId], claimed_at_us: i64) -> Result<u64, StoreError> {
+        let _writer = self.writer.lock().await;
+        let mut transaction = self.pool.begin().await?;
+        let mut given = 0;
+        for id in ids {
+            given += sqlx::query(
+                "UPDATE deferred_messages SET claimed_at_us = NULL WHERE message_id = ? \
+                 AND done = 0 AND claimed_at_us = ?",
+            )
+            .bind(id.as_str())
+            .bind(claimed_at_us)
+            .execute(&mut *transaction)
+            .await?
+            .rows_affected();
+        }
+        transaction.commit().await?;
+        Ok(given)
+    }
+
     async fn record_release(&self, release: &ReleaseRecord) -> Result<(), StoreError> {
         self.batches.write(Write::Release(release.clone())).await?;
         Ok(())

@@ -206,6 +206,18 @@ async fn a_stopping_instance_does_not_wait_for_a_paced_backlog_to_drain() {
         sent,
         "each message allowed, at once or at its release, was forwarded once"
     );
+    // What it claimed and did not release is back in the queue, for its restart or another
+    // instance to release at once, not held until the claim's five-minute lease lapses.
+    let held = db
+        .count(
+            "SELECT count(*) FROM deferred_messages WHERE NOT done AND claimed_at_us IS NOT NULL",
+        )
+        .await;
+    assert_eq!(held, 0, "claims left behind by the stop");
+    let queued = db
+        .count("SELECT count(*) FROM deferred_messages WHERE NOT done")
+        .await;
+    assert!(queued as usize >= RECIPIENTS - sent, "{queued} left queued");
 }
 
 #[tokio::test]
