@@ -1320,18 +1320,24 @@ async fn insert_log_entry(
     Ok(())
 }
 
+/// A stored subtree, found by its level (`?1`) and index (`?2`) through its in-order position
+/// (the table's key, migration 0016).
+const NODE_BY_PLACE: &str = "SELECT hash FROM log_nodes WHERE position = ((2 * ?2 + 1) << ?1) - 1";
+/// A subtree stored at its in-order position: level `?1`, index `?2`, hash `?3`.
+const NODE_INSERT: &str = "INSERT INTO log_nodes (position, level, idx, hash) \
+                           VALUES (((2 * ?2 + 1) << ?1) - 1, ?1, ?2, ?3)";
+
 /// One stored perfect subtree.
 async fn node<'e>(
     executor: impl sqlx::Executor<'e, Database = sqlx::Sqlite>,
     level: u32,
     idx: u64,
 ) -> Result<Hash, StoreError> {
-    let hash: Option<Vec<u8>> =
-        sqlx::query_scalar("SELECT hash FROM log_nodes WHERE level = ? AND idx = ?")
-            .bind(level as i64)
-            .bind(idx as i64)
-            .fetch_optional(executor)
-            .await?;
+    let hash: Option<Vec<u8>> = sqlx::query_scalar(NODE_BY_PLACE)
+        .bind(level as i64)
+        .bind(idx as i64)
+        .fetch_optional(executor)
+        .await?;
     let hash = hash.ok_or_else(|| {
         StoreError::Corrupt(format!("log_nodes: subtree ({level}, {idx}) is missing"))
     })?;

@@ -500,8 +500,7 @@ impl Tree {
         let frontier = self.frontier(transaction)?;
         let index = frontier.size() as i64;
         let completed = frontier.push(hash);
-        let mut insert_node = transaction
-            .prepare_cached("INSERT INTO log_nodes (level, idx, hash) VALUES (?, ?, ?)")?;
+        let mut insert_node = transaction.prepare_cached(super::NODE_INSERT)?;
         for ((level, idx), node) in completed {
             insert_node.execute(params![level as i64, idx as i64, &node[..]])?;
         }
@@ -562,8 +561,7 @@ fn read_frontier(transaction: &Connection) -> Result<Frontier, StoreError> {
         .query_row([], |row| row.get(0))?;
     let size = size as u64;
     let mut edge = Vec::new();
-    let mut node =
-        transaction.prepare_cached("SELECT hash FROM log_nodes WHERE level = ? AND idx = ?")?;
+    let mut node = transaction.prepare_cached(super::NODE_BY_PLACE)?;
     for (level, idx) in Frontier::nodes_of(size) {
         let hash: Option<Vec<u8>> = node
             .query_row(params![level as i64, idx as i64], |row| row.get(0))
