@@ -257,6 +257,63 @@ async fn batch(app: &TestApp, token: &str, request: &Value) -> Vec<Value> {
         .collect()
 }
 
+/// docs/auditors.md's linked leaf, written out by hand field by field, is the code's encoding
+/// of that erasure, and a next leaf about the number ends with the link it describes.
+#[test]
+fn the_auditors_linked_leaf_is_the_codes_encoding() {
+    use consentry::audit::leaf::{Erasure, Link, erasure};
+    use consentry::crypto::hex;
+
+    let guide = include_str!("../../docs/auditors.md");
+    let start = guide
+        .find("**A linked leaf, by hand.**")
+        .expect("the linked leaf's paragraph");
+    let paragraph = &guide[start..];
+    let paragraph = &paragraph[..paragraph.find("(no previous").unwrap()];
+    // The paragraph's byte groups, in order: the code spans made of hex digits and spaces.
+    let bytes: String = paragraph
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|span| {
+            span.chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase() || c.is_whitespace())
+                && span.len() >= 2
+        })
+        .flat_map(|span| span.split_whitespace())
+        .collect();
+    let era = |link| {
+        erasure(
+            &Erasure {
+                id: "era_1".into(),
+                tenant: "acme".into(),
+                recipient_hash: "r".into(),
+                erased_at_us: 1,
+                erased_by: "ops".into(),
+                keys_destroyed: 0,
+            },
+            link,
+        )
+    };
+    let first = era(Link::First);
+    assert_eq!(bytes, hex(&first.bytes), "the leaf, byte by byte");
+    // "The next leaf about `r` ends with `01 00000020` and the 32 bytes of this leaf's hash,
+    // SHA-256(00 || these bytes), in place of that last `00`."
+    let next = era(Link::After(first.hash()));
+    let expected = format!(
+        "{}0100000020{}",
+        &bytes[..bytes.len() - 2],
+        hex(&first.hash())
+    );
+    assert_eq!(hex(&next.bytes), expected);
+    let mut prefixed = vec![0u8];
+    prefixed.extend_from_slice(&first.bytes);
+    assert_eq!(
+        hex(&first.hash()),
+        hex(ring::digest::digest(&ring::digest::SHA256, &prefixed).as_ref())
+    );
+}
+
 /// docs/auditors.md's worked example of the log format is what consentry encodes and hashes,
 /// and its commands reproduce the hashes.
 #[test]
