@@ -86,6 +86,11 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Messages: the ones in doubt after a crash.
+    Messages {
+        #[command(subcommand)]
+        command: MessagesCommand,
+    },
     /// The verifiable log: verify it, export it, show its public key.
     Audit {
         #[command(subcommand)]
@@ -182,6 +187,27 @@ enum KeysCommand {
     Rotate {
         #[command(flatten)]
         place: Place,
+    },
+}
+
+#[derive(Subcommand)]
+enum MessagesCommand {
+    /// List, one JSON object a line, the messages in doubt: allowed (as they were sent, or
+    /// when they came due) with no gateway answer recorded. An instance stopped between the
+    /// two (killed, crashed, its disk failing), so the gateway may or may not have them: look
+    /// them up there before sending them again. Safe while instances run.
+    InDoubt {
+        #[command(flatten)]
+        place: Place,
+        /// How far back to look, e.g. 24h, 30m.
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// Leave out what was allowed this recently: it may still be on its way to the gateway.
+        #[arg(long, default_value = "2m")]
+        settle: String,
+        /// At most this many lines.
+        #[arg(long, default_value_t = 10_000)]
+        limit: i64,
     },
 }
 
@@ -283,6 +309,15 @@ fn main() -> ExitCode {
             command: KeysCommand::Rotate { place },
         } => rotate_keys(&place),
         Command::Audit { command } => audit(command),
+        Command::Messages {
+            command:
+                MessagesCommand::InDoubt {
+                    place,
+                    since,
+                    settle,
+                    limit,
+                },
+        } => in_doubt(&place, &since, &settle, limit),
         Command::Witness { command } => witness(command),
         Command::Consents {
             command:
@@ -344,6 +379,58 @@ fn rotate_keys(place: &Place) -> anyhow::Result<()> {
         say!("{id}");
         eprintln!(
             "consentry: new data key {id}; the others are retired and still open what they sealed"
+        );
+        Ok(())
+    })
+}
+
+fn in_doubt(place: &Place, since: &str, settle: &str, limit: i64) -> anyhow::Result<()> {
+    let duration = |flag: &str, text: &str| -> anyhow::Result<jiff::SignedDuration> {
+        let duration: jiff::SignedDuration = text
+            .parse()
+            .with_context(|| format!("--{flag} {text:?}: use a duration such as 24h or 30m"))?;
+        anyhow::ensure!(!duration.is_negative(), "--{flag} must not be negative");
+        Ok(duration)
+    };
+    let (since, settle) = (duration("since", since)?, duration("settle", settle)?);
+    anyhow::ensure!(limit > 0, "--limit must be positive");
+    let config = place_config(place)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let store = consentry::store::open(&config.database_url()).await?;
+        let now = jiff::Timestamp::now();
+        let found = store
+            .in_doubt(
+                (now - since).as_microsecond(),
+                (now - settle).as_microsecond(),
+                limit,
+            )
+            .await?;
+        for message in &found {
+            let allowed_at = jiff::Timestamp::from_microsecond(message.allowed_at_us)
+                .map(|at| at.to_string())
+                .unwrap_or_default();
+            say!(
+                "{}",
+                serde_json::json!({
+                    "id": message.id,
+                    "tenant": message.tenant,
+                    "allowed_at": allowed_at,
+                    "allowed_by": message.allowed_by,
+                })
+            );
+        }
+        eprintln!(
+            "consentry: {} message(s) in doubt, allowed between {} and {} with no gateway \
+             answer recorded{}",
+            found.len(),
+            now - since,
+            now - settle,
+            if found.len() as i64 == limit {
+                " (the limit: there may be more)"
+            } else {
+                ""
+            }
         );
         Ok(())
     })

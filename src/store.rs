@@ -707,6 +707,28 @@ pub trait Messages: Send + Sync + 'static {
         tenant: &TenantId,
         id: &MessageId,
     ) -> Result<Option<crate::crypto::Sealed>, StoreError>;
+
+    /// Messages in doubt: allowed in `[since_us, until_us)`, at their send or at their latest
+    /// release, and with no gateway answer recorded. An instance stopped between the two (a
+    /// `kill -9`, a crash, a write of the answer that failed), so the gateway may or may not
+    /// have them. Oldest first, at most `limit`. Reads every message and release of the period.
+    async fn in_doubt(
+        &self,
+        since_us: i64,
+        until_us: i64,
+        limit: i64,
+    ) -> Result<Vec<InDoubt>, StoreError>;
+}
+
+/// A message in doubt (`Messages::in_doubt`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InDoubt {
+    pub id: String,
+    pub tenant: String,
+    /// When the decision that allowed it was taken.
+    pub allowed_at_us: i64,
+    /// `send` (allowed as it was sent) or `release` (allowed when it came due).
+    pub allowed_by: String,
 }
 
 /// Recipients' replies as recorded, and the reviews of uncertain opt-outs.

@@ -4,7 +4,7 @@
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
 use super::{
-    ConsentRecord, DataKeyRow, DecisionCount, DecisionKind, LogEntry, MessageRecord,
+    ConsentRecord, DataKeyRow, DecisionCount, DecisionKind, InDoubt, LogEntry, MessageRecord,
     RecipientKeyRow, ReplyView, ReviewView, StoreError, StoredConsent,
 };
 use crate::audit::checkpoint::Checkpoint;
@@ -674,4 +674,43 @@ pub(crate) fn hash_from(bytes: Vec<u8>, column: &str) -> Result<Hash, StoreError
     bytes
         .try_into()
         .map_err(|_| StoreError::Corrupt(format!("{column} is not 32 bytes")))
+}
+
+/// `Messages::in_doubt`'s query, with the placeholders of the period's start and end and of
+/// the limit: a message allowed as it was sent and never released, or whose latest release
+/// allowed it, with no outcome at all (each path to the gateway records one: sent, failed, or
+/// queued again by a new release).
+pub(crate) fn in_doubt_sql([since, until, limit]: [&str; 3]) -> String {
+    format!(
+        "SELECT id, tenant, at, allowed_by FROM ( \
+         SELECT m.id, m.tenant, m.created_at_us AS at, 'send' AS allowed_by FROM messages m \
+         WHERE m.decision = 'allowed' AND m.created_at_us >= {since} AND m.created_at_us < {until} \
+         AND NOT EXISTS (SELECT 1 FROM message_releases r WHERE r.message_id = m.id) \
+         AND NOT EXISTS (SELECT 1 FROM message_outcomes o WHERE o.message_id = m.id) \
+         UNION ALL \
+         SELECT m.id, m.tenant, r.decided_at_us AS at, 'release' AS allowed_by \
+         FROM message_releases r JOIN messages m ON m.id = r.message_id \
+         WHERE r.decision = 'allowed' AND r.decided_at_us >= {since} AND r.decided_at_us < {until} \
+         AND NOT EXISTS (SELECT 1 FROM message_releases later \
+             WHERE later.message_id = r.message_id AND later.seq > r.seq) \
+         AND NOT EXISTS (SELECT 1 FROM message_outcomes o WHERE o.message_id = r.message_id) \
+         ) AS doubt ORDER BY at, id LIMIT {limit}"
+    )
+}
+
+pub(crate) fn in_doubt_from_row<R>(row: &R) -> Result<InDoubt, StoreError>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database>,
+    String: Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database>,
+    i64: Type<R::Database>,
+{
+    Ok(InDoubt {
+        id: row.try_get("id")?,
+        tenant: row.try_get("tenant")?,
+        allowed_at_us: row.try_get("at")?,
+        allowed_by: row.try_get("allowed_by")?,
+    })
 }

@@ -13,14 +13,15 @@ use sqlx::sqlite::{
 use super::rows::{
     CONSENT_COLUMNS, LINK_COLUMNS, LOGGED_TABLES, MESSAGE_COLUMNS, REPLY_COLUMNS,
     checkpoint_from_row, consent_from_row, cosignature_from_row, data_key_from_row,
-    decision_count_from_row, hash_from, head_sql, leaf_from_row, leaf_sql, link_from_row,
-    log_entry_from_row, logged_counts_sql, message_from_row, number_other_leaves_sql,
-    recipient_key_from_row, reply_from_row, review_from_row, set_head_sql, unlogged_rows_sql,
+    decision_count_from_row, hash_from, head_sql, in_doubt_from_row, in_doubt_sql, leaf_from_row,
+    leaf_sql, link_from_row, log_entry_from_row, logged_counts_sql, message_from_row,
+    number_other_leaves_sql, recipient_key_from_row, reply_from_row, review_from_row, set_head_sql,
+    unlogged_rows_sql,
 };
 use super::{
     AuditFilter, AuditLog, AuditedConsent, AuditedMessage, ConsentRecord, DataKeyRow, Database,
-    DeferredMessage, Inbound, InboundRecord, InboundRecorded, Keys, Ledger, LogEntry, LogHead,
-    MessageRecord, MessageView, Messages, Outbox, OutboxItem, OutboxRecord, OutcomeRecord,
+    DeferredMessage, InDoubt, Inbound, InboundRecord, InboundRecorded, Keys, Ledger, LogEntry,
+    LogHead, MessageRecord, MessageView, Messages, Outbox, OutboxItem, OutboxRecord, OutcomeRecord,
     RecipientFacts, RecipientKeyRow, Recorded, ReleaseRecord, ResolutionRecord, Resolved,
     ReviewRecord, ReviewView, StoreError, StoredConsent, status_of,
 };
@@ -410,6 +411,23 @@ impl Messages for SqliteStore {
             TenantId::parse(&tenant).map_err(|_| StoreError::Corrupt("messages.tenant".into()))?,
             row.try_get("status_callback")?,
         )))
+    }
+
+    async fn in_doubt(
+        &self,
+        since_us: i64,
+        until_us: i64,
+        limit: i64,
+    ) -> Result<Vec<InDoubt>, StoreError> {
+        sqlx::query(&in_doubt_sql(["?1", "?2", "?3"]))
+            .bind(since_us)
+            .bind(until_us)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(in_doubt_from_row)
+            .collect()
     }
 
     async fn message_payload(

@@ -358,4 +358,41 @@ async fn a_batch_whose_instance_is_killed_sends_each_recipient_at_most_once_on_r
         reached + in_doubt >= RECIPIENTS && reached <= RECIPIENTS,
         "{reached} reached, {in_doubt} in doubt: {summary}"
     );
+
+    // The messages the kill caught between their record and their gateway's answer (none,
+    // when it came between two groups) are listed for the operator to look up at the gateway:
+    // exactly those recorded as allowed with no answer recorded, and none of those the retry
+    // sent. (`sending::a_message_is_in_doubt_…` holds one that always is.)
+    let listed = std::process::Command::new(env!("CARGO_BIN_EXE_consentry"))
+        .args(["messages", "in-doubt", "--config", "consentry.toml"])
+        .args(["--since", "1h", "--settle", "0s"])
+        .current_dir(folder.path())
+        .output()
+        .unwrap();
+    assert!(listed.status.success(), "{listed:?}");
+    let mut listed: Vec<String> = String::from_utf8(listed.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let line: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(line["tenant"], "shop", "{line}");
+            assert_eq!(line["allowed_by"], "send", "{line}");
+            line["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    listed.sort();
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(folder.path().join("data/consentry.db"))
+        .read_only(true);
+    let mut connection = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&options)
+        .await
+        .unwrap();
+    let unanswered: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM messages m WHERE decision = 'allowed' AND NOT EXISTS \
+         (SELECT 1 FROM message_outcomes o WHERE o.message_id = m.id) ORDER BY id",
+    )
+    .fetch_all(&mut connection)
+    .await
+    .unwrap();
+    assert_eq!(listed, unanswered);
 }

@@ -261,3 +261,60 @@ async fn the_sandbox_records_messages_per_tenant_for_admins() {
     assert_eq!(response.status(), 403);
     assert!(gateway.requests().is_empty());
 }
+
+/// A message between its record and its gateway's answer is in doubt (`consentry messages
+/// in-doubt` lists such messages after a crash); once the answer is recorded it is not.
+#[tokio::test]
+async fn a_message_is_in_doubt_only_until_its_gateways_answer_is_recorded() {
+    let gateway = FakeGateway::start().await;
+    gateway.set_mode(GatewayMode::Stall(std::time::Duration::from_millis(600)));
+    let app = TestApp::spawn(&gateway.url()).await;
+    let token = app.token("acme", "messages:send");
+    let in_doubt = || async {
+        let now = app.state.clock.now().as_microsecond();
+        app.state
+            .messages()
+            .in_doubt(now - 3_600_000_000, now + 1_000_000, 10)
+            .await
+            .unwrap()
+    };
+    // A denied message is never in doubt: nothing was to reach the gateway.
+    let denied = app
+        .send(&token, &message("+14155550190", "Sale today", "marketing"))
+        .await;
+    assert_eq!(denied.status(), 403);
+
+    let sending = {
+        let (client, url, token) = (app.client.clone(), app.url("/v1/messages"), token.clone());
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .bearer_auth(token)
+                .json(&message(
+                    "+14155550191",
+                    "Your code is 1234",
+                    "transactional",
+                ))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while gateway.requests().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing reached the gateway"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let waiting = in_doubt().await;
+    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    assert_eq!(waiting[0].tenant, "acme");
+    assert_eq!(waiting[0].allowed_by, "send");
+
+    let answer: Value = sending.await.unwrap().json().await.unwrap();
+    assert_eq!(answer["status"], "sent", "{answer}");
+    assert_eq!(waiting[0].id, answer["id"].as_str().unwrap());
+    assert_eq!(in_doubt().await, []);
+}
