@@ -7,8 +7,9 @@
 -- subtree over leaves [idx * 2^level, (idx + 1) * 2^level) at (2 * idx + 1) * 2^level - 1 (a
 -- leaf at 2 * idx, the subtree a leaf completes at level l sits 2^l - 1 places before it), what
 -- a commit adds lands at the end of the table, but for a subtree of a level above the commit's
--- size, one in that many commits. The same rows; `position` is the rowid, so the table is one
--- B-tree instead of a table and its index.
+-- size, one in that many commits (`store::rows::node_position` computes it; the CHECK holds it
+-- to `level` and `idx`). The same rows; `position` is the rowid, so the table is one B-tree
+-- instead of a table and its index.
 CREATE TABLE log_nodes_in_order (
     position INTEGER PRIMARY KEY,
     level    INTEGER NOT NULL,

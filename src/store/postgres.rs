@@ -16,8 +16,8 @@ use super::rows::{
     checkpoint_from_row, consent_from_row, cosignature_from_row, data_key_from_row,
     decision_count_from_row, event_from_row, hash_from, in_doubt_from_row, in_doubt_sql,
     leaf_from_row, leaf_sql, link_from_row, log_entry_from_row, logged_counts_sql,
-    message_from_row, number_other_leaves_sql, recipient_key_from_row, reply_from_row,
-    review_from_row, unlogged_rows_sql,
+    message_from_row, node_position, number_other_leaves_sql, recipient_key_from_row,
+    reply_from_row, review_from_row, unlogged_rows_sql,
 };
 use super::{
     AuditFilter, AuditLog, AuditedConsent, AuditedMessage, ConsentRecord, DataKeyRow, Database,
@@ -965,10 +965,11 @@ impl AuditLog for PgStore {
         // A few statements per batch, not one per row: the writer is held briefly.
         for chunk in nodes.chunks(300) {
             let mut insert = sqlx::QueryBuilder::<sqlx::Postgres>::new(
-                "INSERT INTO log_nodes (level, idx, hash) ",
+                "INSERT INTO log_nodes (position, level, idx, hash) ",
             );
             insert.push_values(chunk, |mut row, ((level, idx), hash)| {
-                row.push_bind(*level as i64)
+                row.push_bind(node_position(*level, *idx))
+                    .push_bind(*level as i64)
                     .push_bind(*idx as i64)
                     .push_bind(hash.to_vec());
             });
@@ -1606,9 +1607,8 @@ async fn node<'e>(
     idx: u64,
 ) -> Result<Hash, StoreError> {
     let hash: Option<Vec<u8>> =
-        sqlx::query_scalar("SELECT hash FROM log_nodes WHERE level = $1 AND idx = $2")
-            .bind(level as i64)
-            .bind(idx as i64)
+        sqlx::query_scalar("SELECT hash FROM log_nodes WHERE position = $1")
+            .bind(node_position(level, idx))
             .fetch_optional(executor)
             .await?;
     let hash = hash.ok_or_else(|| {

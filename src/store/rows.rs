@@ -714,3 +714,38 @@ where
         allowed_by: row.try_get("allowed_by")?,
     })
 }
+
+/// Where a stored subtree sits in `log_nodes` (migration 0016): its in-order position in the
+/// tree, `(2 * idx + 1) * 2^level - 1` (a leaf at `2 * idx`; the subtree a leaf completes at
+/// level `l`, `2^l - 1` places before it). Appending leaves adds rows at the table's end, where
+/// keyed by `(level, idx)` each level had an end of its own. Never more than twice the leaves.
+pub(crate) fn node_position(level: u32, idx: u64) -> i64 {
+    (((2 * idx + 1) << level) - 1) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::node_position;
+    use crate::audit::merkle::Frontier;
+
+    /// Every subtree has a position of its own; what a leaf completes sits at most a level's
+    /// width behind the newest leaf, and never past twice the leaves.
+    #[test]
+    fn subtrees_take_distinct_in_order_positions_near_the_end() {
+        let mut tree = Frontier::default();
+        let mut seen = std::collections::HashSet::new();
+        for leaf in 0..5_000u64 {
+            let newest = node_position(0, leaf);
+            assert_eq!(newest, 2 * leaf as i64);
+            for ((level, idx), _) in tree.push([leaf as u8; 32]) {
+                let position = node_position(level, idx);
+                assert!(seen.insert(position), "({level}, {idx}) shares {position}");
+                assert_eq!(position, newest + 1 - (1 << level), "({level}, {idx})");
+                assert!(position < 2 * (leaf as i64 + 1));
+            }
+        }
+        // Level 1, index 0 covers leaves 0 and 1: between them, at 1.
+        assert_eq!(node_position(1, 0), 1);
+        assert_eq!(node_position(2, 1), 11);
+    }
+}

@@ -15,8 +15,8 @@ use super::rows::{
     checkpoint_from_row, consent_from_row, cosignature_from_row, data_key_from_row,
     decision_count_from_row, hash_from, head_sql, in_doubt_from_row, in_doubt_sql, leaf_from_row,
     leaf_sql, link_from_row, log_entry_from_row, logged_counts_sql, message_from_row,
-    number_other_leaves_sql, recipient_key_from_row, reply_from_row, review_from_row, set_head_sql,
-    unlogged_rows_sql,
+    node_position, number_other_leaves_sql, recipient_key_from_row, reply_from_row,
+    review_from_row, set_head_sql, unlogged_rows_sql,
 };
 use super::{
     AuditFilter, AuditLog, AuditedConsent, AuditedMessage, ConsentRecord, DataKeyRow, Database,
@@ -1338,12 +1338,10 @@ async fn insert_log_entry(
     Ok(())
 }
 
-/// A stored subtree, found by its level (`?1`) and index (`?2`) through its in-order position
-/// (the table's key, migration 0016).
-const NODE_BY_PLACE: &str = "SELECT hash FROM log_nodes WHERE position = ((2 * ?2 + 1) << ?1) - 1";
-/// A subtree stored at its in-order position: level `?1`, index `?2`, hash `?3`.
-const NODE_INSERT: &str = "INSERT INTO log_nodes (position, level, idx, hash) \
-                           VALUES (((2 * ?2 + 1) << ?1) - 1, ?1, ?2, ?3)";
+/// A stored subtree, by its position (`rows::node_position`).
+const NODE_BY_POSITION: &str = "SELECT hash FROM log_nodes WHERE position = ?";
+/// A subtree: position, level, index, hash.
+const NODE_INSERT: &str = "INSERT INTO log_nodes (position, level, idx, hash) VALUES (?, ?, ?, ?)";
 
 /// One stored perfect subtree.
 async fn node<'e>(
@@ -1351,9 +1349,8 @@ async fn node<'e>(
     level: u32,
     idx: u64,
 ) -> Result<Hash, StoreError> {
-    let hash: Option<Vec<u8>> = sqlx::query_scalar(NODE_BY_PLACE)
-        .bind(level as i64)
-        .bind(idx as i64)
+    let hash: Option<Vec<u8>> = sqlx::query_scalar(NODE_BY_POSITION)
+        .bind(node_position(level, idx))
         .fetch_optional(executor)
         .await?;
     let hash = hash.ok_or_else(|| {

@@ -502,7 +502,12 @@ impl Tree {
         let completed = frontier.push(hash);
         let mut insert_node = transaction.prepare_cached(super::NODE_INSERT)?;
         for ((level, idx), node) in completed {
-            insert_node.execute(params![level as i64, idx as i64, &node[..]])?;
+            insert_node.execute(params![
+                rows::node_position(level, idx),
+                level as i64,
+                idx as i64,
+                &node[..]
+            ])?;
         }
         Ok(index)
     }
@@ -561,10 +566,10 @@ fn read_frontier(transaction: &Connection) -> Result<Frontier, StoreError> {
         .query_row([], |row| row.get(0))?;
     let size = size as u64;
     let mut edge = Vec::new();
-    let mut node = transaction.prepare_cached(super::NODE_BY_PLACE)?;
+    let mut node = transaction.prepare_cached(super::NODE_BY_POSITION)?;
     for (level, idx) in Frontier::nodes_of(size) {
         let hash: Option<Vec<u8>> = node
-            .query_row(params![level as i64, idx as i64], |row| row.get(0))
+            .query_row([rows::node_position(level, idx)], |row| row.get(0))
             .optional()?;
         let hash = hash.ok_or_else(|| {
             StoreError::Corrupt(format!("log_nodes: subtree ({level}, {idx}) is missing"))
