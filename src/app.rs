@@ -518,6 +518,7 @@ fn live_state(shared: &Shared, config: &Config, version: u64) -> anyhow::Result<
             .map_err(|why| anyhow::anyhow!(why))?,
         ),
         smpp_receivers: shared.smpp_receivers.clone(),
+        deciding: Default::default(),
     })
 }
 

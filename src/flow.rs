@@ -19,6 +19,7 @@
 //! is a malfunction, and nothing was forwarded; `http::error` is the one place that turns it
 //! into a response.
 
+pub mod combine;
 pub mod consent;
 pub mod receive;
 pub mod request;

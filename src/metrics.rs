@@ -84,6 +84,7 @@ pub struct Metrics {
     registry: Registry,
     decisions: Family<DecisionLabels, Counter>,
     phases: HistogramFamily<PhaseLabels>,
+    send_groups: Histogram,
     upstream: Family<UpstreamLabels, Counter>,
     witnesses: Family<WitnessLabels, Counter>,
     inbound: Family<CodeLabels, Counter>,
@@ -117,6 +118,13 @@ impl Default for Metrics {
             "send_phase_seconds",
             "Time spent in each phase of a send, and in all of them (phase=total)",
             phases.clone(),
+        );
+        // 1, 2, 4 ... 256: a group is at most `flow::combine::GROUP`.
+        let send_groups = Histogram::new(exponential_buckets(1.0, 2.0, 9));
+        registry.register(
+            "send_group_size",
+            "Single sends decided together: messages in each group a runner took",
+            send_groups.clone(),
         );
         let upstream = Family::<UpstreamLabels, Counter>::default();
         registry.register(
@@ -153,6 +161,7 @@ impl Default for Metrics {
             reloads,
             decisions,
             phases,
+            send_groups,
             upstream,
             witnesses,
             inbound,
@@ -172,6 +181,11 @@ impl Metrics {
                 phase: phase.as_str(),
             })
             .observe(took.as_secs_f64());
+    }
+
+    /// A group of single sends taken by a runner (`flow::combine`), by its size.
+    pub fn send_group(&self, size: usize) {
+        self.send_groups.observe(size as f64);
     }
 
     pub fn upstream_answer(&self, upstream: &str, result: &'static str) {

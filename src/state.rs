@@ -65,6 +65,8 @@ pub struct AppState {
     pub smpp_accounts: Arc<crate::smpp::accounts::Accounts>,
     /// The SMPP sessions bound to receive replies and receipts (kept across reloads).
     pub smpp_receivers: Arc<crate::smpp::deliver::Receivers>,
+    /// Single sends waiting to be decided together (`flow::send::process`).
+    pub deciding: crate::flow::combine::Combiner,
 }
 
 /// The parts of the store (`store`'s traits): each flow and worker names the one it uses, and

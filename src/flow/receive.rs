@@ -240,7 +240,19 @@ pub async fn receive(
             send_at: None,
             media: Vec::new(),
         };
-        match send::process(state, tenant, &SenderBounds::default(), answer, delivery).await? {
+        // Decided on its own, not queued with clients' sends (`send::process`): the reply's
+        // flow may still hold turns of its own.
+        let processed = send::process_group(
+            state,
+            tenant,
+            &SenderBounds::default(),
+            vec![answer],
+            delivery,
+        )
+        .await
+        .pop()
+        .unwrap_or_else(|| Err(FlowError::Unreadable("the flow answered nothing".into())))?;
+        match processed {
             Processed::Answered { text, .. } => received.answers.push(text),
             Processed::Denied(denial) => tracing::info!(
                 tenant = %tenant.id,

@@ -13,9 +13,12 @@ use futures_util::StreamExt as _;
 use jiff::Timestamp;
 use serde_json::json;
 
+use std::sync::Arc;
+
 use super::FlowError;
+use super::combine::Waiting;
 use crate::config::Tenant;
-use crate::domain::{CanonicalMessage, MessageId};
+use crate::domain::{CanonicalMessage, MessageId, TenantId};
 use crate::metrics::{DecisionLabels, Phase};
 use crate::policy::{self, Decision, Facts, SenderBounds};
 use crate::state::AppState;
@@ -324,19 +327,149 @@ pub async fn check_number_history(
 }
 
 /// The send flow after parsing: gather the recipient's facts, decide, record the decision
-/// durably, then forward an allowed message and record the outcome. Every message consentry
-/// sends, the API's and its own replies, goes through here (or through [`process_group`]).
+/// durably, then forward an allowed message and record the outcome. Every message a client
+/// sends goes through here; consentry's own replies and a batch's groups go through
+/// [`process_group`]. Single sends that arrive together are decided together
+/// ([`super::combine`]): the message waits in its tenant's queue until a runner takes it with
+/// whatever else is queued, then this request forwards it on its own.
 pub async fn process(
-    state: &AppState,
+    state: &Arc<AppState>,
     tenant: &Tenant,
     bounds: &SenderBounds,
     message: CanonicalMessage,
     delivery: Delivery,
 ) -> Result<Processed, FlowError> {
-    process_group(state, tenant, bounds, vec![message], delivery)
-        .await
-        .pop()
-        .unwrap_or_else(|| Err(FlowError::Unreadable("the flow answered nothing".into())))
+    let started = std::time::Instant::now();
+    let (answer, decided) = tokio::sync::oneshot::channel();
+    let waiting = Waiting {
+        message,
+        bounds: bounds.clone(),
+        answer,
+    };
+    if state.deciding.queue(&tenant.id, waiting) {
+        tokio::spawn(run_groups(Runner {
+            state: Arc::clone(state),
+            tenant: tenant.id.clone(),
+        }));
+    }
+    let decision = decided.await.map_err(|_| {
+        FlowError::Unreadable(
+            "the group deciding the message stopped before it was decided; nothing was sent".into(),
+        )
+    })??;
+    let processed = match settle(state, tenant, decision) {
+        Settled::Answer(processed) => processed,
+        Settled::Forward(permit) => deliver(state, tenant, permit, delivery).await,
+    };
+    state.metrics.phase(Phase::Total, started.elapsed());
+    Ok(processed)
+}
+
+/// A runner of a tenant's queue of single sends ([`super::combine`]).
+struct Runner {
+    state: Arc<AppState>,
+    tenant: TenantId,
+}
+
+impl Drop for Runner {
+    /// A runner that panicked hands its place to a new one, so that the messages queued behind
+    /// it are still decided (those of its group see their answer dropped: nothing was sent).
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(tenant = %self.tenant, "a runner of single sends panicked; another takes its place");
+            tokio::spawn(run_groups(Runner {
+                state: Arc::clone(&self.state),
+                tenant: self.tenant.clone(),
+            }));
+        }
+    }
+}
+
+/// Decides the tenant's queued single sends, group after group, until none is left.
+async fn run_groups(runner: Runner) {
+    let state = &runner.state;
+    loop {
+        let group = state.deciding.next_group(&runner.tenant);
+        if group.is_empty() {
+            return;
+        }
+        let Some(tenant) = state.tenants.get(&runner.tenant) else {
+            // A message is queued only by a request of a tenant of this state.
+            continue;
+        };
+        let mut answers = Vec::with_capacity(group.len());
+        let mut bounds = Vec::with_capacity(group.len());
+        let mut messages = Vec::with_capacity(group.len());
+        for waiting in group {
+            answers.push(Some(waiting.answer));
+            bounds.push(waiting.bounds);
+            messages.push(waiting.message);
+        }
+        state.metrics.send_group(messages.len());
+        for round in rounds(state, messages) {
+            for (index, decided) in
+                decide_round(state, tenant, GroupBounds::Each(&bounds), round).await
+            {
+                if let Some(answer) = answers[index].take() {
+                    // A sender that stopped waiting forwards nothing: its record stays allowed
+                    // without an outcome, as a send whose client left does.
+                    let _ = answer.send(decided);
+                }
+            }
+        }
+    }
+}
+
+/// What a decision becomes before anything is forwarded.
+enum Settled {
+    /// A denial or a deferral: recorded, and this is the answer.
+    Answer(Processed),
+    /// Allowed: the permit goes on to [`deliver`].
+    Forward(policy::Permit),
+}
+
+/// Counts a decision and says what it becomes.
+fn settle(state: &AppState, tenant: &Tenant, decision: Decision) -> Settled {
+    state.metrics.decision(decision_labels(&decision, tenant));
+    match decision {
+        Decision::Deny(denial) => {
+            tracing::debug!(
+                message_id = %denial.message.id,
+                tenant = %tenant.id,
+                code = denial.reasons[0].code.as_str(),
+                "message denied"
+            );
+            Settled::Answer(Processed::Denied(denial))
+        }
+        Decision::Defer(deferral) => {
+            tracing::debug!(
+                message_id = %deferral.message.id,
+                tenant = %tenant.id,
+                until = %deferral.until,
+                "message deferred"
+            );
+            Settled::Answer(Processed::Scheduled(deferral))
+        }
+        Decision::Allow(permit) => Settled::Forward(permit),
+    }
+}
+
+/// The bounds each message of a group was sent under.
+#[derive(Clone, Copy)]
+enum GroupBounds<'a> {
+    /// One token's, for all (a batch, a reply).
+    One(&'a SenderBounds),
+    /// Each message's own request's, by its place in the group (combined single sends).
+    Each(&'a [SenderBounds]),
+}
+
+impl GroupBounds<'_> {
+    fn of(&self, index: usize) -> &SenderBounds {
+        match self {
+            GroupBounds::One(bounds) => bounds,
+            GroupBounds::Each(each) => &each[index],
+        }
+    }
 }
 
 /// Forwards of one group in flight at once.
@@ -361,35 +494,11 @@ pub async fn process_group(
         std::iter::repeat_with(|| None).take(count).collect();
     let mut permits = Vec::new();
     for round in rounds(state, messages) {
-        for (index, decided) in decide_round(state, tenant, bounds, round).await {
-            let decision = match decided {
-                Ok(decision) => decision,
-                Err(error) => {
-                    answers[index] = Some(Err(error));
-                    continue;
-                }
-            };
-            state.metrics.decision(decision_labels(&decision, tenant));
-            answers[index] = match decision {
-                Decision::Deny(denial) => {
-                    tracing::debug!(
-                        message_id = %denial.message.id,
-                        tenant = %tenant.id,
-                        code = denial.reasons[0].code.as_str(),
-                        "message denied"
-                    );
-                    Some(Ok(Processed::Denied(denial)))
-                }
-                Decision::Defer(deferral) => {
-                    tracing::debug!(
-                        message_id = %deferral.message.id,
-                        tenant = %tenant.id,
-                        until = %deferral.until,
-                        "message deferred"
-                    );
-                    Some(Ok(Processed::Scheduled(deferral)))
-                }
-                Decision::Allow(permit) => {
+        for (index, decided) in decide_round(state, tenant, GroupBounds::One(bounds), round).await {
+            answers[index] = match decided.map(|decision| settle(state, tenant, decision)) {
+                Err(error) => Some(Err(error)),
+                Ok(Settled::Answer(processed)) => Some(Ok(processed)),
+                Ok(Settled::Forward(permit)) => {
                     permits.push((index, permit));
                     None
                 }
@@ -443,7 +552,7 @@ fn rounds(
 async fn decide_round(
     state: &AppState,
     tenant: &Tenant,
-    bounds: &SenderBounds,
+    bounds: GroupBounds<'_>,
     round: Vec<(usize, String, CanonicalMessage)>,
 ) -> Vec<(usize, Result<Decision, FlowError>)> {
     let started = std::time::Instant::now();
@@ -460,17 +569,26 @@ async fn decide_round(
         Ok(gathered) => gathered,
         Err(error) => return fail_all(round.iter().map(|(index, ..)| *index), error),
     };
+    // The numbers' histories are asked together: a lookup that waits on the network holds up
+    // the others of the round once, not once each.
+    let mut gathered = gathered;
+    let histories: Vec<Result<(), FlowError>> =
+        futures_util::future::join_all(messages.iter().zip(gathered.iter_mut()).map(
+            |(message, gathered)| check_number_history(state, tenant, message, gathered, now),
+        ))
+        .await;
     drop(messages);
     let mut decided = Vec::with_capacity(round.len());
     let mut records = Vec::with_capacity(round.len());
-    for ((index, hash, message), mut gathered) in round.into_iter().zip(gathered) {
-        if let Err(error) = check_number_history(state, tenant, &message, &mut gathered, now).await
-        {
+    for (((index, hash, message), mut gathered), history) in
+        round.into_iter().zip(gathered).zip(histories)
+    {
+        if let Err(error) = history {
             decided.push((index, Err(error)));
             continue;
         }
         let paced = take_slot(state, tenant, &message, &mut gathered, now);
-        let facts = gathered.facts(tenant, bounds, &state.policies, now);
+        let facts = gathered.facts(tenant, bounds.of(index), &state.policies, now);
         let decision = policy::decide(message, &facts);
         keep_slot(state, tenant, &decision, paced);
         match sealed_record(state, &decision, tenant, now, hash, gathered.recipient_key).await {

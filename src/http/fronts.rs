@@ -118,7 +118,7 @@ struct Extras {
 /// Builds the native request from a front's fields and runs the send flow.
 #[allow(clippy::too_many_arguments)]
 async fn send(
-    state: &AppState,
+    state: &Arc<AppState>,
     principal: &Principal,
     tenant: &Tenant,
     headers: &HeaderMap,

@@ -60,7 +60,7 @@ pub async fn send(
 /// Parses, decides, records and forwards a native send; sets `recipient` once the recipient
 /// is known.
 async fn send_parsed(
-    state: &AppState,
+    state: &Arc<AppState>,
     principal: &Principal,
     tenant: &Tenant,
     bytes: &[u8],

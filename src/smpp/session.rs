@@ -566,7 +566,11 @@ struct Submitted {
 }
 
 /// Runs one message through the send flow; its status and (if accepted) consentry's id.
-async fn decide(state: &AppState, principal: &Principal, submitted: Submitted) -> (u32, String) {
+async fn decide(
+    state: &Arc<AppState>,
+    principal: &Principal,
+    submitted: Submitted,
+) -> (u32, String) {
     let Submitted {
         to,
         from,

@@ -318,3 +318,62 @@ async fn a_message_is_in_doubt_only_until_its_gateways_answer_is_recorded() {
     assert_eq!(waiting[0].id, answer["id"].as_str().unwrap());
     assert_eq!(in_doubt().await, []);
 }
+
+/// Single sends that arrive together are decided together (`flow::combine`): one group holds
+/// the sends of several tokens, and each is still decided under its own token's bounds and
+/// answered on its own.
+#[tokio::test]
+async fn sends_decided_together_keep_each_tokens_bounds() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    let full = app.token("acme", "messages:send");
+    let mut narrowed = claims("consentry-dev", "acme", "messages:send");
+    narrowed["senders"] = json!(["ACME"]);
+    let narrow = app.sign_dev(&json!({ "alg": "EdDSA", "kid": "dev" }), &narrowed);
+    // One h2 connection: the sends arrive at once.
+    let cert = std::fs::read(app.data_dir().join("tls/cert.pem")).unwrap();
+    let h2 = client(&cert, Some(http::Version::HTTP_2));
+    let sends = (0..64).map(|i| {
+        let token = if i % 2 == 0 { &full } else { &narrow };
+        let request = h2
+            .post(app.url("/v1/messages"))
+            .bearer_auth(token)
+            .json(&message(
+                &format!("+1415555{:04}", 100 + i),
+                "code 1234",
+                "transactional",
+            ))
+            .send();
+        async move { (i, request.await.unwrap()) }
+    });
+    for (i, response) in futures_util::future::join_all(sends).await {
+        if i % 2 == 0 {
+            assert_eq!(response.status(), 201, "send {i}");
+        } else {
+            assert_eq!(error_code(response).await, "sender_not_allowed", "send {i}");
+        }
+    }
+    assert_eq!(gateway.requests().len(), 32);
+
+    let metrics = reqwest::get(format!("http://{}/metrics", app.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} is not on /metrics:\n{metrics}"))
+    };
+    let (groups, sends) = (
+        value("consentry_send_group_size_count"),
+        value("consentry_send_group_size_sum"),
+    );
+    assert_eq!(sends, 64.0);
+    assert!(
+        groups < sends,
+        "{groups} groups for {sends} sends: none was shared"
+    );
+}
