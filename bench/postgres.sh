@@ -119,14 +119,15 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
-# The URL of a fresh schema of the base database.
+# fresh_schema: creates a fresh schema of the base database and sets schema_url to its URL.
+# (Not called in a subshell: the schema is remembered in `schemas`, and dropped at the end.)
 fresh_schema() {
   local schema="bench_$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
   psql -q "$base_url" -c "CREATE SCHEMA $schema" >/dev/null
   schemas+=("$schema")
   local sep='?'
   [[ "$base_url" != *'?'* ]] || sep='&'
-  printf '%s%soptions=-c%%20search_path%%3D%s' "$base_url" "$sep" "$schema"
+  schema_url="$(printf '%s%soptions=-c%%20search_path%%3D%s' "$base_url" "$sep" "$schema")"
 }
 
 # instance DATA_DIR DATABASE_URL: starts consentry; sets api_port, instance_pid.
@@ -217,6 +218,13 @@ measure() {
     log "$name: warm-up ${warmup}s"
     run "$name-warmup" "$warmup" "$port_a" "$port_b" "$seed"
   fi
+  if [[ -n "$analyze_url" ]]; then
+    # The schema is a few seconds old: autovacuum has not analyzed it yet, and the plans
+    # PostgreSQL cached for consentry's prepared statements while its tables were empty scan
+    # them whole. A database in service is analyzed within a minute of its growth; so is this.
+    psql -q "$analyze_url" -c "DO \$\$DECLARE t text; BEGIN FOR t IN SELECT tablename FROM pg_tables \
+      WHERE schemaname = current_schema() LOOP EXECUTE format('ANALYZE %I', t); END LOOP; END\$\$" >/dev/null
+  fi
   log "$name: ${duration}s, 2 x wrk -t $((threads / 2)) -c $((connections / 2))"
   before="$(cpu_ticks "$@")"
   run "$name" "$duration" "$port_a" "$port_b" $((seed + 1))
@@ -245,19 +253,23 @@ mint() {
 }
 
 # SQLite: one instance, its database in its data dir.
+analyze_url=""
 instance "$tmp/sqlite" "sqlite://$tmp/sqlite/consentry.db"
 mint "$tmp/sqlite"
 measure sqlite "$api_port" "$api_port" "$instance_pid"
 stop_instances "$instance_pid"
 
 # PostgreSQL, one instance.
-instance "$tmp/pg1" "$(fresh_schema)"
+fresh_schema
+analyze_url="$schema_url"
+instance "$tmp/pg1" "$schema_url"
 mint "$tmp/pg1"
 measure postgres-1 "$api_port" "$api_port" "$instance_pid"
 stop_instances "$instance_pid"
 
 # PostgreSQL, two instances on one schema, one data dir (same keys and token key).
-url="$(fresh_schema)"
+fresh_schema
+url="$schema_url" analyze_url="$schema_url"
 instance "$tmp/pg2" "$url"
 port_a="$api_port" pid_a="$instance_pid"
 instance "$tmp/pg2" "$url"
