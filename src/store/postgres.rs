@@ -962,30 +962,47 @@ impl AuditLog for PgStore {
             leaves.push((seq, frontier.size() as i64));
             nodes.extend(frontier.push(hash));
         }
-        // A few statements per batch, not one per row: the writer is held briefly.
-        for chunk in nodes.chunks(300) {
-            let mut insert = sqlx::QueryBuilder::<sqlx::Postgres>::new(
-                "INSERT INTO log_nodes (position, level, idx, hash) ",
-            );
-            insert.push_values(chunk, |mut row, ((level, idx), hash)| {
-                row.push_bind(node_position(*level, *idx))
-                    .push_bind(*level as i64)
-                    .push_bind(*idx as i64)
-                    .push_bind(hash.to_vec());
-            });
-            insert.build().execute(&mut *transaction).await?;
-        }
-        for chunk in leaves.chunks(300) {
-            let mut update = sqlx::QueryBuilder::<sqlx::Postgres>::new("WITH v (seq, idx) AS (");
-            update.push_values(chunk, |mut row, (seq, index)| {
-                row.push_bind(*seq).push_bind(*index);
-            });
-            update.push(
-                ") UPDATE log_leaves SET leaf_index = (SELECT v.idx FROM v WHERE v.seq = log_leaves.seq) \
-                 WHERE seq IN (SELECT seq FROM v)",
-            );
-            update.build().execute(&mut *transaction).await?;
-        }
+        // Two statements per batch, whatever its size, each over arrays: the writer is held
+        // briefly, and each leaf's row is found by its key (a correlated lookup in a list of
+        // values made the update quadratic in the batch: 24-33 ms for 300 leaves).
+        sqlx::query(
+            "INSERT INTO log_nodes (position, level, idx, hash) \
+             SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::bytea[])",
+        )
+        .bind(
+            nodes
+                .iter()
+                .map(|((level, idx), _)| node_position(*level, *idx))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            nodes
+                .iter()
+                .map(|((level, _), _)| *level as i64)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            nodes
+                .iter()
+                .map(|((_, idx), _)| *idx as i64)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            nodes
+                .iter()
+                .map(|(_, hash)| hash.to_vec())
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut *transaction)
+        .await?;
+        sqlx::query(
+            "UPDATE log_leaves AS l SET leaf_index = v.idx \
+             FROM UNNEST($1::int8[], $2::int8[]) AS v (seq, idx) WHERE l.seq = v.seq",
+        )
+        .bind(leaves.iter().map(|(seq, _)| *seq).collect::<Vec<_>>())
+        .bind(leaves.iter().map(|(_, index)| *index).collect::<Vec<_>>())
+        .execute(&mut *transaction)
+        .await?;
         transaction.commit().await?;
         Ok(Some(LogHead {
             size: frontier.size(),
