@@ -61,7 +61,8 @@ pub enum Phase {
     Forward,
     /// The durable write of the gateway's answer.
     Outcome,
-    /// From the recipient's turn to the recorded outcome.
+    /// A send's, from its arrival in the flow (its wait for its group included) to its
+    /// recorded outcome; a batch group's, from its start to each of its outcomes.
     Total,
 }
 
