@@ -112,12 +112,7 @@ async fn sends_over_the_rate_wait_in_the_queue_and_leave_one_interval_apart() {
     );
 
     // The queue and the rate on /metrics.
-    let metrics = reqwest::get(format!("http://{}/metrics", app.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("consentry_paced_rate_per_second{upstream=\"gw\"} 2"),
         "{metrics}"

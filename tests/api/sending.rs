@@ -355,12 +355,7 @@ async fn sends_decided_together_keep_each_tokens_bounds() {
     }
     assert_eq!(gateway.requests().len(), 32);
 
-    let metrics = reqwest::get(format!("http://{}/metrics", app.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     let value = |name: &str| -> f64 {
         metrics
             .lines()

@@ -268,12 +268,7 @@ async fn a_reload_changes_the_certificate_and_policy_while_sends_keep_going() {
     assert!(statuses.len() > 5, "{statuses:?}");
     assert!(statuses.iter().all(|status| *status == 201), "{statuses:?}");
 
-    let metrics = reqwest::get(format!("http://{}/metrics", app.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(metrics.contains("consentry_config_version 2"), "{metrics}");
     assert!(metrics.contains("consentry_config_reloads_total{code=\"applied\"} 1"));
     assert!(metrics.contains("consentry_config_reloads_total{code=\"refused\"} 2"));

@@ -399,12 +399,7 @@ async fn witnesses_cosign_and_refuse_a_history_rewritten_with_the_logs_key() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let ahead = r#"consentry_witness_submissions_total{witness="witness.test/w1",outcome="ahead"}"#;
     loop {
-        let metrics = reqwest::get(format!("http://{}/metrics", app.admin))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = app.metrics().await;
         if metrics.contains(ahead) {
             break;
         }
