@@ -3,7 +3,7 @@
 //! recipient's turn, record the inbound message, the consent event (an opt-out or opt-in, with
 //! the message as evidence) or a review, and the delivery to the tenant's webhook; then answer:
 //! one confirmation per opt-out, the HELP text, an opt-in confirmation, each through
-//! `send::process`, so `decide` allows it first.
+//! `send::process_group`, so `decide` allows it first.
 //!
 //! Also here: a gateway's delivery status, appended to its message and passed on to the tenant
 //! and the application's status callback through the outbox; and the resolution of a review.

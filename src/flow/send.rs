@@ -1,9 +1,10 @@
 //! The send flow, after a message is parsed: gather the recipient's facts, decide (purely,
 //! [`policy::decide`]), record the decision with the sealed body (durable before anything
 //! leaves), then forward an allowed message with its permit and append the gateway's outcome.
-//! Every message consentry sends goes through [`process`]: the native API's, the fronts', its
-//! own answers to replies; a deferred message released by the scheduler goes through
-//! [`deliver`] once it is decided again.
+//! Every message consentry sends goes through [`process`] (the native API's, the fronts', the
+//! SMPP front's: decided in groups with the sends beside them) or [`process_group`] (a batch's
+//! groups, its own answers to replies); a deferred message released by the scheduler goes
+//! through [`deliver`] once it is decided again.
 //!
 //! Each phase either continues or stops: a record that cannot be written stops before
 //! forwarding ([`FlowError`], nothing sent); a denial or deferral is recorded and returned as a
