@@ -6,7 +6,9 @@
 # itself counted (its answer ids count every POST).
 # With BENCH_RATE=N the gateway's upstream is paced at N a second (`rate = { per_second = N }`):
 # the recipients over it are queued (`paced`), and the script then samples the gateway's own
-# count every second until every recipient has reached it, and reports the rate it saw.
+# count every second until every recipient has reached it, and reports the rate it saw;
+# BENCH_PACED_SECONDS=S stops sampling after S seconds (100,000 recipients at 50 a second take
+# 33 minutes to reach the gateway; the rate is the same after a minute).
 # With BENCH_DATABASE_URL=postgres://... the store is a fresh schema of that PostgreSQL database
 # (dropped at the end) instead of SQLite in the temp dir.
 # Needs a release build (cargo build --release --bin consentry --example fake_gateway).
@@ -85,9 +87,10 @@ done
 curl -fs "http://127.0.0.1:$admin_port/readyz" >/dev/null || { cat "$tmp/consentry.log"; exit 1; }
 token="$("$consentry" token --data-dir "$tmp/data" --tenant bench --sub bench --scope messages:send)"
 
-python3 - "$port" "$tmp/data/tls/cert.pem" "$token" "$batches" "$size" "$gw_port" <<'PY'
+python3 - "$port" "$tmp/data/tls/cert.pem" "$token" "$batches" "$size" "$gw_port" "${BENCH_PACED_SECONDS:-3600}" <<'PY'
 import json, ssl, sys, time, urllib.request
 port, cert, token, batches, size, gw_port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+paced_seconds = float(sys.argv[7])
 context = ssl.create_default_context(cafile=cert)
 
 def gateway_count():
@@ -119,7 +122,7 @@ if statuses.get("scheduled"):
     # (Each sample is itself one request to the gateway: it is taken off.)
     counts, last, samples = [], gateway_count(), 1
     start = time.monotonic()
-    deadline = start + 3600
+    deadline = start + paced_seconds
     while last - before - 1 - samples < total and time.monotonic() < deadline:
         time.sleep(max(0.0, start + samples - time.monotonic()))
         now = gateway_count()
@@ -129,5 +132,6 @@ if statuses.get("scheduled"):
     full = [c for c in counts[1:-1]] or counts
     print(f"forwarded per second, as the gateway counted: {counts}")
     print(f"paced seconds (first and last left out): mean {sum(full) / len(full):,.1f}, "
-          f"min {min(full)}, max {max(full)}; all {last - before - 1 - samples + 1} forwarded")
+          f"min {min(full)}, max {max(full)}; {last - before - 1 - samples + 1} of {total} forwarded"
+          + ("" if last - before - 1 - samples + 1 >= total else f" when sampling stopped after {paced_seconds:g} s"))
 PY
