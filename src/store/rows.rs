@@ -430,10 +430,14 @@ where
 }
 
 /// The newest leaf about a recipient, to link the next one to (`tenant` and `recipient_hash`
-/// as the first two parameters, in each dialect's placeholders).
+/// as the first two parameters, in each dialect's placeholders). A recipient's row may hold
+/// its key and no leaf yet (`last_hash` NULL): no row, then.
 pub(crate) fn head_sql(placeholders: [&str; 2]) -> String {
     let [tenant, hash] = placeholders;
-    format!("SELECT last_hash FROM log_heads WHERE tenant = {tenant} AND recipient_hash = {hash}")
+    format!(
+        "SELECT last_hash FROM log_heads WHERE tenant = {tenant} AND recipient_hash = {hash} \
+         AND last_hash IS NOT NULL"
+    )
 }
 
 /// Makes a leaf the newest about its recipient (`tenant`, `recipient_hash`, `last_hash`, in

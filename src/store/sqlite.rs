@@ -1085,13 +1085,17 @@ impl AuditLog for SqliteStore {
         self.batches.write(Write::Barrier).await?;
         let _writer = self.writer.lock().await;
         let mut transaction = self.pool.begin().await?;
-        let destroyed =
-            sqlx::query("DELETE FROM recipient_keys WHERE tenant = ? AND recipient_hash = ?")
-                .bind(&erasure.tenant)
-                .bind(&erasure.recipient_hash)
-                .execute(&mut *transaction)
-                .await?
-                .rows_affected() as i64;
+        // The key's columns of the recipient's row; its head stays, for the erasure's leaf.
+        let destroyed = sqlx::query(
+            "UPDATE log_heads SET key_id = NULL, key_data_key_id = NULL, key_wrapped = NULL, \
+             key_created_at_us = NULL \
+             WHERE tenant = ? AND recipient_hash = ? AND key_id IS NOT NULL",
+        )
+        .bind(&erasure.tenant)
+        .bind(&erasure.recipient_hash)
+        .execute(&mut *transaction)
+        .await?
+        .rows_affected() as i64;
         // Kept answers to idempotent sends may hold the number and the text.
         sqlx::query("DELETE FROM idempotency_keys WHERE tenant = ? AND recipient_hash = ?")
             .bind(&erasure.tenant)
@@ -1116,7 +1120,7 @@ impl AuditLog for SqliteStore {
         .await?;
         insert_log_entry(&mut transaction, leaf::erasure(&erasure, Link::First)).await?;
         transaction.commit().await?;
-        // The deleted key's page is overwritten in the database (secure_delete); move the WAL's
+        // The cleared key's bytes are overwritten in the database (secure_delete); move the WAL's
         // copies into it and empty the WAL, so no earlier page image keeps the key.
         // A reader still on an older snapshot makes the checkpoint busy: try again for a while.
         for _ in 0..40 {
@@ -1239,10 +1243,9 @@ impl Keys for SqliteStore {
         tenant: &str,
         recipient_hash: &str,
     ) -> Result<Option<RecipientKeyRow>, StoreError> {
-        let row = sqlx::query(
-            "SELECT tenant, recipient_hash, id, data_key_id, wrapped, created_at_us \
-             FROM recipient_keys WHERE tenant = ? AND recipient_hash = ?",
-        )
+        let row = sqlx::query(&format!(
+            "{RECIPIENT_KEY_SELECT} WHERE tenant = ? AND recipient_hash = ? AND key_id IS NOT NULL"
+        ))
         .bind(tenant)
         .bind(recipient_hash)
         .fetch_optional(&self.pool)
@@ -1251,13 +1254,10 @@ impl Keys for SqliteStore {
     }
 
     async fn recipient_key_by_id(&self, id: &str) -> Result<Option<RecipientKeyRow>, StoreError> {
-        let row = sqlx::query(
-            "SELECT tenant, recipient_hash, id, data_key_id, wrapped, created_at_us \
-             FROM recipient_keys WHERE id = ?",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query(&format!("{RECIPIENT_KEY_SELECT} WHERE key_id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(recipient_key_from_row).transpose()
     }
 
@@ -1267,10 +1267,14 @@ impl Keys for SqliteStore {
     ) -> Result<RecipientKeyRow, StoreError> {
         {
             let _writer = self.writer.lock().await;
+            // A key already made is kept: the first one stays the recipient's.
             sqlx::query(
-                "INSERT INTO recipient_keys (tenant, recipient_hash, id, data_key_id, wrapped, \
-                 created_at_us) VALUES (?, ?, ?, ?, ?, ?) \
-                 ON CONFLICT (tenant, recipient_hash) DO NOTHING",
+                "INSERT INTO log_heads (tenant, recipient_hash, key_id, key_data_key_id, \
+                 key_wrapped, key_created_at_us) VALUES (?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (tenant, recipient_hash) DO UPDATE SET key_id = excluded.key_id, \
+                 key_data_key_id = excluded.key_data_key_id, key_wrapped = excluded.key_wrapped, \
+                 key_created_at_us = excluded.key_created_at_us \
+                 WHERE log_heads.key_id IS NULL",
             )
             .bind(&key.tenant)
             .bind(&key.recipient_hash)
@@ -1283,7 +1287,7 @@ impl Keys for SqliteStore {
         }
         self.recipient_key(&key.tenant, &key.recipient_hash)
             .await?
-            .ok_or_else(|| StoreError::Corrupt("recipient_keys: the key just added is gone".into()))
+            .ok_or_else(|| StoreError::Corrupt("log_heads: the key just added is gone".into()))
     }
 }
 
@@ -1339,6 +1343,13 @@ async fn insert_log_entry(
 }
 
 /// A stored subtree, by its position (`rows::node_position`).
+/// A recipient's key, from its row in `log_heads` (migration 0017), under the names
+/// `rows::recipient_key_from_row` reads. Rows of recipients without a key have NULL key
+/// columns: every statement filters them out.
+pub(crate) const RECIPIENT_KEY_SELECT: &str = "SELECT tenant, recipient_hash, key_id AS id, \
+     key_data_key_id AS data_key_id, key_wrapped AS wrapped, key_created_at_us AS created_at_us \
+     FROM log_heads";
+
 const NODE_BY_POSITION: &str = "SELECT hash FROM log_nodes WHERE position = ?";
 /// A subtree: position, level, index, hash.
 const NODE_INSERT: &str = "INSERT INTO log_nodes (position, level, idx, hash) VALUES (?, ?, ?, ?)";

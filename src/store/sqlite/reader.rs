@@ -156,8 +156,9 @@ fn facts(
     };
     let recipient_key = transaction
         .prepare_cached(
-            "SELECT tenant, recipient_hash, id, data_key_id, wrapped, created_at_us \
-             FROM recipient_keys WHERE tenant = ? AND recipient_hash = ?",
+            "SELECT tenant, recipient_hash, key_id, key_data_key_id, key_wrapped, \
+             key_created_at_us FROM log_heads \
+             WHERE tenant = ? AND recipient_hash = ? AND key_id IS NOT NULL",
         )?
         .query_row(params![tenant, recipient_hash], |row| {
             Ok(RecipientKeyRow {

@@ -27,8 +27,8 @@ use crate::audit::merkle::{Frontier, Hash};
 use crate::audit::note::Cosignature;
 use crate::store::rows::{self, hash_from};
 use crate::store::{
-    Claimed, ConsentRecord, KeyAnswer, KeyClaim, LogHead, MessageRecord, OutcomeRecord, Recorded,
-    ReleaseRecord, STORED_KEY_COLUMNS, StoreError, StoredKey, classify,
+    Claimed, ConsentRecord, KeyAnswer, KeyClaim, LogHead, MessageRecord, OutcomeRecord,
+    RecipientKeyRow, Recorded, ReleaseRecord, STORED_KEY_COLUMNS, StoreError, StoredKey, classify,
 };
 
 /// The writer's page cache, in KiB (negative: SQLite's unit for a size rather than pages).
@@ -651,22 +651,13 @@ fn insert_message(
             record.status_callback,
             record.basis,
         ])?;
-    if let Some(key) = &record.new_recipient_key {
-        transaction
-            .prepare_cached(
-                "INSERT INTO recipient_keys (tenant, recipient_hash, id, data_key_id, wrapped, \
-                 created_at_us) VALUES (?, ?, ?, ?, ?, ?)",
-            )?
-            .execute(params![
-                key.tenant,
-                key.recipient_hash,
-                key.id,
-                key.data_key_id,
-                key.wrapped,
-                key.created_at_us,
-            ])?;
-    }
-    insert_log_entry(transaction, tree, leaf::message(record, Link::First))?;
+    // A first send's new key goes into the recipient's row with the message's leaf.
+    insert_log_entry_with_key(
+        transaction,
+        tree,
+        leaf::message(record, Link::First),
+        record.new_recipient_key.as_ref(),
+    )?;
     if let Some(release_at_us) = record.release_at_us {
         transaction
             .prepare_cached(
@@ -737,7 +728,25 @@ fn insert_log_entry(
     tree: &mut Tree,
     leaf: Leaf,
 ) -> Result<(), StoreError> {
+    insert_log_entry_with_key(transaction, tree, leaf, None)
+}
+
+/// [`insert_log_entry`], storing a new recipient key in the recipient's row with its new head
+/// (migration 0017). The write fails if the recipient has a key already: another write made
+/// one first, and what this one sealed could not be opened with it.
+fn insert_log_entry_with_key(
+    transaction: &Connection,
+    tree: &mut Tree,
+    leaf: Leaf,
+    new_key: Option<&RecipientKeyRow>,
+) -> Result<(), StoreError> {
     let Some(recipient_hash) = leaf.recipient_hash.clone() else {
+        if new_key.is_some() {
+            return Err(StoreError::Corrupt(format!(
+                "a recipient key with a leaf about no recipient ({})",
+                leaf.ref_id
+            )));
+        }
         let hash = leaf.hash();
         let index = tree.index_for(transaction, hash)?;
         transaction
@@ -782,11 +791,46 @@ fn insert_log_entry(
             previous,
             index
         ])?;
-    transaction
-        .prepare_cached(&rows::set_head_sql(["?1", "?2", "?3"]))?
-        .execute(params![leaf.tenant, recipient_hash, &hash[..]])?;
+    let Some(key) = new_key else {
+        transaction
+            .prepare_cached(&rows::set_head_sql(["?1", "?2", "?3"]))?
+            .execute(params![leaf.tenant, recipient_hash, &hash[..]])?;
+        return Ok(());
+    };
+    if key.tenant != leaf.tenant || key.recipient_hash != recipient_hash {
+        return Err(StoreError::Corrupt(format!(
+            "a recipient key for another recipient than its leaf's ({})",
+            leaf.ref_id
+        )));
+    }
+    let changed = transaction
+        .prepare_cached(HEAD_WITH_NEW_KEY)?
+        .execute(params![
+            leaf.tenant,
+            recipient_hash,
+            &hash[..],
+            key.id,
+            key.data_key_id,
+            key.wrapped,
+            key.created_at_us,
+        ])?;
+    if changed != 1 {
+        return Err(StoreError::Unsafe(format!(
+            "another write stored a key for the recipient of {} first",
+            leaf.ref_id
+        )));
+    }
     Ok(())
 }
+
+/// A recipient's new head with its new key, unless it has a key already (then nothing changes,
+/// and the caller fails the write).
+const HEAD_WITH_NEW_KEY: &str = "INSERT INTO log_heads (tenant, recipient_hash, last_hash, key_id, \
+     key_data_key_id, key_wrapped, key_created_at_us) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+     ON CONFLICT (tenant, recipient_hash) DO UPDATE SET last_hash = excluded.last_hash, \
+     key_id = excluded.key_id, key_data_key_id = excluded.key_data_key_id, \
+     key_wrapped = excluded.key_wrapped, key_created_at_us = excluded.key_created_at_us \
+     WHERE log_heads.key_id IS NULL";
 
 /// How many writes each batch held: the figure that says whether group commit groups.
 #[derive(Debug, Default)]
