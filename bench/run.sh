@@ -24,7 +24,7 @@ Usage: bench/run.sh [-o|--out FILE] [-h|--help]
   -o, --out FILE   also write the summary to FILE (same as BENCH_OUT=FILE)
 
 Environment (defaults in brackets):
-  BENCH_THREADS        wrk threads [2]
+  BENCH_THREADS        wrk threads, at most one a connection [2]
   BENCH_CONNECTIONS    open connections, shared by the threads [32]
   BENCH_DURATION       measured seconds per target and round [20]
   BENCH_WARMUP         unmeasured seconds before each measured run [3]
@@ -92,6 +92,10 @@ for var in threads connections duration warmup rounds timeout gw_port cs_port ad
     exit 2
   fi
 done
+# wrk refuses more threads than connections: one connection is driven by one thread.
+if ((threads > connections)); then
+  threads=$connections
+fi
 [[ "$with_nginx" == 0 || "$with_nginx" == 1 ]] || {
   echo "run.sh: BENCH_NGINX must be 0 or 1, got '$with_nginx'" >&2
   exit 2
