@@ -977,6 +977,59 @@ mod tests {
         );
     }
 
+    /// A recipient's key is kept in its `log_heads` row (migration 0017): a second new key for
+    /// the same recipient (another write made one first) fails that write alone, and the
+    /// first key stays the recipient's.
+    #[tokio::test]
+    async fn a_second_new_key_for_a_recipient_fails_alone_and_the_first_stays() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("keys.db");
+        crate::store::open(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        let mut connection = connection::open(&path, false).unwrap();
+        connection
+            .execute_batch(
+                "INSERT INTO data_keys (id, wrapped, created_at_us) VALUES ('dk_1', x'00', 0)",
+            )
+            .unwrap();
+        let with_key = |id: &str| {
+            let mut record = record(None);
+            record.key_id = id.into();
+            record.new_recipient_key = Some(RecipientKeyRow {
+                tenant: record.tenant.as_str().into(),
+                recipient_hash: record.recipient_hash.clone(),
+                id: id.into(),
+                data_key_id: "dk_1".into(),
+                wrapped: vec![7; 40],
+                created_at_us: 1,
+            });
+            record
+        };
+        let third = record(None);
+        let third_id = third.id.as_str().to_owned();
+        let batch = vec![
+            job(Write::Messages(vec![with_key("rk_first")])).0,
+            job(Write::Messages(vec![with_key("rk_second")])).0,
+            job(Write::Messages(vec![third])).0,
+        ];
+        let results = commit(&mut connection, &batch).unwrap();
+        let failed: Vec<bool> = results.iter().map(Result::is_err).collect();
+        assert_eq!(failed, [false, true, false]);
+        let text =
+            |sql: &str| -> String { connection.query_row(sql, [], |row| row.get(0)).unwrap() };
+        assert_eq!(
+            text("SELECT key_id FROM log_heads WHERE key_id IS NOT NULL"),
+            "rk_first"
+        );
+        assert_eq!(text("SELECT CAST(count(*) AS TEXT) FROM messages"), "2");
+        // The head is the newest leaf about the recipient, the third write's.
+        assert_eq!(
+            text("SELECT l.ref_id FROM log_heads h JOIN log_leaves l ON l.leaf_hash = h.last_hash"),
+            third_id
+        );
+    }
+
     #[tokio::test]
     async fn writes_are_answered_once_their_batch_is_durable() {
         let folder = tempfile::tempdir().unwrap();
