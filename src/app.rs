@@ -66,6 +66,7 @@ struct Shared {
     witness_client: crate::upstream::HttpClient,
     smpp_receivers: Arc<crate::smpp::deliver::Receivers>,
     smpp_events: crate::smpp::client::Events,
+    in_flight: tokio_util::task::TaskTracker,
 }
 
 /// Applies a new configuration to a running application (`serve` does on SIGHUP): the
@@ -164,6 +165,7 @@ impl App {
                 .map_err(|e| anyhow::anyhow!("cannot build the witnesses' client: {e}"))?,
             smpp_receivers: Arc::default(),
             smpp_events,
+            in_flight: tokio_util::task::TaskTracker::new(),
         };
         let state = Arc::new(live_state(&shared, &config, 1)?);
         let cert = Arc::new(server::CertSlot::new(
@@ -275,6 +277,18 @@ impl App {
         tokio::join!(api_server, admin_server);
         if let Some(smpp_front) = smpp_front {
             let _ = smpp_front.await;
+        }
+        // Handlers (and SMPP submits) whose clients went away may still be forwarding or recording.
+        let in_flight = self.state().in_flight.clone();
+        in_flight.close();
+        if tokio::time::timeout(server::DRAIN_TIMEOUT, in_flight.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                handlers = in_flight.len(),
+                "requests still running after the drain timeout; stopping them"
+            );
         }
         let _ = worker.await;
         let _ = releases.await;
@@ -519,6 +533,7 @@ fn live_state(shared: &Shared, config: &Config, version: u64) -> anyhow::Result<
         ),
         smpp_receivers: shared.smpp_receivers.clone(),
         deciding: Default::default(),
+        in_flight: shared.in_flight.clone(),
     })
 }
 

@@ -32,7 +32,7 @@ use limits::{Limits, Refused};
 /// an oversized token gets a 401 that says so rather than a dropped connection.
 const MAX_HEADER_BYTES: u32 = 128 * 1024;
 /// How long open connections get to finish after shutdown starts.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections refused with an answer at once; beyond, refused ones are closed unanswered.
 const MAX_REFUSING: usize = 32;
 /// How long a refused connection gets to receive its answer.

@@ -67,6 +67,9 @@ pub struct AppState {
     pub smpp_receivers: Arc<crate::smpp::deliver::Receivers>,
     /// Single sends waiting to be decided together (`flow::send::process`).
     pub deciding: crate::flow::combine::Combiner,
+    /// The API's handlers under way, each in a task of its own (`http::edge`): a client that
+    /// goes away does not stop one; shutdown waits for them (kept across reloads).
+    pub in_flight: tokio_util::task::TaskTracker,
 }
 
 /// The parts of the store (`store`'s traits): each flow and worker names the one it uses, and

@@ -412,8 +412,10 @@ async fn run_groups(runner: Runner) {
                 decide_round(state, tenant, GroupBounds::Each(&bounds), round).await
             {
                 if let Some(answer) = answers[index].take() {
-                    // A sender that stopped waiting forwards nothing: its record stays allowed
-                    // without an outcome, as a send whose client left does.
+                    // A sender's request runs to its end even if its client leaves
+                    // (`http::edge`); one that stopped anyway (a panic, a shutdown past its
+                    // drain) forwards nothing: its record stays allowed without an outcome,
+                    // listed in doubt.
                     let _ = answer.send(decided);
                 }
             }

@@ -18,6 +18,9 @@
 //!   (`Connection: close`); the listener then lingers before closing (`server::connection`).
 //!   A client that sent `Expect: 100-continue` and was not asked for its body gets the answer
 //!   without a `100 Continue` (HTTP/1.1: and `Connection: close`): it never sends the body.
+//! - The handler runs in a task of its own, to its end: a client that goes away (its own
+//!   timeout, a closed connection) leaves no send cut in half, recorded but not forwarded or
+//!   forwarded without the gateway's answer recorded ([`run_to_its_end`]).
 //! - Each request gets an id (`X-Request-Id` in the answer, `id` in every log line of it).
 //! - A request with a valid token marks its connection as authenticated: such connections
 //!   keep their place when the listener is full (`server::limits`).
@@ -49,6 +52,28 @@ pub const BODY_GRACE: Duration = Duration::from_secs(5);
 pub const DRAIN_BYTES: u64 = 16 << 20;
 /// The longest an early answer waits for the unread body to be discarded.
 pub const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// Runs a request's handler in a task of the state's tracker and answers what it answers. A
+/// client that goes away drops this future, not the task: the handler goes on as if the client
+/// were still there (a send's record is forwarded, the gateway's answer recorded, the key's
+/// answer kept for the retry), and shutdown waits for it (`App::run`).
+async fn run_to_its_end(
+    state: &AppState,
+    handler: impl Future<Output = Response> + Send + 'static,
+) -> Response {
+    match state.in_flight.spawn(handler.in_current_span()).await {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::error!(%error, "a request's handler failed");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "the request failed inside consentry; see its log under this request's id",
+            )
+            .into_response()
+        }
+    }
+}
 
 /// The checks before the handler, and the drain after it. See the module documentation.
 pub async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
@@ -97,7 +122,7 @@ async fn checked(state: &AppState, request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
     let leftover = Arc::new(Mutex::new(None));
     let body = Body::new(Paced::new(body, state.min_body_rate, leftover.clone()));
-    let response = next.run(Request::from_parts(parts, body)).await;
+    let response = run_to_its_end(state, next.run(Request::from_parts(parts, body))).await;
     // A webhook with a valid signature, a front's credentials in the body: a success shows
     // the client is known too.
     if let Some(proof) = proof

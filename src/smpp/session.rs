@@ -444,7 +444,10 @@ impl Session {
             .receipts
             .then(|| crate::flow::receive::smpp_receipts_to(&system_id));
         let throttle = self.settings.throttle_when_paced;
-        tokio::spawn(async move {
+        // Tracked with the API's handlers: shutdown waits for it, and a session that ends
+        // does not stop it.
+        let in_flight = state.in_flight.clone();
+        in_flight.spawn(async move {
             let message = Submitted {
                 to: read.to,
                 from: read.from,

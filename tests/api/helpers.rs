@@ -912,6 +912,17 @@ pub async fn opt_in(app: &TestApp, token: &str, number: &str) {
 }
 
 /// A message's record, as `GET /v1/messages/{id}` answers it.
+/// The messages in doubt of the last hour (allowed, no gateway answer recorded), as `consentry
+/// messages in-doubt` lists them.
+pub async fn in_doubt(app: &TestApp) -> Vec<consentry::store::InDoubt> {
+    let now = app.state.clock.now().as_microsecond();
+    app.state
+        .messages()
+        .in_doubt(now - 3_600_000_000, now + 1_000_000, 10)
+        .await
+        .unwrap()
+}
+
 pub async fn status_of(app: &TestApp, token: &str, id: &str) -> Value {
     app.get(token, &format!("/v1/messages/{id}"))
         .await

@@ -202,3 +202,61 @@ async fn the_twilio_front_takes_its_idempotency_token() {
     assert_eq!(retry.bytes().await.unwrap(), first_bytes);
     assert_eq!(gateway.requests().len(), 1);
 }
+
+/// A client that gives up while its send is at the gateway (its own timeout, a dropped
+/// connection) does not cut the send in half: the gateway's answer is still recorded, so the
+/// message is not left in doubt, and the key keeps the answer, so the client's retry gets it
+/// instead of `idempotency_key_in_use` for a day.
+#[tokio::test]
+async fn a_send_whose_client_gave_up_still_records_its_answer_for_the_retry() {
+    let gateway = FakeGateway::start().await;
+    gateway.set_mode(GatewayMode::Stall(Duration::from_millis(700)));
+    let app = TestApp::spawn(&gateway.url()).await;
+    let token = app.token("acme", "messages:send messages:read");
+    let send = message("+14155550123", "Your code is 1234", "transactional");
+
+    let gave_up = app
+        .client
+        .post(app.url("/v1/messages"))
+        .bearer_auth(&token)
+        .header("idempotency-key", "impatient-1")
+        .timeout(Duration::from_millis(200))
+        .json(&send)
+        .send()
+        .await;
+    assert!(
+        gave_up.as_ref().is_err_and(reqwest::Error::is_timeout),
+        "{gave_up:?}"
+    );
+
+    // The send goes on without its client: the gateway has it, and its answer is recorded.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while gateway.requests().is_empty() || !in_doubt(&app).await.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the send stopped with its client: {:?}",
+            in_doubt(&app).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The retry gets the first answer, and nothing is sent twice.
+    gateway.set_mode(GatewayMode::Accept);
+    let mut retry = keyed(&app, &token, "impatient-1", &send).await;
+    while retry.status() == 409 {
+        // The answer is kept just after the outcome; a retry may come between the two.
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the answer was never kept"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        retry = keyed(&app, &token, "impatient-1", &send).await;
+    }
+    assert_eq!(retry.status(), 201);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    let answer: Value = retry.json().await.unwrap();
+    assert_eq!(answer["status"], "sent", "{answer}");
+    let id = answer["id"].as_str().unwrap();
+    assert_eq!(status_of(&app, &token, id).await["status"], "sent");
+    assert_eq!(gateway.requests().len(), 1);
+}

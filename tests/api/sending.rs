@@ -270,14 +270,6 @@ async fn a_message_is_in_doubt_only_until_its_gateways_answer_is_recorded() {
     gateway.set_mode(GatewayMode::Stall(std::time::Duration::from_millis(600)));
     let app = TestApp::spawn(&gateway.url()).await;
     let token = app.token("acme", "messages:send");
-    let in_doubt = || async {
-        let now = app.state.clock.now().as_microsecond();
-        app.state
-            .messages()
-            .in_doubt(now - 3_600_000_000, now + 1_000_000, 10)
-            .await
-            .unwrap()
-    };
     // A denied message is never in doubt: nothing was to reach the gateway.
     let denied = app
         .send(&token, &message("+14155550190", "Sale today", "marketing"))
@@ -308,7 +300,7 @@ async fn a_message_is_in_doubt_only_until_its_gateways_answer_is_recorded() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    let waiting = in_doubt().await;
+    let waiting = in_doubt(&app).await;
     assert_eq!(waiting.len(), 1, "{waiting:?}");
     assert_eq!(waiting[0].tenant, "acme");
     assert_eq!(waiting[0].allowed_by, "send");
@@ -316,7 +308,7 @@ async fn a_message_is_in_doubt_only_until_its_gateways_answer_is_recorded() {
     let answer: Value = sending.await.unwrap().json().await.unwrap();
     assert_eq!(answer["status"], "sent", "{answer}");
     assert_eq!(waiting[0].id, answer["id"].as_str().unwrap());
-    assert_eq!(in_doubt().await, []);
+    assert_eq!(in_doubt(&app).await, []);
 }
 
 /// Single sends that arrive together are decided together (`flow::combine`): one group holds
