@@ -245,6 +245,8 @@ pub struct Snapshot {
     pub log_tree_size: Option<u64>,
     pub checkpoint_age_seconds: Option<f64>,
     pub connections_open: usize,
+    /// API handlers and SMPP submits under way, with or without their clients.
+    pub requests_in_flight: usize,
     pub connections_evicted: u64,
     pub connections_refused: u64,
     pub tls_handshake_failures: u64,
@@ -320,6 +322,11 @@ impl Snapshot {
             "connections_open",
             "Connections holding a place on the API listener (open or closing)",
             Some(self.connections_open as f64),
+        );
+        gauge(
+            "requests_in_flight",
+            "API handlers and SMPP submits under way; one whose client went away runs to its end",
+            Some(self.requests_in_flight as f64),
         );
         registry.register(
             "connections_evicted",

@@ -40,6 +40,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let limits = &state.connections;
     let mut snapshot = Snapshot {
         connections_open: limits.open(),
+        requests_in_flight: state.in_flight.len(),
         connections_evicted: limits.evicted.load(Ordering::Relaxed),
         connections_refused: limits.refused.load(Ordering::Relaxed),
         tls_handshake_failures: limits.handshake_failures.load(Ordering::Relaxed),

@@ -240,11 +240,20 @@ async fn send_and_leave(
 #[tokio::test]
 async fn a_send_whose_client_gave_up_still_records_its_answer_for_the_retry() {
     let gateway = FakeGateway::start().await;
-    gateway.set_mode(GatewayMode::Stall(Duration::from_millis(700)));
+    // Under the test configuration's 1 s timeout for the gateway's answer.
+    gateway.set_mode(GatewayMode::Stall(Duration::from_millis(900)));
     let app = TestApp::spawn(&gateway.url()).await;
     let token = app.token("acme", "messages:send messages:read");
     let send = message("+14155550123", "Your code is 1234", "transactional");
     send_and_leave(&app, &gateway, &token, Some("impatient-1"), &send).await;
+    // Its handler still runs, and says so.
+    assert!(
+        app.metrics()
+            .await
+            .contains("\nconsentry_requests_in_flight 1.0\n"),
+        "{}",
+        app.metrics().await
+    );
 
     // The send goes on without its client: its gateway's answer is recorded.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
