@@ -270,8 +270,12 @@ impl App {
             self.current.clone(),
             stopped_worker,
         ));
+        // When the stop began: the drain of connections and the wait for handlers whose clients
+        // went away share one deadline.
+        let (began, stop_began) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             shutdown.await;
+            let _ = began.send(tokio::time::Instant::now());
             let _ = stop.send(true);
         });
         tokio::join!(api_server, admin_server);
@@ -281,7 +285,11 @@ impl App {
         // Handlers (and SMPP submits) whose clients went away may still be forwarding or recording.
         let in_flight = self.state().in_flight.clone();
         in_flight.close();
-        if tokio::time::timeout(server::DRAIN_TIMEOUT, in_flight.wait())
+        let deadline = stop_began
+            .await
+            .unwrap_or_else(|_| tokio::time::Instant::now())
+            + server::DRAIN_TIMEOUT;
+        if tokio::time::timeout_at(deadline, in_flight.wait())
             .await
             .is_err()
         {
