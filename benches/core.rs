@@ -146,6 +146,14 @@ fn parse_numbers(c: &mut Criterion) {
             ))
         })
     });
+    c.bench_function("parse: a North American number in E.164", |b| {
+        b.iter(|| {
+            black_box(numbering::parse(
+                black_box("+14155550123"),
+                phonenumber::country::Id::US,
+            ))
+        })
+    });
     let database = numbering::database();
     c.bench_function(
         "parse: the same, validated and typed by the crate (per number)",
