@@ -149,7 +149,7 @@ async fn seed(state: &AppState, count: usize) {
                 evidence: sealed.bytes,
             });
         }
-        state.store.record_consents(&records).await.unwrap();
+        state.store.record_consents(&records, None).await.unwrap();
         index += records.len();
         if index % 100_000 == 0 && index < count {
             eprintln!(

@@ -78,7 +78,7 @@ fn main() {
                 });
         }
         for chunk in records.chunks(1000) {
-            state.store.record_consents(chunk).await.unwrap();
+            state.store.record_consents(chunk, None).await.unwrap();
         }
         println!("seeded {count} opt-ins in {:.1} s", started.elapsed().as_secs_f64());
 

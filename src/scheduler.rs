@@ -19,8 +19,11 @@ use futures_util::StreamExt as _;
 use jiff::Timestamp;
 use serde_json::Value;
 
+use crate::config::Tenant;
 use crate::crypto::Sealed;
-use crate::domain::{Body, CanonicalMessage, MessageId, PhoneNumber, Region, Scope, Sender};
+use crate::domain::{
+    Body, CanonicalMessage, MessageId, PhoneNumber, Region, Scope, Sender, TenantId,
+};
 use crate::flow::FlowError;
 use crate::flow::send::{self, Delivery, Processed, message_associated_data};
 use crate::policy::{self, Decision, SenderBounds};
@@ -32,8 +35,16 @@ const BATCH: i64 = 200;
 /// How often the worker looks for due messages: a paced queue's messages leave this close to
 /// their instants.
 const POLL: Duration = Duration::from_millis(100);
-/// How many due messages are released at once.
-const RELEASING: usize = 32;
+/// How many groups of due messages are released at once.
+const RELEASING: usize = 4;
+/// The most messages one group takes: they take their turns together, their facts are read
+/// in one read and their release decisions written in one write (one commit).
+const GROUP: usize = 64;
+/// How far apart the instants of one group's messages may be: a paced queue's group waits
+/// for its first instant, and each message's forward then waits for its own.
+const GROUP_SPAN_US: i64 = 50_000;
+/// Forwards of one group in flight at once.
+const FORWARDS: usize = 16;
 /// How far ahead due messages are claimed; each waits for its instant.
 const LOOKAHEAD: jiff::SignedDuration = jiff::SignedDuration::from_millis(200);
 /// The longest a release waits for its forward's turn before it is decided. Its claim lasts
@@ -88,88 +99,205 @@ pub async fn release_due(state: &AppState) -> Result<Released, FlowError> {
 /// Releases what is due, a claim of up to [`BATCH`] messages at a time, until `stop` turns
 /// true. A paced queue keeps messages coming due without end (each one interval after the
 /// last), so a pass over a backlog never runs out of them: a stopping instance checks before
-/// each claim, finishes what it claimed, and leaves the rest to its restart or to another
+/// each claim, finishes what it has begun, and leaves the rest to its restart or to another
 /// instance, instead of waiting for the backlog to drain.
+///
+/// The claims follow each other without a gap: the next one is made as soon as the last
+/// group of the one before has begun, while up to [`RELEASING`] groups are still under way
+/// (a claim made only once every release of the one before had ended left the queue idle for
+/// the slowest release's time and the claim's own).
 async fn release_while(
     state: &AppState,
     stop: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<Released, FlowError> {
-    let go_on = || !*stop.borrow();
-    let mut released = Released::default();
-    loop {
-        if !go_on() {
-            return Ok(released);
+    // The claims whose groups may not all have begun (their messages and their instant),
+    // given back at a stop: a claim is made once the one before has sent its last group on,
+    // and at most `RELEASING` groups are under way, so only the last `RELEASING + 1` claims
+    // can hold messages not yet released. And the error that ended the claims, once the
+    // groups under way have ended.
+    let claims: std::sync::Mutex<Vec<(Vec<MessageId>, i64)>> = Default::default();
+    let failed: std::sync::Mutex<Option<FlowError>> = Default::default();
+    let claimed = futures_util::stream::unfold((), |()| async {
+        if !going_on(stop) {
+            return None;
         }
-        let now = state.clock.now();
         // Claimed a little ahead, and each released at its own instant: a paced queue leaves
         // one interval apart, not in the bunches of the worker's polls.
-        let claimed_at_us = (now + LOOKAHEAD).as_microsecond();
-        let due = state.messages().claim_due(claimed_at_us, BATCH).await?;
-        if due.is_empty() {
-            return Ok(released);
-        }
-        let claimed: Vec<MessageId> = due.iter().map(|item| item.id.clone()).collect();
-        // Released side by side: a paced queue leaves at its rate, not at the pace of one
-        // release after another.
-        let outcomes: Vec<Released> = futures_util::stream::iter(due)
-            .map(|item| async {
-                let id = item.id.clone();
-                let wait = item.release_at_us - state.clock.now().as_microsecond();
-                if wait > 0 {
-                    tokio::time::sleep(Duration::from_micros(wait.unsigned_abs())).await;
+        let claimed_at_us = (state.clock.now() + LOOKAHEAD).as_microsecond();
+        match state.messages().claim_due(claimed_at_us, BATCH).await {
+            Ok(due) if due.is_empty() => None,
+            Ok(due) => {
+                let ids = due.iter().map(|item| item.id.clone()).collect();
+                let mut claims = lock(&claims);
+                if claims.len() > RELEASING {
+                    claims.remove(0);
                 }
-                let mut one = Released::default();
-                // Stopping: what has not begun is given back below. (A release that has
-                // begun finishes, or, waiting for its turn, leaves nothing recorded.)
-                if !go_on() {
-                    return one;
-                }
-                // One message that cannot be released must not hold back the others; its
-                // claim lapses and a later pass takes it again.
-                if let Err(error) = release(state, item, stop, &mut one).await {
-                    one.failed += 1;
-                    tracing::error!(message_id = %id, %error, "a deferred message could not be released");
-                }
-                one
-            })
-            .buffer_unordered(RELEASING)
-            .collect()
-            .await;
-        for one in outcomes {
-            released.sent += one.sent;
-            released.cancelled += one.cancelled;
-            released.deferred_again += one.deferred_again;
-            released.failed += one.failed;
+                claims.push((ids, claimed_at_us));
+                Some((futures_util::stream::iter(groups(due)), ()))
+            }
+            Err(error) => {
+                *lock(&failed) = Some(error.into());
+                None
+            }
         }
-        if !go_on() {
-            // Every release of this claim has ended: what none recorded goes back to the
-            // queue now, for the restart or another instance, rather than when the claim's
-            // lease lapses (five minutes, in which a paced campaign would stand still).
-            let given = state.messages().give_back(&claimed, claimed_at_us).await?;
-            tracing::info!(given, "stopping: unreleased claims given back");
-            return Ok(released);
+    })
+    .flatten()
+    .boxed();
+    // Released side by side: a paced queue leaves at its rate, not at the pace of one
+    // group after another.
+    let released = claimed
+        .map(|group| release_group(state, group, stop))
+        .buffer_unordered(RELEASING)
+        .fold(Released::default(), |mut all, one| async move {
+            all.sent += one.sent;
+            all.cancelled += one.cancelled;
+            all.deferred_again += one.deferred_again;
+            all.failed += one.failed;
+            all
+        })
+        .await;
+    if !going_on(stop) {
+        // Every release begun has ended: what none recorded goes back to the queue now, for
+        // the restart or another instance, rather than when the claim's lease lapses (five
+        // minutes, in which a paced campaign would stand still).
+        let claims = std::mem::take(&mut *lock(&claims));
+        let mut given = 0;
+        for (ids, claimed_at_us) in claims {
+            given += state.messages().give_back(&ids, claimed_at_us).await?;
         }
+        tracing::info!(given, "stopping: unreleased claims given back");
+    }
+    match lock(&failed).take() {
+        Some(error) => Err(error),
+        None => Ok(released),
     }
 }
 
-async fn release(
+/// Whether the worker is to go on (no stop asked for).
+fn going_on(stop: &tokio::sync::watch::Receiver<bool>) -> bool {
+    !*stop.borrow()
+}
+
+/// A mutex of this pass's own (no panic holds it).
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Splits a claim (in the order of its instants) into groups of at most [`GROUP`] messages
+/// whose instants are within [`GROUP_SPAN_US`] of their first's.
+fn groups(due: Vec<DeferredMessage>) -> Vec<Vec<DeferredMessage>> {
+    let mut groups: Vec<Vec<DeferredMessage>> = Vec::new();
+    for item in due {
+        match groups.last_mut() {
+            Some(group)
+                if group.len() < GROUP
+                    && item.release_at_us - group[0].release_at_us <= GROUP_SPAN_US =>
+            {
+                group.push(item);
+            }
+            _ => groups.push(vec![item]),
+        }
+    }
+    groups
+}
+
+/// Releases a group of due messages at its first's instant: those that can no longer be sent
+/// (their tenant is gone, their recipient erased) are called off, and the others are decided
+/// again, tenant by tenant ([`release_tenant`]).
+async fn release_group(
     state: &AppState,
-    item: DeferredMessage,
+    group: Vec<DeferredMessage>,
     stop: &tokio::sync::watch::Receiver<bool>,
-    released: &mut Released,
-) -> Result<(), FlowError> {
+) -> Released {
+    let mut released = Released::default();
+    let Some(first) = group.first() else {
+        return released;
+    };
+    let wait = first.release_at_us - state.clock.now().as_microsecond();
+    if wait > 0 {
+        tokio::time::sleep(Duration::from_micros(wait.unsigned_abs())).await;
+    }
+    // Stopping: what has not begun is given back by the caller. (A group that has begun
+    // finishes, or, waiting for its turn, leaves nothing recorded.)
+    if !going_on(stop) {
+        return released;
+    }
     let now = state.clock.now();
-    let Some(tenant) = state.tenants.get(&item.tenant) else {
-        let record = release_record(
-            &item,
+    let mut called_off = Vec::new();
+    let mut by_tenant: std::collections::BTreeMap<TenantId, Vec<Due>> = Default::default();
+    for item in group {
+        // One message that cannot be released must not hold back the others; its claim
+        // lapses and a later pass takes it again.
+        match prepare(state, &item, now).await {
+            Ok(Prepared::CalledOff(record)) => called_off.push(record),
+            Ok(Prepared::Message(message)) => {
+                by_tenant.entry(item.tenant.clone()).or_default().push(Due {
+                    item,
+                    message: *message,
+                    turn: None,
+                })
+            }
+            Err(error) => {
+                released.failed += 1;
+                tracing::error!(message_id = %item.id, %error, "a deferred message could not be released");
+            }
+        }
+    }
+    if !called_off.is_empty() {
+        match state.messages().record_releases(&called_off, None).await {
+            Ok(()) => released.cancelled += called_off.len(),
+            Err(error) => {
+                released.failed += called_off.len();
+                tracing::error!(%error, "deferred messages could not be called off");
+            }
+        }
+    }
+    for (tenant, messages) in by_tenant {
+        // `prepare` found every one of these tenants.
+        if let Some(tenant) = state.tenants.get(&tenant) {
+            release_tenant(state, tenant, messages, stop, &mut released).await;
+        }
+    }
+    released
+}
+
+/// What a due message is before its decision.
+enum Prepared {
+    /// It can no longer be sent: this denial is its release.
+    CalledOff(ReleaseRecord),
+    /// Rebuilt from its record, to be decided again.
+    Message(Box<CanonicalMessage>),
+}
+
+/// A due message on its way: its queue entry, the message rebuilt from it, and, paced, how
+/// long after its group's start its forward may leave.
+struct Due {
+    item: DeferredMessage,
+    message: CanonicalMessage,
+    turn: Option<Duration>,
+}
+
+async fn prepare(
+    state: &AppState,
+    item: &DeferredMessage,
+    now: Timestamp,
+) -> Result<Prepared, FlowError> {
+    let called_off = |code: &str, detail: &str| {
+        Prepared::CalledOff(release_record(
+            item,
             now,
             DecisionKind::Denied,
-            r#"[{"code":"unknown_tenant","detail":"the tenant is no longer configured"}]"#.into(),
+            serde_json::json!([{ "code": code, "detail": detail }]).to_string(),
             None,
-        );
-        state.messages().record_release(&record).await?;
-        released.cancelled += 1;
-        return Ok(());
+        ))
+    };
+    let Some(tenant) = state.tenants.get(&item.tenant) else {
+        return Ok(called_off(
+            "unknown_tenant",
+            "the tenant is no longer configured",
+        ));
     };
     // Erased since it was deferred: its body is gone, so it can never be sent.
     if item.key_id.starts_with("rk_")
@@ -179,52 +307,164 @@ async fn release(
             .await?
             .is_none()
     {
-        let record = release_record(
-            &item,
-            now,
-            DecisionKind::Denied,
-            r#"[{"code":"erased","detail":"the recipient's data was erased"}]"#.into(),
-            None,
-        );
-        state.messages().record_release(&record).await?;
-        released.cancelled += 1;
-        return Ok(());
+        return Ok(called_off("erased", "the recipient's data was erased"));
     }
-    let message = rebuild(state, &item, tenant.default_region).await?;
-    // A message that holds its paced instant is let through by the decision at once, and its
-    // forward keeps the pace: released late (the scheduler fell behind), it may wait a while
-    // for its turn. It waits first, while nothing is recorded, so that a stop (or a crash) in
-    // the wait leaves it queued, not recorded as released and never forwarded. (Any other
-    // message is decided first: the decision paces it, and its forward waits little.)
-    let sender = message.from.as_str().to_owned();
-    let paced_forward = message.reply.is_none() && state.pacer.holds(&item.id);
-    let mut wait_after = Duration::ZERO;
-    if paced_forward {
-        let wait = state
-            .pacer
-            .wait_for_turn(&tenant.upstream, &sender, state.clock.now());
-        if wait.unsigned_abs() > WAIT_FIRST_AT_MOST {
-            wait_after = wait.unsigned_abs();
-        } else if wait.is_positive() {
-            let mut stop = stop.clone();
-            tokio::select! {
-                () = tokio::time::sleep(wait.unsigned_abs()) => {}
-                Ok(_) = stop.wait_for(|stop| *stop) => {
-                    state.pacer.give_back_turn(&tenant.upstream, &sender);
-                    return Ok(());
+    Ok(Prepared::Message(Box::new(
+        rebuild(state, item, tenant.default_region).await?,
+    )))
+}
+
+/// Decides a tenant's due messages again and forwards those allowed. A message that holds its
+/// paced instant is let through by the decision at once, and its forward keeps the pace:
+/// released late (the scheduler fell behind), it may wait a while for its turn. The group
+/// waits for its first turn while nothing is recorded, so that a stop (or a crash) in that
+/// wait leaves it queued, not recorded as released and never forwarded; each forward then
+/// waits for its own turn, at most the group's span later unless the upstream asked for a
+/// pause. (Any other message is decided at once: the decision paces it, and its forward waits
+/// little.) The messages are decided in rounds in which each recipient comes once, each
+/// round in its recipients' turn with one read and one write.
+async fn release_tenant(
+    state: &AppState,
+    tenant: &Tenant,
+    mut messages: Vec<Due>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+    released: &mut Released,
+) {
+    let now = state.clock.now();
+    // Each paced forward's turn, taken now: how long after now it may leave.
+    for due in &mut messages {
+        if due.message.reply.is_none() && state.pacer.holds(&due.item.id) {
+            due.turn = Some(
+                state
+                    .pacer
+                    .wait_for_turn(&tenant.upstream, due.message.from.as_str(), now)
+                    .unsigned_abs(),
+            );
+        }
+    }
+    let first_turn = messages
+        .iter()
+        .filter_map(|due| due.turn)
+        .filter(|wait| *wait <= WAIT_FIRST_AT_MOST)
+        .min()
+        .unwrap_or_default();
+    let started = tokio::time::Instant::now();
+    if !first_turn.is_zero() {
+        let mut stop = stop.clone();
+        tokio::select! {
+            () = tokio::time::sleep(first_turn) => {}
+            Ok(_) = stop.wait_for(|stop| *stop) => {
+                for due in messages.iter().filter(|due| due.turn.is_some()) {
+                    state.pacer.give_back_turn(&tenant.upstream, due.message.from.as_str());
                 }
+                return;
             }
         }
     }
+    let mut forwards = Vec::new();
+    let rounds = send::rounds_by(state, messages, |due| &due.message);
+    for round in rounds {
+        let count = round.len();
+        match decide_round(state, tenant, round).await {
+            Ok(decided) => {
+                for (id, decision, turn) in decided {
+                    match decision {
+                        Err(error) => {
+                            released.failed += 1;
+                            tracing::error!(message_id = %id, %error, "a deferred message could not be released");
+                        }
+                        Ok(Decision::Allow(permit)) => forwards.push((permit, turn)),
+                        Ok(Decision::Deny(denial)) => {
+                            released.cancelled += 1;
+                            tracing::info!(message_id = %id, code = denial.reasons[0].code.as_str(), "deferred message cancelled");
+                        }
+                        Ok(Decision::Defer(deferral)) => {
+                            released.deferred_again += 1;
+                            tracing::info!(message_id = %id, until = %deferral.until, "deferred message deferred again");
+                        }
+                    }
+                }
+            }
+            Err(error) => {
+                // Nothing of the round is recorded: its claims lapse and a later pass takes
+                // them again.
+                released.failed += count;
+                tracing::error!(%error, "a group of deferred messages could not be released");
+            }
+        }
+    }
+    let outcomes: Vec<Processed> = futures_util::stream::iter(forwards)
+        .map(|(permit, turn)| async move {
+            let delivery = match turn {
+                // Recorded as released: the claim may lapse now without harm.
+                Some(turn) => {
+                    tokio::time::sleep_until(started + turn).await;
+                    Delivery::UpstreamInTurn
+                }
+                None => Delivery::Upstream,
+            };
+            let id = permit.message().id.clone();
+            let processed = send::deliver(state, tenant, permit, delivery).await;
+            tracing::info!(message_id = %id, tenant = %tenant.id, "deferred message released");
+            processed
+        })
+        .buffer_unordered(FORWARDS)
+        .collect()
+        .await;
+    for processed in outcomes {
+        match processed {
+            Processed::Sent { .. } => released.sent += 1,
+            Processed::Requeued { .. } => released.deferred_again += 1,
+            _ => released.failed += 1,
+        }
+    }
+}
+
+/// One round of a tenant's due messages (each recipient once), in its recipients' turn: the
+/// facts read together, each message decided, and every decision recorded in one write.
+/// Each message's id, decision and forward turn, in order; an error fails the whole round
+/// (nothing of it recorded).
+async fn decide_round(
+    state: &AppState,
+    tenant: &Tenant,
+    round: Vec<(usize, String, Due)>,
+) -> Result<Vec<(MessageId, Result<Decision, FlowError>, Option<Duration>)>, FlowError> {
+    let hashes: Vec<&str> = round.iter().map(|(_, hash, _)| hash.as_str()).collect();
+    let mut turn = state.recipients_turn(&hashes).await?;
     let now = state.clock.now();
-    let recipient_hash = state.numbers.hash(&message.to);
-    let decision = {
-        let mut turn = state.recipient_turn(&recipient_hash).await?;
-        let mut gathered =
-            send::gather(state, tenant, &message, now, Some(&mut turn.shared)).await?;
-        send::check_number_history(state, tenant, &message, &mut gathered, now).await?;
+    let messages: Vec<&CanonicalMessage> = round.iter().map(|(_, _, due)| &due.message).collect();
+    let mut gathered =
+        send::gather_all(state, tenant, &messages, now, Some(&mut turn.shared)).await?;
+    // The numbers' histories are asked together: a lookup that waits on the network holds up
+    // the others of the round once, not once each.
+    let histories: Vec<Result<(), FlowError>> =
+        futures_util::future::join_all(messages.iter().zip(gathered.iter_mut()).map(
+            |(message, gathered)| send::check_number_history(state, tenant, message, gathered, now),
+        ))
+        .await;
+    drop(messages);
+    let bounds = SenderBounds::default();
+    let mut decided = Vec::with_capacity(round.len());
+    let mut records = Vec::with_capacity(round.len());
+    for (
+        (
+            _,
+            _,
+            Due {
+                item,
+                message,
+                turn,
+            },
+        ),
+        (mut gathered, history),
+    ) in round.into_iter().zip(gathered.into_iter().zip(histories))
+    {
+        // A lookup that failed stops its message: nothing recorded, its claim lapses.
+        if let Err(error) = history {
+            decided.push((item.id, Err(error), turn));
+            continue;
+        }
         let paced = send::take_slot(state, tenant, &message, &mut gathered, now);
-        let bounds = SenderBounds::default();
         let facts = gathered.facts(tenant, &bounds, &state.policies, now);
         let decision = policy::decide(message, &facts);
         send::keep_slot(state, tenant, &decision, paced);
@@ -241,40 +481,20 @@ async fn release(
                 Some(deferral.until.as_microsecond()),
             ),
         };
-        let record = ReleaseRecord {
+        records.push(ReleaseRecord {
             basis: decision.basis_json(),
             ..release_record(&item, now, kind, reasons, again)
-        };
-        state.messages().record_release(&record).await?;
-        turn.end().await;
-        decision
-    };
-    match decision {
-        Decision::Allow(permit) => {
-            let delivery = if paced_forward {
-                // Recorded as released: the claim may lapse now without harm.
-                tokio::time::sleep(wait_after).await;
-                Delivery::UpstreamInTurn
-            } else {
-                Delivery::Upstream
-            };
-            match send::deliver(state, tenant, permit, delivery).await {
-                Processed::Sent { .. } => released.sent += 1,
-                Processed::Requeued { .. } => released.deferred_again += 1,
-                _ => released.failed += 1,
-            }
-            tracing::info!(message_id = %item.id, tenant = %tenant.id, "deferred message released");
-        }
-        Decision::Deny(denial) => {
-            released.cancelled += 1;
-            tracing::info!(message_id = %item.id, code = denial.reasons[0].code.as_str(), "deferred message cancelled");
-        }
-        Decision::Defer(deferral) => {
-            released.deferred_again += 1;
-            tracing::info!(message_id = %item.id, until = %deferral.until, "deferred message deferred again");
-        }
+        });
+        decided.push((item.id, Ok(decision), turn));
     }
-    Ok(())
+    if !records.is_empty() {
+        state
+            .messages()
+            .record_releases(&records, Some(&mut turn.shared))
+            .await?;
+    }
+    turn.end().await;
+    Ok(decided)
 }
 
 fn release_record(

@@ -618,9 +618,13 @@ pub trait Ledger: Send + Sync + 'static {
     -> Result<RecipientLock, StoreError>;
 
     /// Appends consent events in one transaction; an event whose idempotency key is already
-    /// in the tenant's ledger is not added again.
-    async fn record_consents(&self, records: &[ConsentRecord])
-    -> Result<Vec<Recorded>, StoreError>;
+    /// in the tenant's ledger is not added again. Given the recipients' lock, in the lock's
+    /// own session, as [`Messages::record_messages`].
+    async fn record_consents(
+        &self,
+        records: &[ConsentRecord],
+        lock: Option<&mut RecipientLock>,
+    ) -> Result<Vec<Recorded>, StoreError>;
 
     /// A recipient's consent events in a tenant, in ledger order, as decisions read them: an
     /// opt-in without a log entry (written outside consentry) is left out.
@@ -669,8 +673,14 @@ pub trait Messages: Send + Sync + 'static {
     /// is left as it is. How many were given back.
     async fn give_back(&self, ids: &[MessageId], claimed_at_us: i64) -> Result<u64, StoreError>;
 
-    /// Records the decision at a release (and re-arms a message deferred again).
-    async fn record_release(&self, release: &ReleaseRecord) -> Result<(), StoreError>;
+    /// Records the decisions at releases (and re-arms the messages deferred again), all or
+    /// none, in one transaction. Given the recipients' lock, in the lock's own session, as
+    /// [`Messages::record_messages`].
+    async fn record_releases(
+        &self,
+        releases: &[ReleaseRecord],
+        lock: Option<&mut RecipientLock>,
+    ) -> Result<(), StoreError>;
 
     /// Queues an allowed message again, in one transaction: it (re)enters the deferred queue at
     /// `release.release_again_at_us` and `release` (a deferral: the gateway throttled it) is
@@ -735,13 +745,15 @@ pub struct InDoubt {
 #[async_trait]
 pub trait Inbound: Send + Sync + 'static {
     /// Records an inbound message and what it causes, in one transaction: all or nothing, and
-    /// nothing at all if the gateway delivered it before.
+    /// nothing at all if the gateway delivered it before. Given the recipient's lock, in the
+    /// lock's own session, as [`Messages::record_messages`].
     async fn record_inbound(
         &self,
         inbound: &InboundRecord,
         consent: Option<&ConsentRecord>,
         review: Option<&ReviewRecord>,
         outbox: &[OutboxRecord],
+        lock: Option<&mut RecipientLock>,
     ) -> Result<InboundRecorded, StoreError>;
 
     /// The sealed payload of a tenant's inbound message.
@@ -771,12 +783,14 @@ pub trait Inbound: Send + Sync + 'static {
         limit: i64,
     ) -> Result<Vec<ReplyView>, StoreError>;
 
-    /// Resolves a review (once), with the opt-out it leads to, in one transaction.
+    /// Resolves a review (once), with the opt-out it leads to, in one transaction. Given the
+    /// recipient's lock, in the lock's own session, as [`Messages::record_messages`].
     async fn resolve_review(
         &self,
         tenant: &TenantId,
         resolution: &ResolutionRecord,
         consent: Option<&ConsentRecord>,
+        lock: Option<&mut RecipientLock>,
     ) -> Result<Resolved, StoreError>;
 }
 

@@ -156,10 +156,10 @@ pub async fn record(
 ) -> Result<(StoredConsent, bool), FlowError> {
     let record = consent_record(state, event, tenant, recorded_by, now).await?;
     // In the recipient's turn: a send deciding now sees this event, or is logged before it.
-    let turn = state.recipient_turn(&record.recipient_hash).await?;
+    let mut turn = state.recipient_turn(&record.recipient_hash).await?;
     let recorded = state
         .ledger()
-        .record_consents(std::slice::from_ref(&record))
+        .record_consents(std::slice::from_ref(&record), Some(&mut turn.shared))
         .await;
     turn.end().await;
     let recorded = recorded?;

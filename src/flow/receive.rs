@@ -81,7 +81,7 @@ pub async fn receive(
         tracing::warn!(upstream, to = %written_to.masked(), "a reply to a number no tenant owns");
         if state
             .inbound()
-            .record_inbound(&record, None, None, &[])
+            .record_inbound(&record, None, None, &[], None)
             .await?
             == InboundRecorded::Duplicate
         {
@@ -177,10 +177,16 @@ pub async fn receive(
         }
         // In the recipient's turn, as sends are decided: an opt-out is logged before or
         // after a send's record, never beside a decision that did not see it.
-        let turn = state.recipient_turn(&record.recipient_hash).await?;
+        let mut turn = state.recipient_turn(&record.recipient_hash).await?;
         let recorded = state
             .inbound()
-            .record_inbound(&record, consent.as_ref(), review.as_ref(), &outbox)
+            .record_inbound(
+                &record,
+                consent.as_ref(),
+                review.as_ref(),
+                &outbox,
+                Some(&mut turn.shared),
+            )
             .await;
         turn.end().await;
         let recorded = recorded?;
@@ -665,10 +671,15 @@ pub async fn resolve_review(
     };
     // In the recipient's turn: an open review blocks its sends, and an opt-out found on review
     // is a consent event; a send deciding now sees the resolution, or is logged before it.
-    let turn = state.recipient_turn(&review.recipient_hash).await?;
+    let mut turn = state.recipient_turn(&review.recipient_hash).await?;
     let resolved = state
         .inbound()
-        .resolve_review(&tenant.id, &record, consent.as_ref())
+        .resolve_review(
+            &tenant.id,
+            &record,
+            consent.as_ref(),
+            Some(&mut turn.shared),
+        )
         .await;
     turn.end().await;
     Ok((resolved?, record.consent_event))

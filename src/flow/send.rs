@@ -303,9 +303,10 @@ pub async fn check_number_history(
     let record =
         super::consent::consent_record(state, event, tenant, "reassigned-numbers-lookup", now)
             .await?;
+    // Beside the group's lock, not in its session: the lock's transaction is for its records.
     state
         .ledger()
-        .record_consents(std::slice::from_ref(&record))
+        .record_consents(std::slice::from_ref(&record), None)
         .await?;
     tracing::info!(
         event = %record.id,
@@ -534,10 +535,20 @@ fn rounds(
     state: &AppState,
     messages: Vec<CanonicalMessage>,
 ) -> Vec<Vec<(usize, String, CanonicalMessage)>> {
-    let mut rounds: Vec<Vec<(usize, String, CanonicalMessage)>> = Vec::new();
+    rounds_by(state, messages, |message| message)
+}
+
+/// [`rounds`] of any items that carry a message (the scheduler's releases), each with its
+/// recipient's hash.
+pub fn rounds_by<T>(
+    state: &AppState,
+    items: Vec<T>,
+    message_of: impl Fn(&T) -> &CanonicalMessage,
+) -> Vec<Vec<(usize, String, T)>> {
+    let mut rounds: Vec<Vec<(usize, String, T)>> = Vec::new();
     let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    for (index, message) in messages.into_iter().enumerate() {
-        let hash = state.numbers.hash(&message.to);
+    for (index, message) in items.into_iter().enumerate() {
+        let hash = state.numbers.hash(&message_of(&message).to);
         let times = seen.entry(hash.clone()).or_default();
         if rounds.len() <= *times {
             rounds.push(Vec::new());

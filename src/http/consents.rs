@@ -679,7 +679,7 @@ impl<F: LineFormat> Importer<'_, F> {
         self.in_flight_turn = Some(self.state.local_turn(&hashes).await);
         let ledger: std::sync::Arc<dyn crate::store::Ledger> = self.state.store.clone();
         self.in_flight = Some((
-            tokio::spawn(async move { ledger.record_consents(&batch).await }),
+            tokio::spawn(async move { ledger.record_consents(&batch, None).await }),
             last_line,
         ));
         Ok(())

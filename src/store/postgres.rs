@@ -12,10 +12,10 @@ use sqlx::Row as _;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::rows::{
-    CONSENT_COLUMNS, LINK_COLUMNS, LOGGED_TABLES, MESSAGE_COLUMNS, REPLY_COLUMNS,
+    CONSENT_COLUMNS, DEFERRED_COLUMNS, LINK_COLUMNS, LOGGED_TABLES, MESSAGE_COLUMNS, REPLY_COLUMNS,
     checkpoint_from_row, consent_from_row, cosignature_from_row, data_key_from_row,
-    decision_count_from_row, event_from_row, hash_from, in_doubt_from_row, in_doubt_sql,
-    leaf_from_row, leaf_sql, link_from_row, log_entry_from_row, logged_counts_sql,
+    decision_count_from_row, deferred_from_row, event_from_row, hash_from, in_doubt_from_row,
+    in_doubt_sql, leaf_from_row, leaf_sql, link_from_row, log_entry_from_row, logged_counts_sql,
     message_from_row, node_position, number_other_leaves_sql, recipient_key_from_row,
     reply_from_row, review_from_row, unlogged_rows_sql,
 };
@@ -216,6 +216,27 @@ const POOL_SIZE: u32 = 32;
 const LOCKERS: usize = 24;
 
 impl PgStore {
+    /// The transaction a write goes in: the recipients' lock's own when it is given, so that
+    /// its commit makes the write durable and releases the lock in one step, and the write
+    /// needs no second connection (a lock holds one, and the pool keeps only a few beside the
+    /// locks for everything else); else a new one. A lock whose transaction has already ended fails the write: made outside the lock,
+    /// it could land after another instance decided without seeing it.
+    async fn write_transaction(
+        &self,
+        lock: Option<&mut super::RecipientLock>,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+        match lock {
+            Some(super::RecipientLock::Postgres(AdvisoryLock { transaction, .. })) => {
+                transaction.take().ok_or_else(|| {
+                    StoreError::Unsafe(
+                        "the recipients' lock ended before its write; nothing was written".into(),
+                    )
+                })
+            }
+            _ => Ok(self.pool.begin().await?),
+        }
+    }
+
     /// Connects, applies migrations and checks durability.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         let mut options: PgConnectOptions = url.parse()?;
@@ -343,6 +364,7 @@ impl Ledger for PgStore {
     async fn record_consents(
         &self,
         records: &[ConsentRecord],
+        lock: Option<&mut super::RecipientLock>,
     ) -> Result<Vec<Recorded>, StoreError> {
         // Written in the order of their recipients (each recipient's in its own order): each
         // event locks its recipient's head until the commit, and every transaction that holds
@@ -352,7 +374,7 @@ impl Ledger for PgStore {
             let key = |at: usize| (records[at].tenant.as_str(), &records[at].recipient_hash);
             key(*a).cmp(&key(*b))
         });
-        let mut transaction = self.pool.begin().await?;
+        let mut transaction = self.write_transaction(lock).await?;
         let mut results: Vec<Option<Recorded>> = vec![None; records.len()];
         for at in order {
             results[at] = Some(insert_consent(&mut transaction, &records[at]).await?);
@@ -413,17 +435,7 @@ impl Messages for PgStore {
         records: &[MessageRecord],
         lock: Option<&mut super::RecipientLock>,
     ) -> Result<(), StoreError> {
-        // In the lock's transaction when there is one: its commit makes the records durable
-        // and releases the lock in one step.
-        let mut transaction = match lock {
-            Some(super::RecipientLock::Postgres(AdvisoryLock { transaction, .. })) => {
-                match transaction.take() {
-                    Some(transaction) => transaction,
-                    None => self.pool.begin().await?,
-                }
-            }
-            _ => self.pool.begin().await?,
-        };
+        let mut transaction = self.write_transaction(lock).await?;
         insert_messages(&mut transaction, records).await?;
         transaction.commit().await?;
         Ok(())
@@ -434,54 +446,26 @@ impl Messages for PgStore {
     }
 
     async fn claim_due(&self, now_us: i64, limit: i64) -> Result<Vec<DeferredMessage>, StoreError> {
-        let mut transaction = self.pool.begin().await?;
-        // Rows another transaction is claiming are skipped, not waited for: each due message
-        // goes to one claimer, whichever instance it runs in.
-        let rows = sqlx::query(
-            "SELECT m.id, m.tenant, m.purpose, m.brand, m.campaign, m.key_id, m.payload, \
-             d.release_at_us \
-             FROM deferred_messages d JOIN messages m ON m.id = d.message_id \
-             WHERE NOT d.done AND d.release_at_us <= $1 \
-             AND (d.claimed_at_us IS NULL OR d.claimed_at_us < $2) \
-             ORDER BY d.release_at_us LIMIT $3 \
-             FOR UPDATE OF d SKIP LOCKED",
-        )
+        // One statement, one round trip: rows another transaction is claiming are skipped,
+        // not waited for, so each due message goes to one claimer, whichever instance it runs
+        // in. (A claim of 200 made one `UPDATE` per row: 200 round trips while the releases it
+        // feeds waited.)
+        let rows = sqlx::query(&format!(
+            "WITH due AS (SELECT message_id FROM deferred_messages \
+             WHERE NOT done AND release_at_us <= $1 \
+             AND (claimed_at_us IS NULL OR claimed_at_us < $2) \
+             ORDER BY release_at_us LIMIT $3 FOR UPDATE SKIP LOCKED), \
+             d AS (UPDATE deferred_messages q SET claimed_at_us = $1 FROM due \
+             WHERE q.message_id = due.message_id RETURNING q.message_id, q.release_at_us) \
+             SELECT {DEFERRED_COLUMNS} FROM d JOIN messages m ON m.id = d.message_id \
+             ORDER BY d.release_at_us"
+        ))
         .bind(now_us)
         .bind(now_us - CLAIM_LEASE_US)
         .bind(limit)
-        .fetch_all(&mut *transaction)
+        .fetch_all(&self.pool)
         .await?;
-        let mut claimed = Vec::with_capacity(rows.len());
-        for row in rows {
-            let id: String = row.try_get("id")?;
-            let taken = sqlx::query(
-                "UPDATE deferred_messages SET claimed_at_us = $1 WHERE message_id = $2 \
-                 AND NOT done AND (claimed_at_us IS NULL OR claimed_at_us < $3)",
-            )
-            .bind(now_us)
-            .bind(&id)
-            .bind(now_us - CLAIM_LEASE_US)
-            .execute(&mut *transaction)
-            .await?;
-            if taken.rows_affected() != 1 {
-                continue;
-            }
-            let tenant: String = row.try_get("tenant")?;
-            claimed.push(DeferredMessage {
-                id: MessageId::parse(&id)
-                    .ok_or_else(|| StoreError::Corrupt("messages.id".into()))?,
-                tenant: TenantId::parse(&tenant)
-                    .map_err(|_| StoreError::Corrupt("messages.tenant".into()))?,
-                purpose: row.try_get("purpose")?,
-                brand: row.try_get("brand")?,
-                campaign: row.try_get("campaign")?,
-                key_id: row.try_get("key_id")?,
-                payload: row.try_get("payload")?,
-                release_at_us: row.try_get("release_at_us")?,
-            });
-        }
-        transaction.commit().await?;
-        Ok(claimed)
+        rows.iter().map(deferred_from_row).collect()
     }
 
     async fn give_back(&self, ids: &[MessageId], claimed_at_us: i64) -> Result<u64, StoreError> {
@@ -497,26 +481,23 @@ impl Messages for PgStore {
         Ok(given.rows_affected())
     }
 
-    async fn record_release(&self, release: &ReleaseRecord) -> Result<(), StoreError> {
-        let mut transaction = self.pool.begin().await?;
-        append_release(&mut transaction, release).await?;
-        match release.release_again_at_us {
-            Some(again) => {
-                sqlx::query(
-                    "UPDATE deferred_messages SET release_at_us = $1, claimed_at_us = NULL \
-                     WHERE message_id = $2",
-                )
-                .bind(again)
-                .bind(release.message_id.as_str())
-                .execute(&mut *transaction)
-                .await?;
-            }
-            None => {
-                sqlx::query("UPDATE deferred_messages SET done = TRUE WHERE message_id = $1")
-                    .bind(release.message_id.as_str())
-                    .execute(&mut *transaction)
-                    .await?;
-            }
+    async fn record_releases(
+        &self,
+        releases: &[ReleaseRecord],
+        lock: Option<&mut super::RecipientLock>,
+    ) -> Result<(), StoreError> {
+        let mut transaction = self.write_transaction(lock).await?;
+        for release in releases {
+            append_release(&mut transaction, release).await?;
+            sqlx::query(
+                "UPDATE deferred_messages SET release_at_us = COALESCE($1, release_at_us), \
+                 claimed_at_us = CASE WHEN $1 IS NULL THEN claimed_at_us END, \
+                 done = $1 IS NULL WHERE message_id = $2",
+            )
+            .bind(release.release_again_at_us)
+            .bind(release.message_id.as_str())
+            .execute(&mut *transaction)
+            .await?;
         }
         transaction.commit().await?;
         Ok(())
@@ -682,8 +663,9 @@ impl Inbound for PgStore {
         consent: Option<&ConsentRecord>,
         review: Option<&ReviewRecord>,
         outbox: &[OutboxRecord],
+        lock: Option<&mut super::RecipientLock>,
     ) -> Result<InboundRecorded, StoreError> {
-        let mut transaction = self.pool.begin().await?;
+        let mut transaction = self.write_transaction(lock).await?;
         let inserted = sqlx::query(
             "INSERT INTO inbound_messages (id, upstream, gateway_id, tenant, recipient_hash, \
              recipient_masked, to_masked, class, certain, consent_event, received_at_us, key_id, \
@@ -791,8 +773,9 @@ impl Inbound for PgStore {
         tenant: &TenantId,
         resolution: &ResolutionRecord,
         consent: Option<&ConsentRecord>,
+        lock: Option<&mut super::RecipientLock>,
     ) -> Result<Resolved, StoreError> {
-        let mut transaction = self.pool.begin().await?;
+        let mut transaction = self.write_transaction(lock).await?;
         let review: Option<(String, String)> = sqlx::query_as(
             "SELECT recipient_hash, inbound_id FROM consent_reviews WHERE id = $1 AND tenant = $2",
         )

@@ -4,8 +4,8 @@
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
 use super::{
-    ConsentRecord, DataKeyRow, DecisionCount, DecisionKind, InDoubt, LogEntry, MessageRecord,
-    RecipientKeyRow, ReplyView, ReviewView, StoreError, StoredConsent,
+    ConsentRecord, DataKeyRow, DecisionCount, DecisionKind, DeferredMessage, InDoubt, LogEntry,
+    MessageRecord, RecipientKeyRow, ReplyView, ReviewView, StoreError, StoredConsent,
 };
 use crate::audit::checkpoint::Checkpoint;
 use crate::audit::leaf::{self, Kind, Leaf, Link};
@@ -562,6 +562,37 @@ where
         status_callback: row.try_get("status_callback")?,
         basis: row.try_get("basis")?,
         new_recipient_key: None,
+    })
+}
+
+/// The columns a claim of deferred messages reads, `m` the messages and `d` the queue.
+pub(crate) const DEFERRED_COLUMNS: &str =
+    "m.id, m.tenant, m.purpose, m.brand, m.campaign, m.key_id, m.payload, d.release_at_us";
+
+/// A claimed deferred message ([`DEFERRED_COLUMNS`]).
+pub(crate) fn deferred_from_row<R>(row: &R) -> Result<DeferredMessage, StoreError>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database>,
+    String: Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database>,
+    i64: Type<R::Database>,
+    for<'r> Vec<u8>: Decode<'r, R::Database>,
+    Vec<u8>: Type<R::Database>,
+{
+    let corrupt = |what: &str| StoreError::Corrupt(format!("messages.{what}"));
+    let id: String = row.try_get("id")?;
+    let tenant: String = row.try_get("tenant")?;
+    Ok(DeferredMessage {
+        id: MessageId::parse(&id).ok_or_else(|| corrupt("id"))?,
+        tenant: TenantId::parse(&tenant).map_err(|_| corrupt("tenant"))?,
+        purpose: row.try_get("purpose")?,
+        brand: row.try_get("brand")?,
+        campaign: row.try_get("campaign")?,
+        key_id: row.try_get("key_id")?,
+        payload: row.try_get("payload")?,
+        release_at_us: row.try_get("release_at_us")?,
     })
 }
 

@@ -11,12 +11,12 @@ use sqlx::sqlite::{
 };
 
 use super::rows::{
-    CONSENT_COLUMNS, LINK_COLUMNS, LOGGED_TABLES, MESSAGE_COLUMNS, REPLY_COLUMNS,
+    CONSENT_COLUMNS, DEFERRED_COLUMNS, LINK_COLUMNS, LOGGED_TABLES, MESSAGE_COLUMNS, REPLY_COLUMNS,
     checkpoint_from_row, consent_from_row, cosignature_from_row, data_key_from_row,
-    decision_count_from_row, hash_from, head_sql, in_doubt_from_row, in_doubt_sql, leaf_from_row,
-    leaf_sql, link_from_row, log_entry_from_row, logged_counts_sql, message_from_row,
-    node_position, number_other_leaves_sql, recipient_key_from_row, reply_from_row,
-    review_from_row, set_head_sql, unlogged_rows_sql,
+    decision_count_from_row, deferred_from_row, hash_from, head_sql, in_doubt_from_row,
+    in_doubt_sql, leaf_from_row, leaf_sql, link_from_row, log_entry_from_row, logged_counts_sql,
+    message_from_row, node_position, number_other_leaves_sql, recipient_key_from_row,
+    reply_from_row, review_from_row, set_head_sql, unlogged_rows_sql,
 };
 use super::{
     AuditFilter, AuditLog, AuditedConsent, AuditedMessage, ConsentRecord, DataKeyRow, Database,
@@ -219,6 +219,7 @@ impl Ledger for SqliteStore {
     async fn record_consents(
         &self,
         records: &[ConsentRecord],
+        _lock: Option<&mut super::RecipientLock>,
     ) -> Result<Vec<Recorded>, StoreError> {
         match self
             .batches
@@ -283,50 +284,38 @@ impl Messages for SqliteStore {
     }
 
     async fn claim_due(&self, now_us: i64, limit: i64) -> Result<Vec<DeferredMessage>, StoreError> {
+        // Under the writer's lock nothing else writes: what the read finds due is still
+        // unclaimed at the update, which claims it in one statement.
         let _writer = self.writer.lock().await;
         let mut transaction = self.pool.begin().await?;
-        let rows = sqlx::query(
-            "SELECT m.id, m.tenant, m.purpose, m.brand, m.campaign, m.key_id, m.payload, \
-             d.release_at_us \
+        let rows = sqlx::query(&format!(
+            "SELECT {DEFERRED_COLUMNS} \
              FROM deferred_messages d JOIN messages m ON m.id = d.message_id \
              WHERE d.done = 0 AND d.release_at_us <= ? \
              AND (d.claimed_at_us IS NULL OR d.claimed_at_us < ?) \
-             ORDER BY d.release_at_us LIMIT ?",
-        )
+             ORDER BY d.release_at_us LIMIT ?"
+        ))
         .bind(now_us)
         .bind(now_us - CLAIM_LEASE_US)
         .bind(limit)
         .fetch_all(&mut *transaction)
         .await?;
-        let mut claimed = Vec::with_capacity(rows.len());
-        for row in rows {
-            let id: String = row.try_get("id")?;
-            let taken = sqlx::query(
-                "UPDATE deferred_messages SET claimed_at_us = ? WHERE message_id = ? \
-                 AND done = 0 AND (claimed_at_us IS NULL OR claimed_at_us < ?)",
-            )
-            .bind(now_us)
-            .bind(&id)
-            .bind(now_us - CLAIM_LEASE_US)
-            .execute(&mut *transaction)
-            .await?;
-            if taken.rows_affected() != 1 {
-                continue;
-            }
-            let tenant: String = row.try_get("tenant")?;
-            claimed.push(DeferredMessage {
-                id: MessageId::parse(&id)
-                    .ok_or_else(|| StoreError::Corrupt("messages.id".into()))?,
-                tenant: TenantId::parse(&tenant)
-                    .map_err(|_| StoreError::Corrupt("messages.tenant".into()))?,
-                purpose: row.try_get("purpose")?,
-                brand: row.try_get("brand")?,
-                campaign: row.try_get("campaign")?,
-                key_id: row.try_get("key_id")?,
-                payload: row.try_get("payload")?,
-                release_at_us: row.try_get("release_at_us")?,
-            });
+        let claimed = rows
+            .iter()
+            .map(deferred_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        if claimed.is_empty() {
+            return Ok(claimed);
         }
+        let ids: Vec<&str> = claimed.iter().map(|item| item.id.as_str()).collect();
+        sqlx::query(
+            "UPDATE deferred_messages SET claimed_at_us = ? \
+             WHERE message_id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(now_us)
+        .bind(serde_json::to_string(&ids).map_err(|e| StoreError::Unsafe(e.to_string()))?)
+        .execute(&mut *transaction)
+        .await?;
         transaction.commit().await?;
         Ok(claimed)
     }
@@ -350,8 +339,14 @@ impl Messages for SqliteStore {
         Ok(given)
     }
 
-    async fn record_release(&self, release: &ReleaseRecord) -> Result<(), StoreError> {
-        self.batches.write(Write::Release(release.clone())).await?;
+    async fn record_releases(
+        &self,
+        releases: &[ReleaseRecord],
+        _lock: Option<&mut super::RecipientLock>,
+    ) -> Result<(), StoreError> {
+        self.batches
+            .write(Write::Releases(releases.to_vec()))
+            .await?;
         Ok(())
     }
 
@@ -506,6 +501,7 @@ impl Inbound for SqliteStore {
         consent: Option<&ConsentRecord>,
         review: Option<&ReviewRecord>,
         outbox: &[OutboxRecord],
+        _lock: Option<&mut super::RecipientLock>,
     ) -> Result<InboundRecorded, StoreError> {
         let _writer = self.writer.lock().await;
         let mut transaction = self.pool.begin().await?;
@@ -617,6 +613,7 @@ impl Inbound for SqliteStore {
         tenant: &TenantId,
         resolution: &ResolutionRecord,
         consent: Option<&ConsentRecord>,
+        _lock: Option<&mut super::RecipientLock>,
     ) -> Result<Resolved, StoreError> {
         let _writer = self.writer.lock().await;
         let mut transaction = self.pool.begin().await?;

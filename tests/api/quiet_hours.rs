@@ -96,6 +96,67 @@ async fn an_opt_out_before_the_release_cancels_the_message() {
     assert_eq!((deferred, denied), (1, 1));
 }
 
+/// Messages held overnight are released in groups: those to one number are decided one after
+/// the other, each seeing the ones before it under its cap, beside another number's.
+#[tokio::test]
+async fn messages_held_overnight_for_one_number_are_released_under_its_cap() {
+    const ORLANDO: &str = "+14075550123";
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    let token = app.token("shop", SCOPES);
+    opt_in(&app, &token, MIAMI).await;
+    opt_in(&app, &token, ORLANDO).await;
+    app.state.clock.set("2026-11-19T01:30:00Z".parse().unwrap()); // Wed 20:30 in Florida
+    let mut held = Vec::new();
+    for to in [MIAMI, MIAMI, ORLANDO, MIAMI, MIAMI, MIAMI] {
+        let response = app
+            .send(&token, &shop_message(to, "marketing", None, None))
+            .await;
+        assert_eq!(response.status(), 202);
+        let scheduled: Value = response.json().await.unwrap();
+        held.push(scheduled["id"].as_str().unwrap().to_owned());
+    }
+
+    app.state.clock.set("2026-11-19T13:00:01Z".parse().unwrap());
+    consentry::scheduler::release_due(&app.state).await.unwrap();
+    let mut statuses = Vec::new();
+    for id in &held {
+        let record = status_of(&app, &token, id).await;
+        if record["status"] == "cancelled" {
+            assert_eq!(record["reasons"][0]["code"], "frequency_cap", "{record}");
+        }
+        statuses.push(record["status"].as_str().unwrap().to_owned());
+    }
+    // Florida's cap: three marketing messages a day to a number; Orlando's is its own.
+    let sent = |to: &str| {
+        gateway
+            .requests()
+            .iter()
+            .filter(|request| request.body["to"] == to)
+            .count()
+    };
+    assert_eq!((sent(MIAMI), sent(ORLANDO)), (3, 1), "{statuses:?}");
+    assert_eq!(statuses[2], "sent");
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|status| *status == "cancelled")
+            .count(),
+        2,
+        "{statuses:?}"
+    );
+    // Each release is a leaf of its own; `audit verify` replays the four that let a message
+    // through against the opt-ins before them.
+    let releases = app
+        .count("SELECT count(*) FROM log_leaves WHERE kind = 'release'")
+        .await;
+    assert_eq!(releases, 6);
+    let auditor = app.token("shop", "audit:read");
+    crate::audit::checkpoint_covering_all(&app, &auditor).await;
+    let (ok, said) = crate::audit::verify(&app);
+    assert!(ok && said.contains("4 decisions replayed"), "{said}");
+}
+
 #[tokio::test]
 async fn a_restart_before_the_release_loses_nothing() {
     let gateway = FakeGateway::start().await;

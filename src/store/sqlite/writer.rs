@@ -65,9 +65,9 @@ pub(crate) enum Write {
     },
     /// Deletes the keys expired at this time.
     PurgeKeys(i64),
-    /// The decision at a deferred message's release, and its place in the queue: done, or
-    /// due again (the scheduler releases side by side; their writes share commits).
-    Release(ReleaseRecord),
+    /// The decisions at deferred messages' releases (a group decided together), and their
+    /// places in the queue: done, or due again.
+    Releases(Vec<ReleaseRecord>),
     /// An allowed message queued again (the gateway throttled it), with its release record.
     Requeue {
         tenant: String,
@@ -381,19 +381,23 @@ fn apply(transaction: &Connection, tree: &mut Tree, write: &Write) -> Result<Wri
                 .execute(params![count, id, count, limit])?
                 == 1,
         )),
-        Write::Release(release) => {
-            insert_release(transaction, tree, release)?;
-            match release.release_again_at_us {
-                Some(again) => transaction
-                    .prepare_cached(
-                        "UPDATE deferred_messages SET release_at_us = ?, claimed_at_us = NULL \
-                         WHERE message_id = ?",
-                    )?
-                    .execute(params![again, release.message_id.as_str()])?,
-                None => transaction
-                    .prepare_cached("UPDATE deferred_messages SET done = 1 WHERE message_id = ?")?
-                    .execute(params![release.message_id.as_str()])?,
-            };
+        Write::Releases(releases) => {
+            for release in releases {
+                insert_release(transaction, tree, release)?;
+                match release.release_again_at_us {
+                    Some(again) => transaction
+                        .prepare_cached(
+                            "UPDATE deferred_messages SET release_at_us = ?, \
+                             claimed_at_us = NULL WHERE message_id = ?",
+                        )?
+                        .execute(params![again, release.message_id.as_str()])?,
+                    None => transaction
+                        .prepare_cached(
+                            "UPDATE deferred_messages SET done = 1 WHERE message_id = ?",
+                        )?
+                        .execute(params![release.message_id.as_str()])?,
+                };
+            }
             Ok(Written::Done)
         }
         Write::Requeue { tenant, release } => {
