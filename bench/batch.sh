@@ -11,7 +11,8 @@
 # 33 minutes to reach the gateway; the rate is the same after a minute).
 # With BENCH_DATABASE_URL=postgres://... the store is a fresh schema of that PostgreSQL database
 # (dropped at the end) instead of SQLite in the temp dir.
-# Needs a release build (cargo build --release --bin consentry --example fake_gateway).
+# Needs a release build (cargo build --release --bin consentry --example fake_gateway), taken
+# from CARGO_TARGET_DIR when it is set (to compare two builds).
 # Usage: bench/batch.sh            (BENCH_KEEP_TMP=1 keeps the temp dir)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,8 +22,9 @@ size="${BENCH_BATCH_SIZE:-10000}"
 gw_port="${BENCH_GW_PORT:-18091}"
 port="${BENCH_PORT:-18453}"
 admin_port="${BENCH_ADMIN_PORT:-19093}"
-consentry=target/release/consentry
-gateway=target/release/examples/fake_gateway
+target_dir="${CARGO_TARGET_DIR:-target}"
+consentry="$target_dir/release/consentry"
+gateway="$target_dir/release/examples/fake_gateway"
 [[ -x "$consentry" && -x "$gateway" ]] || {
   echo "batch.sh: build first: cargo build --release --bin consentry --example fake_gateway" >&2
   exit 2
