@@ -51,7 +51,7 @@ impl Answer {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum LookupError {
     #[error("the reassigned-numbers lookup cannot be reached: {0}")]
     Unavailable(String),

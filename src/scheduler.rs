@@ -430,16 +430,18 @@ async fn decide_round(
     round: Vec<(usize, String, Due)>,
 ) -> Result<Vec<(MessageId, Result<Decision, FlowError>, Option<Duration>)>, FlowError> {
     let hashes: Vec<&str> = round.iter().map(|(_, hash, _)| hash.as_str()).collect();
+    let messages: Vec<&CanonicalMessage> = round.iter().map(|(_, _, due)| &due.message).collect();
+    let asked = send::ask_ahead(state, tenant, &messages, state.clock.now()).await;
     let mut turn = state.recipients_turn(&hashes).await?;
     let now = state.clock.now();
-    let messages: Vec<&CanonicalMessage> = round.iter().map(|(_, _, due)| &due.message).collect();
     let mut gathered =
         send::gather_all(state, tenant, &messages, now, Some(&mut turn.shared)).await?;
-    // The numbers' histories are asked together: a lookup that waits on the network holds up
-    // the others of the round once, not once each.
+    // The numbers' histories, answered ahead of the turn where the question is the same.
     let histories: Vec<Result<(), FlowError>> =
         futures_util::future::join_all(messages.iter().zip(gathered.iter_mut()).map(
-            |(message, gathered)| send::check_number_history(state, tenant, message, gathered, now),
+            |(message, gathered)| {
+                send::check_number_history(state, tenant, message, gathered, now, &asked)
+            },
         ))
         .await;
     drop(messages);

@@ -229,34 +229,33 @@ pub fn keep_slot(state: &AppState, tenant: &Tenant, decision: &Decision, taken: 
     }
 }
 
-/// Asks whether the number changed hands since the consent a send relies on, when that matters:
-/// a reassigned-numbers lookup is configured, the message is marketing or informational (not
-/// an answer to a reply, not held for later: a held one is asked at its release), the number
-/// is a US one (the FCC's database covers those), and its consent is at least
-/// `min_consent_age` old. A "yes" is recorded in the recipient's ledger as an opt-out
-/// (method `reassigned_lookup`, the question and the answer as its evidence, a leaf of the
-/// audit log) and added to the facts, so that `decide` denies this send `number_reassigned`,
-/// naming it, and every later one without asking again. "No" and "no data" change nothing. In
-/// the recipient's turn, between `gather` and `decide`; a lookup that fails stops the send
-/// ([`FlowError::Lookup`]: nothing recorded, nothing sent).
-pub async fn check_number_history(
+/// The reassigned-numbers lookup's answers to a group's questions, asked before its turn
+/// ([`ask_ahead`]), by recipient and date.
+#[derive(Default)]
+pub struct Asked(
+    std::collections::HashMap<
+        (String, jiff::civil::Date),
+        Result<crate::reassigned::Answer, crate::reassigned::LookupError>,
+    >,
+);
+
+/// The date [`check_number_history`] asks about for a message (the day its consent was
+/// obtained), if it asks.
+fn number_history_question(
     state: &AppState,
-    tenant: &Tenant,
     message: &CanonicalMessage,
-    gathered: &mut Gathered,
+    gathered: &Gathered,
     now: Timestamp,
-) -> Result<(), FlowError> {
-    use crate::consent::{Action, ConsentState};
+) -> Option<jiff::civil::Date> {
+    use crate::consent::ConsentState;
     use crate::domain::Purpose;
-    let Some(lookup) = &state.reassigned else {
-        return Ok(());
-    };
+    let lookup = state.reassigned.as_ref()?;
     let relevant = matches!(message.purpose, Purpose::Marketing | Purpose::Informational)
         && message.reply.is_none()
         && message.send_at.is_none_or(|at| at <= now)
         && gathered.location.country.as_deref() == Some("US");
     if !relevant {
-        return Ok(());
+        return None;
     }
     let policy = state.policies.consent.at(now);
     let consented_at = match crate::consent::state(
@@ -267,14 +266,90 @@ pub async fn check_number_history(
         now,
     ) {
         ConsentState::OptedIn { event, .. } => event.occurred_at,
-        _ => return Ok(()),
+        _ => return None,
     };
     if now.duration_since(consented_at) < lookup.min_consent_age {
-        return Ok(());
+        return None;
     }
-    let since = consented_at.to_zoned(jiff::tz::TimeZone::UTC).date();
+    Some(consented_at.to_zoned(jiff::tz::TimeZone::UTC).date())
+}
+
+/// Asks the reassigned-numbers lookup the questions a group's messages would ask in their
+/// recipients' turn, before the turn is taken (by facts read now, without the lock), all at
+/// once: a lookup that waits on the network then holds no recipient's turn (nor, on
+/// PostgreSQL, a locked connection). In the turn, [`check_number_history`] uses these
+/// answers, failures included; a question the turn's facts ask differently (a consent
+/// recorded in between) is asked there.
+pub async fn ask_ahead(
+    state: &AppState,
+    tenant: &Tenant,
+    messages: &[&CanonicalMessage],
+    now: Timestamp,
+) -> Asked {
+    use crate::domain::Purpose;
+    let mut asked = Asked::default();
+    let Some(lookup) = &state.reassigned else {
+        return asked;
+    };
+    if !messages.iter().any(|message| {
+        matches!(message.purpose, Purpose::Marketing | Purpose::Informational)
+            && message.reply.is_none()
+    }) {
+        return asked;
+    }
+    // A read that fails here fails in the turn too, which answers for it.
+    let Ok(gathered) = gather_all(state, tenant, messages, now, None).await else {
+        return asked;
+    };
+    let mut questions = std::collections::HashMap::new();
+    for (message, gathered) in messages.iter().zip(&gathered) {
+        if let Some(since) = number_history_question(state, message, gathered, now) {
+            questions
+                .entry((state.numbers.hash(&message.to), since))
+                .or_insert(&message.to);
+        }
+    }
+    let answers = futures_util::future::join_all(
+        questions
+            .iter()
+            .map(|((hash, since), number)| lookup.ask(number, hash, *since)),
+    )
+    .await;
+    asked.0 = questions.into_keys().zip(answers).collect();
+    asked
+}
+
+/// Asks whether the number changed hands since the consent a send relies on, when that matters:
+/// a reassigned-numbers lookup is configured, the message is marketing or informational (not
+/// an answer to a reply, not held for later: a held one is asked at its release), the number
+/// is a US one (the FCC's database covers those), and its consent is at least
+/// `min_consent_age` old. A "yes" is recorded in the recipient's ledger as an opt-out
+/// (method `reassigned_lookup`, the question and the answer as its evidence, a leaf of the
+/// audit log) and added to the facts, so that `decide` denies this send `number_reassigned`,
+/// naming it, and every later one without asking again. "No" and "no data" change nothing. In
+/// the recipient's turn, between `gather` and `decide`; a lookup that fails stops the send
+/// ([`FlowError::Lookup`]: nothing recorded, nothing sent). The answer [`ask_ahead`] got to
+/// the same question before the turn is used, not asked again.
+pub async fn check_number_history(
+    state: &AppState,
+    tenant: &Tenant,
+    message: &CanonicalMessage,
+    gathered: &mut Gathered,
+    now: Timestamp,
+    asked: &Asked,
+) -> Result<(), FlowError> {
+    use crate::consent::Action;
+    let Some(lookup) = &state.reassigned else {
+        return Ok(());
+    };
+    let Some(since) = number_history_question(state, message, gathered, now) else {
+        return Ok(());
+    };
     let recipient_hash = state.numbers.hash(&message.to);
-    let answer = lookup.ask(&message.to, &recipient_hash, since).await?;
+    let answer = match asked.0.get(&(recipient_hash.clone(), since)) {
+        Some(answer) => answer.clone()?,
+        None => lookup.ask(&message.to, &recipient_hash, since).await?,
+    };
     if answer != crate::reassigned::Answer::Yes {
         return Ok(());
     }
@@ -349,10 +424,7 @@ pub async fn process(
         answer,
     };
     if state.deciding.queue(&tenant.id, waiting) {
-        tokio::spawn(run_groups(Runner {
-            state: Arc::clone(state),
-            tenant: tenant.id.clone(),
-        }));
+        tokio::spawn(run_queue(Arc::clone(state), tenant.id.clone()));
     }
     let decision = decided.await.map_err(|_| {
         FlowError::Unreadable(
@@ -367,35 +439,31 @@ pub async fn process(
     Ok(processed)
 }
 
-/// A runner of a tenant's queue of single sends ([`super::combine`]).
-struct Runner {
-    state: Arc<AppState>,
-    tenant: TenantId,
-}
-
-impl Drop for Runner {
-    /// A runner that panicked hands its place to a new one, so that the messages queued behind
-    /// it are still decided (those of its group see their answer dropped: nothing was sent).
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            tracing::error!(tenant = %self.tenant, "a runner of single sends panicked; another takes its place");
-            tokio::spawn(run_groups(Runner {
-                state: Arc::clone(&self.state),
-                tenant: self.tenant.clone(),
-            }));
-        }
+/// Runs a tenant's queue of single sends ([`super::combine`]) until none is left. A pass that
+/// panics is followed by another, so that the messages queued behind it are still decided
+/// (those of its group see their answer dropped: nothing was sent). A runner dropped with its
+/// runtime just ends. (It was a `Drop` that spawned the next runner when its thread was
+/// panicking: dropped by a runtime shutting down during another panic, each runner spawned one
+/// more that was dropped at once, until the stack overflowed.)
+async fn run_queue(state: Arc<AppState>, tenant: TenantId) {
+    use futures_util::FutureExt as _;
+    while std::panic::AssertUnwindSafe(run_groups(&state, &tenant))
+        .catch_unwind()
+        .await
+        .is_err()
+    {
+        tracing::error!(%tenant, "a runner of single sends panicked; another takes its place");
     }
 }
 
 /// Decides the tenant's queued single sends, group after group, until none is left.
-async fn run_groups(runner: Runner) {
-    let state = &runner.state;
+async fn run_groups(state: &Arc<AppState>, tenant_id: &TenantId) {
     loop {
-        let group = state.deciding.next_group(&runner.tenant);
+        let group = state.deciding.next_group(tenant_id);
         if group.is_empty() {
             return;
         }
-        let Some(tenant) = state.tenants.get(&runner.tenant) else {
+        let Some(tenant) = state.tenants.get(tenant_id) else {
             // A message is queued only by a request of a tenant of this state.
             continue;
         };
@@ -571,6 +639,8 @@ async fn decide_round(
 ) -> Vec<(usize, Result<Decision, FlowError>)> {
     let started = std::time::Instant::now();
     let hashes: Vec<&str> = round.iter().map(|(_, hash, _)| hash.as_str()).collect();
+    let messages: Vec<&CanonicalMessage> = round.iter().map(|(_, _, message)| message).collect();
+    let asked = ask_ahead(state, tenant, &messages, state.clock.now()).await;
     // Facts and records under one lock, in this process and across the processes that
     // share the database: caps and confirmations see every decision.
     let mut turn = match state.recipients_turn(&hashes).await {
@@ -578,17 +648,17 @@ async fn decide_round(
         Err(error) => return fail_all(round.iter().map(|(index, ..)| *index), error.into()),
     };
     let now = state.clock.now();
-    let messages: Vec<&CanonicalMessage> = round.iter().map(|(_, _, message)| message).collect();
     let gathered = match gather_all(state, tenant, &messages, now, Some(&mut turn.shared)).await {
         Ok(gathered) => gathered,
         Err(error) => return fail_all(round.iter().map(|(index, ..)| *index), error),
     };
-    // The numbers' histories are asked together: a lookup that waits on the network holds up
-    // the others of the round once, not once each.
+    // The numbers' histories, answered ahead of the turn where the question is the same.
     let mut gathered = gathered;
     let histories: Vec<Result<(), FlowError>> =
         futures_util::future::join_all(messages.iter().zip(gathered.iter_mut()).map(
-            |(message, gathered)| check_number_history(state, tenant, message, gathered, now),
+            |(message, gathered)| {
+                check_number_history(state, tenant, message, gathered, now, &asked)
+            },
         ))
         .await;
     drop(messages);

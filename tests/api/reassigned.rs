@@ -16,15 +16,21 @@ const SCOPES: &str = "messages:send messages:read consents:write consents:read";
 type Question = (Option<String>, Value);
 
 /// A reassigned-numbers lookup on a local port: answers by number, records each question.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct FakeLookup {
     answers: Arc<Mutex<BTreeMap<String, Value>>>,
     questions: Arc<Mutex<Vec<Question>>>,
+    /// Opened once for each question about a number answered "hold" (then answered "no").
+    gate: Arc<tokio::sync::Semaphore>,
 }
 
 impl FakeLookup {
     async fn start(answers: &[(&str, &str)]) -> (FakeLookup, String) {
-        let lookup = FakeLookup::default();
+        let lookup = FakeLookup {
+            answers: Default::default(),
+            questions: Default::default(),
+            gate: Arc::new(tokio::sync::Semaphore::new(0)),
+        };
         for (number, answer) in answers {
             lookup
                 .answers
@@ -50,7 +56,12 @@ impl FakeLookup {
                         .unwrap()
                         .push((authorization, body.0.clone()));
                     let number = body.0["number"].as_str().unwrap_or_default().to_owned();
-                    match state.answers.lock().unwrap().get(&number).cloned() {
+                    let answer = state.answers.lock().unwrap().get(&number).cloned();
+                    match answer {
+                        Some(answer) if answer == "hold" => {
+                            state.gate.acquire().await.unwrap().forget();
+                            (http::StatusCode::OK, axum::Json(json!({ "answer": "no" })))
+                        }
                         Some(answer) if answer == "fail" => (
                             http::StatusCode::INTERNAL_SERVER_ERROR,
                             axum::Json(json!({ "error": "down" })),
@@ -83,9 +94,19 @@ impl FakeLookup {
 }
 
 async fn app_with_lookup(gateway: &FakeGateway, url: &str, folder: &std::path::Path) -> TestApp {
+    app_with_lookup_and(gateway, url, folder, "").await
+}
+
+/// [`app_with_lookup`] with more settings of the lookup's.
+async fn app_with_lookup_and(
+    gateway: &FakeGateway,
+    url: &str,
+    folder: &std::path::Path,
+    more: &str,
+) -> TestApp {
     std::fs::write(folder.join("rnd.secret"), "rnd-credential-0123456789").unwrap();
     let config = format!(
-        "{}\n[reassigned_numbers]\nurl = \"{url}\"\ncredential = {{ file = \"rnd.secret\" }}\nmin_consent_age_days = 30\n",
+        "{}\n[reassigned_numbers]\nurl = \"{url}\"\ncredential = {{ file = \"rnd.secret\" }}\nmin_consent_age_days = 30\n{more}",
         test_config(folder, &gateway.url())
     );
     TestApp::spawn_with(folder, &config).await
@@ -171,6 +192,69 @@ async fn a_yes_from_the_lookup_denies_the_send_and_stays_in_the_ledger() {
     assert_eq!(app.send(&token, &marketing(fresh)).await.status(), 201);
     assert!(lookup.questions_about(fresh).is_empty());
     assert_eq!(gateway.requests().len(), 5);
+}
+
+/// A batch's lookup that waits on the network holds no recipient's turn: a send to another
+/// recipient of the batch goes through meanwhile, and the batch ends once the lookup answers.
+#[tokio::test]
+async fn a_slow_lookup_holds_up_no_other_recipients_send() {
+    let (slow, other) = ("+14155550181", "+14155550182");
+    let (lookup, url) = FakeLookup::start(&[(slow, "hold"), (other, "no")]).await;
+    let gateway = FakeGateway::start().await;
+    let folder = tempfile::tempdir().unwrap();
+    let app = app_with_lookup_and(
+        &gateway,
+        &url,
+        folder.path(),
+        "request_timeout_ms = 60000\n",
+    )
+    .await;
+    let token = app.token("shop", SCOPES);
+    opt_in(&app, &token, slow).await;
+    opt_in(&app, &token, other).await;
+    let batch = json!({
+        "from": SHOP_SENDER, "purpose": "marketing", "body": "Spring sale: 20% off",
+        "recipients": [{ "to": slow }, { "to": other }],
+    });
+    let request = app
+        .client
+        .post(app.url("/v1/messages/batch"))
+        .bearer_auth(&token)
+        .json(&batch)
+        .send();
+    let batch = tokio::spawn(async move { request.await.unwrap().text().await.unwrap() });
+    while lookup.questions_about(slow).is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+
+    // The lookup about `slow` is still waiting: `other`'s turn is free.
+    let receipt = shop_message(other, "transactional", None, None);
+    let response = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        app.send(&token, &receipt),
+    )
+    .await
+    .expect("a send to another recipient waited for the lookup");
+    assert_eq!(response.status(), 201);
+    assert!(!batch.is_finished());
+    assert_eq!(gateway.requests().len(), 1);
+
+    lookup.gate.add_permits(1);
+    let lines: Vec<Value> = batch
+        .await
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let statuses: Vec<&str> = lines
+        .iter()
+        .filter_map(|line| line["status"].as_str())
+        .collect();
+    assert_eq!(statuses, ["sent", "sent"], "{lines:?}");
+    assert_eq!(gateway.requests().len(), 3);
+    // Each number was asked once, before the turn; the turn used the answers.
+    assert_eq!(lookup.questions_about(slow).len(), 1);
+    assert_eq!(lookup.questions_about(other).len(), 1);
 }
 
 #[tokio::test]
