@@ -227,10 +227,13 @@ async fn release_group(
     let now = state.clock.now();
     let mut called_off = Vec::new();
     let mut by_tenant: std::collections::BTreeMap<TenantId, Vec<Due>> = Default::default();
-    for item in group {
+    // Prepared side by side: each may read its recipient's key from the store.
+    let prepared =
+        futures_util::future::join_all(group.iter().map(|item| prepare(state, item, now))).await;
+    for (item, prepared) in group.into_iter().zip(prepared) {
         // One message that cannot be released must not hold back the others; its claim
         // lapses and a later pass takes it again.
-        match prepare(state, &item, now).await {
+        match prepared {
             Ok(Prepared::CalledOff(record)) => called_off.push(record),
             Ok(Prepared::Message(message)) => {
                 by_tenant.entry(item.tenant.clone()).or_default().push(Due {

@@ -487,18 +487,69 @@ impl Messages for PgStore {
         lock: Option<&mut super::RecipientLock>,
     ) -> Result<(), StoreError> {
         let mut transaction = self.write_transaction(lock).await?;
-        for release in releases {
-            append_release(&mut transaction, release).await?;
-            sqlx::query(
-                "UPDATE deferred_messages SET release_at_us = COALESCE($1, release_at_us), \
-                 claimed_at_us = CASE WHEN $1 IS NULL THEN claimed_at_us END, \
-                 done = $1 IS NULL WHERE message_id = $2",
-            )
-            .bind(release.release_again_at_us)
-            .bind(release.message_id.as_str())
-            .execute(&mut *transaction)
-            .await?;
+        // A group's releases in three statements over arrays, not three round trips each.
+        let ids: Vec<String> = releases.iter().map(|_| super::row_id("rel")).collect();
+        let message_ids: Vec<&str> = releases.iter().map(|r| r.message_id.as_str()).collect();
+        let recipients: Vec<(String, String)> = sqlx::query_as(
+            "WITH r AS (INSERT INTO message_releases \
+             (id, message_id, decided_at_us, decision, reasons, basis) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], \
+             $6::text[]) RETURNING message_id) \
+             SELECT m.tenant, m.recipient_hash FROM UNNEST($2::text[]) WITH ORDINALITY AS q(id, n) \
+             JOIN messages m ON m.id = q.id ORDER BY q.n",
+        )
+        .bind(&ids)
+        .bind(&message_ids)
+        .bind(releases.iter().map(|r| r.decided_at_us).collect::<Vec<_>>())
+        .bind(
+            releases
+                .iter()
+                .map(|r| r.decision.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            releases
+                .iter()
+                .map(|r| r.reasons_json.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            releases
+                .iter()
+                .map(|r| r.basis.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(&mut *transaction)
+        .await?;
+        if recipients.len() != releases.len() {
+            return Err(StoreError::Corrupt(
+                "a released message has no record to release".into(),
+            ));
         }
+        let leaves = releases
+            .iter()
+            .zip(ids)
+            .zip(recipients)
+            .map(|((release, id), (tenant, hash))| {
+                leaf::release(&release.leaf(id, tenant, hash), Link::First)
+            })
+            .collect();
+        insert_log_entries(&mut transaction, leaves).await?;
+        sqlx::query(
+            "UPDATE deferred_messages d SET release_at_us = COALESCE(q.again, d.release_at_us), \
+             claimed_at_us = CASE WHEN q.again IS NULL THEN d.claimed_at_us END, \
+             done = q.again IS NULL \
+             FROM UNNEST($1::text[], $2::int8[]) AS q(id, again) WHERE d.message_id = q.id",
+        )
+        .bind(&message_ids)
+        .bind(
+            releases
+                .iter()
+                .map(|r| r.release_again_at_us)
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut *transaction)
+        .await?;
         transaction.commit().await?;
         Ok(())
     }
