@@ -721,7 +721,7 @@ pub trait Messages: Send + Sync + 'static {
     /// Messages in doubt: allowed in `[since_us, until_us)`, at their send or at their latest
     /// release, and with no gateway answer recorded. An instance stopped between the two (a
     /// `kill -9`, a crash, a write of the answer that failed), so the gateway may or may not
-    /// have them. Oldest first, at most `limit`. Reads every message and release of the period.
+    /// have them. Oldest first, at most `limit`. Reads the period's messages and every release.
     async fn in_doubt(
         &self,
         since_us: i64,

@@ -715,11 +715,24 @@ pub(crate) fn hash_from(bytes: Vec<u8>, column: &str) -> Result<Hash, StoreError
 /// the limit: a message allowed as it was sent and never released, or whose latest release
 /// allowed it, with no outcome at all (each path to the gateway records one: sent, failed, or
 /// queued again by a new release).
+///
+/// The messages of the period are found tenant by tenant through `messages_by_tenant_time`:
+/// `tenants` walks that index's distinct tenants one seek each (a loose index scan, which
+/// neither SQLite nor PostgreSQL makes of a `DISTINCT` by itself), so the query reads the
+/// period's messages, not the whole table. Releases have no index by time: their part reads
+/// every release (a release row is small; a message row holds its sealed payload).
 pub(crate) fn in_doubt_sql([since, until, limit]: [&str; 3]) -> String {
     format!(
-        "SELECT id, tenant, at, allowed_by FROM ( \
-         SELECT m.id, m.tenant, m.created_at_us AS at, 'send' AS allowed_by FROM messages m \
-         WHERE m.decision = 'allowed' AND m.created_at_us >= {since} AND m.created_at_us < {until} \
+        "WITH RECURSIVE tenants (tenant) AS ( \
+         SELECT MIN(tenant) FROM messages \
+         UNION ALL \
+         SELECT (SELECT MIN(next.tenant) FROM messages next WHERE next.tenant > tenants.tenant) \
+         FROM tenants WHERE tenants.tenant IS NOT NULL) \
+         SELECT id, tenant, at, allowed_by FROM ( \
+         SELECT m.id, m.tenant, m.created_at_us AS at, 'send' AS allowed_by \
+         FROM tenants t JOIN messages m ON m.tenant = t.tenant \
+         AND m.created_at_us >= {since} AND m.created_at_us < {until} \
+         WHERE m.decision = 'allowed' \
          AND NOT EXISTS (SELECT 1 FROM message_releases r WHERE r.message_id = m.id) \
          AND NOT EXISTS (SELECT 1 FROM message_outcomes o WHERE o.message_id = m.id) \
          UNION ALL \

@@ -1464,6 +1464,7 @@ async fn append_release(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::rows;
 
     /// A send's kept answer is written without waiting (`answer_key` queues it); an erasure
     /// that comes after the answer must still find it and delete it.
@@ -1506,5 +1507,39 @@ mod tests {
                 .unwrap();
             assert_eq!(kept, 0, "round {round}: the answer outlived the erasure");
         }
+    }
+
+    /// The steps of a query's plan (EXPLAIN QUERY PLAN's fourth column).
+    async fn plan(store: &SqliteStore, sql: &str) -> Vec<String> {
+        sqlx::query(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .fetch_all(&store.pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| sqlx::Row::get::<String, _>(row, 3))
+            .collect()
+    }
+
+    /// `messages in-doubt` finds a period's messages through the tenants' time index, tenant
+    /// by tenant: it does not read the whole `messages` table (each row holds its sealed body).
+    #[tokio::test]
+    async fn messages_in_doubt_are_found_through_the_time_index() {
+        let folder = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", folder.path().join("doubt.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        let plan = plan(&store, &rows::in_doubt_sql(["1", "2", "10"])).await;
+        let scans: Vec<&String> = plan
+            .iter()
+            .filter(|step| step.starts_with("SCAN m ") || step.as_str() == "SCAN m")
+            .collect();
+        assert!(
+            scans.is_empty(),
+            "the whole messages table is read: {plan:#?}"
+        );
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("SEARCH m USING INDEX messages_by_tenant_time")),
+            "{plan:#?}"
+        );
     }
 }
