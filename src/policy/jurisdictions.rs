@@ -22,7 +22,7 @@
 //! windows = { all = "08:00-20:00", sun = "closed" }   # all, mon..sun; "HH:MM-HH:MM" or "closed"
 //! holidays = ["us-federal"]                # calendars whose days are closed
 //! outside_window = "defer"                 # or "reject"
-//! cap = { count = 3, hours = 24 }          # optional
+//! cap = { count = 3, hours = 24 }          # optional; not with purpose transactional
 //! consent = "express_written"              # optional: raises what the purpose needs
 //! ```
 
@@ -289,6 +289,14 @@ fn compile(
         return Err(at(
             "cap",
             "count must be at least 1 and hours between 1 and 744".into(),
+        ));
+    }
+    // Transactional messages are the ones a recipient asked for (a code, an alert): no law caps
+    // them, and the store does not index them by recipient, so a cap could not count them.
+    if spec.cap.is_some() && spec.purposes.contains(&Purpose::Transactional) {
+        return Err(at(
+            "cap",
+            "caps count marketing and informational messages only; take \"transactional\" out of this rule's purposes".into(),
         ));
     }
     Ok(Rule {
@@ -644,6 +652,12 @@ mod tests {
                     "{HEAD}country = \"US\"\npurposes = [\"marketing\"]\ncap = {{ count = 0, hours = 24 }}\n"
                 ),
                 "cap",
+            ),
+            (
+                format!(
+                    "{HEAD}country = \"US\"\npurposes = [\"marketing\", \"transactional\"]\ncap = {{ count = 3, hours = 24 }}\n"
+                ),
+                "informational messages only",
             ),
             (
                 format!("{HEAD}country = \"US\"\npurposes = []\n"),

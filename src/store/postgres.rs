@@ -1778,12 +1778,14 @@ async fn facts(
                AND s.review_id IS NULL ORDER BY r.seq) AS reviews, \
          ARRAY(SELECT at FROM ( \
                SELECT created_at_us AS at FROM messages WHERE tenant = $1 \
-               AND recipient_hash = q.hash AND purpose = q.purpose AND decision = 'allowed' \
+               AND recipient_hash = q.hash AND purpose = q.purpose AND purpose <> 'transactional' \
+               AND decision = 'allowed' \
                AND created_at_us > q.since \
                UNION ALL \
                SELECT r.decided_at_us AS at FROM message_releases r \
                JOIN messages m ON m.id = r.message_id \
                WHERE m.tenant = $1 AND m.recipient_hash = q.hash AND m.purpose = q.purpose \
+               AND m.purpose <> 'transactional' \
                AND r.decision = 'allowed' AND r.decided_at_us > q.since) AS recent \
                ORDER BY at DESC LIMIT q.lim) AS recent, \
          k.tenant, k.recipient_hash, k.id, k.data_key_id, k.wrapped, k.created_at_us \

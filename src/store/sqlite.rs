@@ -1520,6 +1520,25 @@ mod tests {
             .collect()
     }
 
+    /// The recent sends a cap counts are read through the recipient's index, which holds
+    /// marketing and informational messages only: neither part of the query reads the table.
+    #[tokio::test]
+    async fn recent_sends_are_read_through_the_recipients_index() {
+        let folder = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", folder.path().join("recent.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        let plan = plan(&store, reader::RECENT_SENDS).await;
+        let through_index = plan
+            .iter()
+            .filter(|step| step.contains("USING INDEX messages_by_recipient_purpose"))
+            .count();
+        assert_eq!(through_index, 2, "{plan:#?}");
+        assert!(
+            !plan.iter().any(|step| step.starts_with("SCAN")),
+            "{plan:#?}"
+        );
+    }
+
     /// `messages in-doubt` finds a period's messages through the tenants' time index, tenant
     /// by tenant: it does not read the whole `messages` table (each row holds its sealed body).
     #[tokio::test]

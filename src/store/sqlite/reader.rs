@@ -136,18 +136,7 @@ fn facts(
     let recent_us = match recent {
         None => Vec::new(),
         Some((since_us, limit)) => transaction
-            .prepare_cached(
-                "SELECT at FROM ( \
-                 SELECT created_at_us AS at FROM messages WHERE tenant = ?1 \
-                 AND recipient_hash = ?2 AND purpose = ?3 AND decision = 'allowed' \
-                 AND created_at_us > ?4 \
-                 UNION ALL \
-                 SELECT r.decided_at_us AS at FROM message_releases r \
-                 JOIN messages m ON m.id = r.message_id \
-                 WHERE m.tenant = ?1 AND m.recipient_hash = ?2 AND m.purpose = ?3 \
-                 AND r.decision = 'allowed' AND r.decided_at_us > ?4) \
-                 ORDER BY at DESC LIMIT ?5",
-            )?
+            .prepare_cached(RECENT_SENDS)?
             .query_map(
                 params![tenant, recipient_hash, purpose, since_us, limit],
                 |row| row.get(0),
@@ -179,6 +168,21 @@ fn facts(
         recipient_key,
     })
 }
+
+/// The times of a recipient's recent sends of a purpose that a cap counts: allowed when sent,
+/// or allowed at a release. It repeats the condition of the partial index
+/// `messages_by_recipient_purpose` (migration 0018), without which it would not be used.
+pub(super) const RECENT_SENDS: &str = "SELECT at FROM ( \
+     SELECT created_at_us AS at FROM messages WHERE tenant = ?1 \
+     AND recipient_hash = ?2 AND purpose = ?3 AND purpose <> 'transactional' \
+     AND decision = 'allowed' AND created_at_us > ?4 \
+     UNION ALL \
+     SELECT r.decided_at_us AS at FROM message_releases r \
+     JOIN messages m ON m.id = r.message_id \
+     WHERE m.tenant = ?1 AND m.recipient_hash = ?2 AND m.purpose = ?3 \
+     AND m.purpose <> 'transactional' \
+     AND r.decision = 'allowed' AND r.decided_at_us > ?4) \
+     ORDER BY at DESC LIMIT ?5";
 
 fn poisoned() -> StoreError {
     StoreError::Unsafe("the read connection pool is poisoned".into())
