@@ -12,8 +12,8 @@ use sqlx::Row as _;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::rows::{
-    CONSENT_COLUMNS, DEFERRED_COLUMNS, LINK_COLUMNS, LOGGED_TABLES, MESSAGE_COLUMNS, REPLY_COLUMNS,
-    checkpoint_from_row, consent_from_row, cosignature_from_row, data_key_from_row,
+    AUDITED_KINDS, CONSENT_COLUMNS, DEFERRED_COLUMNS, LINK_COLUMNS, LOGGED_TABLES, MESSAGE_COLUMNS,
+    REPLY_COLUMNS, checkpoint_from_row, consent_from_row, cosignature_from_row, data_key_from_row,
     decision_count_from_row, deferred_from_row, event_from_row, hash_from, in_doubt_from_row,
     in_doubt_sql, leaf_from_row, leaf_sql, link_from_row, log_entry_from_row, logged_counts_sql,
     message_from_row, node_position, number_other_leaves_sql, recipient_key_from_row,
@@ -1273,7 +1273,7 @@ impl AuditLog for PgStore {
              (SELECT status FROM message_outcomes o WHERE o.message_id = m.id \
               ORDER BY o.seq DESC LIMIT 1) AS outcome \
              FROM log_leaves l JOIN messages m ON m.id = l.ref_id \
-             WHERE l.tenant = $1 AND l.kind = 'message' AND l.leaf_index > $2 \
+             WHERE l.tenant = $1 AND l.kind = 'message' AND {AUDITED_KINDS} AND l.leaf_index > $2 \
              AND ($3::TEXT IS NULL OR m.recipient_hash = $4) \
              AND ($5::BIGINT IS NULL OR m.created_at_us >= $6) AND ($7::BIGINT IS NULL OR m.created_at_us < $8) \
              AND ($9::TEXT IS NULL OR m.decision = $10) \
@@ -1314,7 +1314,7 @@ impl AuditLog for PgStore {
         let rows = sqlx::query(&format!(
             "SELECT l.leaf_index, {CONSENT_COLUMNS}, {LINK_COLUMNS} \
              FROM log_leaves l JOIN consent_events c ON c.id = l.ref_id \
-             WHERE l.tenant = $1 AND l.kind = 'consent_event' AND l.leaf_index > $2 \
+             WHERE l.tenant = $1 AND l.kind = 'consent_event' AND {AUDITED_KINDS} AND l.leaf_index > $2 \
              AND ($3::TEXT IS NULL OR c.recipient_hash = $4) \
              AND ($5::BIGINT IS NULL OR c.occurred_at_us >= $6) AND ($7::BIGINT IS NULL OR c.occurred_at_us < $8) \
              AND ($9::TEXT IS NULL OR c.action = $10) \

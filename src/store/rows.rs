@@ -259,6 +259,13 @@ where
     }
 }
 
+/// The condition of the partial index `log_leaves_by_tenant` (migration 0019), repeated in
+/// the queries that page through a tenant's messages and consent events so that SQLite uses
+/// it (a partial index serves a query only when the query's own terms imply its condition).
+/// Only those two kinds are paged by tenant: a send's outcome, a release, a reply are found
+/// through their message or their recipient, and write no entry here.
+pub(crate) const AUDITED_KINDS: &str = "l.kind IN ('message', 'consent_event')";
+
 /// The statement that reads the row a leaf of `kind` records, with its link, by the row's id
 /// (`placeholder` in the backend's syntax), for [`leaf_from_row`].
 pub(crate) fn leaf_sql(kind: Kind, placeholder: &str) -> String {

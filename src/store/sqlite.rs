@@ -11,8 +11,8 @@ use sqlx::sqlite::{
 };
 
 use super::rows::{
-    CONSENT_COLUMNS, DEFERRED_COLUMNS, LINK_COLUMNS, LOGGED_TABLES, MESSAGE_COLUMNS, REPLY_COLUMNS,
-    checkpoint_from_row, consent_from_row, cosignature_from_row, data_key_from_row,
+    AUDITED_KINDS, CONSENT_COLUMNS, DEFERRED_COLUMNS, LINK_COLUMNS, LOGGED_TABLES, MESSAGE_COLUMNS,
+    REPLY_COLUMNS, checkpoint_from_row, consent_from_row, cosignature_from_row, data_key_from_row,
     decision_count_from_row, deferred_from_row, hash_from, head_sql, in_doubt_from_row,
     in_doubt_sql, leaf_from_row, leaf_sql, link_from_row, log_entry_from_row, logged_counts_sql,
     message_from_row, node_position, number_other_leaves_sql, recipient_key_from_row,
@@ -966,30 +966,20 @@ impl AuditLog for SqliteStore {
         after: i64,
         limit: i64,
     ) -> Result<Vec<AuditedMessage>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT l.leaf_index, {MESSAGE_COLUMNS}, {LINK_COLUMNS}, \
-             (SELECT status FROM message_outcomes o WHERE o.message_id = m.id \
-              ORDER BY o.seq DESC LIMIT 1) AS outcome \
-             FROM log_leaves l JOIN messages m ON m.id = l.ref_id \
-             WHERE l.tenant = ? AND l.kind = 'message' AND l.leaf_index > ? \
-             AND (? IS NULL OR m.recipient_hash = ?) \
-             AND (? IS NULL OR m.created_at_us >= ?) AND (? IS NULL OR m.created_at_us < ?) \
-             AND (? IS NULL OR m.decision = ?) \
-             ORDER BY l.leaf_index LIMIT ?"
-        ))
-        .bind(tenant.as_str())
-        .bind(after)
-        .bind(filter.recipient_hash.as_deref())
-        .bind(filter.recipient_hash.as_deref())
-        .bind(filter.from_us)
-        .bind(filter.from_us)
-        .bind(filter.to_us)
-        .bind(filter.to_us)
-        .bind(filter.decision.as_deref())
-        .bind(filter.decision.as_deref())
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(&audit_messages_sql())
+            .bind(tenant.as_str())
+            .bind(after)
+            .bind(filter.recipient_hash.as_deref())
+            .bind(filter.recipient_hash.as_deref())
+            .bind(filter.from_us)
+            .bind(filter.from_us)
+            .bind(filter.to_us)
+            .bind(filter.to_us)
+            .bind(filter.decision.as_deref())
+            .bind(filter.decision.as_deref())
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|row| {
                 Ok(AuditedMessage {
@@ -1009,28 +999,20 @@ impl AuditLog for SqliteStore {
         after: i64,
         limit: i64,
     ) -> Result<Vec<AuditedConsent>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT l.leaf_index, {CONSENT_COLUMNS}, {LINK_COLUMNS} \
-             FROM log_leaves l JOIN consent_events c ON c.id = l.ref_id \
-             WHERE l.tenant = ? AND l.kind = 'consent_event' AND l.leaf_index > ? \
-             AND (? IS NULL OR c.recipient_hash = ?) \
-             AND (? IS NULL OR c.occurred_at_us >= ?) AND (? IS NULL OR c.occurred_at_us < ?) \
-             AND (? IS NULL OR c.action = ?) \
-             ORDER BY l.leaf_index LIMIT ?"
-        ))
-        .bind(tenant.as_str())
-        .bind(after)
-        .bind(filter.recipient_hash.as_deref())
-        .bind(filter.recipient_hash.as_deref())
-        .bind(filter.from_us)
-        .bind(filter.from_us)
-        .bind(filter.to_us)
-        .bind(filter.to_us)
-        .bind(filter.decision.as_deref())
-        .bind(filter.decision.as_deref())
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(&audit_consents_sql())
+            .bind(tenant.as_str())
+            .bind(after)
+            .bind(filter.recipient_hash.as_deref())
+            .bind(filter.recipient_hash.as_deref())
+            .bind(filter.from_us)
+            .bind(filter.from_us)
+            .bind(filter.to_us)
+            .bind(filter.to_us)
+            .bind(filter.decision.as_deref())
+            .bind(filter.decision.as_deref())
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|row| {
                 Ok(AuditedConsent {
@@ -1461,6 +1443,34 @@ async fn append_release(
     insert_log_entry(connection, leaf).await
 }
 
+/// A page of a tenant's messages with their leaf indexes (`Audit::audit_messages`).
+fn audit_messages_sql() -> String {
+    format!(
+        "SELECT l.leaf_index, {MESSAGE_COLUMNS}, {LINK_COLUMNS}, \
+         (SELECT status FROM message_outcomes o WHERE o.message_id = m.id \
+          ORDER BY o.seq DESC LIMIT 1) AS outcome \
+         FROM log_leaves l JOIN messages m ON m.id = l.ref_id \
+         WHERE l.tenant = ? AND l.kind = 'message' AND {AUDITED_KINDS} AND l.leaf_index > ? \
+         AND (? IS NULL OR m.recipient_hash = ?) \
+         AND (? IS NULL OR m.created_at_us >= ?) AND (? IS NULL OR m.created_at_us < ?) \
+         AND (? IS NULL OR m.decision = ?) \
+         ORDER BY l.leaf_index LIMIT ?"
+    )
+}
+
+/// A page of a tenant's consent events with their leaf indexes (`Audit::audit_consents`).
+fn audit_consents_sql() -> String {
+    format!(
+        "SELECT l.leaf_index, {CONSENT_COLUMNS}, {LINK_COLUMNS} \
+         FROM log_leaves l JOIN consent_events c ON c.id = l.ref_id \
+         WHERE l.tenant = ? AND l.kind = 'consent_event' AND {AUDITED_KINDS} AND l.leaf_index > ? \
+         AND (? IS NULL OR c.recipient_hash = ?) \
+         AND (? IS NULL OR c.occurred_at_us >= ?) AND (? IS NULL OR c.occurred_at_us < ?) \
+         AND (? IS NULL OR c.action = ?) \
+         ORDER BY l.leaf_index LIMIT ?"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1537,6 +1547,23 @@ mod tests {
             !plan.iter().any(|step| step.starts_with("SCAN")),
             "{plan:#?}"
         );
+    }
+
+    /// A tenant's audit pages of messages and consent events read the tenant's index of
+    /// leaves, which holds those two kinds only.
+    #[tokio::test]
+    async fn audit_pages_are_read_through_the_tenants_index_of_leaves() {
+        let folder = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", folder.path().join("pages.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        for sql in [audit_messages_sql(), audit_consents_sql()] {
+            let plan = plan(&store, &sql).await;
+            assert!(
+                plan.iter()
+                    .any(|step| step.starts_with("SEARCH l USING INDEX log_leaves_by_tenant")),
+                "{plan:#?}"
+            );
+        }
     }
 
     /// `messages in-doubt` finds a period's messages through the tenants' time index, tenant
