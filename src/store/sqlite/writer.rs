@@ -93,6 +93,18 @@ pub(crate) enum Write {
     },
 }
 
+impl Write {
+    /// The records it writes: a commit's size, roughly.
+    fn records(&self) -> usize {
+        match self {
+            Write::Messages(records) => records.len(),
+            Write::Consents(records) => records.len(),
+            Write::Releases(records) => records.len(),
+            _ => 1,
+        }
+    }
+}
+
 /// What a write returns once its batch is durable.
 pub(crate) enum Written {
     Done,
@@ -129,11 +141,6 @@ impl GroupWriter {
         lock: Arc<tokio::sync::Mutex<()>>,
     ) -> Result<GroupWriter, StoreError> {
         let connection = connection::open(path, false)?;
-        connection.pragma_update(
-            None,
-            "wal_autocheckpoint",
-            super::checkpointer::WRITER_CHECKPOINT_FRAMES,
-        )?;
         // The writer's cache survives its own commits (every commit the send path makes is
         // made here, so no other connection's commit empties it): the index pages an insert at a random
         // place (a recipient's hash) needs are mostly there already.
@@ -175,6 +182,8 @@ fn run(
     stats: &BatchStats,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    // The WAL size from which the writer checkpoints after a commit, set for the next one.
+    let mut checkpoint_frames = None;
     // Blocks for the first write; then takes everything that queued meanwhile.
     while let Ok(first) = jobs.recv() {
         batch.push(first);
@@ -185,6 +194,16 @@ fn run(
             }
         }
         stats.record(batch.len());
+        let frames = super::checkpointer::writer_checkpoint_frames(
+            batch.iter().map(|job| job.write.records()).sum(),
+        );
+        if checkpoint_frames != Some(frames) {
+            match connection.pragma_update(None, "wal_autocheckpoint", frames) {
+                Ok(()) => checkpoint_frames = Some(frames),
+                // The last threshold stays; the checkpoint thread copies the WAL either way.
+                Err(error) => tracing::warn!(%error, frames, "cannot set the WAL checkpoint"),
+            }
+        }
         let results = {
             let _writer = lock.blocking_lock();
             commit(&mut connection, &batch)
