@@ -72,56 +72,28 @@ pub struct PgStore {
     outcomes: OutcomeWriter,
 }
 
-/// Outcomes are appended in batches: one multi-row INSERT (one commit, one WAL flush) for
-/// whatever outcomes are queued, each writer answered once its batch is committed. No
-/// artificial wait: the next batch gathers while one is written.
+/// Outcomes are appended in batches: one statement (one commit, one WAL flush) for whatever
+/// outcomes are queued, each writer answered once its batch is committed. No artificial wait:
+/// the next batch gathers while one is written. (Four queues, a message's outcomes always in
+/// the same one, were tried: sends were slower, 1,430-1,470 a second against 1,910-2,160, the
+/// batches' statements waiting for the same two CPUs.)
 #[derive(Debug, Clone)]
 struct OutcomeWriter {
-    queue: tokio::sync::mpsc::UnboundedSender<(
-        OutcomeRecord,
-        tokio::sync::oneshot::Sender<Result<(), String>>,
-    )>,
+    queue: tokio::sync::mpsc::UnboundedSender<QueuedOutcome>,
 }
+
+type QueuedOutcome = (
+    OutcomeRecord,
+    tokio::sync::oneshot::Sender<Result<(), String>>,
+);
 
 /// The most outcomes one INSERT takes.
 const MAX_OUTCOME_BATCH: usize = 1_000;
 
 impl OutcomeWriter {
     fn start(pool: PgPool) -> OutcomeWriter {
-        let (queue, mut queued) = tokio::sync::mpsc::unbounded_channel::<(
-            OutcomeRecord,
-            tokio::sync::oneshot::Sender<Result<(), String>>,
-        )>();
-        tokio::spawn(async move {
-            let mut batch = Vec::new();
-            while let Some(first) = queued.recv().await {
-                batch.push(first);
-                while batch.len() < MAX_OUTCOME_BATCH {
-                    match queued.try_recv() {
-                        Ok(next) => batch.push(next),
-                        Err(_) => break,
-                    }
-                }
-                let outcomes: Vec<&OutcomeRecord> = batch.iter().map(|(o, _)| o).collect();
-                match insert_outcomes(&pool, &outcomes).await {
-                    Ok(()) => {
-                        for (_, answer) in batch.drain(..) {
-                            let _ = answer.send(Ok(()));
-                        }
-                    }
-                    // One bad row fails the INSERT: each is then written alone, so that the
-                    // failure is its own.
-                    Err(_) => {
-                        for (outcome, answer) in batch.drain(..) {
-                            let result = insert_outcomes(&pool, &[&outcome])
-                                .await
-                                .map_err(|error| error.to_string());
-                            let _ = answer.send(result);
-                        }
-                    }
-                }
-            }
-        });
+        let (queue, queued) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(write_outcomes(pool, queued));
         OutcomeWriter { queue }
     }
 
@@ -137,13 +109,47 @@ impl OutcomeWriter {
     }
 }
 
+/// The [`OutcomeWriter`]'s task: its queue's outcomes, a batch at a time.
+async fn write_outcomes(
+    pool: PgPool,
+    mut queued: tokio::sync::mpsc::UnboundedReceiver<QueuedOutcome>,
+) {
+    let mut batch = Vec::new();
+    while let Some(first) = queued.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_OUTCOME_BATCH {
+            match queued.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let outcomes: Vec<&OutcomeRecord> = batch.iter().map(|(o, _)| o).collect();
+        match insert_outcomes(&pool, &outcomes).await {
+            Ok(()) => {
+                for (_, answer) in batch.drain(..) {
+                    let _ = answer.send(Ok(()));
+                }
+            }
+            // One bad row fails the statement: each is then written alone, so that the
+            // failure is its own.
+            Err(_) => {
+                for (outcome, answer) in batch.drain(..) {
+                    let result = insert_outcomes(&pool, &[&outcome])
+                        .await
+                        .map_err(|error| error.to_string());
+                    let _ = answer.send(result);
+                }
+            }
+        }
+    }
+}
+
 async fn insert_outcomes(pool: &PgPool, outcomes: &[&OutcomeRecord]) -> Result<(), StoreError> {
-    let mut transaction = pool.begin().await?;
     let message_ids: Vec<&str> = outcomes.iter().map(|o| o.message_id.as_str()).collect();
     let recipients: std::collections::HashMap<String, (String, String)> =
         sqlx::query_as("SELECT id, tenant, recipient_hash FROM messages WHERE id = ANY($1)")
             .bind(&message_ids)
-            .fetch_all(&mut *transaction)
+            .fetch_all(pool)
             .await?
             .into_iter()
             .map(|(id, tenant, hash): (String, String, String)| (id, (tenant, hash)))
@@ -161,11 +167,15 @@ async fn insert_outcomes(pool: &PgPool, outcomes: &[&OutcomeRecord]) -> Result<(
         ));
         ids.push(id);
     }
+    // In the order `consentry_append_leaves` locks the recipients' heads in.
+    leaves.sort_by(|a, b| (&a.tenant, &a.recipient_hash).cmp(&(&b.tenant, &b.recipient_hash)));
     sqlx::query(
-        "INSERT INTO message_outcomes (id, message_id, recorded_at_us, status, \
-         upstream_message_id, error_code, detail) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], \
-         $6::text[], $7::text[])",
+        "WITH outcome AS ( \
+           INSERT INTO message_outcomes (id, message_id, recorded_at_us, status, \
+           upstream_message_id, error_code, detail) \
+           SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], \
+           $6::text[], $7::text[])) \
+         SELECT consentry_append_leaves($8, $9, $10, $11, $12)",
     )
     .bind(&ids)
     .bind(&message_ids)
@@ -199,10 +209,23 @@ async fn insert_outcomes(pool: &PgPool, outcomes: &[&OutcomeRecord]) -> Result<(
             .map(|o| o.detail.as_deref())
             .collect::<Vec<_>>(),
     )
-    .execute(&mut *transaction)
+    .bind(leaves.iter().map(|l| l.kind.as_str()).collect::<Vec<_>>())
+    .bind(leaves.iter().map(|l| l.ref_id.as_str()).collect::<Vec<_>>())
+    .bind(leaves.iter().map(|l| l.tenant.as_str()).collect::<Vec<_>>())
+    .bind(
+        leaves
+            .iter()
+            .map(|l| l.recipient_hash.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        leaves
+            .iter()
+            .map(|l| l.bytes.as_slice())
+            .collect::<Vec<_>>(),
+    )
+    .execute(pool)
     .await?;
-    insert_log_entries(&mut transaction, leaves).await?;
-    transaction.commit().await?;
     Ok(())
 }
 

@@ -1517,6 +1517,47 @@ async fn a_numbers_leaves_are_one_chain_and_a_deleted_leaf_fails_its_bundle() {
     assert!(!ok, "{said}");
 }
 
+/// Sends to one number at once: their records take turns, but their outcomes are written
+/// together (several about the number in one statement on PostgreSQL), and each still links to
+/// the leaf before it: the number's bundle holds every leaf, one chain, and the log verifies.
+#[tokio::test]
+async fn sends_to_one_number_at_once_leave_one_unbroken_chain() {
+    let gateway = FakeGateway::start().await;
+    let app = TestApp::spawn(&gateway.url()).await;
+    let beta = app.token("beta", "messages:send");
+    let auditor = app.token("beta", "audit:read");
+    let sends = 24;
+    let answers = futures_util::future::join_all((0..sends).map(|at| {
+        let to = if at % 4 == 3 {
+            "+14155550179"
+        } else {
+            "+14155550178"
+        };
+        let send = json!({ "to": to, "from": BETA_SENDER, "body": format!("notice {at}"),
+            "purpose": "transactional" });
+        let app = &app;
+        let beta = &beta;
+        async move { app.send(beta, &send).await.status() }
+    }))
+    .await;
+    assert!(answers.iter().all(|status| *status == 201), "{answers:?}");
+    checkpoint_covering_all(&app, &auditor).await;
+
+    let bundle: Value = app
+        .get(&auditor, "/v1/audit/numbers/%2B14155550178/bundle")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let leaves = bundle["messages"].as_array().unwrap().len()
+        + bundle["other_leaves"].as_array().unwrap().len();
+    assert_eq!(leaves, 2 * 18, "a record and an outcome a send: {bundle}");
+    let (ok, said) = verify_bundle_offline(&app, &bundle);
+    assert!(ok, "{said}");
+    let (ok, said) = verify(&app);
+    assert!(ok, "{said}");
+}
+
 /// A data folder written by consentry before chains (commit b51f207, migrations up to 0013):
 /// an opt-in and two marketing messages to +14155550188 of tenant `shop`, with a checkpoint.
 const PRE_CHAIN_FIXTURE: &str = "tests/api/fixtures/pre-chain";
