@@ -365,7 +365,9 @@ impl Ledger for PgStore {
             .collect();
         keys.sort_unstable();
         keys.dedup();
-        let mut statement = String::from("BEGIN");
+        // Its statements are planned once: a plan PostgreSQL would make again at every
+        // execution (a custom plan) was a fifth of its CPU under sends.
+        let mut statement = String::from("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan");
         for key in keys {
             statement.push_str(&format!("; SELECT pg_advisory_xact_lock({key})"));
         }
