@@ -144,6 +144,10 @@ async fn write_outcomes(
     }
 }
 
+/// Two round trips and no transaction of its own: the messages' recipients are read, then one
+/// statement writes the outcomes and their leaves and commits alone. (A transaction around them
+/// took five round trips, one after the other, and every send waits for its outcome's batch: on
+/// a busy machine 9 ms of a send's 20, 6.4 ms after.)
 async fn insert_outcomes(pool: &PgPool, outcomes: &[&OutcomeRecord]) -> Result<(), StoreError> {
     let message_ids: Vec<&str> = outcomes.iter().map(|o| o.message_id.as_str()).collect();
     let recipients: std::collections::HashMap<String, (String, String)> =
