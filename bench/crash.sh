@@ -6,6 +6,8 @@
 #   - every one of those ids has its message record and its "sent" outcome in the database;
 #   - `consentry audit verify` passes on the log written across the crashes.
 # Exits non-zero on the first id without a record, or if the verification fails.
+# With BENCH_DATABASE_URL=postgres://... the store is a fresh schema of that PostgreSQL database
+# (dropped at the end) instead of SQLite in the data folder; the ids are checked with psql.
 #
 # Usage: bench/crash.sh            (BENCH_SKIP_BUILD=1 to use target/release as it is)
 set -euo pipefail
@@ -22,6 +24,11 @@ log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'crash.sh: error: %s\n' "$*" >&2; exit 1; }
 command -v wrk >/dev/null || die "wrk is not installed (Debian package wrk)"
 command -v python3 >/dev/null || die "python3 is needed to read the database"
+base_url="${BENCH_DATABASE_URL:-}"
+schema=""
+if [[ -n "$base_url" ]]; then
+  command -v psql >/dev/null || die "psql is needed with BENCH_DATABASE_URL"
+fi
 
 if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
   (cd "$repo_root" && cargo build --release --bin consentry --example fake_gateway)
@@ -34,6 +41,7 @@ pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  [[ -z "$schema" ]] || psql -q "$base_url" -c "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1 || true
   [[ "${BENCH_KEEP_TMP:-0}" == 1 ]] && log "kept $tmp" || rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -42,8 +50,19 @@ export BENCH_GW_TOKEN="crash-$RANDOM"
 "$gateway" --listen "127.0.0.1:$gw_port" >"$tmp/gateway.log" 2>&1 &
 pids+=("$!")
 
+database_section=""
+if [[ -n "$base_url" ]]; then
+  schema="crash_$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
+  psql -q "$base_url" -c "CREATE SCHEMA $schema" >/dev/null
+  sep='?'
+  [[ "$base_url" == *\?* ]] && sep='&'
+  schema_url="$(printf '%s%soptions=-c%%20search_path%%3D%s' "$base_url" "$sep" "$schema")"
+  database_section="$(printf '[database]\nurl = "%s"' "$schema_url")"
+fi
+
 cat >"$tmp/consentry.toml" <<CONF
 data_dir = "$tmp/data"
+$database_section
 [server]
 listen = "127.0.0.1:$port"
 admin_listen = "127.0.0.1:$admin_port"
@@ -98,6 +117,22 @@ kill -TERM "$cs_pid"
 wait "$cs_pid" 2>/dev/null || true
 
 log "checking every id answered 201 against the database"
+if [[ -n "$base_url" ]]; then
+  cat "$tmp"/ids/*.txt | grep -v '^$' >"$tmp/ids.txt" || true
+  psql -q -v ON_ERROR_STOP=1 -At "$base_url" >"$tmp/check.txt" <<SQL
+SET search_path = $schema;
+CREATE TEMP TABLE answered (id TEXT);
+\\copy answered FROM '$tmp/ids.txt'
+SELECT (SELECT count(*) FROM answered),
+  (SELECT count(*) FROM answered a WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = a.id)),
+  (SELECT count(*) FROM answered a WHERE EXISTS (SELECT 1 FROM messages m WHERE m.id = a.id)
+     AND NOT EXISTS (SELECT 1 FROM message_outcomes o WHERE o.message_id = a.id AND o.status = 'sent')),
+  (SELECT count(*) FROM messages);
+SQL
+  IFS='|' read -r answered missing no_outcome total <"$tmp/check.txt"
+  echo "answered 201: $answered; without a record: $missing; without their 'sent' outcome: $no_outcome; records in the database: $total"
+  [[ "$missing" == 0 && "$no_outcome" == 0 ]] || die "sends answered 201 are missing"
+else
 python3 - "$tmp/data/consentry.db" "$tmp"/ids/*.txt <<'PY'
 import sqlite3, sys
 db = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
@@ -118,6 +153,7 @@ if missing or no_outcome:
     print("first missing:", (missing + no_outcome)[:5])
     sys.exit(1)
 PY
+fi
 
 log "consentry audit verify"
 "$consentry" audit verify --config "$tmp/consentry.toml" 2>&1 | tail -3
