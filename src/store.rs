@@ -227,11 +227,26 @@ impl From<OutcomeStatus> for MessageStatus {
 #[derive(Debug, Clone)]
 pub struct OutcomeRecord {
     pub message_id: MessageId,
+    /// The message's tenant and recipient (its hash), which the outcome's leaf carries. The
+    /// flow has them from the message it forwarded, so the write need not read the message
+    /// first (on PostgreSQL that read was a round trip of its own on every send).
+    pub tenant: TenantId,
+    pub recipient_hash: String,
     pub recorded_at_us: i64,
     pub status: OutcomeStatus,
     pub upstream_message_id: Option<String>,
     pub error_code: Option<String>,
     pub detail: Option<String>,
+}
+
+/// The message a gateway's delivery status is about.
+#[derive(Debug, Clone)]
+pub struct GatewayMessage {
+    pub id: MessageId,
+    pub tenant: TenantId,
+    pub recipient_hash: String,
+    /// Where its statuses go, as the sender asked (JSON of a `StatusCallback`).
+    pub status_callback: Option<String>,
 }
 
 /// A message as `GET /v1/messages/{id}` shows it: no body, masked numbers.
@@ -704,12 +719,12 @@ pub trait Messages: Send + Sync + 'static {
         id: &MessageId,
     ) -> Result<Option<MessageView>, StoreError>;
 
-    /// The message an upstream's message id belongs to: its id, tenant and status callback.
+    /// The message an upstream's message id belongs to.
     async fn message_by_gateway_id(
         &self,
         upstream: &str,
         gateway_message_id: &str,
-    ) -> Result<Option<(MessageId, TenantId, Option<String>)>, StoreError>;
+    ) -> Result<Option<GatewayMessage>, StoreError>;
 
     /// The sealed payload of a tenant's message.
     async fn message_payload(

@@ -470,7 +470,12 @@ pub async fn delivery_status(
 ) -> Result<Status, FlowError> {
     use crate::dialect::DeliveryState;
     use crate::store::{OutcomeRecord, OutcomeStatus};
-    let Some((id, tenant_id, callback)) = state
+    let Some(crate::store::GatewayMessage {
+        id,
+        tenant: tenant_id,
+        recipient_hash,
+        status_callback: callback,
+    }) = state
         .messages()
         .message_by_gateway_id(upstream, &status.gateway_message_id)
         .await?
@@ -490,6 +495,8 @@ pub async fn delivery_status(
             .messages()
             .record_outcome(&OutcomeRecord {
                 message_id: id.clone(),
+                tenant: tenant_id.clone(),
+                recipient_hash,
                 recorded_at_us: now.as_microsecond(),
                 status: outcome,
                 upstream_message_id: Some(status.gateway_message_id.clone()),

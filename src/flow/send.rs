@@ -751,12 +751,13 @@ pub async fn deliver(
     permit: policy::Permit,
     delivery: Delivery,
 ) -> Processed {
-    let id = permit.message().id.clone();
+    let forwarded = Forwarded::of(state, permit.message());
+    let id = forwarded.id.clone();
     if delivery == Delivery::InWebhookAnswer {
         let text = permit.message().body.as_str().to_owned();
         record_outcome(
             state,
-            &id,
+            &forwarded,
             &Ok(crate::upstream::Receipt {
                 name: tenant.upstream.clone(),
                 message_id: None,
@@ -790,10 +791,10 @@ pub async fn deliver(
             .map_or_else(|error| error.code(), |_| "sent"),
     );
     if let Err(crate::upstream::UpstreamError::Throttled { retry_after }) = &result {
-        return requeue(state, tenant, id, *retry_after).await;
+        return requeue(state, tenant, &forwarded, *retry_after).await;
     }
     let recording = std::time::Instant::now();
-    record_outcome(state, &id, &result).await;
+    record_outcome(state, &forwarded, &result).await;
     state.metrics.phase(Phase::Outcome, recording.elapsed());
     match result {
         Ok(receipt) => {
@@ -825,9 +826,10 @@ pub fn throttled_reasons(until: Timestamp) -> serde_json::Value {
 async fn requeue(
     state: &AppState,
     tenant: &Tenant,
-    id: MessageId,
+    forwarded: &Forwarded,
     retry_after: Option<std::time::Duration>,
 ) -> Processed {
+    let id = forwarded.id.clone();
     let now = state.clock.now();
     let pause = retry_after.unwrap_or(DEFAULT_PAUSE);
     let until = now + jiff::SignedDuration::try_from(pause).unwrap_or(jiff::SignedDuration::ZERO);
@@ -848,7 +850,7 @@ async fn requeue(
         Err(error) => {
             tracing::error!(message_id = %id, %error, "a throttled message could not be queued again");
             let failed = Err(crate::upstream::UpstreamError::Throttled { retry_after });
-            record_outcome(state, &id, &failed).await;
+            record_outcome(state, forwarded, &failed).await;
             Processed::Failed {
                 id,
                 error: crate::upstream::UpstreamError::Throttled { retry_after },
@@ -857,34 +859,51 @@ async fn requeue(
     }
 }
 
+/// A message on its way to the gateway: what its outcome's record names.
+struct Forwarded {
+    id: MessageId,
+    tenant: TenantId,
+    recipient_hash: String,
+}
+
+impl Forwarded {
+    fn of(state: &AppState, message: &CanonicalMessage) -> Forwarded {
+        Forwarded {
+            id: message.id.clone(),
+            tenant: message.tenant.clone(),
+            recipient_hash: state.numbers.hash(&message.to),
+        }
+    }
+}
+
 /// Appends the gateway's answer. The gateway has answered: whatever happens to this write,
 /// the caller must learn what the gateway did, or a client would retry a sent message.
 async fn record_outcome(
     state: &AppState,
-    id: &MessageId,
+    message: &Forwarded,
     result: &Result<crate::upstream::Receipt, crate::upstream::UpstreamError>,
 ) {
-    let now = state.clock.now().as_microsecond();
-    let outcome = match result {
-        Ok(receipt) => OutcomeRecord {
-            message_id: id.clone(),
-            recorded_at_us: now,
-            status: OutcomeStatus::Sent,
-            upstream_message_id: receipt.message_id.clone(),
-            error_code: None,
-            detail: None,
-        },
-        Err(error) => OutcomeRecord {
-            message_id: id.clone(),
-            recorded_at_us: now,
-            status: OutcomeStatus::Failed,
-            upstream_message_id: None,
-            error_code: Some(error.code().to_owned()),
-            detail: Some(error.to_string()),
-        },
+    let (status, upstream_message_id, error_code, detail) = match result {
+        Ok(receipt) => (OutcomeStatus::Sent, receipt.message_id.clone(), None, None),
+        Err(error) => (
+            OutcomeStatus::Failed,
+            None,
+            Some(error.code().to_owned()),
+            Some(error.to_string()),
+        ),
+    };
+    let outcome = OutcomeRecord {
+        message_id: message.id.clone(),
+        tenant: message.tenant.clone(),
+        recipient_hash: message.recipient_hash.clone(),
+        recorded_at_us: state.clock.now().as_microsecond(),
+        status,
+        upstream_message_id,
+        error_code,
+        detail,
     };
     if let Err(error) = state.messages().record_outcome(&outcome).await {
-        tracing::error!(message_id = %id, %error, "the upstream outcome could not be recorded");
+        tracing::error!(message_id = %message.id, %error, "the upstream outcome could not be recorded");
     }
 }
 

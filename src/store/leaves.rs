@@ -14,13 +14,13 @@ pub fn row_id(prefix: &str) -> String {
 }
 
 impl OutcomeRecord {
-    /// Its leaf's fields, with the row's id and its message's tenant and recipient hash.
-    pub fn leaf(&self, id: String, tenant: String, recipient_hash: String) -> Outcome {
+    /// Its leaf's fields, with the row's id.
+    pub fn leaf(&self, id: String) -> Outcome {
         Outcome {
             id,
-            tenant,
+            tenant: self.tenant.as_str().to_owned(),
             message_id: self.message_id.as_str().to_owned(),
-            recipient_hash,
+            recipient_hash: self.recipient_hash.clone(),
             recorded_at_us: self.recorded_at_us,
             status: self.status.as_str().to_owned(),
             upstream_message_id: self.upstream_message_id.clone(),

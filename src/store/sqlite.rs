@@ -20,10 +20,10 @@ use super::rows::{
 };
 use super::{
     AuditFilter, AuditLog, AuditedConsent, AuditedMessage, ConsentRecord, DataKeyRow, Database,
-    DeferredMessage, InDoubt, Inbound, InboundRecord, InboundRecorded, Keys, Ledger, LogEntry,
-    LogHead, MessageRecord, MessageView, Messages, Outbox, OutboxItem, OutboxRecord, OutcomeRecord,
-    RecipientFacts, RecipientKeyRow, Recorded, ReleaseRecord, ResolutionRecord, Resolved,
-    ReviewRecord, ReviewView, StoreError, StoredConsent, status_of,
+    DeferredMessage, GatewayMessage, InDoubt, Inbound, InboundRecord, InboundRecorded, Keys,
+    Ledger, LogEntry, LogHead, MessageRecord, MessageView, Messages, Outbox, OutboxItem,
+    OutboxRecord, OutcomeRecord, RecipientFacts, RecipientKeyRow, Recorded, ReleaseRecord,
+    ResolutionRecord, Resolved, ReviewRecord, ReviewView, StoreError, StoredConsent, status_of,
 };
 use super::{Claimed, DecisionCount, IdempotencyKeys, KeyAnswer, KeyClaim, QueueDepths, ReplyView};
 use crate::audit::checkpoint::Checkpoint;
@@ -388,9 +388,9 @@ impl Messages for SqliteStore {
         &self,
         upstream: &str,
         gateway_message_id: &str,
-    ) -> Result<Option<(MessageId, TenantId, Option<String>)>, StoreError> {
+    ) -> Result<Option<GatewayMessage>, StoreError> {
         let row = sqlx::query(
-            "SELECT m.id, m.tenant, m.status_callback FROM message_outcomes o \
+            "SELECT m.id, m.tenant, m.recipient_hash, m.status_callback FROM message_outcomes o \
              JOIN messages m ON m.id = o.message_id \
              WHERE o.upstream_message_id = ? AND m.upstream = ? LIMIT 1",
         )
@@ -401,11 +401,13 @@ impl Messages for SqliteStore {
         let Some(row) = row else { return Ok(None) };
         let id: String = row.try_get("id")?;
         let tenant: String = row.try_get("tenant")?;
-        Ok(Some((
-            MessageId::parse(&id).ok_or_else(|| StoreError::Corrupt("messages.id".into()))?,
-            TenantId::parse(&tenant).map_err(|_| StoreError::Corrupt("messages.tenant".into()))?,
-            row.try_get("status_callback")?,
-        )))
+        Ok(Some(GatewayMessage {
+            id: MessageId::parse(&id).ok_or_else(|| StoreError::Corrupt("messages.id".into()))?,
+            tenant: TenantId::parse(&tenant)
+                .map_err(|_| StoreError::Corrupt("messages.tenant".into()))?,
+            recipient_hash: row.try_get("recipient_hash")?,
+            status_callback: row.try_get("status_callback")?,
+        }))
     }
 
     async fn in_doubt(

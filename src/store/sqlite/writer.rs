@@ -288,7 +288,7 @@ fn apply(transaction: &Connection, tree: &mut Tree, write: &Write) -> Result<Wri
             Ok(Written::Done)
         }
         Write::Outcome(outcome) => {
-            let (tenant, recipient_hash) = message_recipient(transaction, &outcome.message_id)?;
+            // Its message must exist: `message_outcomes.message_id` references it.
             let id = crate::store::row_id("out");
             transaction
                 .prepare_cached(
@@ -307,7 +307,7 @@ fn apply(transaction: &Connection, tree: &mut Tree, write: &Write) -> Result<Wri
             insert_log_entry(
                 transaction,
                 tree,
-                leaf::outcome(&outcome.leaf(id, tenant, recipient_hash), Link::First),
+                leaf::outcome(&outcome.leaf(id), Link::First),
             )?;
             Ok(Written::Done)
         }
@@ -965,6 +965,8 @@ mod tests {
         let first = record(Some("evt_1"));
         let outcome = OutcomeRecord {
             message_id: first.id.clone(),
+            tenant: first.tenant.clone(),
+            recipient_hash: first.recipient_hash.clone(),
             recorded_at_us: 2,
             status: OutcomeStatus::Sent,
             upstream_message_id: Some("gw-1".into()),
