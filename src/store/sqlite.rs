@@ -1235,11 +1235,7 @@ impl Keys for SqliteStore {
     }
 
     async fn recipient_key_by_id(&self, id: &str) -> Result<Option<RecipientKeyRow>, StoreError> {
-        let row = sqlx::query(&format!("{RECIPIENT_KEY_SELECT} WHERE key_id = ?"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(recipient_key_from_row).transpose()
+        self.readers.recipient_key_by_id(id)
     }
 
     async fn add_recipient_key(

@@ -69,6 +69,20 @@ impl Readers {
             Ok(facts)
         })
     }
+
+    /// The recipient key with id `id`, if it is still kept (a scheduled message's release and
+    /// every opening of a sealed body look it up: on the calling thread, as the facts).
+    pub(crate) fn recipient_key_by_id(
+        &self,
+        id: &str,
+    ) -> Result<Option<RecipientKeyRow>, StoreError> {
+        self.with(|connection| {
+            Ok(connection
+                .prepare_cached(&format!("{KEY_SELECT} WHERE key_id = ?"))?
+                .query_row(params![id], key_from_row)
+                .optional()?)
+        })
+    }
 }
 
 /// One recipient's facts, read in `transaction`.
@@ -144,21 +158,10 @@ fn facts(
             .collect::<Result<Vec<i64>, _>>()?,
     };
     let recipient_key = transaction
-        .prepare_cached(
-            "SELECT tenant, recipient_hash, key_id, key_data_key_id, key_wrapped, \
-             key_created_at_us FROM log_heads \
-             WHERE tenant = ? AND recipient_hash = ? AND key_id IS NOT NULL",
-        )?
-        .query_row(params![tenant, recipient_hash], |row| {
-            Ok(RecipientKeyRow {
-                tenant: row.get(0)?,
-                recipient_hash: row.get(1)?,
-                id: row.get(2)?,
-                data_key_id: row.get(3)?,
-                wrapped: row.get(4)?,
-                created_at_us: row.get(5)?,
-            })
-        })
+        .prepare_cached(&format!(
+            "{KEY_SELECT} WHERE tenant = ? AND recipient_hash = ? AND key_id IS NOT NULL"
+        ))?
+        .query_row(params![tenant, recipient_hash], key_from_row)
         .optional()?;
     Ok(RecipientFacts {
         consent,
@@ -166,6 +169,21 @@ fn facts(
         open_reviews,
         recent_us,
         recipient_key,
+    })
+}
+
+/// A recipient's key, in the columns [`key_from_row`] reads.
+const KEY_SELECT: &str = "SELECT tenant, recipient_hash, key_id, key_data_key_id, key_wrapped, \
+     key_created_at_us FROM log_heads";
+
+fn key_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RecipientKeyRow> {
+    Ok(RecipientKeyRow {
+        tenant: row.get(0)?,
+        recipient_hash: row.get(1)?,
+        id: row.get(2)?,
+        data_key_id: row.get(3)?,
+        wrapped: row.get(4)?,
+        created_at_us: row.get(5)?,
     })
 }
 
