@@ -109,12 +109,16 @@ impl OutcomeWriter {
     }
 }
 
-/// The [`OutcomeWriter`]'s task: its queue's outcomes, a batch at a time.
+/// The [`OutcomeWriter`]'s task: its queue's outcomes, a batch at a time, on a connection it
+/// keeps. A pool's connection is checked with a round trip each time it goes back to the pool
+/// (sqlx does so on every release), one more round trip in every batch that every send waits
+/// for; so the writer takes one and keeps it, and takes another only after a statement failed.
 async fn write_outcomes(
     pool: PgPool,
     mut queued: tokio::sync::mpsc::UnboundedReceiver<QueuedOutcome>,
 ) {
     let mut batch = Vec::new();
+    let mut kept: Option<sqlx::pool::PoolConnection<sqlx::Postgres>> = None;
     while let Some(first) = queued.recv().await {
         batch.push(first);
         while batch.len() < MAX_OUTCOME_BATCH {
@@ -124,7 +128,7 @@ async fn write_outcomes(
             }
         }
         let outcomes: Vec<&OutcomeRecord> = batch.iter().map(|(o, _)| o).collect();
-        match insert_outcomes(&pool, &outcomes).await {
+        match insert_outcomes(&pool, &mut kept, &outcomes).await {
             Ok(()) => {
                 for (_, answer) in batch.drain(..) {
                     let _ = answer.send(Ok(()));
@@ -134,7 +138,7 @@ async fn write_outcomes(
             // failure is its own.
             Err(_) => {
                 for (outcome, answer) in batch.drain(..) {
-                    let result = insert_outcomes(&pool, &[&outcome])
+                    let result = insert_outcomes(&pool, &mut kept, &[&outcome])
                         .await
                         .map_err(|error| error.to_string());
                     let _ = answer.send(result);
@@ -149,7 +153,17 @@ async fn write_outcomes(
 /// the other, and every send waits for its outcome's batch: on a busy machine 9 ms of a send's
 /// 20. Reading the messages' recipients first, before the flow passed them, was one more.) The
 /// outcomes' messages must exist (`message_outcomes.message_id` references them).
-async fn insert_outcomes(pool: &PgPool, outcomes: &[&OutcomeRecord]) -> Result<(), StoreError> {
+/// `kept` is the writer's connection: taken from the pool when there is none, and given back
+/// after a failed statement (a connection whose statement failed may be broken).
+async fn insert_outcomes(
+    pool: &PgPool,
+    kept: &mut Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
+    outcomes: &[&OutcomeRecord],
+) -> Result<(), StoreError> {
+    let connection = match kept {
+        Some(connection) => connection,
+        None => kept.insert(pool.acquire().await?),
+    };
     let message_ids: Vec<&str> = outcomes.iter().map(|o| o.message_id.as_str()).collect();
     let ids: Vec<String> = outcomes.iter().map(|_| super::row_id("out")).collect();
     let mut leaves: Vec<Leaf> = outcomes
@@ -159,7 +173,7 @@ async fn insert_outcomes(pool: &PgPool, outcomes: &[&OutcomeRecord]) -> Result<(
         .collect();
     // In the order `consentry_append_leaves` locks the recipients' heads in.
     leaves.sort_by(|a, b| (&a.tenant, &a.recipient_hash).cmp(&(&b.tenant, &b.recipient_hash)));
-    sqlx::query(
+    let written = sqlx::query(
         "WITH outcome AS ( \
            INSERT INTO message_outcomes (id, message_id, recorded_at_us, status, \
            upstream_message_id, error_code, detail) \
@@ -214,8 +228,12 @@ async fn insert_outcomes(pool: &PgPool, outcomes: &[&OutcomeRecord]) -> Result<(
             .map(|l| l.bytes.as_slice())
             .collect::<Vec<_>>(),
     )
-    .execute(pool)
-    .await?;
+    .execute(&mut **connection)
+    .await;
+    if written.is_err() {
+        *kept = None;
+    }
+    written?;
     Ok(())
 }
 
@@ -226,6 +244,8 @@ const SEQUENCER_LOCK: (i32, i32) = (0x636f_6e73, 1);
 /// The pool's size, and how many of its connections may hold recipient locks (each lock's
 /// connection also reads its facts and writes its record; the rest serve everything else).
 const POOL_SIZE: u32 = 32;
+/// A pooled connection idle this long is checked before it is used.
+const CHECK_IDLE_AFTER: Duration = Duration::from_secs(10);
 const LOCKERS: usize = 24;
 
 impl PgStore {
@@ -261,6 +281,19 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
             .acquire_timeout(Duration::from_secs(5))
+            // sqlx checks a connection with a round trip each time it is taken from the pool
+            // (and each time it goes back). Taken often, as on the send path, it was just
+            // used: only one idle for a while is checked (the server or a firewall may have
+            // closed it); one that fails is closed and another taken.
+            .test_before_acquire(false)
+            .before_acquire(|connection, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= CHECK_IDLE_AFTER {
+                        sqlx::Connection::ping(connection).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(options)
             .await?;
         MIGRATIONS.run(&pool).await?;
@@ -369,7 +402,16 @@ impl Ledger for PgStore {
             .map_err(|_| StoreError::Unsafe("the lock semaphore is closed".into()))?;
         // One round trip: the transaction and its locks in one simple query. The keys are
         // integers consentry computed, so they are written into the statement as literals.
-        let transaction = self.pool.begin_with(statement).await?;
+        // A connection in steady use is not checked before it is used (`open`): one the server
+        // ended since its last use fails here, before anything was done, and the lock is taken
+        // once more on another.
+        let transaction = match self.pool.begin_with(statement.clone()).await {
+            Ok(transaction) => transaction,
+            Err(error) => {
+                tracing::info!(%error, "a pooled connection failed to take a lock; trying another");
+                self.pool.begin_with(statement).await?
+            }
+        };
         Ok(super::RecipientLock::Postgres(AdvisoryLock {
             transaction: Some(transaction),
             _permit: permit,

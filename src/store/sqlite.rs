@@ -102,6 +102,9 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(5))
+            // A file's connection does not go away: no check (a hop to sqlx's thread) each
+            // time one is taken.
+            .test_before_acquire(false)
             .connect_with(options.clone())
             .await?;
         MIGRATIONS.run(&pool).await?;
