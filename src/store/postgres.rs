@@ -5,11 +5,12 @@
 //! No in-process write queue: PostgreSQL takes concurrent writers. Deferred messages are claimed
 //! with `FOR UPDATE SKIP LOCKED`, so instances sharing the database never claim one twice.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sqlx::Row as _;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
 use super::rows::{
     AUDITED_KINDS, CONSENT_COLUMNS, DEFERRED_COLUMNS, LINK_COLUMNS, LOGGED_TABLES, MESSAGE_COLUMNS,
@@ -42,25 +43,161 @@ static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres
 /// (the worker that claimed it died before deciding). The same lease as SQLite's.
 const CLAIM_LEASE_US: i64 = 5 * 60 * 1_000_000;
 
-/// A session advisory lock on one connection taken out of the pool.
+/// Recipients' advisory locks, held by an open transaction on one of the [`Lockers`]'
+/// connections.
 pub struct AdvisoryLock {
-    /// The open transaction that holds `pg_advisory_xact_lock`: the facts are read and the
-    /// record written in it, and its commit (or rollback) releases the lock.
-    transaction: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
-    /// Locks hold a connection each: at most part of the pool, so the queries made beside
-    /// them always find a connection.
+    /// The connection whose open transaction holds `pg_advisory_xact_lock`: the facts are read
+    /// and the record written in it, and its commit (or rollback) releases the lock. `None`
+    /// once the transaction has ended.
+    connection: Option<PgConnection>,
+    /// A write began in the transaction and left without committing it: it ends in a rollback.
+    abandoned: bool,
+    lockers: Arc<Lockers>,
+    /// At most [`LOCKERS`] locks at once.
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl AdvisoryLock {
-    /// Ends the lock's transaction, if the record's commit has not already.
+    /// Ends the lock's transaction, if the record's commit has not already: a commit, or a
+    /// rollback if a write in it did not finish.
     pub async fn release(mut self) {
-        if let Some(transaction) = self.transaction.take()
-            && let Err(error) = transaction.commit().await
+        let Some(mut connection) = self.connection.take() else {
+            return;
+        };
+        let end = if self.abandoned { "ROLLBACK" } else { "COMMIT" };
+        match sqlx::Executor::execute(&mut connection, sqlx::raw_sql(end)).await {
+            Ok(_) => self.lockers.keep(connection),
+            // Dropped, the connection closes, and the server ends the lock with the session.
+            Err(error) => {
+                tracing::warn!(%error, "a recipient lock's transaction did not end cleanly")
+            }
+        }
+    }
+}
+
+/// The connections recipient locks are taken on, kept here between locks instead of in sqlx's
+/// pool: the pool checks every connection given back to it with a round trip (unconditional
+/// in sqlx 0.8), and a lock's connection was given back after every group, a round trip the
+/// server made for nothing. At most [`LOCKERS`] are out at once; one idle for
+/// [`CHECK_IDLE_AFTER`] is checked before it is used again.
+struct Lockers {
+    permits: Arc<tokio::sync::Semaphore>,
+    idle: std::sync::Mutex<Vec<(PgConnection, Instant)>>,
+    options: PgConnectOptions,
+}
+
+impl std::fmt::Debug for Lockers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lockers").finish_non_exhaustive()
+    }
+}
+
+/// How long opening a connection for a lock may take (the pool's acquire timeout).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Lockers {
+    /// The most recently used idle connection (checked first if it has been idle a while),
+    /// or a new one.
+    async fn take(&self) -> Result<PgConnection, StoreError> {
+        loop {
+            let next = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            match next {
+                Some((mut connection, since)) if since.elapsed() >= CHECK_IDLE_AFTER => {
+                    if sqlx::Connection::ping(&mut connection).await.is_ok() {
+                        return Ok(connection);
+                    }
+                }
+                Some((connection, _)) => return Ok(connection),
+                None => return self.connect().await,
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<PgConnection, StoreError> {
+        use sqlx::ConnectOptions as _;
+        tokio::time::timeout(CONNECT_TIMEOUT, self.options.connect())
+            .await
+            .map_err(|_| StoreError::Unsafe("connecting to PostgreSQL timed out".into()))?
+            .map_err(StoreError::from)
+    }
+
+    /// Gives back a connection whose transaction has ended.
+    fn keep(&self, connection: PgConnection) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((connection, Instant::now()));
+    }
+
+    /// Closes every idle connection: after one failed, the others, opened to the same server,
+    /// have most likely been ended the same way (a restart, a failover, an operator ending
+    /// the instance's sessions), and each would fail one more send.
+    fn forget_idle(&self) {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+/// The transaction a write goes in: a lock's, or one of its own from the pool.
+enum WriteTransaction<'a> {
+    Own(Option<sqlx::Transaction<'static, sqlx::Postgres>>),
+    /// The lock's connection is there (checked when the write begins) until the commit.
+    Lock(&'a mut AdvisoryLock),
+}
+
+impl WriteTransaction<'_> {
+    async fn commit(mut self) -> Result<(), StoreError> {
+        // Taken out before the first await: the future then holds no borrow of the lock.
+        let (own, locked) = match &mut self {
+            WriteTransaction::Own(transaction) => (transaction.take(), None),
+            WriteTransaction::Lock(lock) => (
+                None,
+                lock.connection
+                    .take()
+                    .map(|connection| (connection, lock.lockers.clone())),
+            ),
+        };
+        drop(self);
+        if let Some(transaction) = own {
+            transaction.commit().await?;
+        }
+        if let Some((mut connection, lockers)) = locked {
+            // A connection whose commit failed is dropped: closed, the lock ends.
+            sqlx::Executor::execute(&mut connection, sqlx::raw_sql("COMMIT")).await?;
+            lockers.keep(connection);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for WriteTransaction<'_> {
+    fn drop(&mut self) {
+        // A write that left before its commit: its lock's transaction is rolled back at the
+        // lock's release (or closed with its connection if the lock is dropped). Its own
+        // transaction sqlx rolls back.
+        if let WriteTransaction::Lock(lock) = self
+            && lock.connection.is_some()
         {
-            // The session is in doubt; sqlx closes a connection whose transaction did not
-            // end, and the lock ends with it.
-            tracing::warn!(%error, "a recipient lock's transaction did not end cleanly");
+            lock.abandoned = true;
+        }
+    }
+}
+
+impl std::ops::Deref for WriteTransaction<'_> {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        match self {
+            WriteTransaction::Own(transaction) => transaction.as_ref().expect("open until commit"),
+            WriteTransaction::Lock(lock) => lock.connection.as_ref().expect("open until commit"),
+        }
+    }
+}
+
+impl std::ops::DerefMut for WriteTransaction<'_> {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        match self {
+            WriteTransaction::Own(transaction) => transaction.as_mut().expect("open until commit"),
+            WriteTransaction::Lock(lock) => lock.connection.as_mut().expect("open until commit"),
         }
     }
 }
@@ -68,7 +205,7 @@ impl AdvisoryLock {
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
-    lockers: std::sync::Arc<tokio::sync::Semaphore>,
+    lockers: Arc<Lockers>,
     outcomes: OutcomeWriter,
 }
 
@@ -241,10 +378,11 @@ async fn insert_outcomes(
 /// lock.
 const SEQUENCER_LOCK: (i32, i32) = (0x636f_6e73, 1);
 
-/// The pool's size, and how many of its connections may hold recipient locks (each lock's
-/// connection also reads its facts and writes its record; the rest serve everything else).
-const POOL_SIZE: u32 = 32;
-/// A pooled connection idle this long is checked before it is used.
+/// The connections an instance opens at most: [`LOCKERS`] of them for recipient locks (each
+/// lock's connection also reads its facts and writes its record), the pool's for everything
+/// else.
+const CONNECTIONS: u32 = 32;
+/// A connection idle this long is checked before it is used.
 const CHECK_IDLE_AFTER: Duration = Duration::from_secs(10);
 const LOCKERS: usize = 24;
 
@@ -254,19 +392,20 @@ impl PgStore {
     /// needs no second connection (a lock holds one, and the pool keeps only a few beside the
     /// locks for everything else); else a new one. A lock whose transaction has already ended fails the write: made outside the lock,
     /// it could land after another instance decided without seeing it.
-    async fn write_transaction(
+    async fn write_transaction<'a>(
         &self,
-        lock: Option<&mut super::RecipientLock>,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+        lock: Option<&'a mut super::RecipientLock>,
+    ) -> Result<WriteTransaction<'a>, StoreError> {
         match lock {
-            Some(super::RecipientLock::Postgres(AdvisoryLock { transaction, .. })) => {
-                transaction.take().ok_or_else(|| {
-                    StoreError::Unsafe(
+            Some(super::RecipientLock::Postgres(lock)) => {
+                if lock.connection.is_none() || lock.abandoned {
+                    return Err(StoreError::Unsafe(
                         "the recipients' lock ended before its write; nothing was written".into(),
-                    )
-                })
+                    ));
+                }
+                Ok(WriteTransaction::Lock(lock))
             }
-            _ => Ok(self.pool.begin().await?),
+            _ => Ok(WriteTransaction::Own(Some(self.pool.begin().await?))),
         }
     }
 
@@ -279,7 +418,7 @@ impl PgStore {
             options = options.application_name(&format!("consentry-{}", std::process::id()));
         }
         let pool = PgPoolOptions::new()
-            .max_connections(POOL_SIZE)
+            .max_connections(CONNECTIONS - LOCKERS as u32)
             .acquire_timeout(Duration::from_secs(5))
             // sqlx checks a connection with a round trip each time it is taken from the pool
             // (and each time it goes back). Taken often, as on the send path, it was just
@@ -294,13 +433,17 @@ impl PgStore {
                     Ok(true)
                 })
             })
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         MIGRATIONS.run(&pool).await?;
         let store = PgStore {
             outcomes: OutcomeWriter::start(pool.clone()),
             pool,
-            lockers: std::sync::Arc::new(tokio::sync::Semaphore::new(LOCKERS)),
+            lockers: Arc::new(Lockers {
+                permits: Arc::new(tokio::sync::Semaphore::new(LOCKERS)),
+                idle: std::sync::Mutex::new(Vec::new()),
+                options,
+            }),
         };
         store.check_durability().await?;
         Ok(store)
@@ -396,24 +539,30 @@ impl Ledger for PgStore {
         }
         let permit = self
             .lockers
+            .permits
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| StoreError::Unsafe("the lock semaphore is closed".into()))?;
         // One round trip: the transaction and its locks in one simple query. The keys are
         // integers consentry computed, so they are written into the statement as literals.
-        // A connection in steady use is not checked before it is used (`open`): one the server
-        // ended since its last use fails here, before anything was done, and the lock is taken
-        // once more on another.
-        let transaction = match self.pool.begin_with(statement.clone()).await {
-            Ok(transaction) => transaction,
-            Err(error) => {
-                tracing::info!(%error, "a pooled connection failed to take a lock; trying another");
-                self.pool.begin_with(statement).await?
-            }
-        };
+        // A connection in steady use is not checked before it is used (`Lockers::take`): one
+        // the server ended since its last use fails here, before anything was done, and the
+        // lock is taken once more on a new connection, the idle ones closed with it.
+        let mut connection = self.lockers.take().await?;
+        if let Err(error) =
+            sqlx::Executor::execute(&mut connection, sqlx::raw_sql(&statement)).await
+        {
+            tracing::info!(%error, "a kept connection failed to take a lock; trying a new one");
+            drop(connection);
+            self.lockers.forget_idle();
+            connection = self.lockers.connect().await?;
+            sqlx::Executor::execute(&mut connection, sqlx::raw_sql(&statement)).await?;
+        }
         Ok(super::RecipientLock::Postgres(AdvisoryLock {
-            transaction: Some(transaction),
+            connection: Some(connection),
+            abandoned: false,
+            lockers: self.lockers.clone(),
             _permit: permit,
         }))
     }
@@ -452,9 +601,10 @@ impl Ledger for PgStore {
         let mut own;
         let connection: &mut sqlx::PgConnection = match lock {
             Some(super::RecipientLock::Postgres(AdvisoryLock {
-                transaction: Some(transaction),
+                connection: Some(connection),
+                abandoned: false,
                 ..
-            })) => transaction,
+            })) => connection,
             _ => {
                 own = self.pool.begin().await?;
                 &mut own
@@ -1729,7 +1879,7 @@ async fn node<'e>(
 
 /// Appends one consent event unless its idempotency key is already in the tenant's ledger.
 async fn insert_consent(
-    transaction: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    transaction: &mut PgConnection,
     record: &ConsentRecord,
 ) -> Result<Recorded, StoreError> {
     let inserted = sqlx::query(
@@ -1756,7 +1906,7 @@ async fn insert_consent(
     .bind(&record.idempotency_key)
     .bind(&record.key_id)
     .bind(&record.evidence)
-    .execute(&mut **transaction)
+    .execute(&mut *transaction)
     .await?;
     if inserted.rows_affected() == 1 {
         insert_log_entries(transaction, vec![leaf::consent_event(record, Link::First)]).await?;
@@ -1767,7 +1917,7 @@ async fn insert_consent(
     )
     .bind(record.tenant.as_str())
     .bind(&record.idempotency_key)
-    .fetch_one(&mut **transaction)
+    .fetch_one(&mut *transaction)
     .await?;
     Ok(Recorded::Duplicate(existing))
 }
