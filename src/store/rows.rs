@@ -726,8 +726,9 @@ pub(crate) fn hash_from(bytes: Vec<u8>, column: &str) -> Result<Hash, StoreError
 /// The messages of the period are found tenant by tenant through `messages_by_tenant_time`:
 /// `tenants` walks that index's distinct tenants one seek each (a loose index scan, which
 /// neither SQLite nor PostgreSQL makes of a `DISTINCT` by itself), so the query reads the
-/// period's messages, not the whole table. Releases have no index by time: their part reads
-/// every release (a release row is small; a message row holds its sealed payload).
+/// period's messages, not the whole table. Releases that allowed their message are found by
+/// time through `message_releases_allowed_by_time` (migration 0020), whose condition the
+/// query repeats so that both planners use it.
 pub(crate) fn in_doubt_sql([since, until, limit]: [&str; 3]) -> String {
     format!(
         "WITH RECURSIVE tenants (tenant) AS ( \

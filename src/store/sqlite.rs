@@ -1550,6 +1550,27 @@ mod tests {
         );
     }
 
+    /// `messages in-doubt` finds the releases of its period through their index by time,
+    /// without reading every release.
+    #[tokio::test]
+    async fn in_doubt_releases_are_read_through_their_index_by_time() {
+        let folder = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", folder.path().join("doubt.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        let plan = plan(&store, &in_doubt_sql(["?1", "?2", "?3"])).await;
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("USING INDEX message_releases_allowed_by_time")),
+            "{plan:#?}"
+        );
+        assert!(
+            !plan
+                .iter()
+                .any(|step| step.starts_with("SCAN r") || step.contains("SCAN message_releases")),
+            "{plan:#?}"
+        );
+    }
+
     /// A tenant's audit pages of messages and consent events read the tenant's index of
     /// leaves, which holds those two kinds only.
     #[tokio::test]
